@@ -1,0 +1,95 @@
+"""Configuration of TIPPo (Text-Image-Prototype guided generation)."""
+
+from __future__ import annotations
+
+from transformers import ChineseCLIPConfig, PretrainedConfig, T5Config
+
+
+class TIPPoConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`TIPPoModel`]: a frozen Chinese-CLIP encoder φ, two adapters, the visual prototype,
+    Dual Alignment Attention (DAA), the Difference Operator (DO) and a T5 decoder.
+
+    Names follow `shared/method/TIPPo.md`.
+
+    Args:
+        encoder_config (`ChineseCLIPConfig` or `dict`):
+            The frozen multi-modal encoder φ. Its `projection_dim` is d_φ.
+        decoder_config (`T5Config` or `dict`):
+            The seq2seq language model. Its `d_model` is d, the width of every TIPPo signal.
+        prefix_length (`int`, defaults to 4):
+            k: how many decoder tokens one φ vector becomes (S^T, S_i^I ∈ R^{k×d}).
+        adapter_hidden_size (`int`, *optional*):
+            Hidden width of the two-layer adapters π_T and π_V (ClipCap-style MLP). Defaults to
+            `(d_φ + k·d) // 2`.
+        max_images (`int`, defaults to 5):
+            N_max: the most images one sample may have (ArtMuse: 3–5, COCO-CN: 1).
+        use_daa_do (`bool`, defaults to `True`):
+            `False` gives the paper's "TIP" ablation: no DAA, no DO, decoder input [S^T; S_1^I; …; S_N^I].
+        daa_lambda1 (`float`, defaults to 0.0):
+            λ1 of Eq. 2 at construction. Trainers overwrite it with m/M every step; the model saves the last
+            value as a buffer and uses it at inference.
+        freeze_encoder (`bool`, defaults to `True`):
+            φ is frozen in the paper. Kept as a switch for experiments.
+    """
+
+    model_type = "tippo"
+    sub_configs = {"encoder_config": ChineseCLIPConfig, "decoder_config": T5Config}
+
+    def __init__(
+        self,
+        encoder_config: ChineseCLIPConfig | dict | None = None,
+        decoder_config: T5Config | dict | None = None,
+        prefix_length: int = 4,
+        adapter_hidden_size: int | None = None,
+        max_images: int = 5,
+        use_daa_do: bool = True,
+        daa_lambda1: float = 0.0,
+        freeze_encoder: bool = True,
+        **kwargs,
+    ):
+        if encoder_config is None:
+            encoder_config = ChineseCLIPConfig()
+        elif isinstance(encoder_config, dict):
+            encoder_config = ChineseCLIPConfig(**encoder_config)
+        if decoder_config is None:
+            decoder_config = T5Config()
+        elif isinstance(decoder_config, dict):
+            decoder_config = T5Config(**decoder_config)
+        self.encoder_config = encoder_config
+        self.decoder_config = decoder_config
+
+        for name, value in (("prefix_length", prefix_length), ("max_images", max_images)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"TIPPoConfig.{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= float(daa_lambda1) <= 1.0:
+            raise ValueError(f"TIPPoConfig.daa_lambda1 must lie in [0, 1], got {daa_lambda1!r}")
+        self.prefix_length = prefix_length
+        self.adapter_hidden_size = adapter_hidden_size or (
+            encoder_config.projection_dim + prefix_length * decoder_config.d_model
+        ) // 2
+        self.max_images = max_images
+        self.use_daa_do = use_daa_do
+        self.daa_lambda1 = float(daa_lambda1)
+        self.freeze_encoder = freeze_encoder
+
+        # generate() and the trainers read these from the top-level config.
+        kwargs.setdefault("is_encoder_decoder", True)
+        kwargs.setdefault("pad_token_id", decoder_config.pad_token_id)
+        kwargs.setdefault("eos_token_id", decoder_config.eos_token_id)
+        kwargs.setdefault("decoder_start_token_id", decoder_config.decoder_start_token_id)
+        super().__init__(**kwargs)
+
+    @property
+    def hidden_size(self) -> int:
+        """d: the decoder width, shared by every TIPPo signal."""
+        return self.decoder_config.d_model
+
+    @property
+    def vocab_size(self) -> int:
+        return self.decoder_config.vocab_size
+
+    @property
+    def feature_size(self) -> int:
+        """d_φ: the width of the frozen encoder's pooled, projected embeddings."""
+        return self.encoder_config.projection_dim

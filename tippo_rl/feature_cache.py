@@ -1,0 +1,106 @@
+"""Frozen-feature cache: φ never trains, so its outputs are computed once per dataset and stored.
+
+`cache_frozen_features` adds `image_features` (N_i × d_φ per row) and `title_features` (d_φ) columns with
+`datasets.Dataset.map`. The cache file's name is a fingerprint of the dataset, the image files' sizes and
+modification times, the encoder's weights and the processor's settings, so changing any of them computes
+the features again instead of reusing stale ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from datasets import Dataset, Image, List
+
+from .data import TIPPoDataCollator
+from .modeling_tippo import TIPPoModel
+from .processing_tippo import TIPPoProcessor
+
+
+def undecoded_images(dataset: Dataset) -> Dataset:
+    """`dataset` with its `images` column as `{path, bytes}` dicts: nothing is decoded when rows are read."""
+    return dataset.cast_column("images", List(Image(decode=False)))
+
+
+def encoder_fingerprint(model: TIPPoModel) -> str:
+    """A hash of the frozen encoder's weights (what its features depend on)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def dataset_fingerprint(dataset: Dataset, processor: TIPPoProcessor) -> str:
+    """A hash of the rows, each image file's size and mtime, and the processor's preprocessing settings."""
+    digest = hashlib.sha256(dataset._fingerprint.encode())
+    for images in undecoded_images(dataset)["images"]:
+        for image in images:
+            if image.get("path") and os.path.exists(image["path"]):
+                stat = os.stat(image["path"])
+                digest.update(f"{image['path']}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(json.dumps(processor.image_processor.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(json.dumps(processor.title_tokenizer.get_vocab(), sort_keys=True).encode())
+    digest.update(str(processor.max_title_length).encode())
+    return digest.hexdigest()[:16]
+
+
+def cache_frozen_features(
+    dataset: Dataset,
+    model: TIPPoModel,
+    processor: TIPPoProcessor,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 32,
+) -> Dataset:
+    """Return `dataset` with `image_features` and `title_features` columns computed by `model.encoder`, and its
+    `images` column left undecoded (paths only), since the features replace the pixels.
+
+    Args:
+        cache_dir: where the Arrow cache file goes (default: `~/.cache/tippo_rl/features`). A later call with
+            the same dataset, images, encoder and processor loads it instead of recomputing.
+        batch_size: samples encoded at once.
+    """
+    cache_dir = Path(cache_dir or Path.home() / ".cache" / "tippo_rl" / "features")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = hashlib.sha256(
+        (dataset_fingerprint(dataset, processor) + encoder_fingerprint(model)).encode()
+    ).hexdigest()[:16]
+    collator = TIPPoDataCollator(processor, with_labels=False)
+    device = next(model.encoder.parameters()).device
+    was_training = model.training
+    model.eval()
+
+    def encode(batch: dict) -> dict:
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        inputs = collator(rows)
+        with torch.no_grad():
+            image_features, title_features = model.encode_frozen_features(
+                inputs["pixel_values"].to(device),
+                inputs["image_mask"].to(device),
+                inputs["title_input_ids"].to(device),
+                inputs["title_attention_mask"].to(device),
+            )
+        counts = inputs["image_mask"].sum(1).tolist()
+        return {
+            "image_features": [features[:count].float().cpu().numpy() for features, count in zip(image_features, counts)],
+            "title_features": title_features.float().cpu().numpy(),
+        }
+
+    try:
+        cached = dataset.map(
+            encode,
+            batched=True,
+            batch_size=batch_size,
+            cache_file_name=str(cache_dir / f"tippo-features-{fingerprint}.arrow"),
+            load_from_cache_file=True,
+            new_fingerprint=fingerprint,
+            desc="Caching frozen Chinese-CLIP features",
+        )
+    finally:
+        model.train(was_training)
+    # The features replace the pixels: rows stop decoding their images (the paths stay, for rewards and reports).
+    return undecoded_images(cached)

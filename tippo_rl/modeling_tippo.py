@@ -1,0 +1,401 @@
+"""TIPPo: Text-Image-Prototype guided multi-modal generation (one file, top to bottom).
+
+frozen Chinese-CLIP φ → adapters π_T, π_V → prototype S^P → Dual Alignment Attention (Eq. 1–2)
+→ Difference Operator (Eq. 3–4) → fusion [S^T; S_1^A; S_1^D; …] → T5 encoder-decoder.
+
+Equations refer to `shared/method/TIPPo.md` and the paper (TIPPo.txt).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    ChineseCLIPConfig,
+    GenerationMixin,
+    PreTrainedModel,
+    T5ForConditionalGeneration,
+)
+from transformers.modeling_outputs import Seq2SeqLMOutput
+from transformers.models.chinese_clip.modeling_chinese_clip import ChineseCLIPTextModel, ChineseCLIPVisionModel
+
+from .configuration_tippo import TIPPoConfig
+
+
+@dataclass
+class TIPPoPrefix:
+    """What the TIPPo front end hands to the decoder.
+
+    Attributes:
+        inputs_embeds: `(batch, k + 2·N·k, d)` (or `(batch, k + N·k, d)` for the TIP ablation) — the fusion S^F.
+        attention_mask: `(batch, seq)` — 0 on the tokens of padding images.
+        image_signals: `(batch, N, k, d)` — S_i^I, kept for the contrastive loss (Eq. 5).
+        image_mask: `(batch, N)` bool — which image slots hold a real image.
+    """
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    image_signals: torch.Tensor
+    image_mask: torch.Tensor
+
+
+@dataclass
+class TIPPoSeq2SeqLMOutput(Seq2SeqLMOutput):
+    """`Seq2SeqLMOutput` plus the image signals S_i^I `(batch, N, k, d)` and their mask `(batch, N)`."""
+
+    image_signals: torch.FloatTensor | None = None
+    image_mask: torch.BoolTensor | None = None
+
+
+class TIPPoFrozenEncoder(nn.Module):
+    """φ: Chinese-CLIP's two towers and projections, as in `ChineseCLIPModel` (same parameter names).
+
+    `ChineseCLIPModel.logit_scale` is left out: TIPPo never uses it, and DeepSpeed cannot partition a
+    0-dimensional parameter.
+    """
+
+    def __init__(self, config: ChineseCLIPConfig):
+        super().__init__()
+        self.text_model = ChineseCLIPTextModel(config.text_config, add_pooling_layer=False)
+        self.vision_model = ChineseCLIPVisionModel._from_config(config.vision_config)
+        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """φ(T): `(batch, L)` token ids → `(batch, d_φ)`, exactly `ChineseCLIPModel.get_text_features`."""
+        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.text_projection(hidden[:, 0, :])
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """φ(I): `(n, 3, H, W)` → `(n, d_φ)`, exactly `ChineseCLIPModel.get_image_features`."""
+        return self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+
+
+class TIPPoPrefixAdapter(nn.Module):
+    """π_T / π_V: one φ vector `(..., d_φ)` → a prefix of k decoder tokens `(..., k, d)` (ClipCap-style MLP)."""
+
+    def __init__(self, config: TIPPoConfig):
+        super().__init__()
+        self.prefix_length = config.prefix_length
+        self.hidden_size = config.hidden_size
+        self.mlp = nn.Sequential(
+            nn.Linear(config.feature_size, config.adapter_hidden_size),
+            nn.Tanh(),
+            nn.Linear(config.adapter_hidden_size, config.prefix_length * config.hidden_size),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mlp(features).unflatten(-1, (self.prefix_length, self.hidden_size))
+
+
+class TIPPoDualAlignmentAttention(nn.Module):
+    """Dual Alignment Attention (Eq. 1–2): text-image and prototype-image maps jointly re-weight each image."""
+
+    def __init__(self, config: TIPPoConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.text_query = nn.Linear(d, d, bias=False)  # W^TQ
+        self.prototype_query = nn.Linear(d, d, bias=False)  # W^PQ
+        self.text_image_key = nn.Linear(d, d, bias=False)  # W^TIK
+        self.prototype_image_key = nn.Linear(d, d, bias=False)  # W^PIK
+        self.value = nn.Linear(d, d, bias=False)  # W^V
+        self.scale = 1.0 / math.sqrt(d)  # 1/√d_k, single head so d_k = d
+
+    def forward(
+        self, text_signal: torch.Tensor, prototype: torch.Tensor, image_signals: torch.Tensor, lambda1: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        Args:
+            text_signal: S^T `(batch, k, d)`. prototype: S^P `(batch, k, d)`.
+            image_signals: S^I `(batch, N, k, d)`. lambda1: λ1, a 1-element tensor.
+        Returns:
+            S^A `(batch, N, k, d)`.
+        """
+        q_text = self.text_query(text_signal).unsqueeze(1)  # Q^T = S^T W^TQ
+        q_prototype = self.prototype_query(prototype).unsqueeze(1)  # Q^P = S^P W^PQ
+        k_text = self.text_image_key(image_signals)  # K_i^T = S_i^I W^TIK
+        k_prototype = self.prototype_image_key(image_signals)  # K_i^P = S_i^I W^PIK
+        values = self.value(image_signals)  # V_i = S_i^I W^V
+        prototype_map = torch.softmax(q_prototype @ k_prototype.transpose(-1, -2) * self.scale, dim=-1)
+        text_map = torch.softmax(q_text @ k_text.transpose(-1, -2) * self.scale, dim=-1)
+        lambda1 = lambda1.to(values.dtype)
+        return (lambda1 * prototype_map + (1 - lambda1) * text_map) @ values  # Eq. 2
+
+
+class TIPPoDifferenceOperator(nn.Module):
+    """Difference Operator (Eq. 3–4): S_i^D = (S_i^I − S^P) + π_D(S_i^I − S^P)."""
+
+    def __init__(self, config: TIPPoConfig):
+        super().__init__()
+        self.projection = nn.Linear(config.hidden_size, config.hidden_size)  # π_D
+
+    def forward(self, image_signals: torch.Tensor, prototype: torch.Tensor) -> torch.Tensor:
+        """S^I `(batch, N, k, d)`, S^P `(batch, k, d)` → S^D `(batch, N, k, d)`."""
+        difference = image_signals - prototype.unsqueeze(1)
+        return difference + self.projection(difference)  # Eq. 4
+
+
+def visual_prototype(image_signals: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+    """S^P = mean of the sample's real image signals; `(batch, N, k, d)`, `(batch, N)` → `(batch, k, d)`."""
+    weights = image_mask.to(image_signals.dtype)[:, :, None, None]
+    return (image_signals * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def prototype_contrastive_loss(
+    image_signals: torch.Tensor, image_mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """L_C (Eq. 5), InfoNCE with the prototype as each image's positive anchor.
+
+    For each real image signal s_i (S_i^I flattened) of sample b:
+        −log( exp(cos(s_i, p_b)/τ) / Σ_j exp(cos(s_i, s_j)/τ) ),
+    the sum over every real image signal j in the batch (the sample's own images and the other samples'
+    images, j = i included as in Eq. 5), averaged over all real images. p_b is sample b's prototype; a sample
+    with a single image takes the batch's mean image signal instead (paper, §2.2), since its own mean would
+    be the image itself.
+
+    Args:
+        image_signals: `(batch, N, k, d)`. image_mask: `(batch, N)`. temperature: τ (paper: 1).
+    Returns:
+        A scalar tensor.
+    """
+    image_mask = image_mask.bool()
+    signals = image_signals.flatten(2)  # (batch, N, k·d)
+    real = signals[image_mask]  # (n_real, k·d)
+    owner = torch.nonzero(image_mask)[:, 0]  # sample index of each real image
+    images_per_sample = image_mask.sum(1)
+    prototypes = visual_prototype(signals[:, :, None, :], image_mask)[:, 0]  # (batch, k·d)
+    prototypes = torch.where((images_per_sample == 1)[:, None], real.mean(0, keepdim=True), prototypes)
+    real_unit = F.normalize(real, dim=-1)
+    positive = (real_unit * F.normalize(prototypes[owner], dim=-1)).sum(-1) / temperature  # cos(s_i, p_b)/τ
+    all_pairs = real_unit @ real_unit.T / temperature  # cos(s_i, s_j)/τ
+    return (torch.logsumexp(all_pairs, dim=-1) - positive).mean()  # Eq. 5
+
+
+class TIPPoPreTrainedModel(PreTrainedModel):
+    config_class = TIPPoConfig
+    base_model_prefix = "tippo"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["T5Block", "ChineseCLIPVisionLayer", "ChineseCLIPTextLayer"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        # Sub-models (T5, the CLIP towers) are initialised by their own classes; this covers TIPPo's modules.
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(mean=0.0, std=0.02)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, TIPPoModel):
+            module.daa_lambda1.fill_(self.config.daa_lambda1)
+
+
+class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
+    """TIPPo: text + images → text, with a frozen Chinese-CLIP encoder and a T5 decoder.
+
+    Inputs come either as pixels and tokens (`pixel_values`, `title_input_ids`) or as the frozen encoder's
+    cached outputs (`image_features`, `title_features`); both give identical outputs.
+    """
+
+    def __init__(self, config: TIPPoConfig):
+        super().__init__(config)
+        self.encoder = TIPPoFrozenEncoder(config.encoder_config)
+        self.text_adapter = TIPPoPrefixAdapter(config)  # π_T
+        self.image_adapter = TIPPoPrefixAdapter(config)  # π_V
+        if config.use_daa_do:
+            self.dual_alignment_attention = TIPPoDualAlignmentAttention(config)
+            self.difference_operator = TIPPoDifferenceOperator(config)
+        self.language_model = T5ForConditionalGeneration._from_config(config.decoder_config)
+        # λ1 of Eq. 2, 1-D so that DeepSpeed can shard it; saved with the weights.
+        self.register_buffer("daa_lambda1", torch.tensor([config.daa_lambda1]), persistent=True)
+        self.post_init()
+        if config.freeze_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    # -- bookkeeping -----------------------------------------------------------------------------------
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.encoder.eval()  # a frozen φ keeps dropout off, so cached features equal live ones
+        return self
+
+    def set_daa_lambda1(self, value: float) -> None:
+        """Set λ1 of Eq. 2 (λ2 = 1 − λ1). Trainers call this with m/M every step."""
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"λ1 must lie in [0, 1], got {value}")
+        self.daa_lambda1.fill_(value)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def get_encoder(self):
+        return self.language_model.get_encoder()
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None):
+        self.language_model.gradient_checkpointing_enable() if enable else self.language_model.gradient_checkpointing_disable()
+
+    # -- the TIPPo front end ---------------------------------------------------------------------------
+
+    def encode_frozen_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_mask: torch.Tensor,
+        title_input_ids: torch.Tensor,
+        title_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """φ(I_i) and φ(T), the only work of the frozen encoder (what the feature cache stores).
+
+        Args:
+            pixel_values: `(batch, N, 3, H, W)`; padding slots are skipped. image_mask: `(batch, N)`.
+            title_input_ids, title_attention_mask: `(batch, L)`.
+        Returns:
+            image_features `(batch, N, d_φ)` (zeros in padding slots), title_features `(batch, d_φ)`.
+        """
+        image_mask = image_mask.bool()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
+            real_features = self.encoder.encode_images(pixel_values[image_mask])
+            image_features = real_features.new_zeros(*image_mask.shape, real_features.shape[-1])
+            image_features[image_mask] = real_features
+            title_features = self.encoder.encode_text(title_input_ids, title_attention_mask)
+        return image_features, title_features
+
+    def encode_prefix(
+        self,
+        image_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        title_input_ids: torch.Tensor | None = None,
+        title_attention_mask: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        title_features: torch.Tensor | None = None,
+    ) -> TIPPoPrefix:
+        """Adapters, prototype, DAA, DO and fusion: everything between φ and the decoder."""
+        if image_mask is None:
+            raise ValueError("TIPPoModel needs `image_mask` (batch, N): which image slots hold a real image")
+        image_mask = image_mask.bool()
+        if (image_mask.sum(1) == 0).any():
+            raise ValueError("every sample needs at least one image; got a sample whose image_mask is all 0")
+        if image_features is None or title_features is None:
+            if pixel_values is None or title_input_ids is None:
+                raise ValueError(
+                    "TIPPoModel needs either `pixel_values` + `title_input_ids` or the cached "
+                    "`image_features` + `title_features`"
+                )
+            image_features, title_features = self.encode_frozen_features(
+                pixel_values, image_mask, title_input_ids, title_attention_mask
+            )
+        dtype = self.text_adapter.mlp[0].weight.dtype
+        text_signal = self.text_adapter(title_features.to(dtype))  # S^T (batch, k, d)
+        image_signals = self.image_adapter(image_features.to(dtype))  # S^I (batch, N, k, d)
+        batch, n_images, k, d = image_signals.shape
+
+        if self.config.use_daa_do:
+            prototype = visual_prototype(image_signals, image_mask)  # S^P
+            augmented = self.dual_alignment_attention(text_signal, prototype, image_signals, self.daa_lambda1)
+            differential = self.difference_operator(image_signals, prototype)
+            per_image = torch.cat([augmented, differential], dim=2)  # [S_i^A; S_i^D] (batch, N, 2k, d)
+        else:  # TIP ablation: [S^T; S_1^I; …; S_N^I]
+            per_image = image_signals
+        tokens_per_image = per_image.shape[2]
+        inputs_embeds = torch.cat([text_signal, per_image.reshape(batch, n_images * tokens_per_image, d)], dim=1)
+        attention_mask = torch.cat(
+            [image_mask.new_ones(batch, k), image_mask.repeat_interleave(tokens_per_image, dim=1)], dim=1
+        ).long()
+        return TIPPoPrefix(inputs_embeds, attention_mask, image_signals, image_mask)
+
+    # -- the decoder -----------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        title_input_ids: torch.Tensor | None = None,
+        title_attention_mask: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        title_features: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs=None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> TIPPoSeq2SeqLMOutput:
+        """Teacher-forced pass. `labels` `(batch, T)` (-100 = ignored) gives the next-token loss L_NTP.
+
+        `encoder_outputs` + `attention_mask` skip the front end (used by `generate()` and PPO's re-scoring).
+        """
+        prefix = None
+        if encoder_outputs is None:
+            prefix = self.encode_prefix(
+                image_mask, pixel_values, title_input_ids, title_attention_mask, image_features, title_features
+            )
+            attention_mask = prefix.attention_mask
+        outputs = self.language_model(
+            inputs_embeds=prefix.inputs_embeds if prefix is not None else None,
+            attention_mask=attention_mask,
+            encoder_outputs=encoder_outputs,
+            labels=labels,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            return_dict=True,
+            **kwargs,
+        )
+        return TIPPoSeq2SeqLMOutput(
+            loss=outputs.loss,
+            logits=outputs.logits,
+            past_key_values=outputs.past_key_values,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            image_signals=prefix.image_signals if prefix is not None else None,
+            image_mask=prefix.image_mask if prefix is not None else None,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        title_input_ids: torch.Tensor | None = None,
+        title_attention_mask: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        title_features: torch.Tensor | None = None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """Generate text from images + title (or cached features). Any `GenerationConfig` option works
+        (greedy, beam search, sampling, `max_new_tokens`, …); decoding runs in T5's `generate()` with its KV cache.
+
+        Returns the decoder token ids `(batch, T)`, starting with the decoder start token.
+        """
+        prefix = self.encode_prefix(
+            image_mask, pixel_values, title_input_ids, title_attention_mask, image_features, title_features
+        )
+        # The model's own generation config (saved with it) is the default; explicit arguments override it.
+        generation_config = copy.deepcopy(generate_kwargs.pop("generation_config", None) or self.generation_config)
+        model_kwargs = generation_config.update(**generate_kwargs)
+        return self.language_model.generate(
+            inputs_embeds=prefix.inputs_embeds,
+            attention_mask=prefix.attention_mask,
+            generation_config=generation_config,
+            **model_kwargs,
+        )
+
+
+AutoConfig.register("tippo", TIPPoConfig)
+AutoModel.register(TIPPoConfig, TIPPoModel)

@@ -1,0 +1,160 @@
+"""Ways to build a fresh TIPPo model and processor: from the paper's two hub checkpoints, or the tiny preset.
+
+The tiny preset needs no network: its tokenizers are trained on the embedded default corpus and its
+weights are built from configs, so every recipe runs end to end on a fresh CPU machine.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    BertTokenizerFast,
+    ChineseCLIPConfig,
+    ChineseCLIPModel,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
+
+from .configuration_tippo import TIPPoConfig
+from .demo_data import demo_corpus
+from .modeling_tippo import TIPPoModel
+from .processing_tippo import TIPPoProcessor
+
+PAPER_ENCODER = "OFA-Sys/chinese-clip-vit-base-patch16"
+PAPER_DECODER = "Langboat/mengzi-t5-base"
+TINY_IMAGE_SIZE = 32
+
+
+def train_decoder_tokenizer(corpus: Sequence[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with T5's special-token layout (pad 0, eos 1, unk 2; EOS appended)."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
+    )
+
+
+def train_title_tokenizer(corpus: Sequence[str], vocab_size: int = 256) -> BertTokenizerFast:
+    """A WordPiece tokenizer in Chinese-CLIP's (BERT) layout: [PAD] 0, [CLS]/[SEP] around the text."""
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    with tempfile.TemporaryDirectory() as folder:
+        # BertTokenizerFast(vocab_file=...) silently builds a 5-token vocabulary in transformers 5; a folder works.
+        vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+        with open(f"{folder}/vocab.txt", "w", encoding="utf-8") as f:
+            f.write("\n".join(token for token, _ in vocab) + "\n")
+        return BertTokenizerFast.from_pretrained(folder, model_max_length=64)
+
+
+def build_tiny_processor(lang: str = "en", max_images: int = 5) -> TIPPoProcessor:
+    """The tiny preset's processor: tokenizers trained on the embedded default corpus, 32×32 images."""
+    corpus = demo_corpus(lang)
+    image_processor = ChineseCLIPImageProcessorPil(
+        size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+        crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+    )
+    return TIPPoProcessor(
+        image_processor=image_processor,
+        title_tokenizer=train_title_tokenizer(corpus),
+        tokenizer=train_decoder_tokenizer(corpus),
+        max_images=max_images,
+        max_title_length=16,
+        max_target_length=64,
+    )
+
+
+def tiny_tippo_config(processor: TIPPoProcessor, use_daa_do: bool = True, **overrides) -> TIPPoConfig:
+    """A TIPPo config of about 0.4M parameters, sized to `processor`'s vocabularies."""
+    width = 64
+    encoder_config = ChineseCLIPConfig(
+        text_config=dict(
+            vocab_size=len(processor.title_tokenizer),
+            hidden_size=width,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=2 * width,
+            max_position_embeddings=processor.title_tokenizer.model_max_length,
+            pad_token_id=processor.title_tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=width,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=2 * width,
+            image_size=TINY_IMAGE_SIZE,
+            patch_size=8,
+        ),
+        projection_dim=width,
+    )
+    decoder_config = T5Config(
+        vocab_size=len(processor.tokenizer),
+        d_model=width,
+        d_kv=16,
+        d_ff=2 * width,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        dropout_rate=0.0,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        eos_token_id=processor.tokenizer.eos_token_id,
+        decoder_start_token_id=processor.tokenizer.pad_token_id,
+        tie_word_embeddings=True,  # T5 then rescales the output by d^-0.5: a sane initial loss
+    )
+    settings = dict(prefix_length=2, max_images=processor.max_images, use_daa_do=use_daa_do)
+    settings.update(overrides)
+    return TIPPoConfig(encoder_config=encoder_config, decoder_config=decoder_config, **settings)
+
+
+def build_tiny_tippo(
+    lang: str = "en", use_daa_do: bool = True, seed: int = 0, max_images: int = 5, **config_overrides
+) -> tuple[TIPPoModel, TIPPoProcessor]:
+    """The tiny preset: a randomly initialised TIPPo model and its processor, built offline in about a second."""
+    processor = build_tiny_processor(lang, max_images=max_images)
+    torch.manual_seed(seed)
+    model = TIPPoModel(tiny_tippo_config(processor, use_daa_do=use_daa_do, **config_overrides))
+    model.generation_config.max_new_tokens = processor.max_target_length
+    return model, processor
+
+
+def build_tippo_from_pretrained_components(
+    encoder_name_or_path: str = PAPER_ENCODER,
+    decoder_name_or_path: str = PAPER_DECODER,
+    **config_kwargs,
+) -> tuple[TIPPoModel, TIPPoProcessor]:
+    """A fresh TIPPo model from the two pretrained checkpoints (the paper's by default; needs the Hub or local
+    copies). φ and the decoder carry their pretrained weights; adapters, DAA and DO start from scratch."""
+    clip = ChineseCLIPModel.from_pretrained(encoder_name_or_path)
+    t5 = T5ForConditionalGeneration.from_pretrained(decoder_name_or_path)
+    config = TIPPoConfig(encoder_config=clip.config, decoder_config=t5.config, **config_kwargs)
+    model = TIPPoModel(config)
+    # logit_scale is the one ChineseCLIPModel weight TIPPo does not keep.
+    missing, unexpected = model.encoder.load_state_dict(clip.state_dict(), strict=False)
+    if missing or set(unexpected) - {"logit_scale"}:
+        raise ValueError(f"{encoder_name_or_path} does not fit TIPPo's encoder: missing {missing}, unexpected {unexpected}")
+    model.language_model.load_state_dict(t5.state_dict())
+    model.generation_config.max_new_tokens = 256
+    processor = TIPPoProcessor.from_pretrained_components(
+        encoder_name_or_path, decoder_name_or_path, max_images=config.max_images
+    )
+    return model, processor

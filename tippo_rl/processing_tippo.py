@@ -1,0 +1,163 @@
+"""TIPPoProcessor: images → pixels, title → Chinese-CLIP tokens, reference → decoder labels."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
+from transformers.utils import PushToHubMixin
+
+PROCESSOR_CONFIG_NAME = "tippo_processor_config.json"
+TITLE_TOKENIZER_FOLDER = "title_tokenizer"
+
+
+class TIPPoProcessor(PushToHubMixin):
+    """Turns `(title, images, reference)` samples into a [`TIPPoModel`] batch.
+
+    Args:
+        image_processor: Chinese-CLIP's image processor (the PIL one: no torchvision needed).
+        title_tokenizer: the tokenizer of φ's text tower (a BERT tokenizer for Chinese-CLIP).
+        tokenizer: the decoder's tokenizer (T5); decodes generations.
+        max_images: N_max, the most images a sample may have.
+        max_title_length: title tokens kept for φ.
+        max_target_length: reference tokens kept as labels (an EOS is always last).
+
+    Saved as: the decoder tokenizer and `preprocessor_config.json` at the top of the folder (so
+    `AutoTokenizer.from_pretrained(folder)` gives the decoder's), the title tokenizer in `title_tokenizer/`.
+    """
+
+    def __init__(
+        self,
+        image_processor: ChineseCLIPImageProcessorPil,
+        title_tokenizer: PreTrainedTokenizerBase,
+        tokenizer: PreTrainedTokenizerBase,
+        max_images: int = 5,
+        max_title_length: int = 52,
+        max_target_length: int = 512,
+    ):
+        self.image_processor = image_processor
+        self.title_tokenizer = title_tokenizer
+        self.tokenizer = tokenizer
+        self.max_images = max_images
+        self.max_title_length = max_title_length
+        self.max_target_length = max_target_length
+
+    # -- batches ---------------------------------------------------------------------------------------
+
+    def images_to_pixels(self, images: Sequence[Sequence[Image.Image]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`images[b]` is sample b's list of PIL images → pixel_values `(batch, N, 3, H, W)`, image_mask `(batch, N)`.
+
+        N is the largest image count in the batch; shorter samples are padded with zero images, masked out.
+        """
+        counts = [len(sample) for sample in images]
+        for index, count in enumerate(counts):
+            if not 1 <= count <= self.max_images:
+                raise ValueError(f"sample {index} has {count} images; TIPPo takes 1 to {self.max_images}")
+        flat = [image.convert("RGB") for sample in images for image in sample]
+        pixels = self.image_processor(images=flat, return_tensors="pt")["pixel_values"]
+        n_images = max(counts)
+        pixel_values = pixels.new_zeros(len(images), n_images, *pixels.shape[1:])
+        image_mask = torch.zeros(len(images), n_images, dtype=torch.bool)
+        offset = 0
+        for index, count in enumerate(counts):
+            pixel_values[index, :count] = pixels[offset : offset + count]
+            image_mask[index, :count] = True
+            offset += count
+        return pixel_values, image_mask
+
+    def tokenize_titles(self, titles: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Titles (may be empty) → `title_input_ids`, `title_attention_mask` `(batch, L)` for φ's text tower."""
+        encoded = self.title_tokenizer(
+            list(titles), padding=True, truncation=True, max_length=self.max_title_length, return_tensors="pt"
+        )
+        return {"title_input_ids": encoded["input_ids"], "title_attention_mask": encoded["attention_mask"]}
+
+    def tokenize_references(self, references: Sequence[str]) -> torch.Tensor:
+        """References → `labels` `(batch, T)`, padding set to -100 (ignored by the loss)."""
+        encoded = self.tokenizer(
+            list(references), padding=True, truncation=True, max_length=self.max_target_length, return_tensors="pt"
+        )
+        labels = encoded["input_ids"]
+        return labels.masked_fill(encoded["attention_mask"] == 0, -100)
+
+    def __call__(
+        self,
+        titles: Sequence[str],
+        images: Sequence[Sequence[Image.Image]],
+        references: Sequence[str] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """A model-ready batch: `pixel_values`, `image_mask`, `title_input_ids`, `title_attention_mask`
+        and, when references are given, `labels`."""
+        pixel_values, image_mask = self.images_to_pixels(images)
+        batch = {"pixel_values": pixel_values, "image_mask": image_mask, **self.tokenize_titles(titles)}
+        if references is not None:
+            batch["labels"] = self.tokenize_references(references)
+        return batch
+
+    def batch_decode(self, token_ids: torch.Tensor, **kwargs) -> list[str]:
+        """Decoder token ids → texts (special tokens skipped)."""
+        kwargs.setdefault("skip_special_tokens", True)
+        return [text.strip() for text in self.tokenizer.batch_decode(token_ids, **kwargs)]
+
+    # -- saving and loading ----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {
+            "processor_class": type(self).__name__,
+            "max_images": self.max_images,
+            "max_title_length": self.max_title_length,
+            "max_target_length": self.max_target_length,
+        }
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
+        """Write the processor to `save_directory` (and push it when `push_to_hub=True`)."""
+        save_directory = Path(save_directory)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        self.image_processor.save_pretrained(save_directory)
+        self.tokenizer.save_pretrained(save_directory)
+        self.title_tokenizer.save_pretrained(save_directory / TITLE_TOKENIZER_FOLDER)
+        (save_directory / PROCESSOR_CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2))
+        if push_to_hub:
+            repo_id = kwargs.pop("repo_id", save_directory.name)
+            return self.push_to_hub(repo_id, **kwargs)
+        return [str(path) for path in save_directory.rglob("*") if path.is_file()]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "TIPPoProcessor":
+        """Load a processor saved with `save_pretrained`, from a folder or a Hub repository."""
+        source = str(pretrained_model_name_or_path)
+        if Path(source).is_dir():
+            settings = json.loads((Path(source) / PROCESSOR_CONFIG_NAME).read_text())
+        else:
+            from huggingface_hub import hf_hub_download
+
+            settings = json.loads(Path(hf_hub_download(source, PROCESSOR_CONFIG_NAME, **kwargs)).read_text())
+        settings.pop("processor_class", None)
+        return cls(
+            image_processor=ChineseCLIPImageProcessorPil.from_pretrained(source, **kwargs),
+            title_tokenizer=AutoTokenizer.from_pretrained(source, subfolder=TITLE_TOKENIZER_FOLDER, **kwargs),
+            tokenizer=AutoTokenizer.from_pretrained(source, **kwargs),
+            **settings,
+        )
+
+    @classmethod
+    def from_pretrained_components(
+        cls, encoder_name_or_path: str, decoder_name_or_path: str, **kwargs
+    ) -> "TIPPoProcessor":
+        """Build the processor of a fresh TIPPo model from its two checkpoints, e.g.
+        `OFA-Sys/chinese-clip-vit-base-patch16` and `Langboat/mengzi-t5-base`."""
+        return cls(
+            image_processor=ChineseCLIPImageProcessorPil.from_pretrained(encoder_name_or_path),
+            title_tokenizer=AutoTokenizer.from_pretrained(encoder_name_or_path),
+            tokenizer=AutoTokenizer.from_pretrained(decoder_name_or_path),
+            **kwargs,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({json.dumps(self.to_dict())})"
