@@ -183,6 +183,8 @@ class TIPPoPreTrainedModel(PreTrainedModel):
     base_model_prefix = "tippo"
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
+    # Losses are means over the batch's tokens; the Trainer scales them for gradient accumulation.
+    accepts_loss_kwargs = False
     _no_split_modules = ["T5Block", "ChineseCLIPVisionLayer", "ChineseCLIPTextLayer"]
     _supports_sdpa = True
 
@@ -245,9 +247,6 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
 
     def get_encoder(self):
         return self.language_model.get_encoder()
-
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None):
-        self.language_model.gradient_checkpointing_enable() if enable else self.language_model.gradient_checkpointing_disable()
 
     # -- the TIPPo front end ---------------------------------------------------------------------------
 
@@ -363,6 +362,7 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
             logits=outputs.logits,
             past_key_values=outputs.past_key_values,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            decoder_hidden_states=outputs.decoder_hidden_states,
             image_signals=prefix.image_signals if prefix is not None else None,
             image_mask=prefix.image_mask if prefix is not None else None,
         )

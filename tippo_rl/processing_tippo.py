@@ -9,15 +9,14 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
-from transformers.utils import PushToHubMixin
 
 PROCESSOR_CONFIG_NAME = "tippo_processor_config.json"
 TITLE_TOKENIZER_FOLDER = "title_tokenizer"
 
 
-class TIPPoProcessor(PushToHubMixin):
+class TIPPoProcessor(ProcessorMixin):
     """Turns `(title, images, reference)` samples into a [`TIPPoModel`] batch.
 
     Args:
@@ -27,6 +26,9 @@ class TIPPoProcessor(PushToHubMixin):
         max_images: N_max, the most images a sample may have.
         max_title_length: title tokens kept for φ.
         max_target_length: reference tokens kept as labels (an EOS is always last).
+
+    It is a `ProcessorMixin` (so TRL and the Trainer treat it as a multi-modal processor and save it with every
+    checkpoint) with its own saving and loading, since it holds two tokenizers.
 
     Saved as: the decoder tokenizer and `preprocessor_config.json` at the top of the folder (so
     `AutoTokenizer.from_pretrained(folder)` gives the decoder's), the title tokenizer in `title_tokenizer/`.
@@ -41,6 +43,7 @@ class TIPPoProcessor(PushToHubMixin):
         max_title_length: int = 52,
         max_target_length: int = 512,
     ):
+        # ProcessorMixin.__init__ is not called: it expects one tokenizer; this class saves and loads its parts itself.
         self.image_processor = image_processor
         self.title_tokenizer = title_tokenizer
         self.tokenizer = tokenizer

@@ -1,0 +1,33 @@
+"""TIPPo SFT: next-token loss + prototype contrastive loss (Eq. 5), on TRL's SFTTrainer.
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml recipes/sft.py --config recipes/configs/demo_sft.yaml
+
+Everything a run may change is in the YAML config or on the command line (`--help` lists it all).
+"""
+
+from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, load_datasets, load_model_and_processor, lora_config
+from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
+from trl import TrlParser
+
+
+def main(script_args: TIPPoScriptArguments, training_args: TIPPoSFTConfig, model_args: TIPPoModelConfig):
+    model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
+    train_dataset, eval_dataset = load_datasets(script_args, max_images=model.config.max_images)
+    trainer = TIPPoSFTTrainer(
+        model=model,
+        args=training_args,
+        processor=processor,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
+        peft_config=lora_config(model_args, model),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_tippo(training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset)
+    trainer.accelerator.print(f"SFT model and processor saved to {training_args.output_dir}")
+
+
+if __name__ == "__main__":
+    parser = TrlParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig))
+    main(*parser.parse_args_and_config())

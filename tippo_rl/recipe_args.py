@@ -1,0 +1,150 @@
+"""Arguments shared by the recipes (`recipes/*.py`) and the two things every recipe builds from them:
+the datasets, and the model with its processor."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+from trl import ModelConfig
+
+from .data import load_artmuse, load_coco_captions
+from .demo_data import make_demo_dataset
+from .modeling_tippo import TIPPoModel
+from .presets import PAPER_DECODER, PAPER_ENCODER, build_tiny_tippo, build_tippo_from_pretrained_components
+from .processing_tippo import TIPPoProcessor
+
+logger = logging.getLogger(__name__)
+
+DATASET_KINDS = ("demo", "artmuse", "cococn")
+PRESETS = ("tiny", "pretrained")
+# Everything TIPPo adds in front of the decoder trains fully when the decoder gets LoRA.
+TIPPO_MODULES = ["text_adapter", "image_adapter", "dual_alignment_attention", "difference_operator"]
+
+
+@dataclass
+class TIPPoScriptArguments:
+    """Which data a recipe trains and evaluates on."""
+
+    dataset: str = field(
+        default="demo",
+        metadata={"help": "`demo` (the embedded default, generated on the fly), `artmuse` (JSONL) or `cococn` (COCO captions JSON)."},
+    )
+    train_file: str | None = field(default=None, metadata={"help": "artmuse: training JSONL ({title, images, reference} rows)."})
+    eval_file: str | None = field(default=None, metadata={"help": "artmuse: evaluation JSONL."})
+    image_root: str | None = field(default=None, metadata={"help": "artmuse: folder relative image paths start from (default: the JSONL's folder)."})
+    coco_train_annotations: str | None = field(default=None, metadata={"help": "cococn: training captions JSON."})
+    coco_eval_annotations: str | None = field(default=None, metadata={"help": "cococn: evaluation captions JSON."})
+    coco_image_dir: str | None = field(default=None, metadata={"help": "cococn: the image folder."})
+    demo_dir: str = field(default="outputs/demo_data", metadata={"help": "demo: where the generated dataset is written."})
+    demo_lang: str = field(default="en", metadata={"help": "demo: `en` or `zh` texts."})
+    demo_num_train: int = field(default=400, metadata={"help": "demo: training samples."})
+    demo_num_test: int = field(default=48, metadata={"help": "demo: held-out samples."})
+    on_bad_rows: str = field(default="raise", metadata={"help": "`raise` at the first bad row, or `skip` bad rows with a counted warning."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep at most this many evaluation samples."})
+
+    def __post_init__(self):
+        if self.dataset not in DATASET_KINDS:
+            raise ValueError(f"--dataset must be one of {', '.join(DATASET_KINDS)}; got {self.dataset!r}")
+        if self.on_bad_rows not in ("raise", "skip"):
+            raise ValueError(f"--on_bad_rows must be 'raise' or 'skip'; got {self.on_bad_rows!r}")
+        if self.demo_lang not in ("en", "zh"):
+            raise ValueError(f"--demo_lang must be 'en' or 'zh'; got {self.demo_lang!r}")
+        required = {
+            "artmuse": ["train_file"],
+            "cococn": ["coco_train_annotations", "coco_image_dir"],
+        }.get(self.dataset, [])
+        for name in required:
+            if getattr(self, name) is None:
+                raise ValueError(f"--{name} is required with --dataset {self.dataset}")
+        for name in ("train_file", "eval_file", "coco_train_annotations", "coco_eval_annotations", "coco_image_dir", "image_root"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).exists():
+                raise ValueError(f"--{name} {value!r} does not exist")
+
+
+@dataclass
+class TIPPoModelConfig(ModelConfig):
+    """TRL's `ModelConfig` (`model_name_or_path`, `use_peft`, `lora_*`, …) plus how to build a fresh TIPPo model.
+
+    With `model_name_or_path` a saved TIPPo model (e.g. the SFT output) is loaded; without it a fresh model is
+    built from `preset`.
+    """
+
+    preset: str = field(
+        default="tiny",
+        metadata={"help": "Fresh model when no `model_name_or_path`: `tiny` (built from configs, offline) or `pretrained` (the two checkpoints below)."},
+    )
+    encoder_name_or_path: str = field(default=PAPER_ENCODER, metadata={"help": "φ for `preset: pretrained` (Chinese-CLIP)."})
+    decoder_name_or_path: str = field(default=PAPER_DECODER, metadata={"help": "The T5 decoder for `preset: pretrained`."})
+    prefix_length: int = field(default=4, metadata={"help": "k, tokens per φ vector (fresh `pretrained` models; the tiny preset uses 2)."})
+    use_daa_do: bool = field(default=True, metadata={"help": "False gives the paper's TIP ablation (no DAA, no DO)."})
+    seed_model: int = field(default=0, metadata={"help": "Seed of a fresh model's random initialisation."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.preset not in PRESETS:
+            raise ValueError(f"--preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
+        if self.lora_target_modules is None:
+            self.lora_target_modules = ["q", "v"]  # T5's attention projections; φ's are named differently
+
+
+def load_datasets(args: TIPPoScriptArguments, max_images: int = 5) -> tuple[Dataset, Dataset | None]:
+    """(train, eval) datasets as the script arguments describe them."""
+    if args.dataset == "demo":
+        folder = make_demo_dataset(
+            args.demo_dir, num_train=args.demo_num_train, num_test=args.demo_num_test, lang=args.demo_lang, max_images=max_images
+        )
+        train, evaluation = load_artmuse(folder / "train.jsonl"), load_artmuse(folder / "test.jsonl")
+    elif args.dataset == "artmuse":
+        train = load_artmuse(args.train_file, args.image_root, max_images, on_error=args.on_bad_rows)
+        evaluation = load_artmuse(args.eval_file, args.image_root, max_images, on_error=args.on_bad_rows) if args.eval_file else None
+    else:
+        train = load_coco_captions(args.coco_train_annotations, args.coco_image_dir, "caption", args.on_bad_rows)
+        evaluation = (
+            load_coco_captions(args.coco_eval_annotations, args.coco_image_dir, "image", args.on_bad_rows)
+            if args.coco_eval_annotations
+            else None
+        )
+    if evaluation is not None and args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    return train, evaluation
+
+
+def load_model_and_processor(args: TIPPoModelConfig, lang: str = "en") -> tuple[TIPPoModel, TIPPoProcessor]:
+    """A saved TIPPo model + processor (`model_name_or_path`), or a fresh one from `preset`."""
+    if args.model_name_or_path:
+        source = args.model_name_or_path
+        return TIPPoModel.from_pretrained(source, revision=args.model_revision), TIPPoProcessor.from_pretrained(source)
+    if args.preset == "tiny":
+        return build_tiny_tippo(lang=lang, use_daa_do=args.use_daa_do, seed=args.seed_model)
+    return build_tippo_from_pretrained_components(
+        args.encoder_name_or_path, args.decoder_name_or_path, prefix_length=args.prefix_length, use_daa_do=args.use_daa_do
+    )
+
+
+def lora_config(args: TIPPoModelConfig, model: TIPPoModel) -> LoraConfig | None:
+    """LoRA on the decoder's attention (`lora_target_modules`), with TIPPo's own modules (those `model` has)
+    fully trainable. None unless `--use_peft`."""
+    if not args.use_peft:
+        return None
+    present = [name for name in TIPPO_MODULES if hasattr(model, name)]
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        # A regex (PEFT full-matches it): only the decoder's modules, never φ's.
+        target_modules=rf"language_model\..*\.({'|'.join(args.lora_target_modules)})",
+        modules_to_save=present + list(args.lora_modules_to_save or []),
+        use_rslora=args.use_rslora,
+        use_dora=args.use_dora,
+    )
+
+
+def apply_lora(model: TIPPoModel, args: TIPPoModelConfig):
+    """Wrap `model` with LoRA when `--use_peft` is set; otherwise return it unchanged."""
+    config = lora_config(args, model)
+    return model if config is None else get_peft_model(model, config)

@@ -1,0 +1,62 @@
+"""Configuration of the TIPPo SFT stage: TRL's `SFTConfig` plus the prototype contrastive loss and the DAA schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from trl import SFTConfig
+
+LAMBDA_SCHEDULES = ("linear", "constant")
+
+
+@dataclass
+class TIPPoSFTConfig(SFTConfig):
+    r"""
+    [`TIPPoSFTTrainer`] arguments: everything of [`trl.SFTConfig`] / [`transformers.TrainingArguments`], plus:
+
+    Parameters:
+        contrastive_weight (`float`, defaults to `1.0`):
+            α in L_SFT = L_NTP + α·L_C (paper: 1). 0 switches the contrastive loss off.
+        contrastive_temperature (`float`, defaults to `1.0`):
+            τ of Eq. 5 (paper: 1, no temperature).
+        daa_lambda_schedule (`str`, defaults to `"linear"`):
+            How λ1 of Eq. 2 moves: `linear` is the paper's m/M over the stage; `constant` holds `daa_lambda1`.
+        daa_lambda1 (`float`, defaults to `0.5`):
+            λ1 for the `constant` schedule.
+        use_feature_cache (`bool`, defaults to `True`):
+            Compute the frozen encoder's outputs once per dataset and train from them (identical results, faster).
+        feature_cache_dir (`str`, *optional*):
+            Where cached features go (default `~/.cache/tippo_rl/features`).
+    """
+
+    contrastive_weight: float = field(default=1.0, metadata={"help": "α: weight of the prototype contrastive loss L_C (Eq. 5) in L_SFT = L_NTP + α·L_C. Paper: 1."})
+    contrastive_temperature: float = field(default=1.0, metadata={"help": "τ: temperature of L_C (Eq. 5). Paper: 1 (none)."})
+    daa_lambda_schedule: str = field(default="linear", metadata={"help": "λ1 of Eq. 2: `linear` (paper, m/M over the stage) or `constant` (`daa_lambda1`)."})
+    daa_lambda1: float = field(default=0.5, metadata={"help": "λ1 for `daa_lambda_schedule: constant`, in [0, 1]."})
+    use_feature_cache: bool = field(default=True, metadata={"help": "Train from cached frozen-encoder features (computed once per dataset)."})
+    feature_cache_dir: str | None = field(default=None, metadata={"help": "Folder for cached features (default ~/.cache/tippo_rl/features)."})
+
+    # TIPPo batches are built by its own collator from images, not by SFTTrainer's text pipeline.
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every dataset column for TIPPo's collator."})
+    dataset_kwargs: dict | None = field(
+        default_factory=lambda: {"skip_prepare_dataset": True},
+        metadata={"help": "TIPPo datasets are used as they are (no SFT text preparation)."},
+    )
+    prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation reports losses; generation metrics come from recipes/evaluate.py."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision. Default: on where a GPU supports it, off on a CPU."})
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
+        if self.contrastive_weight < 0:
+            raise ValueError(f"contrastive_weight (α) must be ≥ 0, got {self.contrastive_weight}")
+        if self.contrastive_temperature <= 0:
+            raise ValueError(f"contrastive_temperature (τ) must be > 0, got {self.contrastive_temperature}")
+        if self.daa_lambda_schedule not in LAMBDA_SCHEDULES:
+            raise ValueError(
+                f"daa_lambda_schedule must be one of {', '.join(LAMBDA_SCHEDULES)}, got {self.daa_lambda_schedule!r}"
+            )
+        if not 0.0 <= self.daa_lambda1 <= 1.0:
+            raise ValueError(f"daa_lambda1 (λ1) must lie in [0, 1], got {self.daa_lambda1}")
+        super().__post_init__()
