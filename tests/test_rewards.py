@@ -1,0 +1,286 @@
+"""Tests for tippo_rl.rewards: Eq. 7, Eq. 8, plug-in loading and every way a plug-in can misbehave."""
+
+import math
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tippo_rl.rewards import (  # noqa: E402
+    SemanticReward,
+    bundled_minilm_path,
+    literal,
+    literal_reward,
+    load_reward,
+    reward_name,
+    score_rewards,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------------- Eq. 7
+
+
+@pytest.mark.parametrize(
+    "completion, reference, expected",
+    [
+        ("a cat on a mat", "a cat on a mat", 1.0),  # identical
+        ("abc", "xyz", 0.0),  # same length, nothing shared
+        ("sitting", "kitten", 1 - 3 / 7),  # k→s, e→i, +g: LD 3, longer length 7
+        ("今天天气不错", "今天天气很好", 1 - 2 / 6),  # by character: 2 of 6 (UTF-8 bytes would give 6 of 18)
+        ("", "", 1.0),  # both empty: max(|Y|, |y|, 1) avoids 0/0
+        ("", "abcd", 0.0),
+    ],
+)
+def test_literal_reward_eq7(completion, reference, expected):
+    assert literal_reward([completion], [reference]) == [pytest.approx(expected)]
+
+
+def test_literal_plugin_matches_plain_form_and_accepts_chat_completions():
+    references = ["kitten", "今天天气很好"]
+    chat = [[{"role": "assistant", "content": "sitting"}], [{"role": "assistant", "content": "今天天气不错"}]]
+    assert literal(prompts=["p", "p"], completions=chat, reference=references, trainer_state=None) == literal_reward(
+        ["sitting", "今天天气不错"], references
+    )
+
+
+def test_literal_reward_needs_paired_references():
+    with pytest.raises(ValueError, match="2 completions but 1 references"):
+        literal_reward(["a", "b"], ["a"])
+    with pytest.raises(ValueError, match="column 'reference'"):
+        literal(prompts=["p"], completions=["a"])
+
+
+# --------------------------------------------------------------------------------------------------- Eq. 8
+
+
+@pytest.fixture(scope="module")
+def semantic():
+    return SemanticReward(bundled_minilm_path(), device="cpu", batch_size=8)
+
+
+def test_semantic_reads_minilm_pooling_and_length(semantic):
+    assert semantic.pooling == "mean"  # from 1_Pooling/config.json; CLS would be wrong for MiniLM
+    assert semantic.max_length == 256  # from sentence_bert_config.json
+
+
+def test_semantic_reward_eq8_paraphrase_beats_unrelated(semantic):
+    reference = "A cat is sitting on the mat."
+    paraphrase, unrelated, same = semantic.score(
+        ["A kitten sits on a rug.", "The stock market fell sharply today.", reference], [reference] * 3
+    )
+    assert paraphrase > unrelated + 0.4
+    assert same == pytest.approx(1.0, abs=1e-5)
+    assert all(-1.0 <= r <= 1.0 for r in (paraphrase, unrelated, same))
+
+
+def test_semantic_reward_is_order_independent(semantic):
+    # encode() sorts texts by length for padding; the scores must still follow the input order.
+    completions = ["A dog.", "A man rides a brown horse along the beach at sunset.", "Rain."]
+    references = ["A puppy.", "A rider on a horse by the sea.", "It is raining."]
+    forward = semantic.score(completions, references)
+    backward = semantic.score(completions[::-1], references[::-1])
+    assert forward == pytest.approx(backward[::-1], abs=1e-5)
+
+
+def test_semantic_reference_cache(semantic):
+    semantic._reference_cache.clear()
+    semantic.cache_hits = semantic.cache_misses = 0
+    references = ["Two children play football.", "Two children play football.", "A red car."]
+    semantic.score(["Kids playing soccer.", "A game.", "A car."], references)
+    assert (semantic.cache_misses, semantic.cache_hits) == (2, 1)  # the duplicate in the batch is encoded once
+    first = semantic.score(["Kids playing soccer."], ["Two children play football."])
+    assert (semantic.cache_misses, semantic.cache_hits) == (2, 2)
+    # A cached embedding gives the same score as a fresh one.
+    semantic._reference_cache.clear()
+    assert semantic.score(["Kids playing soccer."], ["Two children play football."]) == pytest.approx(first, abs=1e-5)
+
+
+def test_semantic_plugin_name_and_signature(semantic):
+    assert reward_name(semantic) == "semantic"
+    assert semantic(prompts=["p"], completions=["A cat."], reference=["A cat."], completion_ids=None) == [
+        pytest.approx(1.0, abs=1e-5)
+    ]
+    assert semantic.score([], []) == []
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def test_load_builtin_and_repo_plugin_by_module_and_file(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    assert load_reward("literal") is literal
+    by_module = load_reward("rewards.length_penalty:length_penalty")
+    by_file = load_reward("rewards/length_penalty.py:length_penalty")
+    for reward in (by_module, by_file):
+        assert reward_name(reward) == "length_penalty"
+        # -|len(y) - len(Y)| / max: 0 for the right length, -0.5 for half the length
+        assert reward(prompts=["p", "p"], completions=["abcd", "ab"], reference=["wxyz", "wxyz"]) == [0.0, -0.5]
+    fixed = load_reward("rewards/length_penalty.py:LengthPenalty", target_length=4)
+    assert fixed(prompts=["p"], completions=["abcdefgh"], reference=["x"]) == [-0.5]
+
+
+def test_load_module_path_resolves_against_current_directory(tmp_path, monkeypatch):
+    # As under `accelerate launch recipes/x.py`: the current directory is not on sys.path.
+    (tmp_path / "my_rewards_pkg").mkdir()
+    (tmp_path / "my_rewards_pkg" / "__init__.py").write_text("")
+    (tmp_path / "my_rewards_pkg" / "shout.py").write_text(
+        "def shout(prompts, completions, **kwargs):\n    return [float(c.isupper()) for c in completions]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    reward = load_reward("my_rewards_pkg.shout:shout")
+    assert reward(prompts=["p", "p"], completions=["HEY", "hey"]) == [1.0, 0.0]
+
+
+def test_load_file_plugin_class_with_init_kwargs(tmp_path):
+    plugin = tmp_path / "bonus.py"
+    plugin.write_text(
+        textwrap.dedent(
+            """
+            from dataclasses import dataclass
+
+            @dataclass
+            class KeywordBonus:
+                keyword: str
+                def __call__(self, prompts, completions, **kwargs):
+                    return [1.0 if self.keyword in c else None for c in completions]
+            """
+        )
+    )
+    reward = load_reward(f"{plugin}:KeywordBonus", keyword="cat")
+    assert reward_name(reward) == "KeywordBonus"
+    rewards, names = score_rewards([reward], ["p", "p"], ["a cat", "a dog"])
+    assert names == ["KeywordBonus"]
+    assert rewards[0, 0] == 1.0 and math.isnan(rewards[0, 1])  # None: not applicable → NaN
+    assert torch.nansum(rewards, dim=0).tolist() == [1.0, 0.0]
+
+
+@pytest.fixture
+def plugin_file(tmp_path):
+    path = tmp_path / "plugins.py"
+    path.write_text("THRESHOLD = 3\n\ndef short(prompts, completions, **kwargs):\n    return [1.0] * len(completions)\n")
+    return path
+
+
+def test_load_errors(plugin_file, tmp_path):
+    with pytest.raises(ValueError, match="unknown reward 'bleu'.*literal, semantic"):
+        load_reward("bleu")
+    with pytest.raises(AttributeError, match="defines no 'long'.*it defines: short"):
+        load_reward(f"{plugin_file}:long")
+    with pytest.raises(TypeError, match=r"is not callable \(got int 3\)"):
+        load_reward(f"{plugin_file}:THRESHOLD")
+    with pytest.raises(FileNotFoundError, match="missing.py"):
+        load_reward(f"{tmp_path}/missing.py:f")
+    with pytest.raises(ModuleNotFoundError, match="no module named 'no_such_pkg.rewards'"):
+        load_reward("no_such_pkg.rewards:f")
+    with pytest.raises(ValueError, match="takes no constructor arguments"):
+        load_reward(f"{plugin_file}:short", scale=2)
+    with pytest.raises(TypeError, match="cannot construct LengthPenalty"):
+        load_reward(str(REPO_ROOT / "rewards/length_penalty.py") + ":LengthPenalty", target=3)
+
+
+def test_load_error_names_a_missing_dependency(tmp_path):
+    (tmp_path / "pkg_with_dep").mkdir()
+    (tmp_path / "pkg_with_dep" / "__init__.py").write_text("import not_installed_dependency_xyz\n")
+    sys.path.append(str(tmp_path))
+    try:
+        with pytest.raises(ModuleNotFoundError, match="imports 'not_installed_dependency_xyz'"):
+            load_reward("pkg_with_dep:f")
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+# --------------------------------------------------------------------------------------------------- score_rewards
+
+
+def raising(prompts, completions, **kwargs):
+    raise ZeroDivisionError("division by zero")
+
+
+def nan_at_1(prompts, completions, **kwargs):
+    return [0.5, float("nan"), 0.5]
+
+
+def inf_at_0(prompts, completions, **kwargs):
+    return [float("inf"), 0.5, 0.5]
+
+
+def too_short(prompts, completions, **kwargs):
+    return [0.5, 0.5]
+
+
+def text_at_2(prompts, completions, **kwargs):
+    return [0.5, 0.5, "high"]
+
+
+def scalar(prompts, completions, **kwargs):
+    return 0.5
+
+
+BATCH = dict(prompts=["p"] * 3, completions=["a", "b", "c"], columns={"reference": ["a", "x", "c"]})
+
+
+@pytest.mark.parametrize(
+    "reward, error, message",
+    [
+        (
+            raising,
+            RuntimeError,
+            r"reward 'raising' \(.*test_rewards:raising\) raised on the batch of 3 samples: ZeroDivisionError",
+        ),
+        (nan_at_1, ValueError, "reward 'nan_at_1' .* returned nan for sample 1"),
+        (inf_at_0, ValueError, "reward 'inf_at_0' .* returned inf for sample 0"),
+        (too_short, ValueError, "reward 'too_short' .* returned 2 values for a batch of 3"),
+        (text_at_2, TypeError, "reward 'text_at_2' .* returned 'high' \\(str\\) for sample 2"),
+        (scalar, TypeError, "reward 'scalar' .* returned a float; expected a list of 3 floats"),
+    ],
+)
+def test_score_rewards_rejects_bad_reward(reward, error, message):
+    with pytest.raises(error, match=message) as caught:
+        score_rewards([literal, reward], **BATCH)
+    if error is RuntimeError:
+        assert isinstance(caught.value.__cause__, ZeroDivisionError)
+
+
+def test_score_rewards_error_names_the_spec(tmp_path):
+    plugin = tmp_path / "broken.py"
+    plugin.write_text("def broken(prompts, completions, **kwargs):\n    raise KeyError('title')\n")
+    spec = f"{plugin}:broken"
+    with pytest.raises(RuntimeError, match=rf"reward 'broken' \({spec}\) raised on the batch of 3 samples: KeyError"):
+        score_rewards([load_reward(spec)], **BATCH)
+
+
+def test_score_rewards_calls_with_trl_convention_and_weights():
+    seen = {}
+
+    def spy(prompts, completions, completion_ids, trainer_state, reference, title, **kwargs):
+        seen.update(completion_ids=completion_ids, trainer_state=trainer_state, title=title, extra=kwargs)
+        return torch.tensor([1.0, 2.0, 3.0])  # tensors are accepted too
+
+    rewards, names = score_rewards(
+        [literal, spy],
+        prompts=["p"] * 3,
+        completions=["a", "b", "c"],
+        columns={"reference": ["a", "x", "c"], "title": ["t1", "t2", "t3"]},
+        weights=[1.0, 0.5],
+        trainer_state="state",
+        completion_ids=[[1], [2], [3]],
+    )
+    assert names == ["literal", "spy"]
+    assert rewards.shape == (2, 3) and rewards.dtype == torch.float32
+    assert rewards.tolist() == [[1.0, 0.0, 1.0], [0.5, 1.0, 1.5]]
+    assert seen == dict(completion_ids=[[1], [2], [3]], trainer_state="state", title=["t1", "t2", "t3"], extra={})
+
+
+def test_score_rewards_checks_batch_inputs():
+    with pytest.raises(ValueError, match="2 reward weights for 1 reward functions"):
+        score_rewards([literal], **BATCH, weights=[1.0, 1.0])
+    with pytest.raises(ValueError, match="column 'reference' has 2 values but the batch has 3"):
+        score_rewards([literal], ["p"] * 3, ["a", "b", "c"], {"reference": ["a", "b"]})

