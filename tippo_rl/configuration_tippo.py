@@ -31,6 +31,9 @@ class TIPPoConfig(PretrainedConfig):
             value as a buffer and uses it at inference.
         freeze_encoder (`bool`, defaults to `True`):
             φ is frozen in the paper. Kept as a switch for experiments.
+        encoder_name_or_path, decoder_name_or_path (`str`, *optional*):
+            The checkpoints φ and the decoder came from (recorded for model cards; `None` for configs built from
+            scratch, such as the tiny preset).
     """
 
     model_type = "tippo"
@@ -46,6 +49,8 @@ class TIPPoConfig(PretrainedConfig):
         use_daa_do: bool = True,
         daa_lambda1: float = 0.0,
         freeze_encoder: bool = True,
+        encoder_name_or_path: str | None = None,
+        decoder_name_or_path: str | None = None,
         **kwargs,
     ):
         if encoder_config is None:
@@ -56,6 +61,9 @@ class TIPPoConfig(PretrainedConfig):
             decoder_config = T5Config()
         elif isinstance(decoder_config, dict):
             decoder_config = T5Config(**decoder_config)
+        if getattr(decoder_config, "decoder_start_token_id", None) is None:
+            # T5 starts decoding from the pad token; transformers 5's bare `T5Config()` leaves the field unset.
+            decoder_config.decoder_start_token_id = decoder_config.pad_token_id
         self.encoder_config = encoder_config
         self.decoder_config = decoder_config
 
@@ -72,6 +80,8 @@ class TIPPoConfig(PretrainedConfig):
         self.use_daa_do = use_daa_do
         self.daa_lambda1 = float(daa_lambda1)
         self.freeze_encoder = freeze_encoder
+        self.encoder_name_or_path = encoder_name_or_path
+        self.decoder_name_or_path = decoder_name_or_path
 
         # generate() and the trainers read these from the top-level config.
         kwargs.setdefault("is_encoder_decoder", True)

@@ -1,0 +1,53 @@
+"""Shared fixtures for the tippo_rl tests. Everything runs offline on CPU in seconds.
+
+Fixtures (read-only: never train, re-seed or `set_daa_lambda1` them in place; `copy.deepcopy` first):
+
+- `tiny_model_and_processor` (session): `(TIPPoModel, TIPPoProcessor)` from `build_tiny_tippo(seed=0)`, in eval
+  mode. k = 2, d = d_φ = 64, N_max = 5, 32×32 images, about 0.4M parameters. Its freshly initialised decoder
+  predicts the pad token everywhere, so greedy generations are all padding.
+- `tiny_model_varied_outputs` (session): a copy of that model whose decoder weights carry seeded noise, so that
+  greedy generations are non-trivial and depend on the inputs. Use it wherever a test compares generations
+  ("identical generations" on all-padding outputs would prove nothing).
+- `demo_dataset_dir` (session): a `pathlib.Path` holding `make_demo_dataset(tmp, num_train=24, num_test=8)`
+  (English, seed 0): `train.jsonl`, `test.jsonl` and `images/`, rows with 1–5 images.
+
+Every test also starts from `torch.manual_seed(0)` (autouse), so no test depends on the order tests run in.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: no test may reach the Hub
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tippo_rl import build_tiny_tippo, make_demo_dataset  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_and_processor():
+    model, processor = build_tiny_tippo(seed=0)
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def tiny_model_varied_outputs(tiny_model_and_processor):
+    model = copy.deepcopy(tiny_model_and_processor[0])
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.language_model.parameters():
+            parameter.add_(0.5 * torch.randn(parameter.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def demo_dataset_dir(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("demo"), num_train=24, num_test=8)

@@ -1,0 +1,251 @@
+"""Tests for tippo_rl.data: loading ArtMuse- and COCO-style files, one test per bad-input case (each error names
+the file, the row and the field), skip mode's counted warning, and the collator."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import pytest
+import torch
+from PIL import Image
+
+from tippo_rl import TIPPoDataCollator, load_artmuse, load_coco_captions
+from tippo_rl.data import DataValidationError
+
+GOOD = {"title": "in the garden", "images": ["a.png", "b.png"], "reference": "in the garden there is a red circle."}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A folder with two good images, a.png and b.png."""
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "b.png")
+    return tmp_path
+
+
+def write_jsonl(folder, lines) -> str:
+    """Write rows (dicts, or raw strings written verbatim) to folder/data.jsonl; return its path."""
+    path = folder / "data.jsonl"
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- ArtMuse
+
+
+def test_load_artmuse_demo_dataset(demo_dataset_dir):
+    dataset = load_artmuse(demo_dataset_dir / "train.jsonl")
+    assert len(dataset) == 24
+    assert set(dataset.column_names) == {"id", "title", "images", "reference", "references"}
+    row = dataset[0]
+    assert row["id"] == "train-0"
+    assert all(isinstance(image, Image.Image) for image in row["images"])
+    assert row["references"] == [row["reference"]]
+
+
+def test_relative_image_paths_start_from_image_root(folder, tmp_path_factory):
+    other = tmp_path_factory.mktemp("jsonl_elsewhere")
+    path = write_jsonl(other, [GOOD])
+    with pytest.raises(DataValidationError, match="a.png' does not exist"):
+        load_artmuse(path)
+    dataset = load_artmuse(path, image_root=folder)
+    assert len(dataset) == 1 and dataset[0]["id"] == "data-1"  # missing ids become '<file stem>-<line>'
+
+
+def test_single_image_path_string_is_accepted(folder):
+    dataset = load_artmuse(write_jsonl(folder, [{**GOOD, "images": "a.png"}]))
+    assert len(dataset[0]["images"]) == 1
+
+
+# One case per bad input: (what is wrong with line 2, the field the message must name, more of the message).
+BAD_ROWS = {
+    "missing image": ({**GOOD, "images": ["a.png", "nope.png"]}, "images", r"nope\.png' does not exist"),
+    "corrupt image": ({**GOOD, "images": ["a.png", "corrupt.png"]}, "images", r"corrupt\.png' cannot be opened"),
+    "empty title": ({**GOOD, "title": "  "}, "title", "is empty"),
+    "empty reference": ({**GOOD, "reference": ""}, "reference", "is empty"),
+    "missing reference": ({"title": "t", "images": ["a.png"]}, "reference", "is empty"),
+    "too many images": ({**GOOD, "images": ["a.png"] * 6}, "images", "has 6 images, TIPPo takes 1 to 5"),
+    "no images": ({**GOOD, "images": []}, "images", "has 0 images"),
+    "images not a list": ({**GOOD, "images": 3}, "images", "expected a list of image paths"),
+    "image path not a string": ({**GOOD, "images": ["a.png", 7]}, "images", "expected a list of image paths"),
+    "title a number": ({**GOOD, "title": 42}, "title", "expected a string, got int"),
+    "reference a list": ({**GOOD, "reference": ["x"]}, "reference", "expected a string, got list"),
+    "references not strings": ({**GOOD, "references": [1, 2]}, "references", "expected a list of strings"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS))
+def test_bad_row_raises_naming_file_line_and_field(folder, case):
+    row, field, detail = BAD_ROWS[case]
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    path = write_jsonl(folder, [GOOD, row])
+    with pytest.raises(DataValidationError, match=rf"{re.escape(str(path))}, line 2: field '{field}': .*{detail}"):
+        load_artmuse(path)
+
+
+def test_bad_row_that_is_not_json_or_not_an_object(folder):
+    path = write_jsonl(folder, [GOOD, '{"title": "unterminated'])
+    with pytest.raises(DataValidationError, match=rf"{re.escape(str(path))}, line 2: row: not valid JSON"):
+        load_artmuse(path)
+    path = write_jsonl(folder, [GOOD, "[1, 2]"])
+    with pytest.raises(DataValidationError, match="line 2: row: expected a JSON object, got list"):
+        load_artmuse(path)
+
+
+def test_empty_title_is_allowed_when_asked(folder):
+    dataset = load_artmuse(write_jsonl(folder, [{**GOOD, "title": ""}]), allow_empty_title=True)
+    assert dataset[0]["title"] == ""
+
+
+def test_empty_reference_is_allowed_for_inference_inputs(folder):
+    dataset = load_artmuse(write_jsonl(folder, [{"title": "t", "images": ["a.png"]}]), require_reference=False)
+    assert dataset[0]["reference"] == "" and dataset[0]["references"] == []
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.jsonl' does not exist"):
+        load_artmuse(tmp_path / "nothing.jsonl")
+
+
+def test_skip_mode_drops_bad_rows_and_counts_them(folder, caplog):
+    (folder / "corrupt.png").write_bytes(b"garbage bytes, not a PNG")
+    path = write_jsonl(
+        folder,
+        [
+            GOOD,
+            {**GOOD, "images": ["missing.png"]},
+            {**GOOD, "images": ["corrupt.png"]},
+            {**GOOD, "title": ""},
+            "not json",
+            "",  # blank lines are not rows
+            {**GOOD, "reference": "the second good row."},
+        ],
+    )
+    with caplog.at_level(logging.WARNING, logger="tippo_rl.data"):
+        dataset = load_artmuse(path, on_error="skip")
+    assert dataset["reference"] == [GOOD["reference"], "the second good row."]
+    assert dataset["id"] == ["data-1", "data-7"]  # ids keep the line numbers of the file
+    [record] = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert f"{path}: skipped 4 bad rows" in record.getMessage()
+    assert "2× field 'images'" in record.getMessage() and "1× field 'title'" in record.getMessage()
+    assert "1× row" in record.getMessage()
+
+
+def test_skip_mode_with_no_good_rows_raises(folder):
+    path = write_jsonl(folder, [{**GOOD, "title": ""}])
+    with pytest.raises(DataValidationError, match="no usable rows"):
+        load_artmuse(path, on_error="skip")
+
+
+def test_unknown_on_error_value(folder):
+    with pytest.raises(ValueError, match="on_error must be 'raise' or 'skip', got 'ignore'"):
+        load_artmuse(write_jsonl(folder, [GOOD]), on_error="ignore")
+
+
+# -------------------------------------------------------------------------------------------------- COCO
+
+
+def write_coco(folder, annotations, images=None):
+    path = folder / "captions.json"
+    images = images or [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}]
+    path.write_text(json.dumps({"images": images, "annotations": annotations}, ensure_ascii=False))
+    return path
+
+
+COCO_CAPTIONS = [
+    {"image_id": 1, "caption": "一个红色的方形。"},
+    {"image_id": 1, "caption": "红色方块。"},
+    {"image_id": 2, "caption": "一个蓝色的方形。"},
+]
+
+
+def test_load_coco_one_row_per_caption_or_image(folder):
+    path = write_coco(folder, COCO_CAPTIONS)
+    per_caption = load_coco_captions(path, folder)
+    assert per_caption["reference"] == ["一个红色的方形。", "红色方块。", "一个蓝色的方形。"]
+    assert per_caption["title"] == ["", "", ""]
+    assert [len(images) for images in per_caption["images"]] == [1, 1, 1]
+    per_image = load_coco_captions(path, folder, one_row_per="image")
+    assert per_image["reference"] == ["一个红色的方形。", "一个蓝色的方形。"]
+    assert per_image["references"] == [["一个红色的方形。", "红色方块。"], ["一个蓝色的方形。"]]
+
+
+@pytest.mark.parametrize(
+    "annotations, message",
+    [
+        ([{"image_id": 9, "caption": "x"}], r"annotations\[0\] refers to image_id 9, which is not in 'images'"),
+        ([COCO_CAPTIONS[0], {"image_id": 2, "caption": " "}], r"annotations\[1\] field 'caption' is empty"),
+        ([{"image_id": 2, "caption": None}], r"annotations\[0\] field 'caption' is empty or not a string"),
+        ([{"caption": "x"}], r"annotations\[0\] refers to image_id None"),
+    ],
+)
+def test_coco_bad_annotation(folder, annotations, message):
+    path = write_coco(folder, annotations)
+    with pytest.raises(DataValidationError, match=rf"{re.escape(str(path))}: {message}"):
+        load_coco_captions(path, folder)
+
+
+def test_coco_missing_image_file(folder, caplog):
+    images = [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "gone.png"}]
+    path = write_coco(folder, COCO_CAPTIONS, images)
+    with pytest.raises(DataValidationError, match=r"image_id 2: field 'file_name': image '.*gone\.png' does not exist"):
+        load_coco_captions(path, folder)
+    with caplog.at_level(logging.WARNING, logger="tippo_rl.data"):
+        dataset = load_coco_captions(path, folder, on_error="skip")
+    assert dataset["reference"] == ["一个红色的方形。", "红色方块。"]
+    assert "skipped 1 bad rows" in caplog.text
+
+
+def test_coco_not_a_captions_file_or_missing(folder):
+    path = folder / "captions.json"
+    path.write_text('{"annotations": []}')
+    with pytest.raises(DataValidationError, match="not a COCO captions file"):
+        load_coco_captions(path, folder)
+    with pytest.raises(FileNotFoundError, match="annotation file"):
+        load_coco_captions(folder / "none.json", folder)
+    with pytest.raises(FileNotFoundError, match="image folder"):
+        load_coco_captions(path, folder / "no_such_dir")
+
+
+# --------------------------------------------------------------------------------------------- collator
+
+
+def test_collator_batch(tiny_model_and_processor, demo_dataset_dir):
+    processor = tiny_model_and_processor[1]
+    rows = [load_artmuse(demo_dataset_dir / "train.jsonl")[i] for i in range(3)]
+    batch = TIPPoDataCollator(processor)(rows)
+    counts = [len(row["images"]) for row in rows]
+    assert batch["image_mask"].sum(1).tolist() == counts
+    assert batch["pixel_values"].shape[:2] == (3, max(counts))
+    assert batch["references"] == [row["reference"] for row in rows]
+    assert batch["titles"] == [row["title"] for row in rows] and batch["ids"] == [row["id"] for row in rows]
+    assert batch["labels"].shape[0] == 3
+    assert "labels" not in TIPPoDataCollator(processor, with_labels=False)(rows)
+
+
+def test_collator_rejects_sample_without_images(tiny_model_and_processor):
+    rows = [
+        {"id": "ok", "title": "t", "images": [Image.new("RGB", (8, 8))], "reference": "r"},
+        {"id": "row-7", "title": "t", "images": [], "reference": "r"},
+    ]
+    with pytest.raises(DataValidationError, match="sample 'row-7': field 'images' is empty"):
+        TIPPoDataCollator(tiny_model_and_processor[1])(rows)
+
+
+def test_collator_rejects_sample_with_too_many_images(tiny_model_and_processor):
+    rows = [{"id": "big", "title": "t", "images": [Image.new("RGB", (8, 8))] * 6, "reference": "r"}]
+    with pytest.raises(ValueError, match="sample 0 has 6 images; TIPPo takes 1 to 5"):
+        TIPPoDataCollator(tiny_model_and_processor[1])(rows)
+
+
+def test_collator_stacks_cached_features_with_padding():
+    rows = [
+        {"title": "t", "reference": "r", "image_features": [[1.0, 2.0]], "title_features": [0.0, 1.0]},
+        {"title": "t", "reference": "r", "image_features": [[3.0, 4.0], [5.0, 6.0]], "title_features": [1.0, 0.0]},
+    ]
+    batch = TIPPoDataCollator.stack_features(rows)
+    assert batch["image_features"].tolist() == [[[1.0, 2.0], [0.0, 0.0]], [[3.0, 4.0], [5.0, 6.0]]]
+    assert batch["image_mask"].tolist() == [[True, False], [True, True]]
+    assert torch.equal(batch["title_features"], torch.tensor([[0.0, 1.0], [1.0, 0.0]]))

@@ -1,0 +1,116 @@
+"""Tests for tippo_rl.demo_data: the embedded default dataset is deterministic, its references describe its images
+(colour and shape, in order), and the Chinese variant shows the same scenes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from PIL import Image
+
+from tippo_rl import load_artmuse, make_demo_dataset
+from tippo_rl.demo_data import COLOURS, SHAPES
+from tippo_rl.presets import build_tiny_processor
+
+ZH_COLOUR = {zh: en for en, (_, zh) in COLOURS.items()}
+ZH_SHAPE = {zh: en for en, zh in SHAPES.items()}
+
+
+def read_rows(folder, split="train"):
+    return [json.loads(line) for line in (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def all_files(folder) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def described_objects(reference: str, lang: str) -> list[tuple[str, str]]:
+    """The (colour, shape) pairs a reference names, in order, in English words."""
+    if lang == "zh":
+        return [(ZH_COLOUR[c], ZH_SHAPE[s]) for c, s in re.findall(r"一个(\w+?)的(圆形|方形|三角形)", reference)]
+    return re.findall(r"\ba (\w+) (circle|square|triangle)\b", reference)
+
+
+def drawn_object(path) -> tuple[str, str]:
+    """(colour, shape) actually drawn in an image: the one palette colour present, and the shape from how much of
+    its bounding box it fills (square ≈ 1, circle ≈ π/4, triangle ≈ 1/2)."""
+    image = Image.open(path).convert("RGB")
+    pixels = list(image.getdata())
+    present = [name for name, (rgb, _) in COLOURS.items() if rgb in pixels]
+    assert len(present) == 1, f"{path}: palette colours {present}"
+    rgb = COLOURS[present[0]][0]
+    xs = [i % image.width for i, p in enumerate(pixels) if p == rgb]
+    ys = [i // image.width for i, p in enumerate(pixels) if p == rgb]
+    fill = len(xs) / ((max(xs) - min(xs) + 1) * (max(ys) - min(ys) + 1))
+    shape = "square" if fill > 0.95 else "circle" if fill > 0.65 else "triangle" if fill > 0.35 else "?"
+    return present[0], shape
+
+
+def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
+    first = all_files(make_demo_dataset(tmp_path / "a", num_train=6, num_test=2, seed=3))
+    second = all_files(make_demo_dataset(tmp_path / "b", num_train=6, num_test=2, seed=3))
+    assert first == second
+    assert {"train.jsonl", "test.jsonl"} <= set(first) and any(name.endswith(".png") for name in first)
+    other = all_files(make_demo_dataset(tmp_path / "c", num_train=6, num_test=2, seed=4))
+    assert other["train.jsonl"] != first["train.jsonl"]
+
+
+def test_rows_have_one_to_max_images(tmp_path, demo_dataset_dir):
+    counts = [len(row["images"]) for row in read_rows(demo_dataset_dir)]
+    assert len(counts) == 24 and min(counts) >= 1 and max(counts) <= 5 and len(set(counts)) > 2
+    capped = make_demo_dataset(tmp_path, num_train=24, num_test=2, max_images=2)
+    assert {len(row["images"]) for row in read_rows(capped)} == {1, 2}
+
+
+def test_references_describe_the_images_in_order(demo_dataset_dir):
+    for row in read_rows(demo_dataset_dir)[:8]:
+        assert row["reference"].startswith(row["title"] + " there is ")
+        drawn = [drawn_object(demo_dataset_dir / path) for path in row["images"]]
+        assert described_objects(row["reference"], "en") == drawn, row
+
+
+def test_chinese_variant_shows_the_same_scenes(tmp_path):
+    english = make_demo_dataset(tmp_path / "en", num_train=6, num_test=2, lang="en")
+    chinese = make_demo_dataset(tmp_path / "zh", num_train=6, num_test=2, lang="zh")
+    english_files, chinese_files = all_files(english), all_files(chinese)
+    assert {n: b for n, b in english_files.items() if n.endswith(".png")} == {
+        n: b for n, b in chinese_files.items() if n.endswith(".png")
+    }
+    for en_row, zh_row in zip(read_rows(english), read_rows(chinese), strict=True):
+        assert zh_row["images"] == en_row["images"]
+        assert zh_row["title"] in ("花园里", "城市里", "海边", "森林里")
+        assert zh_row["reference"].startswith(zh_row["title"] + "有") and zh_row["reference"].endswith("。")
+        assert described_objects(zh_row["reference"], "zh") == described_objects(en_row["reference"], "en")
+    assert "一个" in (chinese / "train.jsonl").read_text(encoding="utf-8")  # written as UTF-8, not \u escapes
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_tiny_preset_tokenizers_cover_the_demo_texts(tmp_path, lang):
+    processor = build_tiny_processor(lang)
+    for row in read_rows(make_demo_dataset(tmp_path, num_train=8, num_test=1, lang=lang)):
+        ids = processor.tokenizer(row["reference"])["input_ids"]
+        assert processor.tokenizer.decode(ids, skip_special_tokens=True) == row["reference"]
+        assert processor.title_tokenizer.unk_token_id not in processor.title_tokenizer(row["title"])["input_ids"]
+
+
+def test_demo_dataset_loads_through_the_artmuse_loader(demo_dataset_dir):
+    assert len(load_artmuse(demo_dataset_dir / "train.jsonl")) == 24
+    assert len(load_artmuse(demo_dataset_dir / "test.jsonl")) == 8
+
+
+def test_existing_dataset_with_same_arguments_is_reused(tmp_path):
+    make_demo_dataset(tmp_path, num_train=3, num_test=1)
+    written = (tmp_path / "train.jsonl").stat().st_mtime_ns
+    make_demo_dataset(tmp_path, num_train=3, num_test=1)
+    assert (tmp_path / "train.jsonl").stat().st_mtime_ns == written
+    make_demo_dataset(tmp_path, num_train=4, num_test=1)
+    assert len(read_rows(tmp_path)) == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, message", [(dict(lang="fr"), "lang must be 'en' or 'zh'"), (dict(max_images=6), "max_images")]
+)
+def test_bad_arguments(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_demo_dataset(tmp_path, **kwargs)

@@ -1,0 +1,81 @@
+"""Tests for tippo_rl.processing_tippo: batch layout (image padding, labels), image-count errors, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoTokenizer
+
+from tippo_rl import TIPPoProcessor
+
+
+def solid(colour) -> Image.Image:
+    return Image.new("RGB", (40, 24), colour)
+
+
+def test_images_are_padded_to_the_batch_maximum_and_masked(tiny_model_and_processor):
+    processor = tiny_model_and_processor[1]
+    pixel_values, image_mask = processor.images_to_pixels([[solid("red"), solid("blue")], [solid("green")]])
+    assert pixel_values.shape == (2, 2, 3, 32, 32)  # resized to the tiny preset's 32×32
+    assert image_mask.tolist() == [[True, True], [True, False]]
+    assert torch.count_nonzero(pixel_values[1, 1]) == 0  # the padding slot is a zero image
+    assert not torch.equal(pixel_values[0, 0], pixel_values[0, 1])  # red and blue stay distinct, in order
+    single, _ = processor.images_to_pixels([[solid("green")]])
+    torch.testing.assert_close(pixel_values[1, 0], single[0, 0])  # batching does not change an image
+
+
+def test_grayscale_and_rgba_images_become_three_channels(tiny_model_and_processor):
+    processor = tiny_model_and_processor[1]
+    pixel_values, _ = processor.images_to_pixels([[Image.new("L", (8, 8), 128), Image.new("RGBA", (8, 8))]])
+    assert pixel_values.shape == (1, 2, 3, 32, 32)
+
+
+def test_batch_fields_and_labels(tiny_model_and_processor):
+    processor = tiny_model_and_processor[1]
+    references = ["in the garden there is a red circle.", "by the sea there is a blue square and a red circle."]
+    batch = processor(["in the garden", ""], [[solid("red")], [solid("blue"), solid("red")]], references)
+    assert set(batch) == {"pixel_values", "image_mask", "title_input_ids", "title_attention_mask", "labels"}
+    assert batch["title_input_ids"].shape == batch["title_attention_mask"].shape
+    assert batch["title_input_ids"][1, 0] == processor.title_tokenizer.cls_token_id  # empty title: [CLS] [SEP] only
+    assert batch["title_attention_mask"][1].sum() == 2
+    labels = batch["labels"]
+    eos = processor.tokenizer.eos_token_id
+    lengths = (labels != -100).sum(1)
+    assert lengths[0] < lengths[1] == labels.shape[1]  # the shorter reference is padded ...
+    assert (labels[0, lengths[0] :] == -100).all()  # ... with -100, ignored by the loss
+    assert [labels[b, lengths[b] - 1].item() for b in range(2)] == [eos, eos]  # every reference ends in EOS
+    assert processor.batch_decode(labels.clamp(min=0)) == references
+
+
+def test_references_are_truncated_with_eos_last(tiny_model_and_processor):
+    processor = tiny_model_and_processor[1]
+    labels = processor.tokenize_references(["in the city there is a red circle" * 50])
+    assert labels.shape == (1, processor.max_target_length)
+    assert labels[0, -1] == processor.tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("counts, bad_sample, bad_count", [([2, 0], 1, 0), ([6, 1], 0, 6)])
+def test_sample_with_zero_or_too_many_images_is_rejected(tiny_model_and_processor, counts, bad_sample, bad_count):
+    processor = tiny_model_and_processor[1]
+    images = [[solid("red")] * count for count in counts]
+    with pytest.raises(ValueError, match=f"sample {bad_sample} has {bad_count} images; TIPPo takes 1 to 5"):
+        processor(["a", "b"], images)
+
+
+def test_save_load_round_trip_gives_identical_batches(tmp_path, tiny_model_and_processor):
+    processor = tiny_model_and_processor[1]
+    processor.save_pretrained(tmp_path)
+    loaded = TIPPoProcessor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == processor.to_dict()
+    args = (
+        ["in the forest", "by the sea"],
+        [[solid("red"), solid((10, 200, 30))], [solid("purple")]],
+        ["in the forest there is a green circle.", "by the sea there is a purple triangle and a red square."],
+    )
+    expected, batch = processor(*args), loaded(*args)
+    assert batch.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(batch[name], expected[name]), name
+    # The decoder's tokenizer sits at the top of the folder, so plain AutoTokenizer finds it.
+    assert AutoTokenizer.from_pretrained(tmp_path).get_vocab() == processor.tokenizer.get_vocab()
