@@ -1,0 +1,715 @@
+"""Caption metrics that reproduce the standard tools: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and BERTScore.
+
+The n-gram metrics are not reimplemented here: BLEU, ROUGE-L and CIDEr(-D) are pycocoevalcap's ``Bleu``,
+``Rouge`` and ``Cider`` scorers (the coco-caption code), METEOR is pycocoevalcap's ``Meteor`` (the METEOR 1.5
+jar, run with Java) and BERTScore is the ``bert-score`` package. This module only prepares their input
+(tokenisation, id matching, empty texts) and collects their output.
+
+Scale: every score is what the tools return, a 0-1 float (CIDEr is 0-10). Paper tables, COCO-CN's included,
+report the same numbers ×100 (BLEU-4 0.312 is printed as 31.2, CIDEr 0.95 as 95.0).
+
+Tokenisation (``tokenize=``) decides what the n-gram metrics see as words:
+
+* ``none``: the text is already segmented with spaces and is passed on exactly as given. With it the scores
+  equal pycocoevalcap's on the same strings; it is how the published COCO-CN numbers are computed (on
+  pre-segmented Chinese), so it is the default.
+* ``char``: every CJK character is a token, runs of other letters/digits (``running``, ``3D``) stay words,
+  every other symbol is its own token, whitespace is dropped.
+* ``jieba``: ``jieba.lcut`` word segmentation (for raw Chinese); existing whitespace is a word boundary.
+* ``ptb``: coco-caption's English default, the Stanford PTBTokenizer from pycocoevalcap (needs Java):
+  lower-cases and drops punctuation.
+
+Tokenised text is what BLEU, METEOR, ROUGE-L and CIDEr score; BERTScore always sees the original strings
+because its model brings its own tokenizer. METEOR runs with coco-caption's settings (``-l en -norm``) for every
+language, as the published numbers do; its normaliser splits CJK text into single characters, so on Chinese it
+is a character-level score whatever the segmentation.
+
+Example::
+
+    from tippo_rl.metrics import compute_metrics
+
+    preds = {1: "一 只 狗 在 跑"}
+    refs = {1: ["一 只 狗 在 草地 上 跑", "一 只 狗"]}
+    result = compute_metrics(preds, refs, metrics=("bleu", "rouge_l"))
+    result.corpus["BLEU-4"], result.per_sample[1]["ROUGE-L"]
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "LANGS",
+    "METRICS",
+    "TOKENIZE_MODES",
+    "ExternalToolError",
+    "JavaNotFoundError",
+    "MeteorScorer",
+    "MetricsResult",
+    "MetricsWarning",
+    "compute_metrics",
+    "normalize_metric_names",
+    "tokenize_texts",
+]
+
+METRICS = ("bleu", "meteor", "rouge_l", "cider", "bertscore")
+DEFAULT_METRICS = ("bleu", "meteor", "rouge_l", "cider")
+TOKENIZE_MODES = ("none", "char", "jieba", "ptb")
+LANGS = ("zh", "en")
+
+# Accepted spellings of metric names -> canonical name.
+_METRIC_ALIASES = {
+    "bleu": "bleu",
+    "meteor": "meteor",
+    "rouge_l": "rouge_l",
+    "rougel": "rouge_l",
+    "rouge": "rouge_l",
+    "cider": "cider",
+    "cider_d": "cider",
+    "ciderd": "cider",
+    "bertscore": "bertscore",
+    "bert_score": "bertscore",
+}
+
+_JAVA_HINT = (
+    "install a Java runtime and make sure `java` is on PATH "
+    "(Debian/Ubuntu: `apt-get install default-jre-headless`; conda: `conda install openjdk`)"
+)
+
+# How many ids an error message names before it says "... and N more".
+_MAX_IDS_SHOWN = 10
+
+
+class MetricsWarning(UserWarning):
+    """Data was scored, but not exactly as given (an empty prediction, a dropped id or reference, ...)."""
+
+
+class ExternalToolError(RuntimeError):
+    """A tool the metrics run (Java, the METEOR jar, the PTB tokenizer, a BERTScore model) failed."""
+
+
+class JavaNotFoundError(ExternalToolError):
+    """``java`` is not on PATH, but METEOR or PTB tokenisation needs it."""
+
+
+@dataclass
+class MetricsResult:
+    """What :func:`compute_metrics` returns.
+
+    Attributes:
+        corpus: corpus-level score per metric, keys ``BLEU-1`` .. ``BLEU-4``, ``METEOR``, ``ROUGE-L``, ``CIDEr``,
+            ``BERTScore-P``, ``BERTScore-R``, ``BERTScore-F1`` (only those computed). 0-1 floats as the tools
+            give them (CIDEr-D 0-10); paper tables show them ×100.
+        per_sample: id -> {metric key -> score}, in the order of the predictions.
+        tokenize, lang: the settings used.
+        n_samples: how many ids were scored.
+        n_empty_predictions: how many of them had an empty prediction (no token; scored as it is).
+        skipped: ids left out with ``on_missing="skip"``, under ``predictions_without_references``,
+            ``references_without_predictions`` and ``without_nonempty_references``.
+        n_dropped_references: empty reference strings dropped with ``on_missing="skip"``.
+        warnings: the warnings issued (also sent through :mod:`warnings` as :class:`MetricsWarning`).
+        info: extra provenance, e.g. ``bertscore_model``, ``bertscore_num_layers``, ``bertscore_hash``.
+    """
+
+    corpus: dict[str, float]
+    per_sample: dict[Hashable, dict[str, float]]
+    tokenize: str
+    lang: str
+    n_samples: int
+    n_empty_predictions: int = 0
+    skipped: dict[str, list] = field(default_factory=dict)
+    n_dropped_references: int = 0
+    warnings: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The corpus scores plus the settings and counts, as one flat JSON-ready dict."""
+        out: dict[str, Any] = dict(self.corpus)
+        out.update(
+            tokenize=self.tokenize,
+            lang=self.lang,
+            n_samples=self.n_samples,
+            n_empty_predictions=self.n_empty_predictions,
+            n_skipped=sum(len(v) for v in self.skipped.values()),
+            n_dropped_references=self.n_dropped_references,
+        )
+        out.update(self.info)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Java
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _require_java(what: str) -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise JavaNotFoundError(f"{what} needs Java, but `java` is not on PATH: {_JAVA_HINT}.")
+    return java
+
+
+def _import(module: str, package: str):
+    """Import an optional dependency, or say which package to install (they come with ``tippo_rl[eval]``)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or not module.startswith(e.name.split(".")[0]):
+            raise  # something inside the package is missing: not ours to explain
+        raise ExternalToolError(
+            f"{package} is not installed; install the evaluation extras with `pip install 'tippo_rl[eval]'` "
+            f"(or `pip install {package}`)"
+        ) from e
+
+
+# Characters a line-based protocol (METEOR's stdio, PTBTokenizer -preserveLines) reads as a line break;
+# one inside a text would split it and shift every later answer by one line.
+_LINE_BREAKS_RE = re.compile("[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    return _LINE_BREAKS_RE.sub(" ", text)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tokenisation
+# ----------------------------------------------------------------------------------------------------------
+
+# Hiragana/Katakana, CJK Ext. A, CJK Unified Ideographs, Compatibility Ideographs, Hangul syllables,
+# Ext. B-F and the Compatibility Supplement.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\U00020000-\U0002fa1f"
+_CHAR_TOKEN_RE = re.compile(rf"[{_CJK}]|(?:(?![{_CJK}])\w)+|\S")
+
+
+def _char_tokenize(text: str) -> str:
+    return " ".join(_CHAR_TOKEN_RE.findall(text))
+
+
+_jieba = None
+
+
+def _jieba_tokenize(texts: Sequence[str]) -> list[str]:
+    global _jieba
+    if _jieba is None:
+        import logging
+
+        jieba = _import("jieba", "jieba")
+
+        # jieba logs "Building prefix dict ..." at DEBUG/INFO on first use; keep the CLI's stderr for real problems.
+        jieba.setLogLevel(logging.WARNING)
+        _jieba = jieba
+    return [" ".join(w for w in _jieba.lcut(t) if w.strip()) for t in texts]
+
+
+def _ptb_tokenize(texts: Sequence[str]) -> list[str]:
+    """pycocoevalcap's PTBTokenizer, run on a temporary file outside the package directory.
+
+    Same jar, same command line and same punctuation filter as ``PTBTokenizer.tokenize``; the upstream wrapper
+    is not called because it writes its temporary file next to the jar (fails on a read-only site-packages) and
+    silently drops captions after one that contains a ``\\r`` or another line separator.
+    """
+    java = _require_java("PTB tokenisation (--tokenize ptb)")
+    ptb = _import("pycocoevalcap.tokenizer.ptbtokenizer", "pycocoevalcap")
+
+    if not texts:
+        return []
+    jar = os.path.join(os.path.dirname(os.path.abspath(ptb.__file__)), ptb.STANFORD_CORENLP_3_4_1_JAR)
+    cmd = [java, "-cp", jar, "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase"]
+    with tempfile.TemporaryDirectory(prefix="tippo_ptb_") as tmp:
+        path = os.path.join(tmp, "captions.txt")
+        with open(path, "wb") as f:
+            f.write("\n".join(_one_line(t) for t in texts).encode())
+        try:
+            proc = subprocess.run(
+                cmd + [path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=3600
+            )
+        except subprocess.TimeoutExpired as e:
+            raise ExternalToolError("the PTB tokenizer did not finish within an hour") from e
+    if proc.returncode != 0:
+        raise ExternalToolError(
+            f"the PTB tokenizer (java) failed with exit code {proc.returncode}: "
+            f"{proc.stderr.decode(errors='replace').strip()[-500:]}"
+        )
+    lines = proc.stdout.decode().split("\n")
+    if len(lines) < len(texts):
+        raise ExternalToolError(f"the PTB tokenizer returned {len(lines)} lines for {len(texts)} captions")
+    punct = set(ptb.PUNCTUATIONS)
+    return [" ".join(w for w in line.rstrip().split(" ") if w not in punct) for line in lines[: len(texts)]]
+
+
+def tokenize_texts(texts: Sequence[str], mode: str = "none") -> list[str]:
+    """Tokenise texts the way :func:`compute_metrics` does before BLEU/METEOR/ROUGE-L/CIDEr.
+
+    Args:
+        texts: the strings.
+        mode: ``none`` (returned unchanged), ``char``, ``jieba`` or ``ptb``; see the module docstring.
+
+    Returns:
+        One string per text, tokens separated by single spaces (``none``: the text as given).
+    """
+    if mode not in TOKENIZE_MODES:
+        raise ValueError(f"unknown tokenize mode {mode!r}; choose one of {', '.join(TOKENIZE_MODES)}")
+    texts = list(texts)
+    if mode == "none":
+        return texts
+    if mode == "char":
+        return [_char_tokenize(t) for t in texts]
+    if mode == "jieba":
+        return _jieba_tokenize(texts)
+    return _ptb_tokenize(texts)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# METEOR
+# ----------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _make_closable_meteor_class():
+    # Built lazily (once) so that importing this module does not import pycocoevalcap.
+    Meteor = _import("pycocoevalcap.meteor.meteor", "pycocoevalcap").Meteor
+
+    class _ClosableMeteor(Meteor):
+        """pycocoevalcap's Meteor with a close() that cannot hang and a drained stderr pipe.
+
+        Upstream ``__del__`` takes the scorer's lock before killing the JVM; if ``compute_score`` raised while
+        holding it (e.g. the JVM died), that lock is never released and garbage collection blocks forever.
+        Upstream also never reads the JVM's stderr, so a chatty JVM could fill the pipe and stall.
+        """
+
+        def __init__(self):
+            super().__init__()
+            self.stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
+            self._drain = threading.Thread(target=self._drain_stderr, name="meteor-stderr", daemon=True)
+            self._drain.start()
+
+        def _drain_stderr(self):
+            for line in iter(self.meteor_p.stderr.readline, b""):
+                self.stderr_tail.append(line.decode(errors="replace").rstrip())
+
+        def close(self):
+            proc = getattr(self, "meteor_p", None)
+            if proc is None:
+                return
+            self.meteor_p = None
+            for stream in (proc.stdin, proc.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+            proc.kill()
+            proc.wait()
+            # stderr is closed by the drain thread's EOF; join briefly so the file object is released.
+            self._drain.join(timeout=5)
+            try:
+                proc.stderr.close()
+            except OSError:
+                pass
+
+        def __del__(self):
+            self.close()
+
+    return _ClosableMeteor
+
+
+class MeteorScorer:
+    """METEOR 1.5 (the coco-caption jar, ``-l en -norm``) through pycocoevalcap's ``Meteor``, with its JVM closed.
+
+    Starting the JVM loads a 60 MB paraphrase table (several seconds), so one scorer can be reused for several
+    :func:`compute_metrics` calls (``meteor_scorer=``). Use it as a context manager, or call :meth:`close`.
+
+    Args:
+        timeout: seconds one :meth:`compute_score` call may take before the JVM is killed; ``None``:
+            10 minutes plus 0.1 s per sample.
+    """
+
+    def __init__(self, timeout: float | None = None):
+        _require_java("METEOR")
+        self.timeout = timeout
+        self._meteor = _make_closable_meteor_class()()
+        self._broken = False
+
+    def compute_score(self, gts: Mapping[Hashable, list[str]], res: Mapping[Hashable, list[str]]):
+        """pycocoevalcap's ``Meteor.compute_score``: returns ``(corpus_score, [per-sample scores])``.
+
+        Line breaks in any text become spaces and ``|||`` is removed from references too (upstream removes it
+        from the hypothesis only): both are the jar's stdio protocol separators and would shift every score.
+        """
+        if self._meteor.meteor_p is None or self._broken:
+            raise ExternalToolError("this MeteorScorer is closed (or its JVM failed); create a new one")
+        gts = {k: [_one_line(r).replace("|||", "") for r in v] for k, v in gts.items()}
+        res = {k: [_one_line(h) for h in v] for k, v in res.items()}
+        timeout = self.timeout if self.timeout is not None else 600 + 0.1 * len(res)
+        proc = self._meteor.meteor_p
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            score, scores = self._meteor.compute_score(gts, res)
+        except (ValueError, OSError) as e:
+            # A dead JVM shows up as an empty line (float('') fails) or a broken pipe.
+            timed_out = not watchdog.is_alive()
+            self._broken = True
+            self.close()
+            if timed_out:
+                raise ExternalToolError(f"the METEOR jar did not answer within {timeout:g} s and was stopped") from e
+            tail = " | ".join(self._meteor.stderr_tail) or "nothing on stderr"
+            raise ExternalToolError(f"the METEOR jar failed ({type(e).__name__}: {e}); java said: {tail}") from e
+        finally:
+            watchdog.cancel()
+        return float(score), [float(s) for s in scores]
+
+    def close(self) -> None:
+        """Stop the JVM. Safe to call more than once."""
+        meteor = getattr(self, "_meteor", None)
+        if meteor is not None:
+            meteor.close()
+
+    def __enter__(self) -> MeteorScorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# BERTScore
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _bertscore(
+    cands: list[str],
+    refs: list[list[str]],
+    *,
+    model: str | None,
+    num_layers: int | None,
+    lang: str,
+    device: str | None,
+    batch_size: int,
+) -> tuple[list[float], list[float], list[float], dict[str, Any]]:
+    BERTScorer = _import("bert_score", "bert-score").BERTScorer
+    utils = _import("bert_score.utils", "bert-score")
+    lang2model, model2layers = utils.lang2model, utils.model2layers
+
+    model = model or lang2model[lang]
+    if num_layers is None:
+        if model not in model2layers:
+            raise ValueError(
+                f"bert_score has no default layer for BERTScore model {model!r}; pass bertscore_num_layers "
+                "(CLI: --bertscore-num-layers), e.g. the model's num_hidden_layers"
+            )
+        num_layers = model2layers[model]
+    try:
+        scorer = BERTScorer(model_type=model, num_layers=num_layers, lang=lang, device=device, batch_size=batch_size)
+    except Exception as e:  # from_pretrained raises OSError, ValueError, ... depending on what is wrong
+        why = str(e).strip().rstrip(".")
+        raise ExternalToolError(
+            f"could not load BERTScore model {model!r}: {why}. Pass a model name from the Hugging Face hub "
+            "(needs network or a filled cache) or a local directory with the model and its tokenizer "
+            "(bertscore_model / --bertscore-model)"
+        ) from e
+    # A tokenizer saved without model_max_length reports a huge sentinel, and bert_score passes it to the fast
+    # tokenizer's truncation, which overflows; cap it at what the position embeddings allow.
+    tok = scorer._tokenizer
+    if getattr(tok, "model_max_length", 0) > 100_000:
+        tok.model_max_length = min(getattr(scorer._model.config, "max_position_embeddings", 512), 512)
+
+    info = {"bertscore_model": model, "bertscore_num_layers": num_layers, "bertscore_hash": scorer.hash}
+    n = len(cands)
+    P, R, F = [0.0] * n, [0.0] * n, [0.0] * n
+    # bert_score sets an empty candidate's P and R to 0 (F becomes 0); it cannot encode one under
+    # transformers 5 (build_inputs_with_special_tokens is gone), so empty ones are not sent.
+    todo = [i for i, c in enumerate(cands) if c.strip()]
+    if todo:
+        p, r, f = scorer.score([cands[i] for i in todo], [refs[i] for i in todo])
+        for i, pi, ri, fi in zip(todo, p.tolist(), r.tolist(), f.tolist()):
+            P[i], R[i], F[i] = pi, ri, fi
+    return P, R, F, info
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input checks
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _show_ids(ids: Sequence, render=None) -> str:
+    """The first few ids for an error message (strings quoted, so that ids "1" and 1 are told apart)."""
+    render = render or (lambda i: repr(i) if isinstance(i, str) else str(i))
+    shown = ", ".join(render(i) for i in ids[:_MAX_IDS_SHOWN])
+    if len(ids) > _MAX_IDS_SHOWN:
+        shown += f", ... and {len(ids) - _MAX_IDS_SHOWN} more"
+    return shown
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def normalize_metric_names(metrics: str | Iterable[str]) -> list[str]:
+    """Canonical metric names (``bleu``, ``meteor``, ``rouge_l``, ``cider``, ``bertscore``) from a list or a
+    comma-separated string; case, ``-``/``_`` and a few aliases (``rouge``, ``cider-d``) are forgiven."""
+    if isinstance(metrics, str):
+        metrics = metrics.split(",")
+    out: list[str] = []
+    for m in metrics:
+        key = m.strip().lower().replace("-", "_")
+        if not key:
+            continue
+        if key not in _METRIC_ALIASES:
+            raise ValueError(f"unknown metric {m!r}; choose from {', '.join(METRICS)}")
+        if _METRIC_ALIASES[key] not in out:
+            out.append(_METRIC_ALIASES[key])
+    if not out:
+        raise ValueError(f"no metric requested; choose from {', '.join(METRICS)}")
+    return out
+
+
+def _check_texts(predictions: Mapping, references: Mapping) -> dict[Hashable, list[str]]:
+    """Type checks; returns references with a lone string turned into a one-element list."""
+    for k, p in predictions.items():
+        if p is not None and not isinstance(p, str):
+            raise ValueError(f"prediction for id {k!r} is a {type(p).__name__}, expected a string: {p!r:.80}")
+    refs: dict[Hashable, list[str]] = {}
+    for k, r in references.items():
+        if r is None:
+            r = []
+        elif isinstance(r, str):
+            r = [r]
+        elif not isinstance(r, (list, tuple)) or not all(isinstance(x, str) for x in r):
+            raise ValueError(f"references for id {k!r} must be a list of strings, got {r!r:.80}")
+        refs[k] = list(r)
+    return refs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The entry point
+# ----------------------------------------------------------------------------------------------------------
+
+
+def compute_metrics(
+    predictions: Mapping[Hashable, str | None],
+    references: Mapping[Hashable, Sequence[str] | str],
+    metrics: str | Iterable[str] = DEFAULT_METRICS,
+    tokenize: str = "none",
+    lang: str = "zh",
+    *,
+    on_missing: str = "error",
+    on_empty: str = "warn",
+    bertscore_model: str | None = None,
+    bertscore_num_layers: int | None = None,
+    bertscore_device: str | None = None,
+    bertscore_batch_size: int = 64,
+    meteor_scorer: MeteorScorer | None = None,
+) -> MetricsResult:
+    """Corpus and per-sample caption metrics, computed by the coco-caption tools and bert-score.
+
+    Args:
+        predictions: id -> generated text (one per id).
+        references: id -> list of reference texts (a lone string is taken as a one-element list).
+        metrics: any of ``bleu`` (BLEU-1..4), ``meteor``, ``rouge_l``, ``cider`` (CIDEr-D), ``bertscore``;
+            a list or a comma-separated string.
+        tokenize: ``none`` (pass-through, the text is pre-segmented; equals pycocoevalcap on the same strings),
+            ``char``, ``jieba`` or ``ptb`` (English only, needs Java). See the module docstring.
+        lang: ``zh`` or ``en``. Picks bert_score's default model when ``bertscore_model`` is not given and rules
+            out ``ptb`` for Chinese. METEOR always runs with coco-caption's settings (``-l en -norm``).
+        on_missing: ``"error"`` (default): raise ``ValueError`` naming the ids if a prediction has no reference,
+            a reference has no prediction (or a ``None`` one), or a reference string is empty after tokenisation.
+            ``"skip"``: leave such ids / empty reference strings out, with a counted :class:`MetricsWarning`.
+        on_empty: an empty prediction (no token after tokenisation): ``"warn"`` (default) scores it as it is
+            (the tools give an empty caption 0: BLEU through its brevity penalty, the METEOR jar, ROUGE-L, CIDEr,
+            and BERTScore by bert_score's convention) and warns with the count; ``"error"`` raises naming the ids.
+        bertscore_model: name or local directory of the BERTScore model (passed to ``from_pretrained``);
+            ``None``: bert_score's default for ``lang`` (``bert-base-chinese`` / ``roberta-large``).
+        bertscore_num_layers: which layer's output to use; required for models bert_score has no default for
+            (local paths included).
+        bertscore_device: e.g. ``"cpu"``, ``"cuda"``; ``None``: CUDA when available.
+        bertscore_batch_size: BERTScore batch size.
+        meteor_scorer: a running :class:`MeteorScorer` to reuse (it is not closed); ``None``: one is started and
+            closed for this call.
+
+    Returns:
+        A :class:`MetricsResult`; ``.corpus`` has 0-1 scores (CIDEr 0-10), as pycocoevalcap reports them.
+
+    Raises:
+        ValueError: unusable input (mismatched ids, empty references, wrong types, unknown options).
+        JavaNotFoundError: METEOR or ``ptb`` requested but ``java`` is not on PATH.
+        ExternalToolError: the METEOR jar, the PTB tokenizer or the BERTScore model failed.
+    """
+    metric_list = normalize_metric_names(metrics)
+    if tokenize not in TOKENIZE_MODES:
+        raise ValueError(f"unknown tokenize mode {tokenize!r}; choose one of {', '.join(TOKENIZE_MODES)}")
+    if lang not in LANGS:
+        raise ValueError(f"unknown lang {lang!r}; choose one of {', '.join(LANGS)}")
+    if tokenize == "ptb" and lang != "en":
+        raise ValueError("tokenize='ptb' is the English PTB tokenizer; for Chinese use none, char or jieba")
+    if on_missing not in ("error", "skip"):
+        raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
+    if on_empty not in ("warn", "error"):
+        raise ValueError(f"on_empty must be 'warn' or 'error', got {on_empty!r}")
+    # Fail before any work if Java is needed and missing.
+    if ("meteor" in metric_list and meteor_scorer is None) or tokenize == "ptb":
+        _require_java("METEOR" if "meteor" in metric_list else "PTB tokenisation (tokenize='ptb')")
+
+    refs_in = _check_texts(predictions, references)
+    issued: list[str] = []
+
+    def warn(msg: str) -> None:
+        issued.append(msg)
+        warnings.warn(msg, MetricsWarning, stacklevel=3)
+
+    skip_hint = "pass on_missing='skip' (CLI: --on-missing skip) to leave them out"
+    pred_no_ref = [k for k, p in predictions.items() if k not in refs_in]
+    ref_no_pred = [k for k in refs_in if predictions.get(k) is None]
+    problems = []
+    if pred_no_ref:
+        problems.append(f"{_plural(len(pred_no_ref), 'prediction')} without references (ids: {_show_ids(pred_no_ref)})")
+    if ref_no_pred:
+        problems.append(
+            f"{_plural(len(ref_no_pred), 'reference id')} without a prediction (ids: {_show_ids(ref_no_pred)})"
+        )
+    if problems and on_missing == "error":
+        raise ValueError("; ".join(problems) + f"; {skip_hint}")
+    skipped: dict[str, list] = {}
+    if pred_no_ref:
+        skipped["predictions_without_references"] = pred_no_ref
+    if ref_no_pred:
+        skipped["references_without_predictions"] = ref_no_pred
+    if problems:
+        warn("skipped " + "; ".join(problems))
+
+    ids = [k for k, p in predictions.items() if p is not None and k in refs_in]
+
+    # Tokenise everything in one go (ptb: a single JVM run).
+    flat_raw: list[str] = [predictions[k] for k in ids]
+    for k in ids:
+        flat_raw.extend(refs_in[k])
+    flat_tok = tokenize_texts(flat_raw, tokenize)
+    pred_tok: dict[Hashable, str] = {}
+    refs_tok: dict[Hashable, list[str]] = {}
+    refs_raw: dict[Hashable, list[str]] = {}
+    empty_refs: list[tuple[Hashable, int]] = []
+    pos = len(ids)
+    for j, k in enumerate(ids):
+        pred_tok[k] = flat_tok[j]
+        n = len(refs_in[k])
+        toks = flat_tok[pos : pos + n]
+        keep = [i for i, t in enumerate(toks) if t.split()]
+        empty_refs.extend((k, i) for i, t in enumerate(toks) if not t.split())
+        refs_tok[k] = [toks[i] for i in keep]
+        refs_raw[k] = [refs_in[k][i] for i in keep]
+        pos += n
+
+    no_refs = [k for k in ids if not refs_tok[k]]
+    n_dropped = sum(1 for k, _ in empty_refs if refs_tok[k])
+    if empty_refs or no_refs:
+        if on_missing == "error":
+            after = f" after {tokenize} tokenisation" if tokenize != "none" else ""
+            parts = []
+            if empty_refs:
+                where = _show_ids(empty_refs, render=lambda ki: f"{ki[0]!r}#{ki[1]}")
+                verb = "is" if len(empty_refs) == 1 else "are"
+                parts.append(f"{_plural(len(empty_refs), 'reference')} {verb} empty{after} (id#index: {where})")
+            if no_refs:
+                ids_shown = _show_ids(no_refs)
+                parts.append(f"{_plural(len(no_refs), 'id')} without any non-empty reference (ids: {ids_shown})")
+            raise ValueError("; ".join(parts) + f"; {skip_hint}")
+        if n_dropped:
+            warn(f"dropped {_plural(n_dropped, 'empty reference')} (ids with other references kept)")
+        if no_refs:
+            skipped["without_nonempty_references"] = no_refs
+            warn(f"skipped {_plural(len(no_refs), 'id')} with no non-empty reference (ids: {_show_ids(no_refs)})")
+        ids = [k for k in ids if refs_tok[k]]
+
+    if not ids:
+        raise ValueError("nothing to score: no id has both a prediction and a non-empty reference")
+
+    empty_preds = [k for k in ids if not pred_tok[k].split()]
+    if empty_preds:
+        if on_empty == "error":
+            after = f" after {tokenize} tokenisation" if tokenize != "none" else ""
+            raise ValueError(
+                f"{_plural(len(empty_preds), 'prediction')} {'is' if len(empty_preds) == 1 else 'are'} empty{after} "
+                f"(ids: {_show_ids(empty_preds)}); pass on_empty='warn' (CLI: --on-empty warn) to score them as empty"
+            )
+        warn(
+            f"{_plural(len(empty_preds), 'prediction')} {'is' if len(empty_preds) == 1 else 'are'} empty and "
+            f"scored as an empty caption (ids: {_show_ids(empty_preds)})"
+        )
+    if "cider" in metric_list and len(ids) == 1:
+        warn("CIDEr-D takes its idf weights from the references of the scored set; with one sample it is always 0")
+
+    gts = {k: refs_tok[k] for k in ids}
+    res = {k: [pred_tok[k]] for k in ids}
+    corpus: dict[str, float] = {}
+    per_sample: dict[Hashable, dict[str, float]] = {k: {} for k in ids}
+    info: dict[str, Any] = {}
+
+    def put(name: str, score: float, scores: Sequence[float]) -> None:
+        corpus[name] = float(score)
+        for k, s in zip(ids, scores):
+            per_sample[k][name] = float(s)
+
+    for metric in metric_list:
+        if metric == "bleu":
+            Bleu = _import("pycocoevalcap.bleu.bleu", "pycocoevalcap").Bleu
+            # verbose=0: upstream prints its length statistics to stdout otherwise.
+            score, scores = Bleu(4).compute_score(gts, res, verbose=0)
+            for n in range(4):
+                put(f"BLEU-{n + 1}", score[n], scores[n])
+        elif metric == "meteor":
+            if meteor_scorer is not None:
+                put("METEOR", *meteor_scorer.compute_score(gts, res))
+            else:
+                with MeteorScorer() as scorer:
+                    put("METEOR", *scorer.compute_score(gts, res))
+        elif metric == "rouge_l":
+            Rouge = _import("pycocoevalcap.rouge.rouge", "pycocoevalcap").Rouge
+            put("ROUGE-L", *Rouge().compute_score(gts, res))
+        elif metric == "cider":
+            Cider = _import("pycocoevalcap.cider.cider", "pycocoevalcap").Cider
+            put("CIDEr", *Cider().compute_score(gts, res))
+        elif metric == "bertscore":
+            P, R, F, bs_info = _bertscore(
+                [predictions[k] for k in ids],
+                [refs_raw[k] for k in ids],
+                model=bertscore_model,
+                num_layers=bertscore_num_layers,
+                lang=lang,
+                device=bertscore_device,
+                batch_size=bertscore_batch_size,
+            )
+            # bert_score's corpus figure is the mean of the per-sample scores.
+            for name, vals in (("BERTScore-P", P), ("BERTScore-R", R), ("BERTScore-F1", F)):
+                put(name, math.fsum(vals) / len(vals), vals)
+            info.update(bs_info)
+
+    return MetricsResult(
+        corpus=corpus,
+        per_sample=per_sample,
+        tokenize=tokenize,
+        lang=lang,
+        n_samples=len(ids),
+        n_empty_predictions=len(empty_preds),
+        skipped=skipped,
+        n_dropped_references=n_dropped,
+        warnings=issued,
+        info=info,
+    )
