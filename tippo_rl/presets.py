@@ -50,20 +50,17 @@ def train_decoder_tokenizer(corpus: Sequence[str], vocab_size: int = 512) -> Pre
     )
 
 
-def train_title_tokenizer(corpus: Sequence[str], vocab_size: int = 256) -> BertTokenizerFast:
-    """A WordPiece tokenizer in Chinese-CLIP's (BERT) layout: [PAD] 0, [CLS]/[SEP] around the text."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False
-    )
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
+def build_title_tokenizer(corpus: Sequence[str]) -> BertTokenizerFast:
+    """A BERT tokenizer in Chinese-CLIP's layout ([PAD] 0, [CLS]/[SEP] around the text) whose vocabulary is every
+    word (English) and character (Chinese) of `corpus`, sorted: the same on every machine. (`tokenizers`'
+    WordPiece trainer orders tied tokens differently from run to run, which made the preset irreproducible.)"""
+    normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = {word for text in corpus for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))}
     with tempfile.TemporaryDirectory() as folder:
         # BertTokenizerFast(vocab_file=...) silently builds a 5-token vocabulary in transformers 5; a folder works.
-        vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
         with open(f"{folder}/vocab.txt", "w", encoding="utf-8") as f:
-            f.write("\n".join(token for token, _ in vocab) + "\n")
+            f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]) + "\n")
         return BertTokenizerFast.from_pretrained(folder, model_max_length=64)
 
 
@@ -76,7 +73,7 @@ def build_tiny_processor(lang: str = "en", max_images: int = 5) -> TIPPoProcesso
     )
     return TIPPoProcessor(
         image_processor=image_processor,
-        title_tokenizer=train_title_tokenizer(corpus),
+        title_tokenizer=build_title_tokenizer(corpus),
         tokenizer=train_decoder_tokenizer(corpus),
         max_images=max_images,
         max_title_length=16,
@@ -146,7 +143,13 @@ def build_tippo_from_pretrained_components(
     copies). φ and the decoder carry their pretrained weights; adapters, DAA and DO start from scratch."""
     clip = ChineseCLIPModel.from_pretrained(encoder_name_or_path)
     t5 = T5ForConditionalGeneration.from_pretrained(decoder_name_or_path)
-    config = TIPPoConfig(encoder_config=clip.config, decoder_config=t5.config, **config_kwargs)
+    config = TIPPoConfig(
+        encoder_config=clip.config,
+        decoder_config=t5.config,
+        encoder_name_or_path=encoder_name_or_path,
+        decoder_name_or_path=decoder_name_or_path,
+        **config_kwargs,
+    )
     model = TIPPoModel(config)
     # logit_scale is the one ChineseCLIPModel weight TIPPo does not keep.
     missing, unexpected = model.encoder.load_state_dict(clip.state_dict(), strict=False)
