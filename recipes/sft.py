@@ -22,7 +22,7 @@ def main(script_args: TIPPoScriptArguments, training_args: TIPPoSFTConfig, model
         peft_config=lora_config(model_args, model),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_tippo(training_args.output_dir)
+    trainer.save_model()
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset)
     trainer.accelerator.print(f"SFT model and processor saved to {training_args.output_dir}")

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from trl import ModelConfig
@@ -95,9 +96,10 @@ class TIPPoModelConfig(ModelConfig):
 def load_datasets(args: TIPPoScriptArguments, max_images: int = 5) -> tuple[Dataset, Dataset | None]:
     """(train, eval) datasets as the script arguments describe them."""
     if args.dataset == "demo":
-        folder = make_demo_dataset(
-            args.demo_dir, num_train=args.demo_num_train, num_test=args.demo_num_test, lang=args.demo_lang, max_images=max_images
-        )
+        with PartialState().main_process_first():  # one process writes the files, the others then reuse them
+            folder = make_demo_dataset(
+                args.demo_dir, num_train=args.demo_num_train, num_test=args.demo_num_test, lang=args.demo_lang, max_images=max_images
+            )
         train, evaluation = load_artmuse(folder / "train.jsonl"), load_artmuse(folder / "test.jsonl")
     elif args.dataset == "artmuse":
         train = load_artmuse(args.train_file, args.image_root, max_images, on_error=args.on_bad_rows)

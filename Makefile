@@ -1,0 +1,43 @@
+# tippo_rl — `make demo` and `make test` on a fresh machine (Python 3.10+, no GPU needed).
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+ACCELERATE := $(VENV)/bin/accelerate
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo demo-sft demo-polishppo demo-eval test benchmarks clean
+
+$(STAMP): setup.cfg constraints.txt
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	# torch first, pinned: a CPU build where one is available locally, else PyPI's default build.
+	$(PYTHON) -m pip install --quiet torch==2.13.0
+	$(PYTHON) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The main job on the embedded default: SFT → PolishPPO → evaluation (a before/after table).
+demo: demo-sft demo-polishppo demo-eval
+
+demo-sft: setup
+	$(ACCELERATE) launch --config_file accelerate_configs/cpu.yaml recipes/sft.py --config recipes/configs/demo_sft.yaml
+
+demo-polishppo: setup
+	$(ACCELERATE) launch --config_file accelerate_configs/cpu.yaml recipes/polishppo.py --config recipes/configs/demo_polishppo.yaml
+
+demo-eval: setup
+	$(PYTHON) recipes/evaluate.py --config recipes/configs/demo_evaluate.yaml
+
+## The whole test suite (what CI runs): slow and multi-process tests included.
+test: setup
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+benchmarks: setup
+	$(PYTHON) benchmarks/bench_rewards.py
+	$(PYTHON) benchmarks/bench_sft.py
+	$(PYTHON) benchmarks/bench_polishppo.py
+
+clean:
+	rm -rf outputs

@@ -1,0 +1,274 @@
+"""The SFT stage: L_SFT = L_NTP + α·L_C on TRL's SFTTrainer, its recipe, LoRA, resume, Hub push, DDP, ZeRO-2."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import TrainerCallback
+from trl import TrlParser
+
+from tippo_rl import TIPPoModel, TIPPoProcessor, build_tiny_tippo, load_artmuse, make_demo_dataset
+from tippo_rl.data import TIPPoDataCollator
+from tippo_rl.generation import generate_predictions
+from tippo_rl.metrics import compute_metrics
+from tippo_rl.modeling_tippo import prototype_contrastive_loss
+from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, lora_config
+from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sft_config(tmp_path: Path, **overrides) -> TIPPoSFTConfig:
+    settings = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        seed=0,
+        feature_cache_dir=str(tmp_path / "cache"),
+        disable_tqdm=True,
+    )
+    settings.update(overrides)
+    return TIPPoSFTConfig(**settings)
+
+
+def make_trainer(tmp_path, dataset_dir, peft=False, **overrides):
+    model, processor = build_tiny_tippo(seed=0)
+    train = load_artmuse(dataset_dir / "train.jsonl")
+    peft_config = lora_config(TIPPoModelConfig(use_peft=True, lora_r=4, lora_alpha=8), model) if peft else None
+    return TIPPoSFTTrainer(
+        model=model, args=sft_config(tmp_path, **overrides), processor=processor, train_dataset=train, peft_config=peft_config
+    )
+
+
+def logged(trainer, key):
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- configuration ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [
+        (["--contrastive_weight", "-1"], "contrastive_weight"),
+        (["--contrastive_temperature", "0"], "contrastive_temperature"),
+        (["--daa_lambda_schedule", "cosine"], "daa_lambda_schedule"),
+        (["--daa_lambda_schedule", "constant", "--daa_lambda1", "1.5"], "daa_lambda1"),
+        (["--dataset", "artmuse", "--train_file", "/no/such/train.jsonl"], "train_file"),
+        (["--dataset", "artmuse"], "train_file"),
+        (["--dataset", "flickr"], "dataset"),
+        (["--preset", "huge"], "preset"),
+    ],
+)
+def test_bad_config_values_fail_at_parse_time_naming_the_field(tmp_path, arguments, field):
+    parser = TrlParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig))
+    with pytest.raises(ValueError, match=field):
+        parser.parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true", *arguments])
+
+
+def test_demo_yaml_config_parses():
+    parser = TrlParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config(
+        args=["--config", str(REPO / "recipes/configs/demo_sft.yaml")]
+    )
+    assert script_args.dataset == "demo" and model_args.preset == "tiny"
+    assert training_args.contrastive_weight == 1.0 and training_args.bf16 is False
+
+
+# -- the loss and the λ1 schedule ---------------------------------------------------------------------
+
+
+def test_compute_loss_is_ntp_plus_alpha_times_contrastive(tmp_path, demo_dataset_dir):
+    trainer = make_trainer(tmp_path, demo_dataset_dir, contrastive_weight=0.5, contrastive_temperature=0.7)
+    rows = [trainer.train_dataset[index] for index in range(6)]
+    batch = TIPPoDataCollator(trainer.processor)(rows)
+    model = trainer.model.eval()
+    loss = trainer.compute_loss(model, dict(batch))
+    inputs = {key: value for key, value in batch.items() if key not in ("references", "titles", "ids")}
+    outputs = model(**inputs)
+    expected = outputs.loss + 0.5 * prototype_contrastive_loss(outputs.image_signals, outputs.image_mask, 0.7)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_lambda1_follows_the_linear_schedule_and_losses_are_logged(tmp_path, demo_dataset_dir):
+    trainer = make_trainer(tmp_path, demo_dataset_dir, max_steps=4)
+    trainer.train()
+    assert logged(trainer, "daa/lambda1") == pytest.approx([0.0, 0.25, 0.5, 0.75])
+    assert len(logged(trainer, "loss/ntp")) == 4 and len(logged(trainer, "loss/contrastive")) == 4
+
+
+def test_constant_lambda_schedule(tmp_path, demo_dataset_dir):
+    trainer = make_trainer(tmp_path, demo_dataset_dir, max_steps=2, daa_lambda_schedule="constant", daa_lambda1=0.3)
+    trainer.train()
+    assert logged(trainer, "daa/lambda1") == pytest.approx([0.3, 0.3])
+
+
+# -- learning -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sft_learns_the_embedded_default(tmp_path):
+    data = make_demo_dataset(tmp_path / "demo", num_train=240, num_test=24)
+    model, processor = build_tiny_tippo(seed=0)
+    test = load_artmuse(data / "test.jsonl")
+    references = {row["id"]: [row["reference"]] for row in test}
+
+    def rouge_l(trained_model):
+        predictions = generate_predictions(trained_model, processor, test, max_new_tokens=48)
+        return compute_metrics(predictions, references, metrics=["rouge_l"], tokenize="none", lang="en").corpus["ROUGE-L"]
+
+    before = rouge_l(model)
+    trainer = TIPPoSFTTrainer(
+        model=model,
+        args=sft_config(tmp_path, max_steps=150, per_device_train_batch_size=16, logging_steps=10, warmup_steps=10),
+        processor=processor,
+        train_dataset=load_artmuse(data / "train.jsonl"),
+    )
+    trainer.train()
+    after = rouge_l(trainer.model)
+    ntp = logged(trainer, "loss/ntp")
+    print(f"SFT on the embedded default: NTP loss {ntp[0]:.3f} -> {ntp[-1]:.3f}; ROUGE-L {before:.3f} -> {after:.3f}")
+    assert ntp[-1] < 0.3 * ntp[0]
+    assert after > before + 0.3
+
+
+# -- saving, resuming, LoRA, the Hub ------------------------------------------------------------------
+
+
+class StopAt(TrainerCallback):
+    """Simulates a run killed right after the checkpoint at `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def test_resumed_run_ends_with_the_same_weights(tmp_path, demo_dataset_dir):
+    # Adam's default ε = 1e-8 turns float noise in the near-zero gradients of the prototype branch (λ1 ≈ 0 early)
+    # into ±lr updates, so two identical runs may differ by ~lr; a larger ε keeps the comparison to float noise.
+    settings = dict(
+        max_steps=6, save_strategy="steps", save_steps=3, logging_steps=1, per_device_train_batch_size=4, adam_epsilon=1e-4
+    )
+    full = make_trainer(tmp_path / "full", demo_dataset_dir, **settings)
+    full.train()
+
+    interrupted = make_trainer(tmp_path / "resumed", demo_dataset_dir, **settings)
+    interrupted.add_callback(StopAt(3))
+    interrupted.train()
+    checkpoint = tmp_path / "resumed/out/checkpoint-3"
+    assert checkpoint.is_dir() and interrupted.state.global_step == 3
+
+    resumed = make_trainer(tmp_path / "resumed", demo_dataset_dir, **settings)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 6
+    expected, actual = full.model.state_dict(), resumed.model.state_dict()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_lora_run_saves_a_model_that_generates_the_same_text(tmp_path, demo_dataset_dir):
+    trainer = make_trainer(tmp_path, demo_dataset_dir, peft=True, max_steps=6, learning_rate=1e-2)
+    trainer.train()
+    trainable = {name for name, parameter in trainer.model.named_parameters() if parameter.requires_grad}
+    assert any("lora_" in name for name in trainable) and any("image_adapter" in name for name in trainable)
+    assert not any(".encoder.vision_model" in name or "encoder.text_model" in name for name in trainable)
+    trainer.save_model()
+    output = Path(trainer.args.output_dir)
+    assert (output / "adapter/adapter_config.json").is_file() and (output / "model.safetensors").is_file()
+
+    reloaded = TIPPoModel.from_pretrained(output).eval()
+    processor = TIPPoProcessor.from_pretrained(output)
+    test = load_artmuse(demo_dataset_dir / "test.jsonl")
+    peft_predictions = generate_predictions(trainer.model, processor, test, max_new_tokens=24)
+    assert any(text for text in peft_predictions.values())
+    assert generate_predictions(reloaded, processor, test, max_new_tokens=24) == peft_predictions
+
+
+def test_push_to_hub_uploads_weights_processor_and_model_card(tmp_path, demo_dataset_dir, monkeypatch):
+    uploads = []
+
+    class FakeHub:
+        def create_repo(self, repo_id, **kwargs):
+            return SimpleNamespace(repo_id=repo_id)
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            files = sorted(str(path.relative_to(folder_path)) for path in Path(folder_path).rglob("*") if path.is_file())
+            uploads.append({"repo_id": repo_id, "files": files, "card": (Path(folder_path) / "README.md").read_text()})
+
+    import transformers.trainer
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeHub())
+    trainer = make_trainer(tmp_path, demo_dataset_dir, push_to_hub=True, hub_model_id="someone/tippo-demo", max_steps=2)
+    trainer.train()
+    trainer.push_to_hub(dataset_name="demo")
+    (upload,) = uploads
+    assert upload["repo_id"] == "someone/tippo-demo"
+    for name in ("model.safetensors", "config.json", "README.md", "tokenizer.json", "tippo_processor_config.json",
+                 "preprocessor_config.json", "title_tokenizer/tokenizer.json"):
+        assert name in upload["files"], name
+    card = upload["card"]
+    assert "- tippo" in card and "pipeline_tag: image-to-text" in card
+    assert "contrastive_weight: 1.0" in card  # the training config
+    assert "| train_loss |" in card  # the final metrics
+
+
+# -- launched with accelerate -------------------------------------------------------------------------
+
+
+def launch(tmp_path, accelerate_config, *extra, timeout=600):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / accelerate_config),
+        "--main_process_port", str(free_port()), str(REPO / "recipes/sft.py"),
+        "--config", str(REPO / "recipes/configs/demo_sft.yaml"),
+        "--output_dir", str(tmp_path / "out"), "--demo_dir", str(tmp_path / "demo"), "--demo_num_train", "64",
+        "--demo_num_test", "8", "--feature_cache_dir", str(tmp_path / "cache"), "--logging_steps", "1",
+        "--save_steps", "2", "--disable_tqdm", "true", *extra,
+    ]
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return json.loads((tmp_path / "out/checkpoint-2/trainer_state.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_recipe_runs_as_two_ddp_processes_on_cpu(tmp_path):
+    state = launch(tmp_path, "accelerate_configs/ddp_2proc_cpu.yaml", "--max_steps", "2")
+    # 2 steps × 16 samples × 2 processes = 64 samples = one epoch of the 64-row dataset (one process: half).
+    assert state["epoch"] == pytest.approx(1.0)
+    model = TIPPoModel.from_pretrained(tmp_path / "out")
+    assert model.config.model_type == "tippo"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_recipe_runs_under_deepspeed_zero2_on_cpu(tmp_path):
+    pytest.importorskip("deepspeed")
+    state = launch(tmp_path, "accelerate_configs/deepspeed_zero2_cpu.yaml", "--max_steps", "2")
+    assert state["global_step"] == 2
+    TIPPoModel.from_pretrained(tmp_path / "out")
