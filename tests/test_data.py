@@ -230,13 +230,13 @@ def test_collator_rejects_sample_without_images(tiny_model_and_processor):
         {"id": "ok", "title": "t", "images": [Image.new("RGB", (8, 8))], "reference": "r"},
         {"id": "row-7", "title": "t", "images": [], "reference": "r"},
     ]
-    with pytest.raises(DataValidationError, match="sample 'row-7': field 'images' is empty"):
+    with pytest.raises(DataValidationError, match="sample 'row-7': field 'images' has 0 images; TIPPo takes 1 to 5"):
         TIPPoDataCollator(tiny_model_and_processor[1])(rows)
 
 
 def test_collator_rejects_sample_with_too_many_images(tiny_model_and_processor):
     rows = [{"id": "big", "title": "t", "images": [Image.new("RGB", (8, 8))] * 6, "reference": "r"}]
-    with pytest.raises(ValueError, match="sample 0 has 6 images; TIPPo takes 1 to 5"):
+    with pytest.raises(DataValidationError, match="sample 'big': field 'images' has 6 images; TIPPo takes 1 to 5"):
         TIPPoDataCollator(tiny_model_and_processor[1])(rows)
 
 

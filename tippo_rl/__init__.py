@@ -1,25 +1,44 @@
-"""tippo_rl: TIPPo (TIP and Polish) multi-modal generation — SFT and PolishPPO on Hugging Face TRL."""
+"""tippo_rl: TIPPo (TIP and Polish) multi-modal generation — SFT and PolishPPO on Hugging Face TRL.
 
-from .configuration_tippo import TIPPoConfig
-from .data import TIPPoDataCollator, load_artmuse, load_coco_captions
-from .demo_data import make_demo_dataset
-from .feature_cache import cache_frozen_features
-from .modeling_tippo import TIPPoModel, prototype_contrastive_loss
-from .presets import build_tiny_tippo, build_tippo_from_pretrained_components
-from .processing_tippo import TIPPoProcessor
+`import tippo_rl` registers TIPPo with `AutoConfig`/`AutoModel` (so `AutoModel.from_pretrained` loads a saved
+TIPPo model); every other name is imported on first use.
+"""
+
+import importlib
+
+from . import modeling_tippo  # noqa: F401  (registers the Auto classes)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "TIPPoConfig",
-    "TIPPoModel",
-    "TIPPoProcessor",
-    "TIPPoDataCollator",
-    "build_tiny_tippo",
-    "build_tippo_from_pretrained_components",
-    "cache_frozen_features",
-    "load_artmuse",
-    "load_coco_captions",
-    "make_demo_dataset",
-    "prototype_contrastive_loss",
-]
+_EXPORTS = {
+    "TIPPoConfig": "configuration_tippo",
+    "TIPPoModel": "modeling_tippo",
+    "prototype_contrastive_loss": "modeling_tippo",
+    "TIPPoProcessor": "processing_tippo",
+    "TIPPoDataCollator": "data",
+    "load_artmuse": "data",
+    "load_coco_captions": "data",
+    "make_demo_dataset": "demo_data",
+    "cache_frozen_features": "feature_cache",
+    "build_tiny_tippo": "presets",
+    "build_tippo_from_pretrained_components": "presets",
+    "generate_predictions": "generation",
+    "compute_metrics": "metrics",
+    "literal_reward": "rewards",
+    "SemanticReward": "rewards",
+    "load_reward": "rewards",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tippo_rl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

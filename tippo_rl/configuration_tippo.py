@@ -68,9 +68,9 @@ class TIPPoConfig(PretrainedConfig):
         self.decoder_config = decoder_config
 
         for name, value in (("prefix_length", prefix_length), ("max_images", max_images)):
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TIPPoConfig.{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= float(daa_lambda1) <= 1.0:
+        if isinstance(daa_lambda1, bool) or not isinstance(daa_lambda1, (int, float)) or not 0.0 <= daa_lambda1 <= 1.0:
             raise ValueError(f"TIPPoConfig.daa_lambda1 must lie in [0, 1], got {daa_lambda1!r}")
         self.prefix_length = prefix_length
         self.adapter_hidden_size = adapter_hidden_size or (

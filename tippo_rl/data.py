@@ -229,8 +229,11 @@ class TIPPoDataCollator:
         else:
             images = [row["images"] for row in rows]
             for row, sample_images in zip(rows, images):
-                if not sample_images:
-                    raise DataValidationError(f"sample '{row.get('id')}': field 'images' is empty")
+                if not 1 <= len(sample_images) <= self.processor.max_images:
+                    raise DataValidationError(
+                        f"sample '{row.get('id')}': field 'images' has {len(sample_images)} images; "
+                        f"TIPPo takes 1 to {self.processor.max_images}"
+                    )
             pixel_values, image_mask = self.processor.images_to_pixels(images)
             batch = {"pixel_values": pixel_values, "image_mask": image_mask}
             batch.update(self.processor.tokenize_titles([row["title"] for row in rows]))
