@@ -1,0 +1,74 @@
+"""Building TIPPo from two pretrained checkpoints (the path users take with the Hub), exercised offline on
+tiny local checkpoints; and the paper-setting recipe configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import ChineseCLIPModel, T5ForConditionalGeneration
+from trl import TrlParser
+
+from tippo_rl import TIPPoModel
+from tippo_rl.presets import build_tippo_from_pretrained_components, tiny_tippo_config
+from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, load_model_and_processor
+from tippo_rl.trainer import TIPPoSFTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def save_component_checkpoints(folder: Path, processor):
+    """A tiny Chinese-CLIP checkpoint and a tiny T5 checkpoint, laid out as on the Hub."""
+    config = tiny_tippo_config(processor)
+    clip = ChineseCLIPModel(config.encoder_config)
+    clip.save_pretrained(folder / "clip")
+    processor.title_tokenizer.save_pretrained(folder / "clip")
+    processor.image_processor.save_pretrained(folder / "clip")
+    t5 = T5ForConditionalGeneration(config.decoder_config)
+    t5.save_pretrained(folder / "t5")
+    processor.tokenizer.save_pretrained(folder / "t5")
+    return clip, t5
+
+
+def test_build_from_pretrained_components_keeps_their_weights(tmp_path, tiny_model_and_processor):
+    clip, t5 = save_component_checkpoints(tmp_path, tiny_model_and_processor[1])
+    model, processor = build_tippo_from_pretrained_components(str(tmp_path / "clip"), str(tmp_path / "t5"), prefix_length=3)
+    assert model.config.prefix_length == 3
+    assert model.config.encoder_name_or_path == str(tmp_path / "clip")
+    for name, tensor in clip.state_dict().items():
+        if name != "logit_scale":  # the one ChineseCLIPModel weight TIPPo does not keep
+            torch.testing.assert_close(model.encoder.state_dict()[name], tensor)
+    for name, tensor in t5.state_dict().items():
+        torch.testing.assert_close(model.language_model.state_dict()[name], tensor)
+    assert not any(parameter.requires_grad for parameter in model.encoder.parameters())
+    # φ(T) is exactly Chinese-CLIP's text feature
+    tokens = processor.title_tokenizer(["in the garden"], return_tensors="pt")
+    with torch.no_grad():
+        expected = clip.eval().get_text_features(**tokens).pooler_output
+        actual = model.encoder.encode_text(tokens["input_ids"], tokens["attention_mask"])
+    torch.testing.assert_close(actual, expected)
+
+
+def test_recipe_builds_the_pretrained_preset_from_model_args(tmp_path, tiny_model_and_processor):
+    save_component_checkpoints(tmp_path, tiny_model_and_processor[1])
+    args = TIPPoModelConfig(preset="pretrained", encoder_name_or_path=str(tmp_path / "clip"), decoder_name_or_path=str(tmp_path / "t5"))
+    model, processor = load_model_and_processor(args)
+    assert isinstance(model, TIPPoModel) and processor.max_images == model.config.max_images
+
+
+def test_paper_configs_parse_with_the_papers_settings(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("")
+    parser = TrlParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig))
+    script, training, model = parser.parse_args_and_config(
+        args=["--config", str(REPO / "recipes/configs/artmuse_sft.yaml"), "--train_file", str(data),
+              "--eval_file", str(data), "--image_root", str(tmp_path), "--bf16", "false"]
+    )
+    assert (training.learning_rate, training.max_steps, training.contrastive_weight) == (5e-5, 50000, 1.0)
+    assert model.preset == "pretrained" and model.decoder_name_or_path == "Langboat/mengzi-t5-base"
+    parser = TrlParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig))  # a YAML's values stay as defaults
+    script, training, model = parser.parse_args_and_config(
+        args=["--config", str(REPO / "recipes/configs/cococn_sft.yaml"), "--coco_train_annotations", str(data),
+              "--coco_eval_annotations", str(data), "--coco_image_dir", str(tmp_path), "--bf16", "false"]
+    )
+    assert script.dataset == "cococn" and training.max_steps == 50000
