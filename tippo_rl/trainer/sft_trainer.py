@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
-
 from datasets import Dataset
-from peft import PeftModel
 from trl import SFTTrainer
 
 from ..data import TIPPoDataCollator
 from ..feature_cache import cache_frozen_features
-from ..model_card import build_model_card
 from ..modeling_tippo import TIPPoModel, prototype_contrastive_loss
 from ..processing_tippo import TIPPoProcessor
 from .sft_config import TIPPoSFTConfig
-from .utils import unwrap_tippo
+from .utils import TIPPoSavingMixin, unwrap_tippo
 
 
-class TIPPoSFTTrainer(SFTTrainer):
+class TIPPoSFTTrainer(TIPPoSavingMixin, SFTTrainer):
     """Supervised fine-tuning of a [`TIPPoModel`].
 
     Everything but the loss is TRL's / transformers': optimizer, schedule, logging, progress bars,
@@ -33,6 +28,7 @@ class TIPPoSFTTrainer(SFTTrainer):
     """
 
     _tag_names = ["trl", "sft", "tippo", "multimodal"]
+    _stage = "SFT"
 
     def __init__(
         self,
@@ -88,55 +84,5 @@ class TIPPoSFTTrainer(SFTTrainer):
         self._metrics[mode]["daa/lambda1"].append(unwrap_tippo(self.accelerator.unwrap_model(model)).daa_lambda1.item())
         return (loss, outputs) if return_outputs else loss
 
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
-        """Write a TIPPo model card (README.md) to `output_dir`: base models, tags, training config, final metrics."""
-        if not self.is_world_process_zero():
-            return
-        model_name = model_name or Path(self.args.output_dir).name
-        card = build_model_card(self, "SFT", model_name, dataset_name, tags=[tags] if isinstance(tags, str) else tags or ())
-        card.save(Path(self.args.output_dir) / "README.md")
-
     def _gathered_mean(self, value) -> float:
         return self.accelerator.gather_for_metrics(value.detach().reshape(1)).mean().item()
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """Save model + processor. The run's `output_dir` always receives a model that
-        `TIPPoModel.from_pretrained` loads: a LoRA run saves the merged model there (what the next stage and
-        inference load) and the adapter alone in `output_dir/adapter`. Checkpoints keep the Trainer's format.
-        """
-        output_dir = output_dir or self.args.output_dir
-        model = self.accelerator.unwrap_model(self.model)
-        if not isinstance(model, PeftModel) or Path(output_dir).resolve() != Path(self.args.output_dir).resolve():
-            return super().save_model(output_dir, _internal_call)
-        if self.args.should_save:
-            model.save_pretrained(Path(output_dir) / "adapter")
-            copy.deepcopy(model).merge_and_unload().save_pretrained(output_dir)
-            self.processor.save_pretrained(output_dir)
-        self.accelerator.wait_for_everyone()
-
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
-        """Write a TIPPo model card (README.md) to `output_dir`: base models, tags, training config, final metrics."""
-        if not self.is_world_process_zero():
-            return
-        model_name = model_name or Path(self.args.output_dir).name
-        card = build_model_card(self, "SFT", model_name, dataset_name, tags=[tags] if isinstance(tags, str) else tags or ())
-        card.save(Path(self.args.output_dir) / "README.md")
-
-    def _gathered_mean(self, value) -> float:
-        return self.accelerator.gather_for_metrics(value.detach().reshape(1)).mean().item()
-
-    def save_tippo(self, output_dir: str) -> None:
-        """Save the final model + processor so that `TIPPoModel.from_pretrained(output_dir)` loads it.
-
-        A LoRA run saves the merged model there (what the next stage and inference load) and the adapter
-        alone in `output_dir/adapter`.
-        """
-        model = self.accelerator.unwrap_model(self.model)
-        if not isinstance(model, PeftModel):
-            self.save_model(output_dir)
-            return
-        if self.args.should_save:
-            model.save_pretrained(f"{output_dir}/adapter")
-            copy.deepcopy(model).merge_and_unload().save_pretrained(output_dir)
-            self.processor.save_pretrained(output_dir)
-        self.accelerator.wait_for_everyone()

@@ -1,19 +1,59 @@
-"""Small pieces both TIPPo trainers need."""
+"""Pieces both TIPPo trainers share."""
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
+from accelerate.utils import is_peft_model
 from torch import nn
 
+from ..model_card import build_model_card
 from ..modeling_tippo import TIPPoModel
 
 
 def unwrap_tippo(model: nn.Module) -> TIPPoModel:
-    """The `TIPPoModel` inside DDP/DeepSpeed (`.module`) and PEFT (`.get_base_model()`) wrappers."""
+    """The `TIPPoModel` inside DDP/DeepSpeed (`.module`), PEFT (`.get_base_model()`) and policy (`.policy`) wrappers."""
     while not isinstance(model, TIPPoModel):
         if hasattr(model, "get_base_model"):
             model = model.get_base_model()
         elif hasattr(model, "module"):
             model = model.module
+        elif hasattr(model, "policy"):
+            model = model.policy
         else:
             raise TypeError(f"expected a TIPPoModel (possibly wrapped), got {type(model).__name__}")
     return model
+
+
+class TIPPoSavingMixin:
+    """What a TIPPo trainer saves: the run's `output_dir` always receives a model that `TIPPoModel.from_pretrained`
+    loads — a LoRA run saves the merged model there (what the next stage and inference load) and the adapter alone in
+    `output_dir/adapter` — plus the processor and a TIPPo model card. Checkpoints keep the Trainer's format.
+
+    A trainer sets `_stage` (for the model card) and may override `_policy` (the model to save inside its wrapper).
+    """
+
+    _stage = "training"
+
+    def _policy(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        output_dir = output_dir or self.args.output_dir
+        policy = self._policy(self.accelerator.unwrap_model(self.model))
+        if not is_peft_model(policy) or Path(output_dir).resolve() != Path(self.args.output_dir).resolve():
+            return super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            policy.save_pretrained(Path(output_dir) / "adapter")
+            copy.deepcopy(policy).merge_and_unload().save_pretrained(output_dir)
+            self.processor.save_pretrained(output_dir)
+        self.accelerator.wait_for_everyone()
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
+        """Write a TIPPo model card (README.md) to `output_dir`: base models, tags, training config, final metrics."""
+        if not self.is_world_process_zero():
+            return
+        model_name = model_name or Path(self.args.output_dir).name
+        tags = [tags] if isinstance(tags, str) else list(tags or ())
+        build_model_card(self, self._stage, model_name, dataset_name, tags=tags).save(Path(self.args.output_dir) / "README.md")

@@ -1,0 +1,37 @@
+"""TIPPo PolishPPO: PPO on G_m = γ^m·R_literal + γ^(M−m)·R_semantic with the running advantage normalisation of Eq. 6.
+
+Starts from the SFT model (`--model_name_or_path`, e.g. the output of recipes/sft.py):
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml recipes/polishppo.py --config recipes/configs/demo_polishppo.yaml
+
+Everything a run may change is in the YAML config or on the command line (`--help` lists it all), e.g. extra reward
+plug-ins: `--reward_funcs literal semantic rewards/length_penalty.py:length_penalty --reward_weights 1 1 0.5`.
+"""
+
+from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, apply_lora, load_datasets, load_model_and_processor
+from tippo_rl.trainer.polishppo_config import PolishPPOConfig
+from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
+from trl import TrlParser
+
+
+def main(script_args: TIPPoScriptArguments, training_args: PolishPPOConfig, model_args: TIPPoModelConfig):
+    if not model_args.model_name_or_path:
+        raise ValueError("PolishPPO starts from a trained model: set --model_name_or_path (e.g. outputs/demo_sft)")
+    model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
+    train_dataset, _ = load_datasets(script_args, max_images=model.config.max_images)
+    trainer = PolishPPOTrainer(
+        model=apply_lora(model, model_args),
+        args=training_args,
+        processor=processor,
+        train_dataset=train_dataset,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset)
+    trainer.accelerator.print(f"PolishPPO model and processor saved to {training_args.output_dir}")
+
+
+if __name__ == "__main__":
+    parser = TrlParser((TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig))
+    main(*parser.parse_args_and_config())

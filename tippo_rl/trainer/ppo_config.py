@@ -1,0 +1,257 @@
+"""Configuration of [`PPOTrainer`]: `TrainingArguments` plus rollout, reward and PPO settings."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+KL_ESTIMATORS = ("k1", "k3")
+
+
+@dataclass
+class PPOConfig(TrainingArguments):
+    r"""
+    [`PPOTrainer`] arguments: everything of [`transformers.TrainingArguments`] (optimizer, schedule, logging,
+    checkpoints, `report_to`, accelerate/DeepSpeed) plus the fields below.
+
+    One PPO *iteration* samples a rollout batch of `generation_batch_size` completions (over all processes), scores
+    them, computes returns and advantages once, then takes `num_ppo_epochs` passes over it in `steps_per_generation`
+    minibatches of `per_device_train_batch_size` per process. Optimizer steps happen every
+    `gradient_accumulation_steps` minibatches, so an iteration is
+    `num_ppo_epochs · steps_per_generation / gradient_accumulation_steps` optimizer steps.
+
+    Parameters:
+        > Rollouts
+
+        steps_per_generation (`int`, *optional*):
+            Minibatches per rollout batch (per process). Defaults to `gradient_accumulation_steps`. Exclusive with
+            `generation_batch_size`.
+        generation_batch_size (`int`, *optional*):
+            Completions per rollout batch over all processes; a multiple of
+            `per_device_train_batch_size · num_processes`. Exclusive with `steps_per_generation`.
+        num_ppo_epochs (`int`, defaults to `2`):
+            Passes over each rollout batch.
+        total_iterations (`int`, *optional*):
+            M, the number of PPO iterations of the run; sets `max_steps`. Leave unset to use `max_steps`.
+        max_new_tokens (`int`, defaults to `64`):
+            Most tokens a completion may have (EOS included).
+        temperature (`float`, defaults to `1.0`), top_k (`int`, defaults to `0` = off), top_p (`float`, defaults to
+        `1.0` = off):
+            Sampling settings of the rollouts. Log-probabilities are computed at the same temperature, without the
+            top-k/top-p truncation (as in TRL), so truncation makes the rollouts slightly off-policy.
+        generation_kwargs (`dict`, *optional*):
+            More `GenerationConfig` options for the rollouts (e.g. `{"repetition_penalty": 1.1}`).
+
+        > Rewards
+
+        reward_funcs (`list[str]`, *optional*):
+            Reward plug-ins (`tippo_rl.rewards.load_reward` specs: `literal`, `semantic`, `module:function`,
+            `path/file.py:function`). Callables may be passed to the trainer instead.
+        reward_weights (`list[float]`, *optional*):
+            One weight per reward; the sequence reward is Σ weight·reward. Defaults to 1 each.
+        reward_init_kwargs (`dict`, *optional*):
+            Constructor arguments of class plug-ins, keyed by spec:
+            `{"rewards/image_grounded.py:ImageGroundedReward": {"model_name_or_path": "outputs/demo_sft"}}`.
+
+        > PPO
+
+        cliprange (`float`, defaults to `0.2`):
+            ε of the clipped surrogate: the ratio is clipped to [1 − ε, 1 + ε].
+        kl_coef (`float`, defaults to `0.05`):
+            β: weight of the KL penalty to the frozen starting policy, added to the loss. 0 drops the reference model.
+        kl_estimator (`str`, defaults to `"k3"`):
+            Per-token KL estimator: `k1` (log π − log π_ref) or `k3` (exp(log π_ref − log π) − (log π_ref − log π) − 1,
+            unbiased and never negative).
+        use_value_head (`bool`, defaults to `True`):
+            Standard PPO: a value head V(s_t) on the decoder's last hidden states, trained with a clipped value loss,
+            and GAE advantages. False: the advantage of every token is the sequence return (whitened, if
+            `whiten_advantages`).
+        vf_coef (`float`, defaults to `0.1`):
+            Weight of the value loss.
+        cliprange_value (`float`, defaults to `0.2`):
+            Values may move at most this far from the rollout's values before their loss is clipped.
+        gamma (`float`, defaults to `1.0`), lam (`float`, defaults to `0.95`):
+            GAE's discount γ and λ (over tokens). Not PolishPPO's γ, which is `polish_gamma`.
+        whiten_advantages (`bool`, defaults to `True`):
+            Normalise the advantages of each rollout batch to mean 0, standard deviation 1 (over all processes).
+        disable_dropout (`bool`, defaults to `True`):
+            Switch dropout off in the policy, so that the rollout's log-probabilities, the policy's and the reference
+            model's agree before any update (ratio 1, KL 0).
+        ds3_gather_for_generation (`bool`, defaults to `True`):
+            DeepSpeed ZeRO-3: gather the weights for generation (fast); False generates with sharded weights.
+
+        > Data
+
+        use_feature_cache (`bool`, defaults to `True`):
+            Compute the frozen encoder φ's outputs once per dataset (identical results, faster). Without it, φ still
+            runs only once per rollout batch.
+        feature_cache_dir (`str`, *optional*):
+            Where cached features go (default `~/.cache/tippo_rl/features`).
+    """
+
+    # -- rollouts ----------------------------------------------------------------------------------------------------
+    steps_per_generation: int | None = field(
+        default=None,
+        metadata={"help": "Minibatches per rollout batch, per process. Default: gradient_accumulation_steps. Exclusive with generation_batch_size."},
+    )
+    generation_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Completions per rollout batch over all processes (a multiple of per_device_train_batch_size × processes). Exclusive with steps_per_generation."},
+    )
+    num_ppo_epochs: int = field(default=2, metadata={"help": "Passes over each rollout batch."})
+    total_iterations: int | None = field(
+        default=None, metadata={"help": "M: PPO iterations of the run; sets max_steps. Unset: use max_steps."}
+    )
+    max_new_tokens: int = field(default=64, metadata={"help": "Most tokens per completion (EOS included)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts (log-probs use it too)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling of the rollouts; 0 = off."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of the rollouts; 1.0 = off."})
+    generation_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "More GenerationConfig options for the rollouts, e.g. {\"repetition_penalty\": 1.1}."}
+    )
+
+    # -- rewards -----------------------------------------------------------------------------------------------------
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={"help": "Reward plug-ins: `literal`, `semantic`, `module:function` or `path/file.py:function`."},
+    )
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per reward function (default 1 each)."}
+    )
+    reward_init_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Constructor arguments of class plug-ins keyed by spec, e.g. {\"path/r.py:MyReward\": {\"model_name_or_path\": \"x\"}}."},
+    )
+
+    # -- PPO ---------------------------------------------------------------------------------------------------------
+    cliprange: float = field(default=0.2, metadata={"help": "ε of the clipped surrogate: ratio clipped to [1 − ε, 1 + ε]."})
+    kl_coef: float = field(default=0.05, metadata={"help": "β: weight of the KL penalty to the frozen starting policy. 0 = no reference model."})
+    kl_estimator: str = field(default="k3", metadata={"help": "Per-token KL estimator: `k1` or `k3`."})
+    use_value_head: bool = field(default=True, metadata={"help": "Standard PPO: value head + clipped value loss + GAE advantages."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value loss around the rollout's values."})
+    gamma: float = field(default=1.0, metadata={"help": "GAE discount γ over tokens (not PolishPPO's polish_gamma)."})
+    lam: float = field(default=0.95, metadata={"help": "GAE λ."})
+    whiten_advantages: bool = field(default=True, metadata={"help": "Normalise each rollout batch's advantages to mean 0, std 1."})
+    disable_dropout: bool = field(default=True, metadata={"help": "Switch dropout off in the policy (ratio 1 and KL 0 before the first update)."})
+    ds3_gather_for_generation: bool = field(default=True, metadata={"help": "DeepSpeed ZeRO-3: gather the weights for generation."})
+
+    # -- data --------------------------------------------------------------------------------------------------------
+    use_feature_cache: bool = field(default=True, metadata={"help": "Train from cached frozen-encoder features (computed once per dataset)."})
+    feature_cache_dir: str | None = field(default=None, metadata={"help": "Folder for cached features (default ~/.cache/tippo_rl/features)."})
+
+    # -- TrainingArguments defaults that differ for PPO ----------------------------------------------------------------
+    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate (paper, PolishPPO: 1e-5)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every X optimizer steps (a float in [0, 1) is a ratio of the run)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every dataset column: reward plug-ins receive them."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision. Default: on where a GPU supports it, off on a CPU."})
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
+        for name in ("generation_kwargs", "reward_init_kwargs"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    setattr(self, name, json.loads(value))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{name} must be a JSON object, got {value!r}: {error}") from error
+        self._check_ppo_fields()
+        if self.total_iterations is not None:
+            if self.max_steps > 0:
+                raise ValueError(
+                    f"set total_iterations ({self.total_iterations}) or max_steps ({self.max_steps}), not both"
+                )
+        super().__post_init__()
+
+        world = self.world_size
+        local = self.per_device_train_batch_size
+        if self.generation_batch_size is not None and self.steps_per_generation is not None:
+            raise ValueError("generation_batch_size and steps_per_generation are exclusive; set one of them")
+        if self.generation_batch_size is not None:
+            if self.generation_batch_size % (local * world) != 0:
+                raise ValueError(
+                    f"generation_batch_size ({self.generation_batch_size}) must be a multiple of "
+                    f"per_device_train_batch_size × processes ({local} × {world})"
+                )
+            self.steps_per_generation = self.generation_batch_size // (local * world)
+        else:
+            self.steps_per_generation = self.steps_per_generation or self.gradient_accumulation_steps
+            self.generation_batch_size = local * world * self.steps_per_generation
+        if self.steps_per_generation < 1:
+            raise ValueError(f"steps_per_generation must be ≥ 1, got {self.steps_per_generation}")
+
+        if self.total_iterations is not None:
+            # An iteration is steps_per_generation × num_ppo_epochs minibatches.
+            self.max_steps = math.ceil(self.total_iterations * self.minibatches_per_iteration / self.gradient_accumulation_steps)
+        if self.save_strategy == "steps" and self.save_steps and self.save_steps >= 1:
+            if (int(self.save_steps) * self.gradient_accumulation_steps) % self.minibatches_per_iteration:
+                warnings.warn(
+                    f"save_steps ({self.save_steps}) does not end on a PPO iteration (one iteration is "
+                    f"{self.minibatches_per_iteration / self.gradient_accumulation_steps:g} optimizer steps): a run "
+                    "resumed from such a checkpoint samples that iteration's rollouts again",
+                    stacklevel=2,
+                )
+
+    def _check_ppo_fields(self):
+        if self.num_ppo_epochs < 1:
+            raise ValueError(f"num_ppo_epochs must be ≥ 1, got {self.num_ppo_epochs}")
+        if self.total_iterations is not None and self.total_iterations < 1:
+            raise ValueError(f"total_iterations must be ≥ 1, got {self.total_iterations}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (rollouts are sampled), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be ≥ 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if self.reward_weights is not None and self.reward_funcs is not None:
+            if len(self.reward_weights) != len(self.reward_funcs):
+                raise ValueError(
+                    f"reward_weights has {len(self.reward_weights)} values for {len(self.reward_funcs)} reward_funcs "
+                    f"({', '.join(self.reward_funcs)}); give one weight per reward"
+                )
+        if self.reward_init_kwargs is not None:
+            if not isinstance(self.reward_init_kwargs, dict) or not all(
+                isinstance(kwargs, dict) for kwargs in self.reward_init_kwargs.values()
+            ):
+                raise ValueError(
+                    "reward_init_kwargs must map a reward spec to a dict of constructor arguments, got "
+                    f"{self.reward_init_kwargs!r}"
+                )
+            unknown = set(self.reward_init_kwargs) - set(self.reward_funcs or [])
+            if unknown and self.reward_funcs is not None:  # rewards may also be handed to the trainer directly
+                raise ValueError(
+                    f"reward_init_kwargs names {', '.join(sorted(unknown))}, which is not in reward_funcs "
+                    f"({', '.join(self.reward_funcs or []) or 'empty'})"
+                )
+        if not 0 < self.cliprange < 1:
+            raise ValueError(f"cliprange (ε) must lie in (0, 1), got {self.cliprange}")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef (β) must be ≥ 0, got {self.kl_coef}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
+        if self.vf_coef < 0:
+            raise ValueError(f"vf_coef must be ≥ 0, got {self.vf_coef}")
+        if self.cliprange_value <= 0:
+            raise ValueError(f"cliprange_value must be > 0, got {self.cliprange_value}")
+        if not 0 <= self.gamma <= 1:
+            raise ValueError(f"gamma (GAE's γ) must lie in [0, 1], got {self.gamma}")
+        if not 0 <= self.lam <= 1:
+            raise ValueError(f"lam (GAE's λ) must lie in [0, 1], got {self.lam}")
+        if str(getattr(self.eval_strategy, "value", self.eval_strategy)) != "no":
+            raise ValueError(
+                f"eval_strategy must be 'no' (got {self.eval_strategy!r}): PPO does not evaluate during training; "
+                "evaluate the saved model instead (tippo-eval)"
+            )
+
+    @property
+    def minibatches_per_iteration(self) -> int:
+        """Minibatches (forward + backward passes per process) of one PPO iteration."""
+        return self.steps_per_generation * self.num_ppo_epochs
