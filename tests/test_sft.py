@@ -240,7 +240,7 @@ def test_push_to_hub_uploads_weights_processor_and_model_card(tmp_path, demo_dat
 # -- launched with accelerate -------------------------------------------------------------------------
 
 
-def launch(tmp_path, accelerate_config, *extra, timeout=600):
+def launch(tmp_path, accelerate_config, *extra, use_cpu_env=True, timeout=600):
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / accelerate_config),
         "--main_process_port", str(free_port()), str(REPO / "recipes/sft.py"),
@@ -249,7 +249,10 @@ def launch(tmp_path, accelerate_config, *extra, timeout=600):
         "--demo_num_test", "8", "--feature_cache_dir", str(tmp_path / "cache"), "--logging_steps", "1",
         "--save_steps", "2", "--disable_tqdm", "true", *extra,
     ]
-    environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    environment.pop("ACCELERATE_USE_CPU", None)
+    if use_cpu_env:  # forces the CPU for the multi-GPU launcher; with DeepSpeed it would silently drop DeepSpeed
+        environment["ACCELERATE_USE_CPU"] = "1"
     result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return json.loads((tmp_path / "out/checkpoint-2/trainer_state.json").read_text())
@@ -269,6 +272,7 @@ def test_recipe_runs_as_two_ddp_processes_on_cpu(tmp_path):
 @pytest.mark.distributed
 def test_recipe_runs_under_deepspeed_zero2_on_cpu(tmp_path):
     pytest.importorskip("deepspeed")
-    state = launch(tmp_path, "accelerate_configs/deepspeed_zero2_cpu.yaml", "--max_steps", "2")
+    state = launch(tmp_path, "accelerate_configs/deepspeed_zero2_cpu.yaml", "--max_steps", "2", use_cpu_env=False)
     assert state["global_step"] == 2
+    assert (tmp_path / "out/checkpoint-2/global_step2").is_dir()  # DeepSpeed's own checkpoint: it really ran
     TIPPoModel.from_pretrained(tmp_path / "out")

@@ -7,7 +7,6 @@ import json
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
-from .modeling_tippo import TIPPoModel
 
 TEMPLATE = """---
 {card_data}
