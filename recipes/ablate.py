@@ -1,0 +1,223 @@
+"""The paper's ablation grid (Table 3, Fig. 2): {TIP, TIPPo} × {NTP only, PolishPPO only, NTP → PolishPPO}.
+
+    python recipes/ablate.py --config recipes/configs/demo_ablate.yaml
+
+Every cell trains in this process with the SFT and PolishPPO trainers, set up by the recipes' own configs
+(`sft_config`, `polishppo_config`) plus `*_overrides` (e.g. fewer steps). TIP is the same model without DAA and DO
+(`use_daa_do: false`); "PolishPPO only" starts PolishPPO from the untrained model, "NTP → PolishPPO" from the
+"NTP only" model. All cells train and are evaluated on the dataset set here, with the evaluation settings here.
+
+Writes into `output_dir`: a folder per trained model (`<variant>/sft`, `<variant>/polishppo`,
+`<variant>/sft_polishppo`), `ablation.md` (the table, ×100), `ablation.json` (every score, the settings, training
+times), `log_history.json` (the trainers' logs) and `loss.png` / `rewards.png` (training curves from those logs).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tippo_rl import TIPPoModel, TIPPoProcessor
+from tippo_rl.metrics import MeteorScorer
+from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, apply_lora, load_datasets, load_model_and_processor, lora_config
+from tippo_rl.reports import EvaluationArguments, log_curve, plot_curves, score_model, scores_table
+from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
+from tippo_rl.trainer.polishppo_config import PolishPPOConfig
+from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
+from trl import TrlParser
+
+VARIANTS = {"TIP": False, "TIPPo": True}  # name → use_daa_do
+SCHEDULES = {"ntp": "NTP only", "polishppo": "PolishPPO only", "ntp+polishppo": "NTP → PolishPPO"}
+MODEL_DIRS = {"ntp": "sft", "polishppo": "polishppo", "ntp+polishppo": "sft_polishppo"}  # schedule → trained model
+STAGE_LABELS = {"sft": "NTP", "polishppo": "PolishPPO only", "sft_polishppo": "NTP → PolishPPO"}
+
+
+@dataclass
+class AblationArguments:
+    """Which cells of the grid to run and how each stage trains."""
+
+    output_dir: str = field(default="outputs/ablate", metadata={"help": "Where the models, tables and plots go."})
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={"help": "Models: `TIP` (no DAA, no DO) and/or `TIPPo`."})
+    schedules: list[str] = field(
+        default_factory=lambda: list(SCHEDULES),
+        metadata={"help": "Training schedules: `ntp` (SFT only), `polishppo` (PolishPPO from the untrained model), `ntp+polishppo`."},
+    )
+    sft_config: str = field(default="recipes/configs/demo_sft.yaml", metadata={"help": "The SFT recipe config every SFT stage starts from."})
+    sft_overrides: list[str] = field(
+        default_factory=list, metadata={"help": "`key=value` settings on top of `sft_config`, e.g. `max_steps=100` (one value each)."}
+    )
+    polishppo_config: str = field(
+        default="recipes/configs/demo_polishppo.yaml", metadata={"help": "The PolishPPO recipe config every PolishPPO stage starts from."}
+    )
+    polishppo_overrides: list[str] = field(
+        default_factory=list, metadata={"help": "`key=value` settings on top of `polishppo_config`, e.g. `total_iterations=10`."}
+    )
+
+    def __post_init__(self):
+        for name, given, known in (("variants", self.variants, VARIANTS), ("schedules", self.schedules, SCHEDULES)):
+            unknown = [value for value in given if value not in known]
+            if unknown or not given:
+                raise ValueError(f"--{name} must be a non-empty list from {', '.join(known)}; got {given}")
+        for name in ("sft_config", "polishppo_config"):
+            if not Path(getattr(self, name)).is_file():
+                raise ValueError(f"--{name} {getattr(self, name)!r} does not exist")
+        for item in self.sft_overrides + self.polishppo_overrides:
+            if "=" not in item:
+                raise ValueError(f"overrides are `key=value`; got {item!r}")
+
+
+def parse_stage(dataclass_types, config: str, overrides: list[str], **forced) -> tuple:
+    """A stage's arguments as its recipe would parse them: `config`, then the overrides, then `forced` settings."""
+    args = ["--config", config, *(f"--{item}" for item in overrides), *(f"--{key}={value}" for key, value in forced.items())]
+    return TrlParser(dataclass_types).parse_args_and_config(args)
+
+
+def sft_stage(ablation: AblationArguments, use_daa_do: bool, output_dir: Path) -> tuple[TIPPoSFTConfig, TIPPoModelConfig]:
+    """An SFT stage's training and model arguments: `sft_config` + overrides, for this variant and output folder."""
+    _, training_args, model_args = parse_stage(
+        (TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig), ablation.sft_config, ablation.sft_overrides,
+        output_dir=output_dir, use_daa_do=use_daa_do,
+    )  # fmt: skip
+    return training_args, model_args
+
+
+def train_sft(script_args: TIPPoScriptArguments, ablation: AblationArguments, use_daa_do: bool, output_dir: Path) -> list[dict]:
+    """SFT (L_NTP + α·L_C) of a fresh model, as recipes/sft.py runs it; returns the trainer's log history."""
+    training_args, model_args = sft_stage(ablation, use_daa_do, output_dir)
+    model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
+    train_dataset, _ = load_datasets(script_args, max_images=model.config.max_images)
+    trainer = TIPPoSFTTrainer(
+        model=model, args=training_args, processor=processor, train_dataset=train_dataset, peft_config=lora_config(model_args, model)
+    )
+    trainer.train()
+    trainer.save_model()
+    return trainer.state.log_history
+
+
+def save_untrained(script_args: TIPPoScriptArguments, ablation: AblationArguments, use_daa_do: bool, output_dir: Path) -> None:
+    """The fresh model the SFT stage starts from (same preset and seed), saved for "PolishPPO only" to start from."""
+    _, model_args = sft_stage(ablation, use_daa_do, output_dir)
+    model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+
+
+def train_polishppo(script_args: TIPPoScriptArguments, ablation: AblationArguments, start: Path, output_dir: Path) -> list[dict]:
+    """PolishPPO from the model saved in `start`, as recipes/polishppo.py runs it; returns the trainer's log history."""
+    _, training_args, model_args = parse_stage(
+        (TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig), ablation.polishppo_config, ablation.polishppo_overrides,
+        output_dir=output_dir, model_name_or_path=start,
+    )  # fmt: skip
+    model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
+    train_dataset, _ = load_datasets(script_args, max_images=model.config.max_images)
+    trainer = PolishPPOTrainer(model=apply_lora(model, model_args), args=training_args, processor=processor, train_dataset=train_dataset)
+    trainer.train()
+    trainer.save_model()
+    return trainer.state.log_history
+
+
+def plot_training(histories: dict[str, list[dict]], output_dir: Path) -> None:
+    """`loss.png` (SFT's L_SFT and L_NTP, PolishPPO's loss) and `rewards.png` (PolishPPO's mean rewards per iteration)."""
+
+    def lines(stages, key):
+        runs = {run: history for run, history in histories.items() if run.split("/")[1] in stages}
+        return {f"{run.split('/')[0]} · {STAGE_LABELS[run.split('/')[1]]}": log_curve(history, key) for run, history in runs.items()}
+
+    ppo = ("polishppo", "sft_polishppo")
+    plot_curves(
+        output_dir / "loss.png",
+        [
+            ("SFT: L_SFT = L_NTP + α·L_C", "loss", lines(["sft"], "loss")),
+            ("SFT: next-token loss L_NTP", "loss", lines(["sft"], "loss/ntp")),
+            ("PolishPPO: clipped surrogate + KL", "loss", lines(ppo, "loss")),
+        ],
+    )
+    plot_curves(
+        output_dir / "rewards.png",
+        [
+            ("PolishPPO: R_literal (Eq. 7)", "mean over the iteration's rollouts", lines(ppo, "rewards/literal/mean")),
+            ("PolishPPO: R_semantic (Eq. 8)", "mean over the iteration's rollouts", lines(ppo, "rewards/semantic/mean")),
+        ],
+    )
+
+
+def main(script_args: TIPPoScriptArguments, ablation: AblationArguments, eval_args: EvaluationArguments) -> str:
+    """Train and evaluate every cell; returns the markdown table (also printed)."""
+    output_dir = Path(ablation.output_dir)
+    train, evaluation = load_datasets(script_args)  # fail on bad data before any training
+    dataset = train if eval_args.split == "train" else evaluation
+    if dataset is None:
+        raise ValueError(f"--dataset {script_args.dataset} has no evaluation split: set its eval file, or --split train")
+
+    histories, seconds = {}, {}
+    wanted = set(ablation.schedules)
+    for variant in ablation.variants:
+        folder = output_dir / variant
+        stages = [("sft", None)] if wanted & {"ntp", "ntp+polishppo"} else []  # (stage, model it starts from)
+        if "polishppo" in wanted:
+            save_untrained(script_args, ablation, VARIANTS[variant], folder / "untrained")
+            stages.append(("polishppo", folder / "untrained"))
+        if "ntp+polishppo" in wanted:
+            stages.append(("sft_polishppo", folder / "sft"))
+        for stage, start in stages:
+            print(f"== {variant}: training {stage} → {folder / stage}")
+            began = time.perf_counter()
+            if start is None:
+                histories[f"{variant}/{stage}"] = train_sft(script_args, ablation, VARIANTS[variant], folder / stage)
+            else:
+                histories[f"{variant}/{stage}"] = train_polishppo(script_args, ablation, start, folder / stage)
+            seconds[f"{variant}/{stage}"] = round(time.perf_counter() - began, 1)
+
+    rows, cells = [], []
+    meteor = MeteorScorer() if "meteor" in eval_args.metrics else None
+    try:
+        for variant in ablation.variants:
+            for schedule in ablation.schedules:
+                path = output_dir / variant / MODEL_DIRS[schedule]
+                model, processor = TIPPoModel.from_pretrained(path), TIPPoProcessor.from_pretrained(path)
+                _, result, _ = score_model(model, processor, dataset, eval_args, meteor)
+                rows.append(([variant, SCHEDULES[schedule]], result))
+                cells.append({"variant": variant, "schedule": schedule, "model": str(path), **result.summary()})
+    finally:
+        if meteor is not None:
+            meteor.close()
+
+    plot_training(histories, output_dir)
+    table = scores_table(rows, ["Model", "Training"])
+    settings = {
+        "dataset": asdict(script_args),
+        "ablation": asdict(ablation),
+        "evaluation": asdict(eval_args),
+        "n_samples": len(dataset),
+    }
+    report = "\n\n".join(
+        [
+            f"# Ablation on {script_args.dataset} ({eval_args.split} split, {len(dataset)} samples)",
+            table,
+            f"Scores ×100 (CIDEr-D too); `empty`: predictions without a token. TIP: no DAA, no DO. "
+            f"SFT: `{ablation.sft_config}` with {', '.join(ablation.sft_overrides) or 'no overrides'}; "
+            f"PolishPPO: `{ablation.polishppo_config}` with {', '.join(ablation.polishppo_overrides) or 'no overrides'}. "
+            f"Metrics: tokenize `{eval_args.tokenize}`, lang `{eval_args.lang}`. Training times (s): "
+            + ", ".join(f"{run} {value}" for run, value in seconds.items())
+            + ".",
+            "![losses](loss.png)\n\n![rewards](rewards.png)",
+        ]
+    )
+    (output_dir / "ablation.md").write_text(report + "\n", encoding="utf-8")
+    summary = {"settings": settings, "training_seconds": seconds, "cells": cells}
+    (output_dir / "ablation.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (output_dir / "log_history.json").write_text(json.dumps(histories, indent=1) + "\n", encoding="utf-8")
+    print(table)
+    print(f"\nAblation table, scores, logs and plots written to {output_dir}")
+    return table
+
+
+if __name__ == "__main__":
+    parser = TrlParser((TIPPoScriptArguments, AblationArguments, EvaluationArguments))
+    try:
+        main(*parser.parse_args_and_config())
+    except ValueError as error:
+        sys.exit(f"ablate.py: error: {error}")

@@ -1,0 +1,162 @@
+"""recipes/evaluate.py: several models in one run → predictions, metrics.json, report.md and a printed table; its
+errors for a missing checkpoint; its configs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from trl import TrlParser
+
+from tippo_rl import load_artmuse
+from tippo_rl.generation import generate_predictions
+from tippo_rl.recipe_args import TIPPoScriptArguments
+from tippo_rl.reports import EvaluationArguments
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_recipe(name: str):
+    """A recipe script as a module (recipes/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+evaluate = load_recipe("evaluate")
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory, tiny_model_varied_outputs, tiny_model_and_processor):
+    folder = tmp_path_factory.mktemp("model")
+    tiny_model_varied_outputs.save_pretrained(folder)
+    tiny_model_and_processor[1].save_pretrained(folder)
+    return folder
+
+
+def demo_split(demo_dataset_dir: Path, max_eval_samples: int = 4) -> TIPPoScriptArguments:
+    return TIPPoScriptArguments(
+        dataset="artmuse",
+        train_file=str(demo_dataset_dir / "train.jsonl"),
+        eval_file=str(demo_dataset_dir / "test.jsonl"),
+        max_eval_samples=max_eval_samples,
+    )
+
+
+def fast_metrics(**overrides) -> EvaluationArguments:
+    # No Java in this test (METEOR and PTB have their own tests in test_metrics.py): it stays fast.
+    return EvaluationArguments(**{"metrics": ["bleu", "rouge_l", "cider"], "tokenize": "none", "lang": "en", "batch_size": 3, **overrides})
+
+
+def test_two_models_give_predictions_metrics_report_and_printed_table(
+    tmp_path, demo_dataset_dir, saved_model, tiny_model_varied_outputs, tiny_model_and_processor, capsys
+):
+    models = evaluate.EvaluateArguments(models=["untrained=tiny", f"trained={saved_model}"], output_dir=str(tmp_path / "out"))
+    table = evaluate.main(demo_split(demo_dataset_dir), models, fast_metrics(max_new_tokens=12))
+    out = tmp_path / "out"
+
+    assert table in capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    assert "| Model | BLEU-4 | ROUGE-L | CIDEr | empty |" in report
+    assert "| untrained | 0.00 | 0.00 | 0.00 | 4/4 |" in report  # the fresh preset predicts padding only
+    assert "| trained |" in report and "## Examples" in report
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["models"]) == ["untrained", "trained"]
+    assert metrics["settings"]["n_samples"] == 4 and metrics["settings"]["evaluation"]["max_new_tokens"] == 12
+    trained = metrics["models"]["trained"]
+    assert trained["path"] == str(saved_model) and trained["n_samples"] == 4 and trained["n_empty_predictions"] == 0
+    assert {"BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"} <= set(trained) and "METEOR" not in trained
+
+    # The saved predictions are the model's own greedy generations, with references and per-sample scores.
+    rows = [json.loads(line) for line in (out / trained["predictions"]).read_text().splitlines()]
+    dataset = load_artmuse(demo_dataset_dir / "test.jsonl").select(range(4))
+    expected = generate_predictions(tiny_model_varied_outputs, tiny_model_and_processor[1], dataset, max_new_tokens=12)
+    assert {row["id"]: row["prediction"] for row in rows} == expected
+    assert rows[0]["references"] == dataset[0]["references"] and set(rows[0]["scores"]) >= {"BLEU-4", "CIDEr"}
+
+
+@pytest.mark.parametrize("make_folder", [False, True])
+def test_missing_checkpoint_is_named_with_the_command_that_trains_it(tmp_path, monkeypatch, demo_dataset_dir, make_folder):
+    monkeypatch.chdir(tmp_path)  # `outputs/demo_sft` here is relative to where the recipes run
+    if make_folder:
+        Path("outputs/demo_sft/checkpoint-100").mkdir(parents=True)  # an interrupted run: no final model
+    models = evaluate.EvaluateArguments(models=["untrained=tiny", "SFT=outputs/demo_sft"], output_dir="out")
+    with pytest.raises(ValueError) as error:
+        evaluate.main(demo_split(demo_dataset_dir), models, fast_metrics())
+    message = str(error.value)
+    assert "model 'SFT'" in message and "'outputs/demo_sft'" in message
+    assert "recipes/sft.py --config recipes/configs/demo_sft.yaml" in message and "make demo-sft" in message
+    assert not Path("out").exists()  # it failed before generating with the other models
+
+
+def test_an_unknown_path_gets_a_generic_hint(demo_dataset_dir, tmp_path):
+    models = evaluate.EvaluateArguments(models=[str(tmp_path / "nowhere")], output_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"no checkpoint at .*nowhere.*recipes/sft\.py or recipes/polishppo\.py"):
+        evaluate.main(demo_split(demo_dataset_dir), models, fast_metrics())
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("SFT=outputs/demo_sft", ("SFT", "outputs/demo_sft")),
+        ("SFT + PolishPPO = outputs/a=b", ("SFT + PolishPPO", "outputs/a=b")),
+        ("outputs/demo_sft", ("outputs/demo_sft", "outputs/demo_sft")),
+        ({"name": "base", "path": "tiny"}, ("base", "tiny")),
+    ],
+)
+def test_model_entries(entry, expected):
+    assert evaluate.parse_model_entry(entry) == expected
+
+
+@pytest.mark.parametrize(
+    ("models", "match"),
+    [([], "--models is empty"), (["a=tiny", "a=outputs/x"], "its own name"), ([{"name": "x"}], "cannot read")],
+)
+def test_bad_model_lists_are_refused(models, match):
+    with pytest.raises(ValueError, match=match):
+        evaluate.EvaluateArguments(models=models)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"split": "test"}, "--split"),
+        ({"tokenize": "spacy"}, "--tokenize"),
+        ({"metrics": ["bleurt"]}, "bleurt"),
+        ({"temperature": 0}, "--temperature"),
+    ],
+)
+def test_bad_evaluation_settings_are_refused(settings, match):
+    with pytest.raises(ValueError, match=match):
+        EvaluationArguments(**settings)
+
+
+def test_demo_config_parses_to_the_before_after_comparison():
+    parser = TrlParser((TIPPoScriptArguments, evaluate.EvaluateArguments, EvaluationArguments))
+    _, models, settings = parser.parse_args_and_config(["--config", str(REPO / "recipes/configs/demo_evaluate.yaml")])
+    assert models.models == [("untrained", "tiny"), ("SFT", "outputs/demo_sft"), ("SFT + PolishPPO", "outputs/demo_polishppo")]
+    assert (settings.tokenize, settings.lang, settings.num_beams, settings.do_sample) == ("ptb", "en", 1, False)
+
+
+@pytest.mark.parametrize(
+    ("config", "paths", "settings"),
+    [
+        ("artmuse_evaluate.yaml", ["train_file", "eval_file", "image_root"], ("jieba", "zh", "bertscore")),
+        ("cococn_evaluate.yaml", ["coco_train_annotations", "coco_eval_annotations", "coco_image_dir"], ("jieba", "zh", "cider")),
+    ],
+)
+def test_paper_configs_parse_once_their_data_paths_exist(tmp_path, config, paths, settings):
+    """Every key of the ArtMuse / COCO-CN configs is a real argument; only the placeholder paths need filling in."""
+    for name in paths:
+        (tmp_path / name).touch()
+    placeholders = [argument for name in paths for argument in (f"--{name}", str(tmp_path / name))]
+    parser = TrlParser((TIPPoScriptArguments, evaluate.EvaluateArguments, EvaluationArguments))
+    _, models, evaluation = parser.parse_args_and_config(["--config", str(REPO / "recipes/configs" / config), *placeholders])
+    assert [name for name, _ in models.models] == ["SFT", "SFT + PolishPPO"]
+    assert (evaluation.tokenize, evaluation.lang) == settings[:2] and settings[2] in evaluation.metrics
