@@ -11,7 +11,9 @@ Fixtures (read-only: never train, re-seed or `set_daa_lambda1` them in place; `c
 - `demo_dataset_dir` (session): a `pathlib.Path` holding `make_demo_dataset(tmp, num_train=24, num_test=8)`
   (English, seed 0): `train.jsonl`, `test.jsonl` and `images/`, rows with 1–5 images.
 
-Every test also starts from `torch.manual_seed(0)` (autouse), so no test depends on the order tests run in.
+Every test also starts from `torch.manual_seed(0)` (autouse), so no test depends on the order tests run in, and runs
+with one intra-op thread: for these tiny models a second thread only adds wake-up latency, which on a shared 2-core
+machine made small ops up to 20× slower.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ from tippo_rl import build_tiny_tippo, make_demo_dataset  # noqa: E402
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

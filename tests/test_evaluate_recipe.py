@@ -3,9 +3,7 @@ errors for a missing checkpoint; its configs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,16 +14,10 @@ from tippo_rl.generation import generate_predictions
 from tippo_rl.recipe_args import TIPPoScriptArguments
 from tippo_rl.reports import EvaluationArguments
 
+from recipe_loading import load_recipe
+
 REPO = Path(__file__).resolve().parents[1]
 
-
-def load_recipe(name: str):
-    """A recipe script as a module (recipes/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 evaluate = load_recipe("evaluate")

@@ -23,14 +23,6 @@ from tippo_rl.trainer.ppo_trainer import PPOTrainer
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: a second intra-op thread only adds wake-up latency.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def semantic(prompts, completions, reference, **kwargs):
     """A stand-in for Eq. 8 that needs no embedder: the share of reference words the completion contains."""

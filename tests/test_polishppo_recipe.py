@@ -23,13 +23,6 @@ RECIPE = REPO / "recipes/polishppo.py"
 DEMO = REPO / "recipes/configs/demo_polishppo.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def parse(*arguments):
     return TrlParser((TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig)).parse_args_and_config(args=list(arguments))

@@ -27,14 +27,6 @@ from tippo_rl.trainer.ppo_trainer import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: a second intra-op thread only adds wake-up latency.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def ppo_config(tmp_path: Path, **overrides) -> PPOConfig:
     settings = dict(

@@ -1,0 +1,86 @@
+"""The training benchmarks still run end to end (smallest settings, a few seconds each) and write their JSON.
+
+No timing is asserted: numbers on a shared CI machine mean nothing; `benchmarks/RESULTS.md` holds the measurements.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The benchmarks run on one torch thread (`--threads 1`, set process-wide): tiny models on a shared 2-core machine
+    # are many times slower with two. Restore the setting for the tests that follow.
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_benchmark(name: str):
+    sys.path.insert(0, str(BENCHMARKS))  # the benchmarks import their shared `common` module
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def test_bench_sft_runs_tippo_and_the_plain_trl_yardstick_with_and_without_the_cache(tmp_path):
+    bench = load_benchmark("bench_sft")
+    output = tmp_path / "sft.json"
+    bench.main(["--size", "tiny", "--batch_size", "4", "--steps", "1", "--rounds", "1", "--num_train", "8",
+                "--threads", "1", "--output", str(output)])
+    payload = json.loads(output.read_text())
+    assert set(payload["results"]) == {"tippo/cache", "plain/cache", "tippo/pixels", "plain/pixels"}
+    for variant, result in payload["results"].items():
+        assert result["step_s_median"] > 0 and result["samples_per_s"] > 0, variant
+        assert result["model_flops_per_step"] > 0 and result["target_tokens_per_step"] > 0, variant
+    # φ runs only from pixels: the pixel variants count its forward FLOPs on top.
+    assert payload["results"]["tippo/pixels"]["model_flops_per_step"] > payload["results"]["tippo/cache"]["model_flops_per_step"]
+    assert math.isfinite(payload["ratios"]["tippo_over_plain_cache"]["median"])
+    assert payload["parameters"]["plain"]["trainable"] < payload["parameters"]["tippo"]["trainable"]  # no DAA/DO
+
+
+def test_linear_prefix_yardstick_matches_the_tippo_input_layout(tiny_model_and_processor):
+    import torch
+
+    bench = load_benchmark("bench_sft")
+    model, processor = tiny_model_and_processor
+    plain = bench.LinearPrefixT5(model.config)
+    image_mask = torch.tensor([[True, True, False], [True, False, False]])
+    features = torch.randn(2, 3, model.config.feature_size)
+    labels = torch.tensor([[5, 6, 1], [7, 1, -100]])
+    outputs = plain(image_mask=image_mask, image_features=features, title_features=torch.randn(2, model.config.feature_size), labels=labels)
+    assert outputs.loss.isfinite()
+    k = model.config.prefix_length
+    assert outputs.encoder_last_hidden_state.shape == (2, (1 + 3) * k, model.config.hidden_size)  # [W·φ(T); W·φ(I_i)…]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_bench_polishppo_breaks_an_iteration_into_phases_for_polishppo_and_grpo(tmp_path):
+    bench = load_benchmark("bench_polishppo")
+    output = tmp_path / "polishppo.json"
+    bench.main(["--batch_size", "2", "--steps_per_generation", "2", "--num_ppo_epochs", "1", "--max_new_tokens", "4",
+                "--sft_steps", "0", "--iterations", "1", "--warmup_iterations", "0", "--rounds", "1", "--num_train", "8",
+                "--threads", "1", "--variants", "polishppo/natural", "polishppo/fixed", "grpo/fixed", "--output", str(output)])
+    payload = json.loads(output.read_text())
+    for variant, result in payload["results"].items():
+        phases = result["phases_s_median"]
+        assert phases["iteration"] > 0 and phases["generation"] > 0 and phases["update"] > 0, variant
+        assert phases["reward/semantic"] > 0 and 0 < result["reward_share_median"] < 1, variant
+        assert phases["logprobs/old"] > 0 and phases["logprobs/ref"] > 0, variant  # β > 0: reference log-probs
+    assert payload["results"]["polishppo/fixed"]["completion_mean_length"] == 4  # min_new_tokens = max_new_tokens
+    assert payload["ratios"]["polishppo_over_grpo"] > 0
