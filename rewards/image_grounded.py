@@ -32,6 +32,7 @@ from PIL import Image
 
 from tippo_rl.modeling_tippo import TIPPoModel
 from tippo_rl.processing_tippo import TIPPoProcessor
+from tippo_rl.zero3 import full_weights_under_zero3
 from tippo_rl.trainer.utils import unwrap_tippo
 
 
@@ -73,8 +74,9 @@ class ImageGroundedReward:
         if model is None or processor is None:
             if model_name_or_path is None:
                 raise ValueError("ImageGroundedReward needs model_name_or_path, or both model and processor")
-            model = TIPPoModel.from_pretrained(model_name_or_path)
-            processor = TIPPoProcessor.from_pretrained(model_name_or_path)
+            with full_weights_under_zero3():  # a reward model runs outside the DeepSpeed engine
+                model = TIPPoModel.from_pretrained(model_name_or_path)
+                processor = TIPPoProcessor.from_pretrained(model_name_or_path)
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.encoder = unwrap_tippo(model).encoder  # φ
         if device is not None:

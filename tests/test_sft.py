@@ -276,3 +276,25 @@ def test_recipe_runs_under_deepspeed_zero2_on_cpu(tmp_path):
     assert state["global_step"] == 2
     assert (tmp_path / "out/checkpoint-2/global_step2").is_dir()  # DeepSpeed's own checkpoint: it really ran
     TIPPoModel.from_pretrained(tmp_path / "out")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sft_then_polishppo_run_under_deepspeed_zero3_on_cpu(tmp_path):
+    """ZeRO-3 partitions parameters: the feature cache, rollout generation and the reward models must still work."""
+    pytest.importorskip("deepspeed")
+    state = launch(tmp_path, "accelerate_configs/deepspeed_zero3_cpu.yaml", "--max_steps", "2", use_cpu_env=False)
+    assert (tmp_path / "out/checkpoint-2/global_step2").is_dir()
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/deepspeed_zero3_cpu.yaml"),
+        "--main_process_port", str(free_port()), str(REPO / "recipes/polishppo.py"),
+        "--config", str(REPO / "recipes/configs/demo_polishppo.yaml"), "--model_name_or_path", str(tmp_path / "out"),
+        "--output_dir", str(tmp_path / "ppo"), "--demo_dir", str(tmp_path / "demo"), "--feature_cache_dir", str(tmp_path / "cache"),
+        "--total_iterations", "1", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
+    ]
+    environment = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+    result = subprocess.run(command, cwd=tmp_path, env={**environment, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert state["global_step"] == 2
+    policy = TIPPoModel.from_pretrained(tmp_path / "ppo")
+    assert policy.language_model.shared.weight.shape[0] == TIPPoModel.from_pretrained(tmp_path / "out").config.vocab_size

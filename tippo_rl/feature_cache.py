@@ -8,6 +8,7 @@ the features again instead of reusing stale ones.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset, Image, List
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .data import TIPPoDataCollator
 from .modeling_tippo import TIPPoModel
@@ -66,6 +68,21 @@ def cache_frozen_features(
     """
     cache_dir = Path(cache_dir or Path.home() / ".cache" / "tippo_rl" / "features")
     cache_dir.mkdir(parents=True, exist_ok=True)
+    with gathered_encoder(model):
+        return _cache_frozen_features(dataset, model, processor, cache_dir, batch_size)
+
+
+def gathered_encoder(model: TIPPoModel):
+    """Under DeepSpeed ZeRO-3 transformers partitions every parameter when the model is built; the encoder's weights
+    must be gathered before it can run outside the engine. Elsewhere a no-op."""
+    if not is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.encoder.parameters()), modifier_rank=None)
+
+
+def _cache_frozen_features(dataset: Dataset, model: TIPPoModel, processor: TIPPoProcessor, cache_dir: Path, batch_size: int) -> Dataset:
     fingerprint = hashlib.sha256(
         (dataset_fingerprint(dataset, processor) + encoder_fingerprint(model)).encode()
     ).hexdigest()[:16]

@@ -15,6 +15,7 @@ from trl import ModelConfig
 from .data import load_artmuse, load_coco_captions
 from .demo_data import make_demo_dataset
 from .modeling_tippo import TIPPoModel
+from .zero3 import full_weights_under_zero3
 from .presets import PAPER_DECODER, PAPER_ENCODER, build_tiny_tippo, build_tippo_from_pretrained_components
 from .processing_tippo import TIPPoProcessor
 
@@ -118,14 +119,15 @@ def load_datasets(args: TIPPoScriptArguments, max_images: int = 5) -> tuple[Data
 
 def load_model_and_processor(args: TIPPoModelConfig, lang: str = "en") -> tuple[TIPPoModel, TIPPoProcessor]:
     """A saved TIPPo model + processor (`model_name_or_path`), or a fresh one from `preset`."""
-    if args.model_name_or_path:
-        source = args.model_name_or_path
-        return TIPPoModel.from_pretrained(source, revision=args.model_revision), TIPPoProcessor.from_pretrained(source)
-    if args.preset == "tiny":
-        return build_tiny_tippo(lang=lang, use_daa_do=args.use_daa_do, seed=args.seed_model)
-    return build_tippo_from_pretrained_components(
-        args.encoder_name_or_path, args.decoder_name_or_path, prefix_length=args.prefix_length, use_daa_do=args.use_daa_do
-    )
+    with full_weights_under_zero3():
+        if args.model_name_or_path:
+            source = args.model_name_or_path
+            return TIPPoModel.from_pretrained(source, revision=args.model_revision), TIPPoProcessor.from_pretrained(source)
+        if args.preset == "tiny":
+            return build_tiny_tippo(lang=lang, use_daa_do=args.use_daa_do, seed=args.seed_model)
+        return build_tippo_from_pretrained_components(
+            args.encoder_name_or_path, args.decoder_name_or_path, prefix_length=args.prefix_length, use_daa_do=args.use_daa_do
+        )
 
 
 def lora_config(args: TIPPoModelConfig, model: TIPPoModel) -> LoraConfig | None:

@@ -35,6 +35,8 @@ from typing import Any
 import Levenshtein
 import torch
 
+from .zero3 import full_weights_under_zero3
+
 __all__ = [
     "BUILTIN_REWARDS",
     "SemanticReward",
@@ -204,14 +206,15 @@ class SemanticReward:
 
         # `devices` is always one device: FlagModel given several (or None on a multi-GPU machine) starts a
         # pool of worker processes, which would fight with the trainer's own processes.
-        self.embedder = FlagModel(
-            str(model_name_or_path),
-            pooling_method=pooling,
-            use_fp16=use_fp16 and not device.startswith("cpu"),
-            devices=device,
-            batch_size=batch_size,
-            passage_max_length=max_length,
-        )
+        with full_weights_under_zero3():  # a reward model runs outside the DeepSpeed engine
+            self.embedder = FlagModel(
+                str(model_name_or_path),
+                pooling_method=pooling,
+                use_fp16=use_fp16 and not device.startswith("cpu"),
+                devices=device,
+                batch_size=batch_size,
+                passage_max_length=max_length,
+            )
         self.embedder.model.to(device).eval()
         self.device = device
         self.pooling = pooling
