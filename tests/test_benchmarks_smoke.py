@@ -16,17 +16,6 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The benchmarks run on one torch thread (`--threads 1`, set process-wide): tiny models on a shared 2-core machine
-    # are many times slower with two. Restore the setting for the tests that follow.
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def load_benchmark(name: str):
     sys.path.insert(0, str(BENCHMARKS))  # the benchmarks import their shared `common` module
     try:
