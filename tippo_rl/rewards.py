@@ -177,7 +177,8 @@ class SemanticReward:
         use_fp16: run the embedder in float16 (ignored on a CPU).
         max_length: tokens per text before truncation; None reads ``max_seq_length`` from
             ``sentence_bert_config.json`` when there is one, else 512.
-        max_cache_size: reference embeddings kept.
+        max_cache_size: reference embeddings kept, and as many completion embeddings.
+        max_tokens_per_batch: padded tokens per forward pass of the embedder (texts are batched by length).
     """
 
     def __init__(
@@ -189,6 +190,7 @@ class SemanticReward:
         use_fp16: bool = False,
         max_length: int | None = None,
         max_cache_size: int = 100_000,
+        max_tokens_per_batch: int = 1024,
     ):
         # Imported here: FlagEmbedding pulls in Trainer, peft, datasets and pandas (~6 s).
         from FlagEmbedding import FlagModel
@@ -222,6 +224,8 @@ class SemanticReward:
         self.max_length = max_length
         self.max_cache_size = max_cache_size
         self._reference_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._completion_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.max_tokens_per_batch = max_tokens_per_batch
         self.cache_hits = 0  # references served from the cache (duplicates within a batch count as hits)
         self.cache_misses = 0  # distinct references that had to be encoded
         self.__name__ = "semantic"  # what TRL and score_rewards log the reward as
@@ -242,32 +246,45 @@ class SemanticReward:
         """
         if not texts:
             return torch.empty(0, self.embedder.model.config.hidden_size, device=self.device)
-        # Longest first, so each batch pads to similar lengths.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        chunks = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = [texts[i] for i in order[start : start + self.batch_size]]
-            inputs = self.embedder.tokenizer(
-                batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            ).to(self.device)
-            hidden = self.embedder.model(**inputs, return_dict=True).last_hidden_state
-            chunks.append(self.embedder.pooling(hidden, inputs["attention_mask"]).float())
-        sorted_embeddings = torch.cat(chunks)
+        tokenizer = self.embedder.tokenizer
+        encoded = tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        # Longest first, in chunks whose padded size stays under a token budget: generated texts vary in length, and
+        # padding every row to the batch's longest wasted most of the compute (measured 1.8× on demo completions).
+        order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
+        chunks, current = [], []
+        for i in order:
+            if current and (len(current) + 1) * len(encoded[current[0]]) > self.max_tokens_per_batch or len(current) == self.batch_size:
+                chunks.append(current)
+                current = []
+            current.append(i)
+        chunks.append(current)
+        pieces = []
+        with torch.inference_mode():
+            for chunk in chunks:
+                inputs = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt").to(self.device)
+                hidden = self.embedder.model(**inputs, return_dict=True).last_hidden_state
+                pieces.append(self.embedder.pooling(hidden, inputs["attention_mask"]).float())
+        sorted_embeddings = torch.cat(pieces)
         embeddings = torch.empty_like(sorted_embeddings)
         embeddings[torch.tensor(order, device=self.device)] = sorted_embeddings
         return torch.nn.functional.normalize(embeddings, dim=-1)
 
-    def _reference_embeddings(self, references: Sequence[str]) -> torch.Tensor:
-        missing = list(dict.fromkeys(r for r in references if r not in self._reference_cache))
+    def _cached_embeddings(self, texts: Sequence[str], cache: OrderedDict) -> tuple[torch.Tensor, int]:
+        """Embeddings of `texts` `(n, d)` through an LRU cache; also returns how many distinct texts were encoded."""
+        missing = list(dict.fromkeys(text for text in texts if text not in cache))
         for text, embedding in zip(missing, self.encode(missing)):
-            self._reference_cache[text] = embedding
-        self.cache_misses += len(missing)
-        self.cache_hits += len(references) - len(missing)
-        stacked = torch.stack([self._reference_cache[r] for r in references])
-        for text in references:
-            self._reference_cache.move_to_end(text)
-        while len(self._reference_cache) > self.max_cache_size:
-            self._reference_cache.popitem(last=False)
+            cache[text] = embedding
+        stacked = torch.stack([cache[text] for text in texts])
+        for text in texts:
+            cache.move_to_end(text)
+        while len(cache) > self.max_cache_size:
+            cache.popitem(last=False)
+        return stacked, len(missing)
+
+    def _reference_embeddings(self, references: Sequence[str]) -> torch.Tensor:
+        stacked, encoded = self._cached_embeddings(references, self._reference_cache)
+        self.cache_misses += encoded
+        self.cache_hits += len(references) - encoded
         return stacked
 
     def score(self, completions: Sequence[str], references: Sequence[str]) -> list[float]:
@@ -286,10 +303,8 @@ class SemanticReward:
         texts = [_as_text(c) for c in completions]
         references = list(references)
         reference_embeddings = self._reference_embeddings(references)
-        # A policy that collapses emits the same text many times: encode each distinct completion once.
-        distinct = list(dict.fromkeys(texts))
-        index = {text: i for i, text in enumerate(distinct)}
-        completion_embeddings = self.encode(distinct)[torch.tensor([index[t] for t in texts], device=self.device)]
+        # A policy repeats itself, within a batch and across iterations: each distinct completion is encoded once.
+        completion_embeddings, _ = self._cached_embeddings(texts, self._completion_cache)
         cosine = (completion_embeddings * reference_embeddings).sum(-1)  # Eq. 8, both unit-norm
         return cosine.clamp(-1.0, 1.0).tolist()
 
