@@ -248,6 +248,13 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
     def get_encoder(self):
         return self.language_model.get_encoder()
 
+    def floating_point_ops(self, input_dict: dict, exclude_embeddings: bool = True) -> int:
+        """Training FLOPs of a batch for the Trainer's `total_flos`: 6 × trainable parameters × label tokens (the
+        default would count `pixel_values` elements as tokens)."""
+        labels = input_dict.get("labels")
+        tokens = int((labels != -100).sum()) if labels is not None else 0
+        return 6 * tokens * self.num_parameters(exclude_embeddings=exclude_embeddings, only_trainable=True)
+
     # -- the TIPPo front end ---------------------------------------------------------------------------
 
     def encode_frozen_features(
