@@ -36,12 +36,11 @@ from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import RepeatSampler
 
 from ..data import MODEL_INPUT_NAMES, TIPPoDataCollator, model_inputs
-from ..feature_cache import cache_frozen_features
 from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import load_reward, reward_name, score_rewards
 from .ppo_config import PPOConfig
-from .utils import TIPPoSavingMixin, unwrap_tippo
+from .utils import TIPPoSavingMixin, cache_features_for_training, unwrap_tippo
 
 logger = logging.getLogger(__name__)
 
@@ -257,9 +256,7 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
         if args.use_value_head:
             model = PolicyAndValueModel(policy, tippo.config.hidden_size)
 
-        if args.use_feature_cache and tippo.config.freeze_encoder:
-            with args.main_process_first(desc="caching frozen encoder features"):
-                train_dataset = cache_frozen_features(train_dataset, tippo, processor, args.feature_cache_dir)
+        (train_dataset,) = cache_features_for_training(args, tippo, processor, train_dataset)
 
         super().__init__(
             model=model,

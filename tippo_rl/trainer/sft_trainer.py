@@ -6,11 +6,10 @@ from datasets import Dataset
 from trl import SFTTrainer
 
 from ..data import TIPPoDataCollator
-from ..feature_cache import cache_frozen_features
 from ..modeling_tippo import TIPPoModel, prototype_contrastive_loss
 from ..processing_tippo import TIPPoProcessor
 from .sft_config import TIPPoSFTConfig
-from .utils import TIPPoSavingMixin, unwrap_tippo
+from .utils import TIPPoSavingMixin, cache_features_for_training, unwrap_tippo
 
 
 class TIPPoSFTTrainer(TIPPoSavingMixin, SFTTrainer):
@@ -42,12 +41,7 @@ class TIPPoSFTTrainer(TIPPoSavingMixin, SFTTrainer):
         optimizers=(None, None),
     ):
         self.processor = processor
-        if args.use_feature_cache and unwrap_tippo(model).config.freeze_encoder:
-            # Every process reads the same cache file; the main process writes it first.
-            with args.main_process_first(desc="caching frozen encoder features"):
-                train_dataset = cache_frozen_features(train_dataset, unwrap_tippo(model), processor, args.feature_cache_dir)
-                if eval_dataset is not None:
-                    eval_dataset = cache_frozen_features(eval_dataset, unwrap_tippo(model), processor, args.feature_cache_dir)
+        train_dataset, eval_dataset = cache_features_for_training(args, model, processor, train_dataset, eval_dataset)
         super().__init__(
             model=model,
             args=args,

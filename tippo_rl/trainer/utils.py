@@ -8,6 +8,7 @@ from pathlib import Path
 from accelerate.utils import is_peft_model
 from torch import nn
 
+from ..feature_cache import cache_frozen_features
 from ..model_card import build_model_card
 from ..modeling_tippo import TIPPoModel
 
@@ -24,6 +25,19 @@ def unwrap_tippo(model: nn.Module) -> TIPPoModel:
         else:
             raise TypeError(f"expected a TIPPoModel (possibly wrapped), got {type(model).__name__}")
     return model
+
+
+def cache_features_for_training(args, model: nn.Module, processor, *datasets):
+    """`datasets` with cached frozen-encoder features when `args.use_feature_cache` and φ is frozen (else unchanged;
+    None stays None). Every process reads the same cache file; the main process writes it first."""
+    tippo = unwrap_tippo(model)
+    if not (args.use_feature_cache and tippo.config.freeze_encoder):
+        return datasets
+    with args.main_process_first(desc="caching frozen encoder features"):
+        return tuple(
+            None if dataset is None else cache_frozen_features(dataset, tippo, processor, args.feature_cache_dir)
+            for dataset in datasets
+        )
 
 
 class TIPPoSavingMixin:
