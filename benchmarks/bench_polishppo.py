@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,9 +45,9 @@ from common import (  # noqa: E402  (sets HF_HUB_OFFLINE before transformers is 
     PeakMemory,
     PhaseTimer,
     build_model,
+    run_in_workdir,
     fmt,
     lengthen,
-    machine_info,
     median,
     optimizer_state_bytes,
     paired_ratios,
@@ -211,15 +209,7 @@ def breakdown(iteration: dict, cpu: bool = False) -> dict[str, float]:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    info = machine_info()
-    workdir = Path(tempfile.mkdtemp(prefix="bench_polishppo_"))
-    try:
-        return run(args, info, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return run_in_workdir(parse_args(argv), run, prefix="bench_polishppo_")
 
 
 def run(args, info: dict, workdir: Path) -> dict:

@@ -22,9 +22,7 @@ memory above the loaded model, and the per-round ratios TIPPo / plain and pixels
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,10 +32,10 @@ from common import (  # noqa: E402  (sets HF_HUB_OFFLINE before transformers is 
     PeakMemory,
     StepTimes,
     build_model,
+    run_in_workdir,
     fmt,
     lengthen,
     linear_params,
-    machine_info,
     median,
     optimizer_state_bytes,
     paired_ratios,
@@ -227,15 +225,7 @@ def training_args(config_class, output_dir: str, args, **extra):
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    info = machine_info()
-    workdir = Path(tempfile.mkdtemp(prefix="bench_sft_"))
-    try:
-        return run(args, info, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return run_in_workdir(parse_args(argv), run, prefix="bench_sft_")
 
 
 def run(args, info: dict, workdir: Path) -> dict:

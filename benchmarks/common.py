@@ -12,7 +12,9 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -47,6 +49,18 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def run_in_workdir(args, run: Callable[[Any, dict, Path], dict], prefix: str) -> dict:
+    """Set the thread count, then `run(args, machine_info(), workdir)` in a temporary folder removed afterwards."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine_info()
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return run(args, info, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def machine_info() -> dict[str, Any]:
