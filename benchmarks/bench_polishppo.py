@@ -18,7 +18,8 @@ are wrapped on the instance with timers (`common.PhaseTimer`):
 Variants, alternating in rounds in one process:
 
 * `polishppo/natural`: the demo recipe's PolishPPO (`demo_polishppo.yaml`: batch 32 × 2 minibatches, 2 PPO epochs,
-  ≤ 48 new tokens, β 0.2, literal + semantic with the bundled all-MiniLM-L6-v2) from a policy warmed up by a short SFT, so completions end where the
+  ≤ 48 new tokens, β 0.2, literal + semantic with the bundled all-MiniLM-L6-v2, by default at tiny size through its
+  static distillation as in the demo, `--semantic_backend flagembedding` for the encoder itself) from a policy warmed up by a short SFT, so completions end where the
   policy puts EOS, as in the demo; the semantic reward's reference cache is warm (every reference seen before, as
   after the first epoch).
 * `polishppo/natural-cold`: the same with the reference cache emptied before every iteration (the first epoch).
@@ -71,9 +72,9 @@ from tippo_rl.trainer.sft_trainer import TIPPoSFTTrainer  # noqa: E402
 
 PHASES = ("generation", "logprobs/old", "logprobs/ref", "reward/literal", "reward/semantic", "reward", "update", "other")
 DEFAULTS = {
-    "tiny": dict(batch_size=32, steps_per_generation=2, num_ppo_epochs=2, max_new_tokens=48, sft_steps=200,
+    "tiny": dict(batch_size=32, steps_per_generation=2, num_ppo_epochs=2, max_new_tokens=48, sft_steps=200, semantic_backend="static",
                  iterations=2, rounds=6, threads=1, variants=["polishppo/natural", "polishppo/natural-cold", "polishppo/fixed", "grpo/fixed"]),
-    "base": dict(batch_size=8, steps_per_generation=2, num_ppo_epochs=2, max_new_tokens=48, sft_steps=0,
+    "base": dict(batch_size=8, steps_per_generation=2, num_ppo_epochs=2, max_new_tokens=48, sft_steps=0, semantic_backend="flagembedding",
                  iterations=1, rounds=2, threads=0, variants=["polishppo/fixed", "grpo/fixed"]),
 }
 
@@ -91,6 +92,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup_iterations", type=int, default=1, help="iterations dropped at the start of each call")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--semantic_backend", choices=["flagembedding", "static"],
+                        help="R_semantic from the encoder or its static distillation; default tiny static (the demo's), base flagembedding")
     parser.add_argument("--prompt_words", type=int, default=20, help="GRPO prompt length in words (≈ tokens)")
     parser.add_argument("--num_train", type=int, default=64)
     parser.add_argument("--variants", nargs="+")
@@ -239,7 +242,7 @@ def run(args, info: dict, workdir: Path) -> dict:
             **common_args(args, str(workdir / "polishppo")), num_ppo_epochs=args.num_ppo_epochs,
             max_steps=(args.warmup_iterations + args.iterations) * steps_per_iteration, max_new_tokens=args.max_new_tokens,
             reward_funcs=["literal", "semantic"], kl_coef=args.kl_coef, feature_cache_dir=str(workdir / "features"),
-            generation_kwargs=generation_kwargs,
+            generation_kwargs=generation_kwargs, semantic_backend=args.semantic_backend,
         )
         trainer = PolishPPOTrainer(copy.deepcopy(model), config, processor, dataset)
         semantic_reward = trainer.reward_funcs[trainer.semantic_index]  # a SemanticReward, before it is wrapped
@@ -256,7 +259,7 @@ def run(args, info: dict, workdir: Path) -> dict:
         prompts = Dataset.from_dict(
             {"prompt": [lengthen(title, args.prompt_words) for title in dataset["title"]], "reference": dataset["reference"]}
         )
-        semantic = SemanticReward(default_semantic_model())
+        semantic = SemanticReward(default_semantic_model(), backend=args.semantic_backend)
         rewards = [timers["grpo"].wrap_callable(literal, "reward/literal"), timers["grpo"].wrap_callable(semantic, "reward/semantic")]
         config = GRPOConfig(
             **common_args(args, str(workdir / "grpo")), num_generations=2, num_iterations=args.num_ppo_epochs,
@@ -388,13 +391,16 @@ def static_bytes(trainer) -> int:
     tensors = list(trainer.accelerator.unwrap_model(trainer.model).parameters())
     if getattr(trainer, "ref_model", None) is not None:
         tensors += list(trainer.ref_model.parameters())
+    table_bytes = 0
     for func in getattr(trainer, "reward_funcs", []):
         while hasattr(func, "__wrapped__"):
             func = func.__wrapped__
         owner = getattr(func, "__self__", func)
-        if isinstance(owner, SemanticReward):
+        if isinstance(owner, SemanticReward) and owner.backend == "static":
+            table_bytes += owner.static_embedder.embedding.nbytes
+        elif isinstance(owner, SemanticReward):
             tensors += list(owner.embedder.model.parameters())
-    return tensor_bytes(tensors) + optimizer_state_bytes(trainer.optimizer)
+    return tensor_bytes(tensors) + table_bytes + optimizer_state_bytes(trainer.optimizer)
 
 
 def _per_round(records: list[dict], per_round: int, value) -> list[float]:

@@ -298,3 +298,90 @@ def test_semantic_reward_in_bfloat16_stays_close_to_float32(semantic):
 def test_semantic_reward_rejects_an_unknown_dtype():
     with pytest.raises(ValueError, match="dtype must be one of"):
         SemanticReward(bundled_minilm_path(), device="cpu", dtype="int8")
+
+
+# --------------------------------------------------------------------------------------------------- static backend
+
+
+@pytest.fixture(scope="module")
+def static_semantic():
+    # Distils the bundled MiniLM into ~/.cache/tippo_rl/static_embedders once (~25 s), as the demo recipe does.
+    return SemanticReward(bundled_minilm_path(), backend="static")
+
+
+PAIRS = [  # (completion, reference): paraphrases, partial overlaps and unrelated texts
+    ("by the sea there is a blue square.", "by the sea there is a blue square."),
+    ("a blue square by the sea", "by the sea there is a blue square."),
+    ("by the sea there is a blue square and a red circle.", "by the sea there is a blue square."),
+    ("in the forest there is a blue square.", "by the sea there is a blue square."),
+    ("in the garden there is a red circle and a yellow triangle.", "by the sea there is a blue square."),
+    ("the stock market fell sharply on monday.", "by the sea there is a blue square."),
+    ("a cat sleeps on the sofa", "a kitten is sleeping on a couch"),
+    ("a dog runs in the park", "a kitten is sleeping on a couch"),
+    ("quarterly earnings beat expectations", "a kitten is sleeping on a couch"),
+]
+
+
+def _ranks(values):
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0] * len(values)
+    for rank, i in enumerate(order):
+        ranks[i] = rank
+    return ranks
+
+
+def test_static_semantic_reward_ranks_pairs_like_the_encoder(semantic, static_semantic):
+    completions, references = zip(*PAIRS)
+    full = semantic.score(completions, references)
+    static = static_semantic.score(completions, references)
+    assert static[0] == pytest.approx(1.0, abs=1e-5)
+    assert all(-1.0 <= value <= 1.0 for value in static)
+    a, b = _ranks(full), _ranks(static)
+    n = len(a)
+    spearman = 1 - 6 * sum((x - y) ** 2 for x, y in zip(a, b)) / (n * (n * n - 1))
+    assert spearman > 0.8, (full, static)
+    # within one reference: the closer text scores higher, as with the encoder
+    assert static[1] > static[4] > static[5] and static[6] > static[8]
+
+
+def test_static_semantic_reward_is_reused_from_the_cache(static_semantic, monkeypatch):
+    import model2vec.distill
+
+    def no_distilling(*args, **kwargs):
+        raise AssertionError("the cached static embedder should have been loaded, not distilled again")
+
+    monkeypatch.setattr(model2vec.distill, "distill_from_model", no_distilling)
+    again = SemanticReward(bundled_minilm_path(), backend="static")
+    assert torch.equal(again.encode(["a red circle"]), static_semantic.encode(["a red circle"]))
+    assert again.encode([]).shape == (0, static_semantic.encode(["x"]).shape[1])
+
+
+def test_static_embedder_distils_any_encoder_and_loads_model2vec_folders(tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tippo_rl.rewards import static_sentence_embedder
+
+    encoder_dir = tmp_path / "tiny-bert"
+    tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_path())
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(encoder_dir)
+    tokenizer.save_pretrained(encoder_dir)
+    cache = tmp_path / "cache"
+    static = static_sentence_embedder(encoder_dir, dims=16, cache_dir=cache)
+    (distilled,) = [p for p in cache.iterdir() if p.is_dir()]
+    assert distilled.name.startswith("tmp") or "tiny-bert-static16-" in distilled.name
+    assert static.encode(["a red circle"]).shape == (1, 16)
+    # a Model2Vec folder is loaded as it is, and gives the same vectors
+    direct = SemanticReward(distilled, backend="static")
+    assert direct.score(["a red circle", "the sea"], ["a red circle", "a blue square"])[0] == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(direct.encode(["the sea"]), torch.nn.functional.normalize(torch.from_numpy(static.encode(["the sea"])).float(), dim=-1))
+
+
+def test_static_embedder_of_an_unreachable_hub_model_says_so():
+    with pytest.raises(OSError, match="cannot read 'no-such-org/no-such-model'"):
+        SemanticReward("no-such-org/no-such-model", backend="static")
+
+
+def test_semantic_reward_rejects_an_unknown_backend():
+    with pytest.raises(ValueError, match="backend must be one of flagembedding, static"):
+        SemanticReward(bundled_minilm_path(), backend="onnx")

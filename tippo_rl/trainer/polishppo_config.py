@@ -48,6 +48,11 @@ class PolishPPOConfig(PPOConfig):
             The sentence embedder's weights: `float32`, `bfloat16` or `float16`.
         semantic_pooling (`str`, *optional*):
             `cls` (BGE) or `mean` (sentence-transformers models); None reads the model folder's pooling config.
+        semantic_backend (`str`, defaults to `"flagembedding"`):
+            `flagembedding`: R_semantic from the sentence encoder itself (FlagEmbedding). `static`: from its
+            Model2Vec distillation (made once, ~25 s for all-MiniLM-L6-v2 on a CPU, then cached; or a Model2Vec
+            model named as `semantic_model`): ~100× cheaper to score, no word order. For a policy that is small next
+            to the embedder, e.g. the demo, where the encoder took over half of every iteration.
         reward_funcs (`list[str]`, defaults to `["literal", "semantic"]`):
             `literal` and `semantic` must be among them; further plug-ins are added to G_m with their
             `reward_weights` and no γ factor.
@@ -76,6 +81,10 @@ class PolishPPOConfig(PPOConfig):
         default="float32",
         metadata={"help": "Weights of the sentence embedder: `float32`, `bfloat16` (3.3× faster scoring measured on a bf16-capable CPU, rewards within 0.004) or `float16`."},
     )
+    semantic_backend: str = field(
+        default="flagembedding",
+        metadata={"help": "`flagembedding` (the encoder) or `static` (its Model2Vec distillation: ~100× cheaper scoring, no word order)."},
+    )
     reward_funcs: list[str] | None = field(
         default_factory=lambda: ["literal", "semantic"],
         metadata={"help": "Reward plug-ins; must include `literal` and `semantic`. Extras are added to G_m with their weights."},
@@ -96,6 +105,8 @@ class PolishPPOConfig(PPOConfig):
             raise ValueError(f"advantage_epsilon (ε) must be > 0, got {self.advantage_epsilon}")
         if self.semantic_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"semantic_dtype must be float32, bfloat16 or float16, got {self.semantic_dtype!r}")
+        if self.semantic_backend not in ("flagembedding", "static"):
+            raise ValueError(f"semantic_backend must be flagembedding or static, got {self.semantic_backend!r}")
         if self.use_value_head:
             raise ValueError(
                 "use_value_head must be False for PolishPPO: its advantage (Eq. 6) is normalised by running return "

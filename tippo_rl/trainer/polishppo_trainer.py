@@ -120,7 +120,13 @@ class PolishPPOTrainer(PPOTrainer):
     ):
         if reward_funcs is None:
             init_kwargs = args.reward_init_kwargs or {}
-            semantic = {"model_name_or_path": args.semantic_model, "pooling": args.semantic_pooling, "dtype": args.semantic_dtype, **init_kwargs.get(SEMANTIC, {})}
+            semantic = {
+                "model_name_or_path": args.semantic_model,
+                "pooling": args.semantic_pooling,
+                "dtype": args.semantic_dtype,
+                "backend": args.semantic_backend,
+                **init_kwargs.get(SEMANTIC, {}),
+            }
             reward_funcs = [
                 load_reward(spec, **(semantic if spec == SEMANTIC else init_kwargs.get(spec, {}))) for spec in args.reward_funcs
             ]

@@ -304,7 +304,8 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
         self.iteration = 0  # m: PPO iterations (rollout batches) started so far; restored on resume
         self._rollout_batch: dict[str, torch.Tensor] | None = None
         self._minibatches: list[dict[str, torch.Tensor]] | None = None
-        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._metrics: dict[str, list[float]] = defaultdict(list)  # per iteration, already reduced: logged means
+        self._step_metrics: dict[str, list[torch.Tensor]] = defaultdict(list)  # per step, on the device (see _log_metric)
 
     # -- data ---------------------------------------------------------------------------------------------------------
 
@@ -551,9 +552,22 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
     # -- logging ----------------------------------------------------------------------------------------------------
 
     def _log_metric(self, name: str, value: torch.Tensor | float) -> None:
-        """Record a scalar averaged over all processes; `log()` reports the mean since the last log."""
-        value = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).detach().reshape(1)
-        self._metrics[name].append(self.accelerator.gather(value).mean().item())
+        """Record a per-step scalar. It stays on the device: `log()` averages every such metric over the steps since
+        the last log and over all processes with one gather, so the update loop has no host-device sync for metrics."""
+        value = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).detach().reshape(())
+        self._step_metrics[name].append(value)
+
+    def _reduce_step_metrics(self) -> None:
+        """Move the step metrics into `_metrics`: one gather and one `.tolist()` for all of them (same order on every
+        process: sorted names; every process records the same names)."""
+        if not self._step_metrics:
+            return
+        names = sorted(self._step_metrics)
+        means = torch.stack([torch.stack(self._step_metrics[name]).nanmean() for name in names])
+        gathered = self.accelerator.gather(means).reshape(-1, len(names)).nanmean(0).tolist()
+        for name, mean in zip(names, gathered):
+            self._metrics[name].append(mean)
+        self._step_metrics.clear()
 
     def _log_rollout_metrics(
         self, rewards: torch.Tensor, returns: torch.Tensor, advantages: torch.Tensor, rollouts: dict[str, Any]
@@ -580,6 +594,7 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training:
+            self._reduce_step_metrics()
             for key, values in self._metrics.items():
                 finite = [v for v in values if not math.isnan(v)]
                 logs[key] = sum(finite) / len(finite) if finite else None
