@@ -118,6 +118,22 @@ def test_lambda1_follows_the_linear_schedule_and_losses_are_logged(tmp_path, dem
     assert len(logged(trainer, "loss/ntp")) == 4 and len(logged(trainer, "loss/contrastive")) == 4
 
 
+def test_step_metrics_are_averaged_over_the_steps_between_logs(tmp_path, demo_dataset_dir):
+    ntp_per_step = []
+    trainer = make_trainer(tmp_path, demo_dataset_dir, max_steps=4, logging_steps=2)
+    compute_loss = trainer.compute_loss
+
+    def recording(model, inputs, *args, **kwargs):
+        loss = compute_loss(model, inputs, *args, **kwargs)
+        ntp_per_step.append(trainer._step_metrics["train"]._values["loss/ntp"][-1].item())
+        return loss
+
+    trainer.compute_loss = recording
+    trainer.train()
+    assert logged(trainer, "daa/lambda1") == pytest.approx([0.125, 0.625])  # mean of (0, 0.25), of (0.5, 0.75)
+    assert logged(trainer, "loss/ntp") == pytest.approx([sum(ntp_per_step[:2]) / 2, sum(ntp_per_step[2:]) / 2])
+
+
 def test_constant_lambda_schedule(tmp_path, demo_dataset_dir):
     trainer = make_trainer(tmp_path, demo_dataset_dir, max_steps=2, daa_lambda_schedule="constant", daa_lambda1=0.3)
     trainer.train()

@@ -40,7 +40,7 @@ from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import load_reward, reward_name, score_rewards
 from .ppo_config import PPOConfig
-from .utils import TIPPoSavingMixin, cache_features_for_training, unwrap_tippo
+from .utils import StepMetrics, TIPPoSavingMixin, cache_features_for_training, unwrap_tippo
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
         self._rollout_batch: dict[str, torch.Tensor] | None = None
         self._minibatches: list[dict[str, torch.Tensor]] | None = None
         self._metrics: dict[str, list[float]] = defaultdict(list)  # per iteration, already reduced: logged means
-        self._step_metrics: dict[str, list[torch.Tensor]] = defaultdict(list)  # per step, on the device (see _log_metric)
+        self._step_metrics = StepMetrics()  # per step, on the device until log()
 
     # -- data ---------------------------------------------------------------------------------------------------------
 
@@ -552,22 +552,8 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
     # -- logging ----------------------------------------------------------------------------------------------------
 
     def _log_metric(self, name: str, value: torch.Tensor | float) -> None:
-        """Record a per-step scalar. It stays on the device: `log()` averages every such metric over the steps since
-        the last log and over all processes with one gather, so the update loop has no host-device sync for metrics."""
-        value = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).detach().reshape(())
-        self._step_metrics[name].append(value)
-
-    def _reduce_step_metrics(self) -> None:
-        """Move the step metrics into `_metrics`: one gather and one `.tolist()` for all of them (same order on every
-        process: sorted names; every process records the same names)."""
-        if not self._step_metrics:
-            return
-        names = sorted(self._step_metrics)
-        means = torch.stack([torch.stack(self._step_metrics[name]).nanmean() for name in names])
-        gathered = self.accelerator.gather(means).reshape(-1, len(names)).nanmean(0).tolist()
-        for name, mean in zip(names, gathered):
-            self._metrics[name].append(mean)
-        self._step_metrics.clear()
+        """Record a per-step scalar; `log()` reports its mean over the steps since the last log and all processes."""
+        self._step_metrics.add(name, value, self.accelerator.device)
 
     def _log_rollout_metrics(
         self, rewards: torch.Tensor, returns: torch.Tensor, advantages: torch.Tensor, rollouts: dict[str, Any]
@@ -594,7 +580,7 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training:
-            self._reduce_step_metrics()
+            self._step_metrics.reduce_into(self._metrics, self.accelerator)
             for key, values in self._metrics.items():
                 finite = [v for v in values if not math.isnan(v)]
                 logs[key] = sum(finite) / len(finite) if finite else None

@@ -9,7 +9,7 @@ from ..data import TIPPoDataCollator
 from ..modeling_tippo import TIPPoModel, prototype_contrastive_loss
 from ..processing_tippo import TIPPoProcessor
 from .sft_config import TIPPoSFTConfig
-from .utils import TIPPoSavingMixin, cache_features_for_training, unwrap_tippo
+from .utils import StepMetrics, TIPPoSavingMixin, cache_features_for_training, unwrap_tippo
 
 
 class TIPPoSFTTrainer(TIPPoSavingMixin, SFTTrainer):
@@ -53,6 +53,7 @@ class TIPPoSFTTrainer(TIPPoSavingMixin, SFTTrainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
+        self._step_metrics = {"train": StepMetrics(), "eval": StepMetrics()}  # on the device until log()
 
     def daa_lambda1(self) -> float:
         """λ1 of Eq. 2 for the current step: m/M (`linear`, the paper) or the configured constant."""
@@ -62,8 +63,9 @@ class TIPPoSFTTrainer(TIPPoSavingMixin, SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
+        tippo = unwrap_tippo(self.accelerator.unwrap_model(model))
         if model.training:
-            unwrap_tippo(self.accelerator.unwrap_model(model)).set_daa_lambda1(self.daa_lambda1())
+            tippo.set_daa_lambda1(self.daa_lambda1())
         inputs = {key: value for key, value in inputs.items() if key not in ("references", "titles", "ids")}
         outputs = model(**inputs)
         ntp_loss = outputs.loss  # L_NTP, mean over the batch's label tokens
@@ -73,10 +75,12 @@ class TIPPoSFTTrainer(TIPPoSavingMixin, SFTTrainer):
                 outputs.image_signals, outputs.image_mask, self.args.contrastive_temperature
             )  # L_C, Eq. 5
             loss = ntp_loss + self.args.contrastive_weight * contrastive_loss  # L_SFT
-            self._metrics[mode]["loss/contrastive"].append(self._gathered_mean(contrastive_loss))
-        self._metrics[mode]["loss/ntp"].append(self._gathered_mean(ntp_loss))
-        self._metrics[mode]["daa/lambda1"].append(unwrap_tippo(self.accelerator.unwrap_model(model)).daa_lambda1.item())
+            self._step_metrics[mode].add("loss/contrastive", contrastive_loss, self.accelerator.device)
+        self._step_metrics[mode].add("loss/ntp", ntp_loss, self.accelerator.device)
+        self._step_metrics[mode].add("daa/lambda1", tippo.daa_lambda1, self.accelerator.device)
         return (loss, outputs) if return_outputs else loss
 
-    def _gathered_mean(self, value) -> float:
-        return self.accelerator.gather_for_metrics(value.detach().reshape(1)).mean().item()
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        self._step_metrics[mode].reduce_into(self._metrics[mode], self.accelerator)
+        super().log(logs, start_time)

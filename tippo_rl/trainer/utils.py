@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 from pathlib import Path
 
+import torch
 from accelerate.utils import is_peft_model
 from torch import nn
 
@@ -25,6 +27,32 @@ def unwrap_tippo(model: nn.Module) -> TIPPoModel:
         else:
             raise TypeError(f"expected a TIPPoModel (possibly wrapped), got {type(model).__name__}")
     return model
+
+
+class StepMetrics:
+    """Per-step scalar metrics kept on the device until the next log, then averaged over the steps and over all
+    processes with one gather and one host copy: logging costs no host-device sync inside the update loop.
+
+    Every process must `add` the same names (the reduction stacks them in sorted-name order).
+    """
+
+    def __init__(self):
+        self._values: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    def add(self, name: str, value: torch.Tensor | float, device: torch.device) -> None:
+        # clone: a buffer (λ1) changes in place after it is recorded
+        self._values[name].append(torch.as_tensor(value, dtype=torch.float32, device=device).detach().reshape(()).clone())
+
+    def reduce_into(self, metrics: dict[str, list[float]], accelerator) -> None:
+        """Append each metric's mean since the last call to `metrics[name]`, and start over."""
+        if not self._values:
+            return
+        names = sorted(self._values)
+        means = torch.stack([torch.stack(self._values[name]).nanmean() for name in names])
+        gathered = accelerator.gather(means).reshape(-1, len(names)).nanmean(0).tolist()
+        for name, mean in zip(names, gathered):
+            metrics[name].append(mean)
+        self._values.clear()
 
 
 def cache_features_for_training(args, model: nn.Module, processor, *datasets):
