@@ -314,3 +314,12 @@ def test_sft_then_polishppo_run_under_deepspeed_zero3_on_cpu(tmp_path):
     assert state["global_step"] == 2
     policy = TIPPoModel.from_pretrained(tmp_path / "ppo")
     assert policy.language_model.shared.weight.shape[0] == TIPPoModel.from_pretrained(tmp_path / "out").config.vocab_size
+
+
+def test_torch_compile_option_finds_the_tippo_model_inside_the_compiled_wrapper(tiny_model_and_processor):
+    # `--torch_compile true` (TrainingArguments) wraps the model in an OptimizedModule; compiling itself is lazy, so
+    # this stays fast. Both recipes ran end to end with it (README, Scaling).
+    from tippo_rl.trainer.utils import unwrap_tippo
+
+    model = tiny_model_and_processor[0]
+    assert unwrap_tippo(torch.compile(model)) is model

@@ -16,9 +16,12 @@ from ..modeling_tippo import TIPPoModel
 
 
 def unwrap_tippo(model: nn.Module) -> TIPPoModel:
-    """The `TIPPoModel` inside DDP/DeepSpeed (`.module`), PEFT (`.get_base_model()`) and policy (`.policy`) wrappers."""
+    """The `TIPPoModel` inside DDP/DeepSpeed (`.module`), PEFT (`.get_base_model()`), `torch.compile` (`._orig_mod`)
+    and policy (`.policy`) wrappers."""
     while not isinstance(model, TIPPoModel):
-        if hasattr(model, "get_base_model"):
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "get_base_model"):
             model = model.get_base_model()
         elif hasattr(model, "module"):
             model = model.module
