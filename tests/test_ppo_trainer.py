@@ -12,6 +12,7 @@ import torch
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel, load_artmuse
+from tippo_rl.data import model_inputs
 from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, apply_lora
 from tippo_rl.trainer.ppo_config import PPOConfig
 from tippo_rl.trainer.ppo_trainer import (
@@ -141,6 +142,17 @@ def test_rollout_batch_and_iteration_sizes(tmp_path):
 
 
 # -- training -----------------------------------------------------------------------------------------
+
+
+def test_log_probs_are_the_sampling_distributions_at_the_temperature(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, temperature=0.7)
+    rows = [trainer.train_dataset[i] for i in range(3)]
+    forward_inputs = model_inputs(trainer.data_collator(rows))
+    completion_ids = torch.randint(0, trainer.model.config.vocab_size, (3, 5))
+    logps, logits, _ = trainer._forward(trainer.model, forward_inputs, completion_ids)
+    naive = (logits / 0.7).log_softmax(-1).gather(-1, completion_ids[..., None]).squeeze(-1)
+    torch.testing.assert_close(logps, naive)
+    assert logps.dtype == torch.float32 and logps.shape == (3, 5)
 
 
 @pytest.mark.parametrize("use_peft", [False, True])

@@ -27,13 +27,12 @@ from typing import Any
 
 import safetensors.torch
 import torch
-import torch.nn.functional as F
 from accelerate.utils import is_peft_model, set_seed
 from datasets import Dataset
 from torch import nn
 from transformers import GenerationConfig, Trainer, TrainerCallback
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
-from trl.trainer.utils import RepeatSampler
+from trl.trainer.utils import RepeatSampler, entropy_from_logits, selective_log_softmax
 
 from ..data import MODEL_INPUT_NAMES, TIPPoDataCollator, model_inputs
 from ..modeling_tippo import TIPPoModel
@@ -55,16 +54,6 @@ FEATURE_COLUMNS = ("image_features", "title_features")
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `values` over the positions where `mask` is 1 (0 when the mask is empty)."""
     return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
-def selective_log_softmax(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """log π(token | context): `(batch, T, V)` logits, `(batch, T)` ids → `(batch, T)`, without a full log-softmax."""
-    return logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of each position's next-token distribution: `(batch, T, V)` → `(batch, T)`."""
-    return logits.logsumexp(-1) - (F.softmax(logits, dim=-1) * logits).sum(-1)
 
 
 def clipped_surrogate_loss(
@@ -516,8 +505,10 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
         values = None
         if isinstance(outputs, tuple):  # PolicyAndValueModel
             outputs, values = outputs
-        logits = outputs.logits.float() / self.args.temperature
-        return selective_log_softmax(logits, completion_ids), logits, values
+        logits = outputs.logits.float()  # fp32 log-probs: ratios π_θ/π_old of bf16 log-probs are noisy
+        # TRL's: log π(token) row by row (fused on GPUs with Triton), never a full (batch, T, V) log-softmax.
+        logps = selective_log_softmax(logits, completion_ids, temperature=self.args.temperature)
+        return logps, logits, values
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """PPO loss of one minibatch: clipped surrogate + β·KL(π_θ ‖ π_ref) + vf_coef·clipped value loss."""
@@ -546,7 +537,8 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
             self._log_metric("loss/policy", policy_loss)
             self._log_metric("policy/clip_fraction", clip_fraction)
             self._log_metric("policy/ratio_mean", masked_mean(ratio, mask))
-            self._log_metric("entropy", masked_mean(entropy_from_logits(logits), mask))
+            sampling_logits = logits if self.args.temperature == 1.0 else logits / self.args.temperature
+            self._log_metric("entropy", masked_mean(entropy_from_logits(sampling_logits), mask))  # TRL's: in chunks
         return loss
 
     # -- logging ----------------------------------------------------------------------------------------------------
