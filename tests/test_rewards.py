@@ -385,3 +385,39 @@ def test_static_embedder_of_an_unreachable_hub_model_says_so():
 def test_semantic_reward_rejects_an_unknown_backend():
     with pytest.raises(ValueError, match="backend must be one of flagembedding, static"):
         SemanticReward(bundled_minilm_path(), backend="onnx")
+
+
+@pytest.mark.parametrize(
+    "model, folder",
+    [
+        ("BAAI/bge-base-zh-v1.5", "BAAI--bge-base-zh-v1.5"),
+        ("/bge-base-zh-v1.5", "bge-base-zh-v1.5"),  # a top-level folder must not send the cache to /
+        ("/models/my encoder/", "models--my-encoder"),
+        ("/", "model"),
+    ],
+)
+def test_static_cache_folder_names_stay_inside_the_cache(model, folder):
+    from tippo_rl.rewards import _cache_folder_name
+
+    assert _cache_folder_name(model) == folder
+
+
+def test_static_embedder_replaces_an_incomplete_cache_folder(tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tippo_rl.rewards import static_sentence_embedder
+
+    encoder_dir = tmp_path / "tiny-bert"
+    tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_path())
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(encoder_dir)
+    tokenizer.save_pretrained(encoder_dir)
+    cache = tmp_path / "cache"
+    static_sentence_embedder(encoder_dir, dims=8, cache_dir=cache, pooling="cls")
+    (distilled,) = [p for p in cache.iterdir() if p.is_dir()]
+    assert "-static8-cls-" in distilled.name
+    (distilled / "config.json").unlink()  # e.g. a copy that stopped half-way
+    (distilled.with_name(distilled.name + ".partial")).mkdir()  # and a run that died while saving
+    static = static_sentence_embedder(encoder_dir, dims=8, cache_dir=cache, pooling="cls")
+    assert static.encode(["a red circle"]).shape == (1, 8)
+    assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == [distilled.name]

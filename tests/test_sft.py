@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -121,17 +122,37 @@ def test_lambda1_follows_the_linear_schedule_and_losses_are_logged(tmp_path, dem
 def test_step_metrics_are_averaged_over_the_steps_between_logs(tmp_path, demo_dataset_dir):
     ntp_per_step = []
     trainer = make_trainer(tmp_path, demo_dataset_dir, max_steps=4, logging_steps=2)
-    compute_loss = trainer.compute_loss
+    step_metrics = trainer._step_metrics["train"]
+    add = step_metrics.add
 
-    def recording(model, inputs, *args, **kwargs):
-        loss = compute_loss(model, inputs, *args, **kwargs)
-        ntp_per_step.append(trainer._step_metrics["train"]._values["loss/ntp"][-1].item())
-        return loss
+    def recording(name, value, device):
+        if name == "loss/ntp":
+            ntp_per_step.append(float(value))
+        add(name, value, device)
 
-    trainer.compute_loss = recording
+    step_metrics.add = recording
     trainer.train()
     assert logged(trainer, "daa/lambda1") == pytest.approx([0.125, 0.625])  # mean of (0, 0.25), of (0.5, 0.75)
     assert logged(trainer, "loss/ntp") == pytest.approx([sum(ntp_per_step[:2]) / 2, sum(ntp_per_step[2:]) / 2])
+
+
+def test_step_metrics_keep_running_sums_and_copy_buffers():
+    from types import SimpleNamespace
+
+    from tippo_rl.trainer.utils import StepMetrics
+
+    one_process = SimpleNamespace(gather=lambda tensor: tensor)
+    metrics, buffer, logged_means = StepMetrics(), torch.tensor([0.5]), {"kl": [], "lambda": []}
+    for kl in (1.0, 2.0, 6.0):
+        metrics.add("kl", torch.tensor(kl), "cpu")
+        metrics.add("lambda", buffer, "cpu")
+        buffer.fill_(0.9)  # changed in place after it was recorded
+    metrics.reduce_into(logged_means, one_process)
+    assert logged_means["kl"] == [pytest.approx(3.0)] and logged_means["lambda"] == [pytest.approx((0.5 + 0.9 + 0.9) / 3)]
+    metrics.reduce_into(logged_means, one_process)  # nothing new: nothing appended
+    metrics.add("kl", float("nan"), "cpu")
+    metrics.reduce_into(logged_means, one_process)
+    assert math.isnan(logged_means["kl"][-1])  # a NaN loss stays visible
 
 
 def test_constant_lambda_schedule(tmp_path, demo_dataset_dir):

@@ -27,6 +27,7 @@ import logging
 import math
 import numbers
 import os
+import re
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -164,29 +165,44 @@ def _is_model2vec_folder(path: Path) -> bool:
     return config.is_file() and json.loads(config.read_text()).get("model_type") == "model2vec"
 
 
-def _model_fingerprint(model_name_or_path: str) -> str:
-    """What identifies a model's weights: its hub id, or a local folder's path plus its weight files' sizes and times."""
+def _model_fingerprint(model_name_or_path: str, hub_config_file: str | None) -> str:
+    """What identifies a model: a hub id and its snapshot (commit), or a local folder's path plus the size and time of
+    every file in it (weights, tokenizer, configs)."""
+    if hub_config_file is not None:
+        return f"{model_name_or_path}@{Path(hub_config_file).parent.name}"
     path = Path(model_name_or_path)
-    if not path.is_dir():
-        return model_name_or_path
-    weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
-    return f"{path.resolve()}|" + "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in weights)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return f"{path.resolve()}|" + "|".join(f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
-def static_sentence_embedder(model_name_or_path: str | os.PathLike, dims: int = 256, cache_dir: str | os.PathLike | None = None):
+def _cache_folder_name(model_name_or_path: str) -> str:
+    """"org--name" for a hub id, "parent--name" for a folder: one path component, safe characters only."""
+    parts = [part for part in Path(model_name_or_path).parts if part not in (Path(model_name_or_path).anchor, "")]
+    name = re.sub(r"[^\w.-]", "-", "--".join(parts[-2:])).lstrip(".-")
+    return name or "model"
+
+
+STATIC_POOLING = {"mean": "mean", "cls": "first"}  # SemanticReward's pooling → Model2Vec's, for the distillation
+
+
+def static_sentence_embedder(
+    model_name_or_path: str | os.PathLike, dims: int = 256, cache_dir: str | os.PathLike | None = None, pooling: str = "mean"
+):
     """A static (Model2Vec) sentence embedder: one vector per token, a sentence is the mean of its tokens' vectors.
 
     ``model_name_or_path`` is either a Model2Vec model (a folder or hub id whose ``config.json`` says ``model2vec``,
     e.g. ``minishlab/potion-base-8M``), loaded as is, or any Hugging Face sentence encoder (all-MiniLM-L6-v2, BGE,
     ...), which is distilled into a static model with Model2Vec: every vocabulary token is passed through the
-    encoder once, and the outputs are reduced to ``dims`` dimensions by PCA. The distilled model is kept in
-    ``cache_dir`` (default ``~/.cache/tippo_rl/static_embedders``), so later runs load it in well under a second.
-    Distilling all-MiniLM-L6-v2 (30k tokens) takes ~25 s on one CPU thread. Processes that start together (a
-    distributed run) wait on a file lock while one of them distils.
+    encoder once, pooled as the encoder pools (``pooling``: ``"mean"`` or ``"cls"``), and the outputs are reduced to
+    ``dims`` dimensions by PCA. The distilled model is kept in ``cache_dir`` (default
+    ``~/.cache/tippo_rl/static_embedders``) under a key made of the model's files (or hub snapshot), ``dims``,
+    ``pooling`` and the Model2Vec version, so later runs load it in well under a second. Distilling all-MiniLM-L6-v2
+    (30k tokens) takes ~25 s on one CPU thread. Processes that start together (a distributed run) wait on a file lock
+    while one of them distils.
 
     Encoding is ~100× faster than running the encoder (no attention, no layers: a table lookup and a mean), at the
     price of word order and context: on demo sentence pairs the distilled all-MiniLM-L6-v2 ranks pairs by
-    similarity with Spearman ρ = 0.88 against the full model.
+    similarity with Spearman ρ = 0.88 against the full model. A text with no known token embeds to zero (cosine 0).
 
     Returns:
         ``model2vec.StaticModel``.
@@ -194,41 +210,51 @@ def static_sentence_embedder(model_name_or_path: str | os.PathLike, dims: int = 
     from filelock import FileLock
     from model2vec import StaticModel
 
+    if pooling not in STATIC_POOLING:
+        raise ValueError(f"semantic reward (static backend): pooling must be 'cls' or 'mean', got {pooling!r}")
     model_name_or_path = str(model_name_or_path)
     if _is_model2vec_folder(Path(model_name_or_path)):
         return StaticModel.from_pretrained(model_name_or_path)
+    hub_config_file = None
     if not Path(model_name_or_path).is_dir():
         from huggingface_hub import hf_hub_download
 
         try:
-            config_file = hf_hub_download(model_name_or_path, "config.json")
+            hub_config_file = hf_hub_download(model_name_or_path, "config.json")
         except Exception as error:  # offline, unknown repo, ...: say what was asked for
             raise OSError(
                 f"semantic reward (static backend): cannot read {model_name_or_path!r}: it is not a local folder and "
                 f"its config.json could not be fetched from the Hub ({error})"
             ) from error
-        if json.loads(Path(config_file).read_text()).get("model_type") == "model2vec":
+        if json.loads(Path(hub_config_file).read_text()).get("model_type") == "model2vec":
             return StaticModel.from_pretrained(model_name_or_path)
+
+    import shutil
 
     import model2vec
 
     cache_dir = Path(cache_dir or Path.home() / ".cache" / "tippo_rl" / "static_embedders")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(f"{_model_fingerprint(model_name_or_path)}|{dims}|{model2vec.__version__}".encode()).hexdigest()[:16]
-    name = "--".join(Path(model_name_or_path).parts[-2:])  # "org--name", or a folder's parent and name
-    target = cache_dir / f"{name}-static{dims}-{key}"
+    fingerprint = _model_fingerprint(model_name_or_path, hub_config_file)
+    key = hashlib.sha256(f"{fingerprint}|{dims}|{pooling}|{model2vec.__version__}".encode()).hexdigest()[:16]
+    target = cache_dir / f"{_cache_folder_name(model_name_or_path)}-static{dims}-{pooling}-{key}"
     with FileLock(str(target) + ".lock"):
         if not _is_model2vec_folder(target):
             from model2vec.distill import distill_from_model
             from transformers import AutoModel, AutoTokenizer
 
-            logger.info("Distilling %s into a static embedder (%d dims) at %s, once", model_name_or_path, dims, target)
+            logger.warning(  # a one-off pause of ~25 s (all-MiniLM-L6-v2, one CPU thread): say what it is
+                "semantic reward: distilling %s into a static embedder (%d dims), once; later runs load it from %s",
+                model_name_or_path, dims, target,
+            )
             with full_weights_under_zero3():  # the encoder runs outside any DeepSpeed engine
                 encoder = AutoModel.from_pretrained(model_name_or_path)
             tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-            static = distill_from_model(encoder, tokenizer, device="cpu", pca_dims=dims)
+            static = distill_from_model(encoder, tokenizer, device="cpu", pca_dims=dims, pooling=STATIC_POOLING[pooling])
             partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)  # left by a run that died while saving
             static.save_pretrained(str(partial))
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete folder (no model2vec config.json)
             os.replace(partial, target)
     return StaticModel.from_pretrained(str(target))
 
@@ -265,8 +291,9 @@ class SemanticReward:
             ``sentence_bert_config.json`` when there is one, else 512.
         max_cache_size: reference embeddings kept, and as many completion embeddings.
         max_tokens_per_batch: padded tokens per forward pass of the embedder (texts are batched by length).
-        backend: ``"flagembedding"`` (the encoder itself) or ``"static"`` (its Model2Vec distillation; ``pooling``,
-            ``dtype``, ``use_fp16``, ``batch_size`` and ``max_tokens_per_batch`` do not apply).
+        backend: ``"flagembedding"`` (the encoder itself) or ``"static"`` (its Model2Vec distillation, made with
+            ``pooling``; it runs on the CPU, and ``device``, ``dtype``, ``use_fp16``, ``batch_size`` and
+            ``max_tokens_per_batch`` do not apply).
         static_dims: dimensions of a distilled static embedder (PCA).
         static_cache_dir: where distilled static embedders are kept (default ``~/.cache/tippo_rl/static_embedders``).
     """
@@ -302,19 +329,21 @@ class SemanticReward:
         if max_length is None:
             max_length = _sentence_transformers_setting(model_dir, "sentence_bert_config.json", "max_seq_length") or 512
         self.max_length = max_length
-        if backend == "static":
-            self.static_embedder = static_sentence_embedder(model_name_or_path, static_dims, static_cache_dir)
-            self.device, self.pooling = "cpu", "static mean"
-            return
-
-        # Imported here: FlagEmbedding pulls in Trainer, peft, datasets and pandas (~6 s).
-        from FlagEmbedding import FlagModel
-
         if pooling is None:
             mean = _sentence_transformers_setting(model_dir, "1_Pooling/config.json", "pooling_mode_mean_tokens")
             pooling = "mean" if mean else "cls"
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.pooling = pooling
+        if backend == "static":
+            # The table is distilled with the encoder's own pooling; it then runs on the CPU (a lookup and a mean).
+            self.static_embedder = static_sentence_embedder(model_name_or_path, static_dims, static_cache_dir, pooling)
+            self.device = "cpu"
+            return
+
+        # Imported here: FlagEmbedding pulls in Trainer, peft, datasets and pandas (~6 s).
+        from FlagEmbedding import FlagModel
+
         if device is None:
             device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
 
@@ -333,7 +362,6 @@ class SemanticReward:
         if dtype != "float32":
             self.embedder.model.to(EMBEDDER_DTYPES[dtype])
         self.device = device
-        self.pooling = pooling
         self.batch_size = batch_size
         self.max_tokens_per_batch = max_tokens_per_batch
 

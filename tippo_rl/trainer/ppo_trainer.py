@@ -497,8 +497,8 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
     def _forward(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], completion_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Teacher-forced pass over the completions: (log-probs `(batch, T)`, logits `(batch, T, V)` at the sampling
-        temperature, values `(batch, T)` or None). `model` may be a `PolicyAndValueModel` (or one wrapped by DDP)."""
+        """Teacher-forced pass over the completions: (log-probs `(batch, T)` at the sampling temperature, fp32 logits
+        `(batch, T, V)` before the temperature, values `(batch, T)` or None). `model` may be a `PolicyAndValueModel` (or one wrapped by DDP)."""
         start = completion_ids.new_full((len(completion_ids), 1), self.decoder_start_token_id)
         decoder_input_ids = torch.cat([start, completion_ids[:, :-1]], dim=1)  # T5's shift-right of the labels
         outputs = model(**inputs, decoder_input_ids=decoder_input_ids)

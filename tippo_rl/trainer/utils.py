@@ -34,28 +34,34 @@ def unwrap_tippo(model: nn.Module) -> TIPPoModel:
 
 class StepMetrics:
     """Per-step scalar metrics kept on the device until the next log, then averaged over the steps and over all
-    processes with one gather and one host copy: logging costs no host-device sync inside the update loop.
+    processes with one gather and one host copy: logging costs no host-device sync inside the update loop. Only a
+    running sum per metric is kept, so memory stays constant however rarely the run logs. A NaN stays visible.
 
-    Every process must `add` the same names (the reduction stacks them in sorted-name order).
+    Every process must `add` the same names between two logs (the reduction gathers one value per name, in
+    sorted-name order), which holds when the names depend on the config only, as in the TIPPo trainers.
     """
 
     def __init__(self):
-        self._values: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = defaultdict(int)
 
     def add(self, name: str, value: torch.Tensor | float, device: torch.device) -> None:
-        # clone: a buffer (λ1) changes in place after it is recorded
-        self._values[name].append(torch.as_tensor(value, dtype=torch.float32, device=device).detach().reshape(()).clone())
+        value = torch.as_tensor(value, dtype=torch.float32, device=device).detach().reshape(())
+        # A new tensor, never `value` itself: a buffer (λ1) changes in place after it is recorded.
+        self._sums[name] = self._sums[name] + value if name in self._sums else value.clone()
+        self._counts[name] += 1
 
     def reduce_into(self, metrics: dict[str, list[float]], accelerator) -> None:
         """Append each metric's mean since the last call to `metrics[name]`, and start over."""
-        if not self._values:
+        if not self._sums:
             return
-        names = sorted(self._values)
-        means = torch.stack([torch.stack(self._values[name]).nanmean() for name in names])
-        gathered = accelerator.gather(means).reshape(-1, len(names)).nanmean(0).tolist()
+        names = sorted(self._sums)
+        means = torch.stack([self._sums[name] / self._counts[name] for name in names])
+        gathered = accelerator.gather(means).reshape(-1, len(names)).mean(0).tolist()
         for name, mean in zip(names, gathered):
             metrics[name].append(mean)
-        self._values.clear()
+        self._sums.clear()
+        self._counts.clear()
 
 
 def cache_features_for_training(args, model: nn.Module, processor, *datasets):
