@@ -165,17 +165,21 @@ def prototype_contrastive_loss(
     Returns:
         A scalar tensor.
     """
+    # Every image slot is computed and padding slots are masked out, so no shape depends on the data (no host sync).
     image_mask = image_mask.bool()
+    n_images = image_mask.shape[1]
     signals = image_signals.flatten(2)  # (batch, N, k·d)
-    real = signals[image_mask]  # (n_real, k·d)
-    owner = torch.nonzero(image_mask)[:, 0]  # sample index of each real image
-    images_per_sample = image_mask.sum(1)
-    prototypes = visual_prototype(signals[:, :, None, :], image_mask)[:, 0]  # (batch, k·d)
-    prototypes = torch.where((images_per_sample == 1)[:, None], real.mean(0, keepdim=True), prototypes)
-    real_unit = F.normalize(real, dim=-1)
-    positive = (real_unit * F.normalize(prototypes[owner], dim=-1)).sum(-1) / temperature  # cos(s_i, p_b)/τ
-    all_pairs = real_unit @ real_unit.T / temperature  # cos(s_i, s_j)/τ
-    return (torch.logsumexp(all_pairs, dim=-1) - positive).mean()  # Eq. 5
+    weights = image_mask.to(signals.dtype)[:, :, None]
+    images_per_sample = image_mask.sum(1, keepdim=True)  # (batch, 1)
+    prototypes = visual_prototype(signals[:, :, None, :], image_mask)[:, 0]  # p_b (batch, k·d)
+    batch_mean = (signals * weights).sum((0, 1)) / weights.sum().clamp(min=1)  # mean of every real image signal
+    prototypes = torch.where(images_per_sample == 1, batch_mean, prototypes)
+    unit = F.normalize(signals, dim=-1).flatten(0, 1)  # s_i, (batch·N, k·d); row i belongs to sample i // N
+    real = image_mask.flatten()
+    positive = (unit * F.normalize(prototypes, dim=-1).repeat_interleave(n_images, 0)).sum(-1) / temperature  # cos(s_i, p_b)/τ
+    all_pairs = (unit @ unit.T / temperature).masked_fill(~real[None, :], float("-inf"))  # cos(s_i, s_j)/τ, real j only
+    per_image = torch.logsumexp(all_pairs, dim=-1) - positive  # Eq. 5, for each slot
+    return per_image.masked_fill(~real, 0.0).sum() / real.sum()  # mean over the real images
 
 
 class TIPPoPreTrainedModel(PreTrainedModel):
@@ -293,7 +297,9 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
         if image_mask is None:
             raise ValueError("TIPPoModel needs `image_mask` (batch, N): which image slots hold a real image")
         image_mask = image_mask.bool()
-        if (image_mask.sum(1) == 0).any():
+        # Checked where it is free: on an accelerator `.any()` would stall the launch queue every step, and the
+        # processor and collator already reject image-less samples by name.
+        if image_mask.device.type == "cpu" and (image_mask.sum(1) == 0).any():
             raise ValueError("every sample needs at least one image; got a sample whose image_mask is all 0")
         if image_features is None or title_features is None:
             if pixel_values is None or title_input_ids is None:
