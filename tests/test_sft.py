@@ -141,7 +141,7 @@ def test_step_metrics_keep_running_sums_and_copy_buffers():
 
     from tippo_rl.trainer.utils import StepMetrics
 
-    one_process = SimpleNamespace(gather=lambda tensor: tensor)
+    one_process = SimpleNamespace(gather=lambda tensor: tensor, num_processes=1)
     metrics, buffer, logged_means = StepMetrics(), torch.tensor([0.5]), {"kl": [], "lambda": []}
     for kl in (1.0, 2.0, 6.0):
         metrics.add("kl", torch.tensor(kl), "cpu")
@@ -153,6 +153,27 @@ def test_step_metrics_keep_running_sums_and_copy_buffers():
     metrics.add("kl", float("nan"), "cpu")
     metrics.reduce_into(logged_means, one_process)
     assert math.isnan(logged_means["kl"][-1])  # a NaN loss stays visible
+
+
+def test_step_metrics_name_a_mismatch_between_processes_instead_of_hanging():
+    import zlib
+    from types import SimpleNamespace
+
+    from tippo_rl.trainer.utils import StepMetrics
+
+    other = torch.tensor([2, zlib.crc32(b"kl\nloss/policy")])  # the other process recorded a second metric
+
+    def gather(tensor):  # two processes: this one's tensor, then the other's
+        return torch.cat([tensor, other if tensor.dtype == torch.int64 else tensor])
+
+    metrics = StepMetrics()
+    metrics.add("kl", 1.0, "cpu")
+    with pytest.raises(RuntimeError, match=r"processes recorded different step metrics .*\['kl'\]"):
+        metrics.reduce_into({}, SimpleNamespace(gather=gather, num_processes=2))
+    metrics.add("loss/policy", 2.0, "cpu")
+    logged_means = {"kl": [], "loss/policy": []}
+    metrics.reduce_into(logged_means, SimpleNamespace(gather=gather, num_processes=2))  # now the same names
+    assert logged_means == {"kl": [1.0], "loss/policy": [2.0]}
 
 
 def test_constant_lambda_schedule(tmp_path, demo_dataset_dir):

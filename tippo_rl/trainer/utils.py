@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -38,7 +39,8 @@ class StepMetrics:
     running sum per metric is kept, so memory stays constant however rarely the run logs. A NaN stays visible.
 
     Every process must `add` the same names between two logs (the reduction gathers one value per name, in
-    sorted-name order), which holds when the names depend on the config only, as in the TIPPo trainers.
+    sorted-name order), which holds when the names depend on the config only, as in the TIPPo trainers; in a
+    multi-process run a mismatch raises an error that lists the names instead of hanging.
     """
 
     def __init__(self):
@@ -56,6 +58,16 @@ class StepMetrics:
         if not self._sums:
             return
         names = sorted(self._sums)
+        device = next(iter(self._sums.values())).device
+        if accelerator.num_processes > 1:
+            # One small collective first: processes that recorded different metrics would otherwise hang in the gather
+            # below (different sizes) or silently mix up values (same size, other names).
+            signature = torch.tensor([len(names), zlib.crc32("\n".join(names).encode())], device=device)
+            if not bool((accelerator.gather(signature).reshape(-1, 2) == signature).all()):
+                raise RuntimeError(
+                    f"processes recorded different step metrics since the last log (this process: {names}); record "
+                    "the same metric names on every process, e.g. decided by the config, not by local data"
+                )
         means = torch.stack([self._sums[name] / self._counts[name] for name in names])
         gathered = accelerator.gather(means).reshape(-1, len(names)).mean(0).tolist()
         for name, mean in zip(names, gathered):
