@@ -197,7 +197,7 @@ def static_sentence_embedder(
     ``dims`` dimensions by PCA. The distilled model is kept in ``cache_dir`` (default
     ``~/.cache/tippo_rl/static_embedders``) under a key made of the model's files (or hub snapshot), ``dims``,
     ``pooling`` and the Model2Vec version, so later runs load it in well under a second. Distilling all-MiniLM-L6-v2
-    (30k tokens) takes ~25 s on one CPU thread. Processes that start together (a distributed run) wait on a file lock
+    (30k tokens) takes ~25 s on one CPU thread (the current GPU is used when there is one). Processes that start together (a distributed run) wait on a file lock
     while one of them distils.
 
     Encoding is ~100× faster than running the encoder (no attention, no layers: a table lookup and a mean), at the
@@ -250,7 +250,8 @@ def static_sentence_embedder(
             with full_weights_under_zero3():  # the encoder runs outside any DeepSpeed engine
                 encoder = AutoModel.from_pretrained(model_name_or_path)
             tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-            static = distill_from_model(encoder, tokenizer, device="cpu", pca_dims=dims, pooling=STATIC_POOLING[pooling])
+            device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+            static = distill_from_model(encoder, tokenizer, device=device, pca_dims=dims, pooling=STATIC_POOLING[pooling])
             partial = target.with_name(target.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)  # left by a run that died while saving
             static.save_pretrained(str(partial))
