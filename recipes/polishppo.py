@@ -30,6 +30,8 @@ def main(script_args: TIPPoScriptArguments, training_args: PolishPPOConfig, mode
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset)
     trainer.accelerator.print(f"PolishPPO model and processor saved to {training_args.output_dir}")
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # closes trackers and the process group; exiting with gloo still open can abort a rank
 
 
 if __name__ == "__main__":
