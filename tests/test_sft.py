@@ -313,6 +313,7 @@ def launch(tmp_path, accelerate_config, *extra, use_cpu_env=True, timeout=600):
         environment["ACCELERATE_USE_CPU"] = "1"
     result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    (tmp_path / "launch.log").write_text(result.stdout + result.stderr)
     return json.loads((tmp_path / "out/checkpoint-2/trainer_state.json").read_text())
 
 
@@ -324,6 +325,18 @@ def test_recipe_runs_as_two_ddp_processes_on_cpu(tmp_path):
     assert state["epoch"] == pytest.approx(1.0)
     model = TIPPoModel.from_pretrained(tmp_path / "out")
     assert model.config.model_type == "tippo"
+    # DDP is told that every trainable weight is used, so it skips the per-step search for unused ones.
+    assert "find_unused_parameters=True" not in (tmp_path / "launch.log").read_text()
+
+
+def test_ddp_skips_the_unused_parameter_search_unless_asked_or_the_encoder_trains(tmp_path, demo_dataset_dir):
+    assert make_trainer(tmp_path, demo_dataset_dir, max_steps=1).args.ddp_find_unused_parameters is False
+    assert make_trainer(tmp_path, demo_dataset_dir, max_steps=1, ddp_find_unused_parameters=True).args.ddp_find_unused_parameters
+    model, processor = build_tiny_tippo(seed=0, freeze_encoder=False)
+    trainer = TIPPoSFTTrainer(
+        model=model, args=sft_config(tmp_path), processor=processor, train_dataset=load_artmuse(demo_dataset_dir / "train.jsonl")
+    )
+    assert trainer.args.ddp_find_unused_parameters  # left to TRL, which searches: a training encoder may leave weights unused
 
 
 @pytest.mark.slow

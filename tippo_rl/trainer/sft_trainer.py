@@ -41,6 +41,10 @@ class TIPPoSFTTrainer(TIPPoSavingMixin, SFTTrainer):
         optimizers=(None, None),
     ):
         self.processor = processor
+        if args.ddp_find_unused_parameters is None and unwrap_tippo(model).config.freeze_encoder:
+            # Every trainable weight of a TIPPo model with a frozen encoder takes part in the loss (the TIP ablation
+            # does not build DAA/DO), so DDP can skip its search for unused parameters, a graph walk every step.
+            args.ddp_find_unused_parameters = False
         train_dataset, eval_dataset = cache_features_for_training(args, model, processor, train_dataset, eval_dataset)
         super().__init__(
             model=model,
