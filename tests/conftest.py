@@ -59,5 +59,14 @@ def tiny_model_varied_outputs(tiny_model_and_processor):
 
 
 @pytest.fixture(scope="session")
+def saved_model(tmp_path_factory, tiny_model_varied_outputs, tiny_model_and_processor):
+    """`tiny_model_varied_outputs` and the processor saved to a folder, as a trained model would be (read-only)."""
+    folder = tmp_path_factory.mktemp("model")
+    tiny_model_varied_outputs.save_pretrained(folder)
+    tiny_model_and_processor[1].save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def demo_dataset_dir(tmp_path_factory):
     return make_demo_dataset(tmp_path_factory.mktemp("demo"), num_train=24, num_test=8)

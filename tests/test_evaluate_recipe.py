@@ -23,14 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 evaluate = load_recipe("evaluate")
 
 
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory, tiny_model_varied_outputs, tiny_model_and_processor):
-    folder = tmp_path_factory.mktemp("model")
-    tiny_model_varied_outputs.save_pretrained(folder)
-    tiny_model_and_processor[1].save_pretrained(folder)
-    return folder
-
-
 def demo_split(demo_dataset_dir: Path, max_eval_samples: int = 4) -> TIPPoScriptArguments:
     return TIPPoScriptArguments(
         dataset="artmuse",

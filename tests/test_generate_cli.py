@@ -18,14 +18,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def saved_model(tmp_path_factory, tiny_model_varied_outputs, tiny_model_and_processor):
-    folder = tmp_path_factory.mktemp("model")
-    tiny_model_varied_outputs.save_pretrained(folder)
-    tiny_model_and_processor[1].save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def two_images(demo_dataset_dir):
     """The images of a demo sample with two of them, and its title."""
     for line in (demo_dataset_dir / "train.jsonl").read_text().splitlines():

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +16,8 @@ from tippo_rl import TIPPoModel, TIPPoProcessor
 from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
 
+from recipe_loading import launch_recipe, load_recipe
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes/polishppo.py"
 DEMO = REPO / "recipes/configs/demo_polishppo.yaml"
@@ -28,18 +28,10 @@ def parse(*arguments):
     return TrlParser((TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig)).parse_args_and_config(args=list(arguments))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def sft_dir(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor):
-    """A saved tiny TIPPo model + processor standing in for the SFT output."""
-    tiny_model_varied_outputs.save_pretrained(tmp_path / "sft")
-    tiny_model_and_processor[1].save_pretrained(tmp_path / "sft")
-    return tmp_path / "sft"
+def sft_dir(saved_model):
+    """The saved tiny TIPPo model + processor standing in for the SFT output."""
+    return saved_model
 
 
 def short_run_arguments(tmp_path, sft_dir, iterations=2):
@@ -103,9 +95,7 @@ def test_recipe_runs_with_python_and_saves_a_loadable_model(tmp_path, sft_dir):
 
 
 def test_recipe_with_lora_saves_the_merged_model_and_the_adapter(tmp_path, sft_dir):
-    spec = importlib.util.spec_from_file_location("polishppo_recipe", RECIPE)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe("polishppo")
     recipe.main(*parse(*short_run_arguments(tmp_path, sft_dir, iterations=1), "--use_peft", "true", "--lora_r", "4",
                        "--lora_alpha", "8", "--learning_rate", "1e-2"))
     assert (tmp_path / "out/adapter/adapter_config.json").is_file()
@@ -120,13 +110,7 @@ def test_recipe_with_lora_saves_the_merged_model_and_the_adapter(tmp_path, sft_d
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_recipe_runs_as_two_ddp_processes_on_cpu(tmp_path, sft_dir):
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/ddp_2proc_cpu.yaml"),
-        "--main_process_port", str(free_port()), str(RECIPE), *short_run_arguments(tmp_path, sft_dir),
-    ]
-    environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    launch_recipe("polishppo", "ddp_2proc_cpu.yaml", *short_run_arguments(tmp_path, sft_dir), cwd=tmp_path)
     state = json.loads((tmp_path / "out/checkpoint-8/ppo_state.json").read_text())
     # 2 iterations × (4 samples × 2 minibatches × 2 processes): the statistics of Eq. 6 span both processes.
     statistics = state["return_statistics"]  # the demo config's window of 4 iterations holds both
@@ -138,15 +122,7 @@ def test_recipe_runs_as_two_ddp_processes_on_cpu(tmp_path, sft_dir):
 @pytest.mark.distributed
 def test_recipe_runs_under_deepspeed_zero2_on_cpu(tmp_path, sft_dir):
     pytest.importorskip("deepspeed")
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/deepspeed_zero2_cpu.yaml"),
-        "--main_process_port", str(free_port()), str(RECIPE), *short_run_arguments(tmp_path, sft_dir),
-    ]
-    # Not ACCELERATE_USE_CPU=1: with it accelerate quietly drops DeepSpeed (the config's use_cpu keeps it on the CPU).
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    environment.pop("ACCELERATE_USE_CPU", None)
-    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    launch_recipe("polishppo", "deepspeed_zero2_cpu.yaml", *short_run_arguments(tmp_path, sft_dir), cwd=tmp_path)
     assert (tmp_path / "out/checkpoint-8/global_step8").is_dir()  # DeepSpeed's own checkpoint: it really ran
     assert json.loads((tmp_path / "out/checkpoint-8/ppo_state.json").read_text())["iteration"] == 2
     TIPPoModel.from_pretrained(tmp_path / "out")

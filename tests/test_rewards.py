@@ -322,6 +322,17 @@ PAIRS = [  # (completion, reference): paraphrases, partial overlaps and unrelate
 ]
 
 
+def save_tiny_bert_encoder(folder: Path) -> Path:
+    """A randomly initialised one-layer BERT with MiniLM's tokenizer, saved as an encoder to distil."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_path())
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def _ranks(values):
     order = sorted(range(len(values)), key=values.__getitem__)
     ranks = [0] * len(values)
@@ -357,15 +368,9 @@ def test_static_semantic_reward_is_reused_from_the_cache(static_semantic, monkey
 
 
 def test_static_embedder_distils_any_encoder_and_loads_model2vec_folders(tmp_path):
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
     from tippo_rl.rewards import static_sentence_embedder
 
-    encoder_dir = tmp_path / "tiny-bert"
-    tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_path())
-    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64)).save_pretrained(encoder_dir)
-    tokenizer.save_pretrained(encoder_dir)
+    encoder_dir = save_tiny_bert_encoder(tmp_path / "tiny-bert")
     cache = tmp_path / "cache"
     static = static_sentence_embedder(encoder_dir, dims=16, cache_dir=cache)
     (distilled,) = [p for p in cache.iterdir() if p.is_dir()]
@@ -403,15 +408,9 @@ def test_static_cache_folder_names_stay_inside_the_cache(model, folder):
 
 
 def test_static_embedder_replaces_an_incomplete_cache_folder(tmp_path):
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
     from tippo_rl.rewards import static_sentence_embedder
 
-    encoder_dir = tmp_path / "tiny-bert"
-    tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_path())
-    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64)).save_pretrained(encoder_dir)
-    tokenizer.save_pretrained(encoder_dir)
+    encoder_dir = save_tiny_bert_encoder(tmp_path / "tiny-bert")
     cache = tmp_path / "cache"
     static_sentence_embedder(encoder_dir, dims=8, cache_dir=cache, pooling="cls")
     (distilled,) = [p for p in cache.iterdir() if p.is_dir()]

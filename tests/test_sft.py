@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +19,8 @@ from tippo_rl.metrics import compute_metrics
 from tippo_rl.modeling_tippo import prototype_contrastive_loss
 from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, lora_config
 from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
+
+from recipe_loading import launch_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,12 +56,6 @@ def make_trainer(tmp_path, dataset_dir, peft=False, **overrides):
 
 def logged(trainer, key):
     return [entry[key] for entry in trainer.state.log_history if key in entry]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- configuration ------------------------------------------------------------------------------------
@@ -298,35 +290,27 @@ def test_push_to_hub_uploads_weights_processor_and_model_card(tmp_path, demo_dat
 # -- launched with accelerate -------------------------------------------------------------------------
 
 
-def launch(tmp_path, accelerate_config, *extra, use_cpu_env=True, timeout=600):
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / accelerate_config),
-        "--main_process_port", str(free_port()), str(REPO / "recipes/sft.py"),
-        "--config", str(REPO / "recipes/configs/demo_sft.yaml"),
+def launch(tmp_path, accelerate_config, *extra):
+    """The SFT recipe on the demo data (64 rows) with a checkpoint at step 2: that checkpoint's state and the output."""
+    output = launch_recipe(
+        "sft", accelerate_config, "--config", str(REPO / "recipes/configs/demo_sft.yaml"),
         "--output_dir", str(tmp_path / "out"), "--demo_dir", str(tmp_path / "demo"), "--demo_num_train", "64",
         "--demo_num_test", "8", "--feature_cache_dir", str(tmp_path / "cache"), "--logging_steps", "1",
-        "--save_steps", "2", "--disable_tqdm", "true", *extra,
-    ]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    environment.pop("ACCELERATE_USE_CPU", None)
-    if use_cpu_env:  # forces the CPU for the multi-GPU launcher; with DeepSpeed it would silently drop DeepSpeed
-        environment["ACCELERATE_USE_CPU"] = "1"
-    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    (tmp_path / "launch.log").write_text(result.stdout + result.stderr)
-    return json.loads((tmp_path / "out/checkpoint-2/trainer_state.json").read_text())
+        "--save_steps", "2", "--disable_tqdm", "true", *extra, cwd=tmp_path,
+    )
+    return json.loads((tmp_path / "out/checkpoint-2/trainer_state.json").read_text()), output
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_recipe_runs_as_two_ddp_processes_on_cpu(tmp_path):
-    state = launch(tmp_path, "accelerate_configs/ddp_2proc_cpu.yaml", "--max_steps", "2")
+    state, output = launch(tmp_path, "ddp_2proc_cpu.yaml", "--max_steps", "2")
     # 2 steps × 16 samples × 2 processes = 64 samples = one epoch of the 64-row dataset (one process: half).
     assert state["epoch"] == pytest.approx(1.0)
     model = TIPPoModel.from_pretrained(tmp_path / "out")
     assert model.config.model_type == "tippo"
     # DDP is told that every trainable weight is used, so it skips the per-step search for unused ones.
-    assert "find_unused_parameters=True" not in (tmp_path / "launch.log").read_text()
+    assert "find_unused_parameters=True" not in output
 
 
 def test_ddp_skips_the_unused_parameter_search_unless_asked_or_the_encoder_trains(tmp_path, demo_dataset_dir):
@@ -343,7 +327,7 @@ def test_ddp_skips_the_unused_parameter_search_unless_asked_or_the_encoder_train
 @pytest.mark.distributed
 def test_recipe_runs_under_deepspeed_zero2_on_cpu(tmp_path):
     pytest.importorskip("deepspeed")
-    state = launch(tmp_path, "accelerate_configs/deepspeed_zero2_cpu.yaml", "--max_steps", "2", use_cpu_env=False)
+    state, _ = launch(tmp_path, "deepspeed_zero2_cpu.yaml", "--max_steps", "2")
     assert state["global_step"] == 2
     assert (tmp_path / "out/checkpoint-2/global_step2").is_dir()  # DeepSpeed's own checkpoint: it really ran
     TIPPoModel.from_pretrained(tmp_path / "out")
@@ -354,18 +338,14 @@ def test_recipe_runs_under_deepspeed_zero2_on_cpu(tmp_path):
 def test_sft_then_polishppo_run_under_deepspeed_zero3_on_cpu(tmp_path):
     """ZeRO-3 partitions parameters: the feature cache, rollout generation and the reward models must still work."""
     pytest.importorskip("deepspeed")
-    state = launch(tmp_path, "accelerate_configs/deepspeed_zero3_cpu.yaml", "--max_steps", "2", use_cpu_env=False)
+    state, _ = launch(tmp_path, "deepspeed_zero3_cpu.yaml", "--max_steps", "2")
     assert (tmp_path / "out/checkpoint-2/global_step2").is_dir()
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/deepspeed_zero3_cpu.yaml"),
-        "--main_process_port", str(free_port()), str(REPO / "recipes/polishppo.py"),
+    launch_recipe(
+        "polishppo", "deepspeed_zero3_cpu.yaml",
         "--config", str(REPO / "recipes/configs/demo_polishppo.yaml"), "--model_name_or_path", str(tmp_path / "out"),
         "--output_dir", str(tmp_path / "ppo"), "--demo_dir", str(tmp_path / "demo"), "--feature_cache_dir", str(tmp_path / "cache"),
-        "--total_iterations", "1", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
-    ]
-    environment = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
-    result = subprocess.run(command, cwd=tmp_path, env={**environment, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+        "--total_iterations", "1", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true", cwd=tmp_path,
+    )
     assert state["global_step"] == 2
     policy = TIPPoModel.from_pretrained(tmp_path / "ppo")
     assert policy.language_model.shared.weight.shape[0] == TIPPoModel.from_pretrained(tmp_path / "out").config.vocab_size
