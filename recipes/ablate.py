@@ -1,15 +1,18 @@
-"""The paper's ablation grid (Table 3, Fig. 2): {TIP, TIPPo} × {NTP only, PolishPPO only, NTP → PolishPPO}.
+"""The paper's ablation grid (Table 3, Fig. 2): {TIP, TIPPo} × {NTP only, PolishPPO only, NTP → PolishPPO}, over seeds.
 
     python recipes/ablate.py --config recipes/configs/demo_ablate.yaml
 
 Every cell trains in this process with the SFT and PolishPPO trainers, set up by the recipes' own configs
 (`sft_config`, `polishppo_config`) plus `*_overrides` (e.g. fewer steps). TIP is the same model without DAA and DO
 (`use_daa_do: false`); "PolishPPO only" starts PolishPPO from the untrained model, "NTP → PolishPPO" from the
-"NTP only" model. All cells train and are evaluated on the dataset set here, with the evaluation settings here.
+"NTP only" model. Each seed of `seeds` runs the whole grid again with that seed for the fresh model's
+initialisation and for both trainers. All cells train and are evaluated on the dataset set here, with the
+evaluation settings here.
 
-Writes into `output_dir`: a folder per trained model (`<variant>/sft`, `<variant>/polishppo`,
-`<variant>/sft_polishppo`), `ablation.md` (the table, ×100), `ablation.json` (every score, the settings, training
-times), `log_history.json` (the trainers' logs) and `loss.png` / `rewards.png` (training curves from those logs).
+Writes into `output_dir`: a folder per trained model (`<variant>/seed<seed>/{untrained,sft,polishppo,sft_polishppo}`),
+`ablation.md` (the tables ×100: the mean over seeds and its range), `ablation.json` (every score of every seed, the
+settings, training times), `log_history.json` (the trainers' logs), `loss.png` / `rewards.png` (training curves of
+the first seed) and `ablation.png` (each cell's scores, seed by seed).
 """
 
 from __future__ import annotations
@@ -23,7 +26,17 @@ from pathlib import Path
 from tippo_rl import TIPPoModel, TIPPoProcessor
 from tippo_rl.metrics import MeteorScorer
 from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, apply_lora, load_datasets, load_model_and_processor, lora_config
-from tippo_rl.reports import EvaluationArguments, log_curve, plot_curves, score_model, scores_table
+from tippo_rl.reports import (
+    SCENE_FIELDS,
+    TABLE_METRICS,
+    EvaluationArguments,
+    log_curve,
+    plot_cells,
+    plot_curves,
+    scene_fields,
+    score_model,
+    spread_table,
+)
 from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
@@ -55,6 +68,10 @@ class AblationArguments:
     polishppo_overrides: list[str] = field(
         default_factory=list, metadata={"help": "`key=value` settings on top of `polishppo_config`, e.g. `total_iterations=10`."}
     )
+    seeds: list[int] = field(
+        default_factory=lambda: [0],
+        metadata={"help": "One grid per seed (the fresh model's `seed_model` and both trainers' `seed`); tables show the mean and range."},
+    )
 
     def __post_init__(self):
         for name, given, known in (("variants", self.variants, VARIANTS), ("schedules", self.schedules, SCHEDULES)):
@@ -67,6 +84,10 @@ class AblationArguments:
         for item in self.sft_overrides + self.polishppo_overrides:
             if "=" not in item:
                 raise ValueError(f"overrides are `key=value`; got {item!r}")
+            if item.split("=", 1)[0] in ("seed", "seed_model"):
+                raise ValueError(f"overrides: {item!r} — set seeds with --seeds, which applies them to every stage")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds must be a non-empty list of distinct integers; got {self.seeds}")
 
 
 def parse_stage(dataclass_types, config: str, overrides: list[str], **forced) -> tuple:
@@ -75,18 +96,18 @@ def parse_stage(dataclass_types, config: str, overrides: list[str], **forced) ->
     return TrlParser(dataclass_types).parse_args_and_config(args)
 
 
-def sft_stage(ablation: AblationArguments, use_daa_do: bool, output_dir: Path) -> tuple[TIPPoSFTConfig, TIPPoModelConfig]:
-    """An SFT stage's training and model arguments: `sft_config` + overrides, for this variant and output folder."""
+def sft_stage(ablation: AblationArguments, use_daa_do: bool, seed: int, output_dir: Path) -> tuple[TIPPoSFTConfig, TIPPoModelConfig]:
+    """An SFT stage's training and model arguments: `sft_config` + overrides, for this variant, seed and output folder."""
     _, training_args, model_args = parse_stage(
         (TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig), ablation.sft_config, ablation.sft_overrides,
-        output_dir=output_dir, use_daa_do=use_daa_do,
+        output_dir=output_dir, use_daa_do=use_daa_do, seed=seed, seed_model=seed,
     )  # fmt: skip
     return training_args, model_args
 
 
-def train_sft(script_args: TIPPoScriptArguments, ablation: AblationArguments, use_daa_do: bool, output_dir: Path) -> list[dict]:
+def train_sft(script_args: TIPPoScriptArguments, ablation: AblationArguments, use_daa_do: bool, seed: int, output_dir: Path) -> list[dict]:
     """SFT (L_NTP + α·L_C) of a fresh model, as recipes/sft.py runs it; returns the trainer's log history."""
-    training_args, model_args = sft_stage(ablation, use_daa_do, output_dir)
+    training_args, model_args = sft_stage(ablation, use_daa_do, seed, output_dir)
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
     train_dataset, _ = load_datasets(script_args, max_images=model.config.max_images)
     trainer = TIPPoSFTTrainer(
@@ -97,19 +118,19 @@ def train_sft(script_args: TIPPoScriptArguments, ablation: AblationArguments, us
     return trainer.state.log_history
 
 
-def save_untrained(script_args: TIPPoScriptArguments, ablation: AblationArguments, use_daa_do: bool, output_dir: Path) -> None:
+def save_untrained(script_args: TIPPoScriptArguments, ablation: AblationArguments, use_daa_do: bool, seed: int, output_dir: Path) -> None:
     """The fresh model the SFT stage starts from (same preset and seed), saved for "PolishPPO only" to start from."""
-    _, model_args = sft_stage(ablation, use_daa_do, output_dir)
+    _, model_args = sft_stage(ablation, use_daa_do, seed, output_dir)
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
 
 
-def train_polishppo(script_args: TIPPoScriptArguments, ablation: AblationArguments, start: Path, output_dir: Path) -> list[dict]:
+def train_polishppo(script_args: TIPPoScriptArguments, ablation: AblationArguments, seed: int, start: Path, output_dir: Path) -> list[dict]:
     """PolishPPO from the model saved in `start`, as recipes/polishppo.py runs it; returns the trainer's log history."""
     _, training_args, model_args = parse_stage(
         (TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig), ablation.polishppo_config, ablation.polishppo_overrides,
-        output_dir=output_dir, model_name_or_path=start,
+        output_dir=output_dir, model_name_or_path=start, seed=seed,
     )  # fmt: skip
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
     train_dataset, _ = load_datasets(script_args, max_images=model.config.max_images)
@@ -120,7 +141,8 @@ def train_polishppo(script_args: TIPPoScriptArguments, ablation: AblationArgumen
 
 
 def plot_training(histories: dict[str, list[dict]], output_dir: Path) -> None:
-    """`loss.png` (SFT's L_SFT and L_NTP, PolishPPO's loss) and `rewards.png` (PolishPPO's mean rewards per iteration)."""
+    """`loss.png` (SFT's L_SFT and L_NTP, PolishPPO's loss) and `rewards.png` (PolishPPO's mean rewards per
+    iteration); `histories` is keyed `variant/stage`."""
 
     def lines(stages, key):
         runs = {run: history for run, history in histories.items() if run.split("/")[1] in stages}
@@ -145,7 +167,7 @@ def plot_training(histories: dict[str, list[dict]], output_dir: Path) -> None:
 
 
 def main(script_args: TIPPoScriptArguments, ablation: AblationArguments, eval_args: EvaluationArguments) -> str:
-    """Train and evaluate every cell; returns the markdown table (also printed)."""
+    """Train and evaluate every cell for every seed; returns the markdown tables (also printed)."""
     output_dir = Path(ablation.output_dir)
     train, evaluation = load_datasets(script_args)  # fail on bad data before any training
     dataset = train if eval_args.split == "train" else evaluation
@@ -154,39 +176,58 @@ def main(script_args: TIPPoScriptArguments, ablation: AblationArguments, eval_ar
 
     histories, seconds = {}, {}
     wanted = set(ablation.schedules)
-    for variant in ablation.variants:
-        folder = output_dir / variant
-        stages = [("sft", None)] if wanted & {"ntp", "ntp+polishppo"} else []  # (stage, model it starts from)
-        if "polishppo" in wanted:
-            save_untrained(script_args, ablation, VARIANTS[variant], folder / "untrained")
-            stages.append(("polishppo", folder / "untrained"))
-        if "ntp+polishppo" in wanted:
-            stages.append(("sft_polishppo", folder / "sft"))
-        for stage, start in stages:
-            print(f"== {variant}: training {stage} → {folder / stage}")
-            began = time.perf_counter()
-            if start is None:
-                histories[f"{variant}/{stage}"] = train_sft(script_args, ablation, VARIANTS[variant], folder / stage)
-            else:
-                histories[f"{variant}/{stage}"] = train_polishppo(script_args, ablation, start, folder / stage)
-            seconds[f"{variant}/{stage}"] = round(time.perf_counter() - began, 1)
+    for seed in ablation.seeds:
+        for variant in ablation.variants:
+            folder = output_dir / variant / f"seed{seed}"
+            stages = [("sft", None)] if wanted & {"ntp", "ntp+polishppo"} else []  # (stage, model it starts from)
+            if "polishppo" in wanted:
+                save_untrained(script_args, ablation, VARIANTS[variant], seed, folder / "untrained")
+                stages.append(("polishppo", folder / "untrained"))
+            if "ntp+polishppo" in wanted:
+                stages.append(("sft_polishppo", folder / "sft"))
+            for stage, start in stages:
+                run = f"{variant}/{stage}/seed{seed}"
+                print(f"== {variant}, seed {seed}: training {stage} → {folder / stage}")
+                began = time.perf_counter()
+                if start is None:
+                    histories[run] = train_sft(script_args, ablation, VARIANTS[variant], seed, folder / stage)
+                else:
+                    histories[run] = train_polishppo(script_args, ablation, seed, start, folder / stage)
+                seconds[run] = round(time.perf_counter() - began, 1)
 
-    rows, cells = [], []
+    demo = script_args.dataset == "demo"
+    cells, score_rows, field_rows, plotted = [], [], [], {}
     meteor = MeteorScorer() if "meteor" in eval_args.metrics else None
     try:
         for variant in ablation.variants:
             for schedule in ablation.schedules:
-                path = output_dir / variant / MODEL_DIRS[schedule]
-                model, processor = TIPPoModel.from_pretrained(path), TIPPoProcessor.from_pretrained(path)
-                _, result, _ = score_model(model, processor, dataset, eval_args, meteor)
-                rows.append(([variant, SCHEDULES[schedule]], result))
-                cells.append({"variant": variant, "schedule": schedule, "model": str(path), **result.summary()})
+                runs = []
+                for seed in ablation.seeds:
+                    path = output_dir / variant / f"seed{seed}" / MODEL_DIRS[schedule]
+                    model, processor = TIPPoModel.from_pretrained(path), TIPPoProcessor.from_pretrained(path)
+                    predictions, result, _ = score_model(model, processor, dataset, eval_args, meteor)
+                    fields = scene_fields(dataset, predictions, script_args.demo_lang) if demo else {}
+                    runs.append({"seed": seed, "model": str(path), **result.summary(), **({"scene_fields": fields} if demo else {})})
+                label = [variant, SCHEDULES[schedule]]
+                score_rows.append((label, [run for run in runs]))
+                field_rows.append((label, [run.get("scene_fields", {}) for run in runs]))
+                plotted[f"{variant} · {SCHEDULES[schedule]}"] = {
+                    **{name: [run[name] for run in runs] for name in TABLE_METRICS if name in runs[0]},
+                    **{f"{name} right": [run["scene_fields"][name] for run in runs] for name in SCENE_FIELDS if demo},
+                }
+                cells.append({"variant": variant, "schedule": schedule, "seeds": runs})
     finally:
         if meteor is not None:
             meteor.close()
 
-    plot_training(histories, output_dir)
-    table = scores_table(rows, ["Model", "Training"])
+    first_seed = f"seed{ablation.seeds[0]}"
+    plot_training({run.rsplit("/", 1)[0]: history for run, history in histories.items() if run.endswith("/" + first_seed)}, output_dir)
+    plot_cells(output_dir / "ablation.png", plotted, [m for m in ("ROUGE-L", "CIDEr", "place right", "object right") if any(m in c for c in plotted.values())])
+    seeds_note = f"mean over seeds {ablation.seeds} (range in brackets)" if len(ablation.seeds) > 1 else f"seed {ablation.seeds[0]}"
+    table = spread_table(score_rows, ["Model", "Training"], TABLE_METRICS)
+    if demo:
+        table += "\n\nScene fields right (%): place and object count per sample; colour, shape and object (both) per image, in order.\n\n"
+        table += spread_table(field_rows, ["Model", "Training"], SCENE_FIELDS, digits=1)
     settings = {
         "dataset": asdict(script_args),
         "ablation": asdict(ablation),
@@ -195,15 +236,15 @@ def main(script_args: TIPPoScriptArguments, ablation: AblationArguments, eval_ar
     }
     report = "\n\n".join(
         [
-            f"# Ablation on {script_args.dataset} ({eval_args.split} split, {len(dataset)} samples)",
+            f"# Ablation on {script_args.dataset} ({eval_args.split} split, {len(dataset)} samples; {seeds_note})",
             table,
-            f"Scores ×100 (CIDEr-D too); `empty`: predictions without a token. TIP: no DAA, no DO. "
+            f"Scores ×100 (CIDEr-D too). TIP: no DAA, no DO. "
             f"SFT: `{ablation.sft_config}` with {', '.join(ablation.sft_overrides) or 'no overrides'}; "
             f"PolishPPO: `{ablation.polishppo_config}` with {', '.join(ablation.polishppo_overrides) or 'no overrides'}. "
             f"Metrics: tokenize `{eval_args.tokenize}`, lang `{eval_args.lang}`. Training times (s): "
             + ", ".join(f"{run} {value}" for run, value in seconds.items())
             + ".",
-            "![losses](loss.png)\n\n![rewards](rewards.png)",
+            f"![cells](ablation.png)\n\nTraining curves ({first_seed}):\n\n![losses](loss.png)\n\n![rewards](rewards.png)",
         ]
     )
     (output_dir / "ablation.md").write_text(report + "\n", encoding="utf-8")
@@ -211,7 +252,7 @@ def main(script_args: TIPPoScriptArguments, ablation: AblationArguments, eval_ar
     (output_dir / "ablation.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (output_dir / "log_history.json").write_text(json.dumps(histories, indent=1) + "\n", encoding="utf-8")
     print(table)
-    print(f"\nAblation table, scores, logs and plots written to {output_dir}")
+    print(f"\nAblation tables, scores, logs and plots written to {output_dir}")
     return table
 
 

@@ -20,7 +20,15 @@ import yaml
 from tippo_rl import TIPPoModel, TIPPoProcessor, build_tiny_tippo
 from tippo_rl.metrics import MeteorScorer
 from tippo_rl.recipe_args import TIPPoScriptArguments, load_datasets
-from tippo_rl.reports import EvaluationArguments, examples_section, scores_table, score_model, write_predictions
+from tippo_rl.reports import (
+    EvaluationArguments,
+    examples_section,
+    fields_table,
+    scene_fields,
+    score_model,
+    scores_table,
+    write_predictions,
+)
 from trl import TrlParser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +125,7 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
     for name, path in evaluate_args.models:  # fail on a missing checkpoint before spending time on the others
         check_model(name, path)
     output_dir = Path(evaluate_args.output_dir)
-    results, predictions, summaries, files = [], {}, {}, []
+    results, predictions, summaries, files, fields = [], {}, {}, [], []
     meteor = MeteorScorer() if "meteor" in eval_args.metrics else None
     try:
         for name, path in evaluate_args.models:
@@ -131,11 +139,17 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
             write_predictions(output_dir / file_name, dataset, predictions[name], result)
             results.append(([name], result))
             summaries[name] = {"path": path, "predictions": file_name, "generation_seconds": round(seconds, 2), **result.summary()}
+            if script_args.dataset == "demo":  # the embedded default's references can be read back field by field
+                summaries[name]["scene_fields"] = scene_fields(dataset, predictions[name], script_args.demo_lang)
+                fields.append(([name], summaries[name]["scene_fields"]))
     finally:
         if meteor is not None:
             meteor.close()
 
     table = scores_table(results, ["Model"])
+    if fields:
+        table += "\n\nScene fields right (%): place and object count per sample; colour, shape and object (both) per image, in order.\n\n"
+        table += fields_table(fields, ["Model"])
     decoding = ", ".join(f"{key} {value}" for key, value in eval_args.generate_kwargs().items())
     report = "\n\n".join(
         [

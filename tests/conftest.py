@@ -3,11 +3,11 @@
 Fixtures (read-only: never train, re-seed or `set_daa_lambda1` them in place; `copy.deepcopy` first):
 
 - `tiny_model_and_processor` (session): `(TIPPoModel, TIPPoProcessor)` from `build_tiny_tippo(seed=0)`, in eval
-  mode. k = 2, d = d_φ = 64, N_max = 5, 32×32 images, about 0.4M parameters. Its freshly initialised decoder
-  predicts the pad token everywhere, so greedy generations are all padding.
+  mode. k = 2, d = d_φ = 64, N_max = 5, 32×32 images, about 0.4M parameters, φ pretrained on demo pairs. Its
+  freshly initialised decoder repeats one or two tokens whatever the input, so greedy generations say nothing.
 - `tiny_model_varied_outputs` (session): a copy of that model whose decoder weights carry seeded noise, so that
   greedy generations are non-trivial and depend on the inputs. Use it wherever a test compares generations
-  ("identical generations" on all-padding outputs would prove nothing).
+  ("identical generations" on input-independent outputs would prove nothing).
 - `demo_dataset_dir` (session): a `pathlib.Path` holding `make_demo_dataset(tmp, num_train=24, num_test=8)`
   (English, seed 0): `train.jsonl`, `test.jsonl` and `images/`, rows with 1–5 images.
 

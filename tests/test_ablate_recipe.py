@@ -1,12 +1,15 @@
-"""recipes/ablate.py: the {TIP, TIPPo} × {NTP only, PolishPPO only, NTP → PolishPPO} grid trains every cell, evaluates
-it, and writes ablation.md / ablation.json / log_history.json and the loss and reward plots; its config errors."""
+"""recipes/ablate.py: the {TIP, TIPPo} × {NTP only, PolishPPO only, NTP → PolishPPO} grid trains every cell for every
+seed, evaluates it, and writes ablation.md (mean and range over seeds) / ablation.json / log_history.json and the
+plots; its config errors."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from trl import TrlParser
 
@@ -42,6 +45,7 @@ def test_grid_trains_evaluates_and_reports_every_cell(tmp_path, demo_dataset_dir
             "total_iterations=2", "per_device_train_batch_size=4", "steps_per_generation=1", "num_ppo_epochs=1",
             "max_new_tokens=6", *quiet,
         ],
+        seeds=[0, 1],
     )  # fmt: skip
     evaluation = EvaluationArguments(metrics=["bleu", "rouge_l"], tokenize="none", lang="en", max_new_tokens=8)
     table = ablate.main(data, grid, evaluation)
@@ -51,24 +55,29 @@ def test_grid_trains_evaluates_and_reports_every_cell(tmp_path, demo_dataset_dir
     assert [row.split(" | ")[:2] for row in rows] == [
         [f"| {variant}", schedule] for variant in ("TIP", "TIPPo") for schedule in ("NTP only", "PolishPPO only", "NTP → PolishPPO")
     ]
+    assert all(re.search(r"\d+\.\d\d \(\d+\.\d\d–\d+\.\d\d\)", row) for row in rows)  # mean (min–max) over the two seeds
     assert table in (out / "ablation.md").read_text()
 
     summary = json.loads((out / "ablation.json").read_text())
     assert [(cell["variant"], cell["schedule"]) for cell in summary["cells"]] == [
         (variant, schedule) for variant in ("TIP", "TIPPo") for schedule in ("ntp", "polishppo", "ntp+polishppo")
     ]
-    assert all(cell["n_samples"] == 4 and "BLEU-4" in cell for cell in summary["cells"])
+    assert all([run["seed"] for run in cell["seeds"]] == [0, 1] for cell in summary["cells"])
+    assert all(run["n_samples"] == 4 and "BLEU-4" in run for cell in summary["cells"] for run in cell["seeds"])
 
-    # Each cell is the model its schedule says: TIP has no DAA/DO, PolishPPO-only starts from the untrained model.
+    # Each cell is the model its schedule says: TIP has no DAA/DO, PolishPPO-only starts from the untrained model;
+    # the seeds train different models.
     for variant, use_daa_do in (("TIP", False), ("TIPPo", True)):
         for folder in ("untrained", "sft", "polishppo", "sft_polishppo"):
-            assert TIPPoModel.from_pretrained(out / variant / folder).config.use_daa_do is use_daa_do
+            assert TIPPoModel.from_pretrained(out / variant / "seed0" / folder).config.use_daa_do is use_daa_do
+        seed0, seed1 = (TIPPoModel.from_pretrained(out / variant / f"seed{seed}" / "untrained") for seed in (0, 1))
+        assert not torch.equal(seed0.text_adapter.mlp[0].weight, seed1.text_adapter.mlp[0].weight)
 
     histories = json.loads((out / "log_history.json").read_text())
-    assert set(histories) == {f"{v}/{s}" for v in ("TIP", "TIPPo") for s in ("sft", "polishppo", "sft_polishppo")}
-    assert sum("loss" in entry for entry in histories["TIPPo/sft"]) == 3
-    assert sum("rewards/literal/mean" in entry for entry in histories["TIP/sft_polishppo"]) == 2
-    for plot in ("loss.png", "rewards.png"):
+    assert set(histories) == {f"{v}/{s}/seed{seed}" for v in ("TIP", "TIPPo") for s in ("sft", "polishppo", "sft_polishppo") for seed in (0, 1)}
+    assert sum("loss" in entry for entry in histories["TIPPo/sft/seed1"]) == 3
+    assert sum("rewards/literal/mean" in entry for entry in histories["TIP/sft_polishppo/seed0"]) == 2
+    for plot in ("loss.png", "rewards.png", "ablation.png"):
         with Image.open(out / plot) as image:
             assert image.format == "PNG" and image.width > 600
 
@@ -80,6 +89,8 @@ def test_grid_trains_evaluates_and_reports_every_cell(tmp_path, demo_dataset_dir
         ({"schedules": []}, "--schedules"),
         ({"sft_config": "recipes/configs/nope.yaml"}, "--sft_config"),
         ({"polishppo_overrides": ["total_iterations"]}, "key=value"),
+        ({"sft_overrides": ["seed=3"]}, "--seeds"),
+        ({"seeds": []}, "--seeds"),
     ],
 )
 def test_bad_grids_are_refused(settings, match, monkeypatch):

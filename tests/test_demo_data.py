@@ -1,5 +1,6 @@
 """Tests for tippo_rl.demo_data: the embedded default dataset is deterministic, its references describe its images
-(colour and shape, in order), and the Chinese variant shows the same scenes."""
+(colour and shape, in order), its images share the scene's place as a noisy background, the Chinese variant shows
+the same scenes, and descriptions are read back field by field."""
 
 from __future__ import annotations
 
@@ -10,7 +11,19 @@ import pytest
 from PIL import Image
 
 from tippo_rl import load_artmuse, make_demo_dataset
-from tippo_rl.demo_data import COLOURS, SHAPES
+import random
+
+from tippo_rl.demo_data import (
+    COLOURS,
+    OFF_PLACE_PROBABILITY,
+    PLACES,
+    SHAPES,
+    describe,
+    draw_background,
+    parse_scene,
+    scene_field_accuracy,
+    titles_of,
+)
 from tippo_rl.presets import build_tiny_processor
 
 ZH_COLOUR = {zh: en for en, (_, zh) in COLOURS.items()}
@@ -65,7 +78,8 @@ def test_rows_have_one_to_max_images(tmp_path, demo_dataset_dir):
 
 def test_references_describe_the_images_in_order(demo_dataset_dir):
     for row in read_rows(demo_dataset_dir)[:8]:
-        assert row["reference"].startswith(row["title"] + " there is ")
+        assert row["title"] in titles_of(row["place"], "en")
+        assert row["reference"].startswith(PLACES[row["place"]][0] + " there is ")
         drawn = [drawn_object(demo_dataset_dir / path) for path in row["images"]]
         assert described_objects(row["reference"], "en") == drawn, row
 
@@ -79,8 +93,9 @@ def test_chinese_variant_shows_the_same_scenes(tmp_path):
     }
     for en_row, zh_row in zip(read_rows(english), read_rows(chinese), strict=True):
         assert zh_row["images"] == en_row["images"]
-        assert zh_row["title"] in ("花园里", "城市里", "海边", "森林里")
-        assert zh_row["reference"].startswith(zh_row["title"] + "有") and zh_row["reference"].endswith("。")
+        assert zh_row["place"] == en_row["place"] and zh_row["title"] in titles_of(zh_row["place"], "zh")
+        assert titles_of(en_row["place"], "en").index(en_row["title"]) == titles_of(zh_row["place"], "zh").index(zh_row["title"])
+        assert zh_row["reference"].startswith(PLACES[zh_row["place"]][1] + "有") and zh_row["reference"].endswith("。")
         assert described_objects(zh_row["reference"], "zh") == described_objects(en_row["reference"], "en")
     assert "一个" in (chinese / "train.jsonl").read_text(encoding="utf-8")  # written as UTF-8, not \u escapes
 
@@ -114,3 +129,39 @@ def test_existing_dataset_with_same_arguments_is_reused(tmp_path):
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_demo_dataset(tmp_path, **kwargs)
+
+
+def test_images_share_the_scene_place_as_a_noisy_background(demo_dataset_dir):
+    shown = [(row["place"], where) for split in ("train", "test") for row in read_rows(demo_dataset_dir, split) for where in row["shown_places"]]
+    on_place = sum(place == where for place, where in shown) / len(shown)
+    assert len(shown) > 60 and abs(on_place - (1 - OFF_PLACE_PROBABILITY)) < 0.15
+
+
+def test_each_place_has_its_own_background():
+    """A nearest-mean-colour rule tells the four backgrounds apart: the place is in the pixels, not only the text."""
+    rng = random.Random(0)
+    mean = lambda image: [sum(channel) / len(channel) for channel in zip(*image.getdata())]  # noqa: E731
+    centres = {place: mean(draw_background(place, rng)) for place in PLACES}
+    for place in PLACES:
+        for _ in range(10):
+            colour = mean(draw_background(place, rng))
+            nearest = min(centres, key=lambda other: sum((a - b) ** 2 for a, b in zip(colour, centres[other])))
+            assert nearest == place
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_parse_scene_reads_back_what_describe_wrote(lang):
+    objects = [("red", "circle"), ("blue", "square"), ("green", "triangle")]
+    for place in PLACES:
+        assert parse_scene(describe(place, objects, lang)[1], lang) == (place, objects)
+    assert parse_scene("", lang) == (None, [])
+
+
+def test_scene_field_accuracy_counts_each_field():
+    references = ["by the sea there is a red circle and a blue square.", "in the city there is a green triangle."]
+    predictions = ["by the sea there is a red square.", "in the garden there is a green triangle and a red circle."]
+    accuracy = scene_field_accuracy(predictions, references)
+    # place: 1 of 2; count: 0 of 2; per reference object (3): colour red✓ blue✗ green✓, shape circle✗ square✗ triangle✓
+    assert accuracy == {"place": 0.5, "count": 0.0, "colour": 2 / 3, "shape": 1 / 3, "object": 1 / 3}
+    with pytest.raises(ValueError, match="2 predictions for 1 references"):
+        scene_field_accuracy(predictions, references[:1])

@@ -4,6 +4,7 @@ errors for a missing checkpoint; its configs."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,7 @@ def test_two_models_give_predictions_metrics_report_and_printed_table(
     assert table in capsys.readouterr().out
     report = (out / "report.md").read_text()
     assert "| Model | BLEU-4 | ROUGE-L | CIDEr | empty |" in report
-    assert "| untrained | 0.00 | 0.00 | 0.00 | 4/4 |" in report  # the fresh preset predicts padding only
+    assert re.search(r"\| untrained \| 0\.00 \| \d+\.\d\d \| 0\.00 \| 0/4 \|", report)  # the fresh preset's text is noise
     assert "| trained |" in report and "## Examples" in report
 
     metrics = json.loads((out / "metrics.json").read_text())

@@ -1,7 +1,8 @@
 """Ways to build a fresh TIPPo model and processor: from the paper's two hub checkpoints, or the tiny preset.
 
-The tiny preset needs no network: its tokenizers are trained on the embedded default corpus and its
-weights are built from configs, so every recipe runs end to end on a fresh CPU machine.
+The tiny preset needs no network: its tokenizers are trained on the embedded default corpus, its φ is pretrained
+on the demo generator's own images and texts (`tiny_encoder.py`), and its other weights are built from configs, so
+every recipe runs end to end on a fresh CPU machine.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .configuration_tippo import TIPPoConfig
 from .demo_data import demo_corpus
 from .modeling_tippo import TIPPoModel
 from .processing_tippo import TIPPoProcessor
+from .tiny_encoder import tiny_encoder_folder
 
 PAPER_ENCODER = "OFA-Sys/chinese-clip-vit-base-patch16"
 PAPER_DECODER = "Langboat/mengzi-t5-base"
@@ -123,13 +125,36 @@ def tiny_tippo_config(processor: TIPPoProcessor, use_daa_do: bool = True, **over
     return TIPPoConfig(encoder_config=encoder_config, decoder_config=decoder_config, **settings)
 
 
+def load_encoder_weights(model: TIPPoModel, clip: ChineseCLIPModel, source: str) -> None:
+    """Copy a `ChineseCLIPModel`'s towers and projections into TIPPo's φ (`logit_scale`, the one weight TIPPo does
+    not keep, is left out). The paper's checkpoint and the tiny preset's pretrained φ both come in this way."""
+    missing, unexpected = model.encoder.load_state_dict(clip.state_dict(), strict=False)
+    if missing or set(unexpected) - {"logit_scale"}:
+        raise ValueError(f"{source} does not fit TIPPo's encoder: missing {missing}, unexpected {unexpected}")
+
+
 def build_tiny_tippo(
-    lang: str = "en", use_daa_do: bool = True, seed: int = 0, max_images: int = 5, **config_overrides
+    lang: str = "en",
+    use_daa_do: bool = True,
+    seed: int = 0,
+    max_images: int = 5,
+    pretrained_encoder: bool = True,
+    **config_overrides,
 ) -> tuple[TIPPoModel, TIPPoProcessor]:
-    """The tiny preset: a randomly initialised TIPPo model and its processor, built offline in about a second."""
+    """The tiny preset: a TIPPo model of about 0.4M parameters and its processor, built offline.
+
+    φ is a tiny Chinese-CLIP pretrained CLIP-style on the demo generator's images and texts
+    (`tippo_rl.tiny_encoder`: ~60 s on one CPU thread the first time, then loaded from the cache), so titles and
+    images come out of it as they would from a real pretrained CLIP. `pretrained_encoder=False` keeps φ's random
+    initialisation. Adapters, DAA, DO and the decoder are freshly initialised from `seed`.
+    """
     processor = build_tiny_processor(lang, max_images=max_images)
+    config = tiny_tippo_config(processor, use_daa_do=use_daa_do, **config_overrides)
     torch.manual_seed(seed)
-    model = TIPPoModel(tiny_tippo_config(processor, use_daa_do=use_daa_do, **config_overrides))
+    model = TIPPoModel(config)
+    if pretrained_encoder:
+        folder = tiny_encoder_folder(config.encoder_config, processor, lang)
+        load_encoder_weights(model, ChineseCLIPModel.from_pretrained(folder), str(folder))
     model.generation_config.max_new_tokens = processor.max_target_length
     return model, processor
 
@@ -151,10 +176,7 @@ def build_tippo_from_pretrained_components(
         **config_kwargs,
     )
     model = TIPPoModel(config)
-    # logit_scale is the one ChineseCLIPModel weight TIPPo does not keep.
-    missing, unexpected = model.encoder.load_state_dict(clip.state_dict(), strict=False)
-    if missing or set(unexpected) - {"logit_scale"}:
-        raise ValueError(f"{encoder_name_or_path} does not fit TIPPo's encoder: missing {missing}, unexpected {unexpected}")
+    load_encoder_weights(model, clip, encoder_name_or_path)
     model.language_model.load_state_dict(t5.state_dict())
     model.generation_config.max_new_tokens = 256
     processor = TIPPoProcessor.from_pretrained_components(

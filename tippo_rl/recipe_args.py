@@ -44,7 +44,7 @@ class TIPPoScriptArguments:
     demo_dir: str = field(default="outputs/demo_data", metadata={"help": "demo: where the generated dataset is written."})
     demo_lang: str = field(default="en", metadata={"help": "demo: `en` or `zh` texts."})
     demo_num_train: int = field(default=400, metadata={"help": "demo: training samples."})
-    demo_num_test: int = field(default=48, metadata={"help": "demo: held-out samples."})
+    demo_num_test: int = field(default=300, metadata={"help": "demo: held-out samples."})
     on_bad_rows: str = field(default="raise", metadata={"help": "`raise` at the first bad row, or `skip` bad rows with a counted warning."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep at most this many evaluation samples."})
 
@@ -85,6 +85,10 @@ class TIPPoModelConfig(ModelConfig):
     prefix_length: int = field(default=4, metadata={"help": "k, tokens per φ vector (fresh `pretrained` models; the tiny preset uses 2)."})
     use_daa_do: bool = field(default=True, metadata={"help": "False gives the paper's TIP ablation (no DAA, no DO)."})
     seed_model: int = field(default=0, metadata={"help": "Seed of a fresh model's random initialisation."})
+    tiny_pretrained_encoder: bool = field(
+        default=True,
+        metadata={"help": "`preset: tiny`: φ pretrained CLIP-style on demo pairs (cached after the first run), or false for its random initialisation."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -124,7 +128,7 @@ def load_model_and_processor(args: TIPPoModelConfig, lang: str = "en") -> tuple[
             source = args.model_name_or_path
             return TIPPoModel.from_pretrained(source, revision=args.model_revision), TIPPoProcessor.from_pretrained(source)
         if args.preset == "tiny":
-            return build_tiny_tippo(lang=lang, use_daa_do=args.use_daa_do, seed=args.seed_model)
+            return build_tiny_tippo(lang=lang, use_daa_do=args.use_daa_do, seed=args.seed_model, pretrained_encoder=args.tiny_pretrained_encoder)
         return build_tippo_from_pretrained_components(
             args.encoder_name_or_path, args.decoder_name_or_path, prefix_length=args.prefix_length, use_daa_do=args.use_daa_do
         )

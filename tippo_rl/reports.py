@@ -3,6 +3,8 @@
 - [`EvaluationArguments`]: how predictions are generated (split, decoding) and scored (metrics, tokenisation, language).
 - [`score_model`]: generate on a dataset and score with `tippo_rl.metrics.compute_metrics`.
 - [`write_predictions`], [`scores_table`], [`examples_section`]: JSONL predictions and markdown for reports.
+- [`scene_fields`], [`fields_table`]: on the embedded default, how often predictions get each field of the scene
+  right (place, object count, colour, shape).
 - [`plot_curves`]: PNG line plots of training logs (`trainer.state.log_history`).
 """
 
@@ -19,6 +21,7 @@ import torch
 from datasets import Dataset
 from transformers import set_seed
 
+from .demo_data import scene_field_accuracy
 from .generation import generate_predictions
 from .metrics import (
     DEFAULT_METRICS,
@@ -153,6 +156,72 @@ def scores_table(rows: Sequence[tuple[Sequence[str], MetricsResult]], headers: S
         scores = [f"{100 * result.corpus[name]:.2f}" if name in result.corpus else "–" for name in metric_columns]
         lines.append("| " + " | ".join([*cells, *scores, f"{result.n_empty_predictions}/{result.n_samples}"]) + " |")
     return "\n".join(lines)
+
+
+SCENE_FIELDS = ("place", "count", "colour", "shape", "object")
+
+
+def scene_fields(dataset: Dataset, predictions: Mapping[str, str], lang: str) -> dict[str, float]:
+    """Per-field accuracy of `predictions` against the rows' first reference (embedded default only: see
+    `tippo_rl.demo_data.scene_field_accuracy`)."""
+    rows = list(zip(dataset["id"], dataset["references"]))
+    return scene_field_accuracy([predictions[row_id] for row_id, _ in rows], [references[0] for _, references in rows], lang)
+
+
+def fields_table(rows: Sequence[tuple[Sequence[str], Mapping[str, float]]], headers: Sequence[str]) -> str:
+    """A markdown table of scene-field accuracies ×100: the leading cells of each row, then one column per field."""
+    lines = [
+        "| " + " | ".join([*headers, *SCENE_FIELDS]) + " |",
+        "|" + "---|" * len(headers) + "---:|" * len(SCENE_FIELDS),
+    ]
+    for cells, accuracy in rows:
+        lines.append("| " + " | ".join([*cells, *(f"{100 * accuracy[name]:.1f}" for name in SCENE_FIELDS)]) + " |")
+    return "\n".join(lines)
+
+
+def spread_cell(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
+    """`mean` of one value, `mean (min–max)` of several (several seeds of a cell), scaled."""
+    scaled = [scale * value for value in values]
+    mean = sum(scaled) / len(scaled)
+    return f"{mean:.{digits}f}" if len(scaled) == 1 else f"{mean:.{digits}f} ({min(scaled):.{digits}f}–{max(scaled):.{digits}f})"
+
+
+def spread_table(
+    rows: Sequence[tuple[Sequence[str], Sequence[Mapping[str, float]]]], headers: Sequence[str], columns: Sequence[str], digits: int = 2
+) -> str:
+    """A markdown table of scores ×100 over seeds: each row is its leading cells and one score mapping per seed;
+    a column shows the mean, with the range when there are several seeds."""
+    columns = [name for name in columns if any(name in scores for _, runs in rows for scores in runs)]
+    lines = ["| " + " | ".join([*headers, *columns]) + " |", "|" + "---|" * len(headers) + "---:|" * len(columns)]
+    for cells, runs in rows:
+        values = [spread_cell([scores[name] for scores in runs], digits=digits) if all(name in scores for scores in runs) else "–" for name in columns]
+        lines.append("| " + " | ".join([*cells, *values]) + " |")
+    return "\n".join(lines)
+
+
+def plot_cells(path: str | Path, cells: Mapping[str, Mapping[str, Sequence[float]]], metrics: Sequence[str]) -> None:
+    """Save bar charts (one panel per metric, ×100) of `cells` (`{cell label: {metric: one value per seed}}`): the
+    bar is the mean over seeds, the dots are the seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics), 4.2), squeeze=False)
+    labels = list(cells)
+    for axis, metric in zip(axes[0], metrics):
+        for position, label in enumerate(labels):
+            values = [100 * value for value in cells[label].get(metric, [])]
+            if not values:
+                continue
+            axis.bar(position, sum(values) / len(values), color=f"C{position % 10}", alpha=0.6)
+            axis.scatter([position] * len(values), values, color="black", s=10, zorder=3)
+        axis.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+        axis.set(title=metric, ylabel="×100 (bar: mean; dots: seeds)")
+        axis.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def examples_section(dataset: Dataset, predictions: Mapping[str, Mapping[str, str]], num_examples: int) -> str:
