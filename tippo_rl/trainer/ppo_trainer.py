@@ -32,14 +32,15 @@ from datasets import Dataset
 from torch import nn
 from transformers import GenerationConfig, Trainer, TrainerCallback
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
-from trl.trainer.utils import RepeatSampler, entropy_from_logits, selective_log_softmax
+from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from ..data import MODEL_INPUT_NAMES, TIPPoDataCollator, model_inputs
 from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import load_reward, reward_name, score_rewards
 from .ppo_config import PPOConfig
-from .utils import StepMetrics, TIPPoSavingMixin, cache_features_for_training, unwrap_tippo
+from ..checkpoints import CheckpointError
+from .utils import EpochSeededRepeatSampler, StepMetrics, TIPPoSavingMixin, cache_features_for_training, unwrap_tippo
 
 logger = logging.getLogger(__name__)
 
@@ -315,8 +316,9 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
 
     def _get_train_sampler(self, dataset: Dataset | None = None):
         # Each rollout batch (global: generation_batch_size samples) comes minibatches_per_iteration times in a row, so
-        # the Trainer's step and epoch counting, and skipping on resume, stay right.
-        return RepeatSampler(
+        # the Trainer's step and epoch counting, and skipping on resume, stay right. Its order depends on the epoch, not on
+        # how many passes this process has drawn, so a resumed run sees the same order.
+        return EpochSeededRepeatSampler(
             data_source=dataset if dataset is not None else self.train_dataset,
             mini_repeat_count=1,
             batch_size=self.args.generation_batch_size,
@@ -582,8 +584,15 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
     # -- checkpoints ------------------------------------------------------------------------------------------------
 
     def ppo_state(self) -> dict[str, Any]:
-        """What a checkpoint must hold beyond the Trainer's own state to resume exactly (JSON-serialisable)."""
-        return {"step": self._step, "iteration": self.iteration}
+        """What a checkpoint must hold beyond the Trainer's own state to resume exactly (JSON-serialisable), and the
+        iteration layout it was written with."""
+        return {
+            "step": self._step,
+            "iteration": self.iteration,
+            "steps_per_generation": self.args.steps_per_generation,
+            "num_ppo_epochs": self.args.num_ppo_epochs,
+            "total_iterations": self.total_iterations,
+        }
 
     def load_ppo_state(self, state: dict[str, Any]) -> None:
         self._step = state["step"]
@@ -591,25 +600,44 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
 
     def _save_checkpoint(self, model, trial):
         self.create_model_card()
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            with open(os.path.join(folder, PPO_STATE_NAME), "w") as f:
-                json.dump(self.ppo_state(), f, indent=2)
+        super()._save_checkpoint(model, trial)  # atomic; ppo_state.json goes in through _save_checkpoint_extras
+
+    def _save_checkpoint_extras(self, folder):
+        with open(os.path.join(folder, PPO_STATE_NAME), "w") as f:
+            json.dump(self.ppo_state(), f, indent=2)
+
+    def _read_ppo_state(self, checkpoint: str) -> dict[str, Any]:
+        path = os.path.join(checkpoint, PPO_STATE_NAME)
+        if not os.path.isfile(path):
+            raise CheckpointError(
+                f"'{checkpoint}' holds no {PPO_STATE_NAME}, so the PPO iteration and its statistics cannot be restored: "
+                "it is not a PPO checkpoint (an SFT output is a model: pass it as --model_name_or_path), or its save was "
+                "interrupted by a version that did not save atomically; resume from an earlier checkpoint"
+            )
+        try:
+            with open(path, encoding="utf-8") as f:
+                state = json.load(f)
+            int(state["step"]), int(state["iteration"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(f"'{checkpoint}': file {PPO_STATE_NAME} is damaged ({type(error).__name__}: {error}); resume from an earlier checkpoint") from error
+        return state
+
+    def _check_resume(self, checkpoint: str, state: dict) -> None:
+        ppo_state = self._read_ppo_state(checkpoint)
+        for name in ("steps_per_generation", "num_ppo_epochs"):
+            if ppo_state.get(name) not in (None, getattr(self.args, name)):
+                raise CheckpointError(
+                    f"'{checkpoint}' was written with {name} {ppo_state[name]}, this run has {getattr(self.args, name)}: "
+                    f"its steps no longer fall on PPO iterations; resume with --{name} {ppo_state[name]}"
+                )
+        super()._check_resume(checkpoint, state)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         # Called on resume in every setup (plain, DDP, DeepSpeed), after the weights are loaded.
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
-        path = os.path.join(checkpoint, PPO_STATE_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{checkpoint} holds no {PPO_STATE_NAME}: it was not written by PPOTrainer, so the PPO iteration and "
-                "its statistics cannot be restored"
-            )
-        with open(path) as f:
-            self.load_ppo_state(json.load(f))
+        self.load_ppo_state(self._read_ppo_state(checkpoint))
         self._rollout_batch = self._minibatches = None
 
     def _save(self, output_dir: str | None = None, state_dict=None):
