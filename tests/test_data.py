@@ -249,3 +249,78 @@ def test_collator_stacks_cached_features_with_padding():
     assert batch["image_features"].tolist() == [[[1.0, 2.0], [0.0, 0.0]], [[3.0, 4.0], [5.0, 6.0]]]
     assert batch["image_mask"].tolist() == [[True, False], [True, True]]
     assert torch.equal(batch["title_features"], torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+
+
+# -- files that are not what they claim (issue 12) ----------------------------------------------------
+
+
+def truncated_jpeg(folder, name="cut.jpg"):
+    Image.new("RGB", (64, 64), "green").save(folder / "whole.jpg")
+    image = Image.effect_noise((256, 256), 64).convert("RGB")
+    image.save(folder / name, quality=95)
+    data = (folder / name).read_bytes()
+    (folder / name).write_bytes(data[: len(data) // 2])
+    return folder / name
+
+
+def test_truncated_jpeg_is_a_bad_row_named_by_file_or_skipped(folder, caplog):
+    truncated_jpeg(folder)
+    path = write_jsonl(folder, [GOOD, {**GOOD, "images": ["a.png", "cut.jpg"]}])
+    with pytest.raises(DataValidationError, match=r"data\.jsonl, line 2: field 'images': image '.*cut\.jpg' cannot be opened: image file is truncated"):
+        load_artmuse(path)
+    with caplog.at_level(logging.WARNING, logger="tippo_rl.data"):
+        assert len(load_artmuse(path, on_error="skip")) == 1
+    assert "skipped 1 bad rows (1× field 'images')" in caplog.text and "--on_bad_rows raise" in caplog.text
+
+
+def test_an_image_damaged_after_validation_is_named_with_its_sample_when_decoded(folder, tiny_model_and_processor, tmp_path):
+    from tippo_rl.feature_cache import cache_frozen_features
+
+    model, processor = tiny_model_and_processor
+    Image.effect_noise((64, 64), 64).convert("RGB").save(folder / "later.jpg", quality=95)
+    dataset = load_artmuse(write_jsonl(folder, [{**GOOD, "id": "row-a", "images": ["later.jpg"]}]))
+    data = (folder / "later.jpg").read_bytes()
+    (folder / "later.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataValidationError, match=r"sample 'row-a': image '.*later\.jpg' cannot be decoded: image file is truncated"):
+        cache_frozen_features(dataset, model, processor, tmp_path / "cache")
+
+
+def test_a_folder_given_as_an_image_is_called_a_folder(folder):
+    (folder / "album").mkdir()
+    path = write_jsonl(folder, [{**GOOD, "images": ["album"]}])
+    with pytest.raises(DataValidationError, match=r"line 1: field 'images': image '.*album' is a folder, not an image file"):
+        load_artmuse(path)
+
+
+def test_a_line_that_is_not_utf8_is_a_bad_row_naming_file_line_and_byte(folder):
+    path = folder / "data.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + json.dumps({**GOOD, "title": "caf\u00e9"}, ensure_ascii=False).encode("latin-1") + b"\n")
+    with pytest.raises(DataValidationError, match=rf"{re.escape(str(path))}, line 2: row: not UTF-8 text \(byte 0xe9 at column \d+\)"):
+        load_artmuse(path)
+    assert len(load_artmuse(path, on_error="skip")) == 1
+
+
+def test_a_utf8_byte_order_mark_is_accepted(folder):
+    path = folder / "data.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n")
+    assert load_artmuse(path)[0]["title"] == GOOD["title"]
+
+
+def test_messages_name_the_command_line_options(folder):
+    path = write_jsonl(folder, [{**GOOD, "title": ""}])
+    with pytest.raises(DataValidationError, match=r"--allow_empty_title true"):
+        load_artmuse(path)
+    from tippo_rl.recipe_args import TIPPoScriptArguments
+
+    assert TIPPoScriptArguments(allow_empty_title=True).allow_empty_title
+
+
+def test_a_huge_jpeg_is_decoded_at_a_reduced_size(folder):
+    from tippo_rl.processing_tippo import open_image
+
+    Image.effect_noise((512, 384), 64).convert("RGB").save(folder / "big.jpg")
+    Image.effect_noise((512, 384), 64).convert("RGB").save(folder / "big.png")
+    assert open_image(folder / "big.jpg", max_pixels=64 * 64).size == (64, 48)  # 1/8: at most max_pixels
+    assert open_image(folder / "big.jpg", max_pixels=200 * 200).size == (128, 96)  # 1/4: the largest scale that fits
+    assert open_image(folder / "big.jpg").size == (512, 384)  # under the bound: decoded as datasets decodes it
+    assert open_image(folder / "big.png", max_pixels=64 * 64).size == (512, 384)  # only JPEG decodes at a reduced size

@@ -24,7 +24,10 @@ from .processing_tippo import TIPPoProcessor
 
 
 def undecoded_images(dataset: Dataset) -> Dataset:
-    """`dataset` with its `images` column as `{path, bytes}` dicts: nothing is decoded when rows are read."""
+    """`dataset` with its `images` column as `{path, bytes}` dicts: nothing is decoded when rows are read (the
+    collator decodes them at a bounded size, `processing_tippo.open_image`). Without such a column, `dataset`."""
+    if not isinstance(dataset.features.get("images"), List) or not isinstance(dataset.features["images"].feature, Image):
+        return dataset
     return dataset.cast_column("images", List(Image(decode=False)))
 
 
@@ -108,7 +111,7 @@ def _cache_frozen_features(dataset: Dataset, model: TIPPoModel, processor: TIPPo
         }
 
     try:
-        cached = dataset.map(
+        cached = undecoded_images(dataset).map(  # decoded by the collator, at a bounded size
             encode,
             batched=True,
             batch_size=batch_size,

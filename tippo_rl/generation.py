@@ -8,11 +8,10 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from PIL import Image
-
 from .data import TIPPoDataCollator, check_image, model_inputs
+from .feature_cache import undecoded_images
 from .modeling_tippo import TIPPoModel
-from .processing_tippo import TIPPoProcessor
+from .processing_tippo import TIPPoProcessor, open_image
 
 
 @torch.no_grad()
@@ -29,6 +28,7 @@ def generate_predictions(
     by default decoding is greedy with the model's generation config.
     """
     collator = TIPPoDataCollator(processor, with_labels=False)
+    dataset = undecoded_images(dataset)  # the collator decodes images at a bounded size
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             check_image(Path(path))
         model = TIPPoModel.from_pretrained(args.model).to(args.device).eval()
         processor = TIPPoProcessor.from_pretrained(args.model)
-        batch = processor(titles=[args.title], images=[[Image.open(path) for path in args.images]])
+        batch = processor(titles=[args.title], images=[[open_image(path) for path in args.images]])
         options = {"num_beams": args.num_beams, "do_sample": args.do_sample}
         if args.do_sample:
             options["temperature"] = args.temperature

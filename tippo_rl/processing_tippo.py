@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
 
 PROCESSOR_CONFIG_NAME = "tippo_processor_config.json"
 TITLE_TOKENIZER_FOLDER = "title_tokenizer"
+# Images are resized to φ's input (224 px) anyway: a larger one is decoded at a reduced size, so that decoding a photo of
+# any size costs at most about this many pixels (JPEG: PIL's DCT-domain `draft`, 1/2 to 1/8 scale).
+MAX_DECODED_PIXELS = 4096 * 4096
+
+
+def open_image(image, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
+    """A decoded PIL image from what a dataset's `images` column holds: a PIL image (returned as is), a path, or a
+    `datasets.Image` `{path, bytes}` dict. Decoded as `datasets.Image` decodes (EXIF orientation applied), except that a
+    JPEG of more than `max_pixels` is decoded at the largest 1/2–1/8 scale that fits (other formats decode full size).
+
+    Raises:
+        OSError / ValueError: the file is missing, truncated or not an image (PIL's message).
+    """
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, dict):
+        image = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
+    opened = Image.open(image)
+    if opened.format == "JPEG" and opened.width * opened.height > max_pixels:
+        scale = (max_pixels / (opened.width * opened.height)) ** 0.5 / 2  # draft picks the smallest result ≥ this
+        opened.draft("RGB", (max(int(opened.width * scale), 1), max(int(opened.height * scale), 1)))
+    opened.load()
+    if opened.getexif().get(Image.ExifTags.Base.Orientation) is not None:
+        opened = ImageOps.exif_transpose(opened)
+    return opened
 
 
 class TIPPoProcessor(ProcessorMixin):

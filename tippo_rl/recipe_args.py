@@ -46,6 +46,7 @@ class TIPPoScriptArguments:
     demo_num_train: int = field(default=400, metadata={"help": "demo: training samples."})
     demo_num_test: int = field(default=300, metadata={"help": "demo: held-out samples."})
     on_bad_rows: str = field(default="raise", metadata={"help": "`raise` at the first bad row, or `skip` bad rows with a counted warning."})
+    allow_empty_title: bool = field(default=False, metadata={"help": "artmuse: accept rows with an empty title (captioning data)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep at most this many evaluation samples."})
 
     def __post_init__(self):
@@ -107,8 +108,9 @@ def load_datasets(args: TIPPoScriptArguments, max_images: int = 5) -> tuple[Data
             )
         train, evaluation = load_artmuse(folder / "train.jsonl"), load_artmuse(folder / "test.jsonl")
     elif args.dataset == "artmuse":
-        train = load_artmuse(args.train_file, args.image_root, max_images, on_error=args.on_bad_rows)
-        evaluation = load_artmuse(args.eval_file, args.image_root, max_images, on_error=args.on_bad_rows) if args.eval_file else None
+        options = dict(allow_empty_title=args.allow_empty_title, on_error=args.on_bad_rows)
+        train = load_artmuse(args.train_file, args.image_root, max_images, **options)
+        evaluation = load_artmuse(args.eval_file, args.image_root, max_images, **options) if args.eval_file else None
     else:
         train = load_coco_captions(args.coco_train_annotations, args.coco_image_dir, "caption", args.on_bad_rows)
         evaluation = (
