@@ -8,10 +8,9 @@ Everything a run may change is in the YAML config or on the command line (`--hel
 plug-ins: `--reward_funcs literal semantic rewards/length_penalty.py:length_penalty --reward_weights 1 1 0.5`.
 """
 
-from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, apply_lora, load_datasets, load_model_and_processor
+from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoParser, TIPPoScriptArguments, apply_lora, load_datasets, load_model_and_processor
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
-from trl import TrlParser
 
 
 def main(script_args: TIPPoScriptArguments, training_args: PolishPPOConfig, model_args: TIPPoModelConfig):
@@ -35,5 +34,6 @@ def main(script_args: TIPPoScriptArguments, training_args: PolishPPOConfig, mode
 
 
 if __name__ == "__main__":
-    parser = TrlParser((TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig))
-    main(*parser.parse_args_and_config())
+    parser = TIPPoParser((TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig))
+    with parser.reporting_input_errors():
+        main(*parser.parse_args_and_config())

@@ -5,9 +5,8 @@
 Everything a run may change is in the YAML config or on the command line (`--help` lists it all).
 """
 
-from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, load_datasets, load_model_and_processor, lora_config
+from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoParser, TIPPoScriptArguments, load_datasets, load_model_and_processor, lora_config
 from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
-from trl import TrlParser
 
 
 def main(script_args: TIPPoScriptArguments, training_args: TIPPoSFTConfig, model_args: TIPPoModelConfig):
@@ -31,5 +30,6 @@ def main(script_args: TIPPoScriptArguments, training_args: TIPPoSFTConfig, model
 
 
 if __name__ == "__main__":
-    parser = TrlParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig))
-    main(*parser.parse_args_and_config())
+    parser = TIPPoParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig))
+    with parser.reporting_input_errors():
+        main(*parser.parse_args_and_config())

@@ -5,13 +5,19 @@ file is named before training starts; no saved file holds the Hub token."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from killing import max_abs_difference, run_recipe, weights
+from tippo_rl import build_tiny_tippo, load_artmuse
+from tippo_rl.checkpoints import CheckpointError, check_checkpoint, resolve_checkpoint
+from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
+from tippo_rl.trainer.ppo_config import PPOConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SFT = ("TIPPoScriptArguments", "TIPPoSFTConfig", "TIPPoModelConfig")
@@ -82,3 +88,140 @@ def test_polishppo_killed_then_resumed_ends_bit_identical(tmp_path, saved_model,
         assert json.loads((killed / name / "ppo_state.json").read_text()) == json.loads((straight / name / "ppo_state.json").read_text())
     assert json.loads((killed / "checkpoint-8/ppo_state.json").read_text())["iteration"] == 4
     assert not list(killed.glob("checkpoint-9"))
+
+
+# -- fast: resume arguments, finished runs, damaged files, secrets -----------------------------------------------------
+
+TOKEN = "hf_NotARealTokenButSecret1234"
+
+
+def sft_trainer(tmp_path, dataset_dir, **overrides):
+    settings = dict(
+        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=8, learning_rate=3e-3, logging_steps=1,
+        save_strategy="steps", save_steps=2, report_to="none", use_cpu=True, bf16=False, seed=0,
+        feature_cache_dir=str(tmp_path / "cache"), disable_tqdm=True,
+    )
+    settings.update(overrides)
+    model, processor = build_tiny_tippo(seed=0)
+    return TIPPoSFTTrainer(model=model, args=TIPPoSFTConfig(**settings), processor=processor,
+                           train_dataset=load_artmuse(dataset_dir / "train.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, demo_dataset_dir):
+    """An SFT run of 4 steps with checkpoints 2 and 4 and a Hub token in its arguments (read-only)."""
+    folder = tmp_path_factory.mktemp("finished")
+    trainer = sft_trainer(folder, demo_dataset_dir, hub_token=TOKEN)
+    trainer.train()
+    trainer.save_model()
+    return folder / "out"
+
+
+def test_resume_last_or_true_picks_the_newest_complete_checkpoint(finished_run, tmp_path):
+    for value in ("last", "true", "True", True):
+        assert resolve_checkpoint(value, finished_run) == str(finished_run / "checkpoint-4")
+    for value in (None, False, "false", ""):
+        assert resolve_checkpoint(value, finished_run) is None
+    with pytest.raises(CheckpointError, match=r"--resume_from_checkpoint last: '.*' holds no complete checkpoint-N folder"):
+        resolve_checkpoint("last", tmp_path)
+    with pytest.raises(CheckpointError, match=r"--resume_from_checkpoint /no/such: no such checkpoint folder; pass a checkpoint-N folder, or 'last'"):
+        resolve_checkpoint("/no/such", tmp_path)
+    staged = tmp_path / "_incomplete-checkpoint-9"
+    staged.mkdir()
+    (tmp_path / "checkpoint-1").mkdir()
+    assert resolve_checkpoint("last", tmp_path) == str(tmp_path / "checkpoint-1")  # never the unfinished save
+    with pytest.raises(CheckpointError, match="a save that never finished"):
+        resolve_checkpoint(str(staged), tmp_path)
+
+
+def test_resuming_a_finished_run_trains_nothing_and_keeps_its_weights(finished_run, tmp_path, demo_dataset_dir):
+    run = tmp_path / "out"
+    shutil.copytree(finished_run, run)
+    before = weights(run / "checkpoint-4")
+    trainer = sft_trainer(tmp_path, demo_dataset_dir)
+    trainer.train(resume_from_checkpoint="last")
+    assert trainer.state.global_step == 4 and not (run / "checkpoint-5").exists()
+    after = {name: tensor.detach() for name, tensor in trainer.model.state_dict().items()}
+    assert all(torch.equal(after[name], before[name]) for name in before)  # λ1 (a buffer) included: no step 5 moved it
+
+
+def test_changing_the_run_length_on_resume_is_said(finished_run, tmp_path, demo_dataset_dir):
+    shutil.copytree(finished_run, tmp_path / "out")
+    trainer = sft_trainer(tmp_path, demo_dataset_dir, max_steps=5, save_strategy="no")
+    with pytest.warns(UserWarning, match=r"step 2 of a run of max_steps 4\) with max_steps 5 .*schedule"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "out/checkpoint-2"))
+    assert trainer.state.global_step == 5
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGES = {
+    "model.safetensors": truncate,
+    "optimizer.pt": truncate,
+    "scheduler.pt": truncate,
+    "rng_state.pth": truncate,
+    "trainer_state.json": lambda path: path.write_text('{"global_step": 2, "log_hist'),
+}
+
+
+@pytest.mark.parametrize("name", list(DAMAGES))
+def test_a_damaged_checkpoint_file_is_named_before_training(finished_run, tmp_path, demo_dataset_dir, name):
+    checkpoint = tmp_path / "out/checkpoint-2"
+    shutil.copytree(finished_run / "checkpoint-2", checkpoint)
+    DAMAGES[name](checkpoint / name)
+    message = rf"checkpoint '{checkpoint}': file {name} is damaged \(.+\); resume from an earlier checkpoint-N"
+    with pytest.raises(CheckpointError, match=message):
+        check_checkpoint(checkpoint)
+    trainer = sft_trainer(tmp_path, demo_dataset_dir)
+    with pytest.raises(CheckpointError, match=message):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert trainer.state.global_step == 0
+
+
+def test_a_checkpoint_missing_its_state_is_called_incomplete(finished_run, tmp_path):
+    checkpoint = tmp_path / "checkpoint-2"
+    shutil.copytree(finished_run / "checkpoint-2", checkpoint)
+    (checkpoint / "trainer_state.json").unlink()
+    with pytest.raises(CheckpointError, match=rf"checkpoint '{checkpoint}' is incomplete: it holds no trainer_state.json"):
+        check_checkpoint(checkpoint)
+
+
+def test_the_hub_token_is_never_written(finished_run, tmp_path, demo_dataset_dir, monkeypatch):
+    files = [path for path in finished_run.rglob("*") if path.is_file()]
+    assert any(path.name == "training_args.bin" for path in files) and len(files) > 20
+    assert not [path for path in files if TOKEN.encode() in path.read_bytes()]
+    assert torch.load(finished_run / "training_args.bin", weights_only=False).hub_token is None
+
+    uploads = []
+
+    class FakeHub:
+        def create_repo(self, repo_id, **kwargs):
+            return SimpleNamespace(repo_id=repo_id)
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            uploads.extend(path.read_bytes() for path in Path(folder_path).rglob("*") if path.is_file())
+
+    import transformers.trainer
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeHub())
+    trainer = sft_trainer(tmp_path, demo_dataset_dir, max_steps=1, save_strategy="no", push_to_hub=True,
+                          hub_model_id="someone/tippo", hub_token=TOKEN)
+    trainer.train()
+    trainer.push_to_hub()
+    assert uploads and not [data for data in uploads if TOKEN.encode() in data]
+    assert trainer.args.hub_token == TOKEN  # the run itself still has it
+
+
+def test_a_final_save_is_staged_and_moved_in_weights_last(finished_run):
+    names = {path.name for path in finished_run.iterdir()}
+    assert {"model.safetensors", "config.json", "tippo_processor_config.json", "title_tokenizer"} <= names
+    assert not [name for name in names if name.startswith("_incomplete-")]
+
+
+def test_max_steps_zero_is_refused_naming_the_option(tmp_path):
+    with pytest.raises(ValueError, match="max_steps 0 trains nothing: set --max_steps"):
+        TIPPoSFTConfig(output_dir=str(tmp_path), max_steps=0, use_cpu=True)
+    with pytest.raises(ValueError, match="max_steps 0 trains nothing: set --total_iterations"):
+        PPOConfig(output_dir=str(tmp_path), max_steps=0, use_cpu=True, reward_funcs=["literal"])

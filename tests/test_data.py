@@ -324,3 +324,17 @@ def test_a_huge_jpeg_is_decoded_at_a_reduced_size(folder):
     assert open_image(folder / "big.jpg", max_pixels=200 * 200).size == (128, 96)  # 1/4: the largest scale that fits
     assert open_image(folder / "big.jpg").size == (512, 384)  # under the bound: decoded as datasets decodes it
     assert open_image(folder / "big.png", max_pixels=64 * 64).size == (512, 384)  # only JPEG decodes at a reduced size
+
+
+def test_a_reference_longer_than_the_target_length_is_said_once_per_sample(tiny_model_and_processor, caplog):
+    processor = tiny_model_and_processor[1]
+    collator = TIPPoDataCollator(processor)
+    image = Image.new("RGB", (8, 8), "red")
+    rows = [{"id": "long", "title": "t", "images": [image], "reference": "a red circle. " * 14000},
+            {"id": "short", "title": "t", "images": [image], "reference": "a red circle."}]
+    with caplog.at_level(logging.WARNING, logger="tippo_rl.data"):
+        labels = collator(rows)["labels"]
+        collator(rows)
+    assert labels.shape[1] == processor.max_target_length
+    [record] = [record for record in caplog.records if "reference has" in record.getMessage()]
+    assert re.search(r"sample 'long': reference has \d+ tokens \(196000 characters\); trained on its first 64", record.getMessage())

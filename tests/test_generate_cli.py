@@ -65,3 +65,14 @@ def test_installed_command_reports_a_missing_image(saved_model, tmp_path):
     )
     assert result.returncode == 2
     assert f"tippo-generate: image '{missing}' does not exist" in result.stderr
+
+
+def test_impossible_options_and_missing_model_folders_are_one_line(saved_model, two_images, tmp_path, capsys):
+    images = two_images[1]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(saved_model), "--images", *images, "--num_beams", "0"])
+    assert exit_info.value.code == 2 and "--num_beams must be ≥ 1" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path / "no_model"), "--images", *images]) == 2
+    assert f"tippo-generate: --model '{tmp_path / 'no_model'}': no such folder" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path), "--images", *images]) == 2
+    assert "holds no saved model (no config.json)" in capsys.readouterr().err

@@ -4,6 +4,7 @@ head and GAE, PEFT's reference policy, reward plug-ins from the config, checkpoi
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel, load_artmuse
+from tippo_rl.checkpoints import CheckpointError
 from tippo_rl.data import model_inputs
 from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, apply_lora
 from tippo_rl.trainer.ppo_config import PPOConfig
@@ -241,3 +243,42 @@ def test_image_grounded_plugin_scores_completions_against_their_images(tmp_path,
     assert scores[0] == pytest.approx(torch.cosine_similarity(text, prototype).item(), abs=1e-5)
     # PIL images and {path, bytes} dicts give the same scores as paths.
     assert reward(prompts=rows["title"], completions=rows["reference"], images=rows["images"]) == pytest.approx(scores, abs=1e-5)
+
+
+# -- rewards that cannot teach, checkpoints that cannot be resumed (issue 12) --------------------------------------
+
+
+def returns_none(prompts, completions, **kwargs):
+    return [None] * len(completions)
+
+
+def returns_half(prompts, completions, **kwargs):
+    return [0.5] * len(completions)
+
+
+def test_a_reward_that_is_none_or_constant_for_a_whole_batch_is_said_once(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
+                           trainer_rewards=["literal", returns_none, returns_half], max_steps=4)
+    with pytest.warns(UserWarning) as caught:
+        trainer.train()  # 2 iterations
+    messages = [str(warning.message) for warning in caught if "reward '" in str(warning.message)]
+    assert len(messages) == 2
+    assert "reward 'returns_none' returned None for all 8 samples of iteration 0: it has no effect" in messages[0]
+    assert "reward 'returns_half' gave all 8 samples of iteration 0 the same value (0.5): it adds nothing" in messages[1]
+
+
+def test_ppo_checkpoints_name_a_missing_or_damaged_state_and_a_changed_iteration_layout(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+    model, processor = tiny_model_varied_outputs, tiny_model_and_processor[1]
+    make_trainer(tmp_path, model, processor, demo_dataset_dir, save_strategy="steps", save_steps=2).train()
+    checkpoint = tmp_path / "out/checkpoint-2"
+    assert json.loads((checkpoint / "ppo_state.json").read_text())["steps_per_generation"] == 2
+
+    with pytest.raises(CheckpointError, match=r"was written with steps_per_generation 2, this run has 1: .*resume with --steps_per_generation 2"):
+        make_trainer(tmp_path, model, processor, demo_dataset_dir, steps_per_generation=1, max_steps=4).train(resume_from_checkpoint=str(checkpoint))
+    state = (checkpoint / "ppo_state.json").read_text()
+    (checkpoint / "ppo_state.json").write_text(state[:10])
+    with pytest.raises(CheckpointError, match=r"file ppo_state.json is damaged"):
+        make_trainer(tmp_path, model, processor, demo_dataset_dir, max_steps=4).train(resume_from_checkpoint=str(checkpoint))
+    (checkpoint / "ppo_state.json").unlink()
+    with pytest.raises(CheckpointError, match=r"holds no ppo_state.json, .*not a PPO checkpoint .*or its save was interrupted"):
+        make_trainer(tmp_path, model, processor, demo_dataset_dir, max_steps=4).train(resume_from_checkpoint=str(checkpoint))

@@ -137,6 +137,20 @@ def check_checkpoint(folder: str | os.PathLike, required: tuple[str, ...] = ()) 
     return state
 
 
+def check_model_source(source: str, option: str = "--model") -> None:
+    """Raise `ValueError` naming `option` unless `source` is a folder holding a saved model or has the form of a Hub id
+    (`name` or `namespace/name`), which is left to the Hub."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{option} '{source}': this folder holds no saved model (no config.json)")
+        return
+    if path.exists():
+        raise CheckpointError(f"{option} '{source}' is a file; pass the folder the model was saved to")
+    if str(source).startswith((".", "/", "~")) or str(source).count("/") > 1 or not str(source).strip():
+        raise CheckpointError(f"{option} '{source}': no such folder")
+
+
 def redacted(args):
     """A shallow copy of a (Training)Arguments dataclass with every secret field (`token`, `*_token`) set to None."""
     args = copy.copy(args)

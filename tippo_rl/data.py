@@ -243,6 +243,7 @@ class TIPPoDataCollator:
     def __init__(self, processor: TIPPoProcessor, with_labels: bool = True):
         self.processor = processor
         self.with_labels = with_labels
+        self._truncated_ids: set[str] = set()  # samples whose reference was cut, already reported
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, Any]:
         references = [row.get("reference", "") for row in rows]
@@ -261,10 +262,28 @@ class TIPPoDataCollator:
             batch.update(self.processor.tokenize_titles([row["title"] for row in rows]))
         if self.with_labels:
             batch["labels"] = self.processor.tokenize_references(references)
+            self.warn_about_cut_references(rows, batch["labels"])
         batch["references"] = references
         batch["titles"] = [row["title"] for row in rows]
         batch["ids"] = [row.get("id", "") for row in rows]
         return batch
+
+    def warn_about_cut_references(self, rows: Sequence[dict], labels: torch.Tensor) -> None:
+        """Warn once per sample whose reference is longer than `max_target_length` tokens (the labels keep its start)."""
+        limit = self.processor.max_target_length
+        if labels.shape[1] < limit:
+            return
+        for row, row_labels in zip(rows, labels):
+            sample = str(row.get("id", ""))
+            if row_labels[-1] == -100 or sample in self._truncated_ids:
+                continue
+            length = len(self.processor.tokenizer(row.get("reference", ""), truncation=False)["input_ids"])
+            if length > limit:
+                self._truncated_ids.add(sample)
+                logger.warning(
+                    "sample '%s': reference has %d tokens (%d characters); trained on its first %d (max_target_length in "
+                    "the processor's %s)", sample, length, len(row.get("reference", "")), limit, "tippo_processor_config.json",
+                )
 
     @staticmethod
     def decode(row: dict, image: Any) -> PILImage.Image:

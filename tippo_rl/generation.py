@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from .checkpoints import check_model_source
 from .data import TIPPoDataCollator, check_image, model_inputs
 from .feature_cache import undecoded_images
 from .modeling_tippo import TIPPoModel
@@ -56,7 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_new_tokens", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    if args.num_beams < 1:
+        parser.error(f"--num_beams must be ≥ 1 (1: greedy or sampling), got {args.num_beams}")
+    if args.temperature <= 0:
+        parser.error(f"--temperature must be > 0, got {args.temperature}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        parser.error(f"--max_new_tokens must be ≥ 1, got {args.max_new_tokens}")
     try:
+        check_model_source(args.model, "--model")
         for path in args.images:
             check_image(Path(path))
         model = TIPPoModel.from_pretrained(args.model).to(args.device).eval()

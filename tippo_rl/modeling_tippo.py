@@ -207,8 +207,16 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
     """TIPPo: text + images → text, with a frozen Chinese-CLIP encoder and a T5 decoder.
 
     Inputs come either as pixels and tokens (`pixel_values`, `title_input_ids`) or as the frozen encoder's
-    cached outputs (`image_features`, `title_features`); both give identical outputs.
+    cached outputs (`image_features`, `title_features`); both give the same outputs up to float32 rounding (φ then ran
+    on other batches: logits differ by ~1e-7), not bit for bit.
     """
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained` that reads safetensors only (a folder with only `pytorch_model.bin` is
+        refused with transformers' message naming the missing file): a pickle can run code when it is loaded."""
+        kwargs.setdefault("use_safetensors", True)
+        return super().from_pretrained(*args, **kwargs)
 
     def __init__(self, config: TIPPoConfig):
         super().__init__(config)

@@ -3,16 +3,20 @@ the datasets, and the model with its processor."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
-from trl import ModelConfig
+from trl import ModelConfig, TrlParser
 
-from .data import load_artmuse, load_coco_captions
+from .checkpoints import CheckpointError, check_model_source
+from .data import DataValidationError, load_artmuse, load_coco_captions
 from .demo_data import make_demo_dataset
 from .modeling_tippo import TIPPoModel
 from .zero3 import full_weights_under_zero3
@@ -25,6 +29,49 @@ DATASET_KINDS = ("demo", "artmuse", "cococn")
 PRESETS = ("tiny", "pretrained")
 # Everything TIPPo adds in front of the decoder trains fully when the decoder gets LoRA.
 TIPPO_MODULES = ["text_adapter", "image_adapter", "dual_alignment_attention", "difference_operator"]
+
+
+# Errors about what the user gave (files, rows, checkpoints, options): one line, no traceback.
+INPUT_ERRORS = (DataValidationError, CheckpointError, FileNotFoundError)
+
+
+class TIPPoParser(TrlParser):
+    """TRL's parser whose mistakes in the config or on the command line end the run with one line naming the file,
+    line or option (argparse's `error:` and exit status 2), never a traceback."""
+
+    def parse_args_and_config(self, args=None, **kwargs):
+        args = list(args) if args is not None else sys.argv[1:]
+        if "--config" in args and args.index("--config") + 1 < len(args):
+            check_yaml_config(args[args.index("--config") + 1], self.error)
+        try:
+            return super().parse_args_and_config(args=args, **kwargs)
+        except ValueError as error:  # a dataclass's __post_init__ refusing a value: its message names the option
+            self.error(str(error))
+
+    @contextlib.contextmanager
+    def reporting_input_errors(self):
+        """Around a recipe's `main`: a bad input file, row or checkpoint ends the run with its one-line message."""
+        try:
+            yield
+        except INPUT_ERRORS as error:
+            self.exit(2, f"{self.prog}: error: {error}\n")
+
+
+def check_yaml_config(path: str, error) -> None:
+    """Call `error(message)` unless `path` is a readable YAML mapping; the message names the line and column."""
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig"))
+    except (FileNotFoundError, IsADirectoryError):
+        error(f"--config '{path}': no such file")
+    except UnicodeDecodeError as problem:
+        error(f"--config '{path}': not UTF-8 text (byte offset {problem.start})")
+    except yaml.YAMLError as problem:
+        mark = getattr(problem, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        error(f"--config '{path}': not valid YAML: {where}{getattr(problem, 'problem', None) or problem}")
+    else:
+        if not isinstance(config, dict):
+            error(f"--config '{path}': expected a YAML mapping of option: value, got {type(config).__name__}")
 
 
 @dataclass
@@ -128,6 +175,7 @@ def load_model_and_processor(args: TIPPoModelConfig, lang: str = "en") -> tuple[
     with full_weights_under_zero3():
         if args.model_name_or_path:
             source = args.model_name_or_path
+            check_model_source(source, "--model_name_or_path")
             return TIPPoModel.from_pretrained(source, revision=args.model_revision), TIPPoProcessor.from_pretrained(source)
         if args.preset == "tiny":
             return build_tiny_tippo(lang=lang, use_daa_do=args.use_daa_do, seed=args.seed_model, pretrained_encoder=args.tiny_pretrained_encoder)

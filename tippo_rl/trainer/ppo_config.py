@@ -162,6 +162,8 @@ class PPOConfig(TrainingArguments):
                 except json.JSONDecodeError as error:
                     raise ValueError(f"{name} must be a JSON object, got {value!r}: {error}") from error
         self._check_ppo_fields()
+        if self.max_steps == 0 and self.total_iterations is None:
+            raise ValueError("max_steps 0 trains nothing: set --total_iterations (PPO iterations) or a positive --max_steps")
         if self.total_iterations is not None:
             if self.max_steps > 0:
                 raise ValueError(

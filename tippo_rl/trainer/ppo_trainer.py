@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -296,6 +297,7 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
         self._minibatches: list[dict[str, torch.Tensor]] | None = None
         self._metrics: dict[str, list[float]] = defaultdict(list)  # per iteration, already reduced: logged means
         self._step_metrics = StepMetrics()  # per step, on the device until log()
+        self._reward_warnings: set[tuple[str, str]] = set()  # (reward, problem) already reported
 
     # -- data ---------------------------------------------------------------------------------------------------------
 
@@ -557,6 +559,7 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
         for name, values in zip(self.reward_names, all_rewards):
             self._metrics[f"rewards/{name}/mean"].append(torch.nanmean(values).item())
             self._metrics[f"rewards/{name}/std"].append(_nanstd(values))
+            self._warn_if_uninformative(name, values)
         all_returns = gather(returns)
         self._metrics["returns/mean"].append(all_returns.mean().item())
         self._metrics["returns/std"].append(all_returns.std(correction=0).item())
@@ -571,6 +574,23 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
         terminated = gather((rollouts["completion_ids"] == self.eos_token_id).any(1).float())
         self._metrics["completions/clipped_ratio"].append(1.0 - terminated.mean().item())
         self._metrics["iteration"].append(float(self.iteration))
+
+    def _warn_if_uninformative(self, name: str, values: torch.Tensor) -> None:
+        """Say (once per reward and problem) when a reward cannot move the policy: None for every sample of a rollout
+        batch, or the same value for all of them (its part of every advantage is then 0)."""
+        finite = values[~torch.isnan(values)]
+        if len(finite) == 0:
+            problem, message = "none", f"returned None for all {len(values)} samples of iteration {self.iteration}: it has no effect"
+        elif len(finite) > 1 and bool((finite == finite[0]).all()):
+            problem, message = "constant", (
+                f"gave all {len(finite)} samples of iteration {self.iteration} the same value ({finite[0].item():.4g}): it "
+                "adds nothing to the advantages"
+            )
+        else:
+            return
+        if (name, problem) not in self._reward_warnings and self.accelerator.is_main_process:
+            self._reward_warnings.add((name, problem))
+            warnings.warn(f"reward {name!r} {message} (said once; the rewards/{name}/* metrics show every iteration)", UserWarning, stacklevel=2)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training:

@@ -53,6 +53,8 @@ class TIPPoSFTConfig(SFTConfig):
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
+        if self.max_steps == 0:
+            raise ValueError("max_steps 0 trains nothing: set --max_steps to the number of optimizer steps, or -1 to train --num_train_epochs epochs")
         if self.contrastive_weight < 0:
             raise ValueError(f"contrastive_weight (α) must be ≥ 0, got {self.contrastive_weight}")
         if self.contrastive_temperature <= 0:

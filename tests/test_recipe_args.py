@@ -1,0 +1,61 @@
+"""tippo_rl.recipe_args: the recipes' parser ends a broken config, a bad option or a bad input with one line."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from tippo_rl.data import DataValidationError
+from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoParser, TIPPoScriptArguments, load_model_and_processor
+from tippo_rl.trainer import TIPPoSFTConfig
+
+
+def parser():
+    return TIPPoParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max_steps: 3\nlearning_rate: [1e-3\n", r"not valid YAML: line 3, column 1: "),
+        ("max_steps: 3\n  bad: indent\n", r"not valid YAML: line 2, column 6: mapping values are not allowed here"),
+        ("- just\n- a list\n", r"expected a YAML mapping of option: value, got list"),
+    ],
+)
+def test_a_broken_yaml_config_is_one_line_naming_its_line(tmp_path, capsys, text, message):
+    config = tmp_path / "broken.yaml"
+    config.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        parser().parse_args_and_config(args=["--config", str(config)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"error: --config '{config}': " in error
+    assert re.search(message, error), error
+
+
+def test_a_missing_config_and_a_bad_value_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parser().parse_args_and_config(args=["--config", str(tmp_path / "none.yaml")])
+    assert "--config '" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true", "--max_steps", "0"])
+    assert "error: max_steps 0 trains nothing" in capsys.readouterr().err
+
+
+def test_bad_inputs_inside_a_recipe_end_with_their_message_not_a_traceback(capsys):
+    with pytest.raises(SystemExit) as exit_info, parser().reporting_input_errors():
+        raise DataValidationError("train.jsonl, line 3: field 'images': image 'a.jpg' does not exist")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith("error: train.jsonl, line 3: field 'images': image 'a.jpg' does not exist\n")
+
+
+def test_model_folders_that_do_not_exist_or_hold_only_a_pickle_are_refused(tmp_path, tiny_model_and_processor):
+    with pytest.raises(ValueError, match=rf"--model_name_or_path '{tmp_path / 'nothing'}': no such folder"):
+        load_model_and_processor(TIPPoModelConfig(model_name_or_path=str(tmp_path / "nothing")))
+    model, _ = tiny_model_and_processor
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="model.safetensors"):  # safetensors only, as the README says
+        load_model_and_processor(TIPPoModelConfig(model_name_or_path=str(tmp_path)))
