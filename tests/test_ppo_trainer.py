@@ -273,6 +273,10 @@ def test_ppo_checkpoints_name_a_missing_or_damaged_state_and_a_changed_iteration
     checkpoint = tmp_path / "out/checkpoint-2"
     assert json.loads((checkpoint / "ppo_state.json").read_text())["steps_per_generation"] == 2
 
+    longer = make_trainer(tmp_path / "longer", model, processor, demo_dataset_dir, max_steps=-1, total_iterations=2)
+    with pytest.warns(UserWarning, match=r"of a run of max_steps 2\) with max_steps 4 \(set directly or by total_iterations\)"):
+        longer.train(resume_from_checkpoint=str(checkpoint))
+    assert longer.iteration == 2
     with pytest.raises(CheckpointError, match=r"was written with steps_per_generation 2, this run has 1: .*resume with --steps_per_generation 2"):
         make_trainer(tmp_path, model, processor, demo_dataset_dir, steps_per_generation=1, max_steps=4).train(resume_from_checkpoint=str(checkpoint))
     state = (checkpoint / "ppo_state.json").read_text()

@@ -88,7 +88,7 @@ class PPOConfig(TrainingArguments):
         > Data
 
         use_feature_cache (`bool`, defaults to `True`):
-            Compute the frozen encoder φ's outputs once per dataset (identical results, faster). Without it, φ still
+            Compute the frozen encoder φ's outputs once per dataset (the same results to float round-off, faster). Without it, φ still
             runs only once per rollout batch.
         feature_cache_dir (`str`, *optional*):
             Where cached features go (default `~/.cache/tippo_rl/features`).

@@ -25,7 +25,7 @@ class TIPPoSFTConfig(SFTConfig):
         daa_lambda1 (`float`, defaults to `0.5`):
             λ1 for the `constant` schedule.
         use_feature_cache (`bool`, defaults to `True`):
-            Compute the frozen encoder's outputs once per dataset and train from them (identical results, faster).
+            Compute the frozen encoder's outputs once per dataset and train from them (the same results to float round-off, faster).
         feature_cache_dir (`str`, *optional*):
             Where cached features go (default `~/.cache/tippo_rl/features`).
     """
