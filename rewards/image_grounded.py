@@ -21,7 +21,6 @@ or in Python: ``ImageGroundedReward(model=model, processor=processor)`` to share
 
 from __future__ import annotations
 
-import io
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -31,23 +30,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tippo_rl.modeling_tippo import TIPPoModel
-from tippo_rl.processing_tippo import TIPPoProcessor
+from tippo_rl.processing_tippo import TIPPoProcessor, open_image
 from tippo_rl.zero3 import full_weights_under_zero3
 from tippo_rl.trainer.utils import unwrap_tippo
 
 
 def _open_image(image: Any) -> Image.Image:
-    """A PIL image from what a dataset's `images` column holds: a PIL image, a path, or a `{path, bytes}` dict."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, dict):
-        if image.get("bytes"):
-            return Image.open(io.BytesIO(image["bytes"])).convert("RGB")
-        image = image.get("path")
-    if isinstance(image, str):
-        with Image.open(image) as opened:
-            return opened.convert("RGB")
-    raise TypeError(f"cannot read an image from {type(image).__name__} {image!r:.60}")
+    """A PIL image from what a dataset's `images` column holds: a PIL image, a path, or a `{path, bytes}` dict;
+    decoded as the collator decodes it (a huge JPEG at a reduced size)."""
+    if not isinstance(image, (Image.Image, dict, str)):
+        raise TypeError(f"cannot read an image from {type(image).__name__} {image!r:.60}")
+    return open_image(image).convert("RGB")
 
 
 class ImageGroundedReward:

@@ -46,6 +46,21 @@ def polish_arguments(tmp_path, model, name, *extra):
     # pass), 6 (second pass), 8 (the end)
 
 
+@pytest.fixture(scope="module")
+def sft_straight(tmp_path_factory):
+    """The uninterrupted SFT run the killed ones must match (its output folder)."""
+    folder = tmp_path_factory.mktemp("sft")
+    assert run_recipe("sft", SFT, sft_arguments(folder, "straight")) == 0
+    return folder / "straight"
+
+
+@pytest.fixture(scope="module")
+def polish_straight(tmp_path_factory, saved_model):
+    folder = tmp_path_factory.mktemp("polishppo")
+    assert run_recipe("polishppo", POLISH, polish_arguments(folder, saved_model, "straight")) == 0
+    return folder / "straight"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("moment", "step", "resumes_from"),
@@ -55,8 +70,7 @@ def polish_arguments(tmp_path, model, name, *extra):
         ("final_save", None, 6),  # the weights written, not the processor
     ],
 )
-def test_sft_killed_then_resumed_ends_bit_identical(tmp_path, moment, step, resumes_from):
-    assert run_recipe("sft", SFT, sft_arguments(tmp_path, "straight")) == 0
+def test_sft_killed_then_resumed_ends_bit_identical(tmp_path, sft_straight, moment, step, resumes_from):
     assert run_recipe("sft", SFT, sft_arguments(tmp_path, "killed"), moment, step) == KILLED
     killed = tmp_path / "killed"
     if moment == "final_save":
@@ -64,7 +78,7 @@ def test_sft_killed_then_resumed_ends_bit_identical(tmp_path, moment, step, resu
     complete = sorted(path.name for path in killed.glob("checkpoint-*"))
     assert f"checkpoint-{resumes_from}" in complete and all((killed / name / "trainer_state.json").is_file() for name in complete)
     assert run_recipe("sft", SFT, sft_arguments(tmp_path, "killed", "--resume_from_checkpoint", "last")) == 0
-    assert max_abs_difference(weights(killed), weights(tmp_path / "straight")) == 0.0
+    assert max_abs_difference(weights(killed), weights(sft_straight)) == 0.0
     assert json.loads((killed / "checkpoint-6/trainer_state.json").read_text())["global_step"] == 6
     assert not list(killed.glob("checkpoint-7")) and not list(killed.glob("_incomplete-*"))
 
@@ -78,11 +92,10 @@ def test_sft_killed_then_resumed_ends_bit_identical(tmp_path, moment, step, resu
         ("final_save", None),  # resumes from checkpoint-8, the end: trains nothing
     ],
 )
-def test_polishppo_killed_then_resumed_ends_bit_identical(tmp_path, saved_model, moment, step):
-    assert run_recipe("polishppo", POLISH, polish_arguments(tmp_path, saved_model, "straight")) == 0
+def test_polishppo_killed_then_resumed_ends_bit_identical(tmp_path, saved_model, polish_straight, moment, step):
     assert run_recipe("polishppo", POLISH, polish_arguments(tmp_path, saved_model, "killed"), moment, step) == KILLED
     assert run_recipe("polishppo", POLISH, polish_arguments(tmp_path, saved_model, "killed", "--resume_from_checkpoint", "last")) == 0
-    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    killed, straight = tmp_path / "killed", polish_straight
     assert max_abs_difference(weights(killed), weights(straight)) == 0.0
     for name in ("checkpoint-6", "checkpoint-8"):
         assert json.loads((killed / name / "ppo_state.json").read_text()) == json.loads((straight / name / "ppo_state.json").read_text())
