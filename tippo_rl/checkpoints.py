@@ -26,7 +26,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 STAGING_PREFIX = "_incomplete-"
 TRAINER_STATE_NAME = "trainer_state.json"
-# A folder holding one of these is taken for a model by `from_pretrained` (or the Trainer's resume): they are written last.
+# A folder holding one of these is taken for a model (by `from_pretrained`, or the Trainer's resume): written last.
 WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "value_head.safetensors")
 LAST_ALIASES = ("last", "latest", "true")
 NO_ALIASES = ("", "false", "no", "none")
@@ -89,7 +89,10 @@ def resolve_checkpoint(value, output_dir: str | os.PathLike) -> str | None:
         return None
     path = Path(value)
     if path.name.startswith(STAGING_PREFIX):
-        raise CheckpointError(f"--resume_from_checkpoint {value}: this folder is a save that never finished; pass 'last' or an earlier checkpoint-N")
+        raise CheckpointError(
+            f"--resume_from_checkpoint {value}: this folder is a save that never finished; pass 'last' or an earlier "
+            "checkpoint-N"
+        )
     if not path.is_dir():
         raise CheckpointError(
             f"--resume_from_checkpoint {value}: no such checkpoint folder; pass a checkpoint-N folder, or 'last' for the "
@@ -133,7 +136,9 @@ def check_checkpoint(folder: str | os.PathLike, required: tuple[str, ...] = ()) 
                     raise ValueError(f"entry {bad} fails its CRC check")
         except Exception as error:  # each library raises its own types for a damaged file
             reason = f"{type(error).__name__}: {error}".strip().splitlines()[0]
-            raise CheckpointError(f"checkpoint '{folder}': file {path.relative_to(folder)} is damaged ({reason}); {advice}") from error
+            raise CheckpointError(
+                f"checkpoint '{folder}': file {path.relative_to(folder)} is damaged ({reason}); {advice}"
+            ) from error
     return state
 
 

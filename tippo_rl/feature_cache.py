@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import torch
-from datasets import Dataset, Image, List
+from datasets import Dataset, Image, List, are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .data import TIPPoDataCollator
@@ -28,7 +28,13 @@ def undecoded_images(dataset: Dataset) -> Dataset:
     collator decodes them at a bounded size, `processing_tippo.open_image`). Without such a column, `dataset`."""
     if not isinstance(dataset.features.get("images"), List) or not isinstance(dataset.features["images"].feature, Image):
         return dataset
-    return dataset.cast_column("images", List(Image(decode=False)))
+    were_disabled = are_progress_bars_disabled()
+    disable_progress_bars()  # the stored bytes do not change: no progress worth a bar
+    try:
+        return dataset.cast_column("images", List(Image(decode=False)))
+    finally:
+        if not were_disabled:
+            enable_progress_bars()
 
 
 def encoder_fingerprint(model: TIPPoModel) -> str:

@@ -35,12 +35,12 @@ from transformers import GenerationConfig, Trainer, TrainerCallback
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
+from ..checkpoints import CheckpointError
 from ..data import MODEL_INPUT_NAMES, TIPPoDataCollator, model_inputs
 from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import load_reward, reward_name, score_rewards
 from .ppo_config import PPOConfig
-from ..checkpoints import CheckpointError
 from .utils import EpochSeededRepeatSampler, StepMetrics, TIPPoSavingMixin, cache_features_for_training, unwrap_tippo
 
 logger = logging.getLogger(__name__)
