@@ -28,6 +28,7 @@ from tippo_rl.metrics import MeteorScorer
 from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, apply_lora, load_datasets, load_model_and_processor, lora_config
 from tippo_rl.reports import (
     SCENE_FIELDS,
+    SCENE_FIELDS_NOTE,
     TABLE_METRICS,
     EvaluationArguments,
     log_curve,
@@ -226,7 +227,7 @@ def main(script_args: TIPPoScriptArguments, ablation: AblationArguments, eval_ar
     seeds_note = f"mean over seeds {ablation.seeds} (range in brackets)" if len(ablation.seeds) > 1 else f"seed {ablation.seeds[0]}"
     table = spread_table(score_rows, ["Model", "Training"], TABLE_METRICS)
     if demo:
-        table += "\n\nScene fields right (%): place and object count per sample; colour, shape and object (both) per image, in order.\n\n"
+        table += f"\n\n{SCENE_FIELDS_NOTE}\n\n"
         table += spread_table(field_rows, ["Model", "Training"], SCENE_FIELDS, digits=1)
     settings = {
         "dataset": asdict(script_args),

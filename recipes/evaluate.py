@@ -23,6 +23,7 @@ from tippo_rl.recipe_args import TIPPoScriptArguments, load_datasets
 from tippo_rl.reports import (
     EvaluationArguments,
     examples_section,
+    SCENE_FIELDS_NOTE,
     fields_table,
     scene_fields,
     score_model,
@@ -148,7 +149,7 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
 
     table = scores_table(results, ["Model"])
     if fields:
-        table += "\n\nScene fields right (%): place and object count per sample; colour, shape and object (both) per image, in order.\n\n"
+        table += f"\n\n{SCENE_FIELDS_NOTE}\n\n"
         table += fields_table(fields, ["Model"])
     decoding = ", ".join(f"{key} {value}" for key, value in eval_args.generate_kwargs().items())
     report = "\n\n".join(

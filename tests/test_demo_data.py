@@ -161,7 +161,8 @@ def test_scene_field_accuracy_counts_each_field():
     references = ["by the sea there is a red circle and a blue square.", "in the city there is a green triangle."]
     predictions = ["by the sea there is a red square.", "in the garden there is a green triangle and a red circle."]
     accuracy = scene_field_accuracy(predictions, references)
-    # place: 1 of 2; count: 0 of 2; per reference object (3): colour red✓ blue✗ green✓, shape circle✗ square✗ triangle✓
-    assert accuracy == {"place": 0.5, "count": 0.0, "colour": 2 / 3, "shape": 1 / 3, "object": 1 / 3}
+    # place: 1 of 2; count: 0 of 2; per reference object (3): colour red✓ blue✗ green✓, shape circle✗ square✗ triangle✓;
+    # any order: shared {green triangle} + {} = 1 of (1 + 2) + (2 + 1) named → 2·1/6
+    assert accuracy == {"place": 0.5, "count": 0.0, "colour": 2 / 3, "shape": 1 / 3, "object": 1 / 3, "objects_any_order": 2 / 6}
     with pytest.raises(ValueError, match="2 predictions for 1 references"):
         scene_field_accuracy(predictions, references[:1])

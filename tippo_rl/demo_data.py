@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -183,17 +184,20 @@ def parse_scene(text: str, lang: str = "en") -> tuple[str | None, list[tuple[str
 def scene_field_accuracy(predictions: Sequence[str], references: Sequence[str], lang: str = "en") -> dict[str, float]:
     """How often predictions get each field of the reference's scene right, in [0, 1]:
     `place` and `count` per sample; `colour`, `shape` and `object` (both) per reference object, position by position
-    (an object the prediction lacks counts as wrong)."""
+    (an object the prediction lacks counts as wrong); `objects_any_order`: the objects named regardless of order,
+    2·|predicted ∩ reference| / (|predicted| + |reference|) over the corpus (multisets)."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     hits = {"place": 0, "count": 0, "colour": 0, "shape": 0, "object": 0}
-    n_objects = 0
+    n_objects, shared, named = 0, 0, 0
     for prediction, reference in zip(predictions, references):
         predicted_place, predicted = parse_scene(prediction, lang)
         true_place, true = parse_scene(reference, lang)
         hits["place"] += predicted_place == true_place
         hits["count"] += len(predicted) == len(true)
         n_objects += len(true)
+        shared += sum((Counter(predicted) & Counter(true)).values())
+        named += len(predicted) + len(true)
         for position, (colour, shape) in enumerate(true):
             guess = predicted[position] if position < len(predicted) else (None, None)
             hits["colour"] += guess[0] == colour
@@ -204,6 +208,7 @@ def scene_field_accuracy(predictions: Sequence[str], references: Sequence[str], 
         "place": hits["place"] / n,
         "count": hits["count"] / n,
         **{field: hits[field] / max(n_objects, 1) for field in ("colour", "shape", "object")},
+        "objects_any_order": 2 * shared / max(named, 1),
     }
 
 

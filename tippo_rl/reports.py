@@ -158,7 +158,11 @@ def scores_table(rows: Sequence[tuple[Sequence[str], MetricsResult]], headers: S
     return "\n".join(lines)
 
 
-SCENE_FIELDS = ("place", "count", "colour", "shape", "object")
+SCENE_FIELDS = ("place", "count", "colour", "shape", "object", "objects_any_order")
+SCENE_FIELDS_NOTE = (
+    "Scene fields right (%): place and object count per sample; colour, shape and object (both) per image, in order; "
+    "objects_any_order: the objects named, in any order (multiset F1)."
+)
 
 
 def scene_fields(dataset: Dataset, predictions: Mapping[str, str], lang: str) -> dict[str, float]:
