@@ -69,9 +69,11 @@ def logged(trainer, key):
 # -- G_m -----------------------------------------------------------------------------------------------
 
 
-def test_only_returns_and_advantages_are_overridden():
-    steps = {"generate_rollouts", "score_rollouts", "compute_returns", "compute_rollout_log_probs", "compute_advantages", "compute_loss"}
-    assert steps & set(vars(PolishPPOTrainer)) == {"compute_returns", "compute_advantages"}
+def test_only_the_return_is_overridden():
+    # G_m is PolishPPO's return; every advantage baseline (Eq. 6's running one included) is PPOTrainer's.
+    steps = {"generate_rollouts", "score_rollouts", "compute_returns", "compute_rollout_log_probs", "compute_advantages",
+             "baseline_advantages", "compute_loss"}
+    assert steps & set(vars(PolishPPOTrainer)) == {"compute_returns"}
     assert steps <= set(vars(PPOTrainer))
 
 
@@ -200,7 +202,7 @@ def test_polishppo_on_the_embedded_default_logs_rewards_every_iteration(tmp_path
     assert trainer.reward_names == ["literal", "semantic"]
     trainer.train()  # 2 iterations of 8 rollouts, 2 minibatches each
     for key in ("polish/w_literal", "polish/w_semantic", "rewards/literal/mean", "rewards/semantic/mean",
-                "polish/G_mean", "polish/G_std", "polish/advantage_mean", "polish/advantage_std"):
+                "returns/mean", "returns/std", "advantages/mean", "advantages/std", "baseline/mu", "baseline/delta", "daa/lambda1"):
         values = logged(trainer, key)
         assert len(values) == 2 and all(math.isfinite(v) for v in values), key
     assert logged(trainer, "polish/m") == [0.0, 1.0]

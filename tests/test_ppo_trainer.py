@@ -1,5 +1,7 @@
-"""PPOTrainer: the PPO math on hand-computed cases, the first minibatch (ratio 1, KL 0), standard PPO with a value
-head and GAE, PEFT's reference policy, reward plug-ins from the config, checkpoints."""
+"""PPOTrainer: the PPO math on hand-computed cases, the advantage baselines (running, group, leave-one-out, greedy) by
+hand, k completions per prompt aligned with their columns, the first minibatch (ratio 1, KL 0), standard PPO with a
+value head and GAE (and its critic warm-up), λ1 during RL, evaluation by decoding and best-checkpoint selection, PEFT's
+reference policy, reward plug-ins from the config, checkpoints."""
 
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ from tippo_rl.trainer.ppo_trainer import (
     clipped_value_loss,
     completion_mask,
     generalized_advantage_estimation,
+    greedy_baseline_advantages,
+    group_advantages,
     kl_penalty,
+    leave_one_out_advantages,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +115,49 @@ def test_completion_mask_ends_at_the_first_eos():
     assert completion_mask(ids, eos_token_id=1).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
 
 
+# -- advantage baselines, by hand ----------------------------------------------------------------------
+
+# Two prompts, k = 3 completions each (consecutive): returns 1, 2, 6 and 4, 4, 1.
+GROUPED_RETURNS = torch.tensor([1.0, 2.0, 6.0, 4.0, 4.0, 1.0])
+
+
+def test_group_baseline_by_hand():
+    # Prompt 1: mean 3, unbiased std √((4 + 1 + 9) / 2) = √7. Prompt 2: mean 3, std √((1 + 1 + 4) / 2) = √3.
+    expected = [-2 / math.sqrt(7), -1 / math.sqrt(7), 3 / math.sqrt(7), 1 / math.sqrt(3), 1 / math.sqrt(3), -2 / math.sqrt(3)]
+    torch.testing.assert_close(group_advantages(GROUPED_RETURNS, k=3, epsilon=0.0), torch.tensor(expected))
+
+
+def test_leave_one_out_baseline_by_hand():
+    # 1 − (2 + 6)/2 = −3, 2 − (1 + 6)/2 = −1.5, 6 − (1 + 2)/2 = 4.5; 4 − (4 + 1)/2 = 1.5 (twice), 1 − 4 = −3.
+    expected = torch.tensor([-3.0, -1.5, 4.5, 1.5, 1.5, -3.0])
+    torch.testing.assert_close(leave_one_out_advantages(GROUPED_RETURNS, k=3), expected)
+
+
+def test_greedy_baseline_by_hand():
+    greedy = torch.tensor([2.5, 3.0])  # the greedy decode's return of each prompt
+    expected = torch.tensor([-1.5, -0.5, 3.5, 1.0, 1.0, -2.0])
+    torch.testing.assert_close(greedy_baseline_advantages(GROUPED_RETURNS, greedy, k=3), expected)
+
+
+@pytest.mark.parametrize(
+    ("baseline", "expected"),
+    [
+        ("none", [1.0, 2.0, 6.0, 4.0, 4.0, 1.0]),
+        ("leave_one_out", [-3.0, -1.5, 4.5, 1.5, 1.5, -3.0]),
+        ("greedy", [-1.5, -0.5, 3.5, 1.0, 1.0, -2.0]),
+        ("running", [(g - 3.0) / (math.sqrt(10 / 3) + 1e-8) for g in (1.0, 2.0, 6.0, 4.0, 4.0, 1.0)]),  # μ 3, δ² 20/6
+    ],
+)
+def test_trainer_puts_each_baselines_advantage_on_every_completion_token(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, baseline, expected):
+    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, use_value_head=False,
+                           advantage_baseline=baseline, num_generations=2, per_device_train_batch_size=3)
+    trainer.args.num_generations = 3  # the hand-computed case has k = 3
+    mask = torch.tensor([[1, 1, 0]] * 3 + [[1, 0, 0]] * 3)
+    rollouts = {"completion_mask": mask, "greedy_returns": torch.tensor([2.5, 3.0])}
+    advantages = trainer.compute_advantages(GROUPED_RETURNS, rollouts)
+    torch.testing.assert_close(advantages, torch.tensor(expected)[:, None] * mask)
+
+
 # -- configuration ------------------------------------------------------------------------------------
 
 
@@ -125,7 +173,14 @@ def test_completion_mask_ends_at_the_first_eos():
         (["--reward_funcs", "literal", "--reward_weights", "1", "2"], "reward_weights"),
         (["--generation_batch_size", "6", "--per_device_train_batch_size", "4"], "generation_batch_size"),
         (["--total_iterations", "10", "--max_steps", "5"], "total_iterations"),
-        (["--eval_strategy", "steps"], "eval_strategy"),
+        (["--num_generations", "3"], "num_generations"),  # 4 × 2 rollouts per process: not whole groups of 3
+        (["--advantage_baseline", "mean"], "advantage_baseline"),
+        (["--advantage_baseline", "group", "--use_value_head", "false"], "num_generations"),  # k = 1
+        (["--advantage_baseline", "leave_one_out", "--num_generations", "2"], "use_value_head"),
+        (["--value_warmup_iterations", "2", "--use_value_head", "false"], "value_warmup_iterations"),
+        (["--daa_lambda_schedule", "cosine"], "daa_lambda_schedule"),
+        (["--eval_max_samples", "0"], "eval_max_samples"),
+        (["--eval_tokenize", "words"], "eval_tokenize"),
     ],
 )
 def test_bad_config_values_fail_at_parse_time_naming_the_field(tmp_path, arguments, field):
@@ -286,3 +341,164 @@ def test_ppo_checkpoints_name_a_missing_or_damaged_state_and_a_changed_iteration
     (checkpoint / "ppo_state.json").unlink()
     with pytest.raises(CheckpointError, match=r"holds no ppo_state.json, .*not a PPO checkpoint .*or its save was interrupted"):
         make_trainer(tmp_path, model, processor, demo_dataset_dir, max_steps=4).train(resume_from_checkpoint=str(checkpoint))
+
+
+# -- k completions per prompt -------------------------------------------------------------------------
+
+
+class ColumnRecorder:
+    """A reward plug-in that keeps every batch it scores (its columns and completions) and returns the literal reward."""
+
+    __name__ = "recorded_literal"
+
+    def __init__(self):
+        self.batches = []
+
+    def __call__(self, prompts, completions, reference, **columns):
+        self.batches.append({"prompts": list(prompts), "completions": list(completions), "reference": list(reference),
+                             "title": list(columns["title"]), "id": list(columns["id"]), "images": list(columns["images"])})
+        from tippo_rl.rewards import literal_reward
+
+        return literal_reward(completions, reference)
+
+
+@pytest.mark.parametrize("baseline", ["leave_one_out", "greedy"])
+def test_k_completions_per_prompt_stay_aligned_with_their_columns(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, baseline):
+    recorder = ColumnRecorder()
+    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, trainer_rewards=[recorder],
+                           use_value_head=False, advantage_baseline=baseline, num_generations=4, max_steps=4)
+    trainer.train()
+    rollouts = [batch for batch in recorder.batches if len(batch["id"]) == 8]  # 8 rollouts = 2 prompts × 4
+    assert len(rollouts) == 2  # one per iteration
+    train = load_artmuse(demo_dataset_dir / "train.jsonl")
+    by_id = {row["id"]: row for row in train}
+    for batch in rollouts:
+        assert len(set(batch["id"])) == 2
+        for group in range(2):
+            rows = slice(4 * group, 4 * group + 4)
+            assert len(set(batch["id"][rows])) == 1  # a group is one prompt...
+            row = by_id[batch["id"][4 * group]]
+            assert batch["reference"][rows] == [row["reference"]] * 4  # ...with its reference, title and images
+            assert batch["title"][rows] == batch["prompts"][rows] == [row["title"]] * 4
+            assert all(len(images) == len(row["images"]) for images in batch["images"][rows])
+        assert len(set(batch["completions"])) > 2  # sampled: a prompt's k completions differ
+    if baseline == "greedy":  # the greedy decode of each prompt was scored too, with that prompt's columns
+        greedy = [batch for batch in recorder.batches if len(batch["id"]) == 2]
+        assert len(greedy) == 2 and [b["id"] for b in greedy] == [b["id"][::4] for b in rollouts]
+        assert logged(trainer, "baseline/greedy_reward_mean")
+
+
+def test_greedy_baseline_is_the_greedy_decodes_return(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+    from tippo_rl.generation import generate_predictions
+    from tippo_rl.rewards import literal_reward
+
+    processor = tiny_model_and_processor[1]
+    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, processor, demo_dataset_dir, use_value_head=False,
+                           advantage_baseline="greedy", num_generations=2, whiten_advantages=False)
+    rows = [trainer.train_dataset[i] for i in (0, 0, 1, 1)]
+    rollouts = trainer.generate_rollouts(trainer.data_collator(rows))
+    greedy_returns = trainer.greedy_baseline_returns(rollouts)
+    raw = load_artmuse(demo_dataset_dir / "train.jsonl").select([0, 1])
+    texts = generate_predictions(copy.deepcopy(tiny_model_varied_outputs), processor, raw, max_new_tokens=12, do_sample=False)
+    expected = literal_reward([texts[i] for i in raw["id"]], raw["reference"])
+    torch.testing.assert_close(greedy_returns, torch.tensor(expected))
+
+
+def test_resume_with_k_completions_per_prompt_is_exact(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+    processor = tiny_model_and_processor[1]
+    settings = dict(use_value_head=False, advantage_baseline="leave_one_out", num_generations=2, max_steps=8,
+                    save_strategy="steps", save_steps=4)  # 4 iterations of 2 steps; checkpoint after 2
+
+    class Recording(PPOTrainer):
+        def compute_advantages(self, returns, rollouts):
+            advantages = super().compute_advantages(returns, rollouts)
+            self.record.append((self.iteration, list(rollouts["columns"]["id"]), returns.clone(), advantages[:, 0].clone()))
+            return advantages
+
+    def run(resume_from=None):
+        trainer = Recording(copy.deepcopy(tiny_model_varied_outputs), ppo_config(tmp_path, **settings), processor,
+                            load_artmuse(demo_dataset_dir / "train.jsonl"))
+        trainer.record = []
+        trainer.train(resume_from_checkpoint=resume_from)
+        return trainer
+
+    straight = run()
+    resumed = run(resume_from=str(tmp_path / "out/checkpoint-4"))
+    assert [m for m, *_ in resumed.record] == [2, 3]
+    for (m_a, ids_a, G_a, A_a), (m_b, ids_b, G_b, A_b) in zip(straight.record[2:], resumed.record):
+        assert (m_a, ids_a) == (m_b, ids_b)  # the same prompts, in the same groups
+        torch.testing.assert_close(G_b, G_a)
+        torch.testing.assert_close(A_b, A_a)
+    for name, tensor in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], tensor, msg=name)
+
+
+# -- λ1 during RL -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [("hold", [0.7, 0.7]), ("linear", [0.0, 0.5])])
+def test_daa_lambda1_is_held_or_follows_m_over_M(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, schedule, expected):
+    model = copy.deepcopy(tiny_model_varied_outputs)
+    model.set_daa_lambda1(0.7)  # where an SFT run might have left it
+    trainer = make_trainer(tmp_path, model, tiny_model_and_processor[1], demo_dataset_dir, daa_lambda_schedule=schedule,
+                           use_value_head=False, max_steps=4)  # M = 2 iterations
+    trainer.train()
+    assert logged(trainer, "daa/lambda1") == pytest.approx(expected)
+    assert trainer.model.daa_lambda1.item() == pytest.approx(expected[-1])
+
+
+# -- critic warm-up ---------------------------------------------------------------------------------
+
+
+def test_value_warmup_updates_only_the_value_head(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
+                           value_warmup_iterations=1, max_steps=2)  # one iteration, all warm-up
+    trainer.train()
+    for name, tensor in trainer.model.policy.state_dict().items():
+        torch.testing.assert_close(tensor, tiny_model_varied_outputs.state_dict()[name], msg=name)
+    assert trainer.model.value_head.weight.abs().sum() > 0
+    assert logged(trainer, "value/warmup") == [1.0, 1.0]
+    assert all(0 <= v <= 1 for v in logged(trainer, "advantages/first_token_negative"))
+
+
+# -- evaluation by decoding ---------------------------------------------------------------------------
+
+
+def eval_settings(**overrides):
+    return dict(use_value_head=False, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4, eval_max_samples=6,
+                **overrides)
+
+
+def test_evaluation_during_ppo_logs_generation_metrics_and_samples(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, capsys):
+    train = load_artmuse(demo_dataset_dir / "train.jsonl")
+    test = load_artmuse(demo_dataset_dir / "test.jsonl")
+    trainer = PPOTrainer(copy.deepcopy(tiny_model_varied_outputs), ppo_config(tmp_path, max_steps=4, **eval_settings()),
+                         tiny_model_and_processor[1], train, eval_dataset=test)
+    trainer.train()
+    for key in ("eval_rouge_l", "eval_cider", "eval_literal", "eval_rewards/literal"):
+        values = logged(trainer, key)
+        assert len(values) == 2 and all(math.isfinite(v) for v in values), key
+    assert logged(trainer, "eval_literal") == pytest.approx(logged(trainer, "eval_rewards/literal"))  # Eq. 7, the same texts
+    samples = trainer.eval_completions
+    assert len(samples["completion"]) == 6 and samples["reference"] == test["reference"][:6]
+    assert "reference" in capsys.readouterr().out  # the sample table went to the console
+    assert not any("eval_rouge_l" in entry and "loss/policy" in entry for entry in trainer.state.log_history)
+
+
+def test_best_checkpoint_is_chosen_by_a_generation_metric(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+    train = load_artmuse(demo_dataset_dir / "train.jsonl")
+    test = load_artmuse(demo_dataset_dir / "test.jsonl")
+    settings = eval_settings(max_steps=6, save_strategy="steps", save_steps=2, load_best_model_at_end=True,
+                             metric_for_best_model="eval_literal", learning_rate=1e-2)
+    trainer = PPOTrainer(copy.deepcopy(tiny_model_varied_outputs), ppo_config(tmp_path, **settings),
+                         tiny_model_and_processor[1], train, eval_dataset=test)
+    trainer.train()
+    scores = logged(trainer, "eval_literal")  # the tiny model's ROUGE-L is 0 throughout; Eq. 7 moves
+    assert len(scores) == 3 and len(set(scores)) > 1
+    steps = [entry["step"] for entry in trainer.state.log_history if "eval_literal" in entry]
+    best = steps[max(range(len(scores)), key=lambda i: (scores[i], -i))]  # the first of equal scores is kept
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best}")
+    assert trainer.state.best_metric == pytest.approx(max(scores))
+    saved = TIPPoModel.from_pretrained(trainer.state.best_model_checkpoint)
+    for name, tensor in saved.state_dict().items():
+        torch.testing.assert_close(trainer.model.state_dict()[name], tensor, msg=name)  # the best weights were loaded

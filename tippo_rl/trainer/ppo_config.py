@@ -10,11 +10,16 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from .generation_eval import GenerationEvalArguments
+
 KL_ESTIMATORS = ("k1", "k3")
+ADVANTAGE_BASELINES = ("none", "running", "group", "leave_one_out", "greedy")
+GROUP_BASELINES = ("group", "leave_one_out")  # need k ≥ 2 completions per prompt
+DAA_LAMBDA_SCHEDULES = ("hold", "linear")
 
 
 @dataclass
-class PPOConfig(TrainingArguments):
+class PPOConfig(TrainingArguments, GenerationEvalArguments):
     r"""
     [`PPOTrainer`] arguments: everything of [`transformers.TrainingArguments`] (optimizer, schedule, logging,
     checkpoints, `report_to`, accelerate/DeepSpeed) plus the fields below.
@@ -34,6 +39,10 @@ class PPOConfig(TrainingArguments):
         generation_batch_size (`int`, *optional*):
             Completions per rollout batch over all processes; a multiple of
             `per_device_train_batch_size · num_processes`. Exclusive with `steps_per_generation`.
+        num_generations (`int`, defaults to `1`):
+            k: completions sampled per prompt. A rollout batch holds `generation_batch_size / k` prompts, each repeated
+            k times in a row with its columns (reference, title, images, id); every process's share holds whole groups,
+            so `per_device_train_batch_size · steps_per_generation` must be a multiple of k.
         num_ppo_epochs (`int`, defaults to `2`):
             Passes over each rollout batch.
         total_iterations (`int`, *optional*):
@@ -67,12 +76,27 @@ class PPOConfig(TrainingArguments):
         kl_estimator (`str`, defaults to `"k3"`):
             Per-token KL estimator: `k1` (log π − log π_ref) or `k3` (exp(log π_ref − log π) − (log π_ref − log π) − 1,
             unbiased and never negative).
+        advantage_baseline (`str`, defaults to `"none"`):
+            What is subtracted from the sequence return G without a value head. `none`: nothing (with
+            `whiten_advantages`, the batch mean). `running`: Eq. 6, (G − μ) / (δ + ε) over the returns of the last
+            `advantage_window` iterations. `group`: the prompt's k returns' mean and std, as GRPO. `leave_one_out`: the
+            mean of the prompt's other k − 1 returns (RLOO). `greedy`: the return of the current policy's greedy decode
+            of the same prompt, decoded in the rollout phase without gradients (SCST).
+        advantage_window (`int`, *optional*):
+            W of the `running` baseline: μ and δ over the returns of the last W iterations, the current one included.
+            None (paper-literal): all iterations so far.
+        advantage_epsilon (`float`, defaults to `1e-8`):
+            ε of Eq. 6 and of the `group` baseline's std.
         use_value_head (`bool`, defaults to `True`):
             Standard PPO: a value head V(s_t) on the decoder's last hidden states, trained with a clipped value loss,
             and GAE advantages. False: the advantage of every token is the sequence return (whitened, if
             `whiten_advantages`).
         vf_coef (`float`, defaults to `0.1`):
             Weight of the value loss.
+        value_warmup_iterations (`int`, defaults to `0`):
+            The first iterations update only the value head (the policy gets zero gradients). A value head that starts
+            at V ≡ 0 makes GAE's first advantages encode position and length (the first token of long completions
+            gets a negative whitened advantage); a warmed-up critic removes that bias before the policy moves.
         cliprange_value (`float`, defaults to `0.2`):
             Values may move at most this far from the rollout's values before their loss is clipped.
         gamma (`float`, defaults to `1.0`), lam (`float`, defaults to `0.95`):
@@ -84,6 +108,19 @@ class PPOConfig(TrainingArguments):
             model's agree before any update (ratio 1, KL 0).
         ds3_gather_for_generation (`bool`, defaults to `True`):
             DeepSpeed ZeRO-3: gather the weights for generation (fast); False generates with sharded weights.
+
+        > DAA
+
+        daa_lambda_schedule (`str`, defaults to `"hold"`):
+            λ1 of Eq. 2 during RL. `hold`: the starting model's value (SFT ends at λ1 = 1 under the paper's m/M;
+            restarting at 0 would move the starting policy away from the SFT model the KL penalty anchors to).
+            `linear`: the paper's m/M over the RL stage. Logged as `daa/lambda1`.
+
+        > Evaluation
+
+        eval_max_samples, eval_generation_kwargs, eval_tokenize, eval_log_completions: see
+            [`GenerationEvalArguments`]; with `eval_strategy: steps` and an eval dataset the trainer decodes the eval
+            split and logs `eval_rouge_l`, `eval_cider`, `eval_literal` (usable as `metric_for_best_model`).
 
         > Data
 
@@ -102,6 +139,10 @@ class PPOConfig(TrainingArguments):
     generation_batch_size: int | None = field(
         default=None,
         metadata={"help": "Completions per rollout batch over all processes (a multiple of per_device_train_batch_size × processes). Exclusive with steps_per_generation."},
+    )
+    num_generations: int = field(
+        default=1,
+        metadata={"help": "k: completions per prompt; each prompt appears k times in a row in a rollout batch (per-prompt baselines need k ≥ 2)."},
     )
     num_ppo_epochs: int = field(default=2, metadata={"help": "Passes over each rollout batch."})
     total_iterations: int | None = field(
@@ -132,14 +173,33 @@ class PPOConfig(TrainingArguments):
     cliprange: float = field(default=0.2, metadata={"help": "ε of the clipped surrogate: ratio clipped to [1 − ε, 1 + ε]."})
     kl_coef: float = field(default=0.05, metadata={"help": "β: weight of the KL penalty to the frozen starting policy. 0 = no reference model."})
     kl_estimator: str = field(default="k3", metadata={"help": "Per-token KL estimator: `k1` or `k3`."})
+    advantage_baseline: str = field(
+        default="none",
+        metadata={"help": "Without a value head: `none`, `running` (Eq. 6 over the last advantage_window iterations), `group` (GRPO: per-prompt mean/std), `leave_one_out` (RLOO) or `greedy` (SCST: the greedy decode's return)."},
+    )
+    advantage_window: int | None = field(
+        default=None,
+        metadata={"help": "W of the `running` baseline: returns of the last W iterations (current included). None: all so far (paper)."},
+    )
+    advantage_epsilon: float = field(default=1e-8, metadata={"help": "ε of Eq. 6 (and of the `group` baseline's std)."})
     use_value_head: bool = field(default=True, metadata={"help": "Standard PPO: value head + clipped value loss + GAE advantages."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    value_warmup_iterations: int = field(
+        default=0,
+        metadata={"help": "First iterations that update only the value head: a zero-initialised critic otherwise makes the first GAE advantages encode position and length."},
+    )
     cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value loss around the rollout's values."})
     gamma: float = field(default=1.0, metadata={"help": "GAE discount γ over tokens (not PolishPPO's polish_gamma)."})
     lam: float = field(default=0.95, metadata={"help": "GAE λ."})
     whiten_advantages: bool = field(default=True, metadata={"help": "Normalise each rollout batch's advantages to mean 0, std 1."})
     disable_dropout: bool = field(default=True, metadata={"help": "Switch dropout off in the policy (ratio 1 and KL 0 before the first update)."})
     ds3_gather_for_generation: bool = field(default=True, metadata={"help": "DeepSpeed ZeRO-3: gather the weights for generation."})
+
+    # -- DAA ---------------------------------------------------------------------------------------------------------
+    daa_lambda_schedule: str = field(
+        default="hold",
+        metadata={"help": "λ1 of Eq. 2 during RL: `hold` (the starting model's value: restarting m/M at 0 would move the start away from the SFT policy the KL anchors to) or `linear` (paper: m/M over the RL stage)."},
+    )
 
     # -- data --------------------------------------------------------------------------------------------------------
     use_feature_cache: bool = field(default=True, metadata={"help": "Train from cached frozen-encoder features (computed once per dataset)."})
@@ -154,7 +214,7 @@ class PPOConfig(TrainingArguments):
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
-        for name in ("generation_kwargs", "reward_init_kwargs"):
+        for name in ("generation_kwargs", "reward_init_kwargs", "eval_generation_kwargs"):
             value = getattr(self, name)
             if isinstance(value, str):
                 try:
@@ -187,6 +247,13 @@ class PPOConfig(TrainingArguments):
             self.generation_batch_size = local * world * self.steps_per_generation
         if self.steps_per_generation < 1:
             raise ValueError(f"steps_per_generation must be ≥ 1, got {self.steps_per_generation}")
+        local_rollouts = local * self.steps_per_generation
+        if local_rollouts % self.num_generations:
+            raise ValueError(
+                f"num_generations (k = {self.num_generations}) must divide each process's rollout batch, "
+                f"per_device_train_batch_size × steps_per_generation = {local} × {self.steps_per_generation} = "
+                f"{local_rollouts}: every process must hold whole groups of k completions of one prompt"
+            )
 
         if self.total_iterations is not None:
             # An iteration is steps_per_generation × num_ppo_epochs minibatches.
@@ -247,11 +314,35 @@ class PPOConfig(TrainingArguments):
             raise ValueError(f"gamma (GAE's γ) must lie in [0, 1], got {self.gamma}")
         if not 0 <= self.lam <= 1:
             raise ValueError(f"lam (GAE's λ) must lie in [0, 1], got {self.lam}")
-        if str(getattr(self.eval_strategy, "value", self.eval_strategy)) != "no":
+        if self.num_generations < 1:
+            raise ValueError(f"num_generations (k) must be ≥ 1, got {self.num_generations}")
+        if self.advantage_baseline not in ADVANTAGE_BASELINES:
             raise ValueError(
-                f"eval_strategy must be 'no' (got {self.eval_strategy!r}): PPO does not evaluate during training; "
-                "evaluate the saved model instead (tippo-eval)"
+                f"advantage_baseline must be one of {', '.join(ADVANTAGE_BASELINES)}, got {self.advantage_baseline!r}"
             )
+        if self.advantage_baseline in GROUP_BASELINES and self.num_generations < 2:
+            raise ValueError(
+                f"advantage_baseline {self.advantage_baseline!r} compares the k completions of one prompt: set "
+                f"num_generations ≥ 2 (got {self.num_generations})"
+            )
+        if self.use_value_head and self.advantage_baseline != "none":
+            raise ValueError(
+                f"advantage_baseline {self.advantage_baseline!r} replaces the critic: set use_value_head false, or "
+                "advantage_baseline none for GAE on the value head"
+            )
+        if self.advantage_window is not None and self.advantage_window < 1:
+            raise ValueError(f"advantage_window (W) must be ≥ 1 or None (all iterations), got {self.advantage_window}")
+        if self.advantage_epsilon <= 0:
+            raise ValueError(f"advantage_epsilon (ε) must be > 0, got {self.advantage_epsilon}")
+        if self.value_warmup_iterations < 0:
+            raise ValueError(f"value_warmup_iterations must be ≥ 0, got {self.value_warmup_iterations}")
+        if self.value_warmup_iterations and not self.use_value_head:
+            raise ValueError("value_warmup_iterations warms up the value head: set use_value_head true, or 0")
+        if self.daa_lambda_schedule not in DAA_LAMBDA_SCHEDULES:
+            raise ValueError(
+                f"daa_lambda_schedule must be one of {', '.join(DAA_LAMBDA_SCHEDULES)}, got {self.daa_lambda_schedule!r}"
+            )
+        self._check_generation_eval_fields()
 
     @property
     def minibatches_per_iteration(self) -> int:

@@ -10,6 +10,10 @@ The algorithm's steps are methods, so a variant overrides one step (PolishPPO ov
     generate_rollouts → score_rollouts → compute_returns → (old, reference log-probs, values) → compute_advantages
     → num_ppo_epochs × minibatches of compute_loss
 
+`compute_advantages` is GAE on a value head, or, without one, the sequence return minus a baseline
+(`advantage_baseline`: the running normalisation of Eq. 6, the per-prompt group mean/std of GRPO, RLOO's leave-one-out
+mean, or SCST's greedy decode), over `num_generations` completions per prompt.
+
 Equation numbers marked "PPO" refer to Schulman et al. 2017 (arXiv:1707.06347); k3 is the KL estimator of
 http://joschu.net/blog/kl-approx.html; the value clipping is OpenAI baselines' (as in TRL's former PPOTrainer).
 """
@@ -22,7 +26,7 @@ import logging
 import math
 import os
 import warnings
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,8 +44,9 @@ from ..data import MODEL_INPUT_NAMES, TIPPoDataCollator, model_inputs
 from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import load_reward, reward_name, score_rewards
+from .generation_eval import GenerationEvalMixin
 from .ppo_config import PPOConfig
-from .utils import EpochSeededRepeatSampler, StepMetrics, TIPPoSavingMixin, cache_features_for_training, unwrap_tippo
+from .utils import EpochSeededRepeatSampler, StepMetrics, TIPPoSavingMixin, cache_features_for_training, daa_lambda1_at, unwrap_tippo
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +115,90 @@ def generalized_advantage_estimation(
     return advantages * mask
 
 
+def group_advantages(returns: torch.Tensor, k: int, epsilon: float = 1e-8) -> torch.Tensor:
+    """GRPO's per-prompt normalisation. `returns` `(batch,)` holds k consecutive completions per prompt; the std is
+    the unbiased one over the prompt's k returns (as TRL's GRPOTrainer). Returns `(batch,)`."""
+    G = returns.view(-1, k)  # (prompts, k)
+    return ((G - G.mean(1, keepdim=True)) / (G.std(1, keepdim=True) + epsilon)).flatten()  # Â_ij = (G_ij − mean_i) / (std_i + ε)
+
+
+def leave_one_out_advantages(returns: torch.Tensor, k: int) -> torch.Tensor:
+    """RLOO (Kool et al. 2019; Ahmadian et al. 2024): the baseline of each completion is the mean return of the other
+    k − 1 completions of its prompt. `returns` `(batch,)`, k consecutive per prompt. Returns `(batch,)`."""
+    G = returns.view(-1, k)
+    baseline = (G.sum(1, keepdim=True) - G) / (k - 1)  # b_ij = Σ_{l≠j} G_il / (k − 1)
+    return (G - baseline).flatten()  # Â_ij = G_ij − b_ij
+
+
+def greedy_baseline_advantages(returns: torch.Tensor, greedy_returns: torch.Tensor, k: int) -> torch.Tensor:
+    """SCST (Rennie et al. 2017): the baseline is the return of the policy's greedy decode of the same prompt.
+    `returns` `(batch,)` (k consecutive per prompt), `greedy_returns` `(batch / k,)`. Returns `(batch,)`."""
+    return returns - greedy_returns.repeat_interleave(k)  # Â_ij = G(y_ij) − G(ŷ_i)
+
+
+def _merge(a: tuple[int, float, float], b: tuple[int, float, float]) -> tuple[int, float, float]:
+    """Combine (count, mean, sum of squared deviations) of two sets of numbers (Chan et al.'s parallel update)."""
+    (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
+    n = n_a + n_b
+    if n == 0:
+        return 0, 0.0, 0.0
+    delta = mean_b - mean_a
+    return n, mean_a + delta * n_b / n, m2_a + m2_b + delta * delta * n_a * n_b / n
+
+
+class ReturnStatistics:
+    """μ_m and δ_m of Eq. 6: mean and (population) standard deviation of the returns of the last `window` iterations,
+    or of all iterations so far when `window` is None (paper-literal).
+
+    Each iteration is kept as (count, mean, M2) in float64 and windows are merged exactly, so the statistics neither
+    drift nor lose precision over a 20K-iteration run.
+    """
+
+    def __init__(self, window: int | None = None):
+        self.window = window
+        self.iterations: deque[tuple[int, float, float]] = deque(maxlen=window)  # used when window is set
+        self.total: tuple[int, float, float] = (0, 0.0, 0.0)  # used when window is None
+
+    def update(self, returns: torch.Tensor) -> None:
+        """Add one iteration's returns `(n,)` (all processes' returns, so every process holds the same statistics)."""
+        values = returns.detach().double().flatten()
+        mean = values.mean().item()
+        stats = (len(values), mean, ((values - mean) ** 2).sum().item())
+        if self.window is None:
+            self.total = _merge(self.total, stats)
+        else:
+            self.iterations.append(stats)
+
+    def _merged(self) -> tuple[int, float, float]:
+        if self.window is None:
+            return self.total
+        merged = (0, 0.0, 0.0)
+        for stats in self.iterations:
+            merged = _merge(merged, stats)
+        return merged
+
+    @property
+    def mean(self) -> float:
+        return self._merged()[1]
+
+    @property
+    def std(self) -> float:
+        count, _, m2 = self._merged()
+        return math.sqrt(max(m2, 0.0) / count) if count else 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"window": self.window, "iterations": [list(s) for s in self.iterations], "total": list(self.total)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["window"] != self.window:
+            raise ValueError(
+                f"the checkpoint's advantage_window is {state['window']}, this run's is {self.window}: the running "
+                "statistics of Eq. 6 cannot be carried over; resume with the same advantage_window"
+            )
+        self.iterations = deque((tuple(s) for s in state["iterations"]), maxlen=self.window)
+        self.total = tuple(state["total"])
+
+
 def completion_mask(completion_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """1 on each completion's tokens up to and including its first EOS (all tokens if it has none): `(batch, T)`."""
     is_eos = completion_ids == eos_token_id
@@ -134,10 +223,13 @@ class PolicyAndValueModel(nn.Module):
         self.value_head = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)  # V ≡ 0 at the start: no value noise in the first advantages
         nn.init.zeros_(self.value_head.bias)
+        self.value_only = False  # critic warm-up: the value loss does not reach the policy's weights
 
     def forward(self, **inputs):
         outputs = self.policy(**inputs, output_hidden_states=True)
         hidden = outputs.decoder_hidden_states[-1]
+        if self.value_only:
+            hidden = hidden.detach()
         return outputs, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
 
     # What the Trainer and TRL's generation helpers ask of a model.
@@ -188,7 +280,7 @@ def disable_dropout(model: nn.Module) -> None:
 # ----------------------------------------------------------------------------------------------------- the trainer
 
 
-class PPOTrainer(TIPPoSavingMixin, Trainer):
+class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
     """Proximal Policy Optimization of a [`TIPPoModel`] (title + images → text) with reward plug-ins.
 
     Standard PPO by default (value head, GAE, clipped value loss); `use_value_head=False` uses the whitened sequence
@@ -205,6 +297,8 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
             `title`, `images` and other columns reach the reward plug-ins.
         reward_funcs: reward plug-ins (callables, or specs for `tippo_rl.rewards.load_reward`). Default:
             `args.reward_funcs`.
+        eval_dataset: a TIPPo dataset decoded at each `eval_strategy` step (`eval_rouge_l`, `eval_cider`,
+            `eval_literal`; see `generation_eval`).
         callbacks, optimizers: as for `transformers.Trainer`.
     """
 
@@ -222,6 +316,7 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
         reward_funcs: Sequence[Callable | str] | None = None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers=(None, None),
+        eval_dataset: Dataset | None = None,
     ):
         self.processor = processor
         tippo = unwrap_tippo(model)
@@ -247,13 +342,14 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
         if args.use_value_head:
             model = PolicyAndValueModel(policy, tippo.config.hidden_size)
 
-        (train_dataset,) = cache_features_for_training(args, tippo, processor, train_dataset)
+        train_dataset, eval_dataset = cache_features_for_training(args, tippo, processor, train_dataset, eval_dataset)
 
         super().__init__(
             model=model,
             args=args,
             data_collator=PPODataCollator(processor),
             train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
             processing_class=processor,
             callbacks=callbacks,
             optimizers=optimizers,
@@ -287,6 +383,12 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
             use_cache=True,
             **(args.generation_kwargs or {}),
         )
+        # SCST's baseline and the evaluation decode: greedy, as long as the rollouts.
+        self.greedy_generation_config = copy.deepcopy(self.generation_config)
+        self.greedy_generation_config.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+        self.default_eval_generation_kwargs = {"max_new_tokens": args.max_new_tokens}
+        self.return_statistics = ReturnStatistics(args.advantage_window)  # μ_m, δ_m of the `running` baseline
+        self.starting_daa_lambda1 = float(tippo.daa_lambda1.item())  # what `daa_lambda_schedule: hold` keeps
 
         # Processes sample different completions (the Trainer seeded them all alike); RNG states are checkpointed per process.
         set_seed(args.seed, device_specific=True)
@@ -317,13 +419,15 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
         )
 
     def _get_train_sampler(self, dataset: Dataset | None = None):
-        # Each rollout batch (global: generation_batch_size samples) comes minibatches_per_iteration times in a row, so
-        # the Trainer's step and epoch counting, and skipping on resume, stay right. Its order depends on the epoch, not on
-        # how many passes this process has drawn, so a resumed run sees the same order.
+        # Each rollout batch (global: generation_batch_size completions of generation_batch_size / k prompts, each prompt
+        # k times in a row) comes minibatches_per_iteration times in a row, so the Trainer's step and epoch counting,
+        # and skipping on resume, stay right. Every process's share is a multiple of k consecutive rows: whole groups.
+        # Its order depends on the epoch, not on how many passes this process has drawn, so a resumed run sees the same
+        # order.
         return EpochSeededRepeatSampler(
             data_source=dataset if dataset is not None else self.train_dataset,
-            mini_repeat_count=1,
-            batch_size=self.args.generation_batch_size,
+            mini_repeat_count=self.args.num_generations,
+            batch_size=self.args.generation_batch_size // self.args.num_generations,
             repeat_count=self.args.minibatches_per_iteration,
             shuffle=True,
             seed=self.args.seed,
@@ -370,9 +474,12 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
     def make_rollout_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """One iteration's experience: generate, score, returns, log-probs, advantages. Returns the tensors the loss
         needs, each `(local rollout batch, ...)`."""
+        self._update_daa_lambda1()
         rollouts = self.generate_rollouts(batch)
         rewards = self.score_rollouts(rollouts)  # (n_funcs, batch)
         returns = self.compute_returns(rewards, rollouts)  # (batch,)
+        if self.args.advantage_baseline == "greedy":
+            rollouts["greedy_returns"] = self.greedy_baseline_returns(rollouts)  # (batch / k,)
         with self.compute_loss_context_manager():  # the same autocast as the loss: ratio 1 before the first update
             rollouts.update(self.compute_rollout_log_probs(rollouts))
         advantages = self.compute_advantages(returns, rollouts)  # (batch, T)
@@ -398,7 +505,8 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
         return experience
 
     def generate_rollouts(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Sample one completion per sample with the current policy (batched `generate()` with its KV cache).
+        """Sample one completion per row with the current policy (batched `generate()` with its KV cache); a prompt's k
+        rows (`num_generations`) are consecutive, so its k completions are too.
 
         Args:
             batch: the collated rollout batch: model inputs and `columns` (lists of raw dataset values).
@@ -407,7 +515,20 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
             `completion_ids` `(batch, T)` (the decoder start token stripped, pad after EOS), `completion_mask`
             `(batch, T)`, `completions` (decoded texts), `prompts` (the titles) and `columns`.
         """
-        inputs = model_inputs(batch)
+        return self._decode(model_inputs(batch), batch["columns"], self.generation_config)
+
+    def greedy_baseline_returns(self, rollouts: dict[str, Any]) -> torch.Tensor:
+        """SCST's baseline, in the rollout phase without gradients: the return of the current policy's greedy decode
+        of each prompt (the first of its k rows), scored like the rollouts. Returns `(batch / k,)`."""
+        k = self.args.num_generations
+        inputs = {key: value[::k] for key, value in rollouts["model_inputs"].items()}
+        columns = {name: values[::k] for name, values in rollouts["columns"].items()}
+        greedy = self._decode(inputs, columns, self.greedy_generation_config)
+        greedy_rewards = self.score_rollouts(greedy)
+        self._metrics["baseline/greedy_reward_mean"].append(self.accelerator.gather(greedy_rewards.T.contiguous()).nanmean().item())
+        return self.compute_returns(greedy_rewards, greedy)
+
+    def _decode(self, inputs: dict[str, torch.Tensor], columns: dict[str, list], generation_config: GenerationConfig) -> dict[str, Any]:
         with unwrap_model_for_generation(
             self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
         ) as unwrapped:
@@ -419,11 +540,10 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
                     inputs["pixel_values"], inputs["image_mask"], inputs["title_input_ids"], inputs["title_attention_mask"]
                 )
                 inputs = {"image_features": image_features, "image_mask": inputs["image_mask"], "title_features": title_features}
-            sequences = policy.generate(**inputs, generation_config=self.generation_config)
+            sequences = policy.generate(**inputs, generation_config=generation_config)
         completion_ids = sequences[:, 1:]  # drop the decoder start token
         mask = completion_mask(completion_ids, self.eos_token_id)
         completion_ids = completion_ids.masked_fill(mask == 0, self.pad_token_id)
-        columns = batch["columns"]
         return {
             "model_inputs": inputs,
             "completion_ids": completion_ids,
@@ -479,14 +599,41 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
 
     def compute_advantages(self, returns: torch.Tensor, rollouts: dict[str, Any]) -> torch.Tensor:
         """Per-token advantages `(batch, T)`: GAE on the value head's estimates with the sequence return as the reward
-        of the last token; without a value head, the return itself on every token."""
+        of the last token; without a value head, the return minus `advantage_baseline` (`baseline_advantages`) on
+        every token."""
         mask = rollouts["completion_mask"]
         if not self.args.use_value_head:
-            return returns[:, None] * mask
+            return self.baseline_advantages(returns, rollouts)[:, None] * mask  # the sequence's Â on every token
         last = mask.sum(1) - 1
         token_rewards = torch.zeros_like(rollouts["old_values"])
         token_rewards[torch.arange(len(last), device=last.device), last] = returns  # r_T = R, r_t = 0 before
         return generalized_advantage_estimation(token_rewards, rollouts["old_values"], mask, self.args.gamma, self.args.lam)
+
+    def baseline_advantages(self, returns: torch.Tensor, rollouts: dict[str, Any]) -> torch.Tensor:
+        """The sequence advantage Â `(batch,)` of each completion: its return G `(batch,)` against
+        `advantage_baseline`. Groups are the k consecutive completions of one prompt, all on this process."""
+        baseline, k, epsilon = self.args.advantage_baseline, self.args.num_generations, self.args.advantage_epsilon
+        if baseline == "group":
+            return group_advantages(returns, k, epsilon)
+        if baseline == "leave_one_out":
+            return leave_one_out_advantages(returns, k)
+        if baseline == "greedy":
+            return greedy_baseline_advantages(returns, rollouts["greedy_returns"], k)
+        if baseline == "running":
+            self.return_statistics.update(self.accelerator.gather(returns))  # the last W iterations, current included
+            mu, delta = self.return_statistics.mean, self.return_statistics.std  # μ_m, δ_m
+            self._metrics["baseline/mu"].append(mu)
+            self._metrics["baseline/delta"].append(delta)
+            return (returns - mu) / (delta + epsilon)  # Eq. 6
+        return returns  # `none`: with whiten_advantages, the batch mean is the baseline
+
+    def _update_daa_lambda1(self) -> None:
+        """λ1 of Eq. 2 for this iteration (`daa_lambda_schedule`), through the progress hook SFT uses too; logged."""
+        tippo = unwrap_tippo(self.accelerator.unwrap_model(self.model))
+        value = daa_lambda1_at(self.args.daa_lambda_schedule, self.iteration / self.total_iterations, self.starting_daa_lambda1)
+        if self.args.daa_lambda_schedule != "hold":
+            tippo.set_daa_lambda1(value)
+        self._metrics["daa/lambda1"].append(float(tippo.daa_lambda1.item()))
 
     def _whiten(self, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(A − mean) / std over the completion tokens of the whole rollout batch, all processes."""
@@ -520,6 +667,10 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
             raise ValueError("PPOTrainer.compute_loss does not return model outputs")
         mask = inputs["completion_mask"]
         forward_inputs = {key: inputs[key] for key in inputs if key in MODEL_INPUT_NAMES}
+        # Critic warm-up: iteration m < value_warmup_iterations updates only the value head (self.iteration = m + 1).
+        warmup = self.args.use_value_head and self.iteration <= self.args.value_warmup_iterations
+        if self.args.use_value_head:
+            self.accelerator.unwrap_model(model).value_only = warmup
         logps, logits, values = self._forward(model, forward_inputs, inputs["completion_ids"])
 
         policy_loss, clip_fraction, ratio = clipped_surrogate_loss(
@@ -535,6 +686,10 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
                 values, inputs["old_values"], inputs["value_targets"], mask, self.args.cliprange_value
             )
             loss = loss + self.args.vf_coef * value_loss  # + c_1·L^VF, PPO Eq. 9
+            if warmup:
+                # × 0 rather than dropped: every policy weight stays in the graph (DDP) with a zero gradient.
+                loss = self.args.vf_coef * value_loss + 0.0 * (loss - self.args.vf_coef * value_loss)
+            self._log_metric("value/warmup", float(warmup))
             self._log_metric("loss/value", value_loss)
             self._log_metric("value/clip_fraction", value_clip_fraction)
         with torch.no_grad():
@@ -569,6 +724,8 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
         mean = total / max(count, 1)
         self._metrics["advantages/mean"].append(mean)
         self._metrics["advantages/std"].append(math.sqrt(max(squares / max(count, 1) - mean**2, 0.0)))
+        # The share of completions whose first token's advantage is negative: ~1/2 when advantages carry no position bias.
+        self._metrics["advantages/first_token_negative"].append(gather((advantages[:, 0] < 0).float()).mean().item())
         lengths = gather(mask.sum(1).float())
         self._metrics["completions/mean_length"].append(lengths.mean().item())
         terminated = gather((rollouts["completion_ids"] == self.eos_token_id).any(1).float())
@@ -601,6 +758,26 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
             self._metrics.clear()
         super().log(logs, start_time)
 
+    # -- evaluation -------------------------------------------------------------------------------------------------
+
+    def evaluate(self, eval_dataset: Dataset | None = None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Decode the eval split and log generation metrics (`eval_rouge_l`, `eval_cider`, `eval_literal`,
+        `eval_rewards/<name>`): PPO has no eval loss. `metric_for_best_model` may name any of them."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("PPOTrainer.evaluate needs an eval dataset: pass eval_dataset to the trainer or to evaluate()")
+        if eval_dataset is not None:
+            (dataset,) = cache_features_for_training(self.args, self.model, self.processor, dataset)
+        was_training = self.model.training
+        self.model.eval()  # log() then keeps the training metrics for the next training log
+        try:
+            metrics = self.generation_metrics(dataset, metric_key_prefix)
+            self.log(metrics)
+        finally:
+            self.model.train(was_training)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
     # -- checkpoints ------------------------------------------------------------------------------------------------
 
     def ppo_state(self) -> dict[str, Any]:
@@ -611,12 +788,16 @@ class PPOTrainer(TIPPoSavingMixin, Trainer):
             "iteration": self.iteration,
             "steps_per_generation": self.args.steps_per_generation,
             "num_ppo_epochs": self.args.num_ppo_epochs,
+            "num_generations": self.args.num_generations,
             "total_iterations": self.total_iterations,
+            "return_statistics": self.return_statistics.state_dict(),
         }
 
     def load_ppo_state(self, state: dict[str, Any]) -> None:
         self._step = state["step"]
         self.iteration = state["iteration"]
+        if "return_statistics" in state:  # absent in checkpoints of runs without the running baseline, before it existed
+            self.return_statistics.load_state_dict(state["return_statistics"])
 
     def _save_checkpoint(self, model, trial):
         self.create_model_card()

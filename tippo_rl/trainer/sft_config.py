@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig
 
+from .generation_eval import GenerationEvalArguments
+
 LAMBDA_SCHEDULES = ("linear", "constant")
 
 
 @dataclass
-class TIPPoSFTConfig(SFTConfig):
+class TIPPoSFTConfig(SFTConfig, GenerationEvalArguments):
     r"""
     [`TIPPoSFTTrainer`] arguments: everything of [`trl.SFTConfig`] / [`transformers.TrainingArguments`], plus:
 
@@ -28,6 +30,10 @@ class TIPPoSFTConfig(SFTConfig):
             Compute the frozen encoder's outputs once per dataset and train from them (the same results to float round-off, faster).
         feature_cache_dir (`str`, *optional*):
             Where cached features go (default `~/.cache/tippo_rl/features`).
+        eval_generation_metrics (`bool`, defaults to `True`):
+            At each evaluation, also decode the eval split and log `eval_rouge_l`, `eval_cider`, `eval_literal`
+            (`eval_max_samples`, `eval_generation_kwargs`, `eval_tokenize`, `eval_log_completions`: see
+            [`GenerationEvalArguments`]), so `metric_for_best_model: eval_rouge_l` keeps the best greedy checkpoint.
     """
 
     contrastive_weight: float = field(default=1.0, metadata={"help": "α: weight of the prototype contrastive loss L_C (Eq. 5) in L_SFT = L_NTP + α·L_C. Paper: 1."})
@@ -43,7 +49,10 @@ class TIPPoSFTConfig(SFTConfig):
         default_factory=lambda: {"skip_prepare_dataset": True},
         metadata={"help": "TIPPo datasets are used as they are (no SFT text preparation)."},
     )
-    prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation reports losses; generation metrics come from recipes/evaluate.py."})
+    eval_generation_metrics: bool = field(
+        default=True, metadata={"help": "At each evaluation also decode the eval split: eval_rouge_l, eval_cider, eval_literal."}
+    )
+    prediction_loss_only: bool = field(default=True, metadata={"help": "The evaluation loop reports losses (generation metrics: eval_generation_metrics)."})
     gradient_checkpointing: bool = field(
         default=False,
         metadata={"help": "Recompute activations in the backward pass to save memory (+22–26% step time measured; real-size SFT at batch 8 fits a 24 GB GPU without it)."},
@@ -65,4 +74,5 @@ class TIPPoSFTConfig(SFTConfig):
             )
         if not 0.0 <= self.daa_lambda1 <= 1.0:
             raise ValueError(f"daa_lambda1 (λ1) must lie in [0, 1], got {self.daa_lambda1}")
+        self._check_generation_eval_fields()
         super().__post_init__()

@@ -8,15 +8,17 @@ from trl import SFTTrainer
 from ..data import TIPPoDataCollator
 from ..modeling_tippo import TIPPoModel, prototype_contrastive_loss
 from ..processing_tippo import TIPPoProcessor
+from .generation_eval import GenerationEvalMixin
 from .sft_config import TIPPoSFTConfig
-from .utils import StepMetrics, TIPPoSavingMixin, cache_features_for_training, unwrap_tippo
+from .utils import StepMetrics, TIPPoSavingMixin, cache_features_for_training, daa_lambda1_at, unwrap_tippo
 
 
-class TIPPoSFTTrainer(TIPPoSavingMixin, SFTTrainer):
+class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
     """Supervised fine-tuning of a [`TIPPoModel`].
 
     Everything but the loss is TRL's / transformers': optimizer, schedule, logging, progress bars,
-    checkpoints and resuming, evaluation loop, `report_to`, accelerate (DDP, DeepSpeed) and PEFT.
+    checkpoints and resuming, evaluation loop, `report_to`, accelerate (DDP, DeepSpeed) and PEFT. Evaluation adds
+    generation metrics (`eval_rouge_l`, `eval_cider`, `eval_literal`) to the eval loss.
 
     Args:
         model: the TIPPo model (or a PEFT-wrapped one).
@@ -61,9 +63,14 @@ class TIPPoSFTTrainer(TIPPoSavingMixin, SFTTrainer):
 
     def daa_lambda1(self) -> float:
         """λ1 of Eq. 2 for the current step: m/M (`linear`, the paper) or the configured constant."""
-        if self.args.daa_lambda_schedule == "constant":
-            return self.args.daa_lambda1
-        return min(self.state.global_step / max(self.state.max_steps, 1), 1.0)
+        progress = self.state.global_step / max(self.state.max_steps, 1)
+        return daa_lambda1_at(self.args.daa_lambda_schedule, progress, self.args.daa_lambda1)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self.args.eval_generation_metrics:
+            output.metrics.update(self.generation_metrics(dataloader.dataset, metric_key_prefix))
+        return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"

@@ -49,6 +49,19 @@ def unwrap_tippo(model: nn.Module) -> TIPPoModel:
     return model
 
 
+def daa_lambda1_at(schedule: str, progress: float, held: float) -> float:
+    """λ1 of Eq. 2 at a point of a training stage, the one progress hook both TIPPo trainers call.
+
+    Args:
+        schedule: `linear` (the paper: λ1 = m/M), else (`constant`, `hold`) the value `held`.
+        progress: m/M, the share of the stage done (optimizer steps for SFT, PPO iterations for RL).
+        held: the value of the `constant` / `hold` schedules.
+    """
+    if schedule == "linear":
+        return min(max(progress, 0.0), 1.0)  # λ1 = m/M
+    return held
+
+
 class StepMetrics:
     """Per-step scalar metrics kept on the device until the next log, then averaged over the steps and over all
     processes with one gather and one host copy: logging costs no host-device sync inside the update loop. Only a
