@@ -5,7 +5,10 @@ Starts from the SFT model (`--model_name_or_path`, e.g. the output of recipes/sf
     accelerate launch --config_file accelerate_configs/cpu.yaml recipes/polishppo.py --config recipes/configs/demo_polishppo.yaml
 
 Everything a run may change is in the YAML config or on the command line (`--help` lists it all), e.g. extra reward
-plug-ins: `--reward_funcs literal semantic rewards/length_penalty.py:length_penalty --reward_weights 1 1 0.5`.
+plug-ins: `--reward_funcs literal semantic rewards/length_penalty.py:length_penalty --reward_weights 1 1 0.5`; k completions
+per prompt with a per-prompt baseline: `--num_generations 4 --advantage_baseline leave_one_out`; evaluation by decoding
+with the best greedy checkpoint kept: `--eval_strategy steps --eval_steps 40 --save_steps 40 --load_best_model_at_end true
+--metric_for_best_model eval_rouge_l`.
 """
 
 from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoParser, TIPPoScriptArguments, apply_lora, load_datasets, load_model_and_processor
@@ -17,12 +20,13 @@ def main(script_args: TIPPoScriptArguments, training_args: PolishPPOConfig, mode
     if not model_args.model_name_or_path:
         raise ValueError("PolishPPO starts from a trained model: set --model_name_or_path (e.g. outputs/demo_sft)")
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
-    train_dataset, _ = load_datasets(script_args, max_images=model.config.max_images)
+    train_dataset, eval_dataset = load_datasets(script_args, max_images=model.config.max_images)
     trainer = PolishPPOTrainer(
         model=apply_lora(model, model_args),
         args=training_args,
         processor=processor,
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,  # decoded: eval_rouge_l, eval_cider, ...
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()

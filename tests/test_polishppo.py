@@ -154,17 +154,63 @@ def test_zero_variance_gives_zero_advantages(trainer):
     assert torch.isfinite(advantages).all() and (advantages == 0).all()
 
 
-def test_paper_schedule_underflow_gives_finite_advantages_and_a_warning(trainer):
+def test_paper_schedule_with_all_history_gives_a_uniform_negative_advantage_then_a_large_positive_one(trainer):
+    # The known flaw, as it really behaves with W = all (advantage_window null, the paper's reading): G_m underflows to 0
+    # for most of a 20K-iteration run, but μ remembers the early returns, so Â is the same negative number for every
+    # sample (not ≈ 0); near the end γ^(M−m) revives and Â is large and positive.
     trainer.args.gamma_schedule = "paper"
     trainer.state.max_steps = 40_000  # M = 20K iterations, as in the paper
+    mask = torch.ones(4, 3, dtype=torch.long)
+    rewards = torch.tensor([[0.2, 0.4, 0.6, 0.8], [0.5, 0.6, 0.7, 0.8]])  # literal, semantic
+    with pytest.warns(UserWarning, match="uniform negative constant"):
+        early = trainer.compute_returns(rewards, rollouts={})  # m = 0: G = R_literal + γ^20000·R_semantic = R_literal
+    torch.testing.assert_close(early, rewards[0])
+    trainer.compute_advantages(early, {"completion_mask": mask})
     trainer.iteration = 10_000  # γ^10000 ≈ 1e-223: G_m underflows to 0
-    with pytest.warns(UserWarning, match="gamma_schedule 'paper'"):
-        G = trainer.compute_returns(torch.rand(2, 4), rollouts={})
+    G = trainer.compute_returns(rewards, rollouts={})
     assert (G == 0).all()
+    middle = trainer.compute_advantages(G, {"completion_mask": mask})
+    mu, delta = 0.25, math.sqrt(0.15 - 0.0625)  # over 0.2, 0.4, 0.6, 0.8 and four zeros: E[x²] = 1.2 / 8
+    torch.testing.assert_close(middle, torch.full((4, 3), -mu / delta))  # uniform and negative: every sample pushed down
+    trainer.iteration = 19_999  # m = M − 1: γ^(M−m) = 0.95
+    late = trainer.compute_advantages(trainer.compute_returns(rewards, rollouts={}), {"completion_mask": mask})
+    assert (late[:, 0] > 0).all() and late[:, 0].max() > 1  # G ≈ 0.95·R_semantic > μ: positive, up to > 1σ
+    assert torch.isfinite(late).all()
+
+
+def test_paper_schedule_with_a_short_window_gives_zero_advantages_and_says_so(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
+                           gamma_schedule="paper", advantage_window=1)
+    trainer.state.max_steps, trainer.iteration = 40_000, 10_000
+    with pytest.warns(UserWarning, match=r"W = 1 iterations, Â → 0"):
+        G = trainer.compute_returns(torch.rand(2, 4), rollouts={})
     advantages = trainer.compute_advantages(G, {"completion_mask": torch.ones(4, 3, dtype=torch.long)})
     assert torch.isfinite(advantages).all() and (advantages == 0).all()
     tiny = trainer.compute_advantages(torch.tensor([1e-39, 2e-39, 0.0, 3e-39]), {"completion_mask": torch.ones(4, 1)})
     assert torch.isfinite(tiny).all()
+
+
+@pytest.mark.parametrize("baseline", ["group", "leave_one_out", "greedy"])
+def test_G_m_works_with_every_per_prompt_baseline(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, baseline):
+    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
+                           advantage_baseline=baseline, num_generations=2, max_steps=4)
+    trainer.state.max_steps, trainer.iteration = 20, 3
+    rewards = torch.tensor([[0.5, 1.0, 0.0, 0.2], [0.8, 0.2, 0.4, 0.4]])  # two prompts × k = 2
+    G = trainer.compute_returns(rewards, rollouts={})  # G_m, as in test_G_m_by_hand (progress schedule)
+    w_literal, w_semantic = 0.95**6, 0.95**14
+    torch.testing.assert_close(G, w_literal * rewards[0] + w_semantic * rewards[1])
+    greedy = torch.tensor([0.6, 0.1])
+    advantages = trainer.compute_advantages(G, {"completion_mask": torch.ones(4, 2), "greedy_returns": greedy})[:, 0]
+    pairs = G.view(2, 2)
+    expected = {
+        "group": ((pairs - pairs.mean(1, keepdim=True)) / (pairs.std(1, keepdim=True) + 1e-8)).flatten(),
+        "leave_one_out": (pairs - pairs.flip(1)).flatten(),  # k = 2: the other completion is the baseline
+        "greedy": G - greedy.repeat_interleave(2),
+    }[baseline]
+    torch.testing.assert_close(advantages, expected)
+    trainer.iteration = 0
+    trainer.train()  # and a short run with it
+    assert logged(trainer, "iteration") == [0.0, 1.0]
 
 
 # -- configuration -----------------------------------------------------------------------------------

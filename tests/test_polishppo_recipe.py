@@ -120,6 +120,26 @@ def test_recipe_runs_as_two_ddp_processes_on_cpu(tmp_path, sft_dir):
 
 @pytest.mark.slow
 @pytest.mark.distributed
+def test_k_completions_per_prompt_stay_whole_groups_on_each_of_two_ddp_processes(tmp_path, sft_dir):
+    plugin = f"{REPO / 'tests/group_alignment_reward.py'}:GroupAlignment"
+    init = json.dumps({plugin: {"k": 2, "record_dir": str(tmp_path / "ids")}})
+    launch_recipe(
+        "polishppo", "ddp_2proc_cpu.yaml", *short_run_arguments(tmp_path, sft_dir),
+        "--num_generations", "2", "--advantage_baseline", "leave_one_out",
+        "--reward_funcs", "literal", "semantic", plugin, "--reward_weights", "1", "1", "0", "--reward_init_kwargs", init,
+        cwd=tmp_path,
+    )  # the plug-in fails the run if any 2 consecutive rows of a rollout batch are not one prompt with its columns
+    ranks = [[json.loads(line) for line in (tmp_path / f"ids/rank{rank}.jsonl").read_text().splitlines()] for rank in (0, 1)]
+    assert [len(batches) for batches in ranks] == [2, 2]  # one rollout batch per iteration on each process
+    for batch_0, batch_1 in zip(*ranks):
+        assert len(batch_0) == len(batch_1) == 8  # 4 prompts × k = 2 per process
+        assert not set(batch_0) & set(batch_1)  # the processes share the iteration's prompts out, group by group
+    state = json.loads((tmp_path / "out/checkpoint-8/ppo_state.json").read_text())
+    assert state["iteration"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_recipe_runs_under_deepspeed_zero2_on_cpu(tmp_path, sft_dir):
     pytest.importorskip("deepspeed")
     launch_recipe("polishppo", "deepspeed_zero2_cpu.yaml", *short_run_arguments(tmp_path, sft_dir), cwd=tmp_path)

@@ -358,3 +358,22 @@ def test_torch_compile_option_finds_the_tippo_model_inside_the_compiled_wrapper(
 
     model = tiny_model_and_processor[0]
     assert unwrap_tippo(torch.compile(model)) is model
+
+
+def test_evaluation_adds_generation_metrics_and_keeps_the_best_greedy_checkpoint(tmp_path, demo_dataset_dir):
+    model, processor = build_tiny_tippo(seed=0)
+    args = sft_config(tmp_path, max_steps=6, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+                      load_best_model_at_end=True, metric_for_best_model="eval_literal", eval_max_samples=4,
+                      per_device_eval_batch_size=4, eval_generation_kwargs='{"max_new_tokens": 8}')
+    trainer = TIPPoSFTTrainer(model=model, args=args, processor=processor,
+                              train_dataset=load_artmuse(demo_dataset_dir / "train.jsonl"),
+                              eval_dataset=load_artmuse(demo_dataset_dir / "test.jsonl"))
+    trainer.train()
+    evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert len(evaluations) == 3
+    for entry in evaluations:  # the loss and the generation metrics in one evaluation
+        assert all(math.isfinite(entry[key]) for key in ("eval_rouge_l", "eval_cider", "eval_literal"))
+    assert len(trainer.eval_completions["completion"]) == 4
+    scores = [entry["eval_literal"] for entry in evaluations]
+    best = evaluations[max(range(3), key=lambda i: (scores[i], -i))]["step"]
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best}")
