@@ -73,3 +73,31 @@ def test_bench_polishppo_breaks_an_iteration_into_phases_for_polishppo_and_grpo(
         assert phases["logprobs/old"] > 0 and phases["logprobs/ref"] > 0, variant  # β > 0: reference log-probs
     assert payload["results"]["polishppo/fixed"]["completion_mean_length"] == 4  # min_new_tokens = max_new_tokens
     assert payload["ratios"]["polishppo_over_grpo"] > 0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_bench_rl_gain_runs_sft_once_then_each_variant_and_seed_and_reports_deltas(tmp_path):
+    bench = load_benchmark("bench_rl_gain")
+    output = tmp_path / "rl_gain.json"
+    bench.main(["--quick", "--seeds", "0", "1", "--output", str(output), "--variants", "demo:",
+                "rloo2: num_generations=2 advantage_baseline=leave_one_out advantage_window=null",
+                "ppo: trainer=ppo reward_funcs=[literal] use_value_head=false advantage_baseline=group num_generations=4"])
+    payload = json.loads(output.read_text())
+    assert set(payload["results"]) == {"demo", "rloo2", "ppo"}
+    assert set(payload["sft"]["scores"]) == {"literal", "ROUGE-L", "CIDEr"}
+    for name, result in payload["results"].items():
+        assert [run["seed"] for run in result["runs"]] == [0, 1], name
+        assert all(run["iterations"] == 2 and run["seconds_per_iteration"] > 0 for run in result["runs"]), name
+        for metric in ("literal", "ROUGE-L", "CIDEr"):
+            deltas = result["delta"][metric]
+            assert len(deltas) == 2 and result[f"{metric}_delta_min"] == min(deltas), (name, metric)
+    assert payload["results"]["rloo2"]["runs"][0]["num_generations"] == 2
+    assert output.with_suffix(".png").is_file()
+
+
+def test_bench_rl_gain_reads_variants_as_yaml_overrides():
+    bench = load_benchmark("bench_rl_gain")
+    assert bench.parse_variant("paper: advantage_window=null gamma_schedule=paper reward_funcs=[literal,semantic]") == (
+        "paper", {"advantage_window": None, "gamma_schedule": "paper", "reward_funcs": ["literal", "semantic"]})
+    with pytest.raises(ValueError, match="key=value"):
+        bench.parse_variant("bad: num_generations 4")
