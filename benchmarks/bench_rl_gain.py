@@ -108,7 +108,8 @@ def evaluate(model, processor, dataset, eval_args: EvaluationArguments) -> dict[
     return {"literal": 100 * sum(literal) / len(literal), "ROUGE-L": 100 * result.corpus["ROUGE-L"], "CIDEr": 100 * result.corpus["CIDEr"]}
 
 
-def run_variant(args, workdir: Path, sft_dir: Path, name: str, overrides: dict, seed: int, eval_args) -> dict:
+def run_variant(args, workdir: Path, sft_dir: Path, name: str, overrides: dict, seed: int, eval_args, keep: dict | None = None) -> dict:
+    """One RL run from the SFT model, scored on the held-out split; `keep` (a dict) receives the run's log history."""
     overrides = dict(overrides)
     trainer_kind = overrides.pop("trainer", "polishppo")
     config_class, trainer_class = {"polishppo": (PolishPPOConfig, PolishPPOTrainer), "ppo": (PPOConfig, PPOTrainer)}[trainer_kind]
@@ -132,6 +133,8 @@ def run_variant(args, workdir: Path, sft_dir: Path, name: str, overrides: dict, 
     iterations = trainer.iteration
     scores = evaluate(trainer._policy(trainer.accelerator.unwrap_model(trainer.model)), processor, test, eval_args)
     history = trainer.state.log_history
+    if keep is not None:
+        keep["log_history"] = history
     lengths = [entry["completions/mean_length"] for entry in history if "completions/mean_length" in entry]
     clipped = [entry["completions/clipped_ratio"] for entry in history if "completions/clipped_ratio" in entry]
     return dict(seed=seed, scores=scores, train_seconds=seconds, iterations=iterations, seconds_per_iteration=seconds / max(iterations, 1),

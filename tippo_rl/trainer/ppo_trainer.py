@@ -5,7 +5,7 @@ process, each repeated for every minibatch it will feed); `_prepare_inputs` turn
 iteration and hands out one minibatch per forward/backward pass; `compute_loss` is PPO's loss. Optimizer,
 schedule, gradient accumulation and clipping, logging, checkpoints, DDP/DeepSpeed and PEFT are the Trainer's.
 
-The algorithm's steps are methods, so a variant overrides one step (PolishPPO overrides two):
+The algorithm's steps are methods, so a variant overrides one step (PolishPPO overrides `compute_returns`):
 
     generate_rollouts → score_rollouts → compute_returns → (old, reference log-probs, values) → compute_advantages
     → num_ppo_epochs × minibatches of compute_loss
@@ -283,10 +283,11 @@ def disable_dropout(model: nn.Module) -> None:
 class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
     """Proximal Policy Optimization of a [`TIPPoModel`] (title + images → text) with reward plug-ins.
 
-    Standard PPO by default (value head, GAE, clipped value loss); `use_value_head=False` uses the whitened sequence
-    return as every token's advantage. Subclasses change one step by overriding one method: `generate_rollouts`,
-    `score_rollouts`, `compute_returns`, `compute_advantages` or `compute_loss` ([`PolishPPOTrainer`] overrides
-    `compute_returns` and `compute_advantages`).
+    Standard PPO by default (value head, GAE, clipped value loss); `use_value_head=False` uses the sequence return
+    minus `advantage_baseline` (none, running Eq. 6, group, leave-one-out, greedy; over `num_generations` completions
+    per prompt) as every token's advantage. Subclasses change one step by overriding one method: `generate_rollouts`,
+    `score_rollouts`, `compute_returns`, `compute_advantages`, `baseline_advantages` or `compute_loss`
+    ([`PolishPPOTrainer`] overrides `compute_returns`).
 
     Args:
         model: the starting policy, a `TIPPoModel` (e.g. the SFT output) or a PEFT-wrapped one. With PEFT the reference
@@ -662,7 +663,8 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         return logps, logits, values
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """PPO loss of one minibatch: clipped surrogate + β·KL(π_θ ‖ π_ref) + vf_coef·clipped value loss."""
+        """PPO loss of one minibatch: clipped surrogate + β·KL(π_θ ‖ π_ref) + vf_coef·clipped value loss (only the last
+        during the critic warm-up, `value_warmup_iterations`)."""
         if return_outputs:
             raise ValueError("PPOTrainer.compute_loss does not return model outputs")
         mask = inputs["completion_mask"]
@@ -685,10 +687,11 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
             value_loss, value_clip_fraction = clipped_value_loss(
                 values, inputs["old_values"], inputs["value_targets"], mask, self.args.cliprange_value
             )
-            loss = loss + self.args.vf_coef * value_loss  # + c_1·L^VF, PPO Eq. 9
             if warmup:
-                # × 0 rather than dropped: every policy weight stays in the graph (DDP) with a zero gradient.
-                loss = self.args.vf_coef * value_loss + 0.0 * (loss - self.args.vf_coef * value_loss)
+                # The policy's terms × 0 rather than dropped: every policy weight stays in the graph (DDP) with a zero
+                # gradient, so Adam does not move it (its moments stay 0).
+                loss = 0.0 * loss
+            loss = loss + self.args.vf_coef * value_loss  # + c_1·L^VF, PPO Eq. 9
             self._log_metric("value/warmup", float(warmup))
             self._log_metric("loss/value", value_loss)
             self._log_metric("value/clip_fraction", value_clip_fraction)
