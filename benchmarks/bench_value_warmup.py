@@ -4,7 +4,7 @@ A value head that starts at V ≡ 0 makes GAE's first advantages a function of p
 last token's reward, Â_t = (γλ)^(T−1−t)·R before whitening, so after whitening the first token of a long completion is
 below the batch mean — negative — whatever the completion's quality. This benchmark trains value-head PPO with the
 literal reward (`PPOTrainer`, `use_value_head: true`, GAE) from the demo SFT model, with and without
-`value_warmup_iterations`, and reports per iteration the share of completions whose first token's (whitened) advantage
+`value_warmup_iterations`, and with `value_head_init: mean_return`, and reports per iteration the share of completions whose first token's (whitened) advantage
 is negative (`advantages/first_token_negative`; ~0.5 without a position bias).
 
     python benchmarks/bench_value_warmup.py --warmup 5 --iterations 10
@@ -31,13 +31,15 @@ def run(args, info: dict, workdir: Path) -> dict:
     base = dict(trainer="ppo", reward_funcs=["literal"], use_value_head=True, advantage_baseline="none", total_iterations=args.iterations,
                 logging_steps=1)
     results = {}
-    for name, warmup in (("no warm-up", 0), (f"warm-up {args.warmup}", args.warmup)):
+    runs = (("V ≡ 0, no warm-up", "zero", 0), (f"V ≡ 0, warm-up {args.warmup}", "zero", args.warmup),
+            ("V starts at the mean return", "mean_return", 0))
+    for name, init, warmup in runs:
         captured = {}
-        run_variant(args, workdir, sft_dir, name.replace(" ", "_"), {**base, "value_warmup_iterations": warmup}, args.seed, eval_args,
-                    keep=captured)
+        overrides = {**base, "value_head_init": init, "value_warmup_iterations": warmup}
+        run_variant(args, workdir, sft_dir, f"{init}_{warmup}", overrides, args.seed, eval_args, keep=captured)
         history = captured["log_history"]
         fractions = [entry["advantages/first_token_negative"] for entry in history if "advantages/first_token_negative" in entry]
-        results[name] = dict(value_warmup_iterations=warmup, first_token_negative=fractions,
+        results[name] = dict(value_head_init=init, value_warmup_iterations=warmup, first_token_negative=fractions,
                              after_warmup_mean=statistics.fmean(fractions[warmup : warmup + args.measure]))
     rows = [[name, r["value_warmup_iterations"], f"{r['first_token_negative'][0]:.2f}", f"{r['after_warmup_mean']:.2f}"] for name, r in results.items()]
     table = print_table(["run", "warm-up iterations", "first iteration", f"first {args.measure} policy iterations (mean)"], rows)

@@ -178,6 +178,7 @@ def test_trainer_puts_each_baselines_advantage_on_every_completion_token(tmp_pat
         (["--advantage_baseline", "group", "--use_value_head", "false"], "num_generations"),  # k = 1
         (["--advantage_baseline", "leave_one_out", "--num_generations", "2"], "use_value_head"),
         (["--value_warmup_iterations", "2", "--use_value_head", "false"], "value_warmup_iterations"),
+        (["--value_head_init", "random"], "value_head_init"),
         (["--daa_lambda_schedule", "cosine"], "daa_lambda_schedule"),
         (["--eval_max_samples", "0"], "eval_max_samples"),
         (["--eval_tokenize", "words"], "eval_tokenize"),
@@ -448,6 +449,21 @@ def test_daa_lambda1_is_held_or_follows_m_over_M(tmp_path, tiny_model_varied_out
 
 
 # -- critic warm-up ---------------------------------------------------------------------------------
+
+
+def test_value_head_starts_at_the_first_batchs_mean_return_so_advantages_follow_R_minus_mean(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
+                           whiten_advantages=False, max_steps=2)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    experience = trainer.make_rollout_batch(batch)
+    offset = trainer.model.value_head.offset.item()
+    torch.testing.assert_close(experience["old_values"], torch.full_like(experience["old_values"], offset) * experience["completion_mask"])
+    # V ≡ c: δ_t = 0 before the last token, δ_T = R − c, so Â_t = (γλ)^(T−1−t)·(R − c) has R − c's sign everywhere.
+    last = experience["completion_mask"].sum(1) - 1
+    R = experience["advantages"][torch.arange(8), last] + offset  # Â_T = δ_T = R − c
+    assert offset == pytest.approx(R.mean().item(), abs=1e-6)  # c is the batch's mean return
+    signs = torch.sign(experience["advantages"]) * experience["completion_mask"]
+    torch.testing.assert_close(signs, torch.sign(R - offset)[:, None] * experience["completion_mask"].float())
 
 
 def test_value_warmup_updates_only_the_value_head(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):

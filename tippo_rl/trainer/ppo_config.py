@@ -16,6 +16,7 @@ KL_ESTIMATORS = ("k1", "k3")
 ADVANTAGE_BASELINES = ("none", "running", "group", "leave_one_out", "greedy")
 GROUP_BASELINES = ("group", "leave_one_out")  # need k ≥ 2 completions per prompt
 DAA_LAMBDA_SCHEDULES = ("hold", "linear")
+VALUE_HEAD_INITS = ("mean_return", "zero")
 
 
 @dataclass
@@ -93,6 +94,11 @@ class PPOConfig(TrainingArguments, GenerationEvalArguments):
             `whiten_advantages`).
         vf_coef (`float`, defaults to `0.1`):
             Weight of the value loss.
+        value_head_init (`str`, defaults to `"mean_return"`):
+            `mean_return`: the value head starts at V ≡ the first rollout batch's mean return (a constant offset next to
+            its zero-initialised weights), so GAE's first advantages have the sign of R − E[R] at every position.
+            `zero`: V ≡ 0 at the start (the first advantages then encode position and length: Â_t = (γλ)^(T−1−t)·R,
+            whitened, is negative at the first token of long completions).
         value_warmup_iterations (`int`, defaults to `0`):
             The first iterations update only the value head (the policy gets zero gradients). A value head that starts
             at V ≡ 0 makes GAE's first advantages encode position and length (the first token of long completions
@@ -184,6 +190,10 @@ class PPOConfig(TrainingArguments, GenerationEvalArguments):
     advantage_epsilon: float = field(default=1e-8, metadata={"help": "ε of Eq. 6 (and of the `group` baseline's std)."})
     use_value_head: bool = field(default=True, metadata={"help": "Standard PPO: value head + clipped value loss + GAE advantages."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    value_head_init: str = field(
+        default="mean_return",
+        metadata={"help": "`mean_return` (V starts at the first batch's mean return: no position bias in the first advantages) or `zero` (V ≡ 0)."},
+    )
     value_warmup_iterations: int = field(
         default=0,
         metadata={"help": "First iterations that update only the value head: a zero-initialised critic otherwise makes the first GAE advantages encode position and length."},
@@ -334,6 +344,8 @@ class PPOConfig(TrainingArguments, GenerationEvalArguments):
             raise ValueError(f"advantage_window (W) must be ≥ 1 or None (all iterations), got {self.advantage_window}")
         if self.advantage_epsilon <= 0:
             raise ValueError(f"advantage_epsilon (ε) must be > 0, got {self.advantage_epsilon}")
+        if self.value_head_init not in VALUE_HEAD_INITS:
+            raise ValueError(f"value_head_init must be one of {', '.join(VALUE_HEAD_INITS)}, got {self.value_head_init!r}")
         if self.value_warmup_iterations < 0:
             raise ValueError(f"value_warmup_iterations must be ≥ 0, got {self.value_warmup_iterations}")
         if self.value_warmup_iterations and not self.use_value_head:

@@ -209,6 +209,22 @@ def completion_mask(completion_ids: torch.Tensor, eos_token_id: int) -> torch.Te
 # ----------------------------------------------------------------------------------------------------- the pieces
 
 
+class ValueHead(nn.Linear):
+    """V(s_t) = w·h_t + b + c `(batch, T)` from hidden states `(batch, T, d)`. w and b start at 0 (no value noise in the
+    first advantages); c is a buffer, not a weight, that `value_head_init: mean_return` sets to the first rollout
+    batch's mean return: V then starts at the return's mean everywhere, instead of 0, which would take Adam thousands
+    of lr-sized steps to reach and meanwhile make GAE's advantages depend on the token's position."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__(hidden_size, 1)
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+        self.register_buffer("offset", torch.zeros(1), persistent=True)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return super().forward(hidden).squeeze(-1) + self.offset
+
+
 class PolicyAndValueModel(nn.Module):
     """The policy and a value head V(s_t) = w·h_t + b on its decoder's last hidden states, as one module: DDP and
     DeepSpeed then synchronise both and one optimizer steps both.
@@ -220,9 +236,7 @@ class PolicyAndValueModel(nn.Module):
     def __init__(self, policy: nn.Module, hidden_size: int):
         super().__init__()
         self.policy = policy
-        self.value_head = nn.Linear(hidden_size, 1)
-        nn.init.zeros_(self.value_head.weight)  # V ≡ 0 at the start: no value noise in the first advantages
-        nn.init.zeros_(self.value_head.bias)
+        self.value_head = ValueHead(hidden_size)
         self.value_only = False  # critic warm-up: the value loss does not reach the policy's weights
 
     def forward(self, **inputs):
@@ -230,7 +244,7 @@ class PolicyAndValueModel(nn.Module):
         hidden = outputs.decoder_hidden_states[-1]
         if self.value_only:
             hidden = hidden.detach()
-        return outputs, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        return outputs, self.value_head(hidden.to(self.value_head.weight.dtype))
 
     # What the Trainer and TRL's generation helpers ask of a model.
     @property
@@ -479,6 +493,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         rollouts = self.generate_rollouts(batch)
         rewards = self.score_rollouts(rollouts)  # (n_funcs, batch)
         returns = self.compute_returns(rewards, rollouts)  # (batch,)
+        if self.args.use_value_head and self.args.value_head_init == "mean_return" and self.iteration == 0:
+            # V ≡ E[R] before the first values are computed (all processes' returns: every process sets the same c).
+            self.accelerator.unwrap_model(self.model).value_head.offset.fill_(self.accelerator.gather(returns).mean().item())
         if self.args.advantage_baseline == "greedy":
             rollouts["greedy_returns"] = self.greedy_baseline_returns(rollouts)  # (batch / k,)
         with self.compute_loss_context_manager():  # the same autocast as the loss: ratio 1 before the first update
@@ -876,7 +893,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
             super()._load_from_checkpoint(resume_from_checkpoint, wrapper.policy)
         finally:
             self.model = wrapper
-        wrapper.value_head.load_state_dict(safetensors.torch.load_file(head))
+        head_state = safetensors.torch.load_file(head)
+        head_state.setdefault("offset", torch.zeros(1))  # checkpoints from before value_head_init had no offset
+        wrapper.value_head.load_state_dict(head_state)
 
 
 def _nanstd(values: torch.Tensor) -> float:
