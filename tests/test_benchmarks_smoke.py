@@ -101,3 +101,13 @@ def test_bench_rl_gain_reads_variants_as_yaml_overrides():
         "paper", {"advantage_window": None, "gamma_schedule": "paper", "reward_funcs": ["literal", "semantic"]})
     with pytest.raises(ValueError, match="key=value"):
         bench.parse_variant("bad: num_generations 4")
+
+
+def test_bench_value_warmup_reports_the_first_token_bias_of_each_value_head_setting(tmp_path):
+    bench = load_benchmark("bench_value_warmup")
+    output = tmp_path / "value_warmup.json"
+    bench.main(["--quick", "--iterations", "2", "--warmup", "1", "--measure", "1", "--output", str(output)])
+    results = json.loads(output.read_text())["results"]
+    assert len(results) == 3
+    for name, result in results.items():
+        assert len(result["first_token_negative"]) == 2 and 0 <= result["after_warmup_mean"] <= 1, name
