@@ -127,9 +127,9 @@ def run_variant(args, workdir: Path, sft_dir: Path, name: str, overrides: dict, 
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
     train, test = load_datasets(script_args, max_images=model.config.max_images)
     trainer = trainer_class(model=model, args=training_args, processor=processor, train_dataset=train)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     trainer.train()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     iterations = trainer.iteration
     scores = evaluate(trainer._policy(trainer.accelerator.unwrap_model(trainer.model)), processor, test, eval_args)
     history = trainer.state.log_history
@@ -138,6 +138,7 @@ def run_variant(args, workdir: Path, sft_dir: Path, name: str, overrides: dict, 
     lengths = [entry["completions/mean_length"] for entry in history if "completions/mean_length" in entry]
     clipped = [entry["completions/clipped_ratio"] for entry in history if "completions/clipped_ratio" in entry]
     return dict(seed=seed, scores=scores, train_seconds=seconds, iterations=iterations, seconds_per_iteration=seconds / max(iterations, 1),
+                cpu_seconds_per_iteration=cpu_seconds / max(iterations, 1),
                 completions_per_iteration=training_args.generation_batch_size, num_generations=training_args.num_generations,
                 last_mean_length=lengths[-1] if lengths else None, last_clipped_ratio=clipped[-1] if clipped else None)
 
@@ -150,6 +151,8 @@ def summarise(runs: list[dict], sft: dict[str, float]) -> dict:
         out[f"{metric}_delta_min"] = min(values)
         out[f"{metric}_improved"] = sum(v > 0 for v in values)
     out["seconds_per_iteration_median"] = statistics.median(run["seconds_per_iteration"] for run in runs)
+    # CPU time counts the work, not the waits for a core: steadier than wall time on a shared machine (common.StepTimes).
+    out["cpu_seconds_per_iteration_median"] = statistics.median(run["cpu_seconds_per_iteration"] for run in runs)
     return out
 
 
@@ -196,12 +199,12 @@ def run(args, info: dict, workdir: Path) -> dict:
             result = run_variant(args, workdir, sft_dir, name, overrides, seed, eval_args)
             runs.append(result)
             print(f"{name} seed {seed}: " + ", ".join(f"Δ{k} {result['scores'][k] - sft_scores[k]:+.2f}" for k in METRICS)
-                  + f" ({result['seconds_per_iteration']:.2f} s/iteration)", flush=True)
+                  + f" ({result['seconds_per_iteration']:.2f} s, {result['cpu_seconds_per_iteration']:.2f} CPU s per iteration)", flush=True)
         results[name] = {"overrides": overrides, **summarise(runs, sft_scores)}
 
     rows = [[name, *(f"{r[f'{m}_delta_mean']:+.2f} (min {r[f'{m}_delta_min']:+.2f}, {r[f'{m}_improved']}/{len(args.seeds)})" for m in METRICS),
-             fmt(r["seconds_per_iteration_median"], ".2f")] for name, r in results.items()]
-    table = print_table(["variant", *(f"Δ {m}" for m in METRICS), "s/iteration"], rows)
+             fmt(r["seconds_per_iteration_median"], ".2f"), fmt(r["cpu_seconds_per_iteration_median"], ".2f")] for name, r in results.items()]
+    table = print_table(["variant", *(f"Δ {m}" for m in METRICS), "s/iteration", "CPU s/iteration"], rows)
     payload = dict(
         benchmark="rl_gain", machine=info, settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         held_out_samples=len(test), sft=dict(scores=sft_scores, seconds=sft_seconds), results=results, table=table,
