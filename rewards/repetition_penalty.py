@@ -6,24 +6,14 @@ token ids, in [max_penalty, 0]: 0 for a completion without a repeated n-gram. To
 
     --reward_funcs literal semantic rewards/repetition_penalty.py:repetition_penalty --reward_weights 1 1 0.5
 
-or `rewards/repetition_penalty.py:RepetitionPenalty` with `ngram_size` / `max_penalty` in `reward_init_kwargs`.
+or `rewards/repetition_penalty.py:RepetitionPenalty` with `ngram_size` / `max_penalty` in `reward_init_kwargs`. The same
+class is the built-in `repetition_penalty` (`--reward_funcs literal semantic repetition_penalty`), which needs no path.
 """
 
 from __future__ import annotations
 
-from trl.rewards import get_repetition_penalty_reward
+from tippo_rl.rewards import RepetitionPenalty
 
-
-class RepetitionPenalty:
-    """TRL's repetition penalty as a class plug-in (init kwargs `ngram_size`, default 3, and `max_penalty`, default −1)."""
-
-    __name__ = "repetition_penalty"
-
-    def __init__(self, ngram_size: int = 3, max_penalty: float = -1.0):
-        self.penalty = get_repetition_penalty_reward(ngram_size=ngram_size, max_penalty=max_penalty)
-
-    def __call__(self, completion_ids, **kwargs) -> list[float]:
-        return self.penalty(completion_ids=completion_ids)
-
+__all__ = ["RepetitionPenalty", "repetition_penalty"]
 
 repetition_penalty = RepetitionPenalty()  # trigrams, penalty in [−1, 0]

@@ -420,3 +420,17 @@ def test_static_embedder_replaces_an_incomplete_cache_folder(tmp_path):
     static = static_sentence_embedder(encoder_dir, dims=8, cache_dir=cache, pooling="cls")
     assert static.encode(["a red circle"]).shape == (1, 8)
     assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == [distilled.name]
+
+
+def test_repetition_penalty_is_a_builtin_with_trls_numbers():
+    from trl.rewards import get_repetition_penalty_reward
+
+    reward = load_reward("repetition_penalty")
+    completion_ids = [[5, 6, 7, 5, 6, 7, 5, 6, 7], [1, 2, 3, 4, 5], [9, 9]]
+    scores = reward(prompts=["a"] * 3, completions=["x"] * 3, completion_ids=completion_ids)
+    assert scores == get_repetition_penalty_reward(ngram_size=3, max_penalty=-1.0)(completion_ids=completion_ids)
+    assert scores[0] < 0 and scores[1] == 0.0  # 3 distinct of 7 trigrams: −(1 − 3/7); none repeated: 0
+    assert scores[0] == pytest.approx(-(1 - 3 / 7))
+    assert reward_name(reward) == "repetition_penalty"
+    bigrams = load_reward("repetition_penalty", ngram_size=2, max_penalty=-0.5)
+    assert bigrams(completion_ids=[[1, 2, 1, 2]]) == [pytest.approx(-0.5 * (1 - 2 / 3))]

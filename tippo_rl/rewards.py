@@ -46,6 +46,7 @@ SEMANTIC_BACKENDS = ("flagembedding", "static")
 
 __all__ = [
     "BUILTIN_REWARDS",
+    "RepetitionPenalty",
     "SemanticReward",
     "bundled_minilm_path",
     "static_sentence_embedder",
@@ -472,11 +473,32 @@ class SemanticReward:
         )
 
 
+class RepetitionPenalty:
+    """Penalise completions that repeat themselves: TRL's `trl.rewards.get_repetition_penalty_reward` as a plug-in
+    (built-in name ``repetition_penalty``). A completion's penalty is ``max_penalty · (1 − distinct n-grams /
+    n-grams)`` over its token ids, in [max_penalty, 0]; 0 without a repeated n-gram. Token ids, so any tokenizer works.
+
+    Args:
+        ngram_size: n (default 3). max_penalty: the penalty of a completion made of one repeated n-gram (default −1).
+    """
+
+    __name__ = "repetition_penalty"
+
+    def __init__(self, ngram_size: int = 3, max_penalty: float = -1.0):
+        from trl.rewards import get_repetition_penalty_reward
+
+        self.penalty = get_repetition_penalty_reward(ngram_size=ngram_size, max_penalty=max_penalty)
+
+    def __call__(self, completion_ids, **kwargs) -> list[float]:
+        return self.penalty(completion_ids=completion_ids)
+
+
 # --------------------------------------------------------------------------------------------------- plug-ins
 
 BUILTIN_REWARDS: dict[str, str] = {
     "literal": "tippo_rl.rewards:literal",
     "semantic": "tippo_rl.rewards:SemanticReward",
+    "repetition_penalty": "tippo_rl.rewards:RepetitionPenalty",
 }
 
 
@@ -547,7 +569,8 @@ def load_reward(spec: str | Callable, **init_kwargs) -> Callable:
 
     Spec forms:
 
-    * a built-in name: ``literal`` (Eq. 7) or ``semantic`` (Eq. 8, :class:`SemanticReward`);
+    * a built-in name: ``literal`` (Eq. 7), ``semantic`` (Eq. 8, :class:`SemanticReward`) or
+      ``repetition_penalty`` (:class:`RepetitionPenalty`, TRL's n-gram repetition penalty);
     * ``package.module:name``: imported like ``python -m`` would (``sys.path``, then the current directory),
       e.g. ``rewards.length_penalty:length_penalty`` from the repository root;
     * ``path/to/file.py:name``: the file is loaded directly, no package needed;
