@@ -10,6 +10,7 @@ improved, and the median seconds per PPO iteration. Writes JSON and a plot into 
 A variant is `NAME: key=value key=value ...`: config fields of the demo PolishPPO YAML (values read as YAML:
 `advantage_window=null`, `reward_funcs=[literal,semantic]`, `generation_kwargs={repetition_penalty:1.2}`), plus
 `trainer=ppo` to run the plain `PPOTrainer` instead of `PolishPPOTrainer` (the PolishPPO-only fields are then dropped).
+A variant that sets `reward_funcs` without `reward_weights` gets one weight per reward, not the YAML's weights.
 
     python benchmarks/bench_rl_gain.py --seeds 0 1 2 --demo_num_test 300
     python benchmarks/bench_rl_gain.py --variants "demo:" "rloo4: num_generations=4 advantage_baseline=leave_one_out"
@@ -118,6 +119,8 @@ def run_variant(args, workdir: Path, sft_dir: Path, name: str, overrides: dict, 
                   seed=seed, save_strategy="no")
     if args.quick:
         config.update(QUICK_RL)
+    if "reward_funcs" in overrides and "reward_weights" not in overrides:
+        config.pop("reward_weights", None)  # the YAML's weights belong to the YAML's rewards
     config.update(overrides)
     if trainer_kind == "ppo":
         known = {f.name for f in dataclasses.fields(PPOConfig)} | {f.name for f in dataclasses.fields(TIPPoScriptArguments)} | {

@@ -77,9 +77,9 @@ def test_grid_trains_evaluates_and_reports_every_cell(tmp_path, demo_dataset_dir
     assert set(histories) == {f"{v}/{s}/seed{seed}" for v in ("TIP", "TIPPo") for s in ("sft", "polishppo", "sft_polishppo") for seed in (0, 1)}
     assert sum("loss" in entry for entry in histories["TIPPo/sft/seed1"]) == 3
     assert sum("rewards/literal/mean" in entry for entry in histories["TIP/sft_polishppo/seed0"]) == 2
-    for plot in ("loss.png", "rewards.png", "ablation.png"):
+    for plot, panels in (("loss.png", 3), ("rewards.png", 2), ("ablation.png", 1)):  # ablation.png: ROUGE-L (no CIDEr here)
         with Image.open(out / plot) as image:
-            assert image.format == "PNG" and image.width > 600
+            assert image.format == "PNG" and image.width > 500 * panels
 
 
 @pytest.mark.parametrize(
