@@ -210,7 +210,7 @@ def main(script_args: TIPPoScriptArguments, ablation: AblationArguments, eval_ar
                     fields = scene_fields(dataset, predictions, script_args.demo_lang) if demo else {}
                     runs.append({"seed": seed, "model": str(path), **result.summary(), **({"scene_fields": fields} if demo else {})})
                 label = [variant, SCHEDULES[schedule]]
-                score_rows.append((label, [run for run in runs]))
+                score_rows.append((label, runs))
                 field_rows.append((label, [run.get("scene_fields", {}) for run in runs]))
                 plotted[f"{variant} · {SCHEDULES[schedule]}"] = {
                     **{name: [run[name] for run in runs] for name in TABLE_METRICS if name in runs[0]},

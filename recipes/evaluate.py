@@ -23,11 +23,12 @@ from tippo_rl.recipe_args import TIPPoScriptArguments, load_datasets
 from tippo_rl.reports import (
     EvaluationArguments,
     examples_section,
+    SCENE_FIELDS,
     SCENE_FIELDS_NOTE,
-    fields_table,
     scene_fields,
     score_model,
     scores_table,
+    spread_table,
     write_predictions,
 )
 from trl import TrlParser
@@ -142,7 +143,7 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
             summaries[name] = {"path": path, "predictions": file_name, "generation_seconds": round(seconds, 2), **result.summary()}
             if script_args.dataset == "demo":  # the embedded default's references can be read back field by field
                 summaries[name]["scene_fields"] = scene_fields(dataset, predictions[name], script_args.demo_lang)
-                fields.append(([name], summaries[name]["scene_fields"]))
+                fields.append(([name], [summaries[name]["scene_fields"]]))
     finally:
         if meteor is not None:
             meteor.close()
@@ -150,7 +151,7 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
     table = scores_table(results, ["Model"])
     if fields:
         table += f"\n\n{SCENE_FIELDS_NOTE}\n\n"
-        table += fields_table(fields, ["Model"])
+        table += spread_table(fields, ["Model"], SCENE_FIELDS, digits=1)
     decoding = ", ".join(f"{key} {value}" for key, value in eval_args.generate_kwargs().items())
     report = "\n\n".join(
         [

@@ -3,8 +3,8 @@
 - [`EvaluationArguments`]: how predictions are generated (split, decoding) and scored (metrics, tokenisation, language).
 - [`score_model`]: generate on a dataset and score with `tippo_rl.metrics.compute_metrics`.
 - [`write_predictions`], [`scores_table`], [`examples_section`]: JSONL predictions and markdown for reports.
-- [`scene_fields`], [`fields_table`]: on the embedded default, how often predictions get each field of the scene
-  right (place, object count, colour, shape).
+- [`scene_fields`]: on the embedded default, how often predictions get each field of the scene right (place, object
+  count, colour, shape), tabulated like scores over seeds by [`spread_table`].
 - [`plot_curves`]: PNG line plots of training logs (`trainer.state.log_history`).
 """
 
@@ -170,17 +170,6 @@ def scene_fields(dataset: Dataset, predictions: Mapping[str, str], lang: str) ->
     `tippo_rl.demo_data.scene_field_accuracy`)."""
     rows = list(zip(dataset["id"], dataset["references"]))
     return scene_field_accuracy([predictions[row_id] for row_id, _ in rows], [references[0] for _, references in rows], lang)
-
-
-def fields_table(rows: Sequence[tuple[Sequence[str], Mapping[str, float]]], headers: Sequence[str]) -> str:
-    """A markdown table of scene-field accuracies ×100: the leading cells of each row, then one column per field."""
-    lines = [
-        "| " + " | ".join([*headers, *SCENE_FIELDS]) + " |",
-        "|" + "---|" * len(headers) + "---:|" * len(SCENE_FIELDS),
-    ]
-    for cells, accuracy in rows:
-        lines.append("| " + " | ".join([*cells, *(f"{100 * accuracy[name]:.1f}" for name in SCENE_FIELDS)]) + " |")
-    return "\n".join(lines)
 
 
 def spread_cell(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
