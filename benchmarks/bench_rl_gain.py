@@ -98,6 +98,7 @@ def train_sft(args, workdir: Path) -> Path:
     config.update(common_settings(args, workdir), output_dir=str(workdir / "sft"), save_strategy="no")
     if args.quick:
         config.update(QUICK_SFT)
+    config.update(args.sft_overrides)
     script_args, training_args, model_args = parse_with_config(config, (TIPPoScriptArguments, load_recipe("sft").TIPPoSFTConfig, TIPPoModelConfig), workdir, "sft")
     load_recipe("sft").main(script_args, training_args, model_args)
     return Path(training_args.output_dir)
@@ -221,6 +222,8 @@ def run(args, info: dict, workdir: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, help="`NAME: key=value ...` (see the module docstring).")
+    parser.add_argument("--sft_overrides", default={}, type=lambda text: parse_variant(f"sft: {text}")[1],
+                        help="`key=value ...` over demo_sft.yaml for the one SFT run (e.g. `image_slot_embeddings=false`).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--demo_num_test", type=int, default=300, help="Held-out samples (≥ 200 for a study).")
     parser.add_argument("--demo_num_train", type=int, default=None, help="Training samples (default: the demo configs').")

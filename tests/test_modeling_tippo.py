@@ -181,6 +181,28 @@ def test_tip_ablation_fusion_is_text_then_raw_image_signals():
     assert prefix.attention_mask.tolist() == [[1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0, 0]]
 
 
+def test_image_slot_embeddings_add_one_vector_per_slot_to_that_images_tokens(tmp_path):
+    """`image_slot_embeddings`: slot i's 2k fusion tokens get e_i added, S^T gets nothing; off, the module is absent."""
+    model, _ = build_tiny_tippo(image_slot_embeddings=True)
+    model.eval()
+    plain, _ = build_tiny_tippo()
+    assert not hasattr(plain, "image_slot_embedding")
+    plain.load_state_dict({key: value for key, value in model.state_dict().items() if "image_slot_embedding" not in key})
+    assert model.image_slot_embedding.weight.shape == (model.config.max_images, 64)
+    k = model.config.prefix_length
+    image_features, title_features = torch.randn(2, 3, 64), torch.randn(2, 64)
+    with torch.no_grad():
+        slots = model.encode_prefix(FUSION_MASK, image_features=image_features, title_features=title_features)
+        bare = plain.eval().encode_prefix(FUSION_MASK, image_features=image_features, title_features=title_features)
+        offsets = torch.cat([torch.zeros(k, 64), model.image_slot_embedding.weight[:3].repeat_interleave(2 * k, dim=0)])
+    torch.testing.assert_close(slots.inputs_embeds, bare.inputs_embeds + offsets)
+    assert slots.attention_mask.tolist() == bare.attention_mask.tolist()
+    model.save_pretrained(tmp_path)
+    loaded = TIPPoModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.image_slot_embeddings is True
+    assert torch.equal(loaded.image_slot_embedding.weight, model.image_slot_embedding.weight)
+
+
 def test_padding_image_slots_do_not_change_outputs(tiny_model_varied_outputs):
     model = tiny_model_varied_outputs
     image_features, title_features = torch.randn(2, 3, 64), torch.randn(2, 64)

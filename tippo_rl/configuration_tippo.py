@@ -26,6 +26,11 @@ class TIPPoConfig(PretrainedConfig):
             N_max: the most images one sample may have (ArtMuse: 3–5, COCO-CN: 1).
         use_daa_do (`bool`, defaults to `True`):
             `False` gives the paper's "TIP" ablation: no DAA, no DO, decoder input [S^T; S_1^I; …; S_N^I].
+        image_slot_embeddings (`bool`, defaults to `False`):
+            Not in the paper. A learned vector per image slot (position 1…N_max), added to that image's tokens in the
+            fusion S^F, so the decoder knows which image a token came from and how many images there are. Without
+            it the only order signal is T5's relative attention over the prefix. The paper's model is `False`; the
+            embedded default turns it on (its references describe the images in order: README).
         daa_lambda1 (`float`, defaults to 0.0):
             λ1 of Eq. 2 at construction. SFT sets it every step (`daa_lambda_schedule`: m/M, or a constant); the RL
             trainers keep the starting model's value by default (`hold`) or set m/M of the RL stage every iteration
@@ -48,6 +53,7 @@ class TIPPoConfig(PretrainedConfig):
         adapter_hidden_size: int | None = None,
         max_images: int = 5,
         use_daa_do: bool = True,
+        image_slot_embeddings: bool = False,
         daa_lambda1: float = 0.0,
         freeze_encoder: bool = True,
         encoder_name_or_path: str | None = None,
@@ -79,6 +85,7 @@ class TIPPoConfig(PretrainedConfig):
         ) // 2
         self.max_images = max_images
         self.use_daa_do = use_daa_do
+        self.image_slot_embeddings = bool(image_slot_embeddings)
         self.daa_lambda1 = float(daa_lambda1)
         self.freeze_encoder = freeze_encoder
         self.encoder_name_or_path = encoder_name_or_path

@@ -199,6 +199,8 @@ class TIPPoPreTrainedModel(PreTrainedModel):
             module.weight.normal_(mean=0.0, std=0.02)
             if module.bias is not None:
                 module.bias.zero_()
+        elif isinstance(module, nn.Embedding) and module is getattr(self, "image_slot_embedding", None):
+            module.weight.normal_(mean=0.0, std=0.02)
         elif isinstance(module, TIPPoModel):
             module.daa_lambda1.fill_(self.config.daa_lambda1)
 
@@ -226,6 +228,8 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
         if config.use_daa_do:
             self.dual_alignment_attention = TIPPoDualAlignmentAttention(config)
             self.difference_operator = TIPPoDifferenceOperator(config)
+        if config.image_slot_embeddings:  # not in the paper: which image slot a fusion token came from
+            self.image_slot_embedding = nn.Embedding(config.max_images, config.hidden_size)
         self.language_model = T5ForConditionalGeneration._from_config(config.decoder_config)
         # λ1 of Eq. 2, 1-D so that DeepSpeed can shard it; saved with the weights.
         self.register_buffer("daa_lambda1", torch.tensor([config.daa_lambda1]), persistent=True)
@@ -331,6 +335,8 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
             per_image = torch.cat([augmented, differential], dim=2)  # [S_i^A; S_i^D] (batch, N, 2k, d)
         else:  # TIP ablation: [S^T; S_1^I; …; S_N^I]
             per_image = image_signals
+        if self.config.image_slot_embeddings:
+            per_image = per_image + self.image_slot_embedding.weight[:n_images, None, :].to(per_image.dtype)
         tokens_per_image = per_image.shape[2]
         inputs_embeds = torch.cat([text_signal, per_image.reshape(batch, n_images * tokens_per_image, d)], dim=1)
         attention_mask = torch.cat(

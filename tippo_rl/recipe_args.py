@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 DATASET_KINDS = ("demo", "artmuse", "cococn")
 PRESETS = ("tiny", "pretrained")
 # Everything TIPPo adds in front of the decoder trains fully when the decoder gets LoRA.
-TIPPO_MODULES = ["text_adapter", "image_adapter", "dual_alignment_attention", "difference_operator"]
+TIPPO_MODULES = ["text_adapter", "image_adapter", "dual_alignment_attention", "difference_operator", "image_slot_embedding"]
 
 
 # Errors about what the user gave (files, rows, checkpoints, options): one line, no traceback.
@@ -132,6 +132,10 @@ class TIPPoModelConfig(ModelConfig):
     decoder_name_or_path: str = field(default=PAPER_DECODER, metadata={"help": "The T5 decoder for `preset: pretrained`."})
     prefix_length: int = field(default=4, metadata={"help": "k, tokens per φ vector (fresh `pretrained` models; the tiny preset uses 2)."})
     use_daa_do: bool = field(default=True, metadata={"help": "False gives the paper's TIP ablation (no DAA, no DO)."})
+    image_slot_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Not in the paper: a learned embedding per image slot added to its fusion tokens (fresh models; TIPPoConfig)."},
+    )
     seed_model: int = field(default=0, metadata={"help": "Seed of a fresh model's random initialisation."})
     tiny_pretrained_encoder: bool = field(
         default=True,
@@ -178,9 +182,19 @@ def load_model_and_processor(args: TIPPoModelConfig, lang: str = "en") -> tuple[
             check_model_source(source, "--model_name_or_path")
             return TIPPoModel.from_pretrained(source, revision=args.model_revision), TIPPoProcessor.from_pretrained(source)
         if args.preset == "tiny":
-            return build_tiny_tippo(lang=lang, use_daa_do=args.use_daa_do, seed=args.seed_model, pretrained_encoder=args.tiny_pretrained_encoder)
+            return build_tiny_tippo(
+                lang=lang,
+                use_daa_do=args.use_daa_do,
+                seed=args.seed_model,
+                pretrained_encoder=args.tiny_pretrained_encoder,
+                image_slot_embeddings=args.image_slot_embeddings,
+            )
         return build_tippo_from_pretrained_components(
-            args.encoder_name_or_path, args.decoder_name_or_path, prefix_length=args.prefix_length, use_daa_do=args.use_daa_do
+            args.encoder_name_or_path,
+            args.decoder_name_or_path,
+            prefix_length=args.prefix_length,
+            use_daa_do=args.use_daa_do,
+            image_slot_embeddings=args.image_slot_embeddings,
         )
 
 
