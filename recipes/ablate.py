@@ -173,7 +173,7 @@ def main(script_args: TIPPoScriptArguments, ablation: AblationArguments, eval_ar
     train, evaluation = load_datasets(script_args)  # fail on bad data before any training
     dataset = train if eval_args.split == "train" else evaluation
     if dataset is None:
-        raise ValueError(f"--dataset {script_args.dataset} has no evaluation split: set its eval file, or --split train")
+        raise ValueError(f"{script_args.dataset_id} has no evaluation split: set its eval file, or --split train")
 
     histories, seconds = {}, {}
     wanted = set(ablation.schedules)
@@ -237,7 +237,7 @@ def main(script_args: TIPPoScriptArguments, ablation: AblationArguments, eval_ar
     }
     report = "\n\n".join(
         [
-            f"# Ablation on {script_args.dataset} ({eval_args.split} split, {len(dataset)} samples; {seeds_note})",
+            f"# Ablation on {script_args.dataset_id} ({eval_args.split} split, {len(dataset)} samples; {seeds_note})",
             table,
             f"Scores ×100 (CIDEr-D too). TIP: no DAA, no DO. "
             f"SFT: `{ablation.sft_config}` with {', '.join(ablation.sft_overrides) or 'no overrides'}; "

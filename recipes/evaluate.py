@@ -121,7 +121,7 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
     dataset = train if eval_args.split == "train" else evaluation
     if dataset is None:
         raise ValueError(
-            f"--dataset {script_args.dataset} has no evaluation split: set --eval_file (artmuse) or "
+            f"{script_args.dataset_id} has no evaluation split: set --eval_file (artmuse) or "
             "--coco_eval_annotations (cococn), or evaluate on --split train"
         )
     for name, path in evaluate_args.models:  # fail on a missing checkpoint before spending time on the others
@@ -155,7 +155,7 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
     decoding = ", ".join(f"{key} {value}" for key, value in eval_args.generate_kwargs().items())
     report = "\n\n".join(
         [
-            f"# Evaluation on {script_args.dataset} ({eval_args.split} split, {len(dataset)} samples)",
+            f"# Evaluation on {script_args.dataset_id} ({eval_args.split} split, {len(dataset)} samples)",
             table,
             f"Scores ×100 (CIDEr-D too); `empty`: predictions without a token. Decoding: {decoding}. "
             f"Metrics: {', '.join(eval_args.metrics)}; tokenize `{eval_args.tokenize}`, lang `{eval_args.lang}`. "

@@ -31,7 +31,7 @@ def main(script_args: TIPPoScriptArguments, training_args: PolishPPOConfig, mode
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset)
+        trainer.push_to_hub(dataset_name=script_args.dataset_id)
     trainer.accelerator.print(f"PolishPPO model and processor saved to {training_args.output_dir}")
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()  # closes trackers and the process group; exiting with gloo still open can abort a rank

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tippo_rl import TIPPoDataCollator, load_artmuse, load_coco_captions
+from tippo_rl import ColumnNames, TIPPoDataCollator, load_artmuse, load_coco_captions, load_hf_dataset
 from tippo_rl.data import DataValidationError
 
 GOOD = {"title": "in the garden", "images": ["a.png", "b.png"], "reference": "in the garden there is a red circle."}
@@ -38,7 +38,8 @@ def write_jsonl(folder, lines) -> str:
 def test_load_artmuse_demo_dataset(demo_dataset_dir):
     dataset = load_artmuse(demo_dataset_dir / "train.jsonl")
     assert len(dataset) == 24
-    assert set(dataset.column_names) == {"id", "title", "images", "reference", "references"}
+    # The demo rows' own fields (place, shown_places) are kept: reward plug-ins receive every column.
+    assert set(dataset.column_names) == {"id", "title", "images", "reference", "references", "place", "shown_places"}
     row = dataset[0]
     assert row["id"] == "train-0"
     assert all(isinstance(image, Image.Image) for image in row["images"])
@@ -338,3 +339,103 @@ def test_a_reference_longer_than_the_target_length_is_said_once_per_sample(tiny_
     assert labels.shape[1] == processor.max_target_length
     [record] = [record for record in caplog.records if "reference has" in record.getMessage()]
     assert re.search(r"sample 'long': reference has \d+ tokens \(196000 characters\); trained on its first 64", record.getMessage())
+
+
+# ---------------------------------------------------------------------------------------------- extra fields, HF datasets
+
+
+def test_extra_jsonl_fields_are_kept_and_missing_ones_are_none(folder):
+    dataset = load_artmuse(write_jsonl(folder, [{**GOOD, "style": "ink", "score": 3}, GOOD]))
+    assert dataset["style"] == ["ink", None] and dataset["score"] == [3, None]
+
+
+def hf_rows(folder, n=3):
+    """Rows as a TRL user keeps them: one decoded image, the target in `text`, the title in `name`, an extra column."""
+    return {
+        "name": [f"title {i}" for i in range(n)],
+        "image": [Image.open(folder / "a.png")] * n,
+        "text": [f"a red square number {i}." for i in range(n)],
+        "style": ["ink"] * n,
+    }
+
+
+MAPPED = ColumnNames(title="name", images="image", reference="text")
+
+
+def test_save_to_disk_folder_with_an_image_column_and_mapped_columns(folder, tmp_path):
+    from datasets import Dataset, DatasetDict, Features, Value
+    from datasets import Image as ImageFeature
+
+    features = Features({"name": Value("string"), "image": ImageFeature(), "text": Value("string"), "style": Value("string")})
+    splits = DatasetDict({"train": Dataset.from_dict(hf_rows(folder), features=features), "test": Dataset.from_dict(hf_rows(folder, 1), features=features)})
+    splits.save_to_disk(tmp_path / "saved")
+    dataset = load_hf_dataset(str(tmp_path / "saved"), "train", columns=MAPPED)
+    assert len(dataset) == 3 and dataset[1]["title"] == "title 1" and dataset[1]["reference"] == "a red square number 1."
+    assert len(dataset[0]["images"]) == 1 and isinstance(dataset[0]["images"][0], Image.Image)
+    assert dataset["style"] == ["ink"] * 3 and dataset[0]["id"] == "train-0" and dataset[0]["references"] == [dataset[0]["reference"]]
+    assert len(load_hf_dataset(str(tmp_path / "saved"), "test", columns=MAPPED)) == 1
+    with pytest.raises(DataValidationError, match="has no split 'validation'; its splits: train, test"):
+        load_hf_dataset(str(tmp_path / "saved"), "validation", columns=MAPPED)
+
+
+def test_a_misnamed_column_is_named_with_the_columns_found(folder, tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_dict(hf_rows(folder)).save_to_disk(tmp_path / "saved")
+    with pytest.raises(DataValidationError, match=r"no column 'reference' for the reference \(--reference_column\); its columns: name, image, text, style"):
+        load_hf_dataset(str(tmp_path / "saved"), columns=ColumnNames(title="name", images="image"))
+    with pytest.raises(DataValidationError, match=r"no column 'images' for the images \(--images_column\)"):
+        load_hf_dataset(str(tmp_path / "saved"), columns=ColumnNames(title="name", reference="text"))
+
+
+def test_jsonl_and_parquet_files_with_paths_and_lists_of_images(folder):
+    from datasets import Dataset, Features, List, Value
+    from datasets import Image as ImageFeature
+
+    path = write_jsonl(folder, [{**GOOD, "style": "ink"}])
+    dataset = load_hf_dataset(str(path), image_root=folder)  # relative paths start from image_root
+    assert dataset[0]["title"] == GOOD["title"] and len(dataset[0]["images"]) == 2 and dataset["style"] == ["ink"]
+    features = Features({"title": Value("string"), "images": List(ImageFeature()), "reference": Value("string")})
+    rows = {"title": ["t"], "images": [[str(folder / "a.png"), str(folder / "b.png")]], "reference": ["r"]}
+    Dataset.from_dict(rows, features=features).to_parquet(folder / "data.parquet")
+    dataset = load_hf_dataset(str(folder / "data.parquet"))
+    assert len(dataset[0]["images"]) == 2 and dataset[0]["images"][1].getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_imagefolder_with_metadata(folder):
+    rows = [{"file_name": "a.png", "text": "a red square.", "title": "red"}, {"file_name": "b.png", "text": "a blue one.", "title": "blue"}]
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    dataset = load_hf_dataset(str(folder), columns=ColumnNames(images="image", reference="text"))
+    assert sorted(dataset["reference"]) == ["a blue one.", "a red square."] and len(dataset[0]["images"]) == 1
+
+
+def test_hf_rows_are_validated_like_jsonl_rows(folder, tmp_path, caplog):
+    from datasets import Dataset
+
+    rows = {"title": ["t", "t", ""], "images": [[str(folder / "a.png")], [str(folder / "nope.png")], [str(folder / "a.png")]], "text": ["r", "r", "r"]}
+    Dataset.from_dict(rows).save_to_disk(tmp_path / "saved")
+    columns = ColumnNames(reference="text")
+    with pytest.raises(DataValidationError, match=r"split 'train', row 1: field 'images': image .*nope.png' does not exist"):
+        load_hf_dataset(str(tmp_path / "saved"), columns=columns)
+    with caplog.at_level(logging.WARNING):
+        dataset = load_hf_dataset(str(tmp_path / "saved"), columns=columns, on_error="skip")
+    assert len(dataset) == 1 and "skipped 2 bad rows" in caplog.text
+
+
+def test_a_column_that_a_mapping_would_overwrite_is_refused(folder, tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_dict({**hf_rows(folder), "reference": ["x"] * 3}).save_to_disk(tmp_path / "saved")
+    with pytest.raises(DataValidationError, match="read from column 'text', but there is also a column 'reference'"):
+        load_hf_dataset(str(tmp_path / "saved"), columns=MAPPED)
+
+
+def test_an_unreadable_dataset_name_says_so(tmp_path):
+    with pytest.raises(DataValidationError, match="dataset 'no-such-org/no-such-dataset' cannot be loaded"):
+        load_hf_dataset("no-such-org/no-such-dataset")
+
+
+def test_a_python_dataset_whose_target_is_named_text_is_refused_not_trained_on_empty_labels(tiny_model_and_processor, folder):
+    rows = [{"id": "s1", "title": "t", "images": [Image.open(folder / "a.png")], "text": "the target"}]
+    with pytest.raises(DataValidationError, match=r"sample 's1' has no column 'reference'.*its columns: id, title, images, text"):
+        TIPPoDataCollator(tiny_model_and_processor[1])(rows)

@@ -59,3 +59,29 @@ def test_model_folders_that_do_not_exist_or_hold_only_a_pickle_are_refused(tmp_p
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     with pytest.raises(OSError, match="model.safetensors"):  # safetensors only, as the README says
         load_model_and_processor(TIPPoModelConfig(model_name_or_path=str(tmp_path)))
+
+
+def test_dataset_name_with_column_options_loads_train_and_test_splits(tmp_path, demo_dataset_dir):
+    from datasets import DatasetDict
+
+    from tippo_rl import load_artmuse
+    from tippo_rl.recipe_args import load_datasets
+
+    splits = DatasetDict({"train": load_artmuse(demo_dataset_dir / "train.jsonl"), "test": load_artmuse(demo_dataset_dir / "test.jsonl")})
+    splits = splits.rename_columns({"reference": "text", "title": "name"}).remove_columns("references")
+    splits.save_to_disk(tmp_path / "saved")
+    config = tmp_path / "config.yaml"
+    config.write_text("dataset: demo\nmax_steps: 3\n")  # the YAML's dataset gives way to --dataset_name
+    script_args, _, _ = parser().parse_args_and_config(args=[
+        "--config", str(config), "--output_dir", str(tmp_path), "--use_cpu", "true", "--dataset_name", str(tmp_path / "saved"),
+        "--reference_column", "text", "--title_column", "name", "--dataset_test_split", "test",
+    ])
+    assert script_args.dataset == "hf" and script_args.dataset_id == str(tmp_path / "saved")
+    train, evaluation = load_datasets(script_args)
+    assert len(train) == 24 and len(evaluation) == 8
+    assert train[0]["reference"] == splits["train"][0]["text"] and train[0]["place"] == splits["train"][0]["place"]
+    script_args.dataset_test_split = "validation"  # a dataset without that split: no evaluation data
+    assert load_datasets(script_args)[1] is None
+    script_args.reference_column = "caption"
+    with pytest.raises(DataValidationError, match="no column 'caption' for the reference .*; its columns: id, name, images, text"):
+        load_datasets(script_args)

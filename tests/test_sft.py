@@ -61,6 +61,16 @@ def logged(trainer, key):
 # -- configuration ------------------------------------------------------------------------------------
 
 
+def test_a_dataset_without_a_reference_column_is_refused_at_the_trainer(tmp_path, demo_dataset_dir):
+    from tippo_rl.data import DataValidationError
+
+    model, processor = build_tiny_tippo(seed=0)
+    train = load_artmuse(demo_dataset_dir / "train.jsonl").rename_column("reference", "text")
+    with pytest.raises(DataValidationError, match="train_dataset has no column 'reference'; its columns: .*text"):
+        TIPPoSFTTrainer(model=model, args=sft_config(tmp_path), processor=processor, train_dataset=train)
+
+
+
 @pytest.mark.parametrize(
     ("arguments", "field"),
     [

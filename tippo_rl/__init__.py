@@ -18,6 +18,8 @@ _EXPORTS = {
     "TIPPoDataCollator": "data",
     "load_artmuse": "data",
     "load_coco_captions": "data",
+    "load_hf_dataset": "data",
+    "ColumnNames": "data",
     "make_demo_dataset": "demo_data",
     "cache_frozen_features": "feature_cache",
     "build_tiny_tippo": "presets",

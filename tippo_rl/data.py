@@ -1,7 +1,9 @@
-"""Datasets for TIPPo: ArtMuse-style JSONL and COCO-CN-style captions, validated at load time, and the collator.
+"""Datasets for TIPPo: ArtMuse-style JSONL, COCO-CN-style captions and any Hugging Face dataset (hub id, `save_to_disk`
+folder, or files `datasets.load_dataset` reads), validated at load time, and the collator.
 
 Every row becomes `{id, title, images, reference, references}` in a `datasets.Dataset` whose `images`
-column is a list of `datasets.Image()`. Bad rows raise an error naming the file, row and field, or — with
+column is a list of `datasets.Image()`; every other column of the source is kept as it is (reward plug-ins receive
+it). Bad rows raise an error naming the file, row and field, or — with
 `on_error="skip"` (`--on_bad_rows skip` in the recipes) — are dropped with a counted warning. Nothing is dropped
 silently. Every image is decoded once when its row is checked (JPEG at 1/8 scale: cheap), so a truncated file is a bad
 row, not a crash later in training.
@@ -9,15 +11,17 @@ row, not a crash later in training.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset, Features, Image, List, Value
+from datasets import Dataset, DatasetDict, Features, Image, List, Value, load_dataset, load_from_disk
 from PIL import Image as PILImage
 
 from .processing_tippo import TIPPoProcessor, open_image
@@ -57,7 +61,18 @@ def check_image(path: Path) -> None:
         raise ValueError(f"image '{path}' cannot be opened: {error}") from error
 
 
-def _finish(rows: list[dict], problems: Counter, source: str, on_error: str) -> Dataset:
+def check_image_bytes(data: bytes, name: str) -> None:
+    """`check_image` for an image stored in a dataset (`datasets.Image`'s `bytes`)."""
+    try:
+        with PILImage.open(io.BytesIO(data)) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (1, 1))
+            image.load()
+    except Exception as error:  # PIL raises many types for corrupt files
+        raise ValueError(f"image '{name}' cannot be opened: {error}") from error
+
+
+def _finish(rows: list[dict], problems: Counter, source: str, on_error: str, extra_features: Features | None = None) -> Dataset:
     if problems:
         logger.warning(
             "%s: skipped %d bad rows (%s); to stop at the first one and see its line, use --on_bad_rows raise "
@@ -68,12 +83,48 @@ def _finish(rows: list[dict], problems: Counter, source: str, on_error: str) -> 
         )
     if not rows:
         raise DataValidationError(f"{source}: no usable rows")
-    return Dataset.from_list(rows, features=FEATURES)
+    extras = list(dict.fromkeys(name for row in rows for name in row if name not in FEATURES))
+    for row in rows:  # a field some rows lack is None there (datasets takes its columns from the first row)
+        for name in extras:
+            row.setdefault(name, None)
+    features = Features({**FEATURES, **(extra_features or {})})
+    missing = [name for name in extras if name not in features]
+    if missing:  # JSONL extras: their types as datasets infers them
+        features.update(Dataset.from_list([{name: row[name] for name in missing} for row in rows]).features)
+    return Dataset.from_list(rows, features=features)
 
 
 def _check_on_error(on_error: str) -> None:
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+@dataclass(frozen=True)
+class ColumnNames:
+    """Where a source keeps each TIPPo field (`--title_column`, `--images_column`, `--reference_column`); messages name
+    the source's column."""
+
+    title: str = "title"
+    images: str = "images"
+    reference: str = "reference"
+
+
+def _is_image(value: Any) -> bool:
+    return isinstance(value, (str, PILImage.Image)) or (isinstance(value, dict) and bool(value.get("bytes") or value.get("path")))
+
+
+def _checked_image(image: Any, image_root: Path) -> Any:
+    """A row's image as the `images` column stores it (a full path, a `{bytes, path}` dict or a PIL image), after
+    checking that it decodes; `ValueError` with the reason if it does not."""
+    if isinstance(image, PILImage.Image):
+        return image  # decoded already
+    if isinstance(image, dict) and image.get("bytes"):
+        check_image_bytes(image["bytes"], image.get("path") or "<bytes>")
+        return {"bytes": image["bytes"], "path": image.get("path")}
+    path = image["path"] if isinstance(image, dict) else image
+    full = Path(path) if Path(path).is_absolute() else image_root / path
+    check_image(full)
+    return str(full)
 
 
 def validate_row(
@@ -82,43 +133,49 @@ def validate_row(
     max_images: int,
     allow_empty_title: bool,
     require_reference: bool,
+    columns: ColumnNames = ColumnNames(),
 ) -> tuple[dict, str | None]:
-    """Check one ArtMuse-style row; return (clean row, None) or (None, 'field: problem')."""
+    """Check one row; return (clean row, None) or (None, 'field: problem'). The clean row holds `id`, `title`,
+    `images`, `reference`, `references` and every other field of `row` unchanged."""
     if not isinstance(row, dict):
         return None, f"row: expected a JSON object, got {type(row).__name__}"
-    title = row.get("title", "")
+    title = row.get(columns.title, "")
+    if title is None and allow_empty_title:
+        title = ""
     if not isinstance(title, str):
-        return None, f"field 'title': expected a string, got {type(title).__name__}"
+        return None, f"field '{columns.title}': expected a string, got {type(title).__name__}"
     if not title.strip() and not allow_empty_title:
         return None, (
-            "field 'title': is empty (for captioning data without titles use --allow_empty_title true, "
+            f"field '{columns.title}': is empty (for captioning data without titles use --allow_empty_title true, "
             "allow_empty_title=True in Python)"
         )
-    images = row.get("images")
-    if isinstance(images, str):
+    images = row.get(columns.images)
+    if _is_image(images):
         images = [images]
-    if not isinstance(images, list) or not all(isinstance(path, str) for path in images):
-        return None, "field 'images': expected a list of image paths"
+    if not isinstance(images, list) or not all(_is_image(image) for image in images):
+        return None, f"field '{columns.images}': expected a list of image paths or images"
     if not 1 <= len(images) <= max_images:
-        return None, f"field 'images': has {len(images)} images, TIPPo takes 1 to {max_images}"
-    paths = []
-    for path in images:
-        full = Path(path) if Path(path).is_absolute() else image_root / path
+        return None, f"field '{columns.images}': has {len(images)} images, TIPPo takes 1 to {max_images}"
+    checked = []
+    for image in images:
         try:
-            check_image(full)
+            checked.append(_checked_image(image, image_root))
         except ValueError as error:
-            return None, f"field 'images': {error}"
-        paths.append(str(full))
-    reference = row.get("reference", "")
+            return None, f"field '{columns.images}': {error}"
+    reference = row.get(columns.reference, "")
+    if reference is None and not require_reference:
+        reference = ""
     if not isinstance(reference, str):
-        return None, f"field 'reference': expected a string, got {type(reference).__name__}"
+        return None, f"field '{columns.reference}': expected a string, got {type(reference).__name__}"
     if require_reference and not reference.strip():
-        return None, "field 'reference': is empty"
+        return None, f"field '{columns.reference}': is empty"
     references = row.get("references") or ([reference] if reference else [])
     if not isinstance(references, list) or not all(isinstance(text, str) for text in references):
         return None, "field 'references': expected a list of strings"
-    clean = {"id": str(row.get("id", "")), "title": title, "images": paths, "reference": reference}
+    used = {columns.title, columns.images, columns.reference, "references", "id"}
+    clean = {"id": str(row.get("id", "") or ""), "title": title, "images": checked, "reference": reference}
     clean["references"] = references
+    clean.update({name: value for name, value in row.items() if name not in used and name not in FEATURES})
     return clean, None
 
 
@@ -173,6 +230,117 @@ def load_artmuse(
             logger.debug(message)
             problems[problem.split(":")[0]] += 1
     return _finish(rows, problems, str(path), on_error)
+
+
+DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+
+
+def open_dataset(name: str, config: str | None = None) -> DatasetDict:
+    """The splits of a dataset as `datasets` names them: a folder written by `save_to_disk` (`load_from_disk`), a data
+    file (`.json`, `.jsonl`, `.parquet`, `.csv`, `.arrow`: one `train` split), or anything `load_dataset(name, config)`
+    reads (a hub id; a folder of data files; an `imagefolder` with `metadata.jsonl`)."""
+    path = Path(name)
+    try:
+        if path.is_dir() and any((path / marker).is_file() for marker in ("dataset_dict.json", "dataset_info.json", "state.json")):
+            loaded = load_from_disk(str(path))
+            return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+        if path.is_file():
+            builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise DataValidationError(
+                    f"dataset '{name}': cannot read a '{path.suffix}' file; use one of {', '.join(DATA_FILE_BUILDERS)} or a folder"
+                )
+            return load_dataset(builder, data_files=str(path))
+        return load_dataset(name, config)
+    except DataValidationError:
+        raise
+    except Exception as error:  # offline, unknown id, unreadable files: say what was asked for
+        raise DataValidationError(f"dataset '{name}' cannot be loaded: {type(error).__name__}: {error}") from error
+
+
+def _undecoded(dataset: Dataset, column: str) -> Dataset:
+    """`dataset` whose image column (an `Image` or a list of them) holds `{bytes, path}` dicts: validation decodes each
+    image once, cheaply, rather than `datasets` decoding them in full."""
+    feature = dataset.features[column]
+    if isinstance(feature, Image):
+        return dataset.cast_column(column, Image(decode=False))
+    if isinstance(feature, List) and isinstance(feature.feature, Image):
+        return dataset.cast_column(column, List(Image(decode=False)))
+    return dataset
+
+
+def load_hf_dataset(
+    name: str,
+    split: str = "train",
+    config: str | None = None,
+    columns: ColumnNames = ColumnNames(),
+    image_root: str | Path | None = None,
+    max_images: int = 5,
+    allow_empty_title: bool = False,
+    require_reference: bool = True,
+    on_error: str = "raise",
+) -> Dataset:
+    """Load a Hugging Face dataset as a TIPPo dataset, validated as `load_artmuse` validates JSONL rows.
+
+    Args:
+        name: a hub id, a `save_to_disk` folder, a data file or a folder `datasets.load_dataset` reads
+            (see `open_dataset`).
+        split: the split to load (`--dataset_train_split` / `--dataset_test_split`).
+        config: the dataset's configuration (`--dataset_config`).
+        columns: the source's column for each TIPPo field: the title (a string; may be absent with
+            `allow_empty_title`), the images (an `Image`, a list of `Image`s, a path or a list of paths) and the
+            reference text (may be absent unless `require_reference`). Every other column is kept.
+        image_root: folder relative image paths start from (default: `name` when it is a folder, else the current
+            directory).
+        max_images, allow_empty_title, require_reference, on_error: as for `load_artmuse`.
+
+    Raises:
+        DataValidationError: the dataset cannot be loaded, has no such split or column (the message lists those it
+            has), or a row is bad (the message names the split, row and column).
+    """
+    _check_on_error(on_error)
+    splits = open_dataset(name, config)
+    if split not in splits:
+        raise DataValidationError(f"dataset '{name}' has no split '{split}'; its splits: {', '.join(splits)}")
+    dataset = splits[split]
+    source = f"dataset '{name}', split '{split}'"
+    found = ", ".join(dataset.column_names)
+    needed = [("images", columns.images, "--images_column")]
+    if not allow_empty_title:
+        needed.append(("title", columns.title, "--title_column"))
+    if require_reference:
+        needed.append(("reference", columns.reference, "--reference_column"))
+    for field_name, column, option in needed:
+        if column not in dataset.column_names:
+            raise DataValidationError(
+                f"{source}: no column '{column}' for the {field_name} ({option}); its columns: {found}"
+            )
+    for field_name, column in (("title", columns.title), ("images", columns.images), ("reference", columns.reference)):
+        if column != field_name and field_name in dataset.column_names:
+            raise DataValidationError(
+                f"{source}: the {field_name} is read from column '{column}', but there is also a column '{field_name}', "
+                "which would be lost; rename or remove one of them"
+            )
+    mapped = {columns.title, columns.images, columns.reference}
+    folder = Path(name) if Path(name).is_dir() else Path.cwd()
+    image_root = Path(image_root) if image_root is not None else folder
+    dataset = _undecoded(dataset, columns.images)
+    extra_features = {
+        column: feature for column, feature in dataset.features.items() if column not in mapped and column not in FEATURES
+    }
+    rows, problems = [], Counter()
+    for index, row in enumerate(dataset):
+        clean, problem = validate_row(row, image_root, max_images, allow_empty_title, require_reference, columns)
+        if problem is None:
+            clean["id"] = clean["id"] or f"{split}-{index}"
+            rows.append(clean)
+            continue
+        message = f"{source}, row {index}: {problem}"
+        if on_error == "raise":
+            raise DataValidationError(message)
+        logger.debug(message)
+        problems[problem.split(":")[0]] += 1
+    return _finish(rows, problems, source, on_error, Features(extra_features))
 
 
 def load_coco_captions(
@@ -232,6 +400,19 @@ def load_coco_captions(
     return _finish(rows, problems, str(annotations), on_error)
 
 
+def check_dataset_columns(dataset: Dataset, what: str, require_reference: bool = True) -> None:
+    """At a trainer's door: `dataset` has the columns TIPPo reads (`images`, `title` and, to train on targets,
+    `reference`), else a `DataValidationError` naming the missing one and listing those it has."""
+    needed = ["images", "title"] + (["reference"] if require_reference else [])
+    for column in needed:
+        if column not in dataset.column_names:
+            raise DataValidationError(
+                f"{what} has no column '{column}'; its columns: {', '.join(dataset.column_names)}. Rename yours "
+                f"(dataset.rename_column('text', '{column}')) or load it with tippo_rl.data.load_hf_dataset(..., "
+                f"columns=ColumnNames({column}='text')) (--{column}_column text in the recipes)"
+            )
+
+
 class TIPPoDataCollator:
     """Rows of a TIPPo dataset → a model batch.
 
@@ -246,6 +427,8 @@ class TIPPoDataCollator:
         self._truncated_ids: set[str] = set()  # samples whose reference was cut, already reported
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, Any]:
+        if self.with_labels:
+            self.check_references(rows)
         references = [row.get("reference", "") for row in rows]
         if "image_features" in rows[0]:
             batch = self.stack_features(rows)
@@ -267,6 +450,20 @@ class TIPPoDataCollator:
         batch["titles"] = [row["title"] for row in rows]
         batch["ids"] = [row.get("id", "") for row in rows]
         return batch
+
+    @staticmethod
+    def check_references(rows: Sequence[dict]) -> None:
+        """Training targets must exist: a dataset whose target column has another name (`text`, `caption`) would
+        otherwise train on empty labels."""
+        for row in rows:
+            reference = row.get("reference")
+            if not isinstance(reference, str) or not reference.strip():
+                problem = "has no column 'reference'" if "reference" not in row else f"has an empty 'reference' ({reference!r})"
+                raise DataValidationError(
+                    f"sample '{row.get('id', '')}' {problem}, the target text (its columns: {', '.join(row)}); name the "
+                    "target column 'reference' (dataset.rename_column('text', 'reference')), or load the dataset with "
+                    "tippo_rl.data.load_hf_dataset(..., columns=ColumnNames(reference='text')) (--reference_column text)"
+                )
 
     def warn_about_cut_references(self, rows: Sequence[dict], labels: torch.Tensor) -> None:
         """Warn once per sample whose reference is longer than `max_target_length` tokens (the labels keep its start)."""

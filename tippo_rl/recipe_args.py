@@ -16,7 +16,7 @@ from peft import LoraConfig, get_peft_model
 from trl import ModelConfig, TrlParser
 
 from .checkpoints import CheckpointError, check_model_source
-from .data import DataValidationError, load_artmuse, load_coco_captions
+from .data import ColumnNames, DataValidationError, load_artmuse, load_coco_captions, load_hf_dataset
 from .demo_data import make_demo_dataset
 from .modeling_tippo import TIPPoModel
 from .zero3 import full_weights_under_zero3
@@ -25,7 +25,7 @@ from .processing_tippo import TIPPoProcessor
 
 logger = logging.getLogger(__name__)
 
-DATASET_KINDS = ("demo", "artmuse", "cococn")
+DATASET_KINDS = ("demo", "artmuse", "cococn", "hf")  # hf: a Hugging Face dataset, --dataset_name
 PRESETS = ("tiny", "pretrained")
 # Everything TIPPo adds in front of the decoder trains fully when the decoder gets LoRA.
 TIPPO_MODULES = ["text_adapter", "image_adapter", "dual_alignment_attention", "difference_operator", "image_slot_embedding"]
@@ -76,15 +76,29 @@ def check_yaml_config(path: str, error) -> None:
 
 @dataclass
 class TIPPoScriptArguments:
-    """Which data a recipe trains and evaluates on."""
+    """Which data a recipe trains and evaluates on: `--dataset_name` (any Hugging Face dataset, as in TRL's
+    `ScriptArguments`), or one of the project's formats (`--dataset demo|artmuse|cococn`)."""
 
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A Hugging Face dataset: a hub id, a save_to_disk folder, a .json/.jsonl/.parquet/.csv file or a folder load_dataset reads (e.g. an imagefolder with metadata.jsonl). Takes the place of --dataset."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "--dataset_name: its configuration (load_dataset's `name`)."})
+    dataset_train_split: str = field(default="train", metadata={"help": "--dataset_name: the split to train on."})
+    dataset_test_split: str = field(default="test", metadata={"help": "--dataset_name: the split to evaluate on (none if the dataset lacks it)."})
+    title_column: str = field(default="title", metadata={"help": "--dataset_name: the column holding the title (a string)."})
+    images_column: str = field(
+        default="images",
+        metadata={"help": "--dataset_name: the column holding the images (an Image, a list of Images, a path or a list of paths; `image` in an imagefolder)."},
+    )
+    reference_column: str = field(default="reference", metadata={"help": "--dataset_name: the column holding the target text."})
     dataset: str = field(
         default="demo",
-        metadata={"help": "`demo` (the embedded default, generated on the fly), `artmuse` (JSONL) or `cococn` (COCO captions JSON)."},
+        metadata={"help": "`demo` (the embedded default, generated on the fly), `artmuse` (JSONL) or `cococn` (COCO captions JSON); ignored with --dataset_name."},
     )
-    train_file: str | None = field(default=None, metadata={"help": "artmuse: training JSONL ({title, images, reference} rows)."})
+    train_file: str | None = field(default=None, metadata={"help": "artmuse: training JSONL ({title, images, reference} rows; other fields reach reward plug-ins)."})
     eval_file: str | None = field(default=None, metadata={"help": "artmuse: evaluation JSONL."})
-    image_root: str | None = field(default=None, metadata={"help": "artmuse: folder relative image paths start from (default: the JSONL's folder)."})
+    image_root: str | None = field(default=None, metadata={"help": "artmuse, --dataset_name: folder relative image paths start from (default: the JSONL's or the dataset's folder)."})
     coco_train_annotations: str | None = field(default=None, metadata={"help": "cococn: training captions JSON."})
     coco_eval_annotations: str | None = field(default=None, metadata={"help": "cococn: evaluation captions JSON."})
     coco_image_dir: str | None = field(default=None, metadata={"help": "cococn: the image folder."})
@@ -93,16 +107,27 @@ class TIPPoScriptArguments:
     demo_num_train: int = field(default=400, metadata={"help": "demo: training samples."})
     demo_num_test: int = field(default=300, metadata={"help": "demo: held-out samples."})
     on_bad_rows: str = field(default="raise", metadata={"help": "`raise` at the first bad row, or `skip` bad rows with a counted warning."})
-    allow_empty_title: bool = field(default=False, metadata={"help": "artmuse: accept rows with an empty title (captioning data)."})
+    allow_empty_title: bool = field(default=False, metadata={"help": "artmuse, --dataset_name: accept rows with an empty title, or no title column (captioning data)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep at most this many evaluation samples."})
 
+    @property
+    def dataset_id(self) -> str:
+        """What the data is called on the hub and in model cards: `--dataset_name`, else the project format's name."""
+        return self.dataset_name or self.dataset
+
     def __post_init__(self):
+        if self.dataset_name is not None:
+            self.dataset = "hf"  # the YAML's `dataset: demo` gives way to a --dataset_name on the command line
+        elif self.dataset == "hf":
+            raise ValueError("--dataset hf reads a Hugging Face dataset: set --dataset_name")
         if self.dataset not in DATASET_KINDS:
             raise ValueError(f"--dataset must be one of {', '.join(DATASET_KINDS)}; got {self.dataset!r}")
         if self.on_bad_rows not in ("raise", "skip"):
             raise ValueError(f"--on_bad_rows must be 'raise' or 'skip'; got {self.on_bad_rows!r}")
         if self.demo_lang not in ("en", "zh"):
             raise ValueError(f"--demo_lang must be 'en' or 'zh'; got {self.demo_lang!r}")
+        if self.dataset == "hf":
+            return  # load_datasets checks the dataset itself (splits, columns, rows)
         required = {
             "artmuse": ["train_file"],
             "cococn": ["coco_train_annotations", "coco_image_dir"],
@@ -150,9 +175,26 @@ class TIPPoModelConfig(ModelConfig):
             self.lora_target_modules = ["q", "v"]  # T5's attention projections; φ's are named differently
 
 
-def load_datasets(args: TIPPoScriptArguments, max_images: int = 5) -> tuple[Dataset, Dataset | None]:
-    """(train, eval) datasets as the script arguments describe them."""
-    if args.dataset == "demo":
+def load_datasets(
+    args: TIPPoScriptArguments, max_images: int = 5, require_reference: bool = True
+) -> tuple[Dataset, Dataset | None]:
+    """(train, eval) datasets as the script arguments describe them. `require_reference=False` (PPO with rewards that
+    need no target) accepts training rows without a reference; evaluation rows always need one."""
+    if args.dataset == "hf":
+        columns = ColumnNames(title=args.title_column, images=args.images_column, reference=args.reference_column)
+        options = dict(
+            config=args.dataset_config, columns=columns, image_root=args.image_root, max_images=max_images,
+            allow_empty_title=args.allow_empty_title, on_error=args.on_bad_rows,
+        )
+        train = load_hf_dataset(args.dataset_name, args.dataset_train_split, require_reference=require_reference, **options)
+        try:
+            evaluation = load_hf_dataset(args.dataset_name, args.dataset_test_split, **options)
+        except DataValidationError as error:
+            if "has no split" not in str(error):
+                raise
+            logger.info("%s: no evaluation split", error)
+            evaluation = None
+    elif args.dataset == "demo":
         with PartialState().main_process_first():  # one process writes the files, the others then reuse them
             folder = make_demo_dataset(
                 args.demo_dir, num_train=args.demo_num_train, num_test=args.demo_num_test, lang=args.demo_lang, max_images=max_images
@@ -160,7 +202,7 @@ def load_datasets(args: TIPPoScriptArguments, max_images: int = 5) -> tuple[Data
         train, evaluation = load_artmuse(folder / "train.jsonl"), load_artmuse(folder / "test.jsonl")
     elif args.dataset == "artmuse":
         options = dict(allow_empty_title=args.allow_empty_title, on_error=args.on_bad_rows)
-        train = load_artmuse(args.train_file, args.image_root, max_images, **options)
+        train = load_artmuse(args.train_file, args.image_root, max_images, require_reference=require_reference, **options)
         evaluation = load_artmuse(args.eval_file, args.image_root, max_images, **options) if args.eval_file else None
     else:
         train = load_coco_captions(args.coco_train_annotations, args.coco_image_dir, "caption", args.on_bad_rows)

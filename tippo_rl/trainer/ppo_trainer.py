@@ -40,7 +40,7 @@ from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from ..checkpoints import CheckpointError
-from ..data import MODEL_INPUT_NAMES, TIPPoDataCollator, model_inputs
+from ..data import MODEL_INPUT_NAMES, TIPPoDataCollator, check_dataset_columns, model_inputs
 from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import load_reward, reward_name, score_rewards
@@ -357,6 +357,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         if args.use_value_head:
             model = PolicyAndValueModel(policy, tippo.config.hidden_size)
 
+        check_dataset_columns(train_dataset, "train_dataset", require_reference=False)  # a reward may not need one
+        if eval_dataset is not None:
+            check_dataset_columns(eval_dataset, "eval_dataset")  # decoded and compared with its references
         train_dataset, eval_dataset = cache_features_for_training(args, tippo, processor, train_dataset, eval_dataset)
 
         super().__init__(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datasets import Dataset
 from trl import SFTTrainer
 
-from ..data import TIPPoDataCollator
+from ..data import TIPPoDataCollator, check_dataset_columns
 from ..modeling_tippo import TIPPoModel, prototype_contrastive_loss
 from ..processing_tippo import TIPPoProcessor
 from .generation_eval import GenerationEvalMixin
@@ -47,6 +47,9 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
             # Every trainable weight of a TIPPo model with a frozen encoder takes part in the loss (the TIP ablation
             # does not build DAA/DO), so DDP can skip its search for unused parameters, a graph walk every step.
             args.ddp_find_unused_parameters = False
+        check_dataset_columns(train_dataset, "train_dataset")
+        if eval_dataset is not None:
+            check_dataset_columns(eval_dataset, "eval_dataset")
         train_dataset, eval_dataset = cache_features_for_training(args, model, processor, train_dataset, eval_dataset)
         super().__init__(
             model=model,
