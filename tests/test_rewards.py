@@ -180,7 +180,7 @@ def test_load_errors(plugin_file, tmp_path):
         load_reward(f"{tmp_path}/missing.py:f")
     with pytest.raises(ModuleNotFoundError, match="no module named 'no_such_pkg.rewards'"):
         load_reward("no_such_pkg.rewards:f")
-    with pytest.raises(ValueError, match="takes no constructor arguments"):
+    with pytest.raises(ValueError, match="is a reward function .*takes no constructor arguments"):
         load_reward(f"{plugin_file}:short", scale=2)
     with pytest.raises(TypeError, match="cannot construct LengthPenalty"):
         load_reward(str(REPO_ROOT / "rewards/length_penalty.py") + ":LengthPenalty", target=3)
@@ -276,6 +276,7 @@ def test_score_rewards_calls_with_trl_convention_and_weights():
     assert names == ["literal", "spy"]
     assert rewards.shape == (2, 3) and rewards.dtype == torch.float32
     assert rewards.tolist() == [[1.0, 0.0, 1.0], [0.5, 1.0, 1.5]]
+    assert callable(seen["extra"].pop("log_metric")) and callable(seen["extra"].pop("log_extra"))  # no-ops by default
     assert seen == dict(completion_ids=[[1], [2], [3]], trainer_state="state", title=["t1", "t2", "t3"], extra={})
 
 
@@ -434,3 +435,83 @@ def test_repetition_penalty_is_a_builtin_with_trls_numbers():
     assert reward_name(reward) == "repetition_penalty"
     bigrams = load_reward("repetition_penalty", ngram_size=2, max_penalty=-0.5)
     assert bigrams(completion_ids=[[1, 2, 1, 2]]) == [pytest.approx(-0.5 * (1 - 2 / 3))]
+
+
+# --------------------------------------------------------------------------------------------------- TRL's rewards, unchanged
+
+
+def test_trls_shipped_rewards_by_dotted_path_factories_with_kwargs_among_them():
+    from trl.rewards import get_repetition_penalty_reward, get_soft_overlong_punishment, think_format_reward
+
+    penalty = load_reward("trl.rewards.get_repetition_penalty_reward", ngram_size=2, max_penalty=-2.0)  # a factory
+    overlong = load_reward("trl.rewards.get_soft_overlong_punishment", max_completion_len=4, soft_punish_cache=2)
+    default_penalty = load_reward("trl.rewards.get_repetition_penalty_reward")  # a factory with its defaults
+    think = load_reward("trl.rewards.think_format_reward")  # a reward function, used as is
+    assert think is think_format_reward and penalty.reward_spec == "trl.rewards.get_repetition_penalty_reward"
+    ids = [[5, 5, 5, 5], [5, 6], [1, 2, 3, 4, 5]]
+    chat = [[{"role": "assistant", "content": text}] for text in ("<think>a</think> b", "no tags", "<think>x")]
+    rewards, names = score_rewards([penalty, overlong, default_penalty, think], ["p"] * 3, chat, completion_ids=ids)
+    expected = [
+        get_repetition_penalty_reward(ngram_size=2, max_penalty=-2.0)(completion_ids=ids),
+        get_soft_overlong_punishment(max_completion_len=4, soft_punish_cache=2)(completion_ids=ids),
+        get_repetition_penalty_reward()(completion_ids=ids),
+        [1.0, 0.0, 0.0],
+    ]
+    assert torch.allclose(rewards, torch.tensor(expected))
+    assert names == ["repetition_penalty_reward", "soft_overlong_punishment_reward", "repetition_penalty_reward", "think_format_reward"]
+    with pytest.raises(TypeError, match="cannot build the reward with factory get_soft_overlong_punishment"):
+        load_reward("trl.rewards.get_soft_overlong_punishment")  # its arguments have no defaults
+    with pytest.raises(ValueError, match="unknown reward 'bleu'.*dotted path"):
+        load_reward("bleu")
+
+
+def test_log_metric_and_log_extra_reach_the_caller():
+    metrics, extras = [], {}
+
+    def with_logs(prompts, completions, log_metric, log_extra, **kwargs):
+        log_metric("lengths/mean", sum(map(len, completions)) / len(completions))
+        log_extra("upper", [c.upper() for c in completions])
+        return [1.0] * len(completions)
+
+    score_rewards([with_logs], ["p"] * 2, ["ab", "abcd"], log_metric=lambda n, v: metrics.append((n, v)), log_extra=extras.__setitem__)
+    assert metrics == [("lengths/mean", 3.0)] and extras == {"upper": ["AB", "ABCD"]}
+
+
+def test_async_rewards_are_awaited_together_beside_sync_ones():
+    import asyncio
+
+    started = []
+
+    async def slow_a(prompts, completions, **kwargs):
+        started.append("a")
+        await asyncio.sleep(0.05)
+        return [float(len(started))] * len(completions)  # 2 when b started while a waited: concurrent
+
+    class SlowB:
+        async def __call__(self, prompts, completions, **kwargs):
+            started.append("b")
+            await asyncio.sleep(0.05)
+            return [None, 0.5]
+
+    rewards, names = score_rewards([slow_a, literal, SlowB()], ["p"] * 2, ["a", "b"], columns={"reference": ["a", "c"]})
+    assert names == ["slow_a", "literal", "SlowB"]
+    assert rewards[0].tolist() == [2.0, 2.0] and rewards[1].tolist() == [1.0, 0.0]
+    assert math.isnan(rewards[2, 0]) and rewards[2, 1] == 0.5
+
+
+def test_async_reward_errors_name_the_reward():
+    async def broken(prompts, completions, **kwargs):
+        raise KeyError("title")
+
+    with pytest.raises(RuntimeError, match="reward 'broken' .* raised on the batch of 3 samples: KeyError"):
+        score_rewards([broken], **BATCH)
+
+
+def test_a_sample_every_reward_skips_is_said_and_returns_zero(caplog):
+    def only_first(prompts, completions, **kwargs):
+        return [1.0] + [None] * (len(completions) - 1)
+
+    with caplog.at_level("WARNING", logger="tippo_rl.rewards"):
+        rewards, _ = score_rewards([only_first, only_first], ["p"] * 2, ["a", "b"])
+    assert "all reward functions returned None for sample 1" in caplog.text
+    assert torch.nansum(rewards, dim=0).tolist() == [2.0, 0.0]

@@ -11,12 +11,17 @@ Two layers:
 
 In tippo_rl datasets the reference text (Y in the paper) is the column ``reference``.
 
-``load_reward`` turns a spec (``literal``, ``semantic``, ``package.module:function`` or ``path/to/file.py:function``)
-into a plug-in; ``score_rewards`` calls a list of plug-ins on a batch and checks what they return.
+``load_reward`` turns a spec (``literal``, ``semantic``, ``package.module:function``, a dotted path as TRL's scripts
+write it, ``trl.rewards.think_format_reward``, or ``path/to/file.py:function``) into a plug-in, building it first when
+the spec names a class or a factory (``trl.rewards.get_repetition_penalty_reward``) with its keyword arguments;
+``score_rewards`` calls a list of plug-ins (async ones too) on a batch, as TRL's GRPOTrainer does, and checks what they
+return.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import hashlib
 import importlib
@@ -52,6 +57,8 @@ __all__ = [
     "static_sentence_embedder",
     "literal",
     "literal_reward",
+    "is_async_reward",
+    "is_reward_factory",
     "load_reward",
     "reward_name",
     "score_rewards",
@@ -564,6 +571,28 @@ def _import_file(file_path: str, spec: str):
     return module
 
 
+def _location_and_name(spec: str) -> tuple[str, str] | None:
+    """("package.module" or "path/file.py", "name") of a spec, or None if it is neither form."""
+    if ":" in spec:
+        location, _, attribute = spec.rpartition(":")
+    elif "." in spec and not spec.endswith(".py") and "/" not in spec and os.sep not in spec:
+        location, _, attribute = spec.rpartition(".")  # a dotted path, as TRL's scripts name rewards
+    else:
+        return None
+    return (location, attribute) if location and attribute else None
+
+
+def is_reward_factory(function: Callable) -> bool:
+    """A function that builds a reward (``trl.rewards.get_repetition_penalty_reward(ngram_size, max_penalty)``) rather
+    than being one: it takes neither ``completions`` nor ``completion_ids`` nor ``**kwargs``, which TRL passes to every
+    reward function."""
+    if not inspect.isfunction(function):
+        return False
+    parameters = inspect.signature(function).parameters
+    takes_any = any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values())
+    return not takes_any and "completions" not in parameters and "completion_ids" not in parameters
+
+
 def load_reward(spec: str | Callable, **init_kwargs) -> Callable:
     """Resolve a reward spec into a plug-in ``f(prompts, completions, **columns) -> list[float | None]``.
 
@@ -571,38 +600,42 @@ def load_reward(spec: str | Callable, **init_kwargs) -> Callable:
 
     * a built-in name: ``literal`` (Eq. 7), ``semantic`` (Eq. 8, :class:`SemanticReward`) or
       ``repetition_penalty`` (:class:`RepetitionPenalty`, TRL's n-gram repetition penalty);
-    * ``package.module:name``: imported like ``python -m`` would (``sys.path``, then the current directory),
-      e.g. ``rewards.length_penalty:length_penalty`` from the repository root;
+    * ``package.module:name``, or the dotted path ``package.module.name`` (as TRL's scripts write it, e.g.
+      ``trl.rewards.think_format_reward``): imported like ``python -m`` would (``sys.path``, then the current
+      directory), e.g. ``rewards.length_penalty:length_penalty`` from the repository root;
     * ``path/to/file.py:name``: the file is loaded directly, no package needed;
     * a callable or a class, used as is.
 
-    A class is instantiated with ``init_kwargs`` (``load_reward("semantic", model_name_or_path=...)``); a
-    function takes no ``init_kwargs``. The result carries ``reward_spec`` (the spec) for error messages.
+    What the spec names may be a reward function (async ones too: ``async def f(prompts, completions, ...)``), a class
+    (instantiated with ``init_kwargs``: ``load_reward("semantic", model_name_or_path=...)``) or a factory, a function
+    that takes no ``completions`` and returns the reward (called with ``init_kwargs``:
+    ``load_reward("trl.rewards.get_repetition_penalty_reward", ngram_size=2)``). A reward function takes no
+    ``init_kwargs``. The result carries ``reward_spec`` (the spec) for error messages.
 
     Args:
         spec: see above.
-        **init_kwargs: constructor arguments when the spec names a class.
+        **init_kwargs: arguments of the class or factory the spec names.
 
     Returns:
         The plug-in callable.
 
     Raises:
-        ValueError: the spec is not one of the forms above, or ``init_kwargs`` were given for a function.
+        ValueError: the spec is not one of the forms above, or ``init_kwargs`` were given for a reward function.
         ModuleNotFoundError, FileNotFoundError: the module or file cannot be found.
         AttributeError: the module has no such name (the message lists what it defines).
-        TypeError: the object is not callable, or its constructor rejected ``init_kwargs``.
+        TypeError: the object is not callable, or its constructor or factory rejected ``init_kwargs``.
     """
     if callable(spec) and not isinstance(spec, str):
         reward, source = spec, None
     else:
         source = spec
-        target = BUILTIN_REWARDS.get(spec, spec)
-        location, sep, attribute = target.rpartition(":")
-        if not sep or not location or not attribute:
+        parts = _location_and_name(BUILTIN_REWARDS.get(spec, spec))
+        if parts is None:
             raise ValueError(
                 f"unknown reward {spec!r}: use a built-in name ({', '.join(BUILTIN_REWARDS)}), "
-                "'package.module:function' or 'path/to/file.py:function'"
+                "'package.module:function', a dotted path 'package.module.function' or 'path/to/file.py:function'"
             )
+        location, attribute = parts
         is_file = location.endswith(".py") or "/" in location or os.sep in location
         module = _import_file(location, spec) if is_file else _import_module(location, spec)
         if not hasattr(module, attribute):
@@ -617,17 +650,21 @@ def load_reward(spec: str | Callable, **init_kwargs) -> Callable:
             )
         reward = getattr(module, attribute)
 
-    if inspect.isclass(reward):
+    label = source or getattr(reward, "__name__", type(reward).__name__)
+    if inspect.isclass(reward) or is_reward_factory(reward):
+        kind = "construct" if inspect.isclass(reward) else "build the reward with factory"
         try:
-            reward = reward(**init_kwargs)
+            built = reward(**init_kwargs)
         except TypeError as error:
-            raise TypeError(
-                f"reward {source or reward.__name__!r}: cannot construct {reward.__name__}: {error}"
-            ) from error
+            raise TypeError(f"reward {label!r}: cannot {kind} {reward.__name__}: {error}") from error
+        if not callable(built):
+            raise TypeError(f"reward {label!r}: factory {reward.__name__} returned {type(built).__name__}, not a reward function")
+        reward = built
     elif init_kwargs:
         raise ValueError(
-            f"reward {source or reward_name(reward)!r} is not a class, so it takes no constructor arguments "
-            f"(got {', '.join(init_kwargs)}); per-sample inputs come from dataset columns"
+            f"reward {source or reward_name(reward)!r} is a reward function (it takes the completions), not a class or a "
+            f"factory, so it takes no constructor arguments (got {', '.join(init_kwargs)}); per-sample inputs come "
+            "from dataset columns"
         )
     if not callable(reward):
         raise TypeError(
@@ -639,6 +676,28 @@ def load_reward(spec: str | Callable, **init_kwargs) -> Callable:
         except AttributeError:  # bound methods, builtins: the message falls back to module:qualname
             pass
     return reward
+
+
+def is_async_reward(reward_func: Callable) -> bool:
+    """An ``async def`` reward function, or an object whose ``__call__`` is one (TRL runs them concurrently)."""
+    while isinstance(reward_func, functools.partial):
+        reward_func = reward_func.func
+    return inspect.iscoroutinefunction(reward_func) or inspect.iscoroutinefunction(getattr(reward_func, "__call__", None))
+
+
+def _run_concurrently(coroutines: list) -> list:
+    """Await `coroutines` together (asyncio.gather) and return their results, in order; from a thread of its own
+    when this one already runs an event loop (a notebook)."""
+
+    async def gather():
+        return await asyncio.gather(*coroutines, return_exceptions=True)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(gather())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, gather()).result()
 
 
 def _as_reward_value(value: Any, name: str, source: str, sample: int) -> float:
@@ -665,10 +724,13 @@ def score_rewards(
     weights: Sequence[float] | None = None,
     trainer_state: Any = None,
     completion_ids: Sequence[Sequence[int]] | None = None,
+    log_metric: Callable[[str, float], None] | None = None,
+    log_extra: Callable[[str, list], None] | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """Call every reward plug-in on a batch, as TRL's GRPOTrainer does, and check what each returns.
 
-    Each plug-in is called as ``f(prompts=..., completions=..., completion_ids=..., trainer_state=..., **columns)``.
+    Each plug-in is called as ``f(prompts=..., completions=..., completion_ids=..., trainer_state=..., log_metric=...,
+    log_extra=..., **columns)``; async plug-ins are awaited together (``asyncio.gather``) after the others.
     A plug-in may return ``None`` for a sample it does not apply to (TRL's convention); that entry is NaN in
     the result, so combine rewards with ``torch.nansum(rewards, dim=0)``.
 
@@ -680,6 +742,10 @@ def score_rewards(
         weights: one float per plug-in; row i of the result is multiplied by ``weights[i]``. None: all 1.
         trainer_state: passed through (TRL passes its ``TrainerState``, for rewards shaped by training progress).
         completion_ids: token ids of the completions, passed through.
+        log_metric: ``log_metric(name, value)`` for a reward to log a scalar (the trainers log its mean under ``name``);
+            None: a no-op.
+        log_extra: ``log_extra(column, values)`` for a reward to add a column (one value per sample) to the logged
+            completions; None: a no-op.
 
     Returns:
         ``(rewards, names)``: ``rewards`` a float32 ``torch.Tensor`` of shape ``(n_funcs, batch)`` on the CPU,
@@ -703,21 +769,36 @@ def score_rewards(
         raise ValueError(f"got {len(weights)} reward weights for {len(reward_funcs)} reward functions")
 
     names = [reward_name(f) for f in reward_funcs]
-    rows = []
-    for reward_func, name in zip(reward_funcs, names):
-        source = _reward_source(reward_func)
+    kwargs = dict(
+        prompts=prompts,
+        completions=completions,
+        completion_ids=completion_ids,
+        trainer_state=trainer_state,
+        log_metric=log_metric or (lambda name, value: None),
+        log_extra=log_extra or (lambda column, values: None),
+        **columns,
+    )
+    outputs: list[Any] = [None] * len(reward_funcs)
+    pending = []  # (index, coroutine) of async rewards, awaited together as TRL does
+    for index, reward_func in enumerate(reward_funcs):
         try:
-            values = reward_func(
-                prompts=prompts,
-                completions=completions,
-                completion_ids=completion_ids,
-                trainer_state=trainer_state,
-                **columns,
-            )
+            if is_async_reward(reward_func):
+                pending.append((index, reward_func(**kwargs)))
+            else:
+                outputs[index] = reward_func(**kwargs)
         except Exception as error:
+            outputs[index] = error
+    if pending:
+        for (index, _), result in zip(pending, _run_concurrently([coroutine for _, coroutine in pending])):
+            outputs[index] = result
+
+    rows = []
+    for reward_func, name, values in zip(reward_funcs, names, outputs):
+        source = _reward_source(reward_func)
+        if isinstance(values, Exception):
             raise RuntimeError(
-                f"reward {name!r} ({source}) raised on the batch of {batch} samples: {type(error).__name__}: {error}"
-            ) from error
+                f"reward {name!r} ({source}) raised on the batch of {batch} samples: {type(values).__name__}: {values}"
+            ) from values
         if isinstance(values, torch.Tensor):
             values = values.tolist()
         if isinstance(values, (str, bytes)) or (not isinstance(values, Sequence) and not hasattr(values, "__array__")):
@@ -733,5 +814,11 @@ def score_rewards(
         rows.append([_as_reward_value(v, name, source, i) for i, v in enumerate(values)])
 
     rewards = torch.tensor(rows, dtype=torch.float32).reshape(len(reward_funcs), batch)
+    if reward_funcs and batch and torch.isnan(rewards).all(0).any():
+        sample = int(torch.isnan(rewards).all(0).nonzero()[0])
+        logger.warning(  # as TRL's GRPOTrainer: the sample's return is then 0
+            "all reward functions returned None for sample %d (prompt %r, completion %r); its return counts as 0",
+            sample, prompts[sample], completions[sample],
+        )
     rewards *= torch.tensor(weights, dtype=torch.float32).unsqueeze(1)
     return rewards, names

@@ -93,13 +93,19 @@ class GenerationEvalMixin:
             f"{metric_key_prefix}_literal": sum(literal) / len(literal),
         }
         rewards = {"literal": literal}
+        extras: dict[str, list] = {}  # columns the rewards add with log_extra, shown in the completions table
         if getattr(self, "reward_funcs", None):
             columns = {name: list(dataset[name]) for name in dataset.column_names if name not in ("image_features", "title_features")}
-            scores, _ = score_rewards(self.reward_funcs, prompts=list(titles), completions=completions, columns=columns, trainer_state=self.state)
+            scores, _ = score_rewards(
+                self.reward_funcs, prompts=list(titles), completions=self.reward_completions(completions), columns=columns,
+                trainer_state=self.state, log_metric=lambda name, value: None, log_extra=extras.__setitem__,
+            )
             for name, values in zip(self.reward_names, scores):
                 rewards[name] = values.tolist()
                 metrics[f"{metric_key_prefix}_rewards/{name}"] = torch.nanmean(values).item()
         self.eval_completions = {"title": list(titles), "completion": completions, "reference": list(references), **rewards}
+        self.eval_extra_columns = [column for column in extras if column not in self.eval_completions]
+        self.eval_completions.update({column: list(extras[column]) for column in self.eval_extra_columns})
         self._log_completions_table()
         return metrics
 
@@ -108,12 +114,13 @@ class GenerationEvalMixin:
         if not n or not self.accelerator.is_main_process:
             return
         table = {key: values[:n] for key, values in self.eval_completions.items()}
-        rewards = {key: values for key, values in table.items() if key not in ("title", "completion", "reference")}
+        extra_columns = ["reference", *getattr(self, "eval_extra_columns", [])]
+        rewards = {key: values for key, values in table.items() if key not in ("title", "completion", *extra_columns)}
         try:
             from trl.trainer.utils import print_prompt_completions_sample
 
             print_prompt_completions_sample(
-                table["title"], table["completion"], rewards, None, self.state.global_step, extra={"reference": table["reference"]}
+                table["title"], table["completion"], rewards, None, self.state.global_step, extra={key: table[key] for key in extra_columns}
             )
         except ImportError:  # rich is missing: a plain log line per sample
             for row in zip(*table.values()):

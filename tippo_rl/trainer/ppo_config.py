@@ -17,6 +17,7 @@ ADVANTAGE_BASELINES = ("none", "running", "group", "leave_one_out", "greedy")
 GROUP_BASELINES = ("group", "leave_one_out")  # need k ≥ 2 completions per prompt
 DAA_LAMBDA_SCHEDULES = ("hold", "linear")
 VALUE_HEAD_INITS = ("mean_return", "zero")
+REWARD_COMPLETIONS_FORMATS = ("text", "conversational")
 
 
 @dataclass
@@ -60,13 +61,19 @@ class PPOConfig(TrainingArguments, GenerationEvalArguments):
         > Rewards
 
         reward_funcs (`list[str]`, *optional*):
-            Reward plug-ins (`tippo_rl.rewards.load_reward` specs: `literal`, `semantic`, `module:function`,
-            `path/file.py:function`). Callables may be passed to the trainer instead.
+            Reward plug-ins (`tippo_rl.rewards.load_reward` specs: `literal`, `semantic`, `module:function`, a dotted
+            path `module.function` as in TRL's scripts, `path/file.py:function`). Callables may be passed to the
+            trainer instead.
         reward_weights (`list[float]`, *optional*):
             One weight per reward; the sequence reward is Σ weight·reward. Defaults to 1 each.
         reward_init_kwargs (`dict`, *optional*):
-            Constructor arguments of class plug-ins, keyed by spec:
-            `{"rewards/image_grounded.py:ImageGroundedReward": {"model_name_or_path": "outputs/demo_sft"}}`.
+            Arguments of class and factory plug-ins, keyed by spec:
+            `{"rewards/image_grounded.py:ImageGroundedReward": {"model_name_or_path": "outputs/demo_sft"},
+            "trl.rewards.get_repetition_penalty_reward": {"ngram_size": 2}}`.
+        reward_completions_format (`str`, defaults to `"text"`):
+            How rewards receive the completions: `text` (strings) or `conversational` (TRL's chat form, one assistant
+            message per completion, `[{"role": "assistant", "content": text}]`), which TRL's `think_format_reward` and
+            `accuracy_reward` read. The built-in rewards take either.
 
         > PPO
 
@@ -165,14 +172,18 @@ class PPOConfig(TrainingArguments, GenerationEvalArguments):
     # -- rewards -----------------------------------------------------------------------------------------------------
     reward_funcs: list[str] | None = field(
         default=None,
-        metadata={"help": "Reward plug-ins: `literal`, `semantic`, `module:function` or `path/file.py:function`."},
+        metadata={"help": "Reward plug-ins: `literal`, `semantic`, `repetition_penalty`, `module:function`, a dotted path (`trl.rewards.think_format_reward`) or `path/file.py:function`."},
     )
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "One weight per reward function (default 1 each)."}
     )
     reward_init_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": "Constructor arguments of class plug-ins keyed by spec, e.g. {\"path/r.py:MyReward\": {\"model_name_or_path\": \"x\"}}."},
+        metadata={"help": "Arguments of class and factory plug-ins keyed by spec, e.g. {\"trl.rewards.get_repetition_penalty_reward\": {\"ngram_size\": 2}}."},
+    )
+    reward_completions_format: str = field(
+        default="text",
+        metadata={"help": "Completions as rewards receive them: `text` (strings) or `conversational` (TRL's [{\"role\": \"assistant\", \"content\": ...}], for trl.rewards.think_format_reward)."},
     )
 
     # -- PPO ---------------------------------------------------------------------------------------------------------
@@ -310,6 +321,10 @@ class PPOConfig(TrainingArguments, GenerationEvalArguments):
                     f"reward_init_kwargs names {', '.join(sorted(unknown))}, which is not in reward_funcs "
                     f"({', '.join(self.reward_funcs or []) or 'empty'})"
                 )
+        if self.reward_completions_format not in REWARD_COMPLETIONS_FORMATS:
+            raise ValueError(
+                f"reward_completions_format must be one of {', '.join(REWARD_COMPLETIONS_FORMATS)}, got {self.reward_completions_format!r}"
+            )
         if not 0 < self.cliprange < 1:
             raise ValueError(f"cliprange (ε) must lie in (0, 1), got {self.cliprange}")
         if self.kl_coef < 0:

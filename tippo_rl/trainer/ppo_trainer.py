@@ -32,7 +32,7 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from accelerate.utils import is_peft_model, set_seed
+from accelerate.utils import gather_object, is_peft_model, set_seed
 from datasets import Dataset
 from torch import nn
 from transformers import GenerationConfig, Trainer, TrainerCallback
@@ -418,6 +418,8 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)  # per iteration, already reduced: logged means
         self._step_metrics = StepMetrics()  # per step, on the device until log()
         self._reward_warnings: set[tuple[str, str]] = set()  # (reward, problem) already reported
+        self._pending_reward_metrics: dict[str, list[float]] = defaultdict(list)  # from rewards' log_metric
+        self.reward_extras: dict[str, list] = {}  # from rewards' log_extra: the latest rollout batch's columns
 
     # -- data ---------------------------------------------------------------------------------------------------------
 
@@ -582,12 +584,30 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         rewards, _ = score_rewards(
             self.reward_funcs,
             prompts=rollouts["prompts"],
-            completions=rollouts["completions"],
+            completions=self.reward_completions(rollouts["completions"]),
             columns=rollouts["columns"],
             trainer_state=self.state,
             completion_ids=ids,
+            log_metric=self.log_reward_metric,
+            log_extra=self.log_reward_extra,
         )
         return rewards.to(self.accelerator.device)
+
+    def reward_completions(self, completions: list[str]) -> list[Any]:
+        """The completions as reward functions receive them (`reward_completions_format`): strings, or TRL's chat form."""
+        if self.args.reward_completions_format == "conversational":
+            return [[{"role": "assistant", "content": text}] for text in completions]
+        return completions
+
+    def log_reward_metric(self, name: str, value: float) -> None:
+        """`log_metric` of the reward functions (TRL's GRPO convention): logged under `name`, averaged over the
+        iteration's calls and all processes."""
+        self._pending_reward_metrics[name].append(float(value))
+
+    def log_reward_extra(self, column: str, values: list) -> None:
+        """`log_extra` of the reward functions: a column of per-sample values, kept in `reward_extras` for the latest
+        rollout batch and shown in the evaluation's completions table."""
+        self.reward_extras[column] = list(values)
 
     def compute_returns(self, rewards: torch.Tensor, rollouts: dict[str, Any]) -> torch.Tensor:
         """The sequence return R = Σ_i w_i·r_i (NaN rewards skipped): `(n_funcs, batch)` → `(batch,)`."""
@@ -754,6 +774,19 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         terminated = gather((rollouts["completion_ids"] == self.eos_token_id).any(1).float())
         self._metrics["completions/clipped_ratio"].append(1.0 - terminated.mean().item())
         self._metrics["iteration"].append(float(self.iteration))
+        self._flush_reward_metrics()
+
+    def _flush_reward_metrics(self) -> None:
+        # Sorted names, gathered from every process: all processes take part in the same gathers, in the same order,
+        # even when a reward logs a metric on some of them only.
+        names = sorted(set(name for names in gather_object([list(self._pending_reward_metrics)]) for name in names))
+        for name in names:
+            values = self._pending_reward_metrics.get(name, [])
+            stats = torch.tensor([sum(values), len(values)], dtype=torch.float64, device=self.accelerator.device)
+            total, count = self.accelerator.reduce(stats, reduction="sum").tolist()
+            if count:
+                self._metrics[name].append(total / count)
+        self._pending_reward_metrics.clear()
 
     def _warn_if_uninformative(self, name: str, values: torch.Tensor) -> None:
         """Say (once per reward and problem) when a reward cannot move the policy: None for every sample of a rollout
