@@ -1,0 +1,41 @@
+"""TIPPo PPO with any rewards: standard PPO (value head, GAE, clipped surrogate, KL to the starting policy), or a
+critic-free baseline (`--use_value_head false --advantage_baseline group|leave_one_out|greedy|running`).
+
+Starts from a trained model (`--model_name_or_path`, e.g. the output of recipes/sft.py), or from a fresh `--preset`:
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml recipes/ppo.py --config recipes/configs/demo_ppo.yaml
+
+Everything a run may change is in the YAML config or on the command line (`--help` lists it all), e.g. a reward of
+your own alone: `--reward_funcs my_rewards.py:my_reward`; TRL's: `--reward_funcs trl.rewards.get_repetition_penalty_reward
+--reward_init_kwargs '{"trl.rewards.get_repetition_penalty_reward": {"ngram_size": 2}}'`.
+"""
+
+from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoParser, TIPPoScriptArguments, apply_lora, load_datasets, load_model_and_processor
+from tippo_rl.trainer.ppo_config import PPOConfig
+from tippo_rl.trainer.ppo_trainer import PPOTrainer
+
+
+def main(script_args: TIPPoScriptArguments, training_args: PPOConfig, model_args: TIPPoModelConfig):
+    model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
+    # The rewards decide what a sample needs: training rows may lack a reference (evaluation rows may not).
+    train_dataset, eval_dataset = load_datasets(script_args, max_images=model.config.max_images, require_reference=False)
+    trainer = PPOTrainer(
+        model=apply_lora(model, model_args),
+        args=training_args,
+        processor=processor,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,  # decoded: eval_rouge_l, eval_cider, ...
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_id)
+    trainer.accelerator.print(f"PPO model and processor saved to {training_args.output_dir}")
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # closes trackers and the process group; exiting with gloo still open can abort a rank
+
+
+if __name__ == "__main__":
+    parser = TIPPoParser((TIPPoScriptArguments, PPOConfig, TIPPoModelConfig))
+    with parser.reporting_input_errors():
+        main(*parser.parse_args_and_config())
