@@ -99,7 +99,8 @@ def test_recipe_with_lora_saves_the_merged_model_and_the_adapter(tmp_path, sft_d
     recipe = load_recipe("polishppo")
     recipe.main(*parse(*short_run_arguments(tmp_path, sft_dir, iterations=1), "--use_peft", "true", "--lora_r", "4",
                        "--lora_alpha", "8", "--learning_rate", "1e-2"))
-    assert (tmp_path / "out/adapter/adapter_config.json").is_file()
+    adapter_config = json.loads((tmp_path / "out/adapter/adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(Path(sft_dir).resolve())  # the SFT folder it started from
     merged = TIPPoModel.from_pretrained(tmp_path / "out")
     start = TIPPoModel.from_pretrained(sft_dir)
     changed = [name for name, tensor in merged.state_dict().items() if not torch.equal(tensor, start.state_dict()[name])]

@@ -79,3 +79,40 @@ def test_save_load_round_trip_gives_identical_batches(tmp_path, tiny_model_and_p
         assert torch.equal(batch[name], expected[name]), name
     # The decoder's tokenizer sits at the top of the folder, so plain AutoTokenizer finds it.
     assert AutoTokenizer.from_pretrained(tmp_path).get_vocab() == processor.tokenizer.get_vocab()
+
+
+def test_paths_pil_images_flat_lists_and_single_images_give_the_same_batch(tiny_model_and_processor, tmp_path):
+    processor = tiny_model_and_processor[1]
+    solid("red").save(tmp_path / "a.png")
+    solid("blue").save(tmp_path / "b.png")
+    expected = processor(["t"], [[solid("red"), solid("blue")]])
+    for images in ([[str(tmp_path / "a.png"), tmp_path / "b.png"]], [solid("red"), str(tmp_path / "b.png")]):
+        batch = processor("t", images)  # one sample: a title string, a flat list
+        assert all(torch.equal(batch[key], expected[key]) for key in expected)
+    assert processor("t", tmp_path / "a.png")["image_mask"].tolist() == [[True]]
+
+
+@pytest.mark.parametrize(
+    ("titles", "images", "message"),
+    [
+        (["t", "u"], ["{a}", "{a}"], "a flat list of 2 images, which is one sample's, but there are 2 titles"),
+        (["t", "u"], [["{a}"]], "got 2 titles but 1 lists of images"),
+        (["t"], [["{a}", 7]], "sample 0, image 1: expected a PIL image or a path, got int"),
+        (["t"], [["{missing}"]], "sample 0, image 0: '.*missing.png' cannot be opened"),
+        (["t"], 3, "images must be one list of images .* per sample, got int"),
+    ],
+)
+def test_images_that_do_not_fit_are_named(tiny_model_and_processor, tmp_path, titles, images, message):
+    solid("red").save(tmp_path / "a.png")
+    fill = lambda value: value.format(a=tmp_path / "a.png", missing=tmp_path / "missing.png") if isinstance(value, str) else value  # noqa: E731
+    images = [[fill(v) for v in sample] if isinstance(sample, list) else fill(sample) for sample in images] if isinstance(images, list) else images
+    with pytest.raises(ValueError, match=message):
+        tiny_model_and_processor[1](titles, images)
+
+
+def test_auto_processor_loads_a_saved_tippo_model_as_its_processor(saved_model):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(saved_model)
+    assert isinstance(processor, TIPPoProcessor)
+    assert processor.to_dict() == TIPPoProcessor.from_pretrained(saved_model).to_dict()

@@ -268,6 +268,17 @@ def test_lora_run_saves_a_model_that_generates_the_same_text(tmp_path, demo_data
     assert any(text for text in peft_predictions.values())
     assert generate_predictions(reloaded, processor, test, max_new_tokens=24) == peft_predictions
 
+    # The adapter names its base (the preset's starting weights, saved beside it): peft's own loader round-trips it.
+    from peft import PeftModel
+
+    base = json.loads((output / "adapter/adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str((output / "adapter/base").resolve())
+    adapted = PeftModel.from_pretrained(TIPPoModel.from_pretrained(base), output / "adapter").eval()
+    assert generate_predictions(adapted, processor, test, max_new_tokens=24) == peft_predictions
+    start = build_tiny_tippo(seed=0)[0].state_dict()
+    differ = [name for name, tensor in TIPPoModel.from_pretrained(base).state_dict().items() if not torch.equal(tensor, start[name])]
+    assert differ == ["daa_lambda1"]  # the weights are the start's; λ1 (a schedule, not a weight) is where SFT left it
+
 
 def test_push_to_hub_uploads_weights_processor_and_model_card(tmp_path, demo_dataset_dir, monkeypatch):
     uploads = []

@@ -1,12 +1,12 @@
 """tippo_rl: TIPPo (TIP and Polish) multi-modal generation — SFT and PolishPPO on Hugging Face TRL.
 
-`import tippo_rl` registers TIPPo with `AutoConfig`/`AutoModel` (so `AutoModel.from_pretrained` loads a saved
-TIPPo model); every other name is imported on first use.
+`import tippo_rl` registers TIPPo with `AutoConfig`/`AutoModel`/`AutoProcessor` (so `AutoModel.from_pretrained` and
+`AutoProcessor.from_pretrained` load a saved TIPPo model and its processor); every other name is imported on first use.
 """
 
 import importlib
 
-from . import modeling_tippo  # noqa: F401  (registers the Auto classes)
+from . import modeling_tippo, processing_tippo  # noqa: F401  (register the Auto classes)
 
 __version__ = "0.1.0"
 

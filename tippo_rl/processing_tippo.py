@@ -7,11 +7,14 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, ImageOps
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
+from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
+
+from .configuration_tippo import TIPPoConfig
 
 PROCESSOR_CONFIG_NAME = "tippo_processor_config.json"
 TITLE_TOKENIZER_FOLDER = "title_tokenizer"
@@ -117,17 +120,69 @@ class TIPPoProcessor(ProcessorMixin):
 
     def __call__(
         self,
-        titles: Sequence[str],
-        images: Sequence[Sequence[Image.Image]],
-        references: Sequence[str] | None = None,
+        titles: str | Sequence[str],
+        images: Any,
+        references: str | Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """A model-ready batch: `pixel_values`, `image_mask`, `title_input_ids`, `title_attention_mask`
-        and, when references are given, `labels`."""
+        and, when references are given, `labels`.
+
+        Args:
+            titles: one title per sample (a string for one sample).
+            images: one list of images per sample (`[[a, b], [c]]`), or, for one sample, a flat list (`[a, b]`) or a
+                single image; an image is a PIL image or a path.
+            references: one target text per sample (a string for one sample), or None.
+
+        Raises:
+            ValueError: images and titles do not pair up, an image is neither a PIL image nor a path, or cannot be
+                opened (the message names the sample and image).
+        """
+        titles = [titles] if isinstance(titles, str) else list(titles)
+        if isinstance(references, str):
+            references = [references]
+        images = self.images_per_sample(images, len(titles))
         pixel_values, image_mask = self.images_to_pixels(images)
         batch = {"pixel_values": pixel_values, "image_mask": image_mask, **self.tokenize_titles(titles)}
         if references is not None:
+            if len(references) != len(titles):
+                raise ValueError(f"got {len(titles)} titles but {len(references)} references; give one reference per sample")
             batch["labels"] = self.tokenize_references(references)
         return batch
+
+    @staticmethod
+    def images_per_sample(images: Any, n_samples: int) -> list[list[Image.Image]]:
+        """`images` as one list of decoded PIL images per sample (see `__call__` for the forms accepted)."""
+        is_image = lambda value: isinstance(value, (Image.Image, str, os.PathLike))  # noqa: E731
+        if is_image(images):
+            images = [[images]]
+        elif isinstance(images, (list, tuple)) and images and all(is_image(image) for image in images):
+            if n_samples != 1:
+                raise ValueError(
+                    f"images is a flat list of {len(images)} images, which is one sample's, but there are {n_samples} "
+                    "titles: give one list of images per sample, e.g. images=[[a, b], [c]]"
+                )
+            images = [list(images)]
+        if not isinstance(images, (list, tuple)) or not all(isinstance(sample, (list, tuple)) for sample in images):
+            raise ValueError(
+                f"images must be one list of images (PIL images or paths) per sample, got {type(images).__name__}: {images!r:.80}"
+            )
+        if len(images) != n_samples:
+            raise ValueError(f"got {n_samples} titles but {len(images)} lists of images; give one list per sample")
+        decoded = []
+        for index, sample in enumerate(images):
+            row = []
+            for position, image in enumerate(sample):
+                if isinstance(image, Image.Image):
+                    row.append(image)
+                    continue
+                if not isinstance(image, (str, os.PathLike)):
+                    raise ValueError(f"sample {index}, image {position}: expected a PIL image or a path, got {type(image).__name__}")
+                try:
+                    row.append(open_image(str(image)))
+                except Exception as error:  # PIL raises many types for missing or corrupt files
+                    raise ValueError(f"sample {index}, image {position}: '{image}' cannot be opened: {error}") from error
+            decoded.append(row)
+        return decoded
 
     def batch_decode(self, token_ids: torch.Tensor, **kwargs) -> list[str]:
         """Decoder token ids → texts (special tokens skipped)."""
@@ -190,3 +245,6 @@ class TIPPoProcessor(ProcessorMixin):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({json.dumps(self.to_dict())})"
+
+
+AutoProcessor.register(TIPPoConfig, TIPPoProcessor)  # AutoProcessor.from_pretrained(a saved TIPPo model) gives this class

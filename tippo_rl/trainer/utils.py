@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shutil
 import warnings
@@ -255,6 +256,7 @@ class TIPPoSavingMixin:
         if is_peft_model(policy) and Path(output_dir).resolve() == Path(self.args.output_dir).resolve():
             if self.args.should_save:
                 policy.save_pretrained(staging / "adapter")
+                self._record_adapter_base(policy, staging / "adapter", Path(output_dir) / "adapter")
                 copy.deepcopy(policy).merge_and_unload().save_pretrained(staging)
                 self.processor.save_pretrained(staging)
         else:
@@ -265,6 +267,32 @@ class TIPPoSavingMixin:
         self.accelerator.wait_for_everyone()
         if self.args.push_to_hub and not _internal_call:  # as the Trainer does when save_model is called by the user
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _record_adapter_base(self, policy, staged_adapter: Path, final_adapter: Path) -> None:
+        """Make `adapter_config.json`'s `base_model_name_or_path` name a model the adapter loads onto (with
+        `PeftModel.from_pretrained(TIPPoModel.from_pretrained(base), adapter)`): the hub id or absolute folder the run
+        started from, or — for a model built from a preset, which exists nowhere else — its starting weights, saved with
+        its processor in `adapter/base/`."""
+        base = policy.get_base_model()
+        name = getattr(base, "name_or_path", "") or ""
+        if name and Path(name).is_dir():
+            name = str(Path(name).resolve())
+        if not name:
+            # The starting weights: LoRA's frozen base layers and the original copies of the fully trained modules.
+            state = {
+                key.replace(".base_layer.", ".").replace(".original_module.", "."): value
+                for key, value in base.state_dict().items()
+                if "lora_" not in key and ".modules_to_save." not in key
+            }
+            start = type(base)(base.config)
+            start.load_state_dict(state, strict=True)
+            start.save_pretrained(staged_adapter / "base")
+            self.processor.save_pretrained(staged_adapter / "base")
+            name = str((final_adapter / "base").resolve())
+        config_file = staged_adapter / "adapter_config.json"
+        config = json.loads(config_file.read_text())
+        config["base_model_name_or_path"] = name
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
         """Write a TIPPo model card (README.md) to `output_dir`: base models, tags, training config, final metrics."""
