@@ -28,6 +28,7 @@ def main(script_args: TIPPoScriptArguments, training_args: PolishPPOConfig, mode
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,  # decoded: eval_rouge_l, eval_cider, ...
     )
+    trainer.set_card_arguments(script_args.dataset_id, script_args, model_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     if training_args.push_to_hub:

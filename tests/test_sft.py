@@ -304,8 +304,30 @@ def test_push_to_hub_uploads_weights_processor_and_model_card(tmp_path, demo_dat
         assert name in upload["files"], name
     card = upload["card"]
     assert "- tippo" in card and "pipeline_tag: image-to-text" in card
-    assert "contrastive_weight: 1.0" in card  # the training config
+    assert "learning_rate: 0.003" in card and "dataset_text_field" not in card  # the options set, not TRL's text ones
     assert "| train_loss |" in card  # the final metrics
+
+
+def test_model_card_names_start_base_model_and_dataset_and_its_quick_start_runs(tmp_path, demo_dataset_dir, capsys):
+    import re
+    import yaml
+
+    trainer = make_trainer(tmp_path, demo_dataset_dir, max_steps=1)
+    trainer.train()
+    trainer.save_model()
+    trainer.set_card_arguments("someone/scenes", TIPPoScriptArguments(demo_num_train=24), TIPPoModelConfig(prefix_length=2))
+    trainer.model.name_or_path = "someone/tippo-sft"  # as if it had started from a hub model
+    trainer.create_model_card()
+    card = (Path(trainer.args.output_dir) / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["base_model"] == ["someone/tippo-sft"] and metadata["datasets"] == ["someone/scenes"]
+    assert "Started from: `someone/tippo-sft`" in card and "random weights)" not in card.split("Decoder:")[0]
+    assert "demo_num_train: 24" in card and "prefix_length: 2" in card  # the data and model arguments
+    quick_start = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    assert str(Path(trainer.args.output_dir).resolve()) in quick_start
+    capsys.readouterr()
+    exec(quick_start, {})  # runs as written: AutoModel / AutoProcessor on the saved folder
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("['")  # one decoded text
 
 
 # -- launched with accelerate -------------------------------------------------------------------------

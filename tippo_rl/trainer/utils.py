@@ -294,10 +294,21 @@ class TIPPoSavingMixin:
         config["base_model_name_or_path"] = name
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
 
+    card_arguments: dict = {}
+
+    def set_card_arguments(self, dataset_name: str | None = None, script_args=None, model_args=None) -> None:
+        """What the model card says about the run beyond the training arguments: the dataset's name (a hub id becomes
+        the card's `datasets`) and the recipe's data and model arguments."""
+        self.card_arguments = {"dataset_name": dataset_name, "script_args": script_args, "model_args": model_args}
+
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
-        """Write a TIPPo model card (README.md) to `output_dir`: base models, tags, training config, final metrics."""
+        """Write a TIPPo model card (README.md) to `output_dir`: start, base models, datasets, tags, a quick start,
+        the arguments that differ from their defaults, final metrics."""
         if not self.is_world_process_zero():
             return
         model_name = model_name or Path(self.args.output_dir).name
         tags = [tags] if isinstance(tags, str) else list(tags or ())
-        build_model_card(self, self._stage, model_name, dataset_name, tags=tags).save(Path(self.args.output_dir) / "README.md")
+        arguments = {**self.card_arguments}
+        arguments["dataset_name"] = dataset_name or arguments.get("dataset_name")
+        card = build_model_card(self, self._stage, model_name, tags=tags, **arguments)
+        card.save(Path(self.args.output_dir) / "README.md")
