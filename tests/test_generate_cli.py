@@ -76,3 +76,34 @@ def test_impossible_options_and_missing_model_folders_are_one_line(saved_model, 
     assert f"tippo-generate: --model '{tmp_path / 'no_model'}': no such folder" in capsys.readouterr().err
     assert main(["--model", str(tmp_path), "--images", *images]) == 2
     assert "holds no saved model (no config.json)" in capsys.readouterr().err
+
+
+def test_batch_mode_jsonl_in_jsonl_out_with_several_texts_per_sample(saved_model, demo_dataset_dir, tmp_path, capsys):
+    rows = [json.loads(line) for line in (demo_dataset_dir / "test.jsonl").read_text().splitlines()][:3]
+    inputs = tmp_path / "inputs.jsonl"
+    # No references needed; relative image paths start from the input file's folder, so write absolute ones here.
+    inputs.write_text("".join(json.dumps({"id": r["id"], "title": r["title"], "images": [str(demo_dataset_dir / p) for p in r["images"]]}) + "\n" for r in rows))
+    common = ["--model", str(saved_model), "--input_file", str(inputs), "--max_new_tokens", "6", "--device", "cpu", "--batch_size", "2"]
+    assert main([*common, "--output_file", str(tmp_path / "out.jsonl")]) == 0
+    greedy = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in greedy] == [r["id"] for r in rows] and all(isinstance(row["generation"], str) for row in greedy)
+    assert main([*common, "--num_beams", "3", "--num_return_sequences", "2"]) == 0
+    beams = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [len(row["generations"]) for row in beams] == [2, 2, 2]
+    assert main([*common, "--generation_config", '{"num_beams": 3, "num_return_sequences": 3}']) == 0
+    assert [len(json.loads(line)["generations"]) for line in capsys.readouterr().out.splitlines()] == [3, 3, 3]
+
+
+def test_batch_mode_errors_and_every_option_has_help(saved_model, tmp_path, capsys):
+    from tippo_rl.generation import build_parser
+
+    assert all(action.help for action in build_parser()._actions)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"title": "t", "images": ["nope.png"]}) + "\n")
+    assert main(["--model", str(saved_model), "--input_file", str(bad)]) == 2
+    assert "line 1: field 'images'" in capsys.readouterr().err
+    assert main(["--model", str(saved_model), "--input_file", str(bad), "--num_return_sequences", "2"]) == 2
+    assert "needs --do_sample or at least as many --num_beams" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", str(saved_model)])
+    assert "give one sample (--images, with --title) or a batch (--input_file)" in capsys.readouterr().err

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
 from datasets import Dataset
+from transformers import GenerationConfig
+
 from .checkpoints import check_model_source
-from .data import TIPPoDataCollator, check_image, model_inputs
+from .data import DataValidationError, TIPPoDataCollator, check_image, load_artmuse, model_inputs
 from .feature_cache import undecoded_images
 from .modeling_tippo import TIPPoModel
-from .processing_tippo import TIPPoProcessor, open_image
+from .processing_tippo import TIPPoProcessor
 
 
 @torch.no_grad()
@@ -22,12 +25,15 @@ def generate_predictions(
     dataset: Dataset,
     batch_size: int = 16,
     **generate_kwargs,
-) -> dict[str, str]:
-    """Generate a text for every row of a TIPPo dataset; returns `{row id: text}`.
+) -> dict[str, str | list[str]]:
+    """Generate a text for every row of a TIPPo dataset; returns `{row id: text}`, or `{row id: [texts]}` with
+    `num_return_sequences` > 1 (in `generate_kwargs` or in a `generation_config` passed there).
 
-    `generate_kwargs` go to `model.generate` (e.g. `num_beams=4`, `do_sample=True`, `max_new_tokens=128`);
-    by default decoding is greedy with the model's generation config.
+    `generate_kwargs` go to `model.generate` (e.g. `num_beams=4`, `do_sample=True`, `max_new_tokens=128`,
+    `generation_config=GenerationConfig(...)`); by default decoding is greedy with the model's generation config.
     """
+    config = generate_kwargs.get("generation_config")
+    per_row = generate_kwargs.get("num_return_sequences") or getattr(config, "num_return_sequences", None) or 1
     collator = TIPPoDataCollator(processor, with_labels=False)
     dataset = undecoded_images(dataset)  # the collator decodes images at a bounded size
     device = next(model.parameters()).device
@@ -39,47 +45,115 @@ def generate_predictions(
             batch = collator([dataset[index] for index in range(start, min(start + batch_size, len(dataset)))])
             inputs = {name: tensor.to(device) for name, tensor in model_inputs(batch).items()}
             texts = processor.batch_decode(model.generate(**inputs, **generate_kwargs))
+            if per_row > 1:
+                texts = [texts[index : index + per_row] for index in range(0, len(texts), per_row)]
             predictions.update(zip(batch["ids"], texts))
     finally:
         model.train(was_training)
     return predictions
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`tippo-generate --model DIR --title T --images a.jpg b.jpg`: print the generated text."""
-    parser = argparse.ArgumentParser(prog="tippo-generate", description="Generate text from a title and images with a TIPPo model.")
-    parser.add_argument("--model", required=True, help="a saved TIPPo model folder (or Hub id) with its processor")
-    parser.add_argument("--title", default="", help="the title (may be empty, e.g. for captioning)")
-    parser.add_argument("--images", nargs="+", required=True, help="1 to N_max image files")
-    parser.add_argument("--num_beams", type=int, default=1)
-    parser.add_argument("--do_sample", action="store_true")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--max_new_tokens", type=int, default=None)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    if args.num_beams < 1:
-        parser.error(f"--num_beams must be ≥ 1 (1: greedy or sampling), got {args.num_beams}")
-    if args.temperature <= 0:
-        parser.error(f"--temperature must be > 0, got {args.temperature}")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        parser.error(f"--max_new_tokens must be ≥ 1, got {args.max_new_tokens}")
+def generation_options(value: str | None) -> GenerationConfig | None:
+    """`--generation_config`: a `generation_config.json` file, a folder holding one, or a JSON object of options."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        return GenerationConfig.from_pretrained(path)
+    if path.is_file():
+        return GenerationConfig.from_json_file(path)
     try:
+        options = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--generation_config {value!r}: not a file, a folder or a JSON object ({error})") from error
+    if not isinstance(options, dict):
+        raise ValueError(f"--generation_config {value!r}: expected a JSON object of GenerationConfig options")
+    return GenerationConfig(**options)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tippo-generate",
+        description="Generate text from a title and images with a TIPPo model: one sample (--title, --images; the text on "
+        "stdout) or a batch (--input_file rows.jsonl; one JSON object per row on stdout or in --output_file).",
+    )
+    parser.add_argument("--model", required=True, help="a saved TIPPo model folder (or Hub id) with its processor")
+    sample = parser.add_argument_group("one sample")
+    sample.add_argument("--title", default="", help="the title (may be empty, e.g. for captioning)")
+    sample.add_argument("--images", nargs="+", help="1 to N_max image files")
+    batch = parser.add_argument_group("a batch")
+    batch.add_argument(
+        "--input_file", help="JSONL rows {\"id\", \"title\", \"images\": [paths]} (a reference is not needed), checked as the "
+        "recipes check their data; relative paths start from the file's folder",
+    )
+    batch.add_argument("--output_file", help="where the output JSONL goes (default: stdout): each row's id, title and generation(s)")
+    batch.add_argument("--batch_size", type=int, default=16, help="samples generated at once (default 16)")
+    decoding = parser.add_argument_group("decoding (unset: the model's generation config)")
+    decoding.add_argument(
+        "--generation_config", help="a generation_config.json, a folder holding one, or a JSON object such as "
+        "'{\"num_beams\": 4, \"no_repeat_ngram_size\": 3}'; the options below override it",
+    )
+    decoding.add_argument("--num_beams", type=int, help="beams of beam search (1: greedy or sampling)")
+    decoding.add_argument("--num_return_sequences", type=int, help="texts per sample (≤ num_beams without sampling)")
+    decoding.add_argument("--do_sample", action="store_true", default=None, help="sample instead of greedy/beam search")
+    decoding.add_argument("--temperature", type=float, help="sampling temperature (with --do_sample)")
+    decoding.add_argument("--top_k", type=int, help="top-k sampling (with --do_sample)")
+    decoding.add_argument("--top_p", type=float, help="nucleus sampling (with --do_sample)")
+    decoding.add_argument("--repetition_penalty", type=float, help="penalty on tokens already generated (> 1 discourages them)")
+    decoding.add_argument("--no_repeat_ngram_size", type=int, help="never repeat an n-gram of this size")
+    decoding.add_argument("--max_new_tokens", type=int, help="most tokens per text")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, ... (default: a GPU if there is one)")
+    return parser
+
+
+DECODING_OPTIONS = ("num_beams", "num_return_sequences", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size", "max_new_tokens")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`tippo-generate --model DIR --title T --images a.jpg b.jpg`: print the generated text; with `--input_file
+    rows.jsonl`, one JSON line per row (`{"id", "title", "generation"}`, or `"generations"` with
+    `--num_return_sequences` > 1)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.images is None) == (args.input_file is None):
+        parser.error("give one sample (--images, with --title) or a batch (--input_file), not both or neither")
+    for name in ("num_beams", "num_return_sequences", "max_new_tokens", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be ≥ 1, got {getattr(args, name)}")
+    if args.temperature is not None and args.temperature <= 0:
+        parser.error(f"--temperature must be > 0, got {args.temperature}")
+    try:
+        config = generation_options(args.generation_config)
+        options = {name: getattr(args, name) for name in DECODING_OPTIONS if getattr(args, name) is not None}
+        settings = {**(config.to_diff_dict() if config is not None else {}), **options}
+        beams, returned = settings.get("num_beams", 1), settings.get("num_return_sequences", 1)
+        if returned > beams and not settings.get("do_sample"):
+            raise ValueError(f"--num_return_sequences {returned} needs --do_sample or at least as many --num_beams (got {beams})")
         check_model_source(args.model, "--model")
-        for path in args.images:
-            check_image(Path(path))
+        if args.images is not None:
+            for path in args.images:
+                check_image(Path(path))
+            rows = Dataset.from_list([{"id": "sample", "title": args.title, "images": [str(Path(path)) for path in args.images]}])
+        else:
+            rows = load_artmuse(args.input_file, require_reference=False, allow_empty_title=True)
         model = TIPPoModel.from_pretrained(args.model).to(args.device).eval()
         processor = TIPPoProcessor.from_pretrained(args.model)
-        batch = processor(titles=[args.title], images=[[open_image(path) for path in args.images]])
-        options = {"num_beams": args.num_beams, "do_sample": args.do_sample}
-        if args.do_sample:
-            options["temperature"] = args.temperature
-        if args.max_new_tokens:
-            options["max_new_tokens"] = args.max_new_tokens
-        output = model.generate(**{name: tensor.to(args.device) for name, tensor in batch.items()}, **options)
-    except (ValueError, OSError) as error:
+        if config is not None:
+            options = {"generation_config": config, **options}
+        predictions = generate_predictions(model, processor, rows, batch_size=args.batch_size, **options)
+    except (ValueError, OSError, DataValidationError) as error:
         print(f"tippo-generate: {error}", file=sys.stderr)
         return 2
-    print(processor.batch_decode(output)[0])
+    if args.images is not None:
+        texts = predictions["sample"]
+        print("\n".join(texts) if isinstance(texts, list) else texts)
+        return 0
+    key = "generations" if returned > 1 else "generation"
+    lines = [json.dumps({"id": row_id, "title": title, key: predictions[row_id]}, ensure_ascii=False) for row_id, title in zip(rows["id"], rows["title"])]
+    if args.output_file:
+        Path(args.output_file).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        print("\n".join(lines))
     return 0
 
 
