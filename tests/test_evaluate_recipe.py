@@ -115,6 +115,8 @@ def test_bad_model_lists_are_refused(models, match):
         ({"tokenize": "spacy"}, "--tokenize"),
         ({"metrics": ["bleurt"]}, "bleurt"),
         ({"temperature": 0}, "--temperature"),
+        ({"generation_kwargs": "{not json"}, "--generation_kwargs must be a JSON object"),
+        ({"generation_kwargs": '{"num_return_sequences": 3}'}, "--generation_kwargs .*num_return_sequences"),
     ],
 )
 def test_bad_evaluation_settings_are_refused(settings, match):
@@ -145,3 +147,16 @@ def test_paper_configs_parse_once_their_data_paths_exist(tmp_path, config, paths
     _, models, evaluation = parser.parse_args_and_config(["--config", str(REPO / "recipes/configs" / config), *placeholders])
     assert [name for name, _ in models.models] == ["SFT", "SFT + PolishPPO"]
     assert (evaluation.tokenize, evaluation.lang) == settings[:2] and settings[2] in evaluation.metrics
+
+
+def test_generation_kwargs_reach_generate_from_the_command_line():
+    from trl import TrlParser
+
+    from tippo_rl.recipe_args import TIPPoScriptArguments
+
+    recipe = load_recipe("evaluate")
+    parser = TrlParser((TIPPoScriptArguments, recipe.EvaluateArguments, EvaluationArguments))
+    _, _, eval_args = parser.parse_args_and_config(
+        args=["--models", "tiny", "--num_beams", "2", "--generation_kwargs", '{"repetition_penalty": 1.2, "no_repeat_ngram_size": 3}']
+    )
+    assert eval_args.generate_kwargs() == {"num_beams": 2, "do_sample": False, "repetition_penalty": 1.2, "no_repeat_ngram_size": 3}

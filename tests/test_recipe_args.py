@@ -85,3 +85,42 @@ def test_dataset_name_with_column_options_loads_train_and_test_splits(tmp_path, 
     script_args.reference_column = "caption"
     with pytest.raises(DataValidationError, match="no column 'caption' for the reference .*; its columns: id, name, images, text"):
         load_datasets(script_args)
+
+
+def test_the_run_length_on_the_command_line_wins_over_the_yamls_other_one(tmp_path):
+    from pathlib import Path
+
+    from tippo_rl.trainer.polishppo_config import PolishPPOConfig
+
+    demo = str(Path(__file__).resolve().parents[1] / "recipes/configs/demo_polishppo.yaml")  # total_iterations: 80
+    ppo_parser = TIPPoParser((TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig))
+    _, args, _ = ppo_parser.parse_args_and_config(args=["--config", demo, "--max_steps", "2"])
+    assert args.max_steps == 2 and args.total_iterations is None
+    config = tmp_path / "steps.yaml"
+    config.write_text("max_steps: 300\nuse_cpu: true\n")
+    _, args, _ = ppo_parser.parse_args_and_config(args=["--config", str(config), "--total_iterations", "3"])
+    assert args.total_iterations == 3 and args.max_steps == 3 * args.minibatches_per_iteration
+    _, args, _ = ppo_parser.parse_args_and_config(args=["--config", demo])  # the YAML alone: unchanged
+    assert args.total_iterations == 80
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--max_length", "128"], "--max_length is an option of TRL's text SFT .*--max_target_length"),
+        (["--completion_only_loss", "true"], "--completion_only_loss .*reference tokens only"),
+        (["--dataset_text_field", "caption"], "--dataset_text_field .*--reference_column"),
+        (["--packing", "true"], "--packing"),
+    ],
+)
+def test_sft_text_options_that_tippo_ignores_are_refused(tmp_path, capsys, option, message):
+    with pytest.raises(SystemExit):
+        parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true", *option])
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_max_target_length_sets_the_processors(tmp_path):
+    _, _, model_args = parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true", "--max_target_length", "16", "--tiny_pretrained_encoder", "false"])
+    _, processor = load_model_and_processor(model_args)
+    assert processor.max_target_length == 16
+    assert processor.tokenize_references(["word " * 40]).shape[1] == 16

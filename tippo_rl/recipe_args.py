@@ -31,6 +31,9 @@ PRESETS = ("tiny", "pretrained")
 TIPPO_MODULES = ["text_adapter", "image_adapter", "dual_alignment_attention", "difference_operator", "image_slot_embedding"]
 
 
+# Options of which a run takes one: given one on the command line, the YAML's other one gives way.
+EXCLUSIVE_OPTIONS = (("total_iterations", "max_steps"), ("generation_batch_size", "steps_per_generation"))
+
 # Errors about what the user gave (files, rows, checkpoints, options): one line, no traceback.
 INPUT_ERRORS = (DataValidationError, CheckpointError, FileNotFoundError)
 
@@ -43,10 +46,22 @@ class TIPPoParser(TrlParser):
         args = list(args) if args is not None else sys.argv[1:]
         if "--config" in args and args.index("--config") + 1 < len(args):
             check_yaml_config(args[args.index("--config") + 1], self.error)
+        self._command_line_options = {arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--")}
         try:
             return super().parse_args_and_config(args=args, **kwargs)
         except ValueError as error:  # a dataclass's __post_init__ refusing a value: its message names the option
             self.error(str(error))
+
+    def set_defaults_with_config(self, **config):
+        # Of two exclusive options (the run's length: total_iterations or max_steps), the one on the command line wins
+        # over the other one in the YAML, as any command-line value wins over the YAML's.
+        given = getattr(self, "_command_line_options", set())
+        for first, second in EXCLUSIVE_OPTIONS:
+            for on_command_line, in_yaml in ((first, second), (second, first)):
+                if on_command_line in given and in_yaml in config and in_yaml not in given:
+                    logger.info("--%s on the command line replaces the config's %s: %s", on_command_line, in_yaml, config[in_yaml])
+                    del config[in_yaml]
+        return super().set_defaults_with_config(**config)
 
     @contextlib.contextmanager
     def reporting_input_errors(self):
@@ -162,6 +177,10 @@ class TIPPoModelConfig(ModelConfig):
         metadata={"help": "Not in the paper: a learned embedding per image slot added to its fusion tokens (fresh models; TIPPoConfig)."},
     )
     seed_model: int = field(default=0, metadata={"help": "Seed of a fresh model's random initialisation."})
+    max_target_length: int | None = field(
+        default=None,
+        metadata={"help": "Reference tokens kept as labels (longer references are cut, with a warning per sample); saved with the processor. Unset: the processor's (512 for a fresh model)."},
+    )
     tiny_pretrained_encoder: bool = field(
         default=True,
         metadata={"help": "`preset: tiny`: φ pretrained CLIP-style on demo pairs (cached after the first run), or false for its random initialisation."},
@@ -171,6 +190,8 @@ class TIPPoModelConfig(ModelConfig):
         super().__post_init__()
         if self.preset not in PRESETS:
             raise ValueError(f"--preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
+        if self.max_target_length is not None and self.max_target_length < 2:
+            raise ValueError(f"--max_target_length must be ≥ 2 (a token and EOS), got {self.max_target_length}")
         if self.lora_target_modules is None:
             self.lora_target_modules = ["q", "v"]  # T5's attention projections; φ's are named differently
 
@@ -217,7 +238,15 @@ def load_datasets(
 
 
 def load_model_and_processor(args: TIPPoModelConfig, lang: str = "en") -> tuple[TIPPoModel, TIPPoProcessor]:
-    """A saved TIPPo model + processor (`model_name_or_path`), or a fresh one from `preset`."""
+    """A saved TIPPo model + processor (`model_name_or_path`), or a fresh one from `preset`; `max_target_length`, when
+    set, replaces the processor's."""
+    model, processor = _model_and_processor(args, lang)
+    if args.max_target_length is not None:
+        processor.max_target_length = args.max_target_length
+    return model, processor
+
+
+def _model_and_processor(args: TIPPoModelConfig, lang: str) -> tuple[TIPPoModel, TIPPoProcessor]:
     with full_weights_under_zero3():
         if args.model_name_or_path:
             source = args.model_name_or_path

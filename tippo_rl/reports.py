@@ -51,6 +51,10 @@ class EvaluationArguments:
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy/beam decoding."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with `do_sample`)."})
     max_new_tokens: int | None = field(default=None, metadata={"help": "Longest generation; None: the model's generation config."})
+    generation_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "More options for model.generate, a JSON object (YAML: a mapping), e.g. {\"repetition_penalty\": 1.2, \"no_repeat_ngram_size\": 3}; they override the options above."},
+    )
     seed: int = field(default=0, metadata={"help": "Random seed set before each model generates (matters with `do_sample`)."})
     device: str | None = field(default=None, metadata={"help": "`cpu`, `cuda`, …; None: CUDA when available."})
     metrics: list[str] = field(
@@ -77,6 +81,20 @@ class EvaluationArguments:
             raise ValueError(f"--tokenize must be one of {', '.join(TOKENIZE_MODES)}; got {self.tokenize!r}")
         if self.lang not in LANGS:
             raise ValueError(f"--lang must be one of {', '.join(LANGS)}; got {self.lang!r}")
+        if isinstance(self.generation_kwargs, str):
+            try:
+                self.generation_kwargs = json.loads(self.generation_kwargs)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"--generation_kwargs must be a JSON object, got {self.generation_kwargs!r}: {error}") from error
+        if self.generation_kwargs is not None and not isinstance(self.generation_kwargs, dict):
+            raise ValueError(f"--generation_kwargs must be a JSON object of generate() options, got {self.generation_kwargs!r}")
+        if self.generation_kwargs:
+            from transformers import GenerationConfig
+
+            try:
+                GenerationConfig(**self.generation_kwargs).validate(strict=True)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"--generation_kwargs {self.generation_kwargs}: {error}") from error
         self.metrics = normalize_metric_names(self.metrics)
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -87,7 +105,7 @@ class EvaluationArguments:
             kwargs["temperature"] = self.temperature
         if self.max_new_tokens is not None:
             kwargs["max_new_tokens"] = self.max_new_tokens
-        return kwargs
+        return {**kwargs, **(self.generation_kwargs or {})}
 
 
 def references_of(dataset: Dataset) -> dict[str, list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -10,6 +11,19 @@ from trl import SFTConfig
 from .generation_eval import GenerationEvalArguments
 
 LAMBDA_SCHEDULES = ("linear", "constant")
+# SFTConfig's text-pipeline options, which TIPPo's own collator never reads: what a user who sets one wants instead.
+NOT_FOR_TIPPO = {
+    "max_length": "the reference's token limit is --max_target_length",
+    "dataset_text_field": "the target column is named with --reference_column (--dataset_name)",
+    "completion_only_loss": "TIPPo's loss is always on the reference tokens only",
+    "assistant_only_loss": "TIPPo's loss is always on the reference tokens only",
+    "packing": "TIPPo batches samples of images, never packed sequences",
+    "padding_free": "TIPPo batches samples of images, never packed sequences",
+    "truncation_mode": "references keep their start (--max_target_length)",
+    "chat_template_path": "TIPPo applies no chat template",
+    "eos_token": "the decoder's tokenizer sets EOS",
+    "pad_token": "the decoder's tokenizer sets padding",
+}
 
 
 @dataclass
@@ -60,6 +74,10 @@ class TIPPoSFTConfig(SFTConfig, GenerationEvalArguments):
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision. Default: on where a GPU supports it, off on a CPU."})
 
     def __post_init__(self):
+        defaults = {field.name: field.default for field in dataclasses.fields(SFTConfig) if field.name in NOT_FOR_TIPPO}
+        for name, instead in NOT_FOR_TIPPO.items():
+            if getattr(self, name) != defaults[name]:
+                raise ValueError(f"--{name} is an option of TRL's text SFT that TIPPo does not use: {instead}")
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
         if self.max_steps == 0:
