@@ -113,7 +113,7 @@ def common_args(args, output_dir: str) -> dict:
         gradient_accumulation_steps=1, learning_rate=1e-5, lr_scheduler_type="constant", max_grad_norm=1.0,
         temperature=1.0, save_strategy="no", logging_strategy="no", report_to="none", use_cpu=not gpu,
         bf16=gpu and torch.cuda.is_bf16_supported(), dataloader_num_workers=0, disable_tqdm=True, seed=0,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
     )
 
 
@@ -123,7 +123,7 @@ def warm_up_policy(model, processor, dataset, args, workdir: Path):
         output_dir=str(workdir / "sft"), max_steps=args.sft_steps, per_device_train_batch_size=16, learning_rate=3e-3,
         lr_scheduler_type="cosine", warmup_steps=15, weight_decay=0.0, save_strategy="no", logging_strategy="no",
         report_to="none", use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True, seed=0,
-        gradient_checkpointing=False, feature_cache_dir=str(workdir / "features"),
+        activation_checkpointing=False, feature_cache_dir=str(workdir / "features"),
     )
     trainer = TIPPoSFTTrainer(model=model, args=config, processor=processor, train_dataset=dataset)
     trainer.remove_callback(PrinterCallback)

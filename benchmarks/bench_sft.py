@@ -220,7 +220,7 @@ def training_args(config_class, output_dir: str, args, **extra):
         learning_rate=1e-4, lr_scheduler_type="constant", max_grad_norm=1.0, save_strategy="no", logging_strategy="no",
         report_to="none", use_cpu=not gpu, bf16=bf16, dataloader_num_workers=0, disable_tqdm=True, seed=0,
         remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
-        gradient_checkpointing=args.gradient_checkpointing, **extra,
+        activation_checkpointing=args.gradient_checkpointing, **extra,
     )
 
 

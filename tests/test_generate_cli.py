@@ -107,3 +107,14 @@ def test_batch_mode_errors_and_every_option_has_help(saved_model, tmp_path, caps
     with pytest.raises(SystemExit):
         main(["--model", str(saved_model)])
     assert "give one sample (--images, with --title) or a batch (--input_file)" in capsys.readouterr().err
+
+
+def test_generation_and_scoring_show_progress_bars(tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, capsys):
+    from tippo_rl import compute_metrics, load_artmuse
+    from tippo_rl.generation import generate_predictions
+
+    dataset = load_artmuse(demo_dataset_dir / "test.jsonl").select(range(3))
+    predictions = generate_predictions(tiny_model_varied_outputs, tiny_model_and_processor[1], dataset, batch_size=2, progress=True, max_new_tokens=4)
+    compute_metrics(predictions, dict(zip(dataset["id"], dataset["references"])), metrics=["rouge_l"], progress=True)
+    err = capsys.readouterr().err
+    assert "Generating" in err and "/3 " in err and "Scoring" in err

@@ -251,7 +251,7 @@ def test_polishppo_on_the_embedded_default_logs_rewards_every_iteration(tmp_path
                 "returns/mean", "returns/std", "advantages/mean", "advantages/std", "baseline/mu", "baseline/delta", "daa/lambda1"):
         values = logged(trainer, key)
         assert len(values) == 2 and all(math.isfinite(v) for v in values), key
-    assert logged(trainer, "polish/m") == [0.0, 1.0]
+    assert logged(trainer, "iteration") == [0.0, 1.0] and logged(trainer, "polish/m") == []  # m: one name
     assert logged(trainer, "polish/w_literal") == pytest.approx([1.0, 0.95**10])  # progress, K = 20, M = 2
     assert logged(trainer, "polish/w_semantic") == pytest.approx([0.95**20, 0.95**10])
     assert all(0 <= v <= 1 for v in logged(trainer, "rewards/literal/mean"))

@@ -518,3 +518,21 @@ def test_best_checkpoint_is_chosen_by_a_generation_metric(tmp_path, tiny_model_v
     saved = TIPPoModel.from_pretrained(trainer.state.best_model_checkpoint)
     for name, tensor in saved.state_dict().items():
         torch.testing.assert_close(trainer.model.state_dict()[name], tensor, msg=name)  # the best weights were loaded
+
+
+def test_the_progress_bar_counts_iterations(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+    from transformers.trainer_callback import ProgressCallback
+
+    from tippo_rl.trainer.ppo_trainer import IterationProgressCallback
+
+    trainer = make_trainer(
+        tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, disable_tqdm=False,
+        max_steps=-1, total_iterations=2, num_ppo_epochs=2,  # an iteration: 2 minibatches × 2 epochs = 4 steps
+    )
+    (bar,) = [callback for callback in trainer.callback_handler.callbacks if isinstance(callback, ProgressCallback)]
+    assert isinstance(bar, IterationProgressCallback)
+    seen = {}
+    close = bar.on_train_end
+    bar.on_train_end = lambda *a, **k: (seen.update(total=bar.training_bar.total, n=bar.training_bar.n, unit=bar.training_bar.unit), close(*a, **k))
+    trainer.train()
+    assert trainer.state.global_step == 8 and seen == {"total": 2, "n": 2, "unit": "iteration"}

@@ -36,7 +36,7 @@ def sft_config(tmp_path: Path, **overrides) -> TIPPoSFTConfig:
         report_to="none",
         use_cpu=True,
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         seed=0,
         feature_cache_dir=str(tmp_path / "cache"),
         disable_tqdm=True,

@@ -24,6 +24,7 @@ def generate_predictions(
     processor: TIPPoProcessor,
     dataset: Dataset,
     batch_size: int = 16,
+    progress: bool = False,
     **generate_kwargs,
 ) -> dict[str, str | list[str]]:
     """Generate a text for every row of a TIPPo dataset; returns `{row id: text}`, or `{row id: [texts]}` with
@@ -31,7 +32,10 @@ def generate_predictions(
 
     `generate_kwargs` go to `model.generate` (e.g. `num_beams=4`, `do_sample=True`, `max_new_tokens=128`,
     `generation_config=GenerationConfig(...)`); by default decoding is greedy with the model's generation config.
+    `progress` shows a progress bar over the samples.
     """
+    from tqdm.auto import tqdm
+
     config = generate_kwargs.get("generation_config")
     per_row = generate_kwargs.get("num_return_sequences") or getattr(config, "num_return_sequences", None) or 1
     collator = TIPPoDataCollator(processor, with_labels=False)
@@ -40,6 +44,7 @@ def generate_predictions(
     was_training = model.training
     model.eval()
     predictions = {}
+    bar = tqdm(total=len(dataset), desc="Generating", unit="sample", disable=not progress, leave=False)
     try:
         for start in range(0, len(dataset), batch_size):
             batch = collator([dataset[index] for index in range(start, min(start + batch_size, len(dataset)))])
@@ -48,7 +53,9 @@ def generate_predictions(
             if per_row > 1:
                 texts = [texts[index : index + per_row] for index in range(0, len(texts), per_row)]
             predictions.update(zip(batch["ids"], texts))
+            bar.update(len(batch["ids"]))
     finally:
+        bar.close()
         model.train(was_training)
     return predictions
 
@@ -140,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         processor = TIPPoProcessor.from_pretrained(args.model)
         if config is not None:
             options = {"generation_config": config, **options}
-        predictions = generate_predictions(model, processor, rows, batch_size=args.batch_size, **options)
+        predictions = generate_predictions(model, processor, rows, batch_size=args.batch_size, progress=args.input_file is not None, **options)
     except (ValueError, OSError, DataValidationError) as error:
         print(f"tippo-generate: {error}", file=sys.stderr)
         return 2

@@ -518,6 +518,7 @@ def compute_metrics(
     bertscore_device: str | None = None,
     bertscore_batch_size: int = 64,
     meteor_scorer: MeteorScorer | None = None,
+    progress: bool = False,
 ) -> MetricsResult:
     """Corpus and per-sample caption metrics, computed by the coco-caption tools and bert-score.
 
@@ -544,6 +545,7 @@ def compute_metrics(
         bertscore_batch_size: BERTScore batch size.
         meteor_scorer: a running :class:`MeteorScorer` to reuse (it is not closed); ``None``: one is started and
             closed for this call.
+        progress: show a progress bar over the metrics (METEOR and BERTScore take tens of seconds on a CPU).
 
     Returns:
         A :class:`MetricsResult`; ``.corpus`` has 0-1 scores (CIDEr 0-10), as pycocoevalcap reports them.
@@ -667,7 +669,9 @@ def compute_metrics(
         for k, s in zip(ids, scores):
             per_sample[k][name] = float(s)
 
-    for metric in metric_list:
+    from tqdm.auto import tqdm
+
+    for metric in tqdm(metric_list, desc="Scoring", unit="metric", disable=not progress, leave=False):
         if metric == "bleu":
             Bleu = _import("pycocoevalcap.bleu.bleu", "pycocoevalcap").Bleu
             # verbose=0: upstream prints its length statistics to stdout otherwise.

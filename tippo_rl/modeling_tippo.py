@@ -192,6 +192,12 @@ class TIPPoPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["T5Block", "ChineseCLIPVisionLayer", "ChineseCLIPTextLayer"]
     _supports_sdpa = True
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        # transformers 5 renamed it `is_activation_checkpointing` and warns on the old name, which TRL 1.16
+        # (`unwrap_model_for_generation`) and PEFT still read on every generation: answer them without the warning.
+        return self.is_activation_checkpointing
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         # Sub-models (T5, the CLIP towers) are initialised by their own classes; this covers TIPPo's modules.

@@ -133,7 +133,7 @@ def score_model(
     set_seed(args.seed)
     start = time.perf_counter()
     predictions = generate_predictions(
-        model.to(args.device), processor, dataset, batch_size=args.batch_size, **args.generate_kwargs()
+        model.to(args.device), processor, dataset, batch_size=args.batch_size, progress=True, **args.generate_kwargs()
     )
     seconds = time.perf_counter() - start
     with warnings.catch_warnings():
@@ -147,6 +147,7 @@ def score_model(
             bertscore_model=args.bertscore_model,
             bertscore_num_layers=args.bertscore_num_layers,
             bertscore_device=args.device,
+            progress=True,
             meteor_scorer=meteor_scorer,
         )
     return predictions, result, seconds

@@ -76,7 +76,10 @@ class GenerationEvalMixin:
         kwargs = {"do_sample": False, "num_beams": 1, **self.default_eval_generation_kwargs, **(args.eval_generation_kwargs or {})}
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
             policy = self._policy(unwrapped)
-            predictions = generate_predictions(policy, self.processor, dataset, batch_size=args.per_device_eval_batch_size, **kwargs)
+            predictions = generate_predictions(
+                policy, self.processor, dataset, batch_size=args.per_device_eval_batch_size,
+                progress=not args.disable_tqdm and self.accelerator.is_main_process, **kwargs,
+            )
         ids, titles, references = dataset["id"], dataset["title"], dataset["reference"]
         completions = [predictions[row_id] for row_id in ids]
         all_references = {row_id: refs for row_id, refs in zip(ids, dataset["references"])}

@@ -100,7 +100,6 @@ class PolishPPOTrainer(PPOTrainer):
         G = G + torch.nansum(weighted[self.extra_indices], dim=0)  # + Σ w_i·R_i of extra plug-ins
         if torch.isnan(G).any():
             raise ValueError("the literal or semantic reward returned None for a sample; G_m needs both for every sample")
-        self._metrics["polish/m"].append(float(self.iteration))
         self._metrics["polish/w_literal"].append(w_literal)
         self._metrics["polish/w_semantic"].append(w_semantic)
         return G

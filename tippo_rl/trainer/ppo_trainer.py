@@ -36,6 +36,8 @@ from accelerate.utils import gather_object, is_peft_model, set_seed
 from datasets import Dataset
 from torch import nn
 from transformers import GenerationConfig, Trainer, TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+from transformers.utils import logging as hf_logging
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
@@ -252,14 +254,39 @@ class PolicyAndValueModel(nn.Module):
         return self.policy.config
 
     @property
-    def is_gradient_checkpointing(self) -> bool:
-        return self.policy.is_gradient_checkpointing
+    def is_activation_checkpointing(self) -> bool:
+        return self.policy.is_activation_checkpointing
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:  # the old name, which TRL 1.16 still reads
+        return self.policy.is_activation_checkpointing
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
         self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
     def gradient_checkpointing_disable(self):
         self.policy.gradient_checkpointing_disable()
+
+
+class IterationProgressCallback(ProgressCallback):
+    """The training progress bar in PPO iterations (a rollout batch and its PPO epochs), not in optimizer steps, which
+    are `num_ppo_epochs · steps_per_generation / gradient_accumulation_steps` times as many."""
+
+    def __init__(self, steps_per_iteration: float):
+        super().__init__()
+        self.steps_per_iteration = steps_per_iteration
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            total = max(math.ceil(state.max_steps / self.steps_per_iteration), 1)
+            self.training_bar = hf_logging.tqdm(total=total, unit="iteration", desc="PPO", dynamic_ncols=True)
+            self.training_bar.update(int(state.global_step // self.steps_per_iteration))  # resumed: iterations done
+        self.current_step = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            done = min(int(state.global_step // self.steps_per_iteration), self.training_bar.total)
+            self.training_bar.update(done - self.training_bar.n)
 
 
 class PPODataCollator:
@@ -372,6 +399,10 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
+
+        if any(isinstance(callback, ProgressCallback) for callback in self.callback_handler.callbacks):
+            self.remove_callback(ProgressCallback)
+            self.add_callback(IterationProgressCallback(args.minibatches_per_iteration / args.gradient_accumulation_steps))
 
         # Reference policy: the starting policy, frozen. PEFT: the same model with its adapters disabled.
         self.ref_model = None
