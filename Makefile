@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # The tiny demo model gains nothing from a second intra-op thread, and loses up to 25× when the cores are shared.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup demo demo-sft demo-polishppo demo-eval test benchmarks clean
+.PHONY: setup demo demo-sft demo-polishppo demo-ppo demo-eval test benchmarks clean
 
 $(STAMP): setup.cfg constraints.txt
 	python3 -m venv $(VENV)
@@ -28,6 +28,10 @@ demo-sft: setup
 
 demo-polishppo: setup
 	$(ACCELERATE) launch --config_file accelerate_configs/cpu.yaml --num_cpu_threads_per_process 1 recipes/polishppo.py --config recipes/configs/demo_polishppo.yaml
+
+## PPO with any rewards (recipes/ppo.py) from the SFT demo; not part of `make demo`.
+demo-ppo: setup
+	$(ACCELERATE) launch --config_file accelerate_configs/cpu.yaml --num_cpu_threads_per_process 1 recipes/ppo.py --config recipes/configs/demo_ppo.yaml
 
 demo-eval: setup
 	$(PYTHON) recipes/evaluate.py --config recipes/configs/demo_evaluate.yaml
