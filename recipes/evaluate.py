@@ -23,12 +23,14 @@ from tippo_rl.recipe_args import TIPPoScriptArguments, load_datasets
 from tippo_rl.reports import (
     EvaluationArguments,
     examples_section,
+    plot_training_curves,
     SCENE_FIELDS,
     SCENE_FIELDS_NOTE,
     scene_fields,
     score_model,
     scores_table,
     spread_table,
+    training_log_history,
     write_predictions,
 )
 from trl import TrlParser
@@ -148,6 +150,8 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
         if meteor is not None:
             meteor.close()
 
+    histories = {name: history for name, path in evaluate_args.models if path != FRESH_TINY and (history := training_log_history(path))}
+    curves = plot_training_curves(output_dir / "training_curves.png", histories) if histories else False
     table = scores_table(results, ["Model"])
     if fields:
         table += f"\n\n{SCENE_FIELDS_NOTE}\n\n"
@@ -162,6 +166,7 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
             "Per-sample scores: `predictions/*.jsonl`; all scores: `metrics.json`.",
             "## Examples",
             examples_section(dataset, predictions, eval_args.num_examples),
+            *(["## Training curves", f"Logged by the recipes ({', '.join(histories)}):", "![training curves](training_curves.png)"] if curves else []),
         ]
     )
     (output_dir / "report.md").write_text(report + "\n", encoding="utf-8")
@@ -169,6 +174,8 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
     metrics = {"settings": settings, "models": summaries}
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(table)
+    if curves:
+        print(f"Training curves: {output_dir / 'training_curves.png'}")
     print(f"\nReport, metrics and predictions written to {output_dir}")
     return table
 

@@ -31,6 +31,7 @@ def main(script_args: TIPPoScriptArguments, training_args: PolishPPOConfig, mode
     trainer.set_card_arguments(script_args.dataset_id, script_args, model_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
+    trainer.save_state()  # trainer_state.json: the log history recipes/evaluate.py plots
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_id)
     trainer.accelerator.print(f"PolishPPO model and processor saved to {training_args.output_dir}")

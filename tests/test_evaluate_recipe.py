@@ -66,6 +66,30 @@ def test_two_models_give_predictions_metrics_report_and_printed_table(
     assert rows[0]["references"] == dataset[0]["references"] and set(rows[0]["scores"]) >= {"BLEU-4", "CIDEr"}
 
 
+def test_models_trained_by_the_recipes_get_their_training_curves_plotted(tmp_path, demo_dataset_dir, saved_model):
+    """A model folder with the recipes' `trainer_state.json` gets its losses and rewards drawn beside the table."""
+    import shutil
+
+    sft, polish = tmp_path / "sft", tmp_path / "polish"
+    for folder, history in (
+        (sft, [{"step": 1, "loss/ntp": 3.0, "loss/contrastive": 2.0}, {"step": 2, "loss/ntp": 1.5, "loss/contrastive": 1.9}]),
+        (polish, [{"step": 4, "rewards/literal/mean": 0.7, "returns/mean": 1.6}, {"step": 8, "rewards/literal/mean": 0.8, "returns/mean": 1.7}]),
+    ):
+        shutil.copytree(saved_model, folder)
+        (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    models = evaluate.EvaluateArguments(models=[f"SFT={sft}", f"RL={polish}", f"no log={saved_model}"], output_dir=str(tmp_path / "out"))
+    evaluate.main(demo_split(demo_dataset_dir, 2), models, fast_metrics(max_new_tokens=4))
+
+    assert (tmp_path / "out/training_curves.png").stat().st_size > 10_000
+    report = (tmp_path / "out/report.md").read_text()
+    assert "## Training curves" in report and "(SFT, RL)" in report and "![training curves](training_curves.png)" in report
+    histories = {"SFT": json.loads((sft / "trainer_state.json").read_text())["log_history"]}
+    from tippo_rl.reports import TRAINING_CURVES, training_log_history
+
+    assert training_log_history(sft) == histories["SFT"] and training_log_history(saved_model) is None
+    assert any("loss/ntp" in keys for _, _, keys in TRAINING_CURVES)
+
+
 @pytest.mark.parametrize("make_folder", [False, True])
 def test_missing_checkpoint_is_named_with_the_command_that_trains_it(tmp_path, monkeypatch, demo_dataset_dir, make_folder):
     monkeypatch.chdir(tmp_path)  # `outputs/demo_sft` here is relative to where the recipes run

@@ -90,6 +90,8 @@ def test_recipe_runs_with_python_and_saves_a_loadable_model(tmp_path, sft_dir):
     history = json.loads((tmp_path / "out/checkpoint-8/trainer_state.json").read_text())["log_history"]
     assert [entry["iteration"] for entry in history if "iteration" in entry] == [0.0, 1.0]  # m, logged once
     assert all("rewards/semantic/mean" in entry and "polish/m" not in entry for entry in history if "iteration" in entry)
+    # The final log history beside the model, for recipes/evaluate.py's training curves.
+    assert json.loads((tmp_path / "out/trainer_state.json").read_text())["log_history"][:-1] == history  # + the run summary
     model = TIPPoModel.from_pretrained(tmp_path / "out")
     TIPPoProcessor.from_pretrained(tmp_path / "out")
     assert model.config.model_type == "tippo"

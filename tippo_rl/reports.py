@@ -253,6 +253,38 @@ def log_curve(log_history: Sequence[Mapping], key: str) -> tuple[list[int], list
     return [step for step, _ in points], [value for _, value in points]
 
 
+TRAINING_CURVES = (  # (panel title, y label, logged keys): the losses of SFT and the rewards of the RL stages
+    ("training loss", "loss", ("loss/ntp", "loss/contrastive", "loss/policy")),
+    ("rewards (sampled rollouts)", "mean reward", ("rewards/literal/mean", "rewards/semantic/mean", "returns/mean")),
+)
+
+
+def training_log_history(model_dir: str | Path) -> list[dict] | None:
+    """The log history a recipe left in `model_dir` (`trainer_state.json`, else the newest checkpoint's); None if none."""
+    folder = Path(model_dir)
+    states = [folder / "trainer_state.json"] + sorted(
+        folder.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else -1, reverse=True
+    )
+    for state in states:
+        if state.is_file():
+            return json.loads(state.read_text(encoding="utf-8")).get("log_history") or None
+    return None
+
+
+def plot_training_curves(path: str | Path, histories: Mapping[str, Sequence[Mapping]]) -> bool:
+    """`TRAINING_CURVES` of each model's log history (`{model name: log_history}`) as one PNG; False if nothing to plot."""
+    panels = []
+    for title, ylabel, keys in TRAINING_CURVES:
+        lines = {f"{name}: {key}": log_curve(history, key) for name, history in histories.items() for key in keys}
+        lines = {label: points for label, points in lines.items() if points[0]}
+        if lines:
+            panels.append((title, ylabel, lines))
+    if not panels:
+        return False
+    plot_curves(path, panels)
+    return True
+
+
 def plot_curves(path: str | Path, panels: Sequence[tuple[str, str, Mapping[str, tuple[list, list]]]]) -> None:
     """Save a row of line plots as a PNG. `panels`: `(title, y label, {line label: (steps, values)})` each."""
     import matplotlib
