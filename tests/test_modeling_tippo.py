@@ -259,6 +259,31 @@ def test_prototype_contrastive_loss_batch_of_one_is_eq5():
     assert loss.item() == pytest.approx((loss_a + loss_b) / 2, rel=1e-6)
 
 
+def test_prototype_contrastive_loss_own_images_negatives_is_eq5_as_written():
+    # `own_images`: j runs over the sample's own images only. a, b: {a, b}; c (one image): {c} alone.
+    signals, mask = contrastive_case((1, 2))
+    loss = prototype_contrastive_loss(signals, mask, negatives="own_images")
+    loss_a = math.log(math.e + 1) - 2 / math.sqrt(5)  # cos(a, a) = 1, cos(a, b) = 0
+    loss_b = math.log(1 + math.e) - 1 / math.sqrt(5)
+    loss_c = math.log(math.e) + 1 / math.sqrt(2)  # only cos(c, c) = 1; its positive is still the batch mean
+    assert loss.item() == pytest.approx((loss_a + loss_b + loss_c) / 3, rel=1e-6)
+    with pytest.raises(ValueError, match="negatives must be `batch` or `own_images`"):
+        prototype_contrastive_loss(signals, mask, negatives="everything")
+
+
+def test_prototype_contrastive_loss_other_processes_signals_join_every_denominator():
+    # One more negative o = (0, −3) from another process: cos(a, o) = 0, cos(b, o) = −1, cos(c, o) = 0.
+    signals, mask = contrastive_case((1, 2))
+    other = torch.tensor([[[0.0, -3.0]]])  # (M 1, k 1, d 2)
+    loss = prototype_contrastive_loss(signals, mask, other_signals=other)
+    e = math.exp
+    loss_a = math.log(e(1) + e(0) + e(-1) + e(0)) - 2 / math.sqrt(5)
+    loss_b = math.log(e(0) + e(1) + e(0) + e(-1)) - 1 / math.sqrt(5)
+    loss_c = math.log(e(-1) + e(0) + e(1) + e(0)) + 1 / math.sqrt(2)
+    assert loss.item() == pytest.approx((loss_a + loss_b + loss_c) / 3, rel=1e-6)
+    torch.testing.assert_close(prototype_contrastive_loss(signals, mask, other_signals=other[:0]), prototype_contrastive_loss(signals, mask))
+
+
 def test_prototype_contrastive_loss_ignores_padding_slots():
     signals, mask = contrastive_case((1, 2))
     other = signals.clone()

@@ -148,6 +148,33 @@ def test_advantages_by_hand(trainer, window):
     torch.testing.assert_close(advantages, torch.tensor([[a[0], a[0], 0.0], [a[1], a[1], a[1]]]))  # Eq. 6, every token
 
 
+def test_advantage_scale_variance_divides_by_delta_squared(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+    # Eq. 6 with δ_m read as the variance (the paper's word): over 1, 3, 5, 7, μ = 4 and δ² = 5.
+    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, advantage_scale="variance")
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    trainer.compute_advantages(torch.tensor([1.0, 3.0]), {"completion_mask": mask})
+    advantages = trainer.compute_advantages(torch.tensor([5.0, 7.0]), {"completion_mask": mask})
+    a = [(5.0 - 4.0) / (5.0 + 1e-8), (7.0 - 4.0) / (5.0 + 1e-8)]
+    torch.testing.assert_close(advantages, torch.tensor([[a[0], a[0], 0.0], [a[1], a[1], a[1]]]))
+    with pytest.raises(ValueError, match="advantage_scale must be `std` or `variance`"):
+        polish_config(tmp_path, advantage_scale="mad")
+
+
+def test_literal_distance_raw_is_eq7_as_written(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
+                           trainer_rewards=None, reward_funcs=["literal", "semantic"], semantic_backend="static",
+                           literal_distance="raw")  # fmt: skip
+    literal = trainer.reward_funcs[trainer.literal_index]
+    # LD("a red circle", "a red square") = 5 (c-i-r-c-l → s-q-u-a-r; e = e), LD("abc", "") = 3, identical texts 0.
+    scores = literal(prompts=[None] * 3, completions=["a red square", "", "same"], reference=["a red circle", "abc", "same"])
+    assert scores == [1.0 - 5, 1.0 - 3, 1.0]
+    normal = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
+                          trainer_rewards=None, reward_funcs=["literal", "semantic"], semantic_backend="static")  # fmt: skip
+    assert normal.reward_funcs[normal.literal_index](completions=["a red square"], reference=["a red circle"]) == [1.0 - 5 / 12]
+    with pytest.raises(ValueError, match="literal_distance must be `normalized` or `raw`"):
+        polish_config(tmp_path, literal_distance="chars")
+
+
 def test_zero_variance_gives_zero_advantages(trainer):
     mask = torch.ones(4, 3, dtype=torch.long)
     advantages = trainer.compute_advantages(torch.full((4,), 0.7), {"completion_mask": mask})

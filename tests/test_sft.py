@@ -114,6 +114,22 @@ def test_compute_loss_is_ntp_plus_alpha_times_contrastive(tmp_path, demo_dataset
     torch.testing.assert_close(loss, expected)
 
 
+def test_own_image_negatives_reach_the_loss_and_bad_choices_are_refused(tmp_path, demo_dataset_dir):
+    trainer = make_trainer(tmp_path, demo_dataset_dir, contrastive_negatives="own_images")
+    batch = TIPPoDataCollator(trainer.processor)([trainer.train_dataset[index] for index in range(6)])
+    model = trainer.model.eval()
+    loss = trainer.compute_loss(model, dict(batch))
+    outputs = model(**{key: value for key, value in batch.items() if key not in ("references", "titles", "ids")})
+    own = prototype_contrastive_loss(outputs.image_signals, outputs.image_mask, negatives="own_images")
+    torch.testing.assert_close(loss, outputs.loss + own)
+    assert not torch.allclose(own, prototype_contrastive_loss(outputs.image_signals, outputs.image_mask))
+    assert trainer.other_processes_image_signals(outputs.image_signals, outputs.image_mask) is None  # one process
+    with pytest.raises(ValueError, match="contrastive_negatives must be `batch` or `own_images`"):
+        TIPPoSFTConfig(output_dir=str(tmp_path), use_cpu=True, contrastive_negatives="all")
+    with pytest.raises(ValueError, match="contrastive_gather adds other processes"):
+        TIPPoSFTConfig(output_dir=str(tmp_path), use_cpu=True, contrastive_negatives="own_images", contrastive_gather=True)
+
+
 def test_lambda1_follows_the_linear_schedule_and_losses_are_logged(tmp_path, demo_dataset_dir):
     trainer = make_trainer(tmp_path, demo_dataset_dir, max_steps=4)
     trainer.train()
@@ -347,9 +363,12 @@ def launch(tmp_path, accelerate_config, *extra):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_recipe_runs_as_two_ddp_processes_on_cpu(tmp_path):
-    state, output = launch(tmp_path, "ddp_2proc_cpu.yaml", "--max_steps", "2")
+    state, output = launch(tmp_path, "ddp_2proc_cpu.yaml", "--max_steps", "2", "--contrastive_gather", "true")
     # 2 steps × 16 samples × 2 processes = 64 samples = one epoch of the 64-row dataset (one process: half).
     assert state["epoch"] == pytest.approx(1.0)
+    # L_C's negatives are both processes' images: averaged over the processes, twice each process's own.
+    logs = [entry for entry in state["log_history"] if "contrastive/negatives" in entry]
+    assert logs and all(entry["contrastive/negatives"] == pytest.approx(2 * entry["contrastive/images"]) for entry in logs)
     model = TIPPoModel.from_pretrained(tmp_path / "out")
     assert model.config.model_type == "tippo"
     # DDP is told that every trainable weight is used, so it skips the per-step search for unused ones.

@@ -149,7 +149,11 @@ def visual_prototype(image_signals: torch.Tensor, image_mask: torch.Tensor) -> t
 
 
 def prototype_contrastive_loss(
-    image_signals: torch.Tensor, image_mask: torch.Tensor, temperature: float = 1.0
+    image_signals: torch.Tensor,
+    image_mask: torch.Tensor,
+    temperature: float = 1.0,
+    negatives: str = "batch",
+    other_signals: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_C (Eq. 5), InfoNCE with the prototype as each image's positive anchor.
 
@@ -162,6 +166,10 @@ def prototype_contrastive_loss(
 
     Args:
         image_signals: `(batch, N, k, d)`. image_mask: `(batch, N)`. temperature: τ (paper: 1).
+        negatives: `batch` (the decision above) or `own_images`: Eq. 5 as written, the sum over j running over the
+            sample's own images only (a one-image sample then has itself as its only term).
+        other_signals: `(M, k, d)` real image signals from elsewhere (other processes' micro-batches under DDP,
+            without gradient), added to every denominator as negatives; `batch` only.
     Returns:
         A scalar tensor.
     """
@@ -178,6 +186,16 @@ def prototype_contrastive_loss(
     real = image_mask.flatten()
     positive = (unit * F.normalize(prototypes, dim=-1).repeat_interleave(n_images, 0)).sum(-1) / temperature  # cos(s_i, p_b)/τ
     all_pairs = (unit @ unit.T / temperature).masked_fill(~real[None, :], float("-inf"))  # cos(s_i, s_j)/τ, real j only
+    if negatives == "own_images":  # Eq. 5 as written: j over sample b's own images
+        sample = torch.arange(image_mask.shape[0], device=unit.device).repeat_interleave(n_images)
+        all_pairs = all_pairs.masked_fill(sample[:, None] != sample[None, :], float("-inf"))
+    elif negatives != "batch":
+        raise ValueError(f"negatives must be `batch` or `own_images`, got {negatives!r}")
+    if other_signals is not None and len(other_signals):
+        if negatives != "batch":
+            raise ValueError("other_signals are extra negatives of the `batch` reading; `own_images` has none")
+        others = F.normalize(other_signals.flatten(1).to(unit.dtype), dim=-1)
+        all_pairs = torch.cat([all_pairs, unit @ others.T / temperature], dim=1)  # cos(s_i, s_j)/τ, j elsewhere
     per_image = torch.logsumexp(all_pairs, dim=-1) - positive  # Eq. 5, for each slot
     return per_image.masked_fill(~real, 0.0).sum() / real.sum()  # mean over the real images
 

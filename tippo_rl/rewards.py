@@ -94,7 +94,7 @@ def _check_pairs(completions: Sequence[Any], references: Sequence[str] | None, r
 # --------------------------------------------------------------------------------------------------- Eq. 7
 
 
-def literal_reward(completions: Sequence[str], references: Sequence[str]) -> list[float]:
+def literal_reward(completions: Sequence[str], references: Sequence[str], normalized: bool = True) -> list[float]:
     """Literal-level reward, Eq. 7: ``R = 1 − LD(Y, y) / max(|Y|, |y|, 1)``.
 
     LD is the character-level Levenshtein distance (insertions, deletions and substitutions cost 1), so
@@ -105,11 +105,15 @@ def literal_reward(completions: Sequence[str], references: Sequence[str]) -> lis
     Args:
         completions: generated texts y, length batch (strings, or TRL conversational completions).
         references: reference texts Y, length batch.
+        normalized: False gives Eq. 7 as the paper writes it, ``R = 1 − LD(Y, y)``: 1 for identical texts, unbounded
+            below.
 
     Returns:
-        ``list[float]`` of length batch, each in [0, 1].
+        ``list[float]`` of length batch, each in [0, 1] (normalized).
     """
     _check_pairs(completions, references, "literal")
+    if not normalized:
+        return [1.0 - Levenshtein.distance(reference, _as_text(completion)) for completion, reference in zip(completions, references)]
     rewards = []
     for completion, reference in zip(completions, references):
         y = _as_text(completion)
@@ -136,6 +140,19 @@ def literal(
 
 
 # --------------------------------------------------------------------------------------------------- Eq. 8
+
+
+class LiteralReward:
+    """The literal reward (Eq. 7) as a configurable plug-in named ``literal``: ``normalized=False`` is the paper's
+    unnormalised ``1 − LD(Y, y)`` (PolishPPO's ``literal_distance: raw``); the default equals :func:`literal`."""
+
+    __name__ = "literal"
+
+    def __init__(self, normalized: bool = True):
+        self.normalized = normalized
+
+    def __call__(self, prompts=None, completions=(), reference: Sequence[str] | None = None, **kwargs) -> list[float]:
+        return literal_reward(completions, reference, normalized=self.normalized)
 
 
 def bundled_minilm_path() -> Path:

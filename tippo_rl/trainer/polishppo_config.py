@@ -54,6 +54,9 @@ class PolishPPOConfig(PPOConfig):
             Model2Vec distillation (made once, ~25 s for all-MiniLM-L6-v2 on a CPU, then cached; or a Model2Vec
             model named as `semantic_model`): ~100× cheaper to score, no word order. For a policy that is small next
             to the embedder, e.g. the demo, where the encoder took over half of every iteration.
+        literal_distance (`str`, defaults to `"normalized"`):
+            R_literal of Eq. 7: `normalized`, 1 − LD(Y, y) / max(|Y|, |y|, 1) in [0, 1] (shared/method/TIPPo.md), or
+            `raw`, 1 − LD(Y, y) as the paper writes it (unbounded below: −59 for a 60-character miss).
         reward_funcs (`list[str]`, defaults to `["literal", "semantic"]`):
             `literal` and `semantic` must be among them; further plug-ins are added to G_m with their
             `reward_weights` and no γ factor.
@@ -85,6 +88,10 @@ class PolishPPOConfig(PPOConfig):
         default="flagembedding",
         metadata={"help": "`flagembedding` (the encoder) or `static` (its Model2Vec distillation: ~100× cheaper scoring, no word order)."},
     )
+    literal_distance: str = field(
+        default="normalized",
+        metadata={"help": "R_literal (Eq. 7): `normalized` (1 − LD/max length, in [0, 1]) or `raw` (1 − LD, as the paper writes it)."},
+    )
     reward_funcs: list[str] | None = field(
         default_factory=lambda: ["literal", "semantic"],
         metadata={"help": "Reward plug-ins; must include `literal` and `semantic`. Extras are added to G_m with their weights."},
@@ -103,6 +110,8 @@ class PolishPPOConfig(PPOConfig):
             raise ValueError(f"semantic_dtype must be one of {', '.join(EMBEDDER_DTYPES)}, got {self.semantic_dtype!r}")
         if self.semantic_backend not in SEMANTIC_BACKENDS:
             raise ValueError(f"semantic_backend must be one of {', '.join(SEMANTIC_BACKENDS)}, got {self.semantic_backend!r}")
+        if self.literal_distance not in ("normalized", "raw"):
+            raise ValueError(f"literal_distance must be `normalized` or `raw` (Eq. 7 as written), got {self.literal_distance!r}")
         if self.use_value_head:
             raise ValueError(
                 "use_value_head must be False for PolishPPO: its advantage (Eq. 6) is normalised by running return "

@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 
 from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
-from ..rewards import load_reward
+from ..rewards import LiteralReward, load_reward
 from .polishppo_config import PolishPPOConfig
 from .ppo_trainer import PPOTrainer, ReturnStatistics  # noqa: F401  (ReturnStatistics: where it was first defined)
 
@@ -66,8 +66,10 @@ class PolishPPOTrainer(PPOTrainer):
                 **init_kwargs.get(SEMANTIC, {}),
             }
             reward_funcs = [
-                load_reward(spec, **(semantic if spec == SEMANTIC else init_kwargs.get(spec, {}))) for spec in args.reward_funcs
-            ]
+                LiteralReward(normalized=args.literal_distance == "normalized") if spec == LITERAL
+                else load_reward(spec, **(semantic if spec == SEMANTIC else init_kwargs.get(spec, {})))
+                for spec in args.reward_funcs
+            ]  # fmt: skip
         super().__init__(model, args, processor, train_dataset, reward_funcs, callbacks, optimizers, eval_dataset)
         for name in (LITERAL, SEMANTIC):
             if self.reward_names.count(name) != 1:

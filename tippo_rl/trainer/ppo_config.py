@@ -93,6 +93,9 @@ class PPOConfig(TrainingArguments, GenerationEvalArguments):
         advantage_window (`int`, *optional*):
             W of the `running` baseline: μ and δ over the returns of the last W iterations, the current one included.
             None (paper-literal): all iterations so far.
+        advantage_scale (`str`, defaults to `"std"`):
+            δ_m of Eq. 6 for the `running` baseline: `std`, the standard deviation of those returns (unit-scale Â,
+            shared/method/TIPPo.md), or `variance`, the paper's word taken literally (Â then scales as 1/δ²).
         advantage_epsilon (`float`, defaults to `1e-8`):
             ε of Eq. 6 and of the `group` baseline's std.
         use_value_head (`bool`, defaults to `True`):
@@ -197,6 +200,10 @@ class PPOConfig(TrainingArguments, GenerationEvalArguments):
     advantage_window: int | None = field(
         default=None,
         metadata={"help": "W of the `running` baseline: returns of the last W iterations (current included). None: all so far (paper)."},
+    )
+    advantage_scale: str = field(
+        default="std",
+        metadata={"help": "δ_m of Eq. 6 (`running` baseline): `std` (unit-scale Â) or `variance` (the paper's word, literally)."},
     )
     advantage_epsilon: float = field(default=1e-8, metadata={"help": "ε of Eq. 6 (and of the `group` baseline's std)."})
     use_value_head: bool = field(default=True, metadata={"help": "Standard PPO: value head + clipped value loss + GAE advantages."})
@@ -357,6 +364,8 @@ class PPOConfig(TrainingArguments, GenerationEvalArguments):
             )
         if self.advantage_window is not None and self.advantage_window < 1:
             raise ValueError(f"advantage_window (W) must be ≥ 1 or None (all iterations), got {self.advantage_window}")
+        if self.advantage_scale not in ("std", "variance"):
+            raise ValueError(f"advantage_scale must be `std` or `variance` (δ_m of Eq. 6), got {self.advantage_scale!r}")
         if self.advantage_epsilon <= 0:
             raise ValueError(f"advantage_epsilon (ε) must be > 0, got {self.advantage_epsilon}")
         if self.value_head_init not in VALUE_HEAD_INITS:

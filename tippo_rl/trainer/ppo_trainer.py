@@ -694,6 +694,8 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         if baseline == "running":
             self.return_statistics.update(self.accelerator.gather(returns))  # the last W iterations, current included
             mu, delta = self.return_statistics.mean, self.return_statistics.std  # μ_m, δ_m
+            if self.args.advantage_scale == "variance":
+                delta = delta**2  # δ_m as the paper's text words it
             self._metrics["baseline/mu"].append(mu)
             self._metrics["baseline/delta"].append(delta)
             return (returns - mu) / (delta + epsilon)  # Eq. 6

@@ -36,6 +36,13 @@ class TIPPoSFTConfig(SFTConfig, GenerationEvalArguments):
             α in L_SFT = L_NTP + α·L_C (paper: 1). 0 switches the contrastive loss off.
         contrastive_temperature (`float`, defaults to `1.0`):
             τ of Eq. 5 (paper: 1, no temperature).
+        contrastive_negatives (`str`, defaults to `"batch"`):
+            The sum over j in Eq. 5's denominator: `batch` runs over every real image of the batch (the paper's text:
+            "other samples within the same batch as the negative anchors"), `own_images` over the sample's own
+            images only (Eq. 5 as written).
+        contrastive_gather (`bool`, defaults to `False`):
+            Under DDP, add the other processes' image signals (gathered, without gradient) to the `batch`
+            negatives, so L_C sees the global batch. False: each process's micro-batch only.
         daa_lambda_schedule (`str`, defaults to `"linear"`):
             How λ1 of Eq. 2 moves: `linear` is the paper's m/M over the stage; `constant` holds `daa_lambda1`.
         daa_lambda1 (`float`, defaults to `0.5`):
@@ -52,6 +59,13 @@ class TIPPoSFTConfig(SFTConfig, GenerationEvalArguments):
 
     contrastive_weight: float = field(default=1.0, metadata={"help": "α: weight of the prototype contrastive loss L_C (Eq. 5) in L_SFT = L_NTP + α·L_C. Paper: 1."})
     contrastive_temperature: float = field(default=1.0, metadata={"help": "τ: temperature of L_C (Eq. 5). Paper: 1 (none)."})
+    contrastive_negatives: str = field(
+        default="batch",
+        metadata={"help": "Eq. 5's negatives: `batch` (every real image of the batch, paper's text) or `own_images` (the sample's own, Eq. 5 as written)."},
+    )
+    contrastive_gather: bool = field(
+        default=False, metadata={"help": "DDP: other processes' image signals (no gradient) join L_C's `batch` negatives."}
+    )
     daa_lambda_schedule: str = field(default="linear", metadata={"help": "λ1 of Eq. 2: `linear` (paper, m/M over the stage) or `constant` (`daa_lambda1`)."})
     daa_lambda1: float = field(default=0.5, metadata={"help": "λ1 for `daa_lambda_schedule: constant`, in [0, 1]."})
     use_feature_cache: bool = field(default=True, metadata={"help": "Train from cached frozen-encoder features (computed once per dataset)."})
@@ -89,6 +103,10 @@ class TIPPoSFTConfig(SFTConfig, GenerationEvalArguments):
             raise ValueError(f"contrastive_weight (α) must be ≥ 0, got {self.contrastive_weight}")
         if self.contrastive_temperature <= 0:
             raise ValueError(f"contrastive_temperature (τ) must be > 0, got {self.contrastive_temperature}")
+        if self.contrastive_negatives not in ("batch", "own_images"):
+            raise ValueError(f"contrastive_negatives must be `batch` or `own_images`, got {self.contrastive_negatives!r}")
+        if self.contrastive_gather and self.contrastive_negatives != "batch":
+            raise ValueError("contrastive_gather adds other processes' images to the `batch` negatives; `own_images` has none")
         if self.daa_lambda_schedule not in LAMBDA_SCHEDULES:
             raise ValueError(
                 f"daa_lambda_schedule must be one of {', '.join(LAMBDA_SCHEDULES)}, got {self.daa_lambda_schedule!r}"

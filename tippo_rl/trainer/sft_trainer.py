@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from datasets import Dataset
 from trl import SFTTrainer
 
@@ -75,6 +76,19 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
             output.metrics.update(self.generation_metrics(dataloader.dataset, metric_key_prefix))
         return output
 
+    def other_processes_image_signals(self, image_signals: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor | None:
+        """The real image signals `(M, k, d)` of the other processes' micro-batches, without gradient, for L_C's
+        negatives (`contrastive_gather`); None on one process or when the option is off."""
+        if not self.args.contrastive_gather or self.accelerator.num_processes == 1:
+            return None
+        signals = self.accelerator.pad_across_processes(image_signals.detach(), dim=0)  # the last batch may be short
+        mask = self.accelerator.pad_across_processes(image_mask.long(), dim=0)  # padded rows: no real image
+        gathered, gathered_mask = self.accelerator.gather(signals), self.accelerator.gather(mask).bool()
+        rows = signals.shape[0]
+        other = torch.ones(gathered.shape[0], dtype=torch.bool, device=gathered.device)
+        other[self.accelerator.process_index * rows : (self.accelerator.process_index + 1) * rows] = False
+        return gathered[other][gathered_mask[other]]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
         tippo = unwrap_tippo(self.accelerator.unwrap_model(model))
@@ -85,9 +99,13 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
         ntp_loss = outputs.loss  # L_NTP, mean over the batch's label tokens
         loss = ntp_loss
         if self.args.contrastive_weight > 0:
+            others = self.other_processes_image_signals(outputs.image_signals, outputs.image_mask)
             contrastive_loss = prototype_contrastive_loss(
-                outputs.image_signals, outputs.image_mask, self.args.contrastive_temperature
+                outputs.image_signals, outputs.image_mask, self.args.contrastive_temperature, self.args.contrastive_negatives, others
             )  # L_C, Eq. 5
+            images = outputs.image_mask.sum()
+            self._step_metrics[mode].add("contrastive/images", images, self.accelerator.device)
+            self._step_metrics[mode].add("contrastive/negatives", images + (len(others) if others is not None else 0), self.accelerator.device)
             loss = ntp_loss + self.args.contrastive_weight * contrastive_loss  # L_SFT
             self._step_metrics[mode].add("loss/contrastive", contrastive_loss, self.accelerator.device)
         self._step_metrics[mode].add("loss/ntp", ntp_loss, self.accelerator.device)
