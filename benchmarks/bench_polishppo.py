@@ -243,6 +243,7 @@ def run(args, info: dict, workdir: Path) -> dict:
             max_steps=(args.warmup_iterations + args.iterations) * steps_per_iteration, max_new_tokens=args.max_new_tokens,
             reward_funcs=["literal", "semantic"], kl_coef=args.kl_coef, feature_cache_dir=str(workdir / "features"),
             generation_kwargs=generation_kwargs, semantic_backend=args.semantic_backend,
+            semantic_model=default_semantic_model(),  # offline: the bundled MiniLM when installed
         )
         trainer = PolishPPOTrainer(copy.deepcopy(model), config, processor, dataset)
         semantic_reward = trainer.reward_funcs[trainer.semantic_index]  # a SemanticReward, before it is wrapped
