@@ -98,7 +98,7 @@ def train_sft(args, workdir: Path) -> Path:
     config.update(common_settings(args, workdir), output_dir=str(workdir / "sft"), save_strategy="no")
     if args.quick:
         config.update(QUICK_SFT)
-    config.update(args.sft_overrides)
+    config.update(getattr(args, "sft_overrides", None) or {})  # bench_value_warmup passes its own arguments
     script_args, training_args, model_args = parse_with_config(config, (TIPPoScriptArguments, load_recipe("sft").TIPPoSFTConfig, TIPPoModelConfig), workdir, "sft")
     load_recipe("sft").main(script_args, training_args, model_args)
     return Path(training_args.output_dir)
