@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from transformers import ChineseCLIPConfig, PretrainedConfig, T5Config
+from transformers import AutoConfig, ChineseCLIPConfig, PretrainedConfig, T5Config
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 
 class TIPPoConfig(PretrainedConfig):
     r"""
     Configuration of a [`TIPPoModel`]: a frozen Chinese-CLIP encoder φ, two adapters, the visual prototype,
-    Dual Alignment Attention (DAA), the Difference Operator (DO) and a T5 decoder.
+    Dual Alignment Attention (DAA), the Difference Operator (DO) and a language model: T5 (the paper's) or any causal LM.
 
     Names follow `shared/method/TIPPo.md`.
 
     Args:
         encoder_config (`ChineseCLIPConfig` or `dict`):
             The frozen multi-modal encoder φ. Its `projection_dim` is d_φ.
-        decoder_config (`T5Config` or `dict`):
-            The seq2seq language model. Its `d_model` is d, the width of every TIPPo signal.
+        decoder_config (`T5Config`, any causal-LM config, or `dict`):
+            The language model: T5 (the default, encoder-decoder: S^F is its encoder's input) or a causal LM that
+            `AutoModelForCausalLM` builds (Llama, Qwen2, SmolLM2, …: S^F is the prefix of its `inputs_embeds`, followed
+            by the prompt tokens). A `dict` names its kind by `model_type` (default `t5`). Its `hidden_size` is d, the
+            width of every TIPPo signal.
         prefix_length (`int`, defaults to 4):
             k: how many decoder tokens one φ vector becomes (S^T, S_i^I ∈ R^{k×d}).
         adapter_hidden_size (`int`, *optional*):
@@ -43,12 +47,12 @@ class TIPPoConfig(PretrainedConfig):
     """
 
     model_type = "tippo"
-    sub_configs = {"encoder_config": ChineseCLIPConfig, "decoder_config": T5Config}
+    sub_configs = {"encoder_config": ChineseCLIPConfig, "decoder_config": AutoConfig}
 
     def __init__(
         self,
         encoder_config: ChineseCLIPConfig | dict | None = None,
-        decoder_config: T5Config | dict | None = None,
+        decoder_config: PretrainedConfig | dict | None = None,
         prefix_length: int = 4,
         adapter_hidden_size: int | None = None,
         max_images: int = 5,
@@ -67,8 +71,9 @@ class TIPPoConfig(PretrainedConfig):
         if decoder_config is None:
             decoder_config = T5Config()
         elif isinstance(decoder_config, dict):
-            decoder_config = T5Config(**decoder_config)
-        if getattr(decoder_config, "decoder_start_token_id", None) is None:
+            decoder_config = dict(decoder_config)
+            decoder_config = CONFIG_MAPPING[decoder_config.pop("model_type", "t5")](**decoder_config)
+        if decoder_config.is_encoder_decoder and getattr(decoder_config, "decoder_start_token_id", None) is None:
             # T5 starts decoding from the pad token; transformers 5's bare `T5Config()` leaves the field unset.
             decoder_config.decoder_start_token_id = decoder_config.pad_token_id
         self.encoder_config = encoder_config
@@ -81,7 +86,7 @@ class TIPPoConfig(PretrainedConfig):
             raise ValueError(f"TIPPoConfig.daa_lambda1 must lie in [0, 1], got {daa_lambda1!r}")
         self.prefix_length = prefix_length
         self.adapter_hidden_size = adapter_hidden_size or (
-            encoder_config.projection_dim + prefix_length * decoder_config.d_model
+            encoder_config.projection_dim + prefix_length * decoder_config.hidden_size
         ) // 2
         self.max_images = max_images
         self.use_daa_do = use_daa_do
@@ -92,16 +97,19 @@ class TIPPoConfig(PretrainedConfig):
         self.decoder_name_or_path = decoder_name_or_path
 
         # generate() and the trainers read these from the top-level config.
-        kwargs.setdefault("is_encoder_decoder", True)
+        kwargs.setdefault("is_encoder_decoder", decoder_config.is_encoder_decoder)
         kwargs.setdefault("pad_token_id", decoder_config.pad_token_id)
         kwargs.setdefault("eos_token_id", decoder_config.eos_token_id)
-        kwargs.setdefault("decoder_start_token_id", decoder_config.decoder_start_token_id)
+        # A causal decoder has no start token: the prompt's last position predicts the first completion token. The pad id
+        # stands in for it in T5-style shifted `decoder_input_ids`, whose first column a causal TIPPo model does not read.
+        start = decoder_config.decoder_start_token_id if decoder_config.is_encoder_decoder else decoder_config.pad_token_id
+        kwargs.setdefault("decoder_start_token_id", start)
         super().__init__(**kwargs)
 
     @property
     def hidden_size(self) -> int:
         """d: the decoder width, shared by every TIPPo signal."""
-        return self.decoder_config.d_model
+        return self.decoder_config.hidden_size
 
     @property
     def vocab_size(self) -> int:

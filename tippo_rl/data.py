@@ -443,6 +443,8 @@ class TIPPoDataCollator:
             pixel_values, image_mask = self.processor.images_to_pixels(images)
             batch = {"pixel_values": pixel_values, "image_mask": image_mask}
             batch.update(self.processor.tokenize_titles([row["title"] for row in rows]))
+        if self.processor.causal_lm:  # the decoder's prompt tokens: never cached (φ does not read them)
+            batch.update(self.processor.tokenize_prompts([row["title"] for row in rows]))
         if self.with_labels:
             batch["labels"] = self.processor.tokenize_references(references)
             self.warn_about_cut_references(rows, batch["labels"])
@@ -513,6 +515,8 @@ MODEL_INPUT_NAMES = (
     "title_attention_mask",
     "image_features",
     "title_features",
+    "prompt_input_ids",
+    "prompt_attention_mask",
 )
 
 

@@ -1,7 +1,8 @@
 """TIPPo: Text-Image-Prototype guided multi-modal generation (one file, top to bottom).
 
 frozen Chinese-CLIP φ → adapters π_T, π_V → prototype S^P → Dual Alignment Attention (Eq. 1–2)
-→ Difference Operator (Eq. 3–4) → fusion [S^T; S_1^A; S_1^D; …] → T5 encoder-decoder.
+→ Difference Operator (Eq. 3–4) → fusion S^F = [S^T; S_1^A; S_1^D; …] → the language model: T5's encoder-decoder (S^F is
+the encoder's input), or a causal LM (S^F is the prefix of its `inputs_embeds`, then the prompt tokens, then the completion).
 
 Equations refer to `shared/method/TIPPo.md` and the paper (TIPPo.txt).
 """
@@ -18,12 +19,13 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     ChineseCLIPConfig,
     GenerationMixin,
     PreTrainedModel,
     T5ForConditionalGeneration,
 )
-from transformers.modeling_outputs import Seq2SeqLMOutput
+from transformers.modeling_outputs import CausalLMOutputWithPast, Seq2SeqLMOutput
 from transformers.models.chinese_clip.modeling_chinese_clip import ChineseCLIPTextModel, ChineseCLIPVisionModel
 
 from .configuration_tippo import TIPPoConfig
@@ -52,6 +54,31 @@ class TIPPoSeq2SeqLMOutput(Seq2SeqLMOutput):
 
     image_signals: torch.FloatTensor | None = None
     image_mask: torch.BoolTensor | None = None
+
+
+@dataclass
+class TIPPoCausalLMOutput(CausalLMOutputWithPast):
+    """A causal decoder's output, at the completion positions only: `logits` `(batch, T, V)` (position t predicts
+    completion token t, as T5's), `hidden_states` (each `(batch, T, d)`) and `loss` over the labels; plus the image
+    signals S_i^I `(batch, N, k, d)` and their mask `(batch, N)`."""
+
+    image_signals: torch.FloatTensor | None = None
+    image_mask: torch.BoolTensor | None = None
+
+
+def left_pack(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move every masked position of `(batch, L, d)` / `(batch, L)` to the front, keeping the order of the others.
+
+    A causal decoder reads the last position to predict the first completion token, so it must be a real one for every
+    sample (image padding slots sit inside S^F, prompt padding after it); with position ids counted over real tokens
+    only, the padding then changes nothing but the sequence length."""
+    order = torch.sort(attention_mask, dim=1, stable=True).indices  # zeros first, real tokens in their order
+    return inputs_embeds.gather(1, order[..., None].expand_as(inputs_embeds)), attention_mask.gather(1, order)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens `(batch, L)`, as `generate()` counts them (0 on padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
 
 
 class TIPPoFrozenEncoder(nn.Module):
@@ -230,7 +257,12 @@ class TIPPoPreTrainedModel(PreTrainedModel):
 
 
 class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
-    """TIPPo: text + images → text, with a frozen Chinese-CLIP encoder and a T5 decoder.
+    """TIPPo: text + images → text, with a frozen Chinese-CLIP encoder and a T5 or causal-LM decoder.
+
+    A causal decoder (`config.is_encoder_decoder` False) reads `[S^F; prompt; completion]`: S^F as input embeddings, the
+    prompt (`prompt_input_ids`, the title as text, in the LM's chat template where it has one: `TIPPoProcessor`) and the
+    completion as tokens; padding is moved to the front (`left_pack`). Its outputs cover the completion positions only,
+    so `labels`, `decoder_input_ids` and `logits` line up as for T5, and `generate()` returns the completion only.
 
     Inputs come either as pixels and tokens (`pixel_values`, `title_input_ids`) or as the frozen encoder's
     cached outputs (`image_features`, `title_features`); both give the same outputs up to float32 rounding (φ then ran
@@ -254,7 +286,11 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
             self.difference_operator = TIPPoDifferenceOperator(config)
         if config.image_slot_embeddings:  # not in the paper: which image slot a fusion token came from
             self.image_slot_embedding = nn.Embedding(config.max_images, config.hidden_size)
-        self.language_model = T5ForConditionalGeneration._from_config(config.decoder_config)
+        if config.is_encoder_decoder:
+            self.language_model = T5ForConditionalGeneration._from_config(config.decoder_config)
+        else:
+            self.language_model = AutoModelForCausalLM.from_config(config.decoder_config)
+            self._no_split_modules = [*self._no_split_modules, *(self.language_model._no_split_modules or [])]
         # λ1 of Eq. 2, 1-D so that DeepSpeed can shard it; saved with the weights.
         self.register_buffer("daa_lambda1", torch.tensor([config.daa_lambda1]), persistent=True)
         self.post_init()
@@ -287,7 +323,7 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
         return self.language_model.get_output_embeddings()
 
     def get_encoder(self):
-        return self.language_model.get_encoder()
+        return self.language_model.get_encoder() if self.config.is_encoder_decoder else None
 
     def floating_point_ops(self, input_dict: dict, exclude_embeddings: bool = True) -> int:
         """Training FLOPs of a batch for the Trainer's `total_flos`: 6 × trainable parameters × label tokens (the
@@ -370,6 +406,69 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
 
     # -- the decoder -----------------------------------------------------------------------------------
 
+    def causal_prompt(
+        self,
+        prefix: TIPPoPrefix,
+        prompt_input_ids: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A causal decoder's prompt: `[S^F; prompt tokens]` as `inputs_embeds` `(batch, P, d)` and its attention mask
+        `(batch, P)`, padding first (`left_pack`). `prompt_input_ids` `(batch, L)` may be None (S^F alone)."""
+        inputs_embeds, attention_mask = prefix.inputs_embeds, prefix.attention_mask
+        if prompt_input_ids is not None:
+            if prompt_attention_mask is None:
+                prompt_attention_mask = torch.ones_like(prompt_input_ids)
+            prompt_embeds = self.get_input_embeddings()(prompt_input_ids).to(inputs_embeds.dtype)
+            inputs_embeds = torch.cat([inputs_embeds, prompt_embeds], dim=1)
+            attention_mask = torch.cat([attention_mask, prompt_attention_mask.long()], dim=1)
+        return left_pack(inputs_embeds, attention_mask)
+
+    def _causal_forward(
+        self,
+        prefix: TIPPoPrefix,
+        prompt_input_ids: torch.Tensor | None,
+        prompt_attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        decoder_input_ids: torch.Tensor | None,
+        **kwargs,
+    ) -> TIPPoCausalLMOutput:
+        """`[S^F; prompt; completion]` through the causal LM, outputs at the completion positions only.
+
+        The completion tokens read are `decoder_input_ids[:, 1:]` (T5's shift-right: column 0, the start token, stands for
+        the prompt, whose last position predicts the first completion token), or, from `labels`, `labels[:, :-1]`."""
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("a causal TIPPo model needs `labels` or `decoder_input_ids` (the completion) in forward()")
+            decoder_input_ids = F.pad(labels[:, :-1], (1, 0), value=-100)  # T5's shift-right
+            decoder_input_ids = decoder_input_ids.masked_fill(decoder_input_ids == -100, self.config.pad_token_id)
+        prompt_embeds, prompt_mask = self.causal_prompt(prefix, prompt_input_ids, prompt_attention_mask)
+        completion_inputs = decoder_input_ids[:, 1:]
+        inputs_embeds = torch.cat([prompt_embeds, self.get_input_embeddings()(completion_inputs).to(prompt_embeds.dtype)], 1)
+        attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_inputs)], dim=1)
+        length = decoder_input_ids.shape[1]  # T: positions P − 1 … P + T − 2 predict completion tokens 0 … T − 1
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            logits_to_keep=length,
+            return_dict=True,
+            **kwargs,
+        )
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(outputs.logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        hidden_states = None
+        if outputs.hidden_states is not None:
+            hidden_states = tuple(hidden[:, -length:] for hidden in outputs.hidden_states)
+        return TIPPoCausalLMOutput(
+            loss=loss,
+            logits=outputs.logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=hidden_states,
+            image_signals=prefix.image_signals,
+            image_mask=prefix.image_mask,
+        )
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -385,12 +484,22 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         past_key_values=None,
         use_cache: bool | None = None,
+        prompt_input_ids: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
         **kwargs,
-    ) -> TIPPoSeq2SeqLMOutput:
+    ) -> TIPPoSeq2SeqLMOutput | TIPPoCausalLMOutput:
         """Teacher-forced pass. `labels` `(batch, T)` (-100 = ignored) gives the next-token loss L_NTP.
 
-        `encoder_outputs` + `attention_mask` skip the front end (used by `generate()` and PPO's re-scoring).
+        T5: `encoder_outputs` + `attention_mask` skip the front end (used by `generate()` and PPO's re-scoring). A causal
+        decoder also reads `prompt_input_ids` / `prompt_attention_mask` `(batch, L)` (see `_causal_forward`).
         """
+        if not self.config.is_encoder_decoder:
+            prefix = self.encode_prefix(
+                image_mask, pixel_values, title_input_ids, title_attention_mask, image_features, title_features
+            )
+            return self._causal_forward(
+                prefix, prompt_input_ids, prompt_attention_mask, labels, decoder_input_ids, use_cache=bool(use_cache), **kwargs
+            )
         prefix = None
         if encoder_outputs is None:
             prefix = self.encode_prefix(
@@ -428,12 +537,16 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
         title_attention_mask: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
         title_features: torch.Tensor | None = None,
+        prompt_input_ids: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
         **generate_kwargs,
     ) -> torch.LongTensor:
         """Generate text from images + title (or cached features). Any `GenerationConfig` option works
-        (greedy, beam search, sampling, `max_new_tokens`, …); decoding runs in T5's `generate()` with its KV cache.
+        (greedy, beam search, sampling, `max_new_tokens`, …); decoding runs in the language model's `generate()` with
+        its KV cache.
 
-        Returns the decoder token ids `(batch, T)`, starting with the decoder start token.
+        Returns token ids `(batch, T)`: T5's start with the decoder start token; a causal decoder's are the completion
+        only (its prompt is input embeddings, which `generate()` does not return).
         """
         prefix = self.encode_prefix(
             image_mask, pixel_values, title_input_ids, title_attention_mask, image_features, title_features
@@ -441,9 +554,13 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
         # The model's own generation config (saved with it) is the default; explicit arguments override it.
         generation_config = copy.deepcopy(generate_kwargs.pop("generation_config", None) or self.generation_config)
         model_kwargs = generation_config.update(**generate_kwargs)
+        if self.config.is_encoder_decoder:
+            inputs_embeds, attention_mask = prefix.inputs_embeds, prefix.attention_mask
+        else:
+            inputs_embeds, attention_mask = self.causal_prompt(prefix, prompt_input_ids, prompt_attention_mask)
         return self.language_model.generate(
-            inputs_embeds=prefix.inputs_embeds,
-            attention_mask=prefix.attention_mask,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
             generation_config=generation_config,
             **model_kwargs,
         )

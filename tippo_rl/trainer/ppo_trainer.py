@@ -243,7 +243,8 @@ class PolicyAndValueModel(nn.Module):
 
     def forward(self, **inputs):
         outputs = self.policy(**inputs, output_hidden_states=True)
-        hidden = outputs.decoder_hidden_states[-1]
+        # T5's decoder states, or a causal decoder's at the completion positions (`TIPPoCausalLMOutput`).
+        hidden = (outputs.decoder_hidden_states if self.config.is_encoder_decoder else outputs.hidden_states)[-1]
         if self.value_only:
             hidden = hidden.detach()
         return outputs, self.value_head(hidden.to(self.value_head.weight.dtype))
@@ -593,9 +594,11 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
                 image_features, title_features = tippo.encode_frozen_features(
                     inputs["pixel_values"], inputs["image_mask"], inputs["title_input_ids"], inputs["title_attention_mask"]
                 )
-                inputs = {"image_features": image_features, "image_mask": inputs["image_mask"], "title_features": title_features}
+                prompt = {name: inputs[name] for name in ("prompt_input_ids", "prompt_attention_mask") if name in inputs}
+                inputs = {"image_features": image_features, "image_mask": inputs["image_mask"], "title_features": title_features, **prompt}
             sequences = policy.generate(**inputs, generation_config=generation_config)
-        completion_ids = sequences[:, 1:]  # drop the decoder start token
+        # T5's sequences start with the decoder start token; a causal decoder's are the completion alone.
+        completion_ids = sequences[:, 1:] if tippo.config.is_encoder_decoder else sequences
         mask = completion_mask(completion_ids, self.eos_token_id)
         completion_ids = completion_ids.masked_fill(mask == 0, self.pad_token_id)
         return {
@@ -725,7 +728,8 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         """Teacher-forced pass over the completions: (log-probs `(batch, T)` at the sampling temperature, fp32 logits
         `(batch, T, V)` before the temperature, values `(batch, T)` or None). `model` may be a `PolicyAndValueModel` (or one wrapped by DDP)."""
         start = completion_ids.new_full((len(completion_ids), 1), self.decoder_start_token_id)
-        decoder_input_ids = torch.cat([start, completion_ids[:, :-1]], dim=1)  # T5's shift-right of the labels
+        # T5's shift-right of the labels; a causal TIPPo model reads columns 1… after its prompt (see `_causal_forward`).
+        decoder_input_ids = torch.cat([start, completion_ids[:, :-1]], dim=1)
         outputs = model(**inputs, decoder_input_ids=decoder_input_ids)
         values = None
         if isinstance(outputs, tuple):  # PolicyAndValueModel
