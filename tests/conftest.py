@@ -8,6 +8,9 @@ Fixtures (read-only: never train, re-seed or `set_daa_lambda1` them in place; `c
 - `tiny_model_varied_outputs` (session): a copy of that model whose decoder weights carry seeded noise, so that
   greedy generations are non-trivial and depend on the inputs. Use it wherever a test compares generations
   ("identical generations" on input-independent outputs would prove nothing).
+- `tiny_causal_model_and_processor` (session): `build_tiny_tippo(decoder="llama", seed=0)` in eval mode, its Llama
+  decoder's weights carrying seeded noise as in `tiny_model_varied_outputs` (greedy generations depend on the inputs),
+  and its processor (`causal_lm`: the title is the decoder's prompt). About 0.3M parameters.
 - `demo_dataset_dir` (session): a `pathlib.Path` holding `make_demo_dataset(tmp, num_train=24, num_test=8)`
   (English, seed 0): `train.jsonl`, `test.jsonl` and `images/`, rows with 1–5 images.
 
@@ -65,6 +68,16 @@ def saved_model(tmp_path_factory, tiny_model_varied_outputs, tiny_model_and_proc
     tiny_model_varied_outputs.save_pretrained(folder)
     tiny_model_and_processor[1].save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_model_and_processor():
+    model, processor = build_tiny_tippo(seed=0, decoder="llama")
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.language_model.parameters():
+            parameter.add_(0.5 * torch.randn(parameter.shape, generator=generator))
+    return model.eval(), processor
 
 
 @pytest.fixture(scope="session")
