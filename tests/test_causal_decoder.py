@@ -325,6 +325,26 @@ def test_sft_then_polishppo_recipes_run_as_two_ddp_processes_with_the_causal_dec
     TIPPoModel.from_pretrained(tmp_path / "rl")
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sft_then_polishppo_run_under_deepspeed_zero3_on_cpu_with_the_causal_decoder(tmp_path):
+    """ZeRO-3 partitions the causal LM: the prompt's embeddings, KV-cached rollouts and the saved model must still work."""
+    pytest.importorskip("deepspeed")
+    from recipe_loading import launch_recipe
+
+    data = ["--demo_dir", str(tmp_path / "demo"), "--demo_num_train", "32", "--demo_num_test", "4",
+            "--feature_cache_dir", str(tmp_path / "cache"), "--logging_steps", "1", "--disable_tqdm", "true"]
+    launch_recipe("sft", "deepspeed_zero3_cpu.yaml", "--config", str(REPO / "recipes/configs/demo_causal_sft.yaml"),
+                  "--output_dir", str(tmp_path / "sft"), "--max_steps", "2", "--save_steps", "2", *data, cwd=tmp_path)
+    assert (tmp_path / "sft/checkpoint-2/global_step2").is_dir()  # DeepSpeed's own checkpoint: it really ran
+    launch_recipe("polishppo", "deepspeed_zero3_cpu.yaml", "--config", str(REPO / "recipes/configs/demo_causal_polishppo.yaml"),
+                  "--model_name_or_path", str(tmp_path / "sft"), "--output_dir", str(tmp_path / "rl"), "--total_iterations", "1",
+                  "--per_device_train_batch_size", "4", "--max_new_tokens", "8", "--save_strategy", "no", *data, cwd=tmp_path)
+    policy = TIPPoModel.from_pretrained(tmp_path / "rl")
+    assert isinstance(policy.language_model, LlamaForCausalLM)
+    assert policy.get_input_embeddings().weight.shape[0] == TIPPoModel.from_pretrained(tmp_path / "sft").config.vocab_size
+
+
 def smollm2_installed() -> bool:
     from tippo_rl.presets import smollm2_gguf_path
 
