@@ -11,7 +11,15 @@ with the best greedy checkpoint kept: `--eval_strategy steps --eval_steps 40 --s
 --metric_for_best_model eval_rouge_l`.
 """
 
-from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoParser, TIPPoScriptArguments, apply_lora, load_datasets, load_model_and_processor
+from tippo_rl.recipe_args import (
+    TIPPoModelConfig,
+    TIPPoParser,
+    TIPPoScriptArguments,
+    apply_lora,
+    load_datasets,
+    load_model_and_processor,
+    train_and_save,
+)
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
 
@@ -28,15 +36,7 @@ def main(script_args: TIPPoScriptArguments, training_args: PolishPPOConfig, mode
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,  # decoded: eval_rouge_l, eval_cider, ...
     )
-    trainer.set_card_arguments(script_args.dataset_id, script_args, model_args)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.save_state()  # trainer_state.json: the log history recipes/evaluate.py plots
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_id)
-    trainer.accelerator.print(f"PolishPPO model and processor saved to {training_args.output_dir}")
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()  # closes trackers and the process group; exiting with gloo still open can abort a rank
+    train_and_save(trainer, script_args, model_args, "PolishPPO")
 
 
 if __name__ == "__main__":

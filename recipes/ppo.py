@@ -10,7 +10,15 @@ your own alone: `--reward_funcs my_rewards.py:my_reward`; TRL's: `--reward_funcs
 --reward_init_kwargs '{"trl.rewards.get_repetition_penalty_reward": {"ngram_size": 2}}'`.
 """
 
-from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoParser, TIPPoScriptArguments, apply_lora, load_datasets, load_model_and_processor
+from tippo_rl.recipe_args import (
+    TIPPoModelConfig,
+    TIPPoParser,
+    TIPPoScriptArguments,
+    apply_lora,
+    load_datasets,
+    load_model_and_processor,
+    train_and_save,
+)
 from tippo_rl.trainer.ppo_config import PPOConfig
 from tippo_rl.trainer.ppo_trainer import PPOTrainer
 
@@ -26,15 +34,7 @@ def main(script_args: TIPPoScriptArguments, training_args: PPOConfig, model_args
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,  # decoded: eval_rouge_l, eval_cider, ...
     )
-    trainer.set_card_arguments(script_args.dataset_id, script_args, model_args)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.save_state()  # trainer_state.json: the log history recipes/evaluate.py plots
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_id)
-    trainer.accelerator.print(f"PPO model and processor saved to {training_args.output_dir}")
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()  # closes trackers and the process group; exiting with gloo still open can abort a rank
+    train_and_save(trainer, script_args, model_args, "PPO")
 
 
 if __name__ == "__main__":
