@@ -395,3 +395,30 @@ def test_forward_rejects_missing_inputs(tiny_model_and_processor):
         model.encode_prefix(None, image_features=torch.randn(1, 1, 64), title_features=torch.randn(1, 64))
     with pytest.raises(ValueError, match="pixel_values"):
         model.encode_prefix(torch.tensor([[True]]), image_features=torch.randn(1, 1, 64))
+
+
+def test_single_image_prototype_running_mean_is_moved_in_training_and_fixed_at_inference():
+    """`single_image_prototype: running_mean`: one-image samples use m as S^P; m = the first batch's mean image
+    signal, then μ·m + (1 − μ)·mean; evaluation reads m without moving it. Multi-image samples keep their own mean."""
+    model, _ = build_tiny_tippo(single_image_prototype="running_mean", prototype_momentum=0.5)
+    plain, _ = build_tiny_tippo()
+    assert not hasattr(plain, "prototype_running_mean")
+    mask = torch.tensor([[True, True], [True, False]])
+    signals = torch.randn(2, 2, 2, 64)
+    first = (signals[0, 0] + signals[0, 1] + signals[1, 0]) / 3  # the batch's mean real image signal
+    model.train()
+    prototype = model.single_image_prototype(visual_prototype(signals, mask), signals, mask)
+    torch.testing.assert_close(model.prototype_running_mean, first)
+    torch.testing.assert_close(prototype[1], first)  # the one-image sample
+    torch.testing.assert_close(prototype[0], (signals[0, 0] + signals[0, 1]) / 2)  # its own mean
+    later = torch.randn(2, 2, 2, 64)
+    model.single_image_prototype(visual_prototype(later, mask), later, mask)
+    torch.testing.assert_close(model.prototype_running_mean, 0.5 * first + 0.5 * (later[0, 0] + later[0, 1] + later[1, 0]) / 3)
+    fixed = model.prototype_running_mean.clone()
+    model.eval()
+    again = model.single_image_prototype(visual_prototype(later, mask), later, mask)
+    torch.testing.assert_close(model.prototype_running_mean, fixed)
+    torch.testing.assert_close(again[1], fixed)
+    assert "prototype_running_mean" in model.state_dict()
+    with pytest.raises(ValueError, match="single_image_prototype must be `own` or `running_mean`"):
+        TIPPoConfig(single_image_prototype="batch")

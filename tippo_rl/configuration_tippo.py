@@ -35,6 +35,13 @@ class TIPPoConfig(PretrainedConfig):
             fusion S^F, so the decoder knows which image a token came from and how many images there are. Without
             it the only order signal is T5's relative attention over the prefix. The paper's model is `False`; the
             embedded default turns it on (its references describe the images in order: README).
+        single_image_prototype (`str`, defaults to `"own"`):
+            S^P of a sample with one image. `own` (the paper's mean over the sample's images): S^P = S^I, so S^D is
+            π_D's constant bias and DAA's prototype map is trivial. `running_mean`: a running mean of all real image
+            signals seen in training (momentum `prototype_momentum`, saved with the model and fixed at inference), so
+            a lone image is compared with what images usually look like, as L_C's batch-mean prototype does (§2.2).
+        prototype_momentum (`float`, defaults to 0.99):
+            Momentum of the `running_mean` prototype: m ← momentum·m + (1 − momentum)·(the batch's mean image signal).
         daa_lambda1 (`float`, defaults to 0.0):
             λ1 of Eq. 2 at construction. SFT sets it every step (`daa_lambda_schedule`: m/M, or a constant); the RL
             trainers keep the starting model's value by default (`hold`) or set m/M of the RL stage every iteration
@@ -58,6 +65,8 @@ class TIPPoConfig(PretrainedConfig):
         max_images: int = 5,
         use_daa_do: bool = True,
         image_slot_embeddings: bool = False,
+        single_image_prototype: str = "own",
+        prototype_momentum: float = 0.99,
         daa_lambda1: float = 0.0,
         freeze_encoder: bool = True,
         encoder_name_or_path: str | None = None,
@@ -91,6 +100,12 @@ class TIPPoConfig(PretrainedConfig):
         self.max_images = max_images
         self.use_daa_do = use_daa_do
         self.image_slot_embeddings = bool(image_slot_embeddings)
+        if single_image_prototype not in ("own", "running_mean"):
+            raise ValueError(f"TIPPoConfig.single_image_prototype must be `own` or `running_mean`, got {single_image_prototype!r}")
+        if not 0.0 <= prototype_momentum < 1.0:
+            raise ValueError(f"TIPPoConfig.prototype_momentum must lie in [0, 1), got {prototype_momentum!r}")
+        self.single_image_prototype = single_image_prototype
+        self.prototype_momentum = float(prototype_momentum)
         self.daa_lambda1 = float(daa_lambda1)
         self.freeze_encoder = freeze_encoder
         self.encoder_name_or_path = encoder_name_or_path

