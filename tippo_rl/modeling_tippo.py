@@ -511,7 +511,8 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
     ) -> TIPPoSeq2SeqLMOutput | TIPPoCausalLMOutput:
         """Teacher-forced pass. `labels` `(batch, T)` (-100 = ignored) gives the next-token loss L_NTP.
 
-        T5: `encoder_outputs` + `attention_mask` skip the front end (used by `generate()` and PPO's re-scoring). A causal
+        T5: `encoder_outputs` + `attention_mask` skip the front end, for a caller that holds T5's encoder outputs already
+        (tippo_rl's own `generate()` and trainers do not: they run the front end every time). A causal
         decoder also reads `prompt_input_ids` / `prompt_attention_mask` `(batch, L)` (see `_causal_forward`).
         """
         if not self.config.is_encoder_decoder:

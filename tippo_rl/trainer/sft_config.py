@@ -86,7 +86,7 @@ class TIPPoSFTConfig(SFTConfig, GenerationEvalArguments):
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
     activation_checkpointing: bool = field(
         default=False,
-        metadata={"help": "Recompute activations in the backward pass to save memory (+22–26% step time measured; real-size SFT at batch 8 fits a 24 GB GPU without it)."},
+        metadata={"help": "Recompute activations in the backward pass to save memory (+22–26% step time measured; by the estimate of benchmarks/RESULTS.md §4, not measured on a GPU, real-size SFT at batch 8 fits 24 GB without it)."},
     )
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision. Default: on where a GPU supports it, off on a CPU."})
 
