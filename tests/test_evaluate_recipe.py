@@ -184,3 +184,13 @@ def test_generation_kwargs_reach_generate_from_the_command_line():
         args=["--models", "tiny", "--num_beams", "2", "--generation_kwargs", '{"repetition_penalty": 1.2, "no_repeat_ngram_size": 3}']
     )
     assert eval_args.generate_kwargs() == {"num_beams": 2, "do_sample": False, "repetition_penalty": 1.2, "no_repeat_ngram_size": 3}
+
+
+def test_training_curves_fall_back_on_the_newest_checkpoints_log(tmp_path):
+    from tippo_rl.reports import training_log_history
+
+    for step, loss in ((2, 3.0), (10, 1.0)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}/trainer_state.json").write_text(json.dumps({"log_history": [{"step": step, "loss": loss}]}))
+    assert training_log_history(tmp_path) == [{"step": 10, "loss": 1.0}]  # checkpoint-10, not checkpoint-2 (by name)
+    assert training_log_history(tmp_path / "absent") is None

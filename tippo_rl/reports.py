@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from .demo_data import scene_field_accuracy
 from .generation import generate_predictions
@@ -262,10 +263,10 @@ TRAINING_CURVES = (  # (panel title, y label, logged keys): the losses of SFT an
 def training_log_history(model_dir: str | Path) -> list[dict] | None:
     """The log history a recipe left in `model_dir` (`trainer_state.json`, else the newest checkpoint's); None if none."""
     folder = Path(model_dir)
-    states = [folder / "trainer_state.json"] + sorted(
-        folder.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else -1, reverse=True
-    )
-    for state in states:
+    if not folder.is_dir():
+        return None
+    last_checkpoint = get_last_checkpoint(str(folder))  # transformers' newest checkpoint-N, as resuming picks it
+    for state in (folder / "trainer_state.json", Path(last_checkpoint or folder) / "trainer_state.json"):
         if state.is_file():
             return json.loads(state.read_text(encoding="utf-8")).get("log_history") or None
     return None
