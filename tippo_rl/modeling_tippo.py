@@ -175,6 +175,13 @@ def visual_prototype(image_signals: torch.Tensor, image_mask: torch.Tensor) -> t
     return (image_signals * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
+def batch_mean_image_signal(image_signals: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of every real image signal in the batch (§2.2's prototype of a one-image sample);
+    `(batch, N, ...)`, `(batch, N)` → `(...)`."""
+    weights = image_mask.to(image_signals.dtype).reshape(*image_mask.shape, *[1] * (image_signals.dim() - 2))
+    return (image_signals * weights).sum((0, 1)) / weights.sum().clamp(min=1)
+
+
 def prototype_contrastive_loss(
     image_signals: torch.Tensor,
     image_mask: torch.Tensor,
@@ -204,11 +211,9 @@ def prototype_contrastive_loss(
     image_mask = image_mask.bool()
     n_images = image_mask.shape[1]
     signals = image_signals.flatten(2)  # (batch, N, k·d)
-    weights = image_mask.to(signals.dtype)[:, :, None]
     images_per_sample = image_mask.sum(1, keepdim=True)  # (batch, 1)
     prototypes = visual_prototype(signals[:, :, None, :], image_mask)[:, 0]  # p_b (batch, k·d)
-    batch_mean = (signals * weights).sum((0, 1)) / weights.sum().clamp(min=1)  # mean of every real image signal
-    prototypes = torch.where(images_per_sample == 1, batch_mean, prototypes)
+    prototypes = torch.where(images_per_sample == 1, batch_mean_image_signal(signals, image_mask), prototypes)
     unit = F.normalize(signals, dim=-1).flatten(0, 1)  # s_i, (batch·N, k·d); row i belongs to sample i // N
     real = image_mask.flatten()
     positive = (unit * F.normalize(prototypes, dim=-1).repeat_interleave(n_images, 0)).sum(-1) / temperature  # cos(s_i, p_b)/τ
@@ -415,9 +420,7 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
         training batch sets it)."""
         if self.training:
             with torch.no_grad():
-                weights = image_mask.to(image_signals.dtype)[:, :, None, None]
-                batch_mean = (image_signals * weights).sum((0, 1)) / weights.sum().clamp(min=1)
-                batch_mean = batch_mean.to(self.prototype_running_mean.dtype)
+                batch_mean = batch_mean_image_signal(image_signals, image_mask).to(self.prototype_running_mean.dtype)
                 momentum = self.config.prototype_momentum
                 moved = momentum * self.prototype_running_mean + (1 - momentum) * batch_mean
                 self.prototype_running_mean.copy_(torch.where(self.prototype_updates > 0, moved, batch_mean))
