@@ -93,12 +93,13 @@ def common_settings(args, workdir: Path) -> dict:
                 disable_tqdm=True, report_to="none", **({"demo_num_train": args.demo_num_train} if args.demo_num_train else {}))
 
 
-def train_sft(args, workdir: Path) -> Path:
+def train_sft(args, workdir: Path, overrides: dict | None = None) -> Path:
+    """The one SFT run: `demo_sft.yaml` with the run's settings, then `overrides` (`--sft_overrides`)."""
     config = yaml.safe_load(SFT_CONFIG.read_text())
     config.update(common_settings(args, workdir), output_dir=str(workdir / "sft"), save_strategy="no")
     if args.quick:
         config.update(QUICK_SFT)
-    config.update(getattr(args, "sft_overrides", None) or {})  # bench_value_warmup passes its own arguments
+    config.update(overrides or {})
     script_args, training_args, model_args = parse_with_config(config, (TIPPoScriptArguments, load_recipe("sft").TIPPoSFTConfig, TIPPoModelConfig), workdir, "sft")
     load_recipe("sft").main(script_args, training_args, model_args)
     return Path(training_args.output_dir)
@@ -187,7 +188,7 @@ def run(args, info: dict, workdir: Path) -> dict:
     eval_args = EvaluationArguments(metrics=["rouge_l", "cider"], tokenize=args.tokenize, lang="en", batch_size=64,
                                     max_new_tokens=args.eval_max_new_tokens, device="cpu")
     start = time.perf_counter()
-    sft_dir = train_sft(args, workdir)
+    sft_dir = train_sft(args, workdir, args.sft_overrides)
     sft_seconds = time.perf_counter() - start
     from tippo_rl import TIPPoModel, TIPPoProcessor
 
