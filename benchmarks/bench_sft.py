@@ -26,13 +26,14 @@ import sys
 import time
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch  # noqa: E402
 from common import (  # noqa: E402  (sets HF_HUB_OFFLINE before transformers is imported)
     PeakMemory,
     StepTimes,
     build_model,
-    run_in_workdir,
     fmt,
     lengthen,
     linear_params,
@@ -42,11 +43,10 @@ from common import (  # noqa: E402  (sets HF_HUB_OFFLINE before transformers is 
     parameter_counts,
     peak_bf16_flops,
     print_table,
+    run_in_workdir,
     tensor_bytes,
     write_json,
 )
-
-import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import PrinterCallback, T5ForConditionalGeneration  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402
@@ -57,6 +57,7 @@ from tippo_rl.feature_cache import cache_frozen_features  # noqa: E402
 from tippo_rl.modeling_tippo import TIPPoFrozenEncoder, TIPPoPreTrainedModel  # noqa: E402
 from tippo_rl.trainer.sft_config import TIPPoSFTConfig  # noqa: E402
 from tippo_rl.trainer.sft_trainer import TIPPoSFTTrainer  # noqa: E402
+
 
 RAW_COLUMNS = ("references", "titles", "ids")
 DEFAULTS = {  # size → batch size, measured steps per call, rounds, reference words, max target tokens, torch threads
@@ -94,8 +95,15 @@ class LinearPrefixT5(TIPPoPreTrainedModel):
         return self.language_model.get_output_embeddings()
 
     def forward(
-        self, image_mask, pixel_values=None, title_input_ids=None, title_attention_mask=None, image_features=None,
-        title_features=None, labels=None, **kwargs,
+        self,
+        image_mask,
+        pixel_values=None,
+        title_input_ids=None,
+        title_attention_mask=None,
+        image_features=None,
+        title_features=None,
+        labels=None,
+        **kwargs,
     ):
         image_mask = image_mask.bool()
         if image_features is None:
@@ -136,7 +144,10 @@ class BatchShapes:
             labels = inputs["labels"]
             self.batches.append(
                 dict(
-                    batch=mask.shape[0], slots=mask.shape[1], images=int(mask.sum()), target_padded=labels.shape[1],
+                    batch=mask.shape[0],
+                    slots=mask.shape[1],
+                    images=int(mask.sum()),
+                    target_padded=labels.shape[1],
                     target_tokens=int((labels != -100).sum()),
                     title_padded=inputs["title_input_ids"].shape[1] if "title_input_ids" in inputs else 0,
                     live=int("pixel_values" in inputs),
@@ -176,8 +187,15 @@ def step_flops(kind: str, model: nn.Module, shape: dict[str, int]) -> float:
         vision = model.encoder.vision_model
         patches = (vision.config.image_size // vision.config.patch_size) ** 2
         patch_conv = sum(m.weight.numel() for m in vision.modules() if isinstance(m, nn.Conv2d))
-        per_image = linear_params(vision) * (patches + 1) + patch_conv * patches + model.encoder.visual_projection.weight.numel()
-        per_title = linear_params(model.encoder.text_model) * shape["title_padded"] + model.encoder.text_projection.weight.numel()
+        per_image = (
+            linear_params(vision) * (patches + 1)
+            + patch_conv * patches
+            + model.encoder.visual_projection.weight.numel()
+        )
+        per_title = (
+            linear_params(model.encoder.text_model) * shape["title_padded"]
+            + model.encoder.text_projection.weight.numel()
+        )
         flops += 2 * (per_image * shape["images"] + per_title * B)  # φ encodes the real images only
     return flops
 
@@ -195,12 +213,22 @@ def parse_args(argv=None):
     parser.add_argument("--target_words", type=int, help="lengthen references to at least this many words (0: as is)")
     parser.add_argument("--max_target_length", type=int, help="reference tokens kept (default: the preset's)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default; tiny default 1)")
-    parser.add_argument("--num_train", type=int,
-                        help="demo samples (the feature cache encodes all of them); default: tiny 64, base one call's batches")
-    parser.add_argument("--variants", nargs="+", default=["tippo/cache", "plain/cache", "tippo/pixels", "plain/pixels"])
-    parser.add_argument("--gradient_checkpointing", action="store_true",
-                        help="turn it on (TRL's SFTConfig default; the recipes turn it off, and so does this benchmark)")
-    parser.add_argument("--bf16", choices=["auto", "true", "false"], default="auto", help="auto: on a bf16-capable GPU")
+    parser.add_argument(
+        "--num_train",
+        type=int,
+        help="demo samples (the feature cache encodes all of them); default: tiny 64, base one call's batches",
+    )
+    parser.add_argument(
+        "--variants", nargs="+", default=["tippo/cache", "plain/cache", "tippo/pixels", "plain/pixels"]
+    )
+    parser.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="turn it on (TRL's SFTConfig default; the recipes turn it off, and so does this benchmark)",
+    )
+    parser.add_argument(
+        "--bf16", choices=["auto", "true", "false"], default="auto", help="auto: on a bf16-capable GPU"
+    )
     parser.add_argument("--output", type=Path, help="JSON results (default: benchmarks/results/sft_<size>.json)")
     args = parser.parse_args(argv)
     for key, value in DEFAULTS[args.size].items():
@@ -216,11 +244,24 @@ def training_args(config_class, output_dir: str, args, **extra):
     gpu = torch.cuda.is_available()
     bf16 = (gpu and torch.cuda.is_bf16_supported()) if args.bf16 == "auto" else args.bf16 == "true"
     return config_class(
-        output_dir=output_dir, per_device_train_batch_size=args.batch_size, max_steps=args.warmup_steps + args.steps,
-        learning_rate=1e-4, lr_scheduler_type="constant", max_grad_norm=1.0, save_strategy="no", logging_strategy="no",
-        report_to="none", use_cpu=not gpu, bf16=bf16, dataloader_num_workers=0, disable_tqdm=True, seed=0,
-        remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
-        activation_checkpointing=args.gradient_checkpointing, **extra,
+        output_dir=output_dir,
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.warmup_steps + args.steps,
+        learning_rate=1e-4,
+        lr_scheduler_type="constant",
+        max_grad_norm=1.0,
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        use_cpu=not gpu,
+        bf16=bf16,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        activation_checkpointing=args.gradient_checkpointing,
+        **extra,
     )
 
 
@@ -229,8 +270,10 @@ def main(argv=None) -> dict:
 
 
 def run(args, info: dict, workdir: Path) -> dict:
-    print(f"bench_sft: size {args.size}, batch {args.batch_size}, {args.rounds} rounds × ({args.warmup_steps} + {args.steps}) steps, "
-          f"{info['cpu']} ×{info['cpu_count']}, GPU {info['gpu']}")
+    print(
+        f"bench_sft: size {args.size}, batch {args.batch_size}, {args.rounds} rounds × ({args.warmup_steps} + {args.steps}) steps, "
+        f"{info['cpu']} ×{info['cpu_count']}, GPU {info['gpu']}"
+    )
 
     model, processor = build_model(args.size, args.max_target_length)
     dataset = load_artmuse(make_demo_dataset(workdir / "demo", num_train=args.num_train, num_test=1) / "train.jsonl")
@@ -242,12 +285,17 @@ def run(args, info: dict, workdir: Path) -> dict:
     plain.language_model.load_state_dict(model.language_model.state_dict())
 
     tippo_trainer = TIPPoSFTTrainer(
-        model=model, args=training_args(TIPPoSFTConfig, str(workdir / "tippo"), args, use_feature_cache=False),
-        processor=processor, train_dataset=dataset,
+        model=model,
+        args=training_args(TIPPoSFTConfig, str(workdir / "tippo"), args, use_feature_cache=False),
+        processor=processor,
+        train_dataset=dataset,
     )
     plain_trainer = LinearPrefixSFTTrainer(
-        model=plain, args=training_args(SFTConfig, str(workdir / "plain"), args), train_dataset=dataset,
-        data_collator=TIPPoDataCollator(processor), processing_class=processor,
+        model=plain,
+        args=training_args(SFTConfig, str(workdir / "plain"), args),
+        train_dataset=dataset,
+        data_collator=TIPPoDataCollator(processor),
+        processing_class=processor,
     )
 
     # The cache, as `use_feature_cache: true` builds it: first run (φ over the dataset) and a later run (load).
@@ -289,8 +337,10 @@ def run(args, info: dict, workdir: Path) -> dict:
             cpu_round_medians[variant].append(median(measured_cpu))
             memory[variant].append(peak.delta)
             batch_shapes[variant] += shapes[kind].take()[args.warmup_steps :]
-            print(f"  round {round_index + 1}/{args.rounds} {variant:<13} median step {fmt(median(measured), '.4f')} s "
-                  f"(CPU {fmt(median(measured_cpu), '.4f')} s)")
+            print(
+                f"  round {round_index + 1}/{args.rounds} {variant:<13} median step {fmt(median(measured), '.4f')} s "
+                f"(CPU {fmt(median(measured_cpu), '.4f')} s)"
+            )
 
     results = {}
     peak_flops = peak_bf16_flops()
@@ -306,14 +356,22 @@ def run(args, info: dict, workdir: Path) -> dict:
         transient = max(memory[variant][1:] or memory[variant])
         static = tensor_bytes(unwrapped.parameters()) + optimizer_state_bytes(trainer.optimizer)
         results[variant] = dict(
-            step_s_median=step_s, step_s_all=steps[variant], round_medians_s=round_medians[variant],
-            step_cpu_s_median=median(cpu_steps[variant]), step_cpu_s_all=cpu_steps[variant],
-            samples_per_s=args.batch_size / step_s, target_tokens_per_step=tokens, target_tokens_per_s=tokens / step_s,
+            step_s_median=step_s,
+            step_s_all=steps[variant],
+            round_medians_s=round_medians[variant],
+            step_cpu_s_median=median(cpu_steps[variant]),
+            step_cpu_s_all=cpu_steps[variant],
+            samples_per_s=args.batch_size / step_s,
+            target_tokens_per_step=tokens,
+            target_tokens_per_s=tokens / step_s,
             images_per_step=median(shape["images"] for shape in shape_list),
-            model_flops_per_step=flops, achieved_flops_per_s=flops / step_s,
+            model_flops_per_step=flops,
+            achieved_flops_per_s=flops / step_s,
             mfu=flops / step_s / peak_flops if peak_flops else None,
-            memory_transient_peak_bytes=transient, memory_transient_all_rounds=memory[variant],
-            memory_params_and_optimizer_bytes=static, memory_total_estimate_bytes=static + transient,
+            memory_transient_peak_bytes=transient,
+            memory_transient_all_rounds=memory[variant],
+            memory_params_and_optimizer_bytes=static,
+            memory_total_estimate_bytes=static + transient,
             parameters=parameter_counts(unwrapped),
         )
 
@@ -322,7 +380,12 @@ def run(args, info: dict, workdir: Path) -> dict:
             return None
         per_round = paired_ratios(round_medians[numerator], round_medians[denominator])
         per_round_cpu = paired_ratios(cpu_round_medians[numerator], cpu_round_medians[denominator])
-        return dict(median=median(per_round), per_round=per_round, cpu_median=median(per_round_cpu), cpu_per_round=per_round_cpu)
+        return dict(
+            median=median(per_round),
+            per_round=per_round,
+            cpu_median=median(per_round_cpu),
+            cpu_per_round=per_round_cpu,
+        )
 
     ratios = {
         "tippo_over_plain_cache": ratio("tippo/cache", "plain/cache"),
@@ -333,17 +396,38 @@ def run(args, info: dict, workdir: Path) -> dict:
 
     print()
     table = print_table(
-        ["variant", "step s", "step CPU s", "samples/s", "target tok/s", "img/step", "model TFLOP/step", "TFLOP/s", "MFU",
-         "peak mem above model (MiB)", "params+Adam (MiB)"],
         [
-            [v, fmt(r["step_s_median"], ".4f"), fmt(r["step_cpu_s_median"], ".4f"), fmt(r["samples_per_s"], ".1f"), fmt(r["target_tokens_per_s"], ".0f"),
-             fmt(r["images_per_step"], ".0f"), fmt(r["model_flops_per_step"] / 1e12, ".4f"),
-             fmt(r["achieved_flops_per_s"] / 1e12, ".3f"), fmt(r["mfu"] and 100 * r["mfu"], ".1f") + ("%" if r["mfu"] else ""),
-             fmt(r["memory_transient_peak_bytes"] / 2**20, ".0f"), fmt(r["memory_params_and_optimizer_bytes"] / 2**20, ".0f")]
+            "variant",
+            "step s",
+            "step CPU s",
+            "samples/s",
+            "target tok/s",
+            "img/step",
+            "model TFLOP/step",
+            "TFLOP/s",
+            "MFU",
+            "peak mem above model (MiB)",
+            "params+Adam (MiB)",
+        ],
+        [
+            [
+                v,
+                fmt(r["step_s_median"], ".4f"),
+                fmt(r["step_cpu_s_median"], ".4f"),
+                fmt(r["samples_per_s"], ".1f"),
+                fmt(r["target_tokens_per_s"], ".0f"),
+                fmt(r["images_per_step"], ".0f"),
+                fmt(r["model_flops_per_step"] / 1e12, ".4f"),
+                fmt(r["achieved_flops_per_s"] / 1e12, ".3f"),
+                fmt(r["mfu"] and 100 * r["mfu"], ".1f") + ("%" if r["mfu"] else ""),
+                fmt(r["memory_transient_peak_bytes"] / 2**20, ".0f"),
+                fmt(r["memory_params_and_optimizer_bytes"] / 2**20, ".0f"),
+            ]
             for v, r in results.items()
         ],
     )
     print()
+
     def cells(key: str, spec: str) -> list[str]:
         value = ratios[key] or {}
         return [fmt(value.get("median"), spec), fmt(value.get("cpu_median"), spec)]
@@ -353,22 +437,41 @@ def run(args, info: dict, workdir: Path) -> dict:
         [
             ["TIPPo / plain TRL step time, cached features", *cells("tippo_over_plain_cache", ".3f"), "≤ 1.15"],
             ["TIPPo / plain TRL step time, pixels", *cells("tippo_over_plain_pixels", ".3f"), "≤ 1.15"],
-            ["cache speed-up, TIPPo (pixels / cache)", *cells("cache_speedup_tippo", ".2f"), "clear (> 1) at real size"],
+            [
+                "cache speed-up, TIPPo (pixels / cache)",
+                *cells("cache_speedup_tippo", ".2f"),
+                "clear (> 1) at real size",
+            ],
             ["cache speed-up, plain (pixels / cache)", *cells("cache_speedup_plain", ".2f"), "—"],
         ],
     )
-    print(f"\nfeature cache: built in {cache_build_s:.2f} s for {len(dataset)} samples "
-          f"({1000 * cache_build_s / len(dataset):.1f} ms/sample), loaded again in {cache_load_s:.2f} s")
+    print(
+        f"\nfeature cache: built in {cache_build_s:.2f} s for {len(dataset)} samples "
+        f"({1000 * cache_build_s / len(dataset):.1f} ms/sample), loaded again in {cache_load_s:.2f} s"
+    )
 
     payload = dict(
-        benchmark="sft", environment=info,
-        settings=dict(vars(args), output=str(args.output), bf16=tippo_trainer.args.bf16,
-                      prefix_length=model.config.prefix_length, max_target_length=processor.max_target_length,
-                      image_size=processor.image_processor.size, num_train=len(dataset)),
+        benchmark="sft",
+        environment=info,
+        settings=dict(
+            vars(args),
+            output=str(args.output),
+            bf16=tippo_trainer.args.bf16,
+            prefix_length=model.config.prefix_length,
+            max_target_length=processor.max_target_length,
+            image_size=processor.image_processor.size,
+            num_train=len(dataset),
+        ),
         parameters=dict(tippo=parameter_counts(model), plain=parameter_counts(plain)),
-        feature_cache=dict(build_s=cache_build_s, load_s=cache_load_s, samples=len(dataset),
-                           build_ms_per_sample=1000 * cache_build_s / len(dataset)),
-        results=results, ratios=ratios, tables=dict(variants=table, ratios=ratio_table),
+        feature_cache=dict(
+            build_s=cache_build_s,
+            load_s=cache_load_s,
+            samples=len(dataset),
+            build_ms_per_sample=1000 * cache_build_s / len(dataset),
+        ),
+        results=results,
+        ratios=ratios,
+        tables=dict(variants=table, ratios=ratio_table),
     )
     write_json(args.output, payload)
     return payload

@@ -19,15 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
+from common import machine_info  # noqa: E402
 from transformers import ChineseCLIPModel  # noqa: E402
 
 from tippo_rl.modeling_tippo import TIPPoModel  # noqa: E402
 from tippo_rl.presets import build_tiny_processor, load_encoder_weights, tiny_tippo_config  # noqa: E402
 from tippo_rl.tiny_encoder import TinyEncoderRecipe, probe_tiny_encoder, tiny_encoder_folder  # noqa: E402
+
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -43,18 +44,28 @@ def measure(lang: str, recipe: TinyEncoderRecipe) -> dict:
         folder = tiny_encoder_folder(config.encoder_config, processor, lang, recipe, cache_dir=cache)
         seconds = time.perf_counter() - began
         load_encoder_weights(model, ChineseCLIPModel.from_pretrained(folder), str(folder))
-    return {"pretraining_seconds": round(seconds, 1), "random": random_probe, "pretrained": probe_tiny_encoder(model.encoder, processor, lang)}
+    return {
+        "pretraining_seconds": round(seconds, 1),
+        "random": random_probe,
+        "pretrained": probe_tiny_encoder(model.encoder, processor, lang),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--langs", nargs="+", default=["en", "zh"])
-    parser.add_argument("--quick", action="store_true", help="a 5-step recipe: checks that the benchmark runs, measures nothing")
+    parser.add_argument(
+        "--quick", action="store_true", help="a 5-step recipe: checks that the benchmark runs, measures nothing"
+    )
     parser.add_argument("--output", default=str(RESULTS / "tiny_encoder.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     recipe = dataclasses.replace(TinyEncoderRecipe(), steps=5, pool_size=60) if args.quick else TinyEncoderRecipe()
-    result = {"machine": machine_info(), "recipe": dataclasses.asdict(recipe), "langs": {lang: measure(lang, recipe) for lang in args.langs}}
+    result = {
+        "machine": machine_info(),
+        "recipe": dataclasses.asdict(recipe),
+        "langs": {lang: measure(lang, recipe) for lang in args.langs},
+    }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     for lang, numbers in result["langs"].items():

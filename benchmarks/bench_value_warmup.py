@@ -17,6 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_rl_gain import RESULTS, run_variant, train_sft  # noqa: E402
@@ -27,23 +28,51 @@ from tippo_rl.reports import EvaluationArguments  # noqa: E402
 
 def run(args, info: dict, workdir: Path) -> dict:
     sft_dir = train_sft(args, workdir)
-    eval_args = EvaluationArguments(metrics=["rouge_l", "cider"], tokenize="none", lang="en", batch_size=64, max_new_tokens=64, device="cpu")
-    base = dict(trainer="ppo", reward_funcs=["literal"], use_value_head=True, advantage_baseline="none", total_iterations=args.iterations,
-                logging_steps=1)
+    eval_args = EvaluationArguments(
+        metrics=["rouge_l", "cider"], tokenize="none", lang="en", batch_size=64, max_new_tokens=64, device="cpu"
+    )
+    base = dict(
+        trainer="ppo",
+        reward_funcs=["literal"],
+        use_value_head=True,
+        advantage_baseline="none",
+        total_iterations=args.iterations,
+        logging_steps=1,
+    )
     results = {}
-    runs = (("V ≡ 0, no warm-up", "zero", 0), (f"V ≡ 0, warm-up {args.warmup}", "zero", args.warmup),
-            ("V starts at the mean return", "mean_return", 0))
+    runs = (
+        ("V ≡ 0, no warm-up", "zero", 0),
+        (f"V ≡ 0, warm-up {args.warmup}", "zero", args.warmup),
+        ("V starts at the mean return", "mean_return", 0),
+    )
     for name, init, warmup in runs:
         captured = {}
         overrides = {**base, "value_head_init": init, "value_warmup_iterations": warmup}
         run_variant(args, workdir, sft_dir, f"{init}_{warmup}", overrides, args.seed, eval_args, keep=captured)
         history = captured["log_history"]
-        fractions = [entry["advantages/first_token_negative"] for entry in history if "advantages/first_token_negative" in entry]
-        results[name] = dict(value_head_init=init, value_warmup_iterations=warmup, first_token_negative=fractions,
-                             after_warmup_mean=statistics.fmean(fractions[warmup : warmup + args.measure]))
-    rows = [[name, r["value_warmup_iterations"], f"{r['first_token_negative'][0]:.2f}", f"{r['after_warmup_mean']:.2f}"] for name, r in results.items()]
-    table = print_table(["run", "warm-up iterations", "first iteration", f"first {args.measure} policy iterations (mean)"], rows)
-    payload = dict(benchmark="value_warmup", machine=info, settings={k: str(v) for k, v in vars(args).items()}, results=results, table=table)
+        fractions = [
+            entry["advantages/first_token_negative"] for entry in history if "advantages/first_token_negative" in entry
+        ]
+        results[name] = dict(
+            value_head_init=init,
+            value_warmup_iterations=warmup,
+            first_token_negative=fractions,
+            after_warmup_mean=statistics.fmean(fractions[warmup : warmup + args.measure]),
+        )
+    rows = [
+        [name, r["value_warmup_iterations"], f"{r['first_token_negative'][0]:.2f}", f"{r['after_warmup_mean']:.2f}"]
+        for name, r in results.items()
+    ]
+    table = print_table(
+        ["run", "warm-up iterations", "first iteration", f"first {args.measure} policy iterations (mean)"], rows
+    )
+    payload = dict(
+        benchmark="value_warmup",
+        machine=info,
+        settings={k: str(v) for k, v in vars(args).items()},
+        results=results,
+        table=table,
+    )
     write_json(args.output, payload)
     return payload
 

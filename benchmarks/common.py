@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -32,6 +33,7 @@ from tippo_rl import TIPPoModel  # noqa: E402
 from tippo_rl.configuration_tippo import TIPPoConfig  # noqa: E402
 from tippo_rl.presets import build_tiny_processor, build_tiny_tippo  # noqa: E402
 from tippo_rl.processing_tippo import TIPPoProcessor  # noqa: E402
+
 
 SIZES = ("tiny", "base")
 # Dense bf16 peak of the accelerators this project may run on (no sparsity), for MFU.
@@ -100,9 +102,20 @@ def t5_base_config(vocab_size: int = 32128, pad_token_id: int = 0, eos_token_id:
     mengzi-t5-base; built from a config, so its weights are random."""
     return T5Config.from_dict(
         dict(
-            vocab_size=vocab_size, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_decoder_layers=12, num_heads=12,
-            relative_attention_num_buckets=32, dropout_rate=0.1, feed_forward_proj="relu", tie_word_embeddings=True,
-            pad_token_id=pad_token_id, eos_token_id=eos_token_id, decoder_start_token_id=pad_token_id,
+            vocab_size=vocab_size,
+            d_model=768,
+            d_kv=64,
+            d_ff=3072,
+            num_layers=12,
+            num_decoder_layers=12,
+            num_heads=12,
+            relative_attention_num_buckets=32,
+            dropout_rate=0.1,
+            feed_forward_proj="relu",
+            tie_word_embeddings=True,
+            pad_token_id=pad_token_id,
+            eos_token_id=eos_token_id,
+            decoder_start_token_id=pad_token_id,
         )
     )
 

@@ -14,26 +14,38 @@ import argparse
 import sys
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch  # noqa: E402
 from common import machine_info, write_json  # noqa: E402
 
-import torch  # noqa: E402
-
 from tippo_rl.trainer.ppo_trainer import ReturnStatistics  # noqa: E402
+
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def simulate(M: int, gamma: float, batch: int, window: int | None, literal: tuple[float, float], semantic: tuple[float, float],
-             seed: int = 0) -> dict[str, list[float]]:
+def simulate(
+    M: int,
+    gamma: float,
+    batch: int,
+    window: int | None,
+    literal: tuple[float, float],
+    semantic: tuple[float, float],
+    seed: int = 0,
+) -> dict[str, list[float]]:
     """Per iteration: the batch mean of G_m and of Â, and Â's 5% and 95% quantiles."""
     generator = torch.Generator().manual_seed(seed)
     statistics = ReturnStatistics(window)
     out = {"G_mean": [], "A_mean": [], "A_q05": [], "A_q95": []}
     for m in range(M):
-        R_literal = (literal[0] + literal[1] * torch.randn(batch, generator=generator, dtype=torch.float64)).clamp(0, 1)
-        R_semantic = (semantic[0] + semantic[1] * torch.randn(batch, generator=generator, dtype=torch.float64)).clamp(-1, 1)
+        R_literal = (literal[0] + literal[1] * torch.randn(batch, generator=generator, dtype=torch.float64)).clamp(
+            0, 1
+        )
+        R_semantic = (semantic[0] + semantic[1] * torch.randn(batch, generator=generator, dtype=torch.float64)).clamp(
+            -1, 1
+        )
         G = gamma**m * R_literal + gamma ** (M - m) * R_semantic  # G_m, paper schedule
         statistics.update(G)
         A = (G - statistics.mean) / (statistics.std + 1e-8)  # Eq. 6
@@ -50,7 +62,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--gamma", type=float, default=0.95, help="γ of G_m (paper: 0.95).")
     parser.add_argument("--batch", type=int, default=64, help="Completions per iteration.")
     parser.add_argument("--window", type=int, default=4, help="The short window W to compare with W = all.")
-    parser.add_argument("--literal", type=float, nargs=2, default=[0.64, 0.12], help="Mean and std of R_literal (the demo's SFT policy: ~0.64).")
+    parser.add_argument(
+        "--literal",
+        type=float,
+        nargs=2,
+        default=[0.64, 0.12],
+        help="Mean and std of R_literal (the demo's SFT policy: ~0.64).",
+    )
     parser.add_argument("--semantic", type=float, nargs=2, default=[0.80, 0.08], help="Mean and std of R_semantic.")
     parser.add_argument("--output", type=Path, default=RESULTS / "paper_schedule_advantage.png")
     args = parser.parse_args(argv)
@@ -63,7 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     M = args.total_iterations
     runs = {
         "W = all (paper)": simulate(M, args.gamma, args.batch, None, tuple(args.literal), tuple(args.semantic)),
-        f"W = {args.window}": simulate(M, args.gamma, args.batch, args.window, tuple(args.literal), tuple(args.semantic)),
+        f"W = {args.window}": simulate(
+            M, args.gamma, args.batch, args.window, tuple(args.literal), tuple(args.semantic)
+        ),
     }
     figure, axes = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
     steps = list(range(M))
@@ -78,8 +98,10 @@ def main(argv: list[str] | None = None) -> dict:
     axes[1].set_ylabel("Â (Eq. 6)")
     axes[1].set_xlabel(f"PPO iteration m (M = {M}, γ = {args.gamma}, gamma_schedule: paper)")
     axes[1].legend(fontsize=8, loc="upper left")
-    figure.suptitle(f"Â of Eq. 6 under gamma_schedule: paper, M = {M}: W = all is the same negative value for every\n"
-                    "sample (shrinking as the zero returns pile up), then large and positive at the end; W = 4 is 0")
+    figure.suptitle(
+        f"Â of Eq. 6 under gamma_schedule: paper, M = {M}: W = all is the same negative value for every\n"
+        "sample (shrinking as the zero returns pile up), then large and positive at the end; W = 4 is 0"
+    )
     figure.tight_layout()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.output, dpi=110)
@@ -92,13 +114,17 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine_info(),
         "W=all": {
             "A_mean_middle_80pct": sum(paper["A_mean"][middle]) / len(paper["A_mean"][middle]),
-            "A_spread_middle_80pct_max": max(q95 - q05 for q05, q95 in zip(paper["A_q05"][middle], paper["A_q95"][middle])),
+            "A_spread_middle_80pct_max": max(
+                q95 - q05 for q05, q95 in zip(paper["A_q05"][middle], paper["A_q95"][middle])
+            ),
             "A_mean_last_iteration": paper["A_mean"][-1],
             "A_q95_last_iteration": paper["A_q95"][-1],
             "A_mean_first_iteration": paper["A_mean"][0],
             "A_mean_at": {str(m): paper["A_mean"][m] for m in (500, 1000, 5000, 10000, 15000, M - 500)},
         },
-        f"W={args.window}": {"A_mean_middle_80pct_abs_max": max(abs(a) for a in runs[f"W = {args.window}"]["A_mean"][middle])},
+        f"W={args.window}": {
+            "A_mean_middle_80pct_abs_max": max(abs(a) for a in runs[f"W = {args.window}"]["A_mean"][middle])
+        },
     }
     write_json(args.output.with_suffix(".json"), summary)
     return summary

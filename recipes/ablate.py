@@ -23,9 +23,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from trl import TrlParser
+
 from tippo_rl import TIPPoModel, TIPPoProcessor
 from tippo_rl.metrics import MeteorScorer
-from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, apply_lora, load_datasets, load_model_and_processor, lora_config
+from tippo_rl.recipe_args import (
+    TIPPoModelConfig,
+    TIPPoScriptArguments,
+    apply_lora,
+    load_datasets,
+    load_model_and_processor,
+    lora_config,
+)
 from tippo_rl.reports import (
     SCENE_FIELDS,
     SCENE_FIELDS_NOTE,
@@ -41,7 +50,7 @@ from tippo_rl.reports import (
 from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
-from trl import TrlParser
+
 
 VARIANTS = {"TIP": False, "TIPPo": True}  # name → use_daa_do
 SCHEDULES = {"ntp": "NTP only", "polishppo": "PolishPPO only", "ntp+polishppo": "NTP → PolishPPO"}
@@ -54,24 +63,36 @@ class AblationArguments:
     """Which cells of the grid to run and how each stage trains."""
 
     output_dir: str = field(default="outputs/ablate", metadata={"help": "Where the models, tables and plots go."})
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={"help": "Models: `TIP` (no DAA, no DO) and/or `TIPPo`."})
+    variants: list[str] = field(
+        default_factory=lambda: list(VARIANTS), metadata={"help": "Models: `TIP` (no DAA, no DO) and/or `TIPPo`."}
+    )
     schedules: list[str] = field(
         default_factory=lambda: list(SCHEDULES),
-        metadata={"help": "Training schedules: `ntp` (SFT only), `polishppo` (PolishPPO from the untrained model), `ntp+polishppo`."},
+        metadata={
+            "help": "Training schedules: `ntp` (SFT only), `polishppo` (PolishPPO from the untrained model), `ntp+polishppo`."
+        },
     )
-    sft_config: str = field(default="recipes/configs/demo_sft.yaml", metadata={"help": "The SFT recipe config every SFT stage starts from."})
+    sft_config: str = field(
+        default="recipes/configs/demo_sft.yaml",
+        metadata={"help": "The SFT recipe config every SFT stage starts from."},
+    )
     sft_overrides: list[str] = field(
-        default_factory=list, metadata={"help": "`key=value` settings on top of `sft_config`, e.g. `max_steps=100` (one value each)."}
+        default_factory=list,
+        metadata={"help": "`key=value` settings on top of `sft_config`, e.g. `max_steps=100` (one value each)."},
     )
     polishppo_config: str = field(
-        default="recipes/configs/demo_polishppo.yaml", metadata={"help": "The PolishPPO recipe config every PolishPPO stage starts from."}
+        default="recipes/configs/demo_polishppo.yaml",
+        metadata={"help": "The PolishPPO recipe config every PolishPPO stage starts from."},
     )
     polishppo_overrides: list[str] = field(
-        default_factory=list, metadata={"help": "`key=value` settings on top of `polishppo_config`, e.g. `total_iterations=10`."}
+        default_factory=list,
+        metadata={"help": "`key=value` settings on top of `polishppo_config`, e.g. `total_iterations=10`."},
     )
     seeds: list[int] = field(
         default_factory=lambda: [0],
-        metadata={"help": "One grid per seed (the fresh model's `seed_model` and both trainers' `seed`); tables show the mean and range."},
+        metadata={
+            "help": "One grid per seed (the fresh model's `seed_model` and both trainers' `seed`); tables show the mean and range."
+        },
     )
 
     def __post_init__(self):
@@ -93,11 +114,18 @@ class AblationArguments:
 
 def parse_stage(dataclass_types, config: str, overrides: list[str], **forced) -> tuple:
     """A stage's arguments as its recipe would parse them: `config`, then the overrides, then `forced` settings."""
-    args = ["--config", config, *(f"--{item}" for item in overrides), *(f"--{key}={value}" for key, value in forced.items())]
+    args = [
+        "--config",
+        config,
+        *(f"--{item}" for item in overrides),
+        *(f"--{key}={value}" for key, value in forced.items()),
+    ]
     return TrlParser(dataclass_types).parse_args_and_config(args)
 
 
-def sft_stage(ablation: AblationArguments, use_daa_do: bool, seed: int, output_dir: Path) -> tuple[TIPPoSFTConfig, TIPPoModelConfig]:
+def sft_stage(
+    ablation: AblationArguments, use_daa_do: bool, seed: int, output_dir: Path
+) -> tuple[TIPPoSFTConfig, TIPPoModelConfig]:
     """An SFT stage's training and model arguments: `sft_config` + overrides, for this variant, seed and output folder."""
     _, training_args, model_args = parse_stage(
         (TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig), ablation.sft_config, ablation.sft_overrides,
@@ -106,20 +134,28 @@ def sft_stage(ablation: AblationArguments, use_daa_do: bool, seed: int, output_d
     return training_args, model_args
 
 
-def train_sft(script_args: TIPPoScriptArguments, ablation: AblationArguments, use_daa_do: bool, seed: int, output_dir: Path) -> list[dict]:
+def train_sft(
+    script_args: TIPPoScriptArguments, ablation: AblationArguments, use_daa_do: bool, seed: int, output_dir: Path
+) -> list[dict]:
     """SFT (L_NTP + α·L_C) of a fresh model, as recipes/sft.py runs it; returns the trainer's log history."""
     training_args, model_args = sft_stage(ablation, use_daa_do, seed, output_dir)
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
     train_dataset, _ = load_datasets(script_args, max_images=model.config.max_images)
     trainer = TIPPoSFTTrainer(
-        model=model, args=training_args, processor=processor, train_dataset=train_dataset, peft_config=lora_config(model_args, model)
+        model=model,
+        args=training_args,
+        processor=processor,
+        train_dataset=train_dataset,
+        peft_config=lora_config(model_args, model),
     )
     trainer.train()
     trainer.save_model()
     return trainer.state.log_history
 
 
-def save_untrained(script_args: TIPPoScriptArguments, ablation: AblationArguments, use_daa_do: bool, seed: int, output_dir: Path) -> None:
+def save_untrained(
+    script_args: TIPPoScriptArguments, ablation: AblationArguments, use_daa_do: bool, seed: int, output_dir: Path
+) -> None:
     """The fresh model the SFT stage starts from (same preset and seed), saved for "PolishPPO only" to start from."""
     _, model_args = sft_stage(ablation, use_daa_do, seed, output_dir)
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
@@ -127,7 +163,9 @@ def save_untrained(script_args: TIPPoScriptArguments, ablation: AblationArgument
     processor.save_pretrained(output_dir)
 
 
-def train_polishppo(script_args: TIPPoScriptArguments, ablation: AblationArguments, seed: int, start: Path, output_dir: Path) -> list[dict]:
+def train_polishppo(
+    script_args: TIPPoScriptArguments, ablation: AblationArguments, seed: int, start: Path, output_dir: Path
+) -> list[dict]:
     """PolishPPO from the model saved in `start`, as recipes/polishppo.py runs it; returns the trainer's log history."""
     _, training_args, model_args = parse_stage(
         (TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig), ablation.polishppo_config, ablation.polishppo_overrides,
@@ -135,7 +173,9 @@ def train_polishppo(script_args: TIPPoScriptArguments, ablation: AblationArgumen
     )  # fmt: skip
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
     train_dataset, _ = load_datasets(script_args, max_images=model.config.max_images)
-    trainer = PolishPPOTrainer(model=apply_lora(model, model_args), args=training_args, processor=processor, train_dataset=train_dataset)
+    trainer = PolishPPOTrainer(
+        model=apply_lora(model, model_args), args=training_args, processor=processor, train_dataset=train_dataset
+    )
     trainer.train()
     trainer.save_model()
     return trainer.state.log_history
@@ -147,7 +187,10 @@ def plot_training(histories: dict[str, list[dict]], output_dir: Path) -> None:
 
     def lines(stages, key):
         runs = {run: history for run, history in histories.items() if run.split("/")[1] in stages}
-        return {f"{run.split('/')[0]} · {STAGE_LABELS[run.split('/')[1]]}": log_curve(history, key) for run, history in runs.items()}
+        return {
+            f"{run.split('/')[0]} · {STAGE_LABELS[run.split('/')[1]]}": log_curve(history, key)
+            for run, history in runs.items()
+        }
 
     ppo = ("polishppo", "sft_polishppo")
     plot_curves(
@@ -162,7 +205,11 @@ def plot_training(histories: dict[str, list[dict]], output_dir: Path) -> None:
         output_dir / "rewards.png",
         [
             ("PolishPPO: R_literal (Eq. 7)", "mean over the iteration's rollouts", lines(ppo, "rewards/literal/mean")),
-            ("PolishPPO: R_semantic (Eq. 8)", "mean over the iteration's rollouts", lines(ppo, "rewards/semantic/mean")),
+            (
+                "PolishPPO: R_semantic (Eq. 8)",
+                "mean over the iteration's rollouts",
+                lines(ppo, "rewards/semantic/mean"),
+            ),
         ],
     )
 
@@ -208,7 +255,14 @@ def main(script_args: TIPPoScriptArguments, ablation: AblationArguments, eval_ar
                     model, processor = TIPPoModel.from_pretrained(path), TIPPoProcessor.from_pretrained(path)
                     predictions, result, _ = score_model(model, processor, dataset, eval_args, meteor)
                     fields = scene_fields(dataset, predictions, script_args.demo_lang) if demo else {}
-                    runs.append({"seed": seed, "model": str(path), **result.summary(), **({"scene_fields": fields} if demo else {})})
+                    runs.append(
+                        {
+                            "seed": seed,
+                            "model": str(path),
+                            **result.summary(),
+                            **({"scene_fields": fields} if demo else {}),
+                        }
+                    )
                 label = [variant, SCHEDULES[schedule]]
                 score_rows.append((label, runs))
                 field_rows.append((label, [run.get("scene_fields", {}) for run in runs]))
@@ -222,9 +276,20 @@ def main(script_args: TIPPoScriptArguments, ablation: AblationArguments, eval_ar
             meteor.close()
 
     first_seed = f"seed{ablation.seeds[0]}"
-    plot_training({run.rsplit("/", 1)[0]: history for run, history in histories.items() if run.endswith("/" + first_seed)}, output_dir)
-    plot_cells(output_dir / "ablation.png", plotted, [m for m in ("ROUGE-L", "CIDEr", "place right", "object right") if any(m in c for c in plotted.values())])
-    seeds_note = f"mean over seeds {ablation.seeds} (range in brackets)" if len(ablation.seeds) > 1 else f"seed {ablation.seeds[0]}"
+    plot_training(
+        {run.rsplit("/", 1)[0]: history for run, history in histories.items() if run.endswith("/" + first_seed)},
+        output_dir,
+    )
+    plot_cells(
+        output_dir / "ablation.png",
+        plotted,
+        [m for m in ("ROUGE-L", "CIDEr", "place right", "object right") if any(m in c for c in plotted.values())],
+    )
+    seeds_note = (
+        f"mean over seeds {ablation.seeds} (range in brackets)"
+        if len(ablation.seeds) > 1
+        else f"seed {ablation.seeds[0]}"
+    )
     table = spread_table(score_rows, ["Model", "Training"], TABLE_METRICS)
     if demo:
         table += f"\n\n{SCENE_FIELDS_NOTE}\n\n"
@@ -250,7 +315,9 @@ def main(script_args: TIPPoScriptArguments, ablation: AblationArguments, eval_ar
     )
     (output_dir / "ablation.md").write_text(report + "\n", encoding="utf-8")
     summary = {"settings": settings, "training_seconds": seconds, "cells": cells}
-    (output_dir / "ablation.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (output_dir / "ablation.json").write_text(
+        json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     (output_dir / "log_history.json").write_text(json.dumps(histories, indent=1) + "\n", encoding="utf-8")
     print(table)
     print(f"\nAblation tables, scores, logs and plots written to {output_dir}")

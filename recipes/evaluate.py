@@ -17,15 +17,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
+from trl import TrlParser
+
 from tippo_rl import TIPPoModel, TIPPoProcessor, build_tiny_tippo
 from tippo_rl.metrics import MeteorScorer
 from tippo_rl.recipe_args import TIPPoScriptArguments, load_datasets
 from tippo_rl.reports import (
+    SCENE_FIELDS,
+    SCENE_FIELDS_NOTE,
     EvaluationArguments,
     examples_section,
     plot_training_curves,
-    SCENE_FIELDS,
-    SCENE_FIELDS_NOTE,
     scene_fields,
     score_model,
     scores_table,
@@ -33,7 +35,7 @@ from tippo_rl.reports import (
     training_log_history,
     write_predictions,
 )
-from trl import TrlParser
+
 
 REPO = Path(__file__).resolve().parents[1]
 FRESH_TINY = "tiny"
@@ -51,7 +53,9 @@ class EvaluateArguments:
             "`{name: ..., path: ...}` works too."
         },
     )
-    output_dir: str = field(default="outputs/evaluate", metadata={"help": "Where predictions, metrics.json and report.md go."})
+    output_dir: str = field(
+        default="outputs/evaluate", metadata={"help": "Where predictions, metrics.json and report.md go."}
+    )
 
     def __post_init__(self):
         if not self.models:
@@ -72,7 +76,9 @@ def parse_model_entry(entry) -> tuple[str, str]:
     raise ValueError(f"--models: cannot read {entry!r}; write NAME=PATH (YAML: {{name: NAME, path: PATH}})")
 
 
-GENERIC_HINT = "Train it first with recipes/sft.py or recipes/polishppo.py (the folder is their `output_dir`), or fix the path."
+GENERIC_HINT = (
+    "Train it first with recipes/sft.py or recipes/polishppo.py (the folder is their `output_dir`), or fix the path."
+)
 
 
 def how_to_produce(path: str) -> str | None:
@@ -83,7 +89,9 @@ def how_to_produce(path: str) -> str | None:
         # Recipes write `output_dir` relative to where they run, as this script reads `path`.
         if output_dir and Path(output_dir).resolve() == Path(path).resolve() and recipe.exists():
             config_path, recipe_path = config.relative_to(REPO), recipe.relative_to(REPO)
-            launcher = "accelerate launch" + (" --config_file accelerate_configs/cpu.yaml" if config.stem.startswith("demo_") else "")
+            launcher = "accelerate launch" + (
+                " --config_file accelerate_configs/cpu.yaml" if config.stem.startswith("demo_") else ""
+            )
             hint = f"Train it first: `{launcher} {recipe_path} --config {config_path}`"
             target = config.stem.replace("_", "-")
             makefile = REPO / "Makefile"
@@ -138,11 +146,20 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
             for message in result.warnings:
                 print(f"{name}: {message}", file=sys.stderr)
             stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
-            file_name = f"predictions/{stem}.jsonl" if stem not in (Path(f).stem for f in files) else f"predictions/{stem}-{len(files)}.jsonl"
+            file_name = (
+                f"predictions/{stem}.jsonl"
+                if stem not in (Path(f).stem for f in files)
+                else f"predictions/{stem}-{len(files)}.jsonl"
+            )
             files.append(file_name)
             write_predictions(output_dir / file_name, dataset, predictions[name], result)
             results.append(([name], result))
-            summaries[name] = {"path": path, "predictions": file_name, "generation_seconds": round(seconds, 2), **result.summary()}
+            summaries[name] = {
+                "path": path,
+                "predictions": file_name,
+                "generation_seconds": round(seconds, 2),
+                **result.summary(),
+            }
             if script_args.dataset == "demo":  # the embedded default's references can be read back field by field
                 summaries[name]["scene_fields"] = scene_fields(dataset, predictions[name], script_args.demo_lang)
                 fields.append(([name], [summaries[name]["scene_fields"]]))
@@ -150,7 +167,11 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
         if meteor is not None:
             meteor.close()
 
-    histories = {name: history for name, path in evaluate_args.models if path != FRESH_TINY and (history := training_log_history(path))}
+    histories = {
+        name: history
+        for name, path in evaluate_args.models
+        if path != FRESH_TINY and (history := training_log_history(path))
+    }
     curves = plot_training_curves(output_dir / "training_curves.png", histories) if histories else False
     table = scores_table(results, ["Model"])
     if fields:
@@ -166,13 +187,23 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
             "Per-sample scores: `predictions/*.jsonl`; all scores: `metrics.json`.",
             "## Examples",
             examples_section(dataset, predictions, eval_args.num_examples),
-            *(["## Training curves", f"Logged by the recipes ({', '.join(histories)}):", "![training curves](training_curves.png)"] if curves else []),
+            *(
+                [
+                    "## Training curves",
+                    f"Logged by the recipes ({', '.join(histories)}):",
+                    "![training curves](training_curves.png)",
+                ]
+                if curves
+                else []
+            ),
         ]
     )
     (output_dir / "report.md").write_text(report + "\n", encoding="utf-8")
     settings = {"dataset": asdict(script_args), "evaluation": asdict(eval_args), "n_samples": len(dataset)}
     metrics = {"settings": settings, "models": summaries}
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (output_dir / "metrics.json").write_text(
+        json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     print(table)
     if curves:
         print(f"Training curves: {output_dir / 'training_curves.png'}")

@@ -26,13 +26,17 @@ from tippo_rl.trainer.ppo_trainer import PPOTrainer
 def main(script_args: TIPPoScriptArguments, training_args: PPOConfig, model_args: TIPPoModelConfig):
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
     # The rewards decide what a sample needs: training rows may lack a reference (evaluation rows may not).
-    train_dataset, eval_dataset = load_datasets(script_args, max_images=model.config.max_images, require_reference=False)
+    train_dataset, eval_dataset = load_datasets(
+        script_args, max_images=model.config.max_images, require_reference=False
+    )
     trainer = PPOTrainer(
         model=apply_lora(model, model_args),
         args=training_args,
         processor=processor,
         train_dataset=train_dataset,
-        eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,  # decoded: eval_rouge_l, eval_cider, ...
+        eval_dataset=eval_dataset
+        if training_args.eval_strategy != "no"
+        else None,  # decoded: eval_rouge_l, eval_cider, ...
     )
     train_and_save(trainer, script_args, model_args, "PPO")
 

@@ -31,8 +31,8 @@ from PIL import Image
 
 from tippo_rl.modeling_tippo import TIPPoModel
 from tippo_rl.processing_tippo import TIPPoProcessor, open_image
-from tippo_rl.zero3 import full_weights_under_zero3
 from tippo_rl.trainer.utils import unwrap_tippo
+from tippo_rl.zero3 import full_weights_under_zero3
 
 
 def _open_image(image: Any) -> Image.Image:
@@ -102,7 +102,10 @@ class ImageGroundedReward:
     @torch.no_grad()
     def embed_images(self, images: Sequence[Any]) -> torch.Tensor:
         """φ(I) for each image (PIL image, path or `{path, bytes}`): `(n, d_φ)`; embeddings of files are cached."""
-        keys = [image if isinstance(image, str) else image.get("path") if isinstance(image, dict) else None for image in images]
+        keys = [
+            image if isinstance(image, str) else image.get("path") if isinstance(image, dict) else None
+            for image in images
+        ]
         missing = [i for i, key in enumerate(keys) if key is None or key not in self._image_cache]
         computed = {}
         for start in range(0, len(missing), self.batch_size):
@@ -118,7 +121,11 @@ class ImageGroundedReward:
         return torch.stack([computed[i] if i in computed else self._image_cache[keys[i]] for i in range(len(images))])
 
     def __call__(
-        self, prompts: Sequence[Any], completions: Sequence[Any], images: Sequence[Sequence[Any]] | None = None, **kwargs
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        images: Sequence[Sequence[Any]] | None = None,
+        **kwargs,
     ) -> list[float]:
         """Score each completion against its sample's images.
 
@@ -140,7 +147,13 @@ class ImageGroundedReward:
         if min(counts, default=1) == 0:
             raise ValueError(f"sample {counts.index(0)} has no images")
         image_embeddings = self.embed_images([image for sample in images for image in sample])
-        owner = torch.repeat_interleave(torch.arange(len(counts), device=self.device), torch.tensor(counts, device=self.device))
-        prototypes = torch.zeros(len(counts), image_embeddings.shape[-1], device=self.device).index_add_(0, owner, image_embeddings)
-        prototypes = prototypes / torch.tensor(counts, device=self.device, dtype=prototypes.dtype)[:, None]  # mean_i φ(I_i)
+        owner = torch.repeat_interleave(
+            torch.arange(len(counts), device=self.device), torch.tensor(counts, device=self.device)
+        )
+        prototypes = torch.zeros(len(counts), image_embeddings.shape[-1], device=self.device).index_add_(
+            0, owner, image_embeddings
+        )
+        prototypes = (
+            prototypes / torch.tensor(counts, device=self.device, dtype=prototypes.dtype)[:, None]
+        )  # mean_i φ(I_i)
         return F.cosine_similarity(self.embed_texts(texts), prototypes, dim=-1).tolist()  # cos(φ(y), ·)

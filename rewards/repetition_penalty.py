@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from tippo_rl.rewards import RepetitionPenalty
 
+
 __all__ = ["RepetitionPenalty", "repetition_penalty"]
 
 repetition_penalty = RepetitionPenalty()  # trigrams, penalty in [−1, 0]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import os
 
+
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: no test may reach the Hub
 
 import pytest  # noqa: E402

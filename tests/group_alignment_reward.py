@@ -18,7 +18,9 @@ class GroupAlignment:
                 rows = range(start, start + self.k)
                 for name, values in (("id", id), ("reference", reference), ("title", title), ("prompts", prompts)):
                     if len({values[i] for i in rows}) != 1:
-                        raise ValueError(f"rows {start}..{start + self.k - 1} are not one prompt: {name} {[values[i] for i in rows]}")
+                        raise ValueError(
+                            f"rows {start}..{start + self.k - 1} are not one prompt: {name} {[values[i] for i in rows]}"
+                        )
         self.record_dir.mkdir(parents=True, exist_ok=True)
         with open(self.record_dir / f"rank{os.environ.get('RANK', '0')}.jsonl", "a") as f:
             f.write(json.dumps(list(id)) + "\n")

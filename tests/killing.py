@@ -10,11 +10,10 @@ import signal
 from pathlib import Path
 
 import torch
+from recipe_loading import load_recipe
 from safetensors.torch import load_file
 from transformers import Trainer
 from trl import TrlParser
-
-from recipe_loading import load_recipe
 
 import tippo_rl.rewards
 from tippo_rl import TIPPoProcessor
@@ -67,12 +66,22 @@ def _child(recipe: str, parser_classes: tuple, arguments: list[str], moment: str
     tippo_rl.rewards.BUILTIN_REWARDS["semantic"] = "killing:WordOverlap"
     module = load_recipe(recipe)
     _install(moment, step)
-    module.main(*TrlParser(tuple(getattr(module, name) for name in parser_classes)).parse_args_and_config(args=arguments))
+    module.main(
+        *TrlParser(tuple(getattr(module, name) for name in parser_classes)).parse_args_and_config(args=arguments)
+    )
 
 
-def run_recipe(recipe: str, parser_classes: tuple[str, ...], arguments: list[str], moment: str | None = None, step: int | None = None) -> int:
+def run_recipe(
+    recipe: str,
+    parser_classes: tuple[str, ...],
+    arguments: list[str],
+    moment: str | None = None,
+    step: int | None = None,
+) -> int:
     """Run `recipes/<recipe>.py` in a forked child; returns its exit code (−9: it was SIGKILLed)."""
-    process = multiprocessing.get_context("fork").Process(target=_child, args=(recipe, parser_classes, arguments, moment, step))
+    process = multiprocessing.get_context("fork").Process(
+        target=_child, args=(recipe, parser_classes, arguments, moment, step)
+    )
     process.start()
     process.join(timeout=600)
     return process.exitcode
@@ -97,4 +106,6 @@ class WordOverlap:
         pass
 
     def __call__(self, prompts, completions, reference, **kwargs):
-        return [len(set(c.split()) & set(r.split())) / max(len(set(r.split())), 1) for c, r in zip(completions, reference)]
+        return [
+            len(set(c.split()) & set(r.split())) / max(len(set(r.split())), 1) for c, r in zip(completions, reference)
+        ]

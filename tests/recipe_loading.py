@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,8 +36,15 @@ def launch_recipe(name: str, accelerate_config: str, *arguments: str, cwd: Path,
         # keeps it on the CPU).
         environment["ACCELERATE_USE_CPU"] = "1"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / accelerate_config),
-        "--main_process_port", str(free_port()), str(REPO / "recipes" / f"{name}.py"), *arguments,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "accelerate_configs" / accelerate_config),
+        "--main_process_port",
+        str(free_port()),
+        str(REPO / "recipes" / f"{name}.py"),
+        *arguments,
     ]
     result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

@@ -11,16 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from recipe_loading import load_recipe
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel
 from tippo_rl.recipe_args import TIPPoScriptArguments
 from tippo_rl.reports import EvaluationArguments
 
-from recipe_loading import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-
 
 
 ablate = load_recipe("ablate")
@@ -53,9 +52,13 @@ def test_grid_trains_evaluates_and_reports_every_cell(tmp_path, demo_dataset_dir
 
     rows = [line for line in table.splitlines() if line.startswith("| TIP")]
     assert [row.split(" | ")[:2] for row in rows] == [
-        [f"| {variant}", schedule] for variant in ("TIP", "TIPPo") for schedule in ("NTP only", "PolishPPO only", "NTP → PolishPPO")
+        [f"| {variant}", schedule]
+        for variant in ("TIP", "TIPPo")
+        for schedule in ("NTP only", "PolishPPO only", "NTP → PolishPPO")
     ]
-    assert all(re.search(r"\d+\.\d\d \(\d+\.\d\d–\d+\.\d\d\)", row) for row in rows)  # mean (min–max) over the two seeds
+    assert all(
+        re.search(r"\d+\.\d\d \(\d+\.\d\d–\d+\.\d\d\)", row) for row in rows
+    )  # mean (min–max) over the two seeds
     assert table in (out / "ablation.md").read_text()
 
     summary = json.loads((out / "ablation.json").read_text())
@@ -74,10 +77,19 @@ def test_grid_trains_evaluates_and_reports_every_cell(tmp_path, demo_dataset_dir
         assert not torch.equal(seed0.text_adapter.mlp[0].weight, seed1.text_adapter.mlp[0].weight)
 
     histories = json.loads((out / "log_history.json").read_text())
-    assert set(histories) == {f"{v}/{s}/seed{seed}" for v in ("TIP", "TIPPo") for s in ("sft", "polishppo", "sft_polishppo") for seed in (0, 1)}
+    assert set(histories) == {
+        f"{v}/{s}/seed{seed}"
+        for v in ("TIP", "TIPPo")
+        for s in ("sft", "polishppo", "sft_polishppo")
+        for seed in (0, 1)
+    }
     assert sum("loss" in entry for entry in histories["TIPPo/sft/seed1"]) == 3
     assert sum("rewards/literal/mean" in entry for entry in histories["TIP/sft_polishppo/seed0"]) == 2
-    for plot, panels in (("loss.png", 3), ("rewards.png", 2), ("ablation.png", 1)):  # ablation.png: ROUGE-L (no CIDEr here)
+    for plot, panels in (
+        ("loss.png", 3),
+        ("rewards.png", 2),
+        ("ablation.png", 1),
+    ):  # ablation.png: ROUGE-L (no CIDEr here)
         with Image.open(out / plot) as image:
             assert image.format == "PNG" and image.width > 500 * panels
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -30,15 +31,34 @@ def load_benchmark(name: str):
 def test_bench_sft_runs_tippo_and_the_plain_trl_yardstick_with_and_without_the_cache(tmp_path):
     bench = load_benchmark("bench_sft")
     output = tmp_path / "sft.json"
-    bench.main(["--size", "tiny", "--batch_size", "4", "--steps", "1", "--rounds", "1", "--num_train", "8",
-                "--threads", "1", "--output", str(output)])
+    bench.main(
+        [
+            "--size",
+            "tiny",
+            "--batch_size",
+            "4",
+            "--steps",
+            "1",
+            "--rounds",
+            "1",
+            "--num_train",
+            "8",
+            "--threads",
+            "1",
+            "--output",
+            str(output),
+        ]
+    )
     payload = json.loads(output.read_text())
     assert set(payload["results"]) == {"tippo/cache", "plain/cache", "tippo/pixels", "plain/pixels"}
     for variant, result in payload["results"].items():
         assert result["step_s_median"] > 0 and result["samples_per_s"] > 0, variant
         assert result["model_flops_per_step"] > 0 and result["target_tokens_per_step"] > 0, variant
     # φ runs only from pixels: the pixel variants count its forward FLOPs on top.
-    assert payload["results"]["tippo/pixels"]["model_flops_per_step"] > payload["results"]["tippo/cache"]["model_flops_per_step"]
+    assert (
+        payload["results"]["tippo/pixels"]["model_flops_per_step"]
+        > payload["results"]["tippo/cache"]["model_flops_per_step"]
+    )
     assert math.isfinite(payload["ratios"]["tippo_over_plain_cache"]["median"])
     assert payload["parameters"]["plain"]["trainable"] < payload["parameters"]["tippo"]["trainable"]  # no DAA/DO
 
@@ -52,7 +72,12 @@ def test_linear_prefix_yardstick_matches_the_tippo_input_layout(tiny_model_and_p
     image_mask = torch.tensor([[True, True, False], [True, False, False]])
     features = torch.randn(2, 3, model.config.feature_size)
     labels = torch.tensor([[5, 6, 1], [7, 1, -100]])
-    outputs = plain(image_mask=image_mask, image_features=features, title_features=torch.randn(2, model.config.feature_size), labels=labels)
+    outputs = plain(
+        image_mask=image_mask,
+        image_features=features,
+        title_features=torch.randn(2, model.config.feature_size),
+        labels=labels,
+    )
     assert outputs.loss.isfinite()
     k = model.config.prefix_length
     assert outputs.encoder_last_hidden_state.shape == (2, (1 + 3) * k, model.config.hidden_size)  # [W·φ(T); W·φ(I_i)…]
@@ -62,9 +87,36 @@ def test_linear_prefix_yardstick_matches_the_tippo_input_layout(tiny_model_and_p
 def test_bench_polishppo_breaks_an_iteration_into_phases_for_polishppo_and_grpo(tmp_path):
     bench = load_benchmark("bench_polishppo")
     output = tmp_path / "polishppo.json"
-    bench.main(["--batch_size", "2", "--steps_per_generation", "2", "--num_ppo_epochs", "1", "--max_new_tokens", "4",
-                "--sft_steps", "0", "--iterations", "1", "--warmup_iterations", "0", "--rounds", "1", "--num_train", "8",
-                "--threads", "1", "--variants", "polishppo/natural", "polishppo/fixed", "grpo/fixed", "--output", str(output)])
+    bench.main(
+        [
+            "--batch_size",
+            "2",
+            "--steps_per_generation",
+            "2",
+            "--num_ppo_epochs",
+            "1",
+            "--max_new_tokens",
+            "4",
+            "--sft_steps",
+            "0",
+            "--iterations",
+            "1",
+            "--warmup_iterations",
+            "0",
+            "--rounds",
+            "1",
+            "--num_train",
+            "8",
+            "--threads",
+            "1",
+            "--variants",
+            "polishppo/natural",
+            "polishppo/fixed",
+            "grpo/fixed",
+            "--output",
+            str(output),
+        ]
+    )
     payload = json.loads(output.read_text())
     for variant, result in payload["results"].items():
         phases = result["phases_s_median"]
@@ -79,9 +131,20 @@ def test_bench_polishppo_breaks_an_iteration_into_phases_for_polishppo_and_grpo(
 def test_bench_rl_gain_runs_sft_once_then_each_variant_and_seed_and_reports_deltas(tmp_path):
     bench = load_benchmark("bench_rl_gain")
     output = tmp_path / "rl_gain.json"
-    bench.main(["--quick", "--seeds", "0", "1", "--output", str(output), "--variants", "demo:",
-                "rloo2: num_generations=2 advantage_baseline=leave_one_out advantage_window=null",
-                "ppo: trainer=ppo reward_funcs=[literal] use_value_head=false advantage_baseline=group num_generations=4"])
+    bench.main(
+        [
+            "--quick",
+            "--seeds",
+            "0",
+            "1",
+            "--output",
+            str(output),
+            "--variants",
+            "demo:",
+            "rloo2: num_generations=2 advantage_baseline=leave_one_out advantage_window=null",
+            "ppo: trainer=ppo reward_funcs=[literal] use_value_head=false advantage_baseline=group num_generations=4",
+        ]
+    )
     payload = json.loads(output.read_text())
     assert set(payload["results"]) == {"demo", "rloo2", "ppo"}
     assert set(payload["sft"]["scores"]) == {"literal", "ROUGE-L", "CIDEr"}
@@ -97,8 +160,9 @@ def test_bench_rl_gain_runs_sft_once_then_each_variant_and_seed_and_reports_delt
 
 def test_bench_rl_gain_reads_variants_as_yaml_overrides():
     bench = load_benchmark("bench_rl_gain")
-    assert bench.parse_variant("paper: advantage_window=null gamma_schedule=paper reward_funcs=[literal,semantic]") == (
-        "paper", {"advantage_window": None, "gamma_schedule": "paper", "reward_funcs": ["literal", "semantic"]})
+    assert bench.parse_variant(
+        "paper: advantage_window=null gamma_schedule=paper reward_funcs=[literal,semantic]"
+    ) == ("paper", {"advantage_window": None, "gamma_schedule": "paper", "reward_funcs": ["literal", "semantic"]})
     with pytest.raises(ValueError, match="key=value"):
         bench.parse_variant("bad: num_generations 4")
 

@@ -23,6 +23,7 @@ from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
 from tippo_rl.trainer.ppo_config import PPOConfig
 from tippo_rl.trainer.ppo_trainer import PolicyAndValueModel, PPOTrainer, completion_mask
 
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -46,9 +47,16 @@ def naive_completion_logits(model: TIPPoModel, inputs: dict, completion_ids: tor
 
 def tiny_qwen2_tippo(processor) -> TIPPoModel:
     decoder = Qwen2Config(
-        vocab_size=len(processor.tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        pad_token_id=processor.tokenizer.pad_token_id, eos_token_id=processor.tokenizer.eos_token_id, tie_word_embeddings=True,
+        vocab_size=len(processor.tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        eos_token_id=processor.tokenizer.eos_token_id,
+        tie_word_embeddings=True,
     )
     config = TIPPoConfig(encoder_config=tiny_encoder_config(processor), decoder_config=decoder, prefix_length=2)
     return TIPPoModel(config).eval()
@@ -59,7 +67,9 @@ def tiny_qwen2_tippo(processor) -> TIPPoModel:
 
 def test_config_builds_a_causal_lm_from_a_dict_and_keeps_t5_the_default():
     assert TIPPoConfig().is_encoder_decoder and TIPPoConfig().decoder_config.model_type == "t5"
-    config = TIPPoConfig(decoder_config={"model_type": "llama", "hidden_size": 32, "num_attention_heads": 4, "pad_token_id": 0})
+    config = TIPPoConfig(
+        decoder_config={"model_type": "llama", "hidden_size": 32, "num_attention_heads": 4, "pad_token_id": 0}
+    )
     assert isinstance(config.decoder_config, LlamaConfig) and not config.is_encoder_decoder
     assert config.hidden_size == 32 and config.decoder_start_token_id == 0  # the pad id stands in for the start token
     reloaded = TIPPoConfig.from_dict(config.to_dict())
@@ -67,7 +77,9 @@ def test_config_builds_a_causal_lm_from_a_dict_and_keeps_t5_the_default():
 
 
 @pytest.mark.parametrize("decoder", ["llama", "qwen2"])
-def test_completion_logits_and_loss_equal_a_naive_pass_over_each_unpadded_sample(decoder, tiny_causal_model_and_processor, demo_dataset_dir):
+def test_completion_logits_and_loss_equal_a_naive_pass_over_each_unpadded_sample(
+    decoder, tiny_causal_model_and_processor, demo_dataset_dir
+):
     model, processor = tiny_causal_model_and_processor
     if decoder == "qwen2":
         model = tiny_qwen2_tippo(processor)
@@ -86,7 +98,9 @@ def test_completion_logits_and_loss_equal_a_naive_pass_over_each_unpadded_sample
     torch.testing.assert_close(outputs.loss, naive_loss, atol=1e-5, rtol=1e-5)  # the labels are the completion only
 
 
-def test_generate_returns_the_completion_only_and_it_is_the_greedy_decode(tiny_causal_model_and_processor, demo_dataset_dir):
+def test_generate_returns_the_completion_only_and_it_is_the_greedy_decode(
+    tiny_causal_model_and_processor, demo_dataset_dir
+):
     model, processor = tiny_causal_model_and_processor
     inputs = model_inputs(batch_of(processor, demo_dataset_dir))
     forced = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
@@ -114,7 +128,9 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, tiny_causal_mode
         assert torch.equal(batch[name], loaded_batch[name]), name
     inputs = model_inputs(batch)
     with torch.no_grad():
-        assert torch.equal(model(**inputs, labels=batch["labels"]).logits, loaded(**inputs, labels=batch["labels"]).logits)
+        assert torch.equal(
+            model(**inputs, labels=batch["labels"]).logits, loaded(**inputs, labels=batch["labels"]).logits
+        )
     assert torch.equal(model.generate(**inputs, max_new_tokens=8), loaded.generate(**inputs, max_new_tokens=8))
 
 
@@ -124,7 +140,9 @@ def test_cached_features_give_the_outputs_of_pixels(tmp_path, tiny_causal_model_
     cached = cache_frozen_features(train, model, processor, tmp_path)
     collator = TIPPoDataCollator(processor)
     from_pixels, from_features = collator([train[i] for i in range(4)]), collator([cached[i] for i in range(4)])
-    assert "pixel_values" not in from_features and torch.equal(from_features["prompt_input_ids"], from_pixels["prompt_input_ids"])
+    assert "pixel_values" not in from_features and torch.equal(
+        from_features["prompt_input_ids"], from_pixels["prompt_input_ids"]
+    )
     with torch.no_grad():
         logits = [model(**model_inputs(b), labels=b["labels"]).logits for b in (from_pixels, from_features)]
     torch.testing.assert_close(logits[0], logits[1], atol=1e-5, rtol=1e-5)
@@ -132,13 +150,19 @@ def test_cached_features_give_the_outputs_of_pixels(tmp_path, tiny_causal_model_
     assert torch.equal(*generations)
 
 
-def test_the_prompt_is_the_title_in_the_chat_template_left_padded_and_cut_from_the_left(tiny_causal_model_and_processor):
+def test_the_prompt_is_the_title_in_the_chat_template_left_padded_and_cut_from_the_left(
+    tiny_causal_model_and_processor,
+):
     processor = copy.deepcopy(tiny_causal_model_and_processor[1])
     titles = ["red square", "a blue circle and a green star"]
     plain = processor.tokenize_prompts(titles)
-    assert processor.tokenizer.decode(plain["prompt_input_ids"][0][plain["prompt_attention_mask"][0].bool()]) == titles[0]
+    assert (
+        processor.tokenizer.decode(plain["prompt_input_ids"][0][plain["prompt_attention_mask"][0].bool()]) == titles[0]
+    )
     assert plain["prompt_attention_mask"][0, 0] == 0 and plain["prompt_attention_mask"][:, -1].all()  # left padding
-    processor.tokenizer.chat_template = "{% for m in messages %}user: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}bot:{% endif %}"
+    processor.tokenizer.chat_template = (
+        "{% for m in messages %}user: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}bot:{% endif %}"
+    )
     chat = processor.tokenize_prompts(titles)
     ids = chat["prompt_input_ids"][1][chat["prompt_attention_mask"][1].bool()]
     assert processor.tokenizer.decode(ids) == f"user: {titles[1]}\nbot:"
@@ -146,7 +170,10 @@ def test_the_prompt_is_the_title_in_the_chat_template_left_padded_and_cut_from_t
     cut = processor.tokenize_prompts(titles)["prompt_input_ids"][1]
     assert processor.tokenizer.decode(cut).endswith("bot:")  # the end (the assistant's turn) is what is kept
     labels = processor.tokenize_references(["red square"])
-    assert labels[0, -1] == processor.tokenizer.eos_token_id and (labels[0] == processor.tokenizer.eos_token_id).sum() == 1
+    assert (
+        labels[0, -1] == processor.tokenizer.eos_token_id
+        and (labels[0] == processor.tokenizer.eos_token_id).sum() == 1
+    )
 
 
 # -- LoRA and the hub path ---------------------------------------------------------------------------------------
@@ -162,12 +189,18 @@ def test_lora_targets_the_causal_lms_attention_projections(tiny_causal_model_and
     batch = batch_of(processor, demo_dataset_dir)
     peft_model.train()
     peft_model(**model_inputs(batch), labels=batch["labels"]).loss.backward()
-    trained = [name for name, p in peft_model.named_parameters() if p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0]
+    trained = [
+        name
+        for name, p in peft_model.named_parameters()
+        if p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0
+    ]
     assert any("lora_B" in name for name in trained) and any("text_adapter" in name for name in trained)
     assert not any("lora" not in name and "language_model" in name for name in trained)  # the LM's own weights stay
 
 
-def test_build_from_pretrained_components_takes_a_causal_lm_checkpoint(tmp_path, tiny_causal_model_and_processor, demo_dataset_dir):
+def test_build_from_pretrained_components_takes_a_causal_lm_checkpoint(
+    tmp_path, tiny_causal_model_and_processor, demo_dataset_dir
+):
     _, tiny = tiny_causal_model_and_processor
     config = tiny_qwen2_tippo(tiny).config
     from transformers import ChineseCLIPModel
@@ -190,7 +223,9 @@ def test_build_from_pretrained_components_takes_a_causal_lm_checkpoint(tmp_path,
         torch.testing.assert_close(model.language_model.state_dict()[name], tensor)
     assert model.config.pad_token_id == processor.tokenizer.pad_token_id == tokenizer.eos_token_id  # EOS pads
     batch = batch_of(processor, demo_dataset_dir)
-    assert processor.tokenizer.decode(batch["prompt_input_ids"][0][batch["prompt_attention_mask"][0].bool()]).startswith("<")
+    assert processor.tokenizer.decode(
+        batch["prompt_input_ids"][0][batch["prompt_attention_mask"][0].bool()]
+    ).startswith("<")
     assert model.generate(**model_inputs(batch), max_new_tokens=4).shape[1] <= 4
 
 
@@ -204,15 +239,29 @@ def semantic(prompts, completions, reference, **kwargs):
 
 def ppo_settings(tmp_path, **overrides):
     settings = dict(
-        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4, steps_per_generation=2,
-        num_ppo_epochs=1, max_new_tokens=10, learning_rate=1e-3, reward_funcs=["literal"], logging_steps=1,
-        save_strategy="no", report_to="none", use_cpu=True, seed=0, feature_cache_dir=str(tmp_path / "cache"), disable_tqdm=True,
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        steps_per_generation=2,
+        num_ppo_epochs=1,
+        max_new_tokens=10,
+        learning_rate=1e-3,
+        reward_funcs=["literal"],
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        feature_cache_dir=str(tmp_path / "cache"),
+        disable_tqdm=True,
     )
     settings.update(overrides)
     return settings
 
 
-def test_ppo_completion_log_probs_equal_a_naive_computation(tmp_path, tiny_causal_model_and_processor, demo_dataset_dir):
+def test_ppo_completion_log_probs_equal_a_naive_computation(
+    tmp_path, tiny_causal_model_and_processor, demo_dataset_dir
+):
     model, processor = tiny_causal_model_and_processor
     train = load_artmuse(demo_dataset_dir / "train.jsonl")
     trainer = PPOTrainer(copy.deepcopy(model), PPOConfig(**ppo_settings(tmp_path, temperature=0.7)), processor, train)
@@ -225,11 +274,15 @@ def test_ppo_completion_log_probs_equal_a_naive_computation(tmp_path, tiny_causa
         policy = trainer.model.policy
         for i in range(4):
             naive = (naive_completion_logits(policy, inputs, completion_ids, i) / 0.7).log_softmax(-1)
-            torch.testing.assert_close(logps[i], naive.gather(-1, completion_ids[i, :, None]).squeeze(-1), atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                logps[i], naive.gather(-1, completion_ids[i, :, None]).squeeze(-1), atol=2e-5, rtol=1e-4
+            )
     assert values.shape == (4, 6)  # the value head reads the completion positions' hidden states
 
 
-def test_ppo_with_value_head_and_k_completions_trains_saves_and_reloads(tmp_path, tiny_causal_model_and_processor, demo_dataset_dir):
+def test_ppo_with_value_head_and_k_completions_trains_saves_and_reloads(
+    tmp_path, tiny_causal_model_and_processor, demo_dataset_dir
+):
     model, processor = tiny_causal_model_and_processor
     train = load_artmuse(demo_dataset_dir / "train.jsonl")
     args = PPOConfig(**ppo_settings(tmp_path, use_value_head=True, num_generations=2, kl_coef=0.1))
@@ -246,7 +299,9 @@ def test_ppo_with_value_head_and_k_completions_trains_saves_and_reloads(tmp_path
         torch.testing.assert_close(loaded.state_dict()[name], tensor, msg=name)
 
 
-def test_ppo_with_lora_on_the_causal_decoder_starts_at_ratio_one(tmp_path, tiny_causal_model_and_processor, demo_dataset_dir):
+def test_ppo_with_lora_on_the_causal_decoder_starts_at_ratio_one(
+    tmp_path, tiny_causal_model_and_processor, demo_dataset_dir
+):
     model, processor = tiny_causal_model_and_processor
     peft_model = apply_lora(copy.deepcopy(model), TIPPoModelConfig(use_peft=True, lora_r=4, lora_alpha=8))
     train = load_artmuse(demo_dataset_dir / "train.jsonl")
@@ -258,12 +313,23 @@ def test_ppo_with_lora_on_the_causal_decoder_starts_at_ratio_one(tmp_path, tiny_
     assert second["kl"] > 1e-7
 
 
-def test_sft_loss_falls_then_polishppo_runs_on_the_causal_decoder(tmp_path, tiny_causal_model_and_processor, demo_dataset_dir):
+def test_sft_loss_falls_then_polishppo_runs_on_the_causal_decoder(
+    tmp_path, tiny_causal_model_and_processor, demo_dataset_dir
+):
     model, processor = tiny_causal_model_and_processor
     train = load_artmuse(demo_dataset_dir / "train.jsonl")
     sft_args = TIPPoSFTConfig(
-        output_dir=str(tmp_path / "sft"), max_steps=12, per_device_train_batch_size=8, learning_rate=3e-3, logging_steps=4,
-        save_strategy="no", report_to="none", use_cpu=True, bf16=False, seed=0, feature_cache_dir=str(tmp_path / "cache"),
+        output_dir=str(tmp_path / "sft"),
+        max_steps=12,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        logging_steps=4,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        feature_cache_dir=str(tmp_path / "cache"),
         disable_tqdm=True,
     )
     sft = TIPPoSFTTrainer(model=copy.deepcopy(model), args=sft_args, processor=processor, train_dataset=train)
@@ -271,9 +337,14 @@ def test_sft_loss_falls_then_polishppo_runs_on_the_causal_decoder(tmp_path, tiny
     losses = [entry["loss/ntp"] for entry in sft.state.log_history if "loss/ntp" in entry]
     assert losses[-1] < losses[0]
     sft.save_model()
-    polish_args = PolishPPOConfig(**ppo_settings(tmp_path, output_dir=str(tmp_path / "rl"), reward_funcs=None, num_generations=2))
+    polish_args = PolishPPOConfig(
+        **ppo_settings(tmp_path, output_dir=str(tmp_path / "rl"), reward_funcs=None, num_generations=2)
+    )
     rl = PolishPPOTrainer(
-        TIPPoModel.from_pretrained(tmp_path / "sft"), polish_args, TIPPoProcessor.from_pretrained(tmp_path / "sft"), train,
+        TIPPoModel.from_pretrained(tmp_path / "sft"),
+        polish_args,
+        TIPPoProcessor.from_pretrained(tmp_path / "sft"),
+        train,
         reward_funcs=["literal", semantic],
     )
     rl.train()
@@ -294,14 +365,17 @@ def test_causal_and_smollm2_configs_parse_with_their_presets():
     from tippo_rl.recipe_args import TIPPoScriptArguments
 
     for name, preset in (("demo_causal_sft.yaml", "tiny_causal"), ("smollm2_sft.yaml", "smollm2")):
-        _, args, model_args = TrlParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig)).parse_args_and_config(
-            args=["--config", str(REPO / "recipes/configs" / name)]
-        )
+        _, args, model_args = TrlParser(
+            (TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig)
+        ).parse_args_and_config(args=["--config", str(REPO / "recipes/configs" / name)])
         assert model_args.preset == preset and args.use_cpu
-    for name, source in (("demo_causal_polishppo.yaml", "outputs/demo_causal_sft"), ("smollm2_polishppo.yaml", "outputs/smollm2_sft")):
-        _, args, model_args = TrlParser((TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig)).parse_args_and_config(
-            args=["--config", str(REPO / "recipes/configs" / name)]
-        )
+    for name, source in (
+        ("demo_causal_polishppo.yaml", "outputs/demo_causal_sft"),
+        ("smollm2_polishppo.yaml", "outputs/smollm2_sft"),
+    ):
+        _, args, model_args = TrlParser(
+            (TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig)
+        ).parse_args_and_config(args=["--config", str(REPO / "recipes/configs" / name)])
         assert model_args.model_name_or_path == source and "semantic" in args.reward_funcs
 
 
@@ -310,18 +384,61 @@ def test_causal_and_smollm2_configs_parse_with_their_presets():
 def test_sft_then_polishppo_recipes_run_as_two_ddp_processes_with_the_causal_decoder(tmp_path):
     from recipe_loading import launch_recipe
 
-    data = ["--demo_dir", str(tmp_path / "demo"), "--demo_num_train", "32", "--demo_num_test", "4",
-            "--feature_cache_dir", str(tmp_path / "cache"), "--logging_steps", "1", "--disable_tqdm", "true"]
-    launch_recipe("sft", "ddp_2proc_cpu.yaml", "--config", str(REPO / "recipes/configs/demo_causal_sft.yaml"),
-                  "--output_dir", str(tmp_path / "sft"), "--max_steps", "2", "--per_device_train_batch_size", "4", *data, cwd=tmp_path)
+    data = [
+        "--demo_dir",
+        str(tmp_path / "demo"),
+        "--demo_num_train",
+        "32",
+        "--demo_num_test",
+        "4",
+        "--feature_cache_dir",
+        str(tmp_path / "cache"),
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+    ]
+    launch_recipe(
+        "sft",
+        "ddp_2proc_cpu.yaml",
+        "--config",
+        str(REPO / "recipes/configs/demo_causal_sft.yaml"),
+        "--output_dir",
+        str(tmp_path / "sft"),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        *data,
+        cwd=tmp_path,
+    )
     assert not TIPPoModel.from_pretrained(tmp_path / "sft").config.is_encoder_decoder
-    launch_recipe("polishppo", "ddp_2proc_cpu.yaml", "--config", str(REPO / "recipes/configs/demo_causal_polishppo.yaml"),
-                  "--model_name_or_path", str(tmp_path / "sft"), "--output_dir", str(tmp_path / "rl"), "--total_iterations", "1",
-                  "--per_device_train_batch_size", "4", "--max_new_tokens", "8", "--save_steps", "4", *data, cwd=tmp_path)
+    launch_recipe(
+        "polishppo",
+        "ddp_2proc_cpu.yaml",
+        "--config",
+        str(REPO / "recipes/configs/demo_causal_polishppo.yaml"),
+        "--model_name_or_path",
+        str(tmp_path / "sft"),
+        "--output_dir",
+        str(tmp_path / "rl"),
+        "--total_iterations",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_new_tokens",
+        "8",
+        "--save_steps",
+        "4",
+        *data,
+        cwd=tmp_path,
+    )
     import json
 
     state = json.loads((tmp_path / "rl/checkpoint-4/ppo_state.json").read_text())
-    assert state["iteration"] == 1 and [c for c, _, _ in state["return_statistics"]["iterations"]] == [16]  # both processes
+    assert state["iteration"] == 1 and [c for c, _, _ in state["return_statistics"]["iterations"]] == [
+        16
+    ]  # both processes
     TIPPoModel.from_pretrained(tmp_path / "rl")
 
 
@@ -332,17 +449,60 @@ def test_sft_then_polishppo_run_under_deepspeed_zero3_on_cpu_with_the_causal_dec
     pytest.importorskip("deepspeed")
     from recipe_loading import launch_recipe
 
-    data = ["--demo_dir", str(tmp_path / "demo"), "--demo_num_train", "32", "--demo_num_test", "4",
-            "--feature_cache_dir", str(tmp_path / "cache"), "--logging_steps", "1", "--disable_tqdm", "true"]
-    launch_recipe("sft", "deepspeed_zero3_cpu.yaml", "--config", str(REPO / "recipes/configs/demo_causal_sft.yaml"),
-                  "--output_dir", str(tmp_path / "sft"), "--max_steps", "2", "--save_steps", "2", *data, cwd=tmp_path)
+    data = [
+        "--demo_dir",
+        str(tmp_path / "demo"),
+        "--demo_num_train",
+        "32",
+        "--demo_num_test",
+        "4",
+        "--feature_cache_dir",
+        str(tmp_path / "cache"),
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+    ]
+    launch_recipe(
+        "sft",
+        "deepspeed_zero3_cpu.yaml",
+        "--config",
+        str(REPO / "recipes/configs/demo_causal_sft.yaml"),
+        "--output_dir",
+        str(tmp_path / "sft"),
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+        *data,
+        cwd=tmp_path,
+    )
     assert (tmp_path / "sft/checkpoint-2/global_step2").is_dir()  # DeepSpeed's own checkpoint: it really ran
-    launch_recipe("polishppo", "deepspeed_zero3_cpu.yaml", "--config", str(REPO / "recipes/configs/demo_causal_polishppo.yaml"),
-                  "--model_name_or_path", str(tmp_path / "sft"), "--output_dir", str(tmp_path / "rl"), "--total_iterations", "1",
-                  "--per_device_train_batch_size", "4", "--max_new_tokens", "8", "--save_strategy", "no", *data, cwd=tmp_path)
+    launch_recipe(
+        "polishppo",
+        "deepspeed_zero3_cpu.yaml",
+        "--config",
+        str(REPO / "recipes/configs/demo_causal_polishppo.yaml"),
+        "--model_name_or_path",
+        str(tmp_path / "sft"),
+        "--output_dir",
+        str(tmp_path / "rl"),
+        "--total_iterations",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_new_tokens",
+        "8",
+        "--save_strategy",
+        "no",
+        *data,
+        cwd=tmp_path,
+    )
     policy = TIPPoModel.from_pretrained(tmp_path / "rl")
     assert isinstance(policy.language_model, LlamaForCausalLM)
-    assert policy.get_input_embeddings().weight.shape[0] == TIPPoModel.from_pretrained(tmp_path / "sft").config.vocab_size
+    assert (
+        policy.get_input_embeddings().weight.shape[0] == TIPPoModel.from_pretrained(tmp_path / "sft").config.vocab_size
+    )
 
 
 def smollm2_installed() -> bool:

@@ -12,12 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from killing import max_abs_difference, run_recipe, weights
+
 from tippo_rl import build_tiny_tippo, load_artmuse
 from tippo_rl.checkpoints import CheckpointError, check_checkpoint, resolve_checkpoint
 from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
 from tippo_rl.trainer.ppo_config import PPOConfig
+
 
 REPO = Path(__file__).resolve().parents[1]
 SFT = ("TIPPoScriptArguments", "TIPPoSFTConfig", "TIPPoModelConfig")
@@ -27,21 +28,67 @@ KILLED = -signal.SIGKILL
 
 def sft_arguments(tmp_path, name, *extra):
     return [
-        "--config", str(REPO / "recipes/configs/demo_sft.yaml"), "--output_dir", str(tmp_path / name),
-        "--demo_dir", str(tmp_path / "demo"), "--demo_num_train", "24", "--demo_num_test", "4",
-        "--feature_cache_dir", str(tmp_path / "cache"), "--max_steps", "6", "--save_steps", "2",
-        "--per_device_train_batch_size", "8", "--logging_steps", "1", "--disable_tqdm", "true", *extra,
+        "--config",
+        str(REPO / "recipes/configs/demo_sft.yaml"),
+        "--output_dir",
+        str(tmp_path / name),
+        "--demo_dir",
+        str(tmp_path / "demo"),
+        "--demo_num_train",
+        "24",
+        "--demo_num_test",
+        "4",
+        "--feature_cache_dir",
+        str(tmp_path / "cache"),
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+        *extra,
     ]  # 3 steps per pass over the data: checkpoints 2 (first pass), 4 (second), 6 (the end)
 
 
 def polish_arguments(tmp_path, model, name, *extra):
     return [
-        "--config", str(REPO / "recipes/configs/demo_polishppo.yaml"), "--model_name_or_path", str(model),
-        "--output_dir", str(tmp_path / name), "--demo_dir", str(tmp_path / "demo"), "--demo_num_train", "16",
-        "--demo_num_test", "4", "--feature_cache_dir", str(tmp_path / "cache"), "--total_iterations", "4",
-        "--per_device_train_batch_size", "4", "--steps_per_generation", "2", "--num_ppo_epochs", "1",
-        "--max_new_tokens", "8", "--logging_steps", "1", "--save_steps", "2", "--save_total_limit", "0",
-        "--disable_tqdm", "true", *extra,
+        "--config",
+        str(REPO / "recipes/configs/demo_polishppo.yaml"),
+        "--model_name_or_path",
+        str(model),
+        "--output_dir",
+        str(tmp_path / name),
+        "--demo_dir",
+        str(tmp_path / "demo"),
+        "--demo_num_train",
+        "16",
+        "--demo_num_test",
+        "4",
+        "--feature_cache_dir",
+        str(tmp_path / "cache"),
+        "--total_iterations",
+        "4",
+        "--per_device_train_batch_size",
+        "4",
+        "--steps_per_generation",
+        "2",
+        "--num_ppo_epochs",
+        "1",
+        "--max_new_tokens",
+        "8",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "2",
+        "--save_total_limit",
+        "0",
+        "--disable_tqdm",
+        "true",
+        *extra,
     ]  # an iteration is 8 rollouts in 2 steps, a pass over the data 2 iterations: checkpoints 2, 4 (end of the first
     # pass), 6 (second pass), 8 (the end)
 
@@ -76,7 +123,9 @@ def test_sft_killed_then_resumed_ends_bit_identical(tmp_path, sft_straight, mome
     if moment == "final_save":
         assert not (killed / "model.safetensors").exists()  # a killed final save never looks like a model
     complete = sorted(path.name for path in killed.glob("checkpoint-*"))
-    assert f"checkpoint-{resumes_from}" in complete and all((killed / name / "trainer_state.json").is_file() for name in complete)
+    assert f"checkpoint-{resumes_from}" in complete and all(
+        (killed / name / "trainer_state.json").is_file() for name in complete
+    )
     assert run_recipe("sft", SFT, sft_arguments(tmp_path, "killed", "--resume_from_checkpoint", "last")) == 0
     assert max_abs_difference(weights(killed), weights(sft_straight)) == 0.0
     assert json.loads((killed / "checkpoint-6/trainer_state.json").read_text())["global_step"] == 6
@@ -94,11 +143,18 @@ def test_sft_killed_then_resumed_ends_bit_identical(tmp_path, sft_straight, mome
 )
 def test_polishppo_killed_then_resumed_ends_bit_identical(tmp_path, saved_model, polish_straight, moment, step):
     assert run_recipe("polishppo", POLISH, polish_arguments(tmp_path, saved_model, "killed"), moment, step) == KILLED
-    assert run_recipe("polishppo", POLISH, polish_arguments(tmp_path, saved_model, "killed", "--resume_from_checkpoint", "last")) == 0
+    assert (
+        run_recipe(
+            "polishppo", POLISH, polish_arguments(tmp_path, saved_model, "killed", "--resume_from_checkpoint", "last")
+        )
+        == 0
+    )
     killed, straight = tmp_path / "killed", polish_straight
     assert max_abs_difference(weights(killed), weights(straight)) == 0.0
     for name in ("checkpoint-6", "checkpoint-8"):
-        assert json.loads((killed / name / "ppo_state.json").read_text()) == json.loads((straight / name / "ppo_state.json").read_text())
+        assert json.loads((killed / name / "ppo_state.json").read_text()) == json.loads(
+            (straight / name / "ppo_state.json").read_text()
+        )
     assert json.loads((killed / "checkpoint-8/ppo_state.json").read_text())["iteration"] == 4
     assert not list(killed.glob("checkpoint-9"))
 
@@ -110,14 +166,28 @@ TOKEN = "hf_NotARealTokenButSecret1234"
 
 def sft_trainer(tmp_path, dataset_dir, **overrides):
     settings = dict(
-        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=8, learning_rate=3e-3, logging_steps=1,
-        save_strategy="steps", save_steps=2, report_to="none", use_cpu=True, bf16=False, seed=0,
-        feature_cache_dir=str(tmp_path / "cache"), disable_tqdm=True,
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=2,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        feature_cache_dir=str(tmp_path / "cache"),
+        disable_tqdm=True,
     )
     settings.update(overrides)
     model, processor = build_tiny_tippo(seed=0)
-    return TIPPoSFTTrainer(model=model, args=TIPPoSFTConfig(**settings), processor=processor,
-                           train_dataset=load_artmuse(dataset_dir / "train.jsonl"))
+    return TIPPoSFTTrainer(
+        model=model,
+        args=TIPPoSFTConfig(**settings),
+        processor=processor,
+        train_dataset=load_artmuse(dataset_dir / "train.jsonl"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +205,14 @@ def test_resume_last_or_true_picks_the_newest_complete_checkpoint(finished_run, 
         assert resolve_checkpoint(value, finished_run) == str(finished_run / "checkpoint-4")
     for value in (None, False, "false", ""):
         assert resolve_checkpoint(value, finished_run) is None
-    with pytest.raises(CheckpointError, match=r"--resume_from_checkpoint last: '.*' holds no complete checkpoint-N folder"):
+    with pytest.raises(
+        CheckpointError, match=r"--resume_from_checkpoint last: '.*' holds no complete checkpoint-N folder"
+    ):
         resolve_checkpoint("last", tmp_path)
-    with pytest.raises(CheckpointError, match=r"--resume_from_checkpoint /no/such: no such checkpoint folder; pass a checkpoint-N folder, or 'last'"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"--resume_from_checkpoint /no/such: no such checkpoint folder; pass a checkpoint-N folder, or 'last'",
+    ):
         resolve_checkpoint("/no/such", tmp_path)
     staged = tmp_path / "_incomplete-checkpoint-9"
     staged.mkdir()
@@ -197,7 +272,9 @@ def test_a_checkpoint_missing_its_state_is_called_incomplete(finished_run, tmp_p
     checkpoint = tmp_path / "checkpoint-2"
     shutil.copytree(finished_run / "checkpoint-2", checkpoint)
     (checkpoint / "trainer_state.json").unlink()
-    with pytest.raises(CheckpointError, match=rf"checkpoint '{checkpoint}' is incomplete: it holds no trainer_state.json"):
+    with pytest.raises(
+        CheckpointError, match=rf"checkpoint '{checkpoint}' is incomplete: it holds no trainer_state.json"
+    ):
         check_checkpoint(checkpoint)
 
 
@@ -219,8 +296,15 @@ def test_the_hub_token_is_never_written(finished_run, tmp_path, demo_dataset_dir
     import transformers.trainer
 
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeHub())
-    trainer = sft_trainer(tmp_path, demo_dataset_dir, max_steps=1, save_strategy="no", push_to_hub=True,
-                          hub_model_id="someone/tippo", hub_token=TOKEN)
+    trainer = sft_trainer(
+        tmp_path,
+        demo_dataset_dir,
+        max_steps=1,
+        save_strategy="no",
+        push_to_hub=True,
+        hub_model_id="someone/tippo",
+        hub_token=TOKEN,
+    )
     trainer.train()
     trainer.push_to_hub()
     assert uploads and not [data for data in uploads if TOKEN.encode() in data]

@@ -14,6 +14,7 @@ from PIL import Image
 from tippo_rl import ColumnNames, TIPPoDataCollator, load_artmuse, load_coco_captions, load_hf_dataset
 from tippo_rl.data import DataValidationError
 
+
 GOOD = {"title": "in the garden", "images": ["a.png", "b.png"], "reference": "in the garden there is a red circle."}
 
 
@@ -191,7 +192,9 @@ def test_coco_bad_annotation(folder, annotations, message):
 def test_coco_missing_image_file(folder, caplog):
     images = [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "gone.png"}]
     path = write_coco(folder, COCO_CAPTIONS, images)
-    with pytest.raises(DataValidationError, match=r"image_id 2: field 'file_name': image '.*gone\.png' does not exist"):
+    with pytest.raises(
+        DataValidationError, match=r"image_id 2: field 'file_name': image '.*gone\.png' does not exist"
+    ):
         load_coco_captions(path, folder)
     with caplog.at_level(logging.WARNING, logger="tippo_rl.data"):
         dataset = load_coco_captions(path, folder, on_error="skip")
@@ -267,14 +270,19 @@ def truncated_jpeg(folder, name="cut.jpg"):
 def test_truncated_jpeg_is_a_bad_row_named_by_file_or_skipped(folder, caplog):
     truncated_jpeg(folder)
     path = write_jsonl(folder, [GOOD, {**GOOD, "images": ["a.png", "cut.jpg"]}])
-    with pytest.raises(DataValidationError, match=r"data\.jsonl, line 2: field 'images': image '.*cut\.jpg' cannot be opened: image file is truncated"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"data\.jsonl, line 2: field 'images': image '.*cut\.jpg' cannot be opened: image file is truncated",
+    ):
         load_artmuse(path)
     with caplog.at_level(logging.WARNING, logger="tippo_rl.data"):
         assert len(load_artmuse(path, on_error="skip")) == 1
     assert "skipped 1 bad rows (1× field 'images')" in caplog.text and "--on_bad_rows raise" in caplog.text
 
 
-def test_an_image_damaged_after_validation_is_named_with_its_sample_when_decoded(folder, tiny_model_and_processor, tmp_path):
+def test_an_image_damaged_after_validation_is_named_with_its_sample_when_decoded(
+    folder, tiny_model_and_processor, tmp_path
+):
     from tippo_rl.feature_cache import cache_frozen_features
 
     model, processor = tiny_model_and_processor
@@ -282,21 +290,32 @@ def test_an_image_damaged_after_validation_is_named_with_its_sample_when_decoded
     dataset = load_artmuse(write_jsonl(folder, [{**GOOD, "id": "row-a", "images": ["later.jpg"]}]))
     data = (folder / "later.jpg").read_bytes()
     (folder / "later.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataValidationError, match=r"sample 'row-a': image '.*later\.jpg' cannot be decoded: image file is truncated"):
+    with pytest.raises(
+        DataValidationError, match=r"sample 'row-a': image '.*later\.jpg' cannot be decoded: image file is truncated"
+    ):
         cache_frozen_features(dataset, model, processor, tmp_path / "cache")
 
 
 def test_a_folder_given_as_an_image_is_called_a_folder(folder):
     (folder / "album").mkdir()
     path = write_jsonl(folder, [{**GOOD, "images": ["album"]}])
-    with pytest.raises(DataValidationError, match=r"line 1: field 'images': image '.*album' is a folder, not an image file"):
+    with pytest.raises(
+        DataValidationError, match=r"line 1: field 'images': image '.*album' is a folder, not an image file"
+    ):
         load_artmuse(path)
 
 
 def test_a_line_that_is_not_utf8_is_a_bad_row_naming_file_line_and_byte(folder):
     path = folder / "data.jsonl"
-    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + json.dumps({**GOOD, "title": "caf\u00e9"}, ensure_ascii=False).encode("latin-1") + b"\n")
-    with pytest.raises(DataValidationError, match=rf"{re.escape(str(path))}, line 2: row: not UTF-8 text \(byte 0xe9 at column \d+\)"):
+    path.write_bytes(
+        json.dumps(GOOD).encode()
+        + b"\n"
+        + json.dumps({**GOOD, "title": "caf\u00e9"}, ensure_ascii=False).encode("latin-1")
+        + b"\n"
+    )
+    with pytest.raises(
+        DataValidationError, match=rf"{re.escape(str(path))}, line 2: row: not UTF-8 text \(byte 0xe9 at column \d+\)"
+    ):
         load_artmuse(path)
     assert len(load_artmuse(path, on_error="skip")) == 1
 
@@ -331,14 +350,18 @@ def test_a_reference_longer_than_the_target_length_is_said_once_per_sample(tiny_
     processor = tiny_model_and_processor[1]
     collator = TIPPoDataCollator(processor)
     image = Image.new("RGB", (8, 8), "red")
-    rows = [{"id": "long", "title": "t", "images": [image], "reference": "a red circle. " * 14000},
-            {"id": "short", "title": "t", "images": [image], "reference": "a red circle."}]
+    rows = [
+        {"id": "long", "title": "t", "images": [image], "reference": "a red circle. " * 14000},
+        {"id": "short", "title": "t", "images": [image], "reference": "a red circle."},
+    ]
     with caplog.at_level(logging.WARNING, logger="tippo_rl.data"):
         labels = collator(rows)["labels"]
         collator(rows)
     assert labels.shape[1] == processor.max_target_length
     [record] = [record for record in caplog.records if "reference has" in record.getMessage()]
-    assert re.search(r"sample 'long': reference has \d+ tokens \(196000 characters\); trained on its first 64", record.getMessage())
+    assert re.search(
+        r"sample 'long': reference has \d+ tokens \(196000 characters\); trained on its first 64", record.getMessage()
+    )
 
 
 # ---------------------------------------------------------------------------------------------- extra fields, HF datasets
@@ -366,13 +389,26 @@ def test_save_to_disk_folder_with_an_image_column_and_mapped_columns(folder, tmp
     from datasets import Dataset, DatasetDict, Features, Value
     from datasets import Image as ImageFeature
 
-    features = Features({"name": Value("string"), "image": ImageFeature(), "text": Value("string"), "style": Value("string")})
-    splits = DatasetDict({"train": Dataset.from_dict(hf_rows(folder), features=features), "test": Dataset.from_dict(hf_rows(folder, 1), features=features)})
+    features = Features(
+        {"name": Value("string"), "image": ImageFeature(), "text": Value("string"), "style": Value("string")}
+    )
+    splits = DatasetDict(
+        {
+            "train": Dataset.from_dict(hf_rows(folder), features=features),
+            "test": Dataset.from_dict(hf_rows(folder, 1), features=features),
+        }
+    )
     splits.save_to_disk(tmp_path / "saved")
     dataset = load_hf_dataset(str(tmp_path / "saved"), "train", columns=MAPPED)
-    assert len(dataset) == 3 and dataset[1]["title"] == "title 1" and dataset[1]["reference"] == "a red square number 1."
+    assert (
+        len(dataset) == 3 and dataset[1]["title"] == "title 1" and dataset[1]["reference"] == "a red square number 1."
+    )
     assert len(dataset[0]["images"]) == 1 and isinstance(dataset[0]["images"][0], Image.Image)
-    assert dataset["style"] == ["ink"] * 3 and dataset[0]["id"] == "train-0" and dataset[0]["references"] == [dataset[0]["reference"]]
+    assert (
+        dataset["style"] == ["ink"] * 3
+        and dataset[0]["id"] == "train-0"
+        and dataset[0]["references"] == [dataset[0]["reference"]]
+    )
     assert len(load_hf_dataset(str(tmp_path / "saved"), "test", columns=MAPPED)) == 1
     with pytest.raises(DataValidationError, match="has no split 'validation'; its splits: train, test"):
         load_hf_dataset(str(tmp_path / "saved"), "validation", columns=MAPPED)
@@ -382,7 +418,10 @@ def test_a_misnamed_column_is_named_with_the_columns_found(folder, tmp_path):
     from datasets import Dataset
 
     Dataset.from_dict(hf_rows(folder)).save_to_disk(tmp_path / "saved")
-    with pytest.raises(DataValidationError, match=r"no column 'reference' for the reference \(--reference_column\); its columns: name, image, text, style"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"no column 'reference' for the reference \(--reference_column\); its columns: name, image, text, style",
+    ):
         load_hf_dataset(str(tmp_path / "saved"), columns=ColumnNames(title="name", images="image"))
     with pytest.raises(DataValidationError, match=r"no column 'images' for the images \(--images_column\)"):
         load_hf_dataset(str(tmp_path / "saved"), columns=ColumnNames(title="name", reference="text"))
@@ -403,7 +442,10 @@ def test_jsonl_and_parquet_files_with_paths_and_lists_of_images(folder):
 
 
 def test_imagefolder_with_metadata(folder):
-    rows = [{"file_name": "a.png", "text": "a red square.", "title": "red"}, {"file_name": "b.png", "text": "a blue one.", "title": "blue"}]
+    rows = [
+        {"file_name": "a.png", "text": "a red square.", "title": "red"},
+        {"file_name": "b.png", "text": "a blue one.", "title": "blue"},
+    ]
     (folder / "metadata.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     dataset = load_hf_dataset(str(folder), columns=ColumnNames(images="image", reference="text"))
     assert sorted(dataset["reference"]) == ["a blue one.", "a red square."] and len(dataset[0]["images"]) == 1
@@ -412,10 +454,16 @@ def test_imagefolder_with_metadata(folder):
 def test_hf_rows_are_validated_like_jsonl_rows(folder, tmp_path, caplog):
     from datasets import Dataset
 
-    rows = {"title": ["t", "t", ""], "images": [[str(folder / "a.png")], [str(folder / "nope.png")], [str(folder / "a.png")]], "text": ["r", "r", "r"]}
+    rows = {
+        "title": ["t", "t", ""],
+        "images": [[str(folder / "a.png")], [str(folder / "nope.png")], [str(folder / "a.png")]],
+        "text": ["r", "r", "r"],
+    }
     Dataset.from_dict(rows).save_to_disk(tmp_path / "saved")
     columns = ColumnNames(reference="text")
-    with pytest.raises(DataValidationError, match=r"split 'train', row 1: field 'images': image .*nope.png' does not exist"):
+    with pytest.raises(
+        DataValidationError, match=r"split 'train', row 1: field 'images': image .*nope.png' does not exist"
+    ):
         load_hf_dataset(str(tmp_path / "saved"), columns=columns)
     with caplog.at_level(logging.WARNING):
         dataset = load_hf_dataset(str(tmp_path / "saved"), columns=columns, on_error="skip")
@@ -435,7 +483,11 @@ def test_an_unreadable_dataset_name_says_so(tmp_path):
         load_hf_dataset("no-such-org/no-such-dataset")
 
 
-def test_a_python_dataset_whose_target_is_named_text_is_refused_not_trained_on_empty_labels(tiny_model_and_processor, folder):
+def test_a_python_dataset_whose_target_is_named_text_is_refused_not_trained_on_empty_labels(
+    tiny_model_and_processor, folder
+):
     rows = [{"id": "s1", "title": "t", "images": [Image.open(folder / "a.png")], "text": "the target"}]
-    with pytest.raises(DataValidationError, match=r"sample 's1' has no column 'reference'.*its columns: id, title, images, text"):
+    with pytest.raises(
+        DataValidationError, match=r"sample 's1' has no column 'reference'.*its columns: id, title, images, text"
+    ):
         TIPPoDataCollator(tiny_model_and_processor[1])(rows)

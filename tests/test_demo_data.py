@@ -5,14 +5,13 @@ the same scenes, and descriptions are read back field by field."""
 from __future__ import annotations
 
 import json
+import random
 import re
 
 import pytest
 from PIL import Image
 
 from tippo_rl import load_artmuse, make_demo_dataset
-import random
-
 from tippo_rl.demo_data import (
     COLOURS,
     OFF_PLACE_PROBABILITY,
@@ -25,6 +24,7 @@ from tippo_rl.demo_data import (
     titles_of,
 )
 from tippo_rl.presets import build_tiny_processor
+
 
 ZH_COLOUR = {zh: en for en, (_, zh) in COLOURS.items()}
 ZH_SHAPE = {zh: en for en, zh in SHAPES.items()}
@@ -94,7 +94,9 @@ def test_chinese_variant_shows_the_same_scenes(tmp_path):
     for en_row, zh_row in zip(read_rows(english), read_rows(chinese), strict=True):
         assert zh_row["images"] == en_row["images"]
         assert zh_row["place"] == en_row["place"] and zh_row["title"] in titles_of(zh_row["place"], "zh")
-        assert titles_of(en_row["place"], "en").index(en_row["title"]) == titles_of(zh_row["place"], "zh").index(zh_row["title"])
+        assert titles_of(en_row["place"], "en").index(en_row["title"]) == titles_of(zh_row["place"], "zh").index(
+            zh_row["title"]
+        )
         assert zh_row["reference"].startswith(PLACES[zh_row["place"]][1] + "有") and zh_row["reference"].endswith("。")
         assert described_objects(zh_row["reference"], "zh") == described_objects(en_row["reference"], "en")
     assert "一个" in (chinese / "train.jsonl").read_text(encoding="utf-8")  # written as UTF-8, not \u escapes
@@ -132,7 +134,12 @@ def test_bad_arguments(tmp_path, kwargs, message):
 
 
 def test_images_share_the_scene_place_as_a_noisy_background(demo_dataset_dir):
-    shown = [(row["place"], where) for split in ("train", "test") for row in read_rows(demo_dataset_dir, split) for where in row["shown_places"]]
+    shown = [
+        (row["place"], where)
+        for split in ("train", "test")
+        for row in read_rows(demo_dataset_dir, split)
+        for where in row["shown_places"]
+    ]
     on_place = sum(place == where for place, where in shown) / len(shown)
     assert len(shown) > 60 and abs(on_place - (1 - OFF_PLACE_PROBABILITY)) < 0.15
 
@@ -163,6 +170,13 @@ def test_scene_field_accuracy_counts_each_field():
     accuracy = scene_field_accuracy(predictions, references)
     # place: 1 of 2; count: 0 of 2; per reference object (3): colour red✓ blue✗ green✓, shape circle✗ square✗ triangle✓;
     # any order: shared {green triangle} + {} = 1 of (1 + 2) + (2 + 1) named → 2·1/6
-    assert accuracy == {"place": 0.5, "count": 0.0, "colour": 2 / 3, "shape": 1 / 3, "object": 1 / 3, "objects_any_order": 2 / 6}
+    assert accuracy == {
+        "place": 0.5,
+        "count": 0.0,
+        "colour": 2 / 3,
+        "shape": 1 / 3,
+        "object": 1 / 3,
+        "objects_any_order": 2 / 6,
+    }
     with pytest.raises(ValueError, match="2 predictions for 1 references"):
         scene_field_accuracy(predictions, references[:1])

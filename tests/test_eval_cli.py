@@ -17,6 +17,7 @@ import pytest
 from tippo_rl.eval import main  # noqa: E402
 from tippo_rl.metrics import compute_metrics  # noqa: E402
 
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NGRAM = "bleu,rouge_l,cider"
 
@@ -118,7 +119,11 @@ def test_module_entry_point_in_a_subprocess(jsonl_files):
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
         [sys.executable, "-m", "tippo_rl.eval", "-p", jsonl_files[0], "-r", jsonl_files[1], "--metrics", NGRAM],
-        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)  # stdout holds exactly the JSON object
@@ -142,8 +147,9 @@ def test_mismatched_ids_exit_2_naming_them(tmp_path, capsys):
     preds = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "prediction": "a"}, {"id": 17, "prediction": "b"}])
     refs = write_jsonl(tmp_path / "r.jsonl", [{"id": 1, "references": ["a"]}, {"id": 4, "references": ["c"]}])
     code, out, err = run_main(capsys, "-p", preds, "-r", refs, "--metrics", NGRAM)
-    assert_one_line_error(code, out, err, "without references (ids: '17')", "without a prediction (ids: '4')",
-                          "--on-missing skip")
+    assert_one_line_error(
+        code, out, err, "without references (ids: '17')", "without a prediction (ids: '4')", "--on-missing skip"
+    )
 
     code, out, err = run_main(capsys, "-p", preds, "-r", refs, "--metrics", "bleu", "--on-missing", "skip")
     assert code == 0 and json.loads(out)["n_samples"] == 1 and json.loads(out)["n_skipped"] == 2

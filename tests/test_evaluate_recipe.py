@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from recipe_loading import load_recipe
 from trl import TrlParser
 
 from tippo_rl import load_artmuse
@@ -15,10 +16,8 @@ from tippo_rl.generation import generate_predictions
 from tippo_rl.recipe_args import TIPPoScriptArguments
 from tippo_rl.reports import EvaluationArguments
 
-from recipe_loading import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-
 
 
 evaluate = load_recipe("evaluate")
@@ -35,20 +34,26 @@ def demo_split(demo_dataset_dir: Path, max_eval_samples: int = 4) -> TIPPoScript
 
 def fast_metrics(**overrides) -> EvaluationArguments:
     # No Java in this test (METEOR and PTB have their own tests in test_metrics.py): it stays fast.
-    return EvaluationArguments(**{"metrics": ["bleu", "rouge_l", "cider"], "tokenize": "none", "lang": "en", "batch_size": 3, **overrides})
+    return EvaluationArguments(
+        **{"metrics": ["bleu", "rouge_l", "cider"], "tokenize": "none", "lang": "en", "batch_size": 3, **overrides}
+    )
 
 
 def test_two_models_give_predictions_metrics_report_and_printed_table(
     tmp_path, demo_dataset_dir, saved_model, tiny_model_varied_outputs, tiny_model_and_processor, capsys
 ):
-    models = evaluate.EvaluateArguments(models=["untrained=tiny", f"trained={saved_model}"], output_dir=str(tmp_path / "out"))
+    models = evaluate.EvaluateArguments(
+        models=["untrained=tiny", f"trained={saved_model}"], output_dir=str(tmp_path / "out")
+    )
     table = evaluate.main(demo_split(demo_dataset_dir), models, fast_metrics(max_new_tokens=12))
     out = tmp_path / "out"
 
     assert table in capsys.readouterr().out
     report = (out / "report.md").read_text()
     assert "| Model | BLEU-4 | ROUGE-L | CIDEr | empty |" in report
-    assert re.search(r"\| untrained \| 0\.00 \| \d+\.\d\d \| 0\.00 \| 0/4 \|", report)  # the fresh preset's text is noise
+    assert re.search(
+        r"\| untrained \| 0\.00 \| \d+\.\d\d \| 0\.00 \| 0/4 \|", report
+    )  # the fresh preset's text is noise
     assert "| trained |" in report and "## Examples" in report
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -72,17 +77,35 @@ def test_models_trained_by_the_recipes_get_their_training_curves_plotted(tmp_pat
 
     sft, polish = tmp_path / "sft", tmp_path / "polish"
     for folder, history in (
-        (sft, [{"step": 1, "loss/ntp": 3.0, "loss/contrastive": 2.0}, {"step": 2, "loss/ntp": 1.5, "loss/contrastive": 1.9}]),
-        (polish, [{"step": 4, "rewards/literal/mean": 0.7, "returns/mean": 1.6}, {"step": 8, "rewards/literal/mean": 0.8, "returns/mean": 1.7}]),
+        (
+            sft,
+            [
+                {"step": 1, "loss/ntp": 3.0, "loss/contrastive": 2.0},
+                {"step": 2, "loss/ntp": 1.5, "loss/contrastive": 1.9},
+            ],
+        ),
+        (
+            polish,
+            [
+                {"step": 4, "rewards/literal/mean": 0.7, "returns/mean": 1.6},
+                {"step": 8, "rewards/literal/mean": 0.8, "returns/mean": 1.7},
+            ],
+        ),
     ):
         shutil.copytree(saved_model, folder)
         (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
-    models = evaluate.EvaluateArguments(models=[f"SFT={sft}", f"RL={polish}", f"no log={saved_model}"], output_dir=str(tmp_path / "out"))
+    models = evaluate.EvaluateArguments(
+        models=[f"SFT={sft}", f"RL={polish}", f"no log={saved_model}"], output_dir=str(tmp_path / "out")
+    )
     evaluate.main(demo_split(demo_dataset_dir, 2), models, fast_metrics(max_new_tokens=4))
 
     assert (tmp_path / "out/training_curves.png").stat().st_size > 10_000
     report = (tmp_path / "out/report.md").read_text()
-    assert "## Training curves" in report and "(SFT, RL)" in report and "![training curves](training_curves.png)" in report
+    assert (
+        "## Training curves" in report
+        and "(SFT, RL)" in report
+        and "![training curves](training_curves.png)" in report
+    )
     histories = {"SFT": json.loads((sft / "trainer_state.json").read_text())["log_history"]}
     from tippo_rl.reports import TRAINING_CURVES, training_log_history
 
@@ -91,7 +114,9 @@ def test_models_trained_by_the_recipes_get_their_training_curves_plotted(tmp_pat
 
 
 @pytest.mark.parametrize("make_folder", [False, True])
-def test_missing_checkpoint_is_named_with_the_command_that_trains_it(tmp_path, monkeypatch, demo_dataset_dir, make_folder):
+def test_missing_checkpoint_is_named_with_the_command_that_trains_it(
+    tmp_path, monkeypatch, demo_dataset_dir, make_folder
+):
     monkeypatch.chdir(tmp_path)  # `outputs/demo_sft` here is relative to where the recipes run
     if make_folder:
         Path("outputs/demo_sft/checkpoint-100").mkdir(parents=True)  # an interrupted run: no final model
@@ -151,7 +176,11 @@ def test_bad_evaluation_settings_are_refused(settings, match):
 def test_demo_config_parses_to_the_before_after_comparison():
     parser = TrlParser((TIPPoScriptArguments, evaluate.EvaluateArguments, EvaluationArguments))
     _, models, settings = parser.parse_args_and_config(["--config", str(REPO / "recipes/configs/demo_evaluate.yaml")])
-    assert models.models == [("untrained", "tiny"), ("SFT", "outputs/demo_sft"), ("SFT + PolishPPO", "outputs/demo_polishppo")]
+    assert models.models == [
+        ("untrained", "tiny"),
+        ("SFT", "outputs/demo_sft"),
+        ("SFT + PolishPPO", "outputs/demo_polishppo"),
+    ]
     assert (settings.tokenize, settings.lang, settings.num_beams, settings.do_sample) == ("ptb", "en", 1, False)
 
 
@@ -159,7 +188,11 @@ def test_demo_config_parses_to_the_before_after_comparison():
     ("config", "paths", "settings"),
     [
         ("artmuse_evaluate.yaml", ["train_file", "eval_file", "image_root"], ("jieba", "zh", "bertscore")),
-        ("cococn_evaluate.yaml", ["coco_train_annotations", "coco_eval_annotations", "coco_image_dir"], ("jieba", "zh", "cider")),
+        (
+            "cococn_evaluate.yaml",
+            ["coco_train_annotations", "coco_eval_annotations", "coco_image_dir"],
+            ("jieba", "zh", "cider"),
+        ),
     ],
 )
 def test_paper_configs_parse_once_their_data_paths_exist(tmp_path, config, paths, settings):
@@ -168,7 +201,9 @@ def test_paper_configs_parse_once_their_data_paths_exist(tmp_path, config, paths
         (tmp_path / name).touch()
     placeholders = [argument for name in paths for argument in (f"--{name}", str(tmp_path / name))]
     parser = TrlParser((TIPPoScriptArguments, evaluate.EvaluateArguments, EvaluationArguments))
-    _, models, evaluation = parser.parse_args_and_config(["--config", str(REPO / "recipes/configs" / config), *placeholders])
+    _, models, evaluation = parser.parse_args_and_config(
+        ["--config", str(REPO / "recipes/configs" / config), *placeholders]
+    )
     assert [name for name, _ in models.models] == ["SFT", "SFT + PolishPPO"]
     assert (evaluation.tokenize, evaluation.lang) == settings[:2] and settings[2] in evaluation.metrics
 
@@ -181,9 +216,21 @@ def test_generation_kwargs_reach_generate_from_the_command_line():
     recipe = load_recipe("evaluate")
     parser = TrlParser((TIPPoScriptArguments, recipe.EvaluateArguments, EvaluationArguments))
     _, _, eval_args = parser.parse_args_and_config(
-        args=["--models", "tiny", "--num_beams", "2", "--generation_kwargs", '{"repetition_penalty": 1.2, "no_repeat_ngram_size": 3}']
+        args=[
+            "--models",
+            "tiny",
+            "--num_beams",
+            "2",
+            "--generation_kwargs",
+            '{"repetition_penalty": 1.2, "no_repeat_ngram_size": 3}',
+        ]
     )
-    assert eval_args.generate_kwargs() == {"num_beams": 2, "do_sample": False, "repetition_penalty": 1.2, "no_repeat_ngram_size": 3}
+    assert eval_args.generate_kwargs() == {
+        "num_beams": 2,
+        "do_sample": False,
+        "repetition_penalty": 1.2,
+        "no_repeat_ngram_size": 3,
+    }
 
 
 def test_training_curves_fall_back_on_the_newest_checkpoints_log(tmp_path):
@@ -191,6 +238,8 @@ def test_training_curves_fall_back_on_the_newest_checkpoints_log(tmp_path):
 
     for step, loss in ((2, 3.0), (10, 1.0)):
         (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}/trainer_state.json").write_text(json.dumps({"log_history": [{"step": step, "loss": loss}]}))
+        (tmp_path / f"checkpoint-{step}/trainer_state.json").write_text(
+            json.dumps({"log_history": [{"step": step, "loss": loss}]})
+        )
     assert training_log_history(tmp_path) == [{"step": 10, "loss": 1.0}]  # checkpoint-10, not checkpoint-2 (by name)
     assert training_log_history(tmp_path / "absent") is None

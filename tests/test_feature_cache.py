@@ -67,8 +67,10 @@ def test_cached_features_give_identical_outputs(
     from_cache = collator([cached[i] for i in rows])
     with torch.no_grad():
         image_features, title_features = model.encode_frozen_features(
-            from_pixels["pixel_values"], from_pixels["image_mask"],
-            from_pixels["title_input_ids"], from_pixels["title_attention_mask"],
+            from_pixels["pixel_values"],
+            from_pixels["image_mask"],
+            from_pixels["title_input_ids"],
+            from_pixels["title_attention_mask"],
         )
     torch.testing.assert_close(from_cache["image_features"], image_features, rtol=0, atol=1e-6)
     torch.testing.assert_close(from_cache["title_features"], title_features, rtol=0, atol=1e-6)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from tippo_rl.generation import main
 
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -27,21 +28,52 @@ def two_images(demo_dataset_dir):
     raise AssertionError("no demo sample with two images")
 
 
-def test_prints_the_models_greedy_generation(saved_model, two_images, tiny_model_varied_outputs, tiny_model_and_processor, capsys):
+def test_prints_the_models_greedy_generation(
+    saved_model, two_images, tiny_model_varied_outputs, tiny_model_and_processor, capsys
+):
     title, images = two_images
-    assert main(["--model", str(saved_model), "--title", title, "--images", *images, "--max_new_tokens", "12", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(saved_model),
+                "--title",
+                title,
+                "--images",
+                *images,
+                "--max_new_tokens",
+                "12",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out.strip()
 
     processor = tiny_model_and_processor[1]
     batch = processor(titles=[title], images=[[Image.open(path) for path in images]])
     with torch.no_grad():
-        expected = processor.batch_decode(tiny_model_varied_outputs.generate(**batch, num_beams=1, do_sample=False, max_new_tokens=12))[0]
+        expected = processor.batch_decode(
+            tiny_model_varied_outputs.generate(**batch, num_beams=1, do_sample=False, max_new_tokens=12)
+        )[0]
     assert printed == expected.strip() and printed  # the varied model says something, and exactly what it generates
 
 
 def test_beam_search_and_sampling_options_run(saved_model, two_images, capsys):
     title, images = two_images
-    common = ["--model", str(saved_model), "--title", title, "--images", *images, "--max_new_tokens", "6", "--device", "cpu"]
+    common = [
+        "--model",
+        str(saved_model),
+        "--title",
+        title,
+        "--images",
+        *images,
+        "--max_new_tokens",
+        "6",
+        "--device",
+        "cpu",
+    ]
     assert main([*common, "--num_beams", "3"]) == 0
     assert main([*common, "--do_sample", "--temperature", "0.7"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
@@ -61,7 +93,10 @@ def test_installed_command_reports_a_missing_image(saved_model, tmp_path):
         pytest.skip(f"{command} is not installed (pip install -e .)")
     missing = tmp_path / "gone.jpg"
     result = subprocess.run(
-        [str(command), "--model", str(saved_model), "--images", str(missing)], capture_output=True, text=True, timeout=120
+        [str(command), "--model", str(saved_model), "--images", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert f"tippo-generate: image '{missing}' does not exist" in result.stderr
@@ -82,11 +117,32 @@ def test_batch_mode_jsonl_in_jsonl_out_with_several_texts_per_sample(saved_model
     rows = [json.loads(line) for line in (demo_dataset_dir / "test.jsonl").read_text().splitlines()][:3]
     inputs = tmp_path / "inputs.jsonl"
     # No references needed; relative image paths start from the input file's folder, so write absolute ones here.
-    inputs.write_text("".join(json.dumps({"id": r["id"], "title": r["title"], "images": [str(demo_dataset_dir / p) for p in r["images"]]}) + "\n" for r in rows))
-    common = ["--model", str(saved_model), "--input_file", str(inputs), "--max_new_tokens", "6", "--device", "cpu", "--batch_size", "2"]
+    inputs.write_text(
+        "".join(
+            json.dumps(
+                {"id": r["id"], "title": r["title"], "images": [str(demo_dataset_dir / p) for p in r["images"]]}
+            )
+            + "\n"
+            for r in rows
+        )
+    )
+    common = [
+        "--model",
+        str(saved_model),
+        "--input_file",
+        str(inputs),
+        "--max_new_tokens",
+        "6",
+        "--device",
+        "cpu",
+        "--batch_size",
+        "2",
+    ]
     assert main([*common, "--output_file", str(tmp_path / "out.jsonl")]) == 0
     greedy = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [row["id"] for row in greedy] == [r["id"] for r in rows] and all(isinstance(row["generation"], str) for row in greedy)
+    assert [row["id"] for row in greedy] == [r["id"] for r in rows] and all(
+        isinstance(row["generation"], str) for row in greedy
+    )
     assert main([*common, "--num_beams", "3", "--num_return_sequences", "2"]) == 0
     beams = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [len(row["generations"]) for row in beams] == [2, 2, 2]
@@ -109,12 +165,16 @@ def test_batch_mode_errors_and_every_option_has_help(saved_model, tmp_path, caps
     assert "give one sample (--images, with --title) or a batch (--input_file)" in capsys.readouterr().err
 
 
-def test_generation_and_scoring_show_progress_bars(tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, capsys):
+def test_generation_and_scoring_show_progress_bars(
+    tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, capsys
+):
     from tippo_rl import compute_metrics, load_artmuse
     from tippo_rl.generation import generate_predictions
 
     dataset = load_artmuse(demo_dataset_dir / "test.jsonl").select(range(3))
-    predictions = generate_predictions(tiny_model_varied_outputs, tiny_model_and_processor[1], dataset, batch_size=2, progress=True, max_new_tokens=4)
+    predictions = generate_predictions(
+        tiny_model_varied_outputs, tiny_model_and_processor[1], dataset, batch_size=2, progress=True, max_new_tokens=4
+    )
     compute_metrics(predictions, dict(zip(dataset["id"], dataset["references"])), metrics=["rouge_l"], progress=True)
     err = capsys.readouterr().err
     assert "Generating" in err and "/3 " in err and "Scoring" in err

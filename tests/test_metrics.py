@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tippo_rl import metrics as M  # noqa: E402
@@ -25,6 +26,7 @@ from tippo_rl.metrics import (  # noqa: E402
     normalize_metric_names,
     tokenize_texts,
 )
+
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="needs Java (METEOR / PTB tokenizer)")
 
@@ -280,7 +282,18 @@ def tiny_bert_dir(tmp_path_factory):
     from transformers import BertConfig, BertModel, BertTokenizer
 
     d = tmp_path_factory.mktemp("tiny_bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"一只狗在草地上跑猫两个男人街走", "a", "dog", "runs", "cat"]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *"一只狗在草地上跑猫两个男人街走",
+        "a",
+        "dog",
+        "runs",
+        "cat",
+    ]
     (d / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     BertTokenizer(str(d / "vocab.txt")).save_pretrained(d)
     torch.manual_seed(0)
@@ -301,7 +314,11 @@ def test_bertscore_with_a_local_model(tiny_bert_dir):
     refs = {1: ["一只狗在草地上跑"], 2: ["一只猫"], 3: ["一只猫"], 4: ["a cat", "a dog runs"]}
     with pytest.warns(MetricsWarning, match="empty"):
         r = compute_metrics(
-            preds, refs, metrics=("bertscore",), bertscore_model=tiny_bert_dir, bertscore_num_layers=2,
+            preds,
+            refs,
+            metrics=("bertscore",),
+            bertscore_model=tiny_bert_dir,
+            bertscore_num_layers=2,
             bertscore_device="cpu",
         )
     ps = r.per_sample
@@ -319,7 +336,11 @@ def test_bertscore_unknown_model_needs_num_layers(tmp_path):
         compute_metrics({1: "a"}, {1: ["a"]}, metrics=("bertscore",), bertscore_model=str(tmp_path))
     with pytest.raises(ExternalToolError, match="could not load BERTScore model"):
         compute_metrics(
-            {1: "a"}, {1: ["a"]}, metrics=("bertscore",), bertscore_model=str(tmp_path / "nope"), bertscore_num_layers=1
+            {1: "a"},
+            {1: ["a"]},
+            metrics=("bertscore",),
+            bertscore_model=str(tmp_path / "nope"),
+            bertscore_num_layers=1,
         )
 
 
@@ -342,13 +363,14 @@ def test_none_prediction_counts_as_missing():
 
 def test_long_id_lists_are_shortened():
     with pytest.raises(ValueError, match=r"ids: 0, 1, .*, 9, \.\.\. and 5 more"):
-        score({i: "a" for i in range(15)}, {100: ["a"]})
+        score(dict.fromkeys(range(15), "a"), {100: ["a"]})
 
 
 def test_skip_leaves_out_mismatched_ids_with_a_counted_warning():
     with pytest.warns(MetricsWarning, match="skipped 1 prediction without references"):
-        r = compute_metrics({1: "a b", 2: "a c", 9: "z"}, {1: ["a b"], 2: ["a c"], 5: ["q"]}, metrics=NGRAM,
-                            on_missing="skip")
+        r = compute_metrics(
+            {1: "a b", 2: "a c", 9: "z"}, {1: ["a b"], 2: ["a c"], 5: ["q"]}, metrics=NGRAM, on_missing="skip"
+        )
     assert r.n_samples == 2 and list(r.per_sample) == [1, 2]
     assert r.skipped == {"predictions_without_references": [9], "references_without_predictions": [5]}
     assert r.summary()["n_skipped"] == 2
@@ -373,8 +395,9 @@ def test_empty_references():
     with pytest.raises(ValueError, match=r"1 id without any non-empty reference \(ids: 8\)"):
         score({7: "a b", 8: "c"}, {7: ["a b"], 8: []})
     with pytest.warns(MetricsWarning) as caught:
-        r = compute_metrics({7: "a b", 8: "c", 9: "d"}, {7: ["a b", ""], 8: [], 9: ["d"]}, metrics=NGRAM,
-                            on_missing="skip")
+        r = compute_metrics(
+            {7: "a b", 8: "c", 9: "d"}, {7: ["a b", ""], 8: [], 9: ["d"]}, metrics=NGRAM, on_missing="skip"
+        )
     assert r.n_dropped_references == 1 and r.skipped == {"without_nonempty_references": [8]}
     assert any("dropped 1 empty reference" in str(w.message) for w in caught)
     assert list(r.per_sample) == [7, 9]

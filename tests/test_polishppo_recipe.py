@@ -10,22 +10,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from recipe_loading import launch_recipe, load_recipe
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel, TIPPoProcessor
 from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
 
-from recipe_loading import launch_recipe, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes/polishppo.py"
 DEMO = REPO / "recipes/configs/demo_polishppo.yaml"
 
 
-
 def parse(*arguments):
-    return TrlParser((TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig)).parse_args_and_config(args=list(arguments))
+    return TrlParser((TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig)).parse_args_and_config(
+        args=list(arguments)
+    )
 
 
 @pytest.fixture
@@ -36,11 +37,32 @@ def sft_dir(saved_model):
 
 def short_run_arguments(tmp_path, sft_dir, iterations=2):
     return [
-        "--config", str(DEMO), "--model_name_or_path", str(sft_dir), "--output_dir", str(tmp_path / "out"),
-        "--demo_dir", str(tmp_path / "demo"), "--demo_num_train", "32", "--demo_num_test", "4",
-        "--feature_cache_dir", str(tmp_path / "cache"), "--total_iterations", str(iterations),
-        "--per_device_train_batch_size", "4", "--max_new_tokens", "12", "--logging_steps", "1",
-        "--save_steps", str(4 * iterations), "--disable_tqdm", "true",  # an iteration is 4 steps: save at the end
+        "--config",
+        str(DEMO),
+        "--model_name_or_path",
+        str(sft_dir),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--demo_dir",
+        str(tmp_path / "demo"),
+        "--demo_num_train",
+        "32",
+        "--demo_num_test",
+        "4",
+        "--feature_cache_dir",
+        str(tmp_path / "cache"),
+        "--total_iterations",
+        str(iterations),
+        "--per_device_train_batch_size",
+        "4",
+        "--max_new_tokens",
+        "12",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        str(4 * iterations),
+        "--disable_tqdm",
+        "true",  # an iteration is 4 steps: save at the end
     ]
 
 
@@ -84,14 +106,22 @@ def test_recipe_runs_with_python_and_saves_a_loadable_model(tmp_path, sft_dir):
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, str(RECIPE), *short_run_arguments(tmp_path, sft_dir)],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     history = json.loads((tmp_path / "out/checkpoint-8/trainer_state.json").read_text())["log_history"]
     assert [entry["iteration"] for entry in history if "iteration" in entry] == [0.0, 1.0]  # m, logged once
-    assert all("rewards/semantic/mean" in entry and "polish/m" not in entry for entry in history if "iteration" in entry)
+    assert all(
+        "rewards/semantic/mean" in entry and "polish/m" not in entry for entry in history if "iteration" in entry
+    )
     # The final log history beside the model, for recipes/evaluate.py's training curves.
-    assert json.loads((tmp_path / "out/trainer_state.json").read_text())["log_history"][:-1] == history  # + the run summary
+    assert (
+        json.loads((tmp_path / "out/trainer_state.json").read_text())["log_history"][:-1] == history
+    )  # + the run summary
     model = TIPPoModel.from_pretrained(tmp_path / "out")
     TIPPoProcessor.from_pretrained(tmp_path / "out")
     assert model.config.model_type == "tippo"
@@ -99,13 +129,26 @@ def test_recipe_runs_with_python_and_saves_a_loadable_model(tmp_path, sft_dir):
 
 def test_recipe_with_lora_saves_the_merged_model_and_the_adapter(tmp_path, sft_dir):
     recipe = load_recipe("polishppo")
-    recipe.main(*parse(*short_run_arguments(tmp_path, sft_dir, iterations=1), "--use_peft", "true", "--lora_r", "4",
-                       "--lora_alpha", "8", "--learning_rate", "1e-2"))
+    recipe.main(
+        *parse(
+            *short_run_arguments(tmp_path, sft_dir, iterations=1),
+            "--use_peft",
+            "true",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--learning_rate",
+            "1e-2",
+        )
+    )
     adapter_config = json.loads((tmp_path / "out/adapter/adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(Path(sft_dir).resolve())  # the SFT folder it started from
     merged = TIPPoModel.from_pretrained(tmp_path / "out")
     start = TIPPoModel.from_pretrained(sft_dir)
-    changed = [name for name, tensor in merged.state_dict().items() if not torch.equal(tensor, start.state_dict()[name])]
+    changed = [
+        name for name, tensor in merged.state_dict().items() if not torch.equal(tensor, start.state_dict()[name])
+    ]
     assert any("language_model" in name for name in changed)  # LoRA merged into the decoder
     assert any("text_adapter" in name for name in changed)  # TIPPo's own modules train fully
     assert not any(name.startswith("encoder.") for name in changed)  # φ stays frozen
@@ -128,12 +171,28 @@ def test_k_completions_per_prompt_stay_whole_groups_on_each_of_two_ddp_processes
     plugin = f"{REPO / 'tests/group_alignment_reward.py'}:GroupAlignment"
     init = json.dumps({plugin: {"k": 2, "record_dir": str(tmp_path / "ids")}})
     launch_recipe(
-        "polishppo", "ddp_2proc_cpu.yaml", *short_run_arguments(tmp_path, sft_dir),
-        "--num_generations", "2", "--advantage_baseline", "leave_one_out",
-        "--reward_funcs", "literal", "semantic", plugin, "--reward_weights", "1", "1", "0", "--reward_init_kwargs", init,
+        "polishppo",
+        "ddp_2proc_cpu.yaml",
+        *short_run_arguments(tmp_path, sft_dir),
+        "--num_generations",
+        "2",
+        "--advantage_baseline",
+        "leave_one_out",
+        "--reward_funcs",
+        "literal",
+        "semantic",
+        plugin,
+        "--reward_weights",
+        "1",
+        "1",
+        "0",
+        "--reward_init_kwargs",
+        init,
         cwd=tmp_path,
     )  # the plug-in fails the run if any 2 consecutive rows of a rollout batch are not one prompt with its columns
-    ranks = [[json.loads(line) for line in (tmp_path / f"ids/rank{rank}.jsonl").read_text().splitlines()] for rank in (0, 1)]
+    ranks = [
+        [json.loads(line) for line in (tmp_path / f"ids/rank{rank}.jsonl").read_text().splitlines()] for rank in (0, 1)
+    ]
     assert [len(batches) for batches in ranks] == [2, 2]  # one rollout batch per iteration on each process
     for batch_0, batch_1 in zip(*ranks):
         assert len(batch_0) == len(batch_1) == 8  # 4 prompts × k = 2 per process

@@ -6,11 +6,12 @@ import json
 import textwrap
 from pathlib import Path
 
+from recipe_loading import load_recipe
+
 from tippo_rl import TIPPoModel
 from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoParser, TIPPoScriptArguments
 from tippo_rl.trainer.ppo_config import PPOConfig
 
-from recipe_loading import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "recipes/configs/demo_ppo.yaml"
@@ -38,13 +39,40 @@ def test_demo_config_parses_as_standard_ppo():
 def test_recipe_trains_with_a_user_reward_alone_which_reads_an_extra_column(tmp_path, saved_model):
     plugin = tmp_path / "my_rewards.py"
     plugin.write_text(textwrap.dedent(USER_REWARD))
-    load_recipe("ppo").main(*parse(
-        "--config", str(DEMO), "--model_name_or_path", str(saved_model), "--output_dir", str(tmp_path / "out"),
-        "--demo_dir", str(tmp_path / "demo"), "--demo_num_train", "16", "--demo_num_test", "4",
-        "--feature_cache_dir", str(tmp_path / "cache"), "--total_iterations", "2", "--per_device_train_batch_size", "4",
-        "--max_new_tokens", "8", "--logging_steps", "1", "--save_steps", "8", "--disable_tqdm", "true",
-        "--reward_funcs", f"{plugin}:mentions_place", "--reward_weights", "1",
-    ))
+    load_recipe("ppo").main(
+        *parse(
+            "--config",
+            str(DEMO),
+            "--model_name_or_path",
+            str(saved_model),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--demo_dir",
+            str(tmp_path / "demo"),
+            "--demo_num_train",
+            "16",
+            "--demo_num_test",
+            "4",
+            "--feature_cache_dir",
+            str(tmp_path / "cache"),
+            "--total_iterations",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_new_tokens",
+            "8",
+            "--logging_steps",
+            "1",
+            "--save_steps",
+            "8",
+            "--disable_tqdm",
+            "true",
+            "--reward_funcs",
+            f"{plugin}:mentions_place",
+            "--reward_weights",
+            "1",
+        )
+    )
     history = json.loads((tmp_path / "out/checkpoint-8/trainer_state.json").read_text())["log_history"]
     logged = [entry for entry in history if "rewards/mentions_place/mean" in entry]
     assert [entry["iteration"] for entry in logged] == [0.0, 1.0]
@@ -57,14 +85,43 @@ def test_recipe_trains_with_a_user_reward_alone_which_reads_an_extra_column(tmp_
 def test_recipe_on_a_hub_style_dataset_passes_its_other_columns_to_the_reward(tmp_path, saved_model, demo_dataset_dir):
     from tippo_rl import load_artmuse
 
-    load_artmuse(demo_dataset_dir / "train.jsonl").rename_column("reference", "text").remove_columns("references").save_to_disk(tmp_path / "saved")
+    load_artmuse(demo_dataset_dir / "train.jsonl").rename_column("reference", "text").remove_columns(
+        "references"
+    ).save_to_disk(tmp_path / "saved")
     plugin = tmp_path / "my_rewards.py"
     plugin.write_text(textwrap.dedent(USER_REWARD))
-    load_recipe("ppo").main(*parse(
-        "--config", str(DEMO), "--model_name_or_path", str(saved_model), "--output_dir", str(tmp_path / "out"),
-        "--dataset_name", str(tmp_path / "saved"), "--reference_column", "text",
-        "--feature_cache_dir", str(tmp_path / "cache"), "--total_iterations", "1", "--per_device_train_batch_size", "4",
-        "--max_new_tokens", "8", "--logging_steps", "1", "--save_strategy", "no", "--disable_tqdm", "true",
-        "--reward_funcs", f"{plugin}:mentions_place", "literal", "--reward_weights", "1", "1",
-    ))
+    load_recipe("ppo").main(
+        *parse(
+            "--config",
+            str(DEMO),
+            "--model_name_or_path",
+            str(saved_model),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--dataset_name",
+            str(tmp_path / "saved"),
+            "--reference_column",
+            "text",
+            "--feature_cache_dir",
+            str(tmp_path / "cache"),
+            "--total_iterations",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_new_tokens",
+            "8",
+            "--logging_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--disable_tqdm",
+            "true",
+            "--reward_funcs",
+            f"{plugin}:mentions_place",
+            "literal",
+            "--reward_weights",
+            "1",
+            "1",
+        )
+    )
     assert (tmp_path / "out/model.safetensors").is_file()

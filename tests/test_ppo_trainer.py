@@ -32,8 +32,8 @@ from tippo_rl.trainer.ppo_trainer import (
     leave_one_out_advantages,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 
+REPO = Path(__file__).resolve().parents[1]
 
 
 def ppo_config(tmp_path: Path, **overrides) -> PPOConfig:
@@ -60,7 +60,9 @@ def ppo_config(tmp_path: Path, **overrides) -> PPOConfig:
 
 def make_trainer(tmp_path, model, processor, dataset_dir, trainer_rewards=None, **overrides) -> PPOTrainer:
     train = load_artmuse(dataset_dir / "train.jsonl")
-    return PPOTrainer(copy.deepcopy(model), ppo_config(tmp_path, **overrides), processor, train, reward_funcs=trainer_rewards)
+    return PPOTrainer(
+        copy.deepcopy(model), ppo_config(tmp_path, **overrides), processor, train, reward_funcs=trainer_rewards
+    )
 
 
 def logged(trainer, key):
@@ -123,7 +125,14 @@ GROUPED_RETURNS = torch.tensor([1.0, 2.0, 6.0, 4.0, 4.0, 1.0])
 
 def test_group_baseline_by_hand():
     # Prompt 1: mean 3, unbiased std √((4 + 1 + 9) / 2) = √7. Prompt 2: mean 3, std √((1 + 1 + 4) / 2) = √3.
-    expected = [-2 / math.sqrt(7), -1 / math.sqrt(7), 3 / math.sqrt(7), 1 / math.sqrt(3), 1 / math.sqrt(3), -2 / math.sqrt(3)]
+    expected = [
+        -2 / math.sqrt(7),
+        -1 / math.sqrt(7),
+        3 / math.sqrt(7),
+        1 / math.sqrt(3),
+        1 / math.sqrt(3),
+        -2 / math.sqrt(3),
+    ]
     torch.testing.assert_close(group_advantages(GROUPED_RETURNS, k=3, epsilon=0.0), torch.tensor(expected))
 
 
@@ -148,9 +157,19 @@ def test_greedy_baseline_by_hand():
         ("running", [(g - 3.0) / (math.sqrt(10 / 3) + 1e-8) for g in (1.0, 2.0, 6.0, 4.0, 4.0, 1.0)]),  # μ 3, δ² 20/6
     ],
 )
-def test_trainer_puts_each_baselines_advantage_on_every_completion_token(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, baseline, expected):
-    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, use_value_head=False,
-                           advantage_baseline=baseline, num_generations=2, per_device_train_batch_size=3)
+def test_trainer_puts_each_baselines_advantage_on_every_completion_token(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, baseline, expected
+):
+    trainer = make_trainer(
+        tmp_path,
+        tiny_model_varied_outputs,
+        tiny_model_and_processor[1],
+        demo_dataset_dir,
+        use_value_head=False,
+        advantage_baseline=baseline,
+        num_generations=2,
+        per_device_train_batch_size=3,
+    )
     trainer.args.num_generations = 3  # the hand-computed case has k = 3
     mask = torch.tensor([[1, 1, 0]] * 3 + [[1, 0, 0]] * 3)
     rollouts = {"completion_mask": mask, "greedy_returns": torch.tensor([2.5, 3.0])}
@@ -191,8 +210,15 @@ def test_bad_config_values_fail_at_parse_time_naming_the_field(tmp_path, argumen
 
 
 def test_rollout_batch_and_iteration_sizes(tmp_path):
-    args = ppo_config(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, steps_per_generation=None,
-                      num_ppo_epochs=3, max_steps=-1, total_iterations=5)
+    args = ppo_config(
+        tmp_path,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        steps_per_generation=None,
+        num_ppo_epochs=3,
+        max_steps=-1,
+        total_iterations=5,
+    )
     assert args.steps_per_generation == 2 and args.generation_batch_size == 8
     assert args.minibatches_per_iteration == 6
     assert args.max_steps == 15  # 5 iterations × 6 minibatches / 2 accumulation steps
@@ -202,8 +228,12 @@ def test_rollout_batch_and_iteration_sizes(tmp_path):
 # -- training -----------------------------------------------------------------------------------------
 
 
-def test_log_probs_are_the_sampling_distributions_at_the_temperature(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
-    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, temperature=0.7)
+def test_log_probs_are_the_sampling_distributions_at_the_temperature(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
+    trainer = make_trainer(
+        tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, temperature=0.7
+    )
     rows = [trainer.train_dataset[i] for i in range(3)]
     forward_inputs = model_inputs(trainer.data_collator(rows))
     completion_ids = torch.randint(0, trainer.model.config.vocab_size, (3, 5))
@@ -214,11 +244,15 @@ def test_log_probs_are_the_sampling_distributions_at_the_temperature(tmp_path, t
 
 
 @pytest.mark.parametrize("use_peft", [False, True])
-def test_first_minibatch_has_ratio_one_and_zero_kl(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, use_peft):
+def test_first_minibatch_has_ratio_one_and_zero_kl(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, use_peft
+):
     model = copy.deepcopy(tiny_model_varied_outputs)
     if use_peft:
         model = apply_lora(model, TIPPoModelConfig(use_peft=True, lora_r=4, lora_alpha=8))
-    trainer = make_trainer(tmp_path, model, tiny_model_and_processor[1], demo_dataset_dir, kl_coef=0.1, use_value_head=False, max_steps=2)
+    trainer = make_trainer(
+        tmp_path, model, tiny_model_and_processor[1], demo_dataset_dir, kl_coef=0.1, use_value_head=False, max_steps=2
+    )
     assert (trainer.ref_model is None) == use_peft  # PEFT: the reference is the model with its adapters disabled
     trainer.train()
     first, second = trainer.state.log_history[0], trainer.state.log_history[1]
@@ -228,14 +262,26 @@ def test_first_minibatch_has_ratio_one_and_zero_kl(tmp_path, tiny_model_varied_o
     assert second["kl"] > 1e-6  # the second minibatch sees the updated policy
 
 
-def test_standard_ppo_with_value_head_and_gae_runs_saves_and_resumes(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+def test_standard_ppo_with_value_head_and_gae_runs_saves_and_resumes(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
     processor = tiny_model_and_processor[1]
     settings = dict(use_value_head=True, max_steps=4, num_ppo_epochs=1, save_strategy="steps", save_steps=2)
     trainer = make_trainer(tmp_path, tiny_model_varied_outputs, processor, demo_dataset_dir, **settings)
     assert isinstance(trainer.model, PolicyAndValueModel)
     trainer.train()
-    for key in ("loss/value", "loss/policy", "kl", "entropy", "policy/clip_fraction", "advantages/mean",
-                "advantages/std", "returns/mean", "rewards/literal/mean", "completions/mean_length"):
+    for key in (
+        "loss/value",
+        "loss/policy",
+        "kl",
+        "entropy",
+        "policy/clip_fraction",
+        "advantages/mean",
+        "advantages/std",
+        "returns/mean",
+        "rewards/literal/mean",
+        "completions/mean_length",
+    ):
         values = logged(trainer, key)
         assert values and all(math.isfinite(v) for v in values), key
     assert trainer.model.value_head.weight.abs().sum() > 0  # the value head trained (it starts at 0)
@@ -255,19 +301,34 @@ def test_standard_ppo_with_value_head_and_gae_runs_saves_and_resumes(tmp_path, t
         torch.testing.assert_close(loaded.state_dict()[name], tensor, msg=name)
 
 
-def test_reward_plugins_from_the_config_get_trl_arguments_and_columns(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+def test_reward_plugins_from_the_config_get_trl_arguments_and_columns(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
     seen = {}
 
     def spy(prompts, completions, completion_ids, trainer_state, reference, title, images, **kwargs):
-        seen.update(prompts=prompts, completions=completions, completion_ids=completion_ids, reference=reference,
-                    title=title, images=images, state=trainer_state, extra=set(kwargs))
+        seen.update(
+            prompts=prompts,
+            completions=completions,
+            completion_ids=completion_ids,
+            reference=reference,
+            title=title,
+            images=images,
+            state=trainer_state,
+            extra=set(kwargs),
+        )
         return [0.0] * len(completions)
 
     trainer = make_trainer(
-        tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
-        trainer_rewards=["literal", str(REPO / "rewards/length_penalty.py:LengthPenalty"), spy], reward_funcs=None,
+        tmp_path,
+        tiny_model_varied_outputs,
+        tiny_model_and_processor[1],
+        demo_dataset_dir,
+        trainer_rewards=["literal", str(REPO / "rewards/length_penalty.py:LengthPenalty"), spy],
+        reward_funcs=None,
         reward_init_kwargs={str(REPO / "rewards/length_penalty.py:LengthPenalty"): {"target_length": 40}},
-        reward_weights=[1.0, 0.5, 1.0], max_steps=1,
+        reward_weights=[1.0, 0.5, 1.0],
+        max_steps=1,
     )
     assert trainer.reward_names == ["literal", "LengthPenalty", "spy"]
     trainer.train()
@@ -279,13 +340,17 @@ def test_reward_plugins_from_the_config_get_trl_arguments_and_columns(tmp_path, 
     assert logged(trainer, "rewards/LengthPenalty/mean") and logged(trainer, "rewards/spy/mean") == [0.0]
 
 
-def test_image_grounded_plugin_scores_completions_against_their_images(tmp_path, tiny_model_and_processor, demo_dataset_dir):
+def test_image_grounded_plugin_scores_completions_against_their_images(
+    tmp_path, tiny_model_and_processor, demo_dataset_dir
+):
     from tippo_rl.rewards import load_reward
 
     model, processor = tiny_model_and_processor
     model.save_pretrained(tmp_path / "tippo")
     processor.save_pretrained(tmp_path / "tippo")
-    reward = load_reward(str(REPO / "rewards/image_grounded.py:ImageGroundedReward"), model_name_or_path=str(tmp_path / "tippo"))
+    reward = load_reward(
+        str(REPO / "rewards/image_grounded.py:ImageGroundedReward"), model_name_or_path=str(tmp_path / "tippo")
+    )
     rows = load_artmuse(demo_dataset_dir / "train.jsonl").select(range(3))
     paths = [[str(demo_dataset_dir / "images" / Path(image.filename).name) for image in row["images"]] for row in rows]
     scores = reward(prompts=rows["title"], completions=rows["reference"], images=paths)
@@ -298,7 +363,9 @@ def test_image_grounded_plugin_scores_completions_against_their_images(tmp_path,
         prototype = model.encoder.encode_images(pixels).mean(0, keepdim=True)
     assert scores[0] == pytest.approx(torch.cosine_similarity(text, prototype).item(), abs=1e-5)
     # PIL images and {path, bytes} dicts give the same scores as paths.
-    assert reward(prompts=rows["title"], completions=rows["reference"], images=rows["images"]) == pytest.approx(scores, abs=1e-5)
+    assert reward(prompts=rows["title"], completions=rows["reference"], images=rows["images"]) == pytest.approx(
+        scores, abs=1e-5
+    )
 
 
 # -- rewards that cannot teach, checkpoints that cannot be resumed (issue 12) --------------------------------------
@@ -312,36 +379,61 @@ def returns_half(prompts, completions, **kwargs):
     return [0.5] * len(completions)
 
 
-def test_a_reward_that_is_none_or_constant_for_a_whole_batch_is_said_once(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
-    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
-                           trainer_rewards=["literal", returns_none, returns_half], max_steps=4)
+def test_a_reward_that_is_none_or_constant_for_a_whole_batch_is_said_once(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
+    trainer = make_trainer(
+        tmp_path,
+        tiny_model_varied_outputs,
+        tiny_model_and_processor[1],
+        demo_dataset_dir,
+        trainer_rewards=["literal", returns_none, returns_half],
+        max_steps=4,
+    )
     with pytest.warns(UserWarning) as caught:
         trainer.train()  # 2 iterations
     messages = [str(warning.message) for warning in caught if "reward '" in str(warning.message)]
     assert len(messages) == 2
     assert "reward 'returns_none' returned None for all 8 samples of iteration 0: it has no effect" in messages[0]
-    assert "reward 'returns_half' gave all 8 samples of iteration 0 the same value (0.5): it adds nothing" in messages[1]
+    assert (
+        "reward 'returns_half' gave all 8 samples of iteration 0 the same value (0.5): it adds nothing" in messages[1]
+    )
 
 
-def test_ppo_checkpoints_name_a_missing_or_damaged_state_and_a_changed_iteration_layout(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+def test_ppo_checkpoints_name_a_missing_or_damaged_state_and_a_changed_iteration_layout(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
     model, processor = tiny_model_varied_outputs, tiny_model_and_processor[1]
     make_trainer(tmp_path, model, processor, demo_dataset_dir, save_strategy="steps", save_steps=2).train()
     checkpoint = tmp_path / "out/checkpoint-2"
     assert json.loads((checkpoint / "ppo_state.json").read_text())["steps_per_generation"] == 2
 
     longer = make_trainer(tmp_path / "longer", model, processor, demo_dataset_dir, max_steps=-1, total_iterations=2)
-    with pytest.warns(UserWarning, match=r"of a run of max_steps 2\) with max_steps 4 \(set directly or by total_iterations\)"):
+    with pytest.warns(
+        UserWarning, match=r"of a run of max_steps 2\) with max_steps 4 \(set directly or by total_iterations\)"
+    ):
         longer.train(resume_from_checkpoint=str(checkpoint))
     assert longer.iteration == 2
-    with pytest.raises(CheckpointError, match=r"was written with steps_per_generation 2, this run has 1: .*resume with --steps_per_generation 2"):
-        make_trainer(tmp_path, model, processor, demo_dataset_dir, steps_per_generation=1, max_steps=4).train(resume_from_checkpoint=str(checkpoint))
+    with pytest.raises(
+        CheckpointError,
+        match=r"was written with steps_per_generation 2, this run has 1: .*resume with --steps_per_generation 2",
+    ):
+        make_trainer(tmp_path, model, processor, demo_dataset_dir, steps_per_generation=1, max_steps=4).train(
+            resume_from_checkpoint=str(checkpoint)
+        )
     state = (checkpoint / "ppo_state.json").read_text()
     (checkpoint / "ppo_state.json").write_text(state[:10])
     with pytest.raises(CheckpointError, match=r"file ppo_state.json is damaged"):
-        make_trainer(tmp_path, model, processor, demo_dataset_dir, max_steps=4).train(resume_from_checkpoint=str(checkpoint))
+        make_trainer(tmp_path, model, processor, demo_dataset_dir, max_steps=4).train(
+            resume_from_checkpoint=str(checkpoint)
+        )
     (checkpoint / "ppo_state.json").unlink()
-    with pytest.raises(CheckpointError, match=r"holds no ppo_state.json, .*not a PPO checkpoint .*or its save was interrupted"):
-        make_trainer(tmp_path, model, processor, demo_dataset_dir, max_steps=4).train(resume_from_checkpoint=str(checkpoint))
+    with pytest.raises(
+        CheckpointError, match=r"holds no ppo_state.json, .*not a PPO checkpoint .*or its save was interrupted"
+    ):
+        make_trainer(tmp_path, model, processor, demo_dataset_dir, max_steps=4).train(
+            resume_from_checkpoint=str(checkpoint)
+        )
 
 
 # -- k completions per prompt -------------------------------------------------------------------------
@@ -356,18 +448,37 @@ class ColumnRecorder:
         self.batches = []
 
     def __call__(self, prompts, completions, reference, **columns):
-        self.batches.append({"prompts": list(prompts), "completions": list(completions), "reference": list(reference),
-                             "title": list(columns["title"]), "id": list(columns["id"]), "images": list(columns["images"])})
+        self.batches.append(
+            {
+                "prompts": list(prompts),
+                "completions": list(completions),
+                "reference": list(reference),
+                "title": list(columns["title"]),
+                "id": list(columns["id"]),
+                "images": list(columns["images"]),
+            }
+        )
         from tippo_rl.rewards import literal_reward
 
         return literal_reward(completions, reference)
 
 
 @pytest.mark.parametrize("baseline", ["leave_one_out", "greedy"])
-def test_k_completions_per_prompt_stay_aligned_with_their_columns(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, baseline):
+def test_k_completions_per_prompt_stay_aligned_with_their_columns(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, baseline
+):
     recorder = ColumnRecorder()
-    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, trainer_rewards=[recorder],
-                           use_value_head=False, advantage_baseline=baseline, num_generations=4, max_steps=4)
+    trainer = make_trainer(
+        tmp_path,
+        tiny_model_varied_outputs,
+        tiny_model_and_processor[1],
+        demo_dataset_dir,
+        trainer_rewards=[recorder],
+        use_value_head=False,
+        advantage_baseline=baseline,
+        num_generations=4,
+        max_steps=4,
+    )
     trainer.train()
     rollouts = [batch for batch in recorder.batches if len(batch["id"]) == 8]  # 8 rollouts = 2 prompts × 4
     assert len(rollouts) == 2  # one per iteration
@@ -389,36 +500,62 @@ def test_k_completions_per_prompt_stay_aligned_with_their_columns(tmp_path, tiny
         assert logged(trainer, "baseline/greedy_reward_mean")
 
 
-def test_greedy_baseline_is_the_greedy_decodes_return(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+def test_greedy_baseline_is_the_greedy_decodes_return(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
     from tippo_rl.generation import generate_predictions
     from tippo_rl.rewards import literal_reward
 
     processor = tiny_model_and_processor[1]
-    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, processor, demo_dataset_dir, use_value_head=False,
-                           advantage_baseline="greedy", num_generations=2, whiten_advantages=False)
+    trainer = make_trainer(
+        tmp_path,
+        tiny_model_varied_outputs,
+        processor,
+        demo_dataset_dir,
+        use_value_head=False,
+        advantage_baseline="greedy",
+        num_generations=2,
+        whiten_advantages=False,
+    )
     rows = [trainer.train_dataset[i] for i in (0, 0, 1, 1)]
     rollouts = trainer.generate_rollouts(trainer.data_collator(rows))
     greedy_returns = trainer.greedy_baseline_returns(rollouts)
     raw = load_artmuse(demo_dataset_dir / "train.jsonl").select([0, 1])
-    texts = generate_predictions(copy.deepcopy(tiny_model_varied_outputs), processor, raw, max_new_tokens=12, do_sample=False)
+    texts = generate_predictions(
+        copy.deepcopy(tiny_model_varied_outputs), processor, raw, max_new_tokens=12, do_sample=False
+    )
     expected = literal_reward([texts[i] for i in raw["id"]], raw["reference"])
     torch.testing.assert_close(greedy_returns, torch.tensor(expected))
 
 
-def test_resume_with_k_completions_per_prompt_is_exact(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+def test_resume_with_k_completions_per_prompt_is_exact(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
     processor = tiny_model_and_processor[1]
-    settings = dict(use_value_head=False, advantage_baseline="leave_one_out", num_generations=2, max_steps=8,
-                    save_strategy="steps", save_steps=4)  # 4 iterations of 2 steps; checkpoint after 2
+    settings = dict(
+        use_value_head=False,
+        advantage_baseline="leave_one_out",
+        num_generations=2,
+        max_steps=8,
+        save_strategy="steps",
+        save_steps=4,
+    )  # 4 iterations of 2 steps; checkpoint after 2
 
     class Recording(PPOTrainer):
         def compute_advantages(self, returns, rollouts):
             advantages = super().compute_advantages(returns, rollouts)
-            self.record.append((self.iteration, list(rollouts["columns"]["id"]), returns.clone(), advantages[:, 0].clone()))
+            self.record.append(
+                (self.iteration, list(rollouts["columns"]["id"]), returns.clone(), advantages[:, 0].clone())
+            )
             return advantages
 
     def run(resume_from=None):
-        trainer = Recording(copy.deepcopy(tiny_model_varied_outputs), ppo_config(tmp_path, **settings), processor,
-                            load_artmuse(demo_dataset_dir / "train.jsonl"))
+        trainer = Recording(
+            copy.deepcopy(tiny_model_varied_outputs),
+            ppo_config(tmp_path, **settings),
+            processor,
+            load_artmuse(demo_dataset_dir / "train.jsonl"),
+        )
         trainer.record = []
         trainer.train(resume_from_checkpoint=resume_from)
         return trainer
@@ -438,11 +575,20 @@ def test_resume_with_k_completions_per_prompt_is_exact(tmp_path, tiny_model_vari
 
 
 @pytest.mark.parametrize(("schedule", "expected"), [("hold", [0.7, 0.7]), ("linear", [0.0, 0.5])])
-def test_daa_lambda1_is_held_or_follows_m_over_M(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, schedule, expected):
+def test_daa_lambda1_is_held_or_follows_m_over_M(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, schedule, expected
+):
     model = copy.deepcopy(tiny_model_varied_outputs)
     model.set_daa_lambda1(0.7)  # where an SFT run might have left it
-    trainer = make_trainer(tmp_path, model, tiny_model_and_processor[1], demo_dataset_dir, daa_lambda_schedule=schedule,
-                           use_value_head=False, max_steps=4)  # M = 2 iterations
+    trainer = make_trainer(
+        tmp_path,
+        model,
+        tiny_model_and_processor[1],
+        demo_dataset_dir,
+        daa_lambda_schedule=schedule,
+        use_value_head=False,
+        max_steps=4,
+    )  # M = 2 iterations
     trainer.train()
     assert logged(trainer, "daa/lambda1") == pytest.approx(expected)
     assert trainer.model.daa_lambda1.item() == pytest.approx(expected[-1])
@@ -451,13 +597,23 @@ def test_daa_lambda1_is_held_or_follows_m_over_M(tmp_path, tiny_model_varied_out
 # -- critic warm-up ---------------------------------------------------------------------------------
 
 
-def test_value_head_starts_at_the_first_batchs_mean_return_so_advantages_follow_R_minus_mean(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
-    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
-                           whiten_advantages=False, max_steps=2)
+def test_value_head_starts_at_the_first_batchs_mean_return_so_advantages_follow_R_minus_mean(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
+    trainer = make_trainer(
+        tmp_path,
+        tiny_model_varied_outputs,
+        tiny_model_and_processor[1],
+        demo_dataset_dir,
+        whiten_advantages=False,
+        max_steps=2,
+    )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
     experience = trainer.make_rollout_batch(batch)
     offset = trainer.model.value_head.offset.item()
-    torch.testing.assert_close(experience["old_values"], torch.full_like(experience["old_values"], offset) * experience["completion_mask"])
+    torch.testing.assert_close(
+        experience["old_values"], torch.full_like(experience["old_values"], offset) * experience["completion_mask"]
+    )
     # V ≡ c: δ_t = 0 before the last token, δ_T = R − c, so Â_t = (γλ)^(T−1−t)·(R − c) has R − c's sign everywhere.
     last = experience["completion_mask"].sum(1) - 1
     R = experience["advantages"][torch.arange(8), last] + offset  # Â_T = δ_T = R − c
@@ -466,9 +622,17 @@ def test_value_head_starts_at_the_first_batchs_mean_return_so_advantages_follow_
     torch.testing.assert_close(signs, torch.sign(R - offset)[:, None] * experience["completion_mask"].float())
 
 
-def test_value_warmup_updates_only_the_value_head(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
-    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir,
-                           value_warmup_iterations=1, max_steps=2)  # one iteration, all warm-up
+def test_value_warmup_updates_only_the_value_head(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
+    trainer = make_trainer(
+        tmp_path,
+        tiny_model_varied_outputs,
+        tiny_model_and_processor[1],
+        demo_dataset_dir,
+        value_warmup_iterations=1,
+        max_steps=2,
+    )  # one iteration, all warm-up
     trainer.train()
     for name, tensor in trainer.model.policy.state_dict().items():
         torch.testing.assert_close(tensor, tiny_model_varied_outputs.state_dict()[name], msg=name)
@@ -481,33 +645,61 @@ def test_value_warmup_updates_only_the_value_head(tmp_path, tiny_model_varied_ou
 
 
 def eval_settings(**overrides):
-    return dict(use_value_head=False, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4, eval_max_samples=6,
-                **overrides)
+    return dict(
+        use_value_head=False,
+        eval_strategy="steps",
+        eval_steps=2,
+        per_device_eval_batch_size=4,
+        eval_max_samples=6,
+        **overrides,
+    )
 
 
-def test_evaluation_during_ppo_logs_generation_metrics_and_samples(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, capsys):
+def test_evaluation_during_ppo_logs_generation_metrics_and_samples(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, capsys
+):
     train = load_artmuse(demo_dataset_dir / "train.jsonl")
     test = load_artmuse(demo_dataset_dir / "test.jsonl")
-    trainer = PPOTrainer(copy.deepcopy(tiny_model_varied_outputs), ppo_config(tmp_path, max_steps=4, **eval_settings()),
-                         tiny_model_and_processor[1], train, eval_dataset=test)
+    trainer = PPOTrainer(
+        copy.deepcopy(tiny_model_varied_outputs),
+        ppo_config(tmp_path, max_steps=4, **eval_settings()),
+        tiny_model_and_processor[1],
+        train,
+        eval_dataset=test,
+    )
     trainer.train()
     for key in ("eval_rouge_l", "eval_cider", "eval_literal", "eval_rewards/literal"):
         values = logged(trainer, key)
         assert len(values) == 2 and all(math.isfinite(v) for v in values), key
-    assert logged(trainer, "eval_literal") == pytest.approx(logged(trainer, "eval_rewards/literal"))  # Eq. 7, the same texts
+    assert logged(trainer, "eval_literal") == pytest.approx(
+        logged(trainer, "eval_rewards/literal")
+    )  # Eq. 7, the same texts
     samples = trainer.eval_completions
     assert len(samples["completion"]) == 6 and samples["reference"] == test["reference"][:6]
     assert "reference" in capsys.readouterr().out  # the sample table went to the console
     assert not any("eval_rouge_l" in entry and "loss/policy" in entry for entry in trainer.state.log_history)
 
 
-def test_best_checkpoint_is_chosen_by_a_generation_metric(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+def test_best_checkpoint_is_chosen_by_a_generation_metric(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
     train = load_artmuse(demo_dataset_dir / "train.jsonl")
     test = load_artmuse(demo_dataset_dir / "test.jsonl")
-    settings = eval_settings(max_steps=6, save_strategy="steps", save_steps=2, load_best_model_at_end=True,
-                             metric_for_best_model="eval_literal", learning_rate=1e-2)
-    trainer = PPOTrainer(copy.deepcopy(tiny_model_varied_outputs), ppo_config(tmp_path, **settings),
-                         tiny_model_and_processor[1], train, eval_dataset=test)
+    settings = eval_settings(
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_literal",
+        learning_rate=1e-2,
+    )
+    trainer = PPOTrainer(
+        copy.deepcopy(tiny_model_varied_outputs),
+        ppo_config(tmp_path, **settings),
+        tiny_model_and_processor[1],
+        train,
+        eval_dataset=test,
+    )
     trainer.train()
     scores = logged(trainer, "eval_literal")  # the tiny model's ROUGE-L is 0 throughout; Eq. 7 moves
     assert len(scores) == 3 and len(set(scores)) > 1
@@ -520,19 +712,30 @@ def test_best_checkpoint_is_chosen_by_a_generation_metric(tmp_path, tiny_model_v
         torch.testing.assert_close(trainer.model.state_dict()[name], tensor, msg=name)  # the best weights were loaded
 
 
-def test_the_progress_bar_counts_iterations(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir):
+def test_the_progress_bar_counts_iterations(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
     from transformers.trainer_callback import ProgressCallback
 
     from tippo_rl.trainer.ppo_trainer import IterationProgressCallback
 
     trainer = make_trainer(
-        tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, disable_tqdm=False,
-        max_steps=-1, total_iterations=2, num_ppo_epochs=2,  # an iteration: 2 minibatches × 2 epochs = 4 steps
+        tmp_path,
+        tiny_model_varied_outputs,
+        tiny_model_and_processor[1],
+        demo_dataset_dir,
+        disable_tqdm=False,
+        max_steps=-1,
+        total_iterations=2,
+        num_ppo_epochs=2,  # an iteration: 2 minibatches × 2 epochs = 4 steps
     )
     (bar,) = [callback for callback in trainer.callback_handler.callbacks if isinstance(callback, ProgressCallback)]
     assert isinstance(bar, IterationProgressCallback)
     seen = {}
     close = bar.on_train_end
-    bar.on_train_end = lambda *a, **k: (seen.update(total=bar.training_bar.total, n=bar.training_bar.n, unit=bar.training_bar.unit), close(*a, **k))
+    bar.on_train_end = lambda *a, **k: (
+        seen.update(total=bar.training_bar.total, n=bar.training_bar.n, unit=bar.training_bar.unit),
+        close(*a, **k),
+    )
     trainer.train()
     assert trainer.state.global_step == 8 and seen == {"total": 2, "n": 2, "unit": "iteration"}

@@ -14,6 +14,7 @@ from tippo_rl.presets import build_tippo_from_pretrained_components, tiny_tippo_
 from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, load_model_and_processor
 from tippo_rl.trainer import TIPPoSFTConfig
 
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -32,7 +33,9 @@ def save_component_checkpoints(folder: Path, processor):
 
 def test_build_from_pretrained_components_keeps_their_weights(tmp_path, tiny_model_and_processor):
     clip, t5 = save_component_checkpoints(tmp_path, tiny_model_and_processor[1])
-    model, processor = build_tippo_from_pretrained_components(str(tmp_path / "clip"), str(tmp_path / "t5"), prefix_length=3)
+    model, processor = build_tippo_from_pretrained_components(
+        str(tmp_path / "clip"), str(tmp_path / "t5"), prefix_length=3
+    )
     assert model.config.prefix_length == 3
     assert model.config.encoder_name_or_path == str(tmp_path / "clip")
     for name, tensor in clip.state_dict().items():
@@ -51,7 +54,9 @@ def test_build_from_pretrained_components_keeps_their_weights(tmp_path, tiny_mod
 
 def test_recipe_builds_the_pretrained_preset_from_model_args(tmp_path, tiny_model_and_processor):
     save_component_checkpoints(tmp_path, tiny_model_and_processor[1])
-    args = TIPPoModelConfig(preset="pretrained", encoder_name_or_path=str(tmp_path / "clip"), decoder_name_or_path=str(tmp_path / "t5"))
+    args = TIPPoModelConfig(
+        preset="pretrained", encoder_name_or_path=str(tmp_path / "clip"), decoder_name_or_path=str(tmp_path / "t5")
+    )
     model, processor = load_model_and_processor(args)
     assert isinstance(model, TIPPoModel) and processor.max_images == model.config.max_images
 
@@ -61,14 +66,34 @@ def test_paper_configs_parse_with_the_papers_settings(tmp_path):
     data.write_text("")
     parser = TrlParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig))
     script, training, model = parser.parse_args_and_config(
-        args=["--config", str(REPO / "recipes/configs/artmuse_sft.yaml"), "--train_file", str(data),
-              "--eval_file", str(data), "--image_root", str(tmp_path), "--bf16", "false"]
+        args=[
+            "--config",
+            str(REPO / "recipes/configs/artmuse_sft.yaml"),
+            "--train_file",
+            str(data),
+            "--eval_file",
+            str(data),
+            "--image_root",
+            str(tmp_path),
+            "--bf16",
+            "false",
+        ]
     )
     assert (training.learning_rate, training.max_steps, training.contrastive_weight) == (5e-5, 50000, 1.0)
     assert model.preset == "pretrained" and model.decoder_name_or_path == "Langboat/mengzi-t5-base"
     parser = TrlParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig))  # a YAML's values stay as defaults
     script, training, model = parser.parse_args_and_config(
-        args=["--config", str(REPO / "recipes/configs/cococn_sft.yaml"), "--coco_train_annotations", str(data),
-              "--coco_eval_annotations", str(data), "--coco_image_dir", str(tmp_path), "--bf16", "false"]
+        args=[
+            "--config",
+            str(REPO / "recipes/configs/cococn_sft.yaml"),
+            "--coco_train_annotations",
+            str(data),
+            "--coco_eval_annotations",
+            str(data),
+            "--coco_image_dir",
+            str(tmp_path),
+            "--bf16",
+            "false",
+        ]
     )
     assert script.dataset == "cococn" and training.max_steps == 50000

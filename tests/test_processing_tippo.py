@@ -104,8 +104,17 @@ def test_paths_pil_images_flat_lists_and_single_images_give_the_same_batch(tiny_
 )
 def test_images_that_do_not_fit_are_named(tiny_model_and_processor, tmp_path, titles, images, message):
     solid("red").save(tmp_path / "a.png")
-    fill = lambda value: value.format(a=tmp_path / "a.png", missing=tmp_path / "missing.png") if isinstance(value, str) else value  # noqa: E731
-    images = [[fill(v) for v in sample] if isinstance(sample, list) else fill(sample) for sample in images] if isinstance(images, list) else images
+
+    def fill(value):
+        return (
+            value.format(a=tmp_path / "a.png", missing=tmp_path / "missing.png") if isinstance(value, str) else value
+        )
+
+    images = (
+        [[fill(v) for v in sample] if isinstance(sample, list) else fill(sample) for sample in images]
+        if isinstance(images, list)
+        else images
+    )
     with pytest.raises(ValueError, match=message):
         tiny_model_and_processor[1](titles, images)
 

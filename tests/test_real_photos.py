@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+
 data = pytest.importorskip("skimage.data", reason="scikit-image bundles the photos (pip install -e '.[dev]')")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +38,10 @@ def test_the_processor_takes_real_photos_of_any_size_and_mode(photo_files, tiny_
     images = [Image.open(path) for path in photo_files.values()]
     assert {image.mode for image in images} == {"RGB", "L", "RGBA"} and max(image.width for image in images) >= 512
     batch = processor(titles=["a photo", "照片"], images=[images[:5], images[5:]])
-    assert batch["pixel_values"].shape == (2, 5, 3, 32, 32) and batch["image_mask"].tolist() == [[True] * 5, [True] + [False] * 4]
+    assert batch["pixel_values"].shape == (2, 5, 3, 32, 32) and batch["image_mask"].tolist() == [
+        [True] * 5,
+        [True] + [False] * 4,
+    ]
     assert torch.isfinite(batch["pixel_values"]).all()
     with torch.no_grad():
         output = model.generate(**batch, max_new_tokens=4)

@@ -48,7 +48,9 @@ def test_bad_inputs_inside_a_recipe_end_with_their_message_not_a_traceback(capsy
     with pytest.raises(SystemExit) as exit_info, parser().reporting_input_errors():
         raise DataValidationError("train.jsonl, line 3: field 'images': image 'a.jpg' does not exist")
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.endswith("error: train.jsonl, line 3: field 'images': image 'a.jpg' does not exist\n")
+    assert capsys.readouterr().err.endswith(
+        "error: train.jsonl, line 3: field 'images': image 'a.jpg' does not exist\n"
+    )
 
 
 def test_model_folders_that_do_not_exist_or_hold_only_a_pickle_are_refused(tmp_path, tiny_model_and_processor):
@@ -67,15 +69,34 @@ def test_dataset_name_with_column_options_loads_train_and_test_splits(tmp_path, 
     from tippo_rl import load_artmuse
     from tippo_rl.recipe_args import load_datasets
 
-    splits = DatasetDict({"train": load_artmuse(demo_dataset_dir / "train.jsonl"), "test": load_artmuse(demo_dataset_dir / "test.jsonl")})
+    splits = DatasetDict(
+        {
+            "train": load_artmuse(demo_dataset_dir / "train.jsonl"),
+            "test": load_artmuse(demo_dataset_dir / "test.jsonl"),
+        }
+    )
     splits = splits.rename_columns({"reference": "text", "title": "name"}).remove_columns("references")
     splits.save_to_disk(tmp_path / "saved")
     config = tmp_path / "config.yaml"
     config.write_text("dataset: demo\nmax_steps: 3\n")  # the YAML's dataset gives way to --dataset_name
-    script_args, _, _ = parser().parse_args_and_config(args=[
-        "--config", str(config), "--output_dir", str(tmp_path), "--use_cpu", "true", "--dataset_name", str(tmp_path / "saved"),
-        "--reference_column", "text", "--title_column", "name", "--dataset_test_split", "test",
-    ])
+    script_args, _, _ = parser().parse_args_and_config(
+        args=[
+            "--config",
+            str(config),
+            "--output_dir",
+            str(tmp_path),
+            "--use_cpu",
+            "true",
+            "--dataset_name",
+            str(tmp_path / "saved"),
+            "--reference_column",
+            "text",
+            "--title_column",
+            "name",
+            "--dataset_test_split",
+            "test",
+        ]
+    )
     assert script_args.dataset == "hf" and script_args.dataset_id == str(tmp_path / "saved")
     train, evaluation = load_datasets(script_args)
     assert len(train) == 24 and len(evaluation) == 8
@@ -83,7 +104,9 @@ def test_dataset_name_with_column_options_loads_train_and_test_splits(tmp_path, 
     script_args.dataset_test_split = "validation"  # a dataset without that split: no evaluation data
     assert load_datasets(script_args)[1] is None
     script_args.reference_column = "caption"
-    with pytest.raises(DataValidationError, match="no column 'caption' for the reference .*; its columns: id, name, images, text"):
+    with pytest.raises(
+        DataValidationError, match="no column 'caption' for the reference .*; its columns: id, name, images, text"
+    ):
         load_datasets(script_args)
 
 
@@ -120,7 +143,18 @@ def test_sft_text_options_that_tippo_ignores_are_refused(tmp_path, capsys, optio
 
 
 def test_max_target_length_sets_the_processors(tmp_path):
-    _, _, model_args = parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true", "--max_target_length", "16", "--tiny_pretrained_encoder", "false"])
+    _, _, model_args = parser().parse_args_and_config(
+        args=[
+            "--output_dir",
+            str(tmp_path),
+            "--use_cpu",
+            "true",
+            "--max_target_length",
+            "16",
+            "--tiny_pretrained_encoder",
+            "false",
+        ]
+    )
     _, processor = load_model_and_processor(model_args)
     assert processor.max_target_length == 16
     assert processor.tokenize_references(["word " * 40]).shape[1] == 16

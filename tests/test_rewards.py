@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tippo_rl.rewards import (  # noqa: E402
@@ -20,6 +21,7 @@ from tippo_rl.rewards import (  # noqa: E402
     reward_name,
     score_rewards,
 )
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +167,9 @@ def test_load_file_plugin_class_with_init_kwargs(tmp_path):
 @pytest.fixture
 def plugin_file(tmp_path):
     path = tmp_path / "plugins.py"
-    path.write_text("THRESHOLD = 3\n\ndef short(prompts, completions, **kwargs):\n    return [1.0] * len(completions)\n")
+    path.write_text(
+        "THRESHOLD = 3\n\ndef short(prompts, completions, **kwargs):\n    return [1.0] * len(completions)\n"
+    )
     return path
 
 
@@ -291,7 +295,11 @@ def test_semantic_reward_in_bfloat16_stays_close_to_float32(semantic):
     fast = SemanticReward(bundled_minilm_path(), device="cpu", batch_size=8, dtype="bfloat16")
     assert next(fast.embedder.model.parameters()).dtype == torch.bfloat16
     completions = ["a red circle in the garden", "by the sea there is a blue square", "purple triangles in the city"]
-    references = ["in the garden there is a red circle.", "by the sea there is a blue square.", "in the forest there is a green square."]
+    references = [
+        "in the garden there is a red circle.",
+        "by the sea there is a blue square.",
+        "in the forest there is a green square.",
+    ]
     for exact, approximate in zip(semantic.score(completions, references), fast.score(completions, references)):
         assert abs(exact - approximate) < 0.02
 
@@ -328,8 +336,11 @@ def save_tiny_bert_encoder(folder: Path) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_path())
-    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64)).save_pretrained(folder)
+    BertModel(
+        BertConfig(
+            vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        )
+    ).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -379,8 +390,13 @@ def test_static_embedder_distils_any_encoder_and_loads_model2vec_folders(tmp_pat
     assert static.encode(["a red circle"]).shape == (1, 16)
     # a Model2Vec folder is loaded as it is, and gives the same vectors
     direct = SemanticReward(distilled, backend="static")
-    assert direct.score(["a red circle", "the sea"], ["a red circle", "a blue square"])[0] == pytest.approx(1.0, abs=1e-5)
-    assert torch.allclose(direct.encode(["the sea"]), torch.nn.functional.normalize(torch.from_numpy(static.encode(["the sea"])).float(), dim=-1))
+    assert direct.score(["a red circle", "the sea"], ["a red circle", "a blue square"])[0] == pytest.approx(
+        1.0, abs=1e-5
+    )
+    assert torch.allclose(
+        direct.encode(["the sea"]),
+        torch.nn.functional.normalize(torch.from_numpy(static.encode(["the sea"])).float(), dim=-1),
+    )
 
 
 def test_static_embedder_of_an_unreachable_hub_model_says_so():
@@ -458,7 +474,12 @@ def test_trls_shipped_rewards_by_dotted_path_factories_with_kwargs_among_them():
         [1.0, 0.0, 0.0],
     ]
     assert torch.allclose(rewards, torch.tensor(expected))
-    assert names == ["repetition_penalty_reward", "soft_overlong_punishment_reward", "repetition_penalty_reward", "think_format_reward"]
+    assert names == [
+        "repetition_penalty_reward",
+        "soft_overlong_punishment_reward",
+        "repetition_penalty_reward",
+        "think_format_reward",
+    ]
     with pytest.raises(TypeError, match="cannot build the reward with factory get_soft_overlong_punishment"):
         load_reward("trl.rewards.get_soft_overlong_punishment")  # its arguments have no defaults
     with pytest.raises(ValueError, match="unknown reward 'bleu'.*dotted path"):
@@ -473,7 +494,13 @@ def test_log_metric_and_log_extra_reach_the_caller():
         log_extra("upper", [c.upper() for c in completions])
         return [1.0] * len(completions)
 
-    score_rewards([with_logs], ["p"] * 2, ["ab", "abcd"], log_metric=lambda n, v: metrics.append((n, v)), log_extra=extras.__setitem__)
+    score_rewards(
+        [with_logs],
+        ["p"] * 2,
+        ["ab", "abcd"],
+        log_metric=lambda n, v: metrics.append((n, v)),
+        log_extra=extras.__setitem__,
+    )
     assert metrics == [("lengths/mean", 3.0)] and extras == {"upper": ["AB", "ABCD"]}
 
 
@@ -493,7 +520,9 @@ def test_async_rewards_are_awaited_together_beside_sync_ones():
             await asyncio.sleep(0.05)
             return [None, 0.5]
 
-    rewards, names = score_rewards([slow_a, literal, SlowB()], ["p"] * 2, ["a", "b"], columns={"reference": ["a", "c"]})
+    rewards, names = score_rewards(
+        [slow_a, literal, SlowB()], ["p"] * 2, ["a", "b"], columns={"reference": ["a", "c"]}
+    )
     assert names == ["slow_a", "literal", "SlowB"]
     assert rewards[0].tolist() == [2.0, 2.0] and rewards[1].tolist() == [1.0, 0.0]
     assert math.isnan(rewards[2, 0]) and rewards[2, 1] == 0.5

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from recipe_loading import launch_recipe
 from transformers import TrainerCallback
 from trl import TrlParser
 
@@ -20,7 +21,6 @@ from tippo_rl.modeling_tippo import prototype_contrastive_loss
 from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, lora_config
 from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
 
-from recipe_loading import launch_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,11 @@ def make_trainer(tmp_path, dataset_dir, peft=False, **overrides):
     train = load_artmuse(dataset_dir / "train.jsonl")
     peft_config = lora_config(TIPPoModelConfig(use_peft=True, lora_r=4, lora_alpha=8), model) if peft else None
     return TIPPoSFTTrainer(
-        model=model, args=sft_config(tmp_path, **overrides), processor=processor, train_dataset=train, peft_config=peft_config
+        model=model,
+        args=sft_config(tmp_path, **overrides),
+        processor=processor,
+        train_dataset=train,
+        peft_config=peft_config,
     )
 
 
@@ -68,7 +72,6 @@ def test_a_dataset_without_a_reference_column_is_refused_at_the_trainer(tmp_path
     train = load_artmuse(demo_dataset_dir / "train.jsonl").rename_column("reference", "text")
     with pytest.raises(DataValidationError, match="train_dataset has no column 'reference'; its columns: .*text"):
         TIPPoSFTTrainer(model=model, args=sft_config(tmp_path), processor=processor, train_dataset=train)
-
 
 
 @pytest.mark.parametrize(
@@ -127,7 +130,9 @@ def test_own_image_negatives_reach_the_loss_and_bad_choices_are_refused(tmp_path
     with pytest.raises(ValueError, match="contrastive_negatives must be `batch` or `own_images`"):
         TIPPoSFTConfig(output_dir=str(tmp_path), use_cpu=True, contrastive_negatives="all")
     with pytest.raises(ValueError, match="contrastive_gather adds other processes"):
-        TIPPoSFTConfig(output_dir=str(tmp_path), use_cpu=True, contrastive_negatives="own_images", contrastive_gather=True)
+        TIPPoSFTConfig(
+            output_dir=str(tmp_path), use_cpu=True, contrastive_negatives="own_images", contrastive_gather=True
+        )
 
 
 def test_lambda1_follows_the_linear_schedule_and_losses_are_logged(tmp_path, demo_dataset_dir):
@@ -166,7 +171,9 @@ def test_step_metrics_keep_running_sums_and_copy_buffers():
         metrics.add("lambda", buffer, "cpu")
         buffer.fill_(0.9)  # changed in place after it was recorded
     metrics.reduce_into(logged_means, one_process)
-    assert logged_means["kl"] == [pytest.approx(3.0)] and logged_means["lambda"] == [pytest.approx((0.5 + 0.9 + 0.9) / 3)]
+    assert logged_means["kl"] == [pytest.approx(3.0)] and logged_means["lambda"] == [
+        pytest.approx((0.5 + 0.9 + 0.9) / 3)
+    ]
     metrics.reduce_into(logged_means, one_process)  # nothing new: nothing appended
     metrics.add("kl", float("nan"), "cpu")
     metrics.reduce_into(logged_means, one_process)
@@ -212,7 +219,9 @@ def test_sft_learns_the_embedded_default(tmp_path):
 
     def rouge_l(trained_model):
         predictions = generate_predictions(trained_model, processor, test, max_new_tokens=48)
-        return compute_metrics(predictions, references, metrics=["rouge_l"], tokenize="none", lang="en").corpus["ROUGE-L"]
+        return compute_metrics(predictions, references, metrics=["rouge_l"], tokenize="none", lang="en").corpus[
+            "ROUGE-L"
+        ]
 
     before = rouge_l(model)
     trainer = TIPPoSFTTrainer(
@@ -248,7 +257,12 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, demo_dataset_dir):
     # Adam's default ε = 1e-8 turns float noise in the near-zero gradients of the prototype branch (λ1 ≈ 0 early)
     # into ±lr updates, so two identical runs may differ by ~lr; a larger ε keeps the comparison to float noise.
     settings = dict(
-        max_steps=6, save_strategy="steps", save_steps=3, logging_steps=1, per_device_train_batch_size=4, adam_epsilon=1e-4
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=3,
+        logging_steps=1,
+        per_device_train_batch_size=4,
+        adam_epsilon=1e-4,
     )
     full = make_trainer(tmp_path / "full", demo_dataset_dir, **settings)
     full.train()
@@ -292,7 +306,11 @@ def test_lora_run_saves_a_model_that_generates_the_same_text(tmp_path, demo_data
     adapted = PeftModel.from_pretrained(TIPPoModel.from_pretrained(base), output / "adapter").eval()
     assert generate_predictions(adapted, processor, test, max_new_tokens=24) == peft_predictions
     start = build_tiny_tippo(seed=0)[0].state_dict()
-    differ = [name for name, tensor in TIPPoModel.from_pretrained(base).state_dict().items() if not torch.equal(tensor, start[name])]
+    differ = [
+        name
+        for name, tensor in TIPPoModel.from_pretrained(base).state_dict().items()
+        if not torch.equal(tensor, start[name])
+    ]
     assert differ == ["daa_lambda1"]  # the weights are the start's; λ1 (a schedule, not a weight) is where SFT left it
 
 
@@ -304,19 +322,30 @@ def test_push_to_hub_uploads_weights_processor_and_model_card(tmp_path, demo_dat
             return SimpleNamespace(repo_id=repo_id)
 
         def upload_folder(self, repo_id, folder_path, **kwargs):
-            files = sorted(str(path.relative_to(folder_path)) for path in Path(folder_path).rglob("*") if path.is_file())
+            files = sorted(
+                str(path.relative_to(folder_path)) for path in Path(folder_path).rglob("*") if path.is_file()
+            )
             uploads.append({"repo_id": repo_id, "files": files, "card": (Path(folder_path) / "README.md").read_text()})
 
     import transformers.trainer
 
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeHub())
-    trainer = make_trainer(tmp_path, demo_dataset_dir, push_to_hub=True, hub_model_id="someone/tippo-demo", max_steps=2)
+    trainer = make_trainer(
+        tmp_path, demo_dataset_dir, push_to_hub=True, hub_model_id="someone/tippo-demo", max_steps=2
+    )
     trainer.train()
     trainer.push_to_hub(dataset_name="demo")
     (upload,) = uploads
     assert upload["repo_id"] == "someone/tippo-demo"
-    for name in ("model.safetensors", "config.json", "README.md", "tokenizer.json", "tippo_processor_config.json",
-                 "preprocessor_config.json", "title_tokenizer/tokenizer.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "README.md",
+        "tokenizer.json",
+        "tippo_processor_config.json",
+        "preprocessor_config.json",
+        "title_tokenizer/tokenizer.json",
+    ):
         assert name in upload["files"], name
     card = upload["card"]
     assert "- tippo" in card and "pipeline_tag: image-to-text" in card
@@ -326,12 +355,15 @@ def test_push_to_hub_uploads_weights_processor_and_model_card(tmp_path, demo_dat
 
 def test_model_card_names_start_base_model_and_dataset_and_its_quick_start_runs(tmp_path, demo_dataset_dir, capsys):
     import re
+
     import yaml
 
     trainer = make_trainer(tmp_path, demo_dataset_dir, max_steps=1)
     trainer.train()
     trainer.save_model()
-    trainer.set_card_arguments("someone/scenes", TIPPoScriptArguments(demo_num_train=24), TIPPoModelConfig(prefix_length=2))
+    trainer.set_card_arguments(
+        "someone/scenes", TIPPoScriptArguments(demo_num_train=24), TIPPoModelConfig(prefix_length=2)
+    )
     trainer.model.name_or_path = "someone/tippo-sft"  # as if it had started from a hub model
     trainer.create_model_card()
     card = (Path(trainer.args.output_dir) / "README.md").read_text()
@@ -352,10 +384,28 @@ def test_model_card_names_start_base_model_and_dataset_and_its_quick_start_runs(
 def launch(tmp_path, accelerate_config, *extra):
     """The SFT recipe on the demo data (64 rows) with a checkpoint at step 2: that checkpoint's state and the output."""
     output = launch_recipe(
-        "sft", accelerate_config, "--config", str(REPO / "recipes/configs/demo_sft.yaml"),
-        "--output_dir", str(tmp_path / "out"), "--demo_dir", str(tmp_path / "demo"), "--demo_num_train", "64",
-        "--demo_num_test", "8", "--feature_cache_dir", str(tmp_path / "cache"), "--logging_steps", "1",
-        "--save_steps", "2", "--disable_tqdm", "true", *extra, cwd=tmp_path,
+        "sft",
+        accelerate_config,
+        "--config",
+        str(REPO / "recipes/configs/demo_sft.yaml"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--demo_dir",
+        str(tmp_path / "demo"),
+        "--demo_num_train",
+        "64",
+        "--demo_num_test",
+        "8",
+        "--feature_cache_dir",
+        str(tmp_path / "cache"),
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "2",
+        "--disable_tqdm",
+        "true",
+        *extra,
+        cwd=tmp_path,
     )
     return json.loads((tmp_path / "out/checkpoint-2/trainer_state.json").read_text()), output
 
@@ -368,7 +418,9 @@ def test_recipe_runs_as_two_ddp_processes_on_cpu(tmp_path):
     assert state["epoch"] == pytest.approx(1.0)
     # L_C's negatives are both processes' images: averaged over the processes, twice each process's own.
     logs = [entry for entry in state["log_history"] if "contrastive/negatives" in entry]
-    assert logs and all(entry["contrastive/negatives"] == pytest.approx(2 * entry["contrastive/images"]) for entry in logs)
+    assert logs and all(
+        entry["contrastive/negatives"] == pytest.approx(2 * entry["contrastive/images"]) for entry in logs
+    )
     model = TIPPoModel.from_pretrained(tmp_path / "out")
     assert model.config.model_type == "tippo"
     # DDP is told that every trainable weight is used, so it skips the per-step search for unused ones.
@@ -377,12 +429,19 @@ def test_recipe_runs_as_two_ddp_processes_on_cpu(tmp_path):
 
 def test_ddp_skips_the_unused_parameter_search_unless_asked_or_the_encoder_trains(tmp_path, demo_dataset_dir):
     assert make_trainer(tmp_path, demo_dataset_dir, max_steps=1).args.ddp_find_unused_parameters is False
-    assert make_trainer(tmp_path, demo_dataset_dir, max_steps=1, ddp_find_unused_parameters=True).args.ddp_find_unused_parameters
+    assert make_trainer(
+        tmp_path, demo_dataset_dir, max_steps=1, ddp_find_unused_parameters=True
+    ).args.ddp_find_unused_parameters
     model, processor = build_tiny_tippo(seed=0, freeze_encoder=False)
     trainer = TIPPoSFTTrainer(
-        model=model, args=sft_config(tmp_path), processor=processor, train_dataset=load_artmuse(demo_dataset_dir / "train.jsonl")
+        model=model,
+        args=sft_config(tmp_path),
+        processor=processor,
+        train_dataset=load_artmuse(demo_dataset_dir / "train.jsonl"),
     )
-    assert trainer.args.ddp_find_unused_parameters  # left to TRL, which searches: a training encoder may leave weights unused
+    assert (
+        trainer.args.ddp_find_unused_parameters
+    )  # left to TRL, which searches: a training encoder may leave weights unused
 
 
 @pytest.mark.slow
@@ -403,14 +462,33 @@ def test_sft_then_polishppo_run_under_deepspeed_zero3_on_cpu(tmp_path):
     state, _ = launch(tmp_path, "deepspeed_zero3_cpu.yaml", "--max_steps", "2")
     assert (tmp_path / "out/checkpoint-2/global_step2").is_dir()
     launch_recipe(
-        "polishppo", "deepspeed_zero3_cpu.yaml",
-        "--config", str(REPO / "recipes/configs/demo_polishppo.yaml"), "--model_name_or_path", str(tmp_path / "out"),
-        "--output_dir", str(tmp_path / "ppo"), "--demo_dir", str(tmp_path / "demo"), "--feature_cache_dir", str(tmp_path / "cache"),
-        "--total_iterations", "1", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true", cwd=tmp_path,
+        "polishppo",
+        "deepspeed_zero3_cpu.yaml",
+        "--config",
+        str(REPO / "recipes/configs/demo_polishppo.yaml"),
+        "--model_name_or_path",
+        str(tmp_path / "out"),
+        "--output_dir",
+        str(tmp_path / "ppo"),
+        "--demo_dir",
+        str(tmp_path / "demo"),
+        "--feature_cache_dir",
+        str(tmp_path / "cache"),
+        "--total_iterations",
+        "1",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+        cwd=tmp_path,
     )
     assert state["global_step"] == 2
     policy = TIPPoModel.from_pretrained(tmp_path / "ppo")
-    assert policy.language_model.shared.weight.shape[0] == TIPPoModel.from_pretrained(tmp_path / "out").config.vocab_size
+    assert (
+        policy.language_model.shared.weight.shape[0] == TIPPoModel.from_pretrained(tmp_path / "out").config.vocab_size
+    )
 
 
 def test_torch_compile_option_finds_the_tippo_model_inside_the_compiled_wrapper(tiny_model_and_processor):
@@ -424,12 +502,26 @@ def test_torch_compile_option_finds_the_tippo_model_inside_the_compiled_wrapper(
 
 def test_evaluation_adds_generation_metrics_and_keeps_the_best_greedy_checkpoint(tmp_path, demo_dataset_dir):
     model, processor = build_tiny_tippo(seed=0)
-    args = sft_config(tmp_path, max_steps=6, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
-                      load_best_model_at_end=True, metric_for_best_model="eval_literal", eval_max_samples=4,
-                      per_device_eval_batch_size=4, eval_generation_kwargs='{"max_new_tokens": 8}')
-    trainer = TIPPoSFTTrainer(model=model, args=args, processor=processor,
-                              train_dataset=load_artmuse(demo_dataset_dir / "train.jsonl"),
-                              eval_dataset=load_artmuse(demo_dataset_dir / "test.jsonl"))
+    args = sft_config(
+        tmp_path,
+        max_steps=6,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_literal",
+        eval_max_samples=4,
+        per_device_eval_batch_size=4,
+        eval_generation_kwargs='{"max_new_tokens": 8}',
+    )
+    trainer = TIPPoSFTTrainer(
+        model=model,
+        args=args,
+        processor=processor,
+        train_dataset=load_artmuse(demo_dataset_dir / "train.jsonl"),
+        eval_dataset=load_artmuse(demo_dataset_dir / "test.jsonl"),
+    )
     trainer.train()
     evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
     assert len(evaluations) == 3

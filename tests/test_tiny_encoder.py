@@ -23,6 +23,7 @@ from tippo_rl.tiny_encoder import (
     tiny_encoder_folder,
 )
 
+
 QUICK = TinyEncoderRecipe(steps=3, images_per_batch=8, scenes_per_batch=2, pool_size=40)
 
 
@@ -38,24 +39,34 @@ def test_a_text_describes_the_items_it_names():
     assert describes(Described(None, frozenset([("red", "circle")])), red_circle_by_sea)
     assert describes(Described("sea", frozenset()), scene) and not describes(Described("city", frozenset()), scene)
     assert not describes(Described("sea", frozenset([("blue", "circle")])), scene)
-    assert soft_targets([Described("sea", frozenset())], [red_circle_by_sea, Described("city", frozenset())]).tolist() == [[1.0], [0.0]]
+    assert soft_targets(
+        [Described("sea", frozenset())], [red_circle_by_sea, Described("city", frozenset())]
+    ).tolist() == [[1.0], [0.0]]
 
 
 def test_clip_loss_with_one_positive_each_is_symmetric_infonce():
     items, texts = torch.randn(3, 4), torch.randn(3, 4)
     scale = torch.tensor(0.0)  # logits = cosines
     logits = torch.nn.functional.normalize(items, dim=-1) @ torch.nn.functional.normalize(texts, dim=-1).T
-    expected = (torch.nn.functional.cross_entropy(logits, torch.arange(3)) + torch.nn.functional.cross_entropy(logits.T, torch.arange(3))) / 2
+    expected = (
+        torch.nn.functional.cross_entropy(logits, torch.arange(3))
+        + torch.nn.functional.cross_entropy(logits.T, torch.arange(3))
+    ) / 2
     torch.testing.assert_close(clip_loss(items, texts, scale, torch.eye(3)), expected)
 
 
 def test_same_recipe_gives_the_same_weights_and_another_seed_does_not(tmp_path, processor_and_config):
     processor, config = processor_and_config
-    first = load_file(tiny_encoder_folder(config, processor, "en", QUICK, cache_dir=tmp_path / "a") / "model.safetensors")
-    second = load_file(tiny_encoder_folder(config, processor, "en", QUICK, cache_dir=tmp_path / "b") / "model.safetensors")
+    first = load_file(
+        tiny_encoder_folder(config, processor, "en", QUICK, cache_dir=tmp_path / "a") / "model.safetensors"
+    )
+    second = load_file(
+        tiny_encoder_folder(config, processor, "en", QUICK, cache_dir=tmp_path / "b") / "model.safetensors"
+    )
     assert first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
     other = load_file(
-        tiny_encoder_folder(config, processor, "en", dataclasses.replace(QUICK, seed=1), cache_dir=tmp_path / "c") / "model.safetensors"
+        tiny_encoder_folder(config, processor, "en", dataclasses.replace(QUICK, seed=1), cache_dir=tmp_path / "c")
+        / "model.safetensors"
     )
     assert not torch.equal(first["text_projection.weight"], other["text_projection.weight"])
 
@@ -98,7 +109,10 @@ def test_the_tiny_preset_loads_the_pretrained_encoder_and_the_random_one_on_requ
     random_encoder, _ = build_tiny_tippo(pretrained_encoder=False)
     assert not torch.equal(random_encoder.encoder.text_projection.weight, pretrained.encoder.text_projection.weight)
     torch.manual_seed(0)  # the random φ is the seeded initialisation, as before
-    assert torch.equal(build_tiny_tippo(pretrained_encoder=False)[0].encoder.text_projection.weight, random_encoder.encoder.text_projection.weight)
+    assert torch.equal(
+        build_tiny_tippo(pretrained_encoder=False)[0].encoder.text_projection.weight,
+        random_encoder.encoder.text_projection.weight,
+    )
     # Everything but φ is the same seeded initialisation either way.
     assert torch.equal(pretrained.text_adapter.mlp[0].weight, random_encoder.text_adapter.mlp[0].weight)
     assert all(not p.requires_grad for p in pretrained.encoder.parameters())
@@ -111,5 +125,7 @@ def test_the_pretrained_encoder_separates_titles_objects_and_places(lang):
     assert probe["title_max_cosine"] < 0.9
     assert probe["colour_accuracy"] >= 0.95 and probe["shape_accuracy"] >= 0.95 and probe["place_accuracy"] >= 0.95
     assert probe["scene_to_title"] >= 0.8 and probe["title_to_scene"] >= 0.8
-    random_probe = probe_tiny_encoder(build_tiny_tippo(lang=lang, pretrained_encoder=False)[0].encoder, processor, lang)
+    random_probe = probe_tiny_encoder(
+        build_tiny_tippo(lang=lang, pretrained_encoder=False)[0].encoder, processor, lang
+    )
     assert random_probe["title_max_cosine"] > 0.99  # what the pretraining fixes

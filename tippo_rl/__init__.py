@@ -8,6 +8,7 @@ import importlib
 
 from . import modeling_tippo, processing_tippo  # noqa: F401  (register the Auto classes)
 
+
 __version__ = "0.1.0"
 
 _EXPORTS = {

@@ -24,10 +24,16 @@ from pathlib import Path
 from safetensors import safe_open
 from transformers.trainer_utils import get_last_checkpoint
 
+
 STAGING_PREFIX = "_incomplete-"
 TRAINER_STATE_NAME = "trainer_state.json"
 # A folder holding one of these is taken for a model (by `from_pretrained`, or the Trainer's resume): written last.
-WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "value_head.safetensors")
+WEIGHT_NAMES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "adapter_model.safetensors",
+    "value_head.safetensors",
+)
 LAST_ALIASES = ("last", "latest", "true")
 NO_ALIASES = ("", "false", "no", "none")
 

@@ -94,14 +94,16 @@ class TIPPoConfig(PretrainedConfig):
         if isinstance(daa_lambda1, bool) or not isinstance(daa_lambda1, (int, float)) or not 0.0 <= daa_lambda1 <= 1.0:
             raise ValueError(f"TIPPoConfig.daa_lambda1 must lie in [0, 1], got {daa_lambda1!r}")
         self.prefix_length = prefix_length
-        self.adapter_hidden_size = adapter_hidden_size or (
-            encoder_config.projection_dim + prefix_length * decoder_config.hidden_size
-        ) // 2
+        self.adapter_hidden_size = (
+            adapter_hidden_size or (encoder_config.projection_dim + prefix_length * decoder_config.hidden_size) // 2
+        )
         self.max_images = max_images
         self.use_daa_do = use_daa_do
         self.image_slot_embeddings = bool(image_slot_embeddings)
         if single_image_prototype not in ("own", "running_mean"):
-            raise ValueError(f"TIPPoConfig.single_image_prototype must be `own` or `running_mean`, got {single_image_prototype!r}")
+            raise ValueError(
+                f"TIPPoConfig.single_image_prototype must be `own` or `running_mean`, got {single_image_prototype!r}"
+            )
         if not 0.0 <= prototype_momentum < 1.0:
             raise ValueError(f"TIPPoConfig.prototype_momentum must lie in [0, 1), got {prototype_momentum!r}")
         self.single_image_prototype = single_image_prototype
@@ -117,7 +119,9 @@ class TIPPoConfig(PretrainedConfig):
         kwargs.setdefault("eos_token_id", decoder_config.eos_token_id)
         # A causal decoder has no start token: the prompt's last position predicts the first completion token. The pad id
         # stands in for it in T5-style shifted `decoder_input_ids`, whose first column a causal TIPPo model does not read.
-        start = decoder_config.decoder_start_token_id if decoder_config.is_encoder_decoder else decoder_config.pad_token_id
+        start = (
+            decoder_config.decoder_start_token_id if decoder_config.is_encoder_decoder else decoder_config.pad_token_id
+        )
         kwargs.setdefault("decoder_start_token_id", start)
         super().__init__(**kwargs)
 

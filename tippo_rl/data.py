@@ -26,6 +26,7 @@ from PIL import Image as PILImage
 
 from .processing_tippo import TIPPoProcessor, open_image
 
+
 logger = logging.getLogger(__name__)
 
 FEATURES = Features(
@@ -72,7 +73,9 @@ def check_image_bytes(data: bytes, name: str) -> None:
         raise ValueError(f"image '{name}' cannot be opened: {error}") from error
 
 
-def _finish(rows: list[dict], problems: Counter, source: str, on_error: str, extra_features: Features | None = None) -> Dataset:
+def _finish(
+    rows: list[dict], problems: Counter, source: str, on_error: str, extra_features: Features | None = None
+) -> Dataset:
     if problems:
         logger.warning(
             "%s: skipped %d bad rows (%s); to stop at the first one and see its line, use --on_bad_rows raise "
@@ -110,7 +113,9 @@ class ColumnNames:
 
 
 def _is_image(value: Any) -> bool:
-    return isinstance(value, (str, PILImage.Image)) or (isinstance(value, dict) and bool(value.get("bytes") or value.get("path")))
+    return isinstance(value, (str, PILImage.Image)) or (
+        isinstance(value, dict) and bool(value.get("bytes") or value.get("path"))
+    )
 
 
 def _checked_image(image: Any, image_root: Path) -> Any:
@@ -210,7 +215,10 @@ def load_artmuse(
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                clean, problem = None, f"row: not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1})"
+                clean, problem = (
+                    None,
+                    f"row: not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1})",
+                )
             else:
                 if not line.strip():
                     continue
@@ -241,7 +249,9 @@ def open_dataset(name: str, config: str | None = None) -> DatasetDict:
     reads (a hub id; a folder of data files; an `imagefolder` with `metadata.jsonl`)."""
     path = Path(name)
     try:
-        if path.is_dir() and any((path / marker).is_file() for marker in ("dataset_dict.json", "dataset_info.json", "state.json")):
+        if path.is_dir() and any(
+            (path / marker).is_file() for marker in ("dataset_dict.json", "dataset_info.json", "state.json")
+        ):
             loaded = load_from_disk(str(path))
             return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
         if path.is_file():
@@ -326,7 +336,9 @@ def load_hf_dataset(
     image_root = Path(image_root) if image_root is not None else folder
     dataset = _undecoded(dataset, columns.images)
     extra_features = {
-        column: feature for column, feature in dataset.features.items() if column not in mapped and column not in FEATURES
+        column: feature
+        for column, feature in dataset.features.items()
+        if column not in mapped and column not in FEATURES
     }
     rows, problems = [], Counter()
     for index, row in enumerate(dataset):
@@ -376,7 +388,9 @@ def load_coco_captions(
                     "which is not in 'images'"
                 )
             if not isinstance(caption, str) or not caption.strip():
-                raise DataValidationError(f"{annotations}: annotations[{index}] field 'caption' is empty or not a string")
+                raise DataValidationError(
+                    f"{annotations}: annotations[{index}] field 'caption' is empty or not a string"
+                )
             captions.setdefault(annotation["image_id"], []).append(caption)
     except UnicodeDecodeError as error:
         raise DataValidationError(f"{annotations}: not UTF-8 text (byte offset {error.start})") from error
@@ -460,7 +474,11 @@ class TIPPoDataCollator:
         for row in rows:
             reference = row.get("reference")
             if not isinstance(reference, str) or not reference.strip():
-                problem = "has no column 'reference'" if "reference" not in row else f"has an empty 'reference' ({reference!r})"
+                problem = (
+                    "has no column 'reference'"
+                    if "reference" not in row
+                    else f"has an empty 'reference' ({reference!r})"
+                )
                 raise DataValidationError(
                     f"sample '{row.get('id', '')}' {problem}, the target text (its columns: {', '.join(row)}); name the "
                     "target column 'reference' (dataset.rename_column('text', 'reference')), or load the dataset with "
@@ -481,7 +499,12 @@ class TIPPoDataCollator:
                 self._truncated_ids.add(sample)
                 logger.warning(
                     "sample '%s': reference has %d tokens (%d characters); trained on its first %d (max_target_length in "
-                    "the processor's %s)", sample, length, len(row.get("reference", "")), limit, "tippo_processor_config.json",
+                    "the processor's %s)",
+                    sample,
+                    length,
+                    len(row.get("reference", "")),
+                    limit,
+                    "tippo_processor_config.json",
                 )
 
     @staticmethod
@@ -492,7 +515,9 @@ class TIPPoDataCollator:
             return open_image(image)
         except Exception as error:  # PIL raises many types for corrupt files
             name = image.get("path") if isinstance(image, dict) else getattr(image, "filename", image)
-            raise DataValidationError(f"sample '{row.get('id')}': image '{name}' cannot be decoded: {error}") from error
+            raise DataValidationError(
+                f"sample '{row.get('id')}': image '{name}' cannot be decoded: {error}"
+            ) from error
 
     @staticmethod
     def stack_features(rows: Sequence[dict]) -> dict[str, torch.Tensor]:

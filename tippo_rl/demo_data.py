@@ -28,6 +28,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+
 COLOURS = {
     "red": ((220, 40, 40), "红色"),
     "green": ((40, 170, 60), "绿色"),
@@ -94,7 +95,9 @@ def draw_background(place: str, rng: random.Random, size: int = IMAGE_SIZE) -> I
     return image
 
 
-def draw_shape(shape: str, colour: str, rng: random.Random, size: int = IMAGE_SIZE, place: str | None = None) -> Image.Image:
+def draw_shape(
+    shape: str, colour: str, rng: random.Random, size: int = IMAGE_SIZE, place: str | None = None
+) -> Image.Image:
     """One image: a coloured shape at the centre (jittered by a pixel or two), on `place`'s background (a plain
     light one when `place` is None). The background stays visible around the shape."""
     if place is None:
@@ -123,14 +126,16 @@ def background_place(place: str, rng: random.Random) -> str:
     return place
 
 
-def draw_scene(place: str, objects: Sequence[tuple[str, str]], rng: random.Random) -> tuple[list[Image.Image], list[str]]:
+def draw_scene(
+    place: str, objects: Sequence[tuple[str, str]], rng: random.Random
+) -> tuple[list[Image.Image], list[str]]:
     """A scene's images, one per (colour, shape) object, and the place each image's background shows."""
     shown = [background_place(place, rng) for _ in objects]
     return [draw_shape(shape, colour, rng, place=where) for (colour, shape), where in zip(objects, shown)], shown
 
 
 def object_phrase(colour: str, shape: str, lang: str) -> str:
-    """"a red circle" / "一个红色的圆形"."""
+    """ "a red circle" / "一个红色的圆形"."""
     return f"一个{COLOURS[colour][1]}的{SHAPES[shape]}" if lang == "zh" else f"a {colour} {shape}"
 
 
@@ -241,7 +246,9 @@ def make_demo_dataset(
         rows = []
         for index in range(count):
             place = rng.choice(sorted(PLACES))
-            objects = [(rng.choice(sorted(COLOURS)), rng.choice(sorted(SHAPES))) for _ in range(rng.randint(1, max_images))]
+            objects = [
+                (rng.choice(sorted(COLOURS)), rng.choice(sorted(SHAPES))) for _ in range(rng.randint(1, max_images))
+            ]
             title_variant = rng.randrange(len(titles_of(place, lang)))
             images, shown = draw_scene(place, objects, rng)
             paths = []
@@ -251,7 +258,14 @@ def make_demo_dataset(
                 paths.append(relative)
             title, reference = describe(place, objects, lang, title_variant)
             rows.append(
-                {"id": f"{split}-{index}", "title": title, "images": paths, "reference": reference, "place": place, "shown_places": shown}
+                {
+                    "id": f"{split}-{index}",
+                    "title": title,
+                    "images": paths,
+                    "reference": reference,
+                    "place": place,
+                    "shown_places": shown,
+                }
             )
         with open(output_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for row in rows:

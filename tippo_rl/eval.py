@@ -45,6 +45,7 @@ from .metrics import (
     normalize_metric_names,
 )
 
+
 __all__ = ["load_predictions", "load_references", "main"]
 
 PROG = "tippo-eval"
@@ -223,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Scores are 0-1 as pycocoevalcap reports them (CIDEr 0-10); paper tables show them x100. "
-            "Input files: JSONL rows {\"id\", \"prediction\"} / {\"id\", \"references\": [...]} (or \"reference\": "
-            "str), or COCO JSON (results [{\"image_id\", \"caption\"}], annotations {\"images\", \"annotations\"}). "
+            'Input files: JSONL rows {"id", "prediction"} / {"id", "references": [...]} (or "reference": '
+            'str), or COCO JSON (results [{"image_id", "caption"}], annotations {"images", "annotations"}). '
             "METEOR and --tokenize ptb need Java (apt-get install default-jre-headless)."
         ),
     )

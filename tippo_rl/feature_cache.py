@@ -26,7 +26,9 @@ from .processing_tippo import TIPPoProcessor
 def undecoded_images(dataset: Dataset) -> Dataset:
     """`dataset` with its `images` column as `{path, bytes}` dicts: nothing is decoded when rows are read (the
     collator decodes them at a bounded size, `processing_tippo.open_image`). Without such a column, `dataset`."""
-    if not isinstance(dataset.features.get("images"), List) or not isinstance(dataset.features["images"].feature, Image):
+    if not isinstance(dataset.features.get("images"), List) or not isinstance(
+        dataset.features["images"].feature, Image
+    ):
         return dataset
     were_disabled = are_progress_bars_disabled()
     disable_progress_bars()  # the stored bytes do not change: no progress worth a bar
@@ -91,7 +93,9 @@ def gathered_encoder(model: TIPPoModel):
     return deepspeed.zero.GatheredParameters(list(model.encoder.parameters()), modifier_rank=None)
 
 
-def _cache_frozen_features(dataset: Dataset, model: TIPPoModel, processor: TIPPoProcessor, cache_dir: Path, batch_size: int) -> Dataset:
+def _cache_frozen_features(
+    dataset: Dataset, model: TIPPoModel, processor: TIPPoProcessor, cache_dir: Path, batch_size: int
+) -> Dataset:
     fingerprint = hashlib.sha256(
         (dataset_fingerprint(dataset, processor) + encoder_fingerprint(model)).encode()
     ).hexdigest()[:16]
@@ -112,7 +116,9 @@ def _cache_frozen_features(dataset: Dataset, model: TIPPoModel, processor: TIPPo
             )
         counts = inputs["image_mask"].sum(1).tolist()
         return {
-            "image_features": [features[:count].float().cpu().numpy() for features, count in zip(image_features, counts)],
+            "image_features": [
+                features[:count].float().cpu().numpy() for features, count in zip(image_features, counts)
+            ],
             "title_features": title_features.float().cpu().numpy(),
         }
 

@@ -90,30 +90,52 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--images", nargs="+", help="1 to N_max image files")
     batch = parser.add_argument_group("a batch")
     batch.add_argument(
-        "--input_file", help="JSONL rows {\"id\", \"title\", \"images\": [paths]} (a reference is not needed), checked as the "
+        "--input_file",
+        help='JSONL rows {"id", "title", "images": [paths]} (a reference is not needed), checked as the '
         "recipes check their data; relative paths start from the file's folder",
     )
-    batch.add_argument("--output_file", help="where the output JSONL goes (default: stdout): each row's id, title and generation(s)")
+    batch.add_argument(
+        "--output_file", help="where the output JSONL goes (default: stdout): each row's id, title and generation(s)"
+    )
     batch.add_argument("--batch_size", type=int, default=16, help="samples generated at once (default 16)")
     decoding = parser.add_argument_group("decoding (unset: the model's generation config)")
     decoding.add_argument(
-        "--generation_config", help="a generation_config.json, a folder holding one, or a JSON object such as "
-        "'{\"num_beams\": 4, \"no_repeat_ngram_size\": 3}'; the options below override it",
+        "--generation_config",
+        help="a generation_config.json, a folder holding one, or a JSON object such as "
+        '\'{"num_beams": 4, "no_repeat_ngram_size": 3}\'; the options below override it',
     )
     decoding.add_argument("--num_beams", type=int, help="beams of beam search (1: greedy or sampling)")
     decoding.add_argument("--num_return_sequences", type=int, help="texts per sample (≤ num_beams without sampling)")
-    decoding.add_argument("--do_sample", action="store_true", default=None, help="sample instead of greedy/beam search")
+    decoding.add_argument(
+        "--do_sample", action="store_true", default=None, help="sample instead of greedy/beam search"
+    )
     decoding.add_argument("--temperature", type=float, help="sampling temperature (with --do_sample)")
     decoding.add_argument("--top_k", type=int, help="top-k sampling (with --do_sample)")
     decoding.add_argument("--top_p", type=float, help="nucleus sampling (with --do_sample)")
-    decoding.add_argument("--repetition_penalty", type=float, help="penalty on tokens already generated (> 1 discourages them)")
+    decoding.add_argument(
+        "--repetition_penalty", type=float, help="penalty on tokens already generated (> 1 discourages them)"
+    )
     decoding.add_argument("--no_repeat_ngram_size", type=int, help="never repeat an n-gram of this size")
     decoding.add_argument("--max_new_tokens", type=int, help="most tokens per text")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, ... (default: a GPU if there is one)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda, cuda:1, ... (default: a GPU if there is one)",
+    )
     return parser
 
 
-DECODING_OPTIONS = ("num_beams", "num_return_sequences", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size", "max_new_tokens")
+DECODING_OPTIONS = (
+    "num_beams",
+    "num_return_sequences",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "max_new_tokens",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,19 +157,25 @@ def main(argv: list[str] | None = None) -> int:
         settings = {**(config.to_diff_dict() if config is not None else {}), **options}
         beams, returned = settings.get("num_beams", 1), settings.get("num_return_sequences", 1)
         if returned > beams and not settings.get("do_sample"):
-            raise ValueError(f"--num_return_sequences {returned} needs --do_sample or at least as many --num_beams (got {beams})")
+            raise ValueError(
+                f"--num_return_sequences {returned} needs --do_sample or at least as many --num_beams (got {beams})"
+            )
         check_model_source(args.model, "--model")
         if args.images is not None:
             for path in args.images:
                 check_image(Path(path))
-            rows = Dataset.from_list([{"id": "sample", "title": args.title, "images": [str(Path(path)) for path in args.images]}])
+            rows = Dataset.from_list(
+                [{"id": "sample", "title": args.title, "images": [str(Path(path)) for path in args.images]}]
+            )
         else:
             rows = load_artmuse(args.input_file, require_reference=False, allow_empty_title=True)
         model = TIPPoModel.from_pretrained(args.model).to(args.device).eval()
         processor = TIPPoProcessor.from_pretrained(args.model)
         if config is not None:
             options = {"generation_config": config, **options}
-        predictions = generate_predictions(model, processor, rows, batch_size=args.batch_size, progress=args.input_file is not None, **options)
+        predictions = generate_predictions(
+            model, processor, rows, batch_size=args.batch_size, progress=args.input_file is not None, **options
+        )
     except (ValueError, OSError, DataValidationError) as error:
         print(f"tippo-generate: {error}", file=sys.stderr)
         return 2
@@ -156,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(texts) if isinstance(texts, list) else texts)
         return 0
     key = "generations" if returned > 1 else "generation"
-    lines = [json.dumps({"id": row_id, "title": title, key: predictions[row_id]}, ensure_ascii=False) for row_id, title in zip(rows["id"], rows["title"])]
+    lines = [
+        json.dumps({"id": row_id, "title": title, key: predictions[row_id]}, ensure_ascii=False)
+        for row_id, title in zip(rows["id"], rows["title"])
+    ]
     if args.output_file:
         Path(args.output_file).write_text("\n".join(lines) + "\n", encoding="utf-8")
     else:

@@ -50,6 +50,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+
 __all__ = [
     "DEFAULT_METRICS",
     "LANGS",
@@ -235,9 +236,7 @@ def _ptb_tokenize(texts: Sequence[str]) -> list[str]:
         with open(path, "wb") as f:
             f.write("\n".join(_one_line(t) for t in texts).encode())
         try:
-            proc = subprocess.run(
-                cmd + [path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=3600
-            )
+            proc = subprocess.run(cmd + [path], stdin=subprocess.DEVNULL, capture_output=True, timeout=3600)
         except subprocess.TimeoutExpired as e:
             raise ExternalToolError("the PTB tokenizer did not finish within an hour") from e
     if proc.returncode != 0:
@@ -279,7 +278,7 @@ def tokenize_texts(texts: Sequence[str], mode: str = "none") -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _make_closable_meteor_class():
     # Built lazily (once) so that importing this module does not import pycocoevalcap.
     Meteor = _import("pycocoevalcap.meteor.meteor", "pycocoevalcap").Meteor
@@ -582,7 +581,9 @@ def compute_metrics(
     ref_no_pred = [k for k in refs_in if predictions.get(k) is None]
     problems = []
     if pred_no_ref:
-        problems.append(f"{_plural(len(pred_no_ref), 'prediction')} without references (ids: {_show_ids(pred_no_ref)})")
+        problems.append(
+            f"{_plural(len(pred_no_ref), 'prediction')} without references (ids: {_show_ids(pred_no_ref)})"
+        )
     if ref_no_pred:
         problems.append(
             f"{_plural(len(ref_no_pred), 'reference id')} without a prediction (ids: {_show_ids(ref_no_pred)})"

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
+
 TEMPLATE = """---
 {{ card_data }}
 ---
@@ -138,8 +139,13 @@ def build_model_card(
     else:
         start_text = "a fresh TIPPo model built here (its components below)"
     repo = trainer.args.hub_model_id or str(Path(trainer.args.output_dir).resolve())
-    versions = (("tippo_rl", __version__), ("TRL", trl.__version__), ("Transformers", transformers.__version__),
-                ("PyTorch", torch.__version__), ("Datasets", datasets.__version__))
+    versions = (
+        ("tippo_rl", __version__),
+        ("TRL", trl.__version__),
+        ("Transformers", transformers.__version__),
+        ("PyTorch", torch.__version__),
+        ("Datasets", datasets.__version__),
+    )
     return ModelCard.from_template(
         card_data,
         template_str=TEMPLATE,
@@ -147,8 +153,12 @@ def build_model_card(
         stage=stage,
         dataset_name=dataset_name,
         start=start_text,
-        encoder=f"initialised from `{config.encoder_name_or_path}`" if config.encoder_name_or_path else "built from a config (random weights, or the tiny preset's CLIP-style pretraining)",
-        decoder=f"initialised from `{config.decoder_name_or_path}`" if config.decoder_name_or_path else "built from a config (random weights at the start of SFT)",
+        encoder=f"initialised from `{config.encoder_name_or_path}`"
+        if config.encoder_name_or_path
+        else "built from a config (random weights, or the tiny preset's CLIP-style pretraining)",
+        decoder=f"initialised from `{config.decoder_name_or_path}`"
+        if config.decoder_name_or_path
+        else "built from a config (random weights at the start of SFT)",
         architecture="TIPPo (DAA + DO)" if config.use_daa_do else "TIP ablation (no DAA, no DO)",
         repo=repo,
         metrics=("| metric | value |\n|---|---|\n" + metrics) if final else "(none logged)",

@@ -216,8 +216,12 @@ def prototype_contrastive_loss(
     prototypes = torch.where(images_per_sample == 1, batch_mean_image_signal(signals, image_mask), prototypes)
     unit = F.normalize(signals, dim=-1).flatten(0, 1)  # s_i, (batch·N, k·d); row i belongs to sample i // N
     real = image_mask.flatten()
-    positive = (unit * F.normalize(prototypes, dim=-1).repeat_interleave(n_images, 0)).sum(-1) / temperature  # cos(s_i, p_b)/τ
-    all_pairs = (unit @ unit.T / temperature).masked_fill(~real[None, :], float("-inf"))  # cos(s_i, s_j)/τ, real j only
+    positive = (unit * F.normalize(prototypes, dim=-1).repeat_interleave(n_images, 0)).sum(
+        -1
+    ) / temperature  # cos(s_i, p_b)/τ
+    all_pairs = (unit @ unit.T / temperature).masked_fill(
+        ~real[None, :], float("-inf")
+    )  # cos(s_i, s_j)/τ, real j only
     if negatives == "own_images":  # Eq. 5 as written: j over sample b's own images
         sample = torch.arange(image_mask.shape[0], device=unit.device).repeat_interleave(n_images)
         all_pairs = all_pairs.masked_fill(sample[:, None] != sample[None, :], float("-inf"))
@@ -298,9 +302,15 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
             self._no_split_modules = [*self._no_split_modules, *(self.language_model._no_split_modules or [])]
         # λ1 of Eq. 2, 1-D so that DeepSpeed can shard it; saved with the weights.
         self.register_buffer("daa_lambda1", torch.tensor([config.daa_lambda1]), persistent=True)
-        if config.single_image_prototype == "running_mean":  # S^P of one-image samples, (k, d); saved, fixed at inference
-            self.register_buffer("prototype_running_mean", torch.zeros(config.prefix_length, config.hidden_size), persistent=True)
-            self.register_buffer("prototype_updates", torch.zeros(1), persistent=True)  # the first update copies the mean
+        if (
+            config.single_image_prototype == "running_mean"
+        ):  # S^P of one-image samples, (k, d); saved, fixed at inference
+            self.register_buffer(
+                "prototype_running_mean", torch.zeros(config.prefix_length, config.hidden_size), persistent=True
+            )
+            self.register_buffer(
+                "prototype_updates", torch.zeros(1), persistent=True
+            )  # the first update copies the mean
         self.post_init()
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -414,7 +424,9 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
         ).long()
         return TIPPoPrefix(inputs_embeds, attention_mask, image_signals, image_mask)
 
-    def single_image_prototype(self, prototype: torch.Tensor, image_signals: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+    def single_image_prototype(
+        self, prototype: torch.Tensor, image_signals: torch.Tensor, image_mask: torch.Tensor
+    ) -> torch.Tensor:
         """`single_image_prototype: running_mean`: one-image samples take the running mean of real image signals as S^P.
         In training the mean is first moved towards this batch's (m ← μ·m + (1 − μ)·mean, no gradient; the first
         training batch sets it)."""
@@ -462,12 +474,16 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
         the prompt, whose last position predicts the first completion token), or, from `labels`, `labels[:, :-1]`."""
         if decoder_input_ids is None:
             if labels is None:
-                raise ValueError("a causal TIPPo model needs `labels` or `decoder_input_ids` (the completion) in forward()")
+                raise ValueError(
+                    "a causal TIPPo model needs `labels` or `decoder_input_ids` (the completion) in forward()"
+                )
             decoder_input_ids = F.pad(labels[:, :-1], (1, 0), value=-100)  # T5's shift-right
             decoder_input_ids = decoder_input_ids.masked_fill(decoder_input_ids == -100, self.config.pad_token_id)
         prompt_embeds, prompt_mask = self.causal_prompt(prefix, prompt_input_ids, prompt_attention_mask)
         completion_inputs = decoder_input_ids[:, 1:]
-        inputs_embeds = torch.cat([prompt_embeds, self.get_input_embeddings()(completion_inputs).to(prompt_embeds.dtype)], 1)
+        inputs_embeds = torch.cat(
+            [prompt_embeds, self.get_input_embeddings()(completion_inputs).to(prompt_embeds.dtype)], 1
+        )
         attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_inputs)], dim=1)
         length = decoder_input_ids.shape[1]  # T: positions P − 1 … P + T − 2 predict completion tokens 0 … T − 1
         outputs = self.language_model(
@@ -523,7 +539,13 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
                 image_mask, pixel_values, title_input_ids, title_attention_mask, image_features, title_features
             )
             return self._causal_forward(
-                prefix, prompt_input_ids, prompt_attention_mask, labels, decoder_input_ids, use_cache=bool(use_cache), **kwargs
+                prefix,
+                prompt_input_ids,
+                prompt_attention_mask,
+                labels,
+                decoder_input_ids,
+                use_cache=bool(use_cache),
+                **kwargs,
             )
         prefix = None
         if encoder_outputs is None:

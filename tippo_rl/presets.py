@@ -36,6 +36,7 @@ from .modeling_tippo import TIPPoModel
 from .processing_tippo import TIPPoProcessor
 from .tiny_encoder import tiny_encoder_folder
 
+
 PAPER_ENCODER = "OFA-Sys/chinese-clip-vit-base-patch16"
 PAPER_DECODER = "Langboat/mengzi-t5-base"
 TINY_IMAGE_SIZE = 32
@@ -121,7 +122,9 @@ def tiny_encoder_config(processor: TIPPoProcessor, width: int = 64) -> ChineseCL
     )
 
 
-def tiny_tippo_config(processor: TIPPoProcessor, use_daa_do: bool = True, decoder: str = "t5", **overrides) -> TIPPoConfig:
+def tiny_tippo_config(
+    processor: TIPPoProcessor, use_daa_do: bool = True, decoder: str = "t5", **overrides
+) -> TIPPoConfig:
     """A TIPPo config of about 0.4M parameters, sized to `processor`'s vocabularies; `decoder`: `t5` (two encoder and two
     decoder layers) or `llama` (a causal LM of two layers, grouped-query attention, tied embeddings)."""
     if decoder not in DECODERS:

@@ -17,6 +17,7 @@ from transformers.models.chinese_clip.image_processing_pil_chinese_clip import C
 
 from .configuration_tippo import TIPPoConfig
 
+
 PROCESSOR_CONFIG_NAME = "tippo_processor_config.json"
 TITLE_TOKENIZER_FOLDER = "title_tokenizer"
 # Images are resized to φ's input (224 px) anyway: a larger one is decoded at a reduced size, so that decoding a photo of
@@ -125,7 +126,9 @@ class TIPPoProcessor(ProcessorMixin):
         the user's message; without one, the title's text alone (no special tokens: S^F comes before it)."""
         if self.tokenizer.chat_template:
             texts = [
-                self.tokenizer.apply_chat_template([{"role": "user", "content": title}], tokenize=False, add_generation_prompt=True)
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": title}], tokenize=False, add_generation_prompt=True
+                )
                 for title in titles
             ]
         else:
@@ -148,7 +151,9 @@ class TIPPoProcessor(ProcessorMixin):
     def tokenize_references(self, references: Sequence[str]) -> torch.Tensor:
         """References → `labels` `(batch, T)`, padding set to -100 (ignored by the loss)."""
         if self.causal_lm:  # the completion: its tokens, then EOS (a causal LM's tokenizer adds BOS, not EOS)
-            ids = self.tokenizer(list(references), add_special_tokens=False, truncation=True, max_length=self.max_target_length - 1)
+            ids = self.tokenizer(
+                list(references), add_special_tokens=False, truncation=True, max_length=self.max_target_length - 1
+            )
             rows = [row + [self.tokenizer.eos_token_id] for row in ids["input_ids"]]
             labels = torch.full((len(rows), max(map(len, rows))), -100, dtype=torch.long)
             for index, row in enumerate(rows):
@@ -189,7 +194,9 @@ class TIPPoProcessor(ProcessorMixin):
             batch.update(self.tokenize_prompts(titles))
         if references is not None:
             if len(references) != len(titles):
-                raise ValueError(f"got {len(titles)} titles but {len(references)} references; give one reference per sample")
+                raise ValueError(
+                    f"got {len(titles)} titles but {len(references)} references; give one reference per sample"
+                )
             batch["labels"] = self.tokenize_references(references)
         return batch
 
@@ -220,11 +227,15 @@ class TIPPoProcessor(ProcessorMixin):
                     row.append(image)
                     continue
                 if not isinstance(image, (str, os.PathLike)):
-                    raise ValueError(f"sample {index}, image {position}: expected a PIL image or a path, got {type(image).__name__}")
+                    raise ValueError(
+                        f"sample {index}, image {position}: expected a PIL image or a path, got {type(image).__name__}"
+                    )
                 try:
                     row.append(open_image(str(image)))
                 except Exception as error:  # PIL raises many types for missing or corrupt files
-                    raise ValueError(f"sample {index}, image {position}: '{image}' cannot be opened: {error}") from error
+                    raise ValueError(
+                        f"sample {index}, image {position}: '{image}' cannot be opened: {error}"
+                    ) from error
             decoded.append(row)
         return decoded
 
@@ -259,7 +270,7 @@ class TIPPoProcessor(ProcessorMixin):
         return [str(path) for path in save_directory.rglob("*") if path.is_file()]
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "TIPPoProcessor":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> TIPPoProcessor:
         """Load a processor saved with `save_pretrained`, from a folder or a Hub repository."""
         source = str(pretrained_model_name_or_path)
         if Path(source).is_dir():
@@ -279,7 +290,7 @@ class TIPPoProcessor(ProcessorMixin):
     @classmethod
     def from_pretrained_components(
         cls, encoder_name_or_path: str, decoder_name_or_path: str, **kwargs
-    ) -> "TIPPoProcessor":
+    ) -> TIPPoProcessor:
         """Build the processor of a fresh TIPPo model from its two checkpoints, e.g.
         `OFA-Sys/chinese-clip-vit-base-patch16` and `Langboat/mengzi-t5-base`."""
         return cls(
@@ -293,4 +304,6 @@ class TIPPoProcessor(ProcessorMixin):
         return f"{type(self).__name__}({json.dumps(self.to_dict())})"
 
 
-AutoProcessor.register(TIPPoConfig, TIPPoProcessor)  # AutoProcessor.from_pretrained(a saved TIPPo model) gives this class
+AutoProcessor.register(
+    TIPPoConfig, TIPPoProcessor
+)  # AutoProcessor.from_pretrained(a saved TIPPo model) gives this class

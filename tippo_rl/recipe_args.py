@@ -19,16 +19,29 @@ from .checkpoints import CheckpointError, check_model_source
 from .data import ColumnNames, DataValidationError, load_artmuse, load_coco_captions, load_hf_dataset
 from .demo_data import make_demo_dataset
 from .modeling_tippo import TIPPoModel
-from .zero3 import full_weights_under_zero3
-from .presets import PAPER_DECODER, PAPER_ENCODER, build_smollm2_tippo, build_tiny_tippo, build_tippo_from_pretrained_components
+from .presets import (
+    PAPER_DECODER,
+    PAPER_ENCODER,
+    build_smollm2_tippo,
+    build_tiny_tippo,
+    build_tippo_from_pretrained_components,
+)
 from .processing_tippo import TIPPoProcessor
+from .zero3 import full_weights_under_zero3
+
 
 logger = logging.getLogger(__name__)
 
 DATASET_KINDS = ("demo", "artmuse", "cococn", "hf")  # hf: a Hugging Face dataset, --dataset_name
 PRESETS = ("tiny", "tiny_causal", "smollm2", "pretrained")
 # Everything TIPPo adds in front of the decoder trains fully when the decoder gets LoRA.
-TIPPO_MODULES = ["text_adapter", "image_adapter", "dual_alignment_attention", "difference_operator", "image_slot_embedding"]
+TIPPO_MODULES = [
+    "text_adapter",
+    "image_adapter",
+    "dual_alignment_attention",
+    "difference_operator",
+    "image_slot_embedding",
+]
 # LoRA's default targets: T5's attention projections, or those of a Llama/Qwen2-style causal LM (φ's are named otherwise).
 LORA_TARGETS = {"seq2seq": ["q", "v"], "causal": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
@@ -61,7 +74,12 @@ class TIPPoParser(TrlParser):
         for first, second in EXCLUSIVE_OPTIONS:
             for on_command_line, in_yaml in ((first, second), (second, first)):
                 if on_command_line in given and in_yaml in config and in_yaml not in given:
-                    logger.info("--%s on the command line replaces the config's %s: %s", on_command_line, in_yaml, config[in_yaml])
+                    logger.info(
+                        "--%s on the command line replaces the config's %s: %s",
+                        on_command_line,
+                        in_yaml,
+                        config[in_yaml],
+                    )
                     del config[in_yaml]
         return super().set_defaults_with_config(**config)
 
@@ -98,33 +116,66 @@ class TIPPoScriptArguments:
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "A Hugging Face dataset: a hub id, a save_to_disk folder, a .json/.jsonl/.parquet/.csv file or a folder load_dataset reads (e.g. an imagefolder with metadata.jsonl). Takes the place of --dataset."},
+        metadata={
+            "help": "A Hugging Face dataset: a hub id, a save_to_disk folder, a .json/.jsonl/.parquet/.csv file or a folder load_dataset reads (e.g. an imagefolder with metadata.jsonl). Takes the place of --dataset."
+        },
     )
-    dataset_config: str | None = field(default=None, metadata={"help": "--dataset_name: its configuration (load_dataset's `name`)."})
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "--dataset_name: its configuration (load_dataset's `name`)."}
+    )
     dataset_train_split: str = field(default="train", metadata={"help": "--dataset_name: the split to train on."})
-    dataset_test_split: str = field(default="test", metadata={"help": "--dataset_name: the split to evaluate on (none if the dataset lacks it)."})
-    title_column: str = field(default="title", metadata={"help": "--dataset_name: the column holding the title (a string)."})
+    dataset_test_split: str = field(
+        default="test", metadata={"help": "--dataset_name: the split to evaluate on (none if the dataset lacks it)."}
+    )
+    title_column: str = field(
+        default="title", metadata={"help": "--dataset_name: the column holding the title (a string)."}
+    )
     images_column: str = field(
         default="images",
-        metadata={"help": "--dataset_name: the column holding the images (an Image, a list of Images, a path or a list of paths; `image` in an imagefolder)."},
+        metadata={
+            "help": "--dataset_name: the column holding the images (an Image, a list of Images, a path or a list of paths; `image` in an imagefolder)."
+        },
     )
-    reference_column: str = field(default="reference", metadata={"help": "--dataset_name: the column holding the target text."})
+    reference_column: str = field(
+        default="reference", metadata={"help": "--dataset_name: the column holding the target text."}
+    )
     dataset: str = field(
         default="demo",
-        metadata={"help": "`demo` (the embedded default, generated on the fly), `artmuse` (JSONL) or `cococn` (COCO captions JSON); ignored with --dataset_name."},
+        metadata={
+            "help": "`demo` (the embedded default, generated on the fly), `artmuse` (JSONL) or `cococn` (COCO captions JSON); ignored with --dataset_name."
+        },
     )
-    train_file: str | None = field(default=None, metadata={"help": "artmuse: training JSONL ({title, images, reference} rows; other fields reach reward plug-ins)."})
+    train_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "artmuse: training JSONL ({title, images, reference} rows; other fields reach reward plug-ins)."
+        },
+    )
     eval_file: str | None = field(default=None, metadata={"help": "artmuse: evaluation JSONL."})
-    image_root: str | None = field(default=None, metadata={"help": "artmuse, --dataset_name: folder relative image paths start from (default: the JSONL's or the dataset's folder)."})
+    image_root: str | None = field(
+        default=None,
+        metadata={
+            "help": "artmuse, --dataset_name: folder relative image paths start from (default: the JSONL's or the dataset's folder)."
+        },
+    )
     coco_train_annotations: str | None = field(default=None, metadata={"help": "cococn: training captions JSON."})
     coco_eval_annotations: str | None = field(default=None, metadata={"help": "cococn: evaluation captions JSON."})
     coco_image_dir: str | None = field(default=None, metadata={"help": "cococn: the image folder."})
-    demo_dir: str = field(default="outputs/demo_data", metadata={"help": "demo: where the generated dataset is written."})
+    demo_dir: str = field(
+        default="outputs/demo_data", metadata={"help": "demo: where the generated dataset is written."}
+    )
     demo_lang: str = field(default="en", metadata={"help": "demo: `en` or `zh` texts."})
     demo_num_train: int = field(default=400, metadata={"help": "demo: training samples."})
     demo_num_test: int = field(default=300, metadata={"help": "demo: held-out samples."})
-    on_bad_rows: str = field(default="raise", metadata={"help": "`raise` at the first bad row, or `skip` bad rows with a counted warning."})
-    allow_empty_title: bool = field(default=False, metadata={"help": "artmuse, --dataset_name: accept rows with an empty title, or no title column (captioning data)."})
+    on_bad_rows: str = field(
+        default="raise", metadata={"help": "`raise` at the first bad row, or `skip` bad rows with a counted warning."}
+    )
+    allow_empty_title: bool = field(
+        default=False,
+        metadata={
+            "help": "artmuse, --dataset_name: accept rows with an empty title, or no title column (captioning data)."
+        },
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep at most this many evaluation samples."})
 
     @property
@@ -152,7 +203,14 @@ class TIPPoScriptArguments:
         for name in required:
             if getattr(self, name) is None:
                 raise ValueError(f"--{name} is required with --dataset {self.dataset}")
-        for name in ("train_file", "eval_file", "coco_train_annotations", "coco_eval_annotations", "coco_image_dir", "image_root"):
+        for name in (
+            "train_file",
+            "eval_file",
+            "coco_train_annotations",
+            "coco_eval_annotations",
+            "coco_image_dir",
+            "image_root",
+        ):
             value = getattr(self, name)
             if value is not None and not Path(value).exists():
                 raise ValueError(f"--{name} {value!r} does not exist")
@@ -174,29 +232,43 @@ class TIPPoModelConfig(ModelConfig):
             "gguf`, offline) or `pretrained` (the two checkpoints below)."
         },
     )
-    encoder_name_or_path: str = field(default=PAPER_ENCODER, metadata={"help": "φ for `preset: pretrained` (Chinese-CLIP)."})
+    encoder_name_or_path: str = field(
+        default=PAPER_ENCODER, metadata={"help": "φ for `preset: pretrained` (Chinese-CLIP)."}
+    )
     decoder_name_or_path: str = field(
         default=PAPER_DECODER,
-        metadata={"help": "The decoder for `preset: pretrained`: a T5 or a causal LM (e.g. `Qwen/Qwen2.5-0.5B-Instruct`)."},
+        metadata={
+            "help": "The decoder for `preset: pretrained`: a T5 or a causal LM (e.g. `Qwen/Qwen2.5-0.5B-Instruct`)."
+        },
     )
-    prefix_length: int = field(default=4, metadata={"help": "k, tokens per φ vector (fresh `pretrained` models; the tiny preset uses 2)."})
+    prefix_length: int = field(
+        default=4, metadata={"help": "k, tokens per φ vector (fresh `pretrained` models; the tiny preset uses 2)."}
+    )
     use_daa_do: bool = field(default=True, metadata={"help": "False gives the paper's TIP ablation (no DAA, no DO)."})
     image_slot_embeddings: bool = field(
         default=False,
-        metadata={"help": "Not in the paper: a learned embedding per image slot added to its fusion tokens (fresh models; TIPPoConfig)."},
+        metadata={
+            "help": "Not in the paper: a learned embedding per image slot added to its fusion tokens (fresh models; TIPPoConfig)."
+        },
     )
     single_image_prototype: str = field(
         default="own",
-        metadata={"help": "S^P of one-image samples (fresh models): `own` (the paper: the image itself, so S^D is constant) or `running_mean` (TIPPoConfig)."},
+        metadata={
+            "help": "S^P of one-image samples (fresh models): `own` (the paper: the image itself, so S^D is constant) or `running_mean` (TIPPoConfig)."
+        },
     )
     seed_model: int = field(default=0, metadata={"help": "Seed of a fresh model's random initialisation."})
     max_target_length: int | None = field(
         default=None,
-        metadata={"help": "Reference tokens kept as labels (longer references are cut, with a warning per sample); saved with the processor. Unset: the processor's (512 for a fresh model)."},
+        metadata={
+            "help": "Reference tokens kept as labels (longer references are cut, with a warning per sample); saved with the processor. Unset: the processor's (512 for a fresh model)."
+        },
     )
     tiny_pretrained_encoder: bool = field(
         default=True,
-        metadata={"help": "`preset: tiny`: φ pretrained CLIP-style on demo pairs (cached after the first run), or false for its random initialisation."},
+        metadata={
+            "help": "`preset: tiny`: φ pretrained CLIP-style on demo pairs (cached after the first run), or false for its random initialisation."
+        },
     )
 
     def __post_init__(self):
@@ -216,10 +288,16 @@ def load_datasets(
     if args.dataset == "hf":
         columns = ColumnNames(title=args.title_column, images=args.images_column, reference=args.reference_column)
         options = dict(
-            config=args.dataset_config, columns=columns, image_root=args.image_root, max_images=max_images,
-            allow_empty_title=args.allow_empty_title, on_error=args.on_bad_rows,
+            config=args.dataset_config,
+            columns=columns,
+            image_root=args.image_root,
+            max_images=max_images,
+            allow_empty_title=args.allow_empty_title,
+            on_error=args.on_bad_rows,
         )
-        train = load_hf_dataset(args.dataset_name, args.dataset_train_split, require_reference=require_reference, **options)
+        train = load_hf_dataset(
+            args.dataset_name, args.dataset_train_split, require_reference=require_reference, **options
+        )
         try:
             evaluation = load_hf_dataset(args.dataset_name, args.dataset_test_split, **options)
         except DataValidationError as error:
@@ -230,12 +308,18 @@ def load_datasets(
     elif args.dataset == "demo":
         with PartialState().main_process_first():  # one process writes the files, the others then reuse them
             folder = make_demo_dataset(
-                args.demo_dir, num_train=args.demo_num_train, num_test=args.demo_num_test, lang=args.demo_lang, max_images=max_images
+                args.demo_dir,
+                num_train=args.demo_num_train,
+                num_test=args.demo_num_test,
+                lang=args.demo_lang,
+                max_images=max_images,
             )
         train, evaluation = load_artmuse(folder / "train.jsonl"), load_artmuse(folder / "test.jsonl")
     elif args.dataset == "artmuse":
         options = dict(allow_empty_title=args.allow_empty_title, on_error=args.on_bad_rows)
-        train = load_artmuse(args.train_file, args.image_root, max_images, require_reference=require_reference, **options)
+        train = load_artmuse(
+            args.train_file, args.image_root, max_images, require_reference=require_reference, **options
+        )
         evaluation = load_artmuse(args.eval_file, args.image_root, max_images, **options) if args.eval_file else None
     else:
         train = load_coco_captions(args.coco_train_annotations, args.coco_image_dir, "caption", args.on_bad_rows)
@@ -259,12 +343,16 @@ def load_model_and_processor(args: TIPPoModelConfig, lang: str = "en") -> tuple[
 
 
 def _model_and_processor(args: TIPPoModelConfig, lang: str) -> tuple[TIPPoModel, TIPPoProcessor]:
-    fresh = dict(image_slot_embeddings=args.image_slot_embeddings, single_image_prototype=args.single_image_prototype)  # TIPPoConfig
+    fresh = dict(
+        image_slot_embeddings=args.image_slot_embeddings, single_image_prototype=args.single_image_prototype
+    )  # TIPPoConfig
     with full_weights_under_zero3():
         if args.model_name_or_path:
             source = args.model_name_or_path
             check_model_source(source, "--model_name_or_path")
-            return TIPPoModel.from_pretrained(source, revision=args.model_revision), TIPPoProcessor.from_pretrained(source)
+            return TIPPoModel.from_pretrained(source, revision=args.model_revision), TIPPoProcessor.from_pretrained(
+                source
+            )
         if args.preset in ("tiny", "tiny_causal"):
             return build_tiny_tippo(
                 lang=lang,

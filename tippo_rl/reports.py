@@ -37,6 +37,7 @@ from .metrics import (
 from .modeling_tippo import TIPPoModel
 from .processing_tippo import TIPPoProcessor
 
+
 SPLITS = ("eval", "train")
 # Columns of the report tables, in this order, where computed (metrics.json keeps every score).
 TABLE_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "BERTScore-F1")
@@ -46,17 +47,27 @@ TABLE_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "BERTScore-F1")
 class EvaluationArguments:
     """How a model's predictions are generated and scored."""
 
-    split: str = field(default="eval", metadata={"help": "Which split of the dataset to generate on: `eval` or `train`."})
+    split: str = field(
+        default="eval", metadata={"help": "Which split of the dataset to generate on: `eval` or `train`."}
+    )
     batch_size: int = field(default=16, metadata={"help": "Samples per generation batch."})
-    num_beams: int = field(default=1, metadata={"help": "Beam search width (1: greedy, or sampling with `do_sample`)."})
+    num_beams: int = field(
+        default=1, metadata={"help": "Beam search width (1: greedy, or sampling with `do_sample`)."}
+    )
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy/beam decoding."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with `do_sample`)."})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "Longest generation; None: the model's generation config."})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Longest generation; None: the model's generation config."}
+    )
     generation_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": "More options for model.generate, a JSON object (YAML: a mapping), e.g. {\"repetition_penalty\": 1.2, \"no_repeat_ngram_size\": 3}; they override the options above."},
+        metadata={
+            "help": 'More options for model.generate, a JSON object (YAML: a mapping), e.g. {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3}; they override the options above.'
+        },
     )
-    seed: int = field(default=0, metadata={"help": "Random seed set before each model generates (matters with `do_sample`)."})
+    seed: int = field(
+        default=0, metadata={"help": "Random seed set before each model generates (matters with `do_sample`)."}
+    )
     device: str | None = field(default=None, metadata={"help": "`cpu`, `cuda`, …; None: CUDA when available."})
     metrics: list[str] = field(
         default_factory=lambda: list(DEFAULT_METRICS),
@@ -64,12 +75,20 @@ class EvaluationArguments:
     )
     tokenize: str = field(
         default="none",
-        metadata={"help": "What the n-gram metrics see as words: `none` (pre-segmented), `char`, `jieba` (Chinese) or `ptb` (English, coco-caption's default)."},
+        metadata={
+            "help": "What the n-gram metrics see as words: `none` (pre-segmented), `char`, `jieba` (Chinese) or `ptb` (English, coco-caption's default)."
+        },
     )
     lang: str = field(default="zh", metadata={"help": "Language of the texts for the metrics: `zh` or `en`."})
-    bertscore_model: str | None = field(default=None, metadata={"help": "BERTScore model (name or folder); None: bert_score's default for `lang`."})
-    bertscore_num_layers: int | None = field(default=None, metadata={"help": "BERTScore layer; required for models bert_score has no default for."})
-    num_examples: int = field(default=3, metadata={"help": "Samples shown with every model's prediction in the markdown report."})
+    bertscore_model: str | None = field(
+        default=None, metadata={"help": "BERTScore model (name or folder); None: bert_score's default for `lang`."}
+    )
+    bertscore_num_layers: int | None = field(
+        default=None, metadata={"help": "BERTScore layer; required for models bert_score has no default for."}
+    )
+    num_examples: int = field(
+        default=3, metadata={"help": "Samples shown with every model's prediction in the markdown report."}
+    )
 
     def __post_init__(self):
         if self.split not in SPLITS:
@@ -86,9 +105,13 @@ class EvaluationArguments:
             try:
                 self.generation_kwargs = json.loads(self.generation_kwargs)
             except json.JSONDecodeError as error:
-                raise ValueError(f"--generation_kwargs must be a JSON object, got {self.generation_kwargs!r}: {error}") from error
+                raise ValueError(
+                    f"--generation_kwargs must be a JSON object, got {self.generation_kwargs!r}: {error}"
+                ) from error
         if self.generation_kwargs is not None and not isinstance(self.generation_kwargs, dict):
-            raise ValueError(f"--generation_kwargs must be a JSON object of generate() options, got {self.generation_kwargs!r}")
+            raise ValueError(
+                f"--generation_kwargs must be a JSON object of generate() options, got {self.generation_kwargs!r}"
+            )
         if self.generation_kwargs:
             from transformers import GenerationConfig
 
@@ -111,7 +134,7 @@ class EvaluationArguments:
 
 def references_of(dataset: Dataset) -> dict[str, list[str]]:
     """`{row id: reference texts}`; raises if ids repeat (predictions are matched to references by id)."""
-    references = {row_id: refs for row_id, refs in zip(dataset["id"], dataset["references"])}
+    references = dict(zip(dataset["id"], dataset["references"]))
     if len(references) != len(dataset):
         raise ValueError(f"the dataset's ids are not unique ({len(dataset)} rows, {len(references)} ids)")
     return references
@@ -154,7 +177,9 @@ def score_model(
     return predictions, result, seconds
 
 
-def write_predictions(path: str | Path, dataset: Dataset, predictions: Mapping[str, str], result: MetricsResult) -> None:
+def write_predictions(
+    path: str | Path, dataset: Dataset, predictions: Mapping[str, str], result: MetricsResult
+) -> None:
     """One JSON line per sample: `{id, title, prediction, references, scores}`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,25 +214,39 @@ def scene_fields(dataset: Dataset, predictions: Mapping[str, str], lang: str) ->
     """Per-field accuracy of `predictions` against the rows' first reference (embedded default only: see
     `tippo_rl.demo_data.scene_field_accuracy`)."""
     rows = list(zip(dataset["id"], dataset["references"]))
-    return scene_field_accuracy([predictions[row_id] for row_id, _ in rows], [references[0] for _, references in rows], lang)
+    return scene_field_accuracy(
+        [predictions[row_id] for row_id, _ in rows], [references[0] for _, references in rows], lang
+    )
 
 
 def spread_cell(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
     """`mean` of one value, `mean (min–max)` of several (several seeds of a cell), scaled."""
     scaled = [scale * value for value in values]
     mean = sum(scaled) / len(scaled)
-    return f"{mean:.{digits}f}" if len(scaled) == 1 else f"{mean:.{digits}f} ({min(scaled):.{digits}f}–{max(scaled):.{digits}f})"
+    return (
+        f"{mean:.{digits}f}"
+        if len(scaled) == 1
+        else f"{mean:.{digits}f} ({min(scaled):.{digits}f}–{max(scaled):.{digits}f})"
+    )
 
 
 def spread_table(
-    rows: Sequence[tuple[Sequence[str], Sequence[Mapping[str, float]]]], headers: Sequence[str], columns: Sequence[str], digits: int = 2
+    rows: Sequence[tuple[Sequence[str], Sequence[Mapping[str, float]]]],
+    headers: Sequence[str],
+    columns: Sequence[str],
+    digits: int = 2,
 ) -> str:
     """A markdown table of scores ×100 over seeds: each row is its leading cells and one score mapping per seed;
     a column shows the mean, with the range when there are several seeds."""
     columns = [name for name in columns if any(name in scores for _, runs in rows for scores in runs)]
     lines = ["| " + " | ".join([*headers, *columns]) + " |", "|" + "---|" * len(headers) + "---:|" * len(columns)]
     for cells, runs in rows:
-        values = [spread_cell([scores[name] for scores in runs], digits=digits) if all(name in scores for scores in runs) else "–" for name in columns]
+        values = [
+            spread_cell([scores[name] for scores in runs], digits=digits)
+            if all(name in scores for scores in runs)
+            else "–"
+            for name in columns
+        ]
         lines.append("| " + " | ".join([*cells, *values]) + " |")
     return "\n".join(lines)
 

@@ -44,6 +44,7 @@ import torch
 
 from .zero3 import full_weights_under_zero3
 
+
 logger = logging.getLogger(__name__)
 
 EMBEDDER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -113,7 +114,10 @@ def literal_reward(completions: Sequence[str], references: Sequence[str], normal
     """
     _check_pairs(completions, references, "literal")
     if not normalized:
-        return [1.0 - Levenshtein.distance(reference, _as_text(completion)) for completion, reference in zip(completions, references)]
+        return [
+            1.0 - Levenshtein.distance(reference, _as_text(completion))
+            for completion, reference in zip(completions, references)
+        ]
     rewards = []
     for completion, reference in zip(completions, references):
         y = _as_text(completion)
@@ -197,11 +201,13 @@ def _model_fingerprint(model_name_or_path: str, hub_config_file: str | None) -> 
         return f"{model_name_or_path}@{Path(hub_config_file).parent.name}"
     path = Path(model_name_or_path)
     files = sorted(p for p in path.rglob("*") if p.is_file())
-    return f"{path.resolve()}|" + "|".join(f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    return f"{path.resolve()}|" + "|".join(
+        f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files
+    )
 
 
 def _cache_folder_name(model_name_or_path: str) -> str:
-    """"org--name" for a hub id, "parent--name" for a folder: one path component, safe characters only."""
+    """ "org--name" for a hub id, "parent--name" for a folder: one path component, safe characters only."""
     parts = [part for part in Path(model_name_or_path).parts if part not in (Path(model_name_or_path).anchor, "")]
     name = re.sub(r"[^\w.-]", "-", "--".join(parts[-2:])).lstrip(".-")
     return name or "model"
@@ -211,7 +217,10 @@ STATIC_POOLING = {"mean": "mean", "cls": "first"}  # SemanticReward's pooling â†
 
 
 def static_sentence_embedder(
-    model_name_or_path: str | os.PathLike, dims: int = 256, cache_dir: str | os.PathLike | None = None, pooling: str = "mean"
+    model_name_or_path: str | os.PathLike,
+    dims: int = 256,
+    cache_dir: str | os.PathLike | None = None,
+    pooling: str = "mean",
 ):
     """A static (Model2Vec) sentence embedder: one vector per token, a sentence is the mean of its tokens' vectors.
 
@@ -270,13 +279,17 @@ def static_sentence_embedder(
 
             logger.warning(  # a one-off pause of ~25 s (all-MiniLM-L6-v2, one CPU thread): say what it is
                 "semantic reward: distilling %s into a static embedder (%d dims), once; later runs load it from %s",
-                model_name_or_path, dims, target,
+                model_name_or_path,
+                dims,
+                target,
             )
             with full_weights_under_zero3():  # the encoder runs outside any DeepSpeed engine
                 encoder = AutoModel.from_pretrained(model_name_or_path)
             tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
             device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-            static = distill_from_model(encoder, tokenizer, device=device, pca_dims=dims, pooling=STATIC_POOLING[pooling])
+            static = distill_from_model(
+                encoder, tokenizer, device=device, pca_dims=dims, pooling=STATIC_POOLING[pooling]
+            )
             partial = target.with_name(target.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)  # left by a run that died while saving
             static.save_pretrained(str(partial))
@@ -340,7 +353,9 @@ class SemanticReward:
         static_cache_dir: str | os.PathLike | None = None,
     ):
         if backend not in SEMANTIC_BACKENDS:
-            raise ValueError(f"semantic reward: backend must be one of {', '.join(SEMANTIC_BACKENDS)}, got {backend!r}")
+            raise ValueError(
+                f"semantic reward: backend must be one of {', '.join(SEMANTIC_BACKENDS)}, got {backend!r}"
+            )
         if dtype not in EMBEDDER_DTYPES:
             raise ValueError(f"semantic reward: dtype must be one of {', '.join(EMBEDDER_DTYPES)}, got {dtype!r}")
         self.model_name_or_path = str(model_name_or_path)
@@ -353,7 +368,9 @@ class SemanticReward:
         self.__name__ = "semantic"  # what TRL and score_rewards log the reward as
         model_dir = Path(model_name_or_path)
         if max_length is None:
-            max_length = _sentence_transformers_setting(model_dir, "sentence_bert_config.json", "max_seq_length") or 512
+            max_length = (
+                _sentence_transformers_setting(model_dir, "sentence_bert_config.json", "max_seq_length") or 512
+            )
         self.max_length = max_length
         if pooling is None:
             mean = _sentence_transformers_setting(model_dir, "1_Pooling/config.json", "pooling_mode_mean_tokens")
@@ -419,7 +436,11 @@ class SemanticReward:
         order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
         chunks, current = [], []
         for i in order:
-            if current and (len(current) + 1) * len(encoded[current[0]]) > self.max_tokens_per_batch or len(current) == self.batch_size:
+            if (
+                current
+                and (len(current) + 1) * len(encoded[current[0]]) > self.max_tokens_per_batch
+                or len(current) == self.batch_size
+            ):
                 chunks.append(current)
                 current = []
             current.append(i)
@@ -659,7 +680,9 @@ def load_reward(spec: str | Callable, **init_kwargs) -> Callable:
             defined = sorted(
                 name
                 for name, value in vars(module).items()
-                if callable(value) and not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
+                if callable(value)
+                and not name.startswith("_")
+                and getattr(value, "__module__", None) == module.__name__
             )
             raise AttributeError(
                 f"reward {spec!r}: {location!r} defines no {attribute!r}; "
@@ -675,7 +698,9 @@ def load_reward(spec: str | Callable, **init_kwargs) -> Callable:
         except TypeError as error:
             raise TypeError(f"reward {label!r}: cannot {kind} {reward.__name__}: {error}") from error
         if not callable(built):
-            raise TypeError(f"reward {label!r}: factory {reward.__name__} returned {type(built).__name__}, not a reward function")
+            raise TypeError(
+                f"reward {label!r}: factory {reward.__name__} returned {type(built).__name__}, not a reward function"
+            )
         reward = built
     elif init_kwargs:
         raise ValueError(
@@ -699,7 +724,7 @@ def is_async_reward(reward_func: Callable) -> bool:
     """An ``async def`` reward function, or an object whose ``__call__`` is one (TRL runs them concurrently)."""
     while isinstance(reward_func, functools.partial):
         reward_func = reward_func.func
-    return inspect.iscoroutinefunction(reward_func) or inspect.iscoroutinefunction(getattr(reward_func, "__call__", None))
+    return inspect.iscoroutinefunction(reward_func) or inspect.iscoroutinefunction(type(reward_func).__call__)
 
 
 def _run_concurrently(coroutines: list) -> list:
@@ -835,7 +860,9 @@ def score_rewards(
         sample = int(torch.isnan(rewards).all(0).nonzero()[0])
         logger.warning(  # as TRL's GRPOTrainer: the sample's return is then 0
             "all reward functions returned None for sample %d (prompt %r, completion %r); its return counts as 0",
-            sample, prompts[sample], completions[sample],
+            sample,
+            prompts[sample],
+            completions[sample],
         )
     rewards *= torch.tensor(weights, dtype=torch.float32).unsqueeze(1)
     return rewards, names

@@ -37,6 +37,7 @@ from transformers import ChineseCLIPConfig, ChineseCLIPModel
 from . import demo_data
 from .demo_data import COLOURS, PLACES, SHAPES, draw_scene, draw_shape, object_phrase, place_phrase, titles_of
 
+
 logger = logging.getLogger(__name__)
 
 ENCODER_FOLDER_VERSION = 1
@@ -73,6 +74,7 @@ def one_thread():
 
 
 # -- pretraining pairs ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Described:
@@ -114,7 +116,9 @@ def pretraining_texts(lang: str) -> dict[str, list[tuple[str, Described]]]:
     return {
         "objects": [(object_phrase(c, s, lang), Described(None, frozenset([(c, s)]))) for c, s in objects],
         "placed objects": placed,
-        "titles": [(title, Described(place, frozenset())) for place in sorted(PLACES) for title in titles_of(place, lang)],
+        "titles": [
+            (title, Described(place, frozenset())) for place in sorted(PLACES) for title in titles_of(place, lang)
+        ],
     }
 
 
@@ -123,10 +127,16 @@ def soft_targets(texts: list[Described], items: list[Described]) -> torch.Tensor
     return torch.tensor([[float(describes(text, item)) for text in texts] for item in items])
 
 
-def clip_loss(item_embeddings: torch.Tensor, text_embeddings: torch.Tensor, logit_scale: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def clip_loss(
+    item_embeddings: torch.Tensor, text_embeddings: torch.Tensor, logit_scale: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """Symmetric InfoNCE with several positives: cross-entropy against the normalised rows (items → texts) and
     columns (texts → items) of `targets` `(n_items, n_texts)`; rows or columns without a positive are left out."""
-    logits = logit_scale.exp().clamp(max=100) * F.normalize(item_embeddings, dim=-1) @ F.normalize(text_embeddings, dim=-1).T
+    logits = (
+        logit_scale.exp().clamp(max=100)
+        * F.normalize(item_embeddings, dim=-1)
+        @ F.normalize(text_embeddings, dim=-1).T
+    )
 
     def soft_cross_entropy(logits, targets):
         present = targets.sum(1) > 0
@@ -136,7 +146,9 @@ def clip_loss(item_embeddings: torch.Tensor, text_embeddings: torch.Tensor, logi
     return (soft_cross_entropy(logits, targets) + soft_cross_entropy(logits.T, targets.T)) / 2
 
 
-def pretrain_tiny_encoder(config: ChineseCLIPConfig, processor, lang: str = "en", recipe: TinyEncoderRecipe = TinyEncoderRecipe()) -> ChineseCLIPModel:
+def pretrain_tiny_encoder(
+    config: ChineseCLIPConfig, processor, lang: str = "en", recipe: TinyEncoderRecipe = TinyEncoderRecipe()
+) -> ChineseCLIPModel:
     """Train a `ChineseCLIPModel` of `config` on demo pairs (see the module docstring); deterministic for a
     recipe on a given machine (one torch thread). `processor` is the tiny `TIPPoProcessor` (its title tokenizer
     and image preprocessing are φ's)."""
@@ -150,14 +162,20 @@ def pretrain_tiny_encoder(config: ChineseCLIPConfig, processor, lang: str = "en"
         decay = [p for n, p in model.named_parameters() if p.dim() > 1]
         rest = [p for n, p in model.named_parameters() if p.dim() <= 1]
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=recipe.learning_rate
+            [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+            lr=recipe.learning_rate,
         )
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / recipe.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
+            optimizer,
+            lambda step: (
+                min(1.0, (step + 1) / recipe.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
+            ),
         )
         texts = pretraining_texts(lang)
         all_texts = [text for kind in texts.values() for text, _ in kind]
-        tokens = processor.title_tokenizer(all_texts, padding=True, truncation=True, max_length=processor.max_title_length, return_tensors="pt")
+        tokens = processor.title_tokenizer(
+            all_texts, padding=True, truncation=True, max_length=processor.max_title_length, return_tensors="pt"
+        )
         model.train()
         for _ in range(recipe.steps):
             image_ids = [rng.randrange(len(pool)) for _ in range(recipe.images_per_batch)]
@@ -170,14 +188,22 @@ def pretrain_tiny_encoder(config: ChineseCLIPConfig, processor, lang: str = "en"
             position = {image: row for row, image in enumerate(unique)}
             image_embeddings = F.normalize(model.get_image_features(pixel_values=pixels[unique]).pooler_output, dim=-1)
             images = image_embeddings[[position[i] for i in image_ids]]
-            scenes = torch.stack([image_embeddings[[position[i] for i in members]].mean(0) for members in scene_members])
-            text_embeddings = model.get_text_features(**tokens).pooler_output.split([len(kind) for kind in texts.values()])
+            scenes = torch.stack(
+                [image_embeddings[[position[i] for i in members]].mean(0) for members in scene_members]
+            )
+            text_embeddings = model.get_text_features(**tokens).pooler_output.split(
+                [len(kind) for kind in texts.values()]
+            )
             # One InfoNCE per kind of text, averaged, so that the many place titles do not drown the objects' shapes.
             losses = []
             for (kind, described), embeddings in zip(texts.items(), text_embeddings):
                 items = [shown[i] for i in image_ids] + (scene_items if kind == "titles" else [])
                 item_embeddings = torch.cat([images, scenes]) if kind == "titles" else images
-                losses.append(clip_loss(item_embeddings, embeddings, model.logit_scale, soft_targets([m for _, m in described], items)))
+                losses.append(
+                    clip_loss(
+                        item_embeddings, embeddings, model.logit_scale, soft_targets([m for _, m in described], items)
+                    )
+                )
             loss = torch.stack(losses).mean()
             optimizer.zero_grad()
             loss.backward()
@@ -189,6 +215,7 @@ def pretrain_tiny_encoder(config: ChineseCLIPConfig, processor, lang: str = "en"
 
 
 # -- the cached folder ------------------------------------------------------------------------------------
+
 
 def recipe_key(config: ChineseCLIPConfig, processor, lang: str, recipe: TinyEncoderRecipe) -> str:
     """A hash of everything the pretrained weights depend on."""
@@ -212,7 +239,11 @@ def recipe_key(config: ChineseCLIPConfig, processor, lang: str, recipe: TinyEnco
 
 
 def tiny_encoder_folder(
-    config: ChineseCLIPConfig, processor, lang: str = "en", recipe: TinyEncoderRecipe = TinyEncoderRecipe(), cache_dir: str | Path | None = None
+    config: ChineseCLIPConfig,
+    processor,
+    lang: str = "en",
+    recipe: TinyEncoderRecipe = TinyEncoderRecipe(),
+    cache_dir: str | Path | None = None,
 ) -> Path:
     """The folder of the pretrained tiny φ for this recipe (a `ChineseCLIPModel` checkpoint), pretrained on first
     use (~60 s on one CPU thread) and cached. Processes that start together wait on a file lock while one trains."""
@@ -223,12 +254,16 @@ def tiny_encoder_folder(
     target = cache_dir / f"tiny-chinese-clip-{lang}-{recipe_key(config, processor, lang, recipe)}"
     with FileLock(str(target) + ".lock"):
         if not (target / "config.json").is_file():
-            logger.warning("tiny preset: pretraining its Chinese-CLIP encoder on demo pairs, once (~60 s); cached in %s", target)
+            logger.warning(
+                "tiny preset: pretraining its Chinese-CLIP encoder on demo pairs, once (~60 s); cached in %s", target
+            )
             model = pretrain_tiny_encoder(config, processor, lang, recipe)
             partial = target.with_name(target.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)  # left by a run that died while saving
             model.save_pretrained(partial)
-            (partial / "tiny_encoder_recipe.json").write_text(json.dumps({"lang": lang, **dataclasses.asdict(recipe)}, indent=2) + "\n")
+            (partial / "tiny_encoder_recipe.json").write_text(
+                json.dumps({"lang": lang, **dataclasses.asdict(recipe)}, indent=2) + "\n"
+            )
             shutil.rmtree(target, ignore_errors=True)  # an incomplete folder (no config.json)
             os.replace(partial, target)
     return target
@@ -236,7 +271,10 @@ def tiny_encoder_folder(
 
 # -- what the demo needs of φ -------------------------------------------------------------------------------
 
-def linear_probe_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor, steps: int = 300) -> float:
+
+def linear_probe_accuracy(
+    train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor, steps: int = 300
+) -> float:
     """Accuracy on `test` of a softmax regression fitted to `train` (full-batch L-BFGS, a little weight decay)."""
     with torch.enable_grad():
         generator = torch.Generator().manual_seed(0)
@@ -258,7 +296,9 @@ def linear_probe_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test:
 
 
 @torch.no_grad()
-def probe_tiny_encoder(encoder, processor, lang: str = "en", seed: int = 1234, n_images: int = 600, n_scenes: int = 400) -> dict[str, float]:
+def probe_tiny_encoder(
+    encoder, processor, lang: str = "en", seed: int = 1234, n_images: int = 600, n_scenes: int = 400
+) -> dict[str, float]:
     """Properties of a φ (a `TIPPoFrozenEncoder`, or anything with `encode_text`/`encode_images`) on fresh demo
     draws (seed `seed`, not the pretraining's):
     - `title_max_cosine`: the largest cosine between two places' canonical titles ("in the garden", …);
@@ -273,11 +313,16 @@ def probe_tiny_encoder(encoder, processor, lang: str = "en", seed: int = 1234, n
     rng = random.Random(seed)
 
     def embed_texts(texts):
-        tokens = processor.title_tokenizer(list(texts), padding=True, truncation=True, max_length=processor.max_title_length, return_tensors="pt")
+        tokens = processor.title_tokenizer(
+            list(texts), padding=True, truncation=True, max_length=processor.max_title_length, return_tensors="pt"
+        )
         return F.normalize(encoder.encode_text(tokens["input_ids"], tokens["attention_mask"]), dim=-1)
 
     def embed_images(images):
-        return F.normalize(encoder.encode_images(processor.image_processor(images=images, return_tensors="pt")["pixel_values"]), dim=-1)
+        return F.normalize(
+            encoder.encode_images(processor.image_processor(images=images, return_tensors="pt")["pixel_values"]),
+            dim=-1,
+        )
 
     places = sorted(PLACES)
     titles = embed_texts([titles_of(place, lang)[0] for place in places])
@@ -294,7 +339,9 @@ def probe_tiny_encoder(encoder, processor, lang: str = "en", seed: int = 1234, n
         centroids = torch.stack([features[:half][classes[:half] == c].mean(0) for c in range(len(values))])
         predicted = (features[half:] @ F.normalize(centroids, dim=-1).T).argmax(1)
         accuracy[f"{field}_centroid_accuracy"] = (predicted == classes[half:]).float().mean().item()
-        accuracy[f"{field}_accuracy"] = linear_probe_accuracy(features[:half], classes[:half], features[half:], classes[half:])
+        accuracy[f"{field}_accuracy"] = linear_probe_accuracy(
+            features[:half], classes[:half], features[half:], classes[half:]
+        )
 
     scene_places, scene_features = [], []
     for _ in range(n_scenes):
@@ -314,4 +361,9 @@ def probe_tiny_encoder(encoder, processor, lang: str = "en", seed: int = 1234, n
         best = (wordings @ scenes[choice].T).argmax(1)
         hits += (best == wording_place).sum().item()
         draws += len(wording_place)
-    return {"title_max_cosine": title_max_cosine, **accuracy, "scene_to_title": scene_to_title, "title_to_scene": hits / draws}
+    return {
+        "title_max_cosine": title_max_cosine,
+        **accuracy,
+        "scene_to_title": scene_to_title,
+        "title_to_scene": hits / draws,
+    }

@@ -5,4 +5,5 @@ from .ppo_trainer import PPOTrainer
 from .sft_config import TIPPoSFTConfig
 from .sft_trainer import TIPPoSFTTrainer
 
+
 __all__ = ["PPOConfig", "PPOTrainer", "PolishPPOConfig", "PolishPPOTrainer", "TIPPoSFTConfig", "TIPPoSFTTrainer"]

@@ -23,6 +23,7 @@ from ..generation import generate_predictions
 from ..metrics import TOKENIZE_MODES, MetricsWarning, compute_metrics
 from ..rewards import literal_reward, score_rewards
 
+
 logger = logging.getLogger(__name__)
 
 
@@ -32,18 +33,25 @@ class GenerationEvalArguments:
 
     eval_max_samples: int | None = field(
         default=64,
-        metadata={"help": "Decode at most this many eval rows at each evaluation (the first ones; None: all). Keeps evaluation cheap on a CPU."},
+        metadata={
+            "help": "Decode at most this many eval rows at each evaluation (the first ones; None: all). Keeps evaluation cheap on a CPU."
+        },
     )
     eval_generation_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": "`generate()` options of the evaluation decode, e.g. {\"num_beams\": 4}. Default: greedy."},
+        metadata={"help": '`generate()` options of the evaluation decode, e.g. {"num_beams": 4}. Default: greedy.'},
     )
     eval_tokenize: str = field(
         default="none",
-        metadata={"help": "What ROUGE-L and CIDEr see as words: `none` (whitespace), `char`, `jieba` or `ptb` (needs Java; what recipes/evaluate.py uses for the demo)."},
+        metadata={
+            "help": "What ROUGE-L and CIDEr see as words: `none` (whitespace), `char`, `jieba` or `ptb` (needs Java; what recipes/evaluate.py uses for the demo)."
+        },
     )
     eval_log_completions: int = field(
-        default=4, metadata={"help": "Sample completions shown at each evaluation (console, and a wandb table with report_to wandb); 0: none."}
+        default=4,
+        metadata={
+            "help": "Sample completions shown at each evaluation (console, and a wandb table with report_to wandb); 0: none."
+        },
     )
 
     def _check_generation_eval_fields(self) -> None:
@@ -51,7 +59,9 @@ class GenerationEvalArguments:
             try:
                 self.eval_generation_kwargs = json.loads(self.eval_generation_kwargs)
             except json.JSONDecodeError as error:
-                raise ValueError(f"eval_generation_kwargs must be a JSON object, got {self.eval_generation_kwargs!r}: {error}") from error
+                raise ValueError(
+                    f"eval_generation_kwargs must be a JSON object, got {self.eval_generation_kwargs!r}: {error}"
+                ) from error
         if self.eval_max_samples is not None and self.eval_max_samples < 1:
             raise ValueError(f"eval_max_samples must be ≥ 1 or None (all rows), got {self.eval_max_samples}")
         if self.eval_tokenize not in TOKENIZE_MODES:
@@ -73,20 +83,32 @@ class GenerationEvalMixin:
         args = self.args
         if args.eval_max_samples is not None and len(dataset) > args.eval_max_samples:
             dataset = dataset.select(range(args.eval_max_samples))
-        kwargs = {"do_sample": False, "num_beams": 1, **self.default_eval_generation_kwargs, **(args.eval_generation_kwargs or {})}
+        kwargs = {
+            "do_sample": False,
+            "num_beams": 1,
+            **self.default_eval_generation_kwargs,
+            **(args.eval_generation_kwargs or {}),
+        }
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
             policy = self._policy(unwrapped)
             predictions = generate_predictions(
-                policy, self.processor, dataset, batch_size=args.per_device_eval_batch_size,
-                progress=not args.disable_tqdm and self.accelerator.is_main_process, **kwargs,
+                policy,
+                self.processor,
+                dataset,
+                batch_size=args.per_device_eval_batch_size,
+                progress=not args.disable_tqdm and self.accelerator.is_main_process,
+                **kwargs,
             )
         ids, titles, references = dataset["id"], dataset["title"], dataset["reference"]
         completions = [predictions[row_id] for row_id in ids]
-        all_references = {row_id: refs for row_id, refs in zip(ids, dataset["references"])}
+        all_references = dict(zip(ids, dataset["references"]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MetricsWarning)  # an empty completion scores 0, as it should
             result = compute_metrics(
-                predictions, all_references, metrics=["rouge_l", "cider"], tokenize=args.eval_tokenize,
+                predictions,
+                all_references,
+                metrics=["rouge_l", "cider"],
+                tokenize=args.eval_tokenize,
                 lang="en" if args.eval_tokenize == "ptb" else "zh",  # lang only rules out ptb for Chinese here
             )
         literal = literal_reward(completions, references)
@@ -98,15 +120,29 @@ class GenerationEvalMixin:
         rewards = {"literal": literal}
         extras: dict[str, list] = {}  # columns the rewards add with log_extra, shown in the completions table
         if getattr(self, "reward_funcs", None):
-            columns = {name: list(dataset[name]) for name in dataset.column_names if name not in ("image_features", "title_features")}
+            columns = {
+                name: list(dataset[name])
+                for name in dataset.column_names
+                if name not in ("image_features", "title_features")
+            }
             scores, _ = score_rewards(
-                self.reward_funcs, prompts=list(titles), completions=self.reward_completions(completions), columns=columns,
-                trainer_state=self.state, log_metric=lambda name, value: None, log_extra=extras.__setitem__,
+                self.reward_funcs,
+                prompts=list(titles),
+                completions=self.reward_completions(completions),
+                columns=columns,
+                trainer_state=self.state,
+                log_metric=lambda name, value: None,
+                log_extra=extras.__setitem__,
             )
             for name, values in zip(self.reward_names, scores):
                 rewards[name] = values.tolist()
                 metrics[f"{metric_key_prefix}_rewards/{name}"] = torch.nanmean(values).item()
-        self.eval_completions = {"title": list(titles), "completion": completions, "reference": list(references), **rewards}
+        self.eval_completions = {
+            "title": list(titles),
+            "completion": completions,
+            "reference": list(references),
+            **rewards,
+        }
         self.eval_extra_columns = [column for column in extras if column not in self.eval_completions]
         self.eval_completions.update({column: list(extras[column]) for column in self.eval_extra_columns})
         self._log_completions_table()
@@ -123,7 +159,12 @@ class GenerationEvalMixin:
             from trl.trainer.utils import print_prompt_completions_sample
 
             print_prompt_completions_sample(
-                table["title"], table["completion"], rewards, None, self.state.global_step, extra={key: table[key] for key in extra_columns}
+                table["title"],
+                table["completion"],
+                rewards,
+                None,
+                self.state.global_step,
+                extra={key: table[key] for key in extra_columns},
             )
         except ImportError:  # rich is missing: a plain log line per sample
             for row in zip(*table.values()):

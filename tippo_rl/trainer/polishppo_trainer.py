@@ -26,6 +26,7 @@ from ..rewards import LiteralReward, load_reward
 from .polishppo_config import PolishPPOConfig
 from .ppo_trainer import PPOTrainer, ReturnStatistics  # noqa: F401  (ReturnStatistics: where it was first defined)
 
+
 LITERAL, SEMANTIC = "literal", "semantic"
 
 
@@ -79,7 +80,9 @@ class PolishPPOTrainer(PPOTrainer):
                 )
         self.literal_index = self.reward_names.index(LITERAL)
         self.semantic_index = self.reward_names.index(SEMANTIC)
-        self.extra_indices = [i for i in range(len(self.reward_names)) if i not in (self.literal_index, self.semantic_index)]
+        self.extra_indices = [
+            i for i in range(len(self.reward_names)) if i not in (self.literal_index, self.semantic_index)
+        ]
         self._schedule_checked = False
 
     def return_weights(self, m: int) -> tuple[float, float]:
@@ -101,7 +104,9 @@ class PolishPPOTrainer(PPOTrainer):
         G = w_literal * R_literal + w_semantic * R_semantic  # G_m = γ^m·R_literal + γ^(M−m)·R_semantic
         G = G + torch.nansum(weighted[self.extra_indices], dim=0)  # + Σ w_i·R_i of extra plug-ins
         if torch.isnan(G).any():
-            raise ValueError("the literal or semantic reward returned None for a sample; G_m needs both for every sample")
+            raise ValueError(
+                "the literal or semantic reward returned None for a sample; G_m needs both for every sample"
+            )
         self._metrics["polish/w_literal"].append(w_literal)
         self._metrics["polish/w_semantic"].append(w_semantic)
         return G

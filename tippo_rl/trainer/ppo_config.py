@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 
 from .generation_eval import GenerationEvalArguments
 
+
 KL_ESTIMATORS = ("k1", "k3")
 ADVANTAGE_BASELINES = ("none", "running", "group", "leave_one_out", "greedy")
 GROUP_BASELINES = ("group", "leave_one_out")  # need k ≥ 2 completions per prompt
@@ -150,94 +151,148 @@ class PPOConfig(TrainingArguments, GenerationEvalArguments):
     # -- rollouts ----------------------------------------------------------------------------------------------------
     steps_per_generation: int | None = field(
         default=None,
-        metadata={"help": "Minibatches per rollout batch, per process. Default: gradient_accumulation_steps. Exclusive with generation_batch_size."},
+        metadata={
+            "help": "Minibatches per rollout batch, per process. Default: gradient_accumulation_steps. Exclusive with generation_batch_size."
+        },
     )
     generation_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Completions per rollout batch over all processes (a multiple of per_device_train_batch_size × processes). Exclusive with steps_per_generation."},
+        metadata={
+            "help": "Completions per rollout batch over all processes (a multiple of per_device_train_batch_size × processes). Exclusive with steps_per_generation."
+        },
     )
     num_generations: int = field(
         default=1,
-        metadata={"help": "k: completions per prompt; each prompt appears k times in a row in a rollout batch (per-prompt baselines need k ≥ 2)."},
+        metadata={
+            "help": "k: completions per prompt; each prompt appears k times in a row in a rollout batch (per-prompt baselines need k ≥ 2)."
+        },
     )
     num_ppo_epochs: int = field(default=2, metadata={"help": "Passes over each rollout batch."})
     total_iterations: int | None = field(
         default=None, metadata={"help": "M: PPO iterations of the run; sets max_steps. Unset: use max_steps."}
     )
     max_new_tokens: int = field(default=64, metadata={"help": "Most tokens per completion (EOS included)."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts (log-probs use it too)."})
+    temperature: float = field(
+        default=1.0, metadata={"help": "Sampling temperature of the rollouts (log-probs use it too)."}
+    )
     top_k: int = field(default=0, metadata={"help": "Top-k sampling of the rollouts; 0 = off."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of the rollouts; 1.0 = off."})
     generation_kwargs: dict | str | None = field(
-        default=None, metadata={"help": "More GenerationConfig options for the rollouts, e.g. {\"repetition_penalty\": 1.1}."}
+        default=None,
+        metadata={"help": 'More GenerationConfig options for the rollouts, e.g. {"repetition_penalty": 1.1}.'},
     )
 
     # -- rewards -----------------------------------------------------------------------------------------------------
     reward_funcs: list[str] | None = field(
         default=None,
-        metadata={"help": "Reward plug-ins: `literal`, `semantic`, `repetition_penalty`, `module:function`, a dotted path (`trl.rewards.think_format_reward`) or `path/file.py:function`."},
+        metadata={
+            "help": "Reward plug-ins: `literal`, `semantic`, `repetition_penalty`, `module:function`, a dotted path (`trl.rewards.think_format_reward`) or `path/file.py:function`."
+        },
     )
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "One weight per reward function (default 1 each)."}
     )
     reward_init_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": "Arguments of class and factory plug-ins keyed by spec, e.g. {\"trl.rewards.get_repetition_penalty_reward\": {\"ngram_size\": 2}}."},
+        metadata={
+            "help": 'Arguments of class and factory plug-ins keyed by spec, e.g. {"trl.rewards.get_repetition_penalty_reward": {"ngram_size": 2}}.'
+        },
     )
     reward_completions_format: str = field(
         default="text",
-        metadata={"help": "Completions as rewards receive them: `text` (strings) or `conversational` (TRL's [{\"role\": \"assistant\", \"content\": ...}], for trl.rewards.think_format_reward)."},
+        metadata={
+            "help": 'Completions as rewards receive them: `text` (strings) or `conversational` (TRL\'s [{"role": "assistant", "content": ...}], for trl.rewards.think_format_reward).'
+        },
     )
 
     # -- PPO ---------------------------------------------------------------------------------------------------------
-    cliprange: float = field(default=0.2, metadata={"help": "ε of the clipped surrogate: ratio clipped to [1 − ε, 1 + ε]."})
-    kl_coef: float = field(default=0.05, metadata={"help": "β: weight of the KL penalty to the frozen starting policy. 0 = no reference model."})
+    cliprange: float = field(
+        default=0.2, metadata={"help": "ε of the clipped surrogate: ratio clipped to [1 − ε, 1 + ε]."}
+    )
+    kl_coef: float = field(
+        default=0.05,
+        metadata={"help": "β: weight of the KL penalty to the frozen starting policy. 0 = no reference model."},
+    )
     kl_estimator: str = field(default="k3", metadata={"help": "Per-token KL estimator: `k1` or `k3`."})
     advantage_baseline: str = field(
         default="none",
-        metadata={"help": "Without a value head: `none`, `running` (Eq. 6 over the last advantage_window iterations), `group` (GRPO: per-prompt mean/std), `leave_one_out` (RLOO) or `greedy` (SCST: the greedy decode's return)."},
+        metadata={
+            "help": "Without a value head: `none`, `running` (Eq. 6 over the last advantage_window iterations), `group` (GRPO: per-prompt mean/std), `leave_one_out` (RLOO) or `greedy` (SCST: the greedy decode's return)."
+        },
     )
     advantage_window: int | None = field(
         default=None,
-        metadata={"help": "W of the `running` baseline: returns of the last W iterations (current included). None: all so far (paper)."},
+        metadata={
+            "help": "W of the `running` baseline: returns of the last W iterations (current included). None: all so far (paper)."
+        },
     )
     advantage_scale: str = field(
         default="std",
-        metadata={"help": "δ_m of Eq. 6 (`running` baseline): `std` (unit-scale Â) or `variance` (the paper's word, literally)."},
+        metadata={
+            "help": "δ_m of Eq. 6 (`running` baseline): `std` (unit-scale Â) or `variance` (the paper's word, literally)."
+        },
     )
-    advantage_epsilon: float = field(default=1e-8, metadata={"help": "ε of Eq. 6 (and of the `group` baseline's std)."})
-    use_value_head: bool = field(default=True, metadata={"help": "Standard PPO: value head + clipped value loss + GAE advantages."})
+    advantage_epsilon: float = field(
+        default=1e-8, metadata={"help": "ε of Eq. 6 (and of the `group` baseline's std)."}
+    )
+    use_value_head: bool = field(
+        default=True, metadata={"help": "Standard PPO: value head + clipped value loss + GAE advantages."}
+    )
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
     value_head_init: str = field(
         default="mean_return",
-        metadata={"help": "`mean_return` (V starts at the first batch's mean return: no position bias in the first advantages) or `zero` (V ≡ 0)."},
+        metadata={
+            "help": "`mean_return` (V starts at the first batch's mean return: no position bias in the first advantages) or `zero` (V ≡ 0)."
+        },
     )
     value_warmup_iterations: int = field(
         default=0,
-        metadata={"help": "First iterations that update only the value head: a zero-initialised critic otherwise makes the first GAE advantages encode position and length."},
+        metadata={
+            "help": "First iterations that update only the value head: a zero-initialised critic otherwise makes the first GAE advantages encode position and length."
+        },
     )
-    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value loss around the rollout's values."})
+    cliprange_value: float = field(
+        default=0.2, metadata={"help": "Clip range of the value loss around the rollout's values."}
+    )
     gamma: float = field(default=1.0, metadata={"help": "GAE discount γ over tokens (not PolishPPO's polish_gamma)."})
     lam: float = field(default=0.95, metadata={"help": "GAE λ."})
-    whiten_advantages: bool = field(default=True, metadata={"help": "Normalise each rollout batch's advantages to mean 0, std 1."})
-    disable_dropout: bool = field(default=True, metadata={"help": "Switch dropout off in the policy (ratio 1 and KL 0 before the first update)."})
-    ds3_gather_for_generation: bool = field(default=True, metadata={"help": "DeepSpeed ZeRO-3: gather the weights for generation."})
+    whiten_advantages: bool = field(
+        default=True, metadata={"help": "Normalise each rollout batch's advantages to mean 0, std 1."}
+    )
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "Switch dropout off in the policy (ratio 1 and KL 0 before the first update)."}
+    )
+    ds3_gather_for_generation: bool = field(
+        default=True, metadata={"help": "DeepSpeed ZeRO-3: gather the weights for generation."}
+    )
 
     # -- DAA ---------------------------------------------------------------------------------------------------------
     daa_lambda_schedule: str = field(
         default="hold",
-        metadata={"help": "λ1 of Eq. 2 during RL: `hold` (the starting model's value: restarting m/M at 0 would move the start away from the SFT policy the KL anchors to) or `linear` (paper: m/M over the RL stage)."},
+        metadata={
+            "help": "λ1 of Eq. 2 during RL: `hold` (the starting model's value: restarting m/M at 0 would move the start away from the SFT policy the KL anchors to) or `linear` (paper: m/M over the RL stage)."
+        },
     )
 
     # -- data --------------------------------------------------------------------------------------------------------
-    use_feature_cache: bool = field(default=True, metadata={"help": "Train from cached frozen-encoder features (computed once per dataset)."})
-    feature_cache_dir: str | None = field(default=None, metadata={"help": "Folder for cached features (default ~/.cache/tippo_rl/features)."})
+    use_feature_cache: bool = field(
+        default=True, metadata={"help": "Train from cached frozen-encoder features (computed once per dataset)."}
+    )
+    feature_cache_dir: str | None = field(
+        default=None, metadata={"help": "Folder for cached features (default ~/.cache/tippo_rl/features)."}
+    )
 
     # -- TrainingArguments defaults that differ for PPO ----------------------------------------------------------------
     learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate (paper, PolishPPO: 1e-5)."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every X optimizer steps (a float in [0, 1) is a ratio of the run)."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every dataset column: reward plug-ins receive them."})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision. Default: on where a GPU supports it, off on a CPU."})
+    logging_steps: float = field(
+        default=10, metadata={"help": "Log every X optimizer steps (a float in [0, 1) is a ratio of the run)."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep every dataset column: reward plug-ins receive them."}
+    )
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision. Default: on where a GPU supports it, off on a CPU."}
+    )
 
     def __post_init__(self):
         if self.bf16 is None:
@@ -251,7 +306,9 @@ class PPOConfig(TrainingArguments, GenerationEvalArguments):
                     raise ValueError(f"{name} must be a JSON object, got {value!r}: {error}") from error
         self._check_ppo_fields()
         if self.max_steps == 0 and self.total_iterations is None:
-            raise ValueError("max_steps 0 trains nothing: set --total_iterations (PPO iterations) or a positive --max_steps")
+            raise ValueError(
+                "max_steps 0 trains nothing: set --total_iterations (PPO iterations) or a positive --max_steps"
+            )
         if self.total_iterations is not None:
             if self.max_steps > 0:
                 raise ValueError(
@@ -285,7 +342,9 @@ class PPOConfig(TrainingArguments, GenerationEvalArguments):
 
         if self.total_iterations is not None:
             # An iteration is steps_per_generation × num_ppo_epochs minibatches.
-            self.max_steps = math.ceil(self.total_iterations * self.minibatches_per_iteration / self.gradient_accumulation_steps)
+            self.max_steps = math.ceil(
+                self.total_iterations * self.minibatches_per_iteration / self.gradient_accumulation_steps
+            )
         if self.save_strategy == "steps" and self.save_steps and self.save_steps >= 1:
             if (int(self.save_steps) * self.gradient_accumulation_steps) % self.minibatches_per_iteration:
                 warnings.warn(
@@ -365,11 +424,15 @@ class PPOConfig(TrainingArguments, GenerationEvalArguments):
         if self.advantage_window is not None and self.advantage_window < 1:
             raise ValueError(f"advantage_window (W) must be ≥ 1 or None (all iterations), got {self.advantage_window}")
         if self.advantage_scale not in ("std", "variance"):
-            raise ValueError(f"advantage_scale must be `std` or `variance` (δ_m of Eq. 6), got {self.advantage_scale!r}")
+            raise ValueError(
+                f"advantage_scale must be `std` or `variance` (δ_m of Eq. 6), got {self.advantage_scale!r}"
+            )
         if self.advantage_epsilon <= 0:
             raise ValueError(f"advantage_epsilon (ε) must be > 0, got {self.advantage_epsilon}")
         if self.value_head_init not in VALUE_HEAD_INITS:
-            raise ValueError(f"value_head_init must be one of {', '.join(VALUE_HEAD_INITS)}, got {self.value_head_init!r}")
+            raise ValueError(
+                f"value_head_init must be one of {', '.join(VALUE_HEAD_INITS)}, got {self.value_head_init!r}"
+            )
         if self.value_warmup_iterations < 0:
             raise ValueError(f"value_warmup_iterations must be ≥ 0, got {self.value_warmup_iterations}")
         if self.value_warmup_iterations and not self.use_value_head:

@@ -48,7 +48,15 @@ from ..processing_tippo import TIPPoProcessor
 from ..rewards import load_reward, reward_name, score_rewards
 from .generation_eval import GenerationEvalMixin
 from .ppo_config import PPOConfig
-from .utils import EpochSeededRepeatSampler, StepMetrics, TIPPoSavingMixin, cache_features_for_training, daa_lambda1_at, unwrap_tippo
+from .utils import (
+    EpochSeededRepeatSampler,
+    StepMetrics,
+    TIPPoSavingMixin,
+    cache_features_for_training,
+    daa_lambda1_at,
+    unwrap_tippo,
+)
+
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +129,9 @@ def group_advantages(returns: torch.Tensor, k: int, epsilon: float = 1e-8) -> to
     """GRPO's per-prompt normalisation. `returns` `(batch,)` holds k consecutive completions per prompt; the std is
     the unbiased one over the prompt's k returns (as TRL's GRPOTrainer). Returns `(batch,)`."""
     G = returns.view(-1, k)  # (prompts, k)
-    return ((G - G.mean(1, keepdim=True)) / (G.std(1, keepdim=True) + epsilon)).flatten()  # Â_ij = (G_ij − mean_i) / (std_i + ε)
+    return (
+        (G - G.mean(1, keepdim=True)) / (G.std(1, keepdim=True) + epsilon)
+    ).flatten()  # Â_ij = (G_ij − mean_i) / (std_i + ε)
 
 
 def leave_one_out_advantages(returns: torch.Tensor, k: int) -> torch.Tensor:
@@ -403,7 +413,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
 
         if any(isinstance(callback, ProgressCallback) for callback in self.callback_handler.callbacks):
             self.remove_callback(ProgressCallback)
-            self.add_callback(IterationProgressCallback(args.minibatches_per_iteration / args.gradient_accumulation_steps))
+            self.add_callback(
+                IterationProgressCallback(args.minibatches_per_iteration / args.gradient_accumulation_steps)
+            )
 
         # Reference policy: the starting policy, frozen. PEFT: the same model with its adapters disabled.
         self.ref_model = None
@@ -532,7 +544,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         returns = self.compute_returns(rewards, rollouts)  # (batch,)
         if self.args.use_value_head and self.args.value_head_init == "mean_return" and self.iteration == 0:
             # V ≡ E[R] before the first values are computed (all processes' returns: every process sets the same c).
-            self.accelerator.unwrap_model(self.model).value_head.offset.fill_(self.accelerator.gather(returns).mean().item())
+            self.accelerator.unwrap_model(self.model).value_head.offset.fill_(
+                self.accelerator.gather(returns).mean().item()
+            )
         if self.args.advantage_baseline == "greedy":
             rollouts["greedy_returns"] = self.greedy_baseline_returns(rollouts)  # (batch / k,)
         with self.compute_loss_context_manager():  # the same autocast as the loss: ratio 1 before the first update
@@ -580,10 +594,14 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         columns = {name: values[::k] for name, values in rollouts["columns"].items()}
         greedy = self._decode(inputs, columns, self.greedy_generation_config)
         greedy_rewards = self.score_rollouts(greedy)
-        self._metrics["baseline/greedy_reward_mean"].append(self.accelerator.gather(greedy_rewards.T.contiguous()).nanmean().item())
+        self._metrics["baseline/greedy_reward_mean"].append(
+            self.accelerator.gather(greedy_rewards.T.contiguous()).nanmean().item()
+        )
         return self.compute_returns(greedy_rewards, greedy)
 
-    def _decode(self, inputs: dict[str, torch.Tensor], columns: dict[str, list], generation_config: GenerationConfig) -> dict[str, Any]:
+    def _decode(
+        self, inputs: dict[str, torch.Tensor], columns: dict[str, list], generation_config: GenerationConfig
+    ) -> dict[str, Any]:
         with unwrap_model_for_generation(
             self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
         ) as unwrapped:
@@ -592,10 +610,20 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
             if "pixel_values" in inputs and tippo.config.freeze_encoder:
                 # φ is frozen: encode the images and titles once for every pass over this rollout batch.
                 image_features, title_features = tippo.encode_frozen_features(
-                    inputs["pixel_values"], inputs["image_mask"], inputs["title_input_ids"], inputs["title_attention_mask"]
+                    inputs["pixel_values"],
+                    inputs["image_mask"],
+                    inputs["title_input_ids"],
+                    inputs["title_attention_mask"],
                 )
-                prompt = {name: inputs[name] for name in ("prompt_input_ids", "prompt_attention_mask") if name in inputs}
-                inputs = {"image_features": image_features, "image_mask": inputs["image_mask"], "title_features": title_features, **prompt}
+                prompt = {
+                    name: inputs[name] for name in ("prompt_input_ids", "prompt_attention_mask") if name in inputs
+                }
+                inputs = {
+                    "image_features": image_features,
+                    "image_mask": inputs["image_mask"],
+                    "title_features": title_features,
+                    **prompt,
+                }
             sequences = policy.generate(**inputs, generation_config=generation_config)
         # T5's sequences start with the decoder start token; a causal decoder's are the completion alone.
         completion_ids = sequences[:, 1:] if tippo.config.is_encoder_decoder else sequences
@@ -614,7 +642,10 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         """Call every reward plug-in as TRL does (`prompts`=titles, `completions`=texts, `completion_ids`, every dataset
         column, `trainer_state`). Returns the raw (unweighted) rewards `(n_funcs, batch)`, NaN where a plug-in
         returned None."""
-        ids = [row[row_mask.bool()].tolist() for row, row_mask in zip(rollouts["completion_ids"], rollouts["completion_mask"])]
+        ids = [
+            row[row_mask.bool()].tolist()
+            for row, row_mask in zip(rollouts["completion_ids"], rollouts["completion_mask"])
+        ]
         rewards, _ = score_rewards(
             self.reward_funcs,
             prompts=rollouts["prompts"],
@@ -682,7 +713,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         last = mask.sum(1) - 1
         token_rewards = torch.zeros_like(rollouts["old_values"])
         token_rewards[torch.arange(len(last), device=last.device), last] = returns  # r_T = R, r_t = 0 before
-        return generalized_advantage_estimation(token_rewards, rollouts["old_values"], mask, self.args.gamma, self.args.lam)
+        return generalized_advantage_estimation(
+            token_rewards, rollouts["old_values"], mask, self.args.gamma, self.args.lam
+        )
 
     def baseline_advantages(self, returns: torch.Tensor, rollouts: dict[str, Any]) -> torch.Tensor:
         """The sequence advantage Â `(batch,)` of each completion: its return G `(batch,)` against
@@ -707,7 +740,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
     def _update_daa_lambda1(self) -> None:
         """λ1 of Eq. 2 for this iteration (`daa_lambda_schedule`), through the progress hook SFT uses too; logged."""
         tippo = unwrap_tippo(self.accelerator.unwrap_model(self.model))
-        value = daa_lambda1_at(self.args.daa_lambda_schedule, self.iteration / self.total_iterations, self.starting_daa_lambda1)
+        value = daa_lambda1_at(
+            self.args.daa_lambda_schedule, self.iteration / self.total_iterations, self.starting_daa_lambda1
+        )
         if self.args.daa_lambda_schedule != "hold":
             tippo.set_daa_lambda1(value)
         self._metrics["daa/lambda1"].append(float(tippo.daa_lambda1.item()))
@@ -816,7 +851,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
     def _flush_reward_metrics(self) -> None:
         # Sorted names, gathered from every process: all processes take part in the same gathers, in the same order,
         # even when a reward logs a metric on some of them only.
-        names = sorted(set(name for names in gather_object([list(self._pending_reward_metrics)]) for name in names))
+        names = sorted({name for names in gather_object([list(self._pending_reward_metrics)]) for name in names})
         for name in names:
             values = self._pending_reward_metrics.get(name, [])
             stats = torch.tensor([sum(values), len(values)], dtype=torch.float64, device=self.accelerator.device)
@@ -830,17 +865,27 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         batch, or the same value for all of them (its part of every advantage is then 0)."""
         finite = values[~torch.isnan(values)]
         if len(finite) == 0:
-            problem, message = "none", f"returned None for all {len(values)} samples of iteration {self.iteration}: it has no effect"
+            problem, message = (
+                "none",
+                f"returned None for all {len(values)} samples of iteration {self.iteration}: it has no effect",
+            )
         elif len(finite) > 1 and bool((finite == finite[0]).all()):
-            problem, message = "constant", (
-                f"gave all {len(finite)} samples of iteration {self.iteration} the same value ({finite[0].item():.4g}): it "
-                "adds nothing to the advantages"
+            problem, message = (
+                "constant",
+                (
+                    f"gave all {len(finite)} samples of iteration {self.iteration} the same value ({finite[0].item():.4g}): it "
+                    "adds nothing to the advantages"
+                ),
             )
         else:
             return
         if (name, problem) not in self._reward_warnings and self.accelerator.is_main_process:
             self._reward_warnings.add((name, problem))
-            warnings.warn(f"reward {name!r} {message} (said once; the rewards/{name}/* metrics show every iteration)", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"reward {name!r} {message} (said once; the rewards/{name}/* metrics show every iteration)",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training:
@@ -853,12 +898,16 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
 
     # -- evaluation -------------------------------------------------------------------------------------------------
 
-    def evaluate(self, eval_dataset: Dataset | None = None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+    def evaluate(
+        self, eval_dataset: Dataset | None = None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
         """Decode the eval split and log generation metrics (`eval_rouge_l`, `eval_cider`, `eval_literal`,
         `eval_rewards/<name>`): PPO has no eval loss. `metric_for_best_model` may name any of them."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
-            raise ValueError("PPOTrainer.evaluate needs an eval dataset: pass eval_dataset to the trainer or to evaluate()")
+            raise ValueError(
+                "PPOTrainer.evaluate needs an eval dataset: pass eval_dataset to the trainer or to evaluate()"
+            )
         if eval_dataset is not None:
             (dataset,) = cache_features_for_training(self.args, self.model, self.processor, dataset)
         was_training = self.model.training
@@ -889,7 +938,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
     def load_ppo_state(self, state: dict[str, Any]) -> None:
         self._step = state["step"]
         self.iteration = state["iteration"]
-        if "return_statistics" in state:  # absent in checkpoints of runs without the running baseline, before it existed
+        if (
+            "return_statistics" in state
+        ):  # absent in checkpoints of runs without the running baseline, before it existed
             self.return_statistics.load_state_dict(state["return_statistics"])
 
     def _save_checkpoint(self, model, trial):
@@ -913,7 +964,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
                 state = json.load(f)
             int(state["step"]), int(state["iteration"])
         except (ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f"'{checkpoint}': file {PPO_STATE_NAME} is damaged ({type(error).__name__}: {error}); resume from an earlier checkpoint") from error
+            raise CheckpointError(
+                f"'{checkpoint}': file {PPO_STATE_NAME} is damaged ({type(error).__name__}: {error}); resume from an earlier checkpoint"
+            ) from error
         return state
 
     def _check_resume(self, checkpoint: str, state: dict) -> None:
@@ -942,7 +995,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         wrapper = self.model
         if state_dict is not None:  # DeepSpeed hands over the consolidated state dict of the wrapper
             policy_state = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
-            head_state = {k.removeprefix("value_head."): v for k, v in state_dict.items() if k.startswith("value_head.")}
+            head_state = {
+                k.removeprefix("value_head."): v for k, v in state_dict.items() if k.startswith("value_head.")
+            }
         else:
             policy_state, head_state = None, wrapper.value_head.state_dict()
         self.model = wrapper.policy
@@ -951,7 +1006,8 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         finally:
             self.model = wrapper
         safetensors.torch.save_file(
-            {k: v.detach().cpu().contiguous() for k, v in head_state.items()}, os.path.join(output_dir, VALUE_HEAD_NAME)
+            {k: v.detach().cpu().contiguous() for k, v in head_state.items()},
+            os.path.join(output_dir, VALUE_HEAD_NAME),
         )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):

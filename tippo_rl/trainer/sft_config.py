@@ -10,6 +10,7 @@ from trl import SFTConfig
 
 from .generation_eval import GenerationEvalArguments
 
+
 LAMBDA_SCHEDULES = ("linear", "constant")
 # SFTConfig's text-pipeline options, which TIPPo's own collator never reads: what a user who sets one wants instead.
 NOT_FOR_TIPPO = {
@@ -57,56 +58,93 @@ class TIPPoSFTConfig(SFTConfig, GenerationEvalArguments):
             [`GenerationEvalArguments`]), so `metric_for_best_model: eval_rouge_l` keeps the best greedy checkpoint.
     """
 
-    contrastive_weight: float = field(default=1.0, metadata={"help": "α: weight of the prototype contrastive loss L_C (Eq. 5) in L_SFT = L_NTP + α·L_C. Paper: 1."})
-    contrastive_temperature: float = field(default=1.0, metadata={"help": "τ: temperature of L_C (Eq. 5). Paper: 1 (none)."})
+    contrastive_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "α: weight of the prototype contrastive loss L_C (Eq. 5) in L_SFT = L_NTP + α·L_C. Paper: 1."
+        },
+    )
+    contrastive_temperature: float = field(
+        default=1.0, metadata={"help": "τ: temperature of L_C (Eq. 5). Paper: 1 (none)."}
+    )
     contrastive_negatives: str = field(
         default="batch",
-        metadata={"help": "Eq. 5's negatives: `batch` (every real image of the batch, paper's text) or `own_images` (the sample's own, Eq. 5 as written)."},
+        metadata={
+            "help": "Eq. 5's negatives: `batch` (every real image of the batch, paper's text) or `own_images` (the sample's own, Eq. 5 as written)."
+        },
     )
     contrastive_gather: bool = field(
-        default=False, metadata={"help": "DDP: other processes' image signals (no gradient) join L_C's `batch` negatives."}
+        default=False,
+        metadata={"help": "DDP: other processes' image signals (no gradient) join L_C's `batch` negatives."},
     )
-    daa_lambda_schedule: str = field(default="linear", metadata={"help": "λ1 of Eq. 2: `linear` (paper, m/M over the stage) or `constant` (`daa_lambda1`)."})
+    daa_lambda_schedule: str = field(
+        default="linear",
+        metadata={"help": "λ1 of Eq. 2: `linear` (paper, m/M over the stage) or `constant` (`daa_lambda1`)."},
+    )
     daa_lambda1: float = field(default=0.5, metadata={"help": "λ1 for `daa_lambda_schedule: constant`, in [0, 1]."})
-    use_feature_cache: bool = field(default=True, metadata={"help": "Train from cached frozen-encoder features (computed once per dataset)."})
-    feature_cache_dir: str | None = field(default=None, metadata={"help": "Folder for cached features (default ~/.cache/tippo_rl/features)."})
+    use_feature_cache: bool = field(
+        default=True, metadata={"help": "Train from cached frozen-encoder features (computed once per dataset)."}
+    )
+    feature_cache_dir: str | None = field(
+        default=None, metadata={"help": "Folder for cached features (default ~/.cache/tippo_rl/features)."}
+    )
 
     # TIPPo batches are built by its own collator from images, not by SFTTrainer's text pipeline.
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every dataset column for TIPPo's collator."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep every dataset column for TIPPo's collator."}
+    )
     dataset_kwargs: dict | None = field(
         default_factory=lambda: {"skip_prepare_dataset": True},
         metadata={"help": "TIPPo datasets are used as they are (no SFT text preparation)."},
     )
     eval_generation_metrics: bool = field(
-        default=True, metadata={"help": "At each evaluation also decode the eval split: eval_rouge_l, eval_cider, eval_literal."}
+        default=True,
+        metadata={"help": "At each evaluation also decode the eval split: eval_rouge_l, eval_cider, eval_literal."},
     )
-    prediction_loss_only: bool = field(default=True, metadata={"help": "The evaluation loop reports losses (generation metrics: eval_generation_metrics)."})
+    prediction_loss_only: bool = field(
+        default=True,
+        metadata={"help": "The evaluation loop reports losses (generation metrics: eval_generation_metrics)."},
+    )
     # transformers 5's name; `gradient_checkpointing` (TRL's SFTConfig defaults it to True) is its deprecated alias and
     # warns whenever it is set, so it is left unset here.
-    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing."}
+    )
     activation_checkpointing: bool = field(
         default=False,
-        metadata={"help": "Recompute activations in the backward pass to save memory (+22–26% step time measured; by the estimate of benchmarks/RESULTS.md §4, not measured on a GPU, real-size SFT at batch 8 fits 24 GB without it)."},
+        metadata={
+            "help": "Recompute activations in the backward pass to save memory (+22–26% step time measured; by the estimate of benchmarks/RESULTS.md §4, not measured on a GPU, real-size SFT at batch 8 fits 24 GB without it)."
+        },
     )
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision. Default: on where a GPU supports it, off on a CPU."})
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision. Default: on where a GPU supports it, off on a CPU."}
+    )
 
     def __post_init__(self):
-        defaults = {field.name: field.default for field in dataclasses.fields(SFTConfig) if field.name in NOT_FOR_TIPPO}
+        defaults = {
+            field.name: field.default for field in dataclasses.fields(SFTConfig) if field.name in NOT_FOR_TIPPO
+        }
         for name, instead in NOT_FOR_TIPPO.items():
             if getattr(self, name) != defaults[name]:
                 raise ValueError(f"--{name} is an option of TRL's text SFT that TIPPo does not use: {instead}")
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
         if self.max_steps == 0:
-            raise ValueError("max_steps 0 trains nothing: set --max_steps to the number of optimizer steps, or -1 to train --num_train_epochs epochs")
+            raise ValueError(
+                "max_steps 0 trains nothing: set --max_steps to the number of optimizer steps, or -1 to train --num_train_epochs epochs"
+            )
         if self.contrastive_weight < 0:
             raise ValueError(f"contrastive_weight (α) must be ≥ 0, got {self.contrastive_weight}")
         if self.contrastive_temperature <= 0:
             raise ValueError(f"contrastive_temperature (τ) must be > 0, got {self.contrastive_temperature}")
         if self.contrastive_negatives not in ("batch", "own_images"):
-            raise ValueError(f"contrastive_negatives must be `batch` or `own_images`, got {self.contrastive_negatives!r}")
+            raise ValueError(
+                f"contrastive_negatives must be `batch` or `own_images`, got {self.contrastive_negatives!r}"
+            )
         if self.contrastive_gather and self.contrastive_negatives != "batch":
-            raise ValueError("contrastive_gather adds other processes' images to the `batch` negatives; `own_images` has none")
+            raise ValueError(
+                "contrastive_gather adds other processes' images to the `batch` negatives; `own_images` has none"
+            )
         if self.daa_lambda_schedule not in LAMBDA_SCHEDULES:
             raise ValueError(
                 f"daa_lambda_schedule must be one of {', '.join(LAMBDA_SCHEDULES)}, got {self.daa_lambda_schedule!r}"

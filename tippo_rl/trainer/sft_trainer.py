@@ -70,13 +70,17 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
         progress = self.state.global_step / max(self.state.max_steps, 1)
         return daa_lambda1_at(self.args.daa_lambda_schedule, progress, self.args.daa_lambda1)
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self.args.eval_generation_metrics:
             output.metrics.update(self.generation_metrics(dataloader.dataset, metric_key_prefix))
         return output
 
-    def other_processes_image_signals(self, image_signals: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor | None:
+    def other_processes_image_signals(
+        self, image_signals: torch.Tensor, image_mask: torch.Tensor
+    ) -> torch.Tensor | None:
         """The real image signals `(M, k, d)` of the other processes' micro-batches, without gradient, for L_C's
         negatives (`contrastive_gather`); None on one process or when the option is off."""
         if not self.args.contrastive_gather or self.accelerator.num_processes == 1:
@@ -101,11 +105,17 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
         if self.args.contrastive_weight > 0:
             others = self.other_processes_image_signals(outputs.image_signals, outputs.image_mask)
             contrastive_loss = prototype_contrastive_loss(
-                outputs.image_signals, outputs.image_mask, self.args.contrastive_temperature, self.args.contrastive_negatives, others
+                outputs.image_signals,
+                outputs.image_mask,
+                self.args.contrastive_temperature,
+                self.args.contrastive_negatives,
+                others,
             )  # L_C, Eq. 5
             images = outputs.image_mask.sum()
             self._step_metrics[mode].add("contrastive/images", images, self.accelerator.device)
-            self._step_metrics[mode].add("contrastive/negatives", images + (len(others) if others is not None else 0), self.accelerator.device)
+            self._step_metrics[mode].add(
+                "contrastive/negatives", images + (len(others) if others is not None else 0), self.accelerator.device
+            )
             loss = ntp_loss + self.args.contrastive_weight * contrastive_loss  # L_SFT
             self._step_metrics[mode].add("loss/contrastive", contrastive_loss, self.accelerator.device)
         self._step_metrics[mode].add("loss/ntp", ntp_loss, self.accelerator.device)

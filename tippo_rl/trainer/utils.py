@@ -164,7 +164,9 @@ class TIPPoSavingMixin:
             self._check_resume(checkpoint, state)
             if self._reached_the_end(state):
                 return self._finish_from_checkpoint(checkpoint)
-        return super().train(resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        return super().train(
+            resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
+        )
 
     def _check_resume(self, checkpoint: str, state: dict) -> None:
         """Say when this run's length differs from the checkpoint's (its schedules then change from here on)."""
@@ -190,7 +192,10 @@ class TIPPoSavingMixin:
                 f"'{checkpoint}' already reached the end of this run (max_steps {self.args.max_steps}); its model is "
                 "complete: load it with TIPPoModel.from_pretrained, or resume with a larger --max_steps"
             )
-        logger.warning("'%s' already reached the end of this run: nothing left to train; its weights are kept as they are", checkpoint)
+        logger.warning(
+            "'%s' already reached the end of this run: nothing left to train; its weights are kept as they are",
+            checkpoint,
+        )
         self._load_from_checkpoint(checkpoint)
         self.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
         return TrainOutput(self.state.global_step, float("nan"), {})
