@@ -8,9 +8,16 @@ import math
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
-from tippo_rl import TIPPoConfig, TIPPoDataCollator, TIPPoModel, build_tiny_tippo, load_artmuse
+from tippo_rl import (
+    TIPPoConfig,
+    TIPPoDataCollator,
+    TIPPoForConditionalGeneration,
+    TIPPoModel,
+    build_tiny_tippo,
+    load_artmuse,
+)
 from tippo_rl.data import model_inputs
 from tippo_rl.modeling_tippo import (
     TIPPoDifferenceOperator,
@@ -326,8 +333,9 @@ def test_save_load_round_trip(tmp_path, tiny_model_varied_outputs, tiny_model_an
     assert not (tmp_path / "pytorch_model.bin").exists()
 
     assert isinstance(AutoConfig.from_pretrained(tmp_path), TIPPoConfig)
-    for loaded in (TIPPoModel.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
-        assert type(loaded) is TIPPoModel
+    auto_classes = (AutoModel, AutoModelForImageTextToText)  # the headless name, and the one for image + text → text
+    for loaded in (TIPPoModel.from_pretrained(tmp_path), *(auto.from_pretrained(tmp_path) for auto in auto_classes)):
+        assert type(loaded) is TIPPoForConditionalGeneration is TIPPoModel
         loaded.eval()
         assert loaded.daa_lambda1.tolist() == [0.375]
         with torch.no_grad():
@@ -353,8 +361,7 @@ def test_encoder_is_frozen_during_training(tiny_model_and_processor, demo_datase
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     outputs = model(**model_inputs(batch), labels=batch["labels"])
-    loss = outputs.loss + prototype_contrastive_loss(outputs.image_signals, outputs.image_mask)
-    loss.backward()
+    outputs.loss.backward()  # L_SFT = L_NTP + L_C (α = 1)
     assert all(parameter.grad is None for parameter in model.encoder.parameters())
     assert all(parameter.grad is not None for parameter in model.image_adapter.parameters())
     optimizer.step()
@@ -366,6 +373,25 @@ def test_encoder_is_frozen_during_training(tiny_model_and_processor, demo_datase
     for prefix in ("text_adapter.", "image_adapter.", "difference_operator.", "dual_alignment_attention.value"):
         changed = [name for name in before if name.startswith(prefix) and not torch.equal(after[name], before[name])]
         assert changed, f"no parameter under {prefix} changed"
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_forward_loss_is_ntp_plus_alpha_times_contrastive(tiny_model_and_processor, demo_dataset_dir, alpha):
+    model, processor = copy.deepcopy(tiny_model_and_processor[0]).eval(), tiny_model_and_processor[1]
+    model.config.contrastive_weight, model.config.contrastive_temperature = alpha, 0.7
+    batch = demo_batch(processor, demo_dataset_dir)
+    outputs = model(**model_inputs(batch), labels=batch["labels"])
+    labels = batch["labels"]
+    ntp = torch.nn.functional.cross_entropy(outputs.logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    torch.testing.assert_close(outputs.ntp_loss, ntp)  # L_NTP: the mean over the label tokens
+    if alpha == 0:
+        assert outputs.contrastive_loss is None and torch.equal(outputs.loss, outputs.ntp_loss)
+    else:
+        contrastive = prototype_contrastive_loss(outputs.image_signals, outputs.image_mask, 0.7)  # Eq. 5
+        torch.testing.assert_close(outputs.contrastive_loss, contrastive)
+        torch.testing.assert_close(outputs.loss, ntp + alpha * contrastive)  # L_SFT
+    decoder_input_ids = model.language_model._shift_right(labels)
+    assert model(**model_inputs(batch), decoder_input_ids=decoder_input_ids).loss is None  # no labels, no loss
 
 
 # ----------------------------------------------------------------------------------------- bad inputs

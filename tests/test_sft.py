@@ -113,8 +113,12 @@ def test_compute_loss_is_ntp_plus_alpha_times_contrastive(tmp_path, demo_dataset
     loss = trainer.compute_loss(model, dict(batch))
     inputs = {key: value for key, value in batch.items() if key not in ("references", "titles", "ids")}
     outputs = model(**inputs)
-    expected = outputs.loss + 0.5 * prototype_contrastive_loss(outputs.image_signals, outputs.image_mask, 0.7)
+    expected = outputs.ntp_loss + 0.5 * prototype_contrastive_loss(outputs.image_signals, outputs.image_mask, 0.7)
     torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(
+        outputs.loss, expected
+    )  # the model's own loss: the trainer's settings are in its config
+    assert model.config.contrastive_weight == 0.5
 
 
 def test_own_image_negatives_reach_the_loss_and_bad_choices_are_refused(tmp_path, demo_dataset_dir):
@@ -124,7 +128,7 @@ def test_own_image_negatives_reach_the_loss_and_bad_choices_are_refused(tmp_path
     loss = trainer.compute_loss(model, dict(batch))
     outputs = model(**{key: value for key, value in batch.items() if key not in ("references", "titles", "ids")})
     own = prototype_contrastive_loss(outputs.image_signals, outputs.image_mask, negatives="own_images")
-    torch.testing.assert_close(loss, outputs.loss + own)
+    torch.testing.assert_close(loss, outputs.ntp_loss + own)
     assert not torch.allclose(own, prototype_contrastive_loss(outputs.image_signals, outputs.image_mask))
     assert trainer.other_processes_image_signals(outputs.image_signals, outputs.image_mask) is None  # one process
     with pytest.raises(ValueError, match="contrastive_negatives must be `batch` or `own_images`"):

@@ -1,7 +1,8 @@
 """tippo_rl: TIPPo (TIP and Polish) multi-modal generation — SFT and PolishPPO on Hugging Face TRL.
 
-`import tippo_rl` registers TIPPo with `AutoConfig`/`AutoModel`/`AutoProcessor` (so `AutoModel.from_pretrained` and
-`AutoProcessor.from_pretrained` load a saved TIPPo model and its processor); every other name is imported on first use.
+`import tippo_rl` registers TIPPo with `AutoConfig`, `AutoModel`, `AutoModelForImageTextToText` and `AutoProcessor` (so
+`AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained` load a saved TIPPo model and its
+processor); every other name is imported on first use.
 """
 
 import importlib
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "TIPPoConfig": "configuration_tippo",
+    "TIPPoForConditionalGeneration": "modeling_tippo",
     "TIPPoModel": "modeling_tippo",
     "prototype_contrastive_loss": "modeling_tippo",
     "TIPPoProcessor": "processing_tippo",

@@ -6,9 +6,22 @@ from transformers import AutoConfig, ChineseCLIPConfig, PretrainedConfig, T5Conf
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 
+CONTRASTIVE_NEGATIVES = ("batch", "own_images")
+
+
+def check_contrastive_loss_settings(weight: float, temperature: float, negatives: str, owner: str = "") -> None:
+    """Raise, naming the option, unless α ≥ 0, τ > 0 and the negatives are a known reading of Eq. 5."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+        raise ValueError(f"{owner}contrastive_weight (α) must be a number ≥ 0, got {weight!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
+        raise ValueError(f"{owner}contrastive_temperature (τ) must be a number > 0, got {temperature!r}")
+    if negatives not in CONTRASTIVE_NEGATIVES:
+        raise ValueError(f"{owner}contrastive_negatives must be `batch` or `own_images`, got {negatives!r}")
+
+
 class TIPPoConfig(PretrainedConfig):
     r"""
-    Configuration of a [`TIPPoModel`]: a frozen Chinese-CLIP encoder φ, two adapters, the visual prototype,
+    Configuration of a [`TIPPoForConditionalGeneration`] (alias `TIPPoModel`): a frozen Chinese-CLIP encoder φ, two adapters, the visual prototype,
     Dual Alignment Attention (DAA), the Difference Operator (DO) and a language model: T5 (the paper's) or any causal LM.
 
     Names follow `shared/method/TIPPo.md`.
@@ -46,6 +59,14 @@ class TIPPoConfig(PretrainedConfig):
             λ1 of Eq. 2 at construction. SFT sets it every step (`daa_lambda_schedule`: m/M, or a constant); the RL
             trainers keep the starting model's value by default (`hold`) or set m/M of the RL stage every iteration
             (`linear`). The model saves the last value as a buffer and uses it at inference.
+        contrastive_weight (`float`, defaults to 1.0):
+            α in the loss `forward` returns with `labels`: L_SFT = L_NTP + α·L_C (Eq. 5; paper: 1). 0: L_NTP alone.
+            The SFT trainer writes its `contrastive_weight` here when that is set.
+        contrastive_temperature (`float`, defaults to 1.0):
+            τ of L_C (paper: 1).
+        contrastive_negatives (`str`, defaults to `"batch"`):
+            Which image signals L_C's denominator sums over: `batch` (every real image of the batch, the method notes'
+            reading) or `own_images` (the sample's own images, Eq. 5 as written).
         freeze_encoder (`bool`, defaults to `True`):
             φ is frozen in the paper. Kept as a switch for experiments.
         encoder_name_or_path, decoder_name_or_path (`str`, *optional*):
@@ -68,6 +89,9 @@ class TIPPoConfig(PretrainedConfig):
         single_image_prototype: str = "own",
         prototype_momentum: float = 0.99,
         daa_lambda1: float = 0.0,
+        contrastive_weight: float = 1.0,
+        contrastive_temperature: float = 1.0,
+        contrastive_negatives: str = "batch",
         freeze_encoder: bool = True,
         encoder_name_or_path: str | None = None,
         decoder_name_or_path: str | None = None,
@@ -109,6 +133,12 @@ class TIPPoConfig(PretrainedConfig):
         self.single_image_prototype = single_image_prototype
         self.prototype_momentum = float(prototype_momentum)
         self.daa_lambda1 = float(daa_lambda1)
+        check_contrastive_loss_settings(
+            contrastive_weight, contrastive_temperature, contrastive_negatives, "TIPPoConfig."
+        )
+        self.contrastive_weight = float(contrastive_weight)
+        self.contrastive_temperature = float(contrastive_temperature)
+        self.contrastive_negatives = contrastive_negatives
         self.freeze_encoder = freeze_encoder
         self.encoder_name_or_path = encoder_name_or_path
         self.decoder_name_or_path = decoder_name_or_path

@@ -20,26 +20,25 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
-    ChineseCLIPConfig,
+    AutoModelForImageTextToText,
     GenerationMixin,
     PreTrainedModel,
     T5ForConditionalGeneration,
 )
-from transformers.modeling_outputs import CausalLMOutputWithPast, Seq2SeqLMOutput
-from transformers.models.chinese_clip.modeling_chinese_clip import ChineseCLIPTextModel, ChineseCLIPVisionModel
+from transformers.modeling_outputs import Seq2SeqLMOutput
 
+from .causal_decoder import TIPPoCausalLMOutput, causal_forward, causal_prompt
 from .configuration_tippo import TIPPoConfig
+from .frozen_encoder import TIPPoFrozenEncoder
 
 
 @dataclass
 class TIPPoPrefix:
-    """What the TIPPo front end hands to the decoder.
-
-    Attributes:
-        inputs_embeds: `(batch, k + 2·N·k, d)` (or `(batch, k + N·k, d)` for the TIP ablation) — the fusion S^F.
-        attention_mask: `(batch, seq)` — 0 on the tokens of padding images.
-        image_signals: `(batch, N, k, d)` — S_i^I, kept for the contrastive loss (Eq. 5).
-        image_mask: `(batch, N)` bool — which image slots hold a real image.
+    """What the TIPPo front end hands to the decoder. Attributes:
+    inputs_embeds: `(batch, k + 2·N·k, d)` (or `(batch, k + N·k, d)` for the TIP ablation) — the fusion S^F.
+    attention_mask: `(batch, seq)` — 0 on the tokens of padding images.
+    image_signals: `(batch, N, k, d)` — S_i^I, kept for the contrastive loss (Eq. 5).
+    image_mask: `(batch, N)` bool — which image slots hold a real image.
     """
 
     inputs_embeds: torch.Tensor
@@ -50,59 +49,13 @@ class TIPPoPrefix:
 
 @dataclass
 class TIPPoSeq2SeqLMOutput(Seq2SeqLMOutput):
-    """`Seq2SeqLMOutput` plus the image signals S_i^I `(batch, N, k, d)` and their mask `(batch, N)`."""
+    """`Seq2SeqLMOutput` plus the image signals S_i^I `(batch, N, k, d)`, their mask `(batch, N)` and, with labels, the
+    terms of `loss` = L_SFT: `ntp_loss` (L_NTP) and `contrastive_loss` (L_C, None when α = 0)."""
 
     image_signals: torch.FloatTensor | None = None
     image_mask: torch.BoolTensor | None = None
-
-
-@dataclass
-class TIPPoCausalLMOutput(CausalLMOutputWithPast):
-    """A causal decoder's output, at the completion positions only: `logits` `(batch, T, V)` (position t predicts
-    completion token t, as T5's), `hidden_states` (each `(batch, T, d)`) and `loss` over the labels; plus the image
-    signals S_i^I `(batch, N, k, d)` and their mask `(batch, N)`."""
-
-    image_signals: torch.FloatTensor | None = None
-    image_mask: torch.BoolTensor | None = None
-
-
-def left_pack(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move every masked position of `(batch, L, d)` / `(batch, L)` to the front, keeping the order of the others.
-
-    A causal decoder reads the last position to predict the first completion token, so it must be a real one for every
-    sample (image padding slots sit inside S^F, prompt padding after it); with position ids counted over real tokens
-    only, the padding then changes nothing but the sequence length."""
-    order = torch.sort(attention_mask, dim=1, stable=True).indices  # zeros first, real tokens in their order
-    return inputs_embeds.gather(1, order[..., None].expand_as(inputs_embeds)), attention_mask.gather(1, order)
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens `(batch, L)`, as `generate()` counts them (0 on padding)."""
-    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-
-
-class TIPPoFrozenEncoder(nn.Module):
-    """φ: Chinese-CLIP's two towers and projections, as in `ChineseCLIPModel` (same parameter names).
-
-    `ChineseCLIPModel.logit_scale` is left out: TIPPo never uses it, and DeepSpeed cannot partition a
-    0-dimensional parameter.
-    """
-
-    def __init__(self, config: ChineseCLIPConfig):
-        super().__init__()
-        self.text_model = ChineseCLIPTextModel(config.text_config, add_pooling_layer=False)
-        self.vision_model = ChineseCLIPVisionModel._from_config(config.vision_config)
-        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
-        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """φ(T): `(batch, L)` token ids → `(batch, d_φ)`, exactly `ChineseCLIPModel.get_text_features`."""
-        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.text_projection(hidden[:, 0, :])
-
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """φ(I): `(n, 3, H, W)` → `(n, d_φ)`, exactly `ChineseCLIPModel.get_image_features`."""
-        return self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+    ntp_loss: torch.FloatTensor | None = None
+    contrastive_loss: torch.FloatTensor | None = None
 
 
 class TIPPoPrefixAdapter(nn.Module):
@@ -193,10 +146,9 @@ def prototype_contrastive_loss(
 
     For each real image signal s_i (S_i^I flattened) of sample b:
         −log( exp(cos(s_i, p_b)/τ) / Σ_j exp(cos(s_i, s_j)/τ) ),
-    the sum over every real image signal j in the batch (the sample's own images and the other samples'
-    images, j = i included as in Eq. 5), averaged over all real images. p_b is sample b's prototype; a sample
-    with a single image takes the batch's mean image signal instead (paper, §2.2), since its own mean would
-    be the image itself.
+    the sum over every real image signal j in the batch (the sample's own images and the other samples' images, j = i
+    included as in Eq. 5), averaged over all real images. p_b is sample b's prototype; a sample with a single image
+    takes the batch's mean image signal instead (paper, §2.2), since its own mean would be the image itself.
 
     Args:
         image_signals: `(batch, N, k, d)`. image_mask: `(batch, N)`. temperature: τ (paper: 1).
@@ -216,12 +168,9 @@ def prototype_contrastive_loss(
     prototypes = torch.where(images_per_sample == 1, batch_mean_image_signal(signals, image_mask), prototypes)
     unit = F.normalize(signals, dim=-1).flatten(0, 1)  # s_i, (batch·N, k·d); row i belongs to sample i // N
     real = image_mask.flatten()
-    positive = (unit * F.normalize(prototypes, dim=-1).repeat_interleave(n_images, 0)).sum(
-        -1
-    ) / temperature  # cos(s_i, p_b)/τ
-    all_pairs = (unit @ unit.T / temperature).masked_fill(
-        ~real[None, :], float("-inf")
-    )  # cos(s_i, s_j)/τ, real j only
+    anchors = F.normalize(prototypes, dim=-1).repeat_interleave(n_images, 0)
+    positive = (unit * anchors).sum(-1) / temperature  # cos(s_i, p_b)/τ
+    all_pairs = (unit @ unit.T / temperature).masked_fill(~real[None, :], float("-inf"))  # cos(s_i, s_j)/τ, real j
     if negatives == "own_images":  # Eq. 5 as written: j over sample b's own images
         sample = torch.arange(image_mask.shape[0], device=unit.device).repeat_interleave(n_images)
         all_pairs = all_pairs.masked_fill(sample[:, None] != sample[None, :], float("-inf"))
@@ -261,17 +210,15 @@ class TIPPoPreTrainedModel(PreTrainedModel):
                 module.bias.zero_()
         elif isinstance(module, nn.Embedding) and module is getattr(self, "image_slot_embedding", None):
             module.weight.normal_(mean=0.0, std=0.02)
-        elif isinstance(module, TIPPoModel):
+        elif isinstance(module, TIPPoForConditionalGeneration):
             module.daa_lambda1.fill_(self.config.daa_lambda1)
 
 
-class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
+class TIPPoForConditionalGeneration(TIPPoPreTrainedModel, GenerationMixin):
     """TIPPo: text + images → text, with a frozen Chinese-CLIP encoder and a T5 or causal-LM decoder.
 
-    A causal decoder (`config.is_encoder_decoder` False) reads `[S^F; prompt; completion]`: S^F as input embeddings, the
-    prompt (`prompt_input_ids`, the title as text, in the LM's chat template where it has one: `TIPPoProcessor`) and the
-    completion as tokens; padding is moved to the front (`left_pack`). Its outputs cover the completion positions only,
-    so `labels`, `decoder_input_ids` and `logits` line up as for T5, and `generate()` returns the completion only.
+    A causal decoder (`config.is_encoder_decoder` False) reads `[S^F; prompt; completion]` (`causal_decoder.py`); its
+    outputs cover the completion only, so `labels`, `decoder_input_ids` and `logits` line up as T5's.
 
     Inputs come either as pixels and tokens (`pixel_values`, `title_input_ids`) or as the frozen encoder's
     cached outputs (`image_features`, `title_features`); both give the same outputs up to float32 rounding (φ then ran
@@ -280,8 +227,7 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained` that reads safetensors only (a folder with only `pytorch_model.bin` is
-        refused with transformers' message naming the missing file): a pickle can run code when it is loaded."""
+        """`PreTrainedModel.from_pretrained`, safetensors only: a pickle (`pytorch_model.bin`) can run code on load."""
         kwargs.setdefault("use_safetensors", True)
         return super().from_pretrained(*args, **kwargs)
 
@@ -302,15 +248,9 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
             self._no_split_modules = [*self._no_split_modules, *(self.language_model._no_split_modules or [])]
         # λ1 of Eq. 2, 1-D so that DeepSpeed can shard it; saved with the weights.
         self.register_buffer("daa_lambda1", torch.tensor([config.daa_lambda1]), persistent=True)
-        if (
-            config.single_image_prototype == "running_mean"
-        ):  # S^P of one-image samples, (k, d); saved, fixed at inference
-            self.register_buffer(
-                "prototype_running_mean", torch.zeros(config.prefix_length, config.hidden_size), persistent=True
-            )
-            self.register_buffer(
-                "prototype_updates", torch.zeros(1), persistent=True
-            )  # the first update copies the mean
+        if config.single_image_prototype == "running_mean":  # S^P of one-image samples; saved, fixed at inference
+            self.register_buffer("prototype_running_mean", torch.zeros(config.prefix_length, config.hidden_size))
+            self.register_buffer("prototype_updates", torch.zeros(1))  # the first update copies the mean
         self.post_init()
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -325,8 +265,7 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
         return self
 
     def set_daa_lambda1(self, value: float) -> None:
-        """Set λ1 of Eq. 2 (λ2 = 1 − λ1). The trainers call it with `trainer.utils.daa_lambda1_at`'s value: SFT every
-        step, PPO every iteration unless its `daa_lambda_schedule` is `hold` (the default, which keeps the starting value)."""
+        """Set λ1 of Eq. 2 (λ2 = 1 − λ1): the trainers' `daa_lambda_schedule` does, SFT every step, PPO every iteration."""
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"λ1 must lie in [0, 1], got {value}")
         self.daa_lambda1.fill_(value)
@@ -386,7 +325,7 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
     ) -> TIPPoPrefix:
         """Adapters, prototype, DAA, DO and fusion: everything between φ and the decoder."""
         if image_mask is None:
-            raise ValueError("TIPPoModel needs `image_mask` (batch, N): which image slots hold a real image")
+            raise ValueError("a TIPPo model needs `image_mask` (batch, N): which image slots hold a real image")
         image_mask = image_mask.bool()
         # Checked where it is free: on an accelerator `.any()` would stall the launch queue every step, and the
         # processor and collator already reject image-less samples by name.
@@ -395,7 +334,7 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
         if image_features is None or title_features is None:
             if pixel_values is None or title_input_ids is None:
                 raise ValueError(
-                    "TIPPoModel needs either `pixel_values` + `title_input_ids` or the cached "
+                    "a TIPPo model needs either `pixel_values` + `title_input_ids` or the cached "
                     "`image_features` + `title_features`"
                 )
             image_features, title_features = self.encode_frozen_features(
@@ -442,73 +381,6 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
 
     # -- the decoder -----------------------------------------------------------------------------------
 
-    def causal_prompt(
-        self,
-        prefix: TIPPoPrefix,
-        prompt_input_ids: torch.Tensor | None = None,
-        prompt_attention_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A causal decoder's prompt: `[S^F; prompt tokens]` as `inputs_embeds` `(batch, P, d)` and its attention mask
-        `(batch, P)`, padding first (`left_pack`). `prompt_input_ids` `(batch, L)` may be None (S^F alone)."""
-        inputs_embeds, attention_mask = prefix.inputs_embeds, prefix.attention_mask
-        if prompt_input_ids is not None:
-            if prompt_attention_mask is None:
-                prompt_attention_mask = torch.ones_like(prompt_input_ids)
-            prompt_embeds = self.get_input_embeddings()(prompt_input_ids).to(inputs_embeds.dtype)
-            inputs_embeds = torch.cat([inputs_embeds, prompt_embeds], dim=1)
-            attention_mask = torch.cat([attention_mask, prompt_attention_mask.long()], dim=1)
-        return left_pack(inputs_embeds, attention_mask)
-
-    def _causal_forward(
-        self,
-        prefix: TIPPoPrefix,
-        prompt_input_ids: torch.Tensor | None,
-        prompt_attention_mask: torch.Tensor | None,
-        labels: torch.Tensor | None,
-        decoder_input_ids: torch.Tensor | None,
-        **kwargs,
-    ) -> TIPPoCausalLMOutput:
-        """`[S^F; prompt; completion]` through the causal LM, outputs at the completion positions only.
-
-        The completion tokens read are `decoder_input_ids[:, 1:]` (T5's shift-right: column 0, the start token, stands for
-        the prompt, whose last position predicts the first completion token), or, from `labels`, `labels[:, :-1]`."""
-        if decoder_input_ids is None:
-            if labels is None:
-                raise ValueError(
-                    "a causal TIPPo model needs `labels` or `decoder_input_ids` (the completion) in forward()"
-                )
-            decoder_input_ids = F.pad(labels[:, :-1], (1, 0), value=-100)  # T5's shift-right
-            decoder_input_ids = decoder_input_ids.masked_fill(decoder_input_ids == -100, self.config.pad_token_id)
-        prompt_embeds, prompt_mask = self.causal_prompt(prefix, prompt_input_ids, prompt_attention_mask)
-        completion_inputs = decoder_input_ids[:, 1:]
-        inputs_embeds = torch.cat(
-            [prompt_embeds, self.get_input_embeddings()(completion_inputs).to(prompt_embeds.dtype)], 1
-        )
-        attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_inputs)], dim=1)
-        length = decoder_input_ids.shape[1]  # T: positions P − 1 … P + T − 2 predict completion tokens 0 … T − 1
-        outputs = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            logits_to_keep=length,
-            return_dict=True,
-            **kwargs,
-        )
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(outputs.logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
-        hidden_states = None
-        if outputs.hidden_states is not None:
-            hidden_states = tuple(hidden[:, -length:] for hidden in outputs.hidden_states)
-        return TIPPoCausalLMOutput(
-            loss=loss,
-            logits=outputs.logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=hidden_states,
-            image_signals=prefix.image_signals,
-            image_mask=prefix.image_mask,
-        )
-
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -520,60 +392,60 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
         labels: torch.Tensor | None = None,
         decoder_input_ids: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
-        encoder_outputs=None,
-        attention_mask: torch.Tensor | None = None,
-        past_key_values=None,
-        use_cache: bool | None = None,
         prompt_input_ids: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> TIPPoSeq2SeqLMOutput | TIPPoCausalLMOutput:
-        """Teacher-forced pass. `labels` `(batch, T)` (-100 = ignored) gives the next-token loss L_NTP.
-
-        T5: `encoder_outputs` + `attention_mask` skip the front end, for a caller that holds T5's encoder outputs already
-        (tippo_rl's own `generate()` and trainers do not: they run the front end every time). A causal
-        decoder also reads `prompt_input_ids` / `prompt_attention_mask` `(batch, L)` (see `_causal_forward`).
-        """
-        if not self.config.is_encoder_decoder:
-            prefix = self.encode_prefix(
-                image_mask, pixel_values, title_input_ids, title_attention_mask, image_features, title_features
+        """Teacher-forced pass. With `labels` `(batch, T)` (-100 = ignored), `loss` is L_SFT = L_NTP + α·L_C, α being
+        `config.contrastive_weight` (`ntp_loss` and `contrastive_loss` hold the terms). A causal decoder also reads
+        `prompt_input_ids` / `prompt_attention_mask` `(batch, L)` (see `causal_decoder.causal_forward`)."""
+        prefix = self.encode_prefix(
+            image_mask, pixel_values, title_input_ids, title_attention_mask, image_features, title_features
+        )
+        if self.config.is_encoder_decoder:
+            outputs = self.language_model(
+                inputs_embeds=prefix.inputs_embeds,
+                attention_mask=prefix.attention_mask,
+                labels=labels,
+                decoder_input_ids=decoder_input_ids,
+                decoder_attention_mask=decoder_attention_mask,
+                return_dict=True,
+                **kwargs,
             )
-            return self._causal_forward(
-                prefix,
+            output = TIPPoSeq2SeqLMOutput(
+                loss=outputs.loss,
+                logits=outputs.logits,
+                past_key_values=outputs.past_key_values,
+                encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+                decoder_hidden_states=outputs.decoder_hidden_states,
+                image_signals=prefix.image_signals,
+                image_mask=prefix.image_mask,
+            )
+        else:
+            kwargs.setdefault("use_cache", False)
+            output = causal_forward(
+                self.language_model,
+                prefix.inputs_embeds,
+                prefix.attention_mask,
                 prompt_input_ids,
                 prompt_attention_mask,
                 labels,
                 decoder_input_ids,
-                use_cache=bool(use_cache),
+                pad_token_id=self.config.pad_token_id,
                 **kwargs,
             )
-        prefix = None
-        if encoder_outputs is None:
-            prefix = self.encode_prefix(
-                image_mask, pixel_values, title_input_ids, title_attention_mask, image_features, title_features
-            )
-            attention_mask = prefix.attention_mask
-        outputs = self.language_model(
-            inputs_embeds=prefix.inputs_embeds if prefix is not None else None,
-            attention_mask=attention_mask,
-            encoder_outputs=encoder_outputs,
-            labels=labels,
-            decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_attention_mask,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            return_dict=True,
-            **kwargs,
-        )
-        return TIPPoSeq2SeqLMOutput(
-            loss=outputs.loss,
-            logits=outputs.logits,
-            past_key_values=outputs.past_key_values,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            image_signals=prefix.image_signals if prefix is not None else None,
-            image_mask=prefix.image_mask if prefix is not None else None,
-        )
+            output.image_signals, output.image_mask = prefix.image_signals, prefix.image_mask
+        if labels is not None:
+            output.ntp_loss = output.loss  # L_NTP, the mean over the batch's label tokens
+            if self.config.contrastive_weight > 0:
+                output.contrastive_loss = prototype_contrastive_loss(
+                    prefix.image_signals,
+                    prefix.image_mask,
+                    self.config.contrastive_temperature,
+                    self.config.contrastive_negatives,
+                )  # L_C, Eq. 5
+                output.loss = output.ntp_loss + self.config.contrastive_weight * output.contrastive_loss  # L_SFT
+        return output
 
     @torch.no_grad()
     def generate(
@@ -604,7 +476,13 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
         if self.config.is_encoder_decoder:
             inputs_embeds, attention_mask = prefix.inputs_embeds, prefix.attention_mask
         else:
-            inputs_embeds, attention_mask = self.causal_prompt(prefix, prompt_input_ids, prompt_attention_mask)
+            inputs_embeds, attention_mask = causal_prompt(
+                self.language_model,
+                prefix.inputs_embeds,
+                prefix.attention_mask,
+                prompt_input_ids,
+                prompt_attention_mask,
+            )
         return self.language_model.generate(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -613,5 +491,9 @@ class TIPPoModel(TIPPoPreTrainedModel, GenerationMixin):
         )
 
 
+# The name before transformers' convention was followed (`<Name>Model` is a headless model there; this one generates).
+TIPPoModel = TIPPoForConditionalGeneration
+
 AutoConfig.register("tippo", TIPPoConfig)
-AutoModel.register(TIPPoConfig, TIPPoModel)
+AutoModel.register(TIPPoConfig, TIPPoForConditionalGeneration)
+AutoModelForImageTextToText.register(TIPPoConfig, TIPPoForConditionalGeneration)

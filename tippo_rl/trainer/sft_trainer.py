@@ -1,4 +1,4 @@
-"""TIPPo SFT: TRL's `SFTTrainer` with L_SFT = L_NTP + α·L_C and the DAA λ1 schedule."""
+"""TIPPo SFT: TRL's `SFTTrainer` on the model's L_SFT = L_NTP + α·L_C, with the DAA λ1 schedule."""
 
 from __future__ import annotations
 
@@ -48,6 +48,12 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
             # Every trainable weight of a TIPPo model with a frozen encoder takes part in the loss (the TIP ablation
             # does not build DAA/DO), so DDP can skip its search for unused parameters, a graph walk every step.
             args.ddp_find_unused_parameters = False
+        # The model's forward computes L_SFT (Eq. 5's L_C included) from its config: this stage's settings go there, and
+        # are saved with the model.
+        tippo_config = unwrap_tippo(model).config
+        tippo_config.contrastive_weight = args.contrastive_weight
+        tippo_config.contrastive_temperature = args.contrastive_temperature
+        tippo_config.contrastive_negatives = args.contrastive_negatives
         check_dataset_columns(train_dataset, "train_dataset")
         if eval_dataset is not None:
             check_dataset_columns(eval_dataset, "eval_dataset")
@@ -99,26 +105,22 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
         if model.training:
             tippo.set_daa_lambda1(self.daa_lambda1())
         inputs = {key: value for key, value in inputs.items() if key not in ("references", "titles", "ids")}
-        outputs = model(**inputs)
-        ntp_loss = outputs.loss  # L_NTP, mean over the batch's label tokens
-        loss = ntp_loss
-        if self.args.contrastive_weight > 0:
+        outputs = model(**inputs)  # loss: L_SFT = L_NTP + α·L_C, with this trainer's α, τ and negatives (see __init__)
+        loss = outputs.loss
+        if outputs.contrastive_loss is not None:
             others = self.other_processes_image_signals(outputs.image_signals, outputs.image_mask)
-            contrastive_loss = prototype_contrastive_loss(
-                outputs.image_signals,
-                outputs.image_mask,
-                self.args.contrastive_temperature,
-                self.args.contrastive_negatives,
-                others,
-            )  # L_C, Eq. 5
+            if others is not None:  # `contrastive_gather`: L_C again, the other processes' images added as negatives
+                outputs.contrastive_loss = prototype_contrastive_loss(
+                    outputs.image_signals, outputs.image_mask, self.args.contrastive_temperature, "batch", others
+                )  # Eq. 5
+                loss = outputs.ntp_loss + self.args.contrastive_weight * outputs.contrastive_loss  # L_SFT
             images = outputs.image_mask.sum()
             self._step_metrics[mode].add("contrastive/images", images, self.accelerator.device)
             self._step_metrics[mode].add(
                 "contrastive/negatives", images + (len(others) if others is not None else 0), self.accelerator.device
             )
-            loss = ntp_loss + self.args.contrastive_weight * contrastive_loss  # L_SFT
-            self._step_metrics[mode].add("loss/contrastive", contrastive_loss, self.accelerator.device)
-        self._step_metrics[mode].add("loss/ntp", ntp_loss, self.accelerator.device)
+            self._step_metrics[mode].add("loss/contrastive", outputs.contrastive_loss, self.accelerator.device)
+        self._step_metrics[mode].add("loss/ntp", outputs.ntp_loss, self.accelerator.device)
         self._step_metrics[mode].add("daa/lambda1", tippo.daa_lambda1, self.accelerator.device)
         return (loss, outputs) if return_outputs else loss
 

@@ -1,0 +1,111 @@
+"""How a causal LM reads TIPPo's fusion S^F (the decoder kind the paper does not have; T5 reads S^F as its encoder input).
+
+The causal LM reads `[S^F; prompt; completion]` as input embeddings, padding moved to the front (`left_pack`) and
+positions counted over real tokens, and its outputs are kept at the completion positions only: `labels`,
+`decoder_input_ids` and `logits` then line up as T5's, so the trainers treat both kinds alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+
+@dataclass
+class TIPPoCausalLMOutput(CausalLMOutputWithPast):
+    """A causal decoder's output, at the completion positions only: `logits` `(batch, T, V)` (position t predicts
+    completion token t, as T5's), `hidden_states` (each `(batch, T, d)`) and `loss` over the labels; plus the image
+    signals S_i^I `(batch, N, k, d)`, their mask `(batch, N)` and the terms of `loss` (as `TIPPoSeq2SeqLMOutput`)."""
+
+    image_signals: torch.FloatTensor | None = None
+    image_mask: torch.BoolTensor | None = None
+    ntp_loss: torch.FloatTensor | None = None
+    contrastive_loss: torch.FloatTensor | None = None
+
+
+def left_pack(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move every masked position of `(batch, L, d)` / `(batch, L)` to the front, keeping the order of the others.
+
+    A causal decoder reads the last position to predict the first completion token, so it must be a real one for every
+    sample (image padding slots sit inside S^F, prompt padding after it); with position ids counted over real tokens
+    only, the padding then changes nothing but the sequence length."""
+    order = torch.sort(attention_mask, dim=1, stable=True).indices  # zeros first, real tokens in their order
+    return inputs_embeds.gather(1, order[..., None].expand_as(inputs_embeds)), attention_mask.gather(1, order)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens `(batch, L)`, as `generate()` counts them (0 on padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+
+
+def causal_prompt(
+    language_model: nn.Module,
+    fusion_embeds: torch.Tensor,
+    fusion_mask: torch.Tensor,
+    prompt_input_ids: torch.Tensor | None = None,
+    prompt_attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A causal decoder's prompt: `[S^F; prompt tokens]` as `inputs_embeds` `(batch, P, d)` and its attention mask
+    `(batch, P)`, padding first (`left_pack`). S^F: `fusion_embeds` `(batch, F, d)`, `fusion_mask` `(batch, F)`;
+    `prompt_input_ids` `(batch, L)` may be None (S^F alone)."""
+    inputs_embeds, attention_mask = fusion_embeds, fusion_mask
+    if prompt_input_ids is not None:
+        if prompt_attention_mask is None:
+            prompt_attention_mask = torch.ones_like(prompt_input_ids)
+        prompt_embeds = language_model.get_input_embeddings()(prompt_input_ids).to(inputs_embeds.dtype)
+        inputs_embeds = torch.cat([inputs_embeds, prompt_embeds], dim=1)
+        attention_mask = torch.cat([attention_mask, prompt_attention_mask.long()], dim=1)
+    return left_pack(inputs_embeds, attention_mask)
+
+
+def causal_forward(
+    language_model: nn.Module,
+    fusion_embeds: torch.Tensor,
+    fusion_mask: torch.Tensor,
+    prompt_input_ids: torch.Tensor | None,
+    prompt_attention_mask: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    decoder_input_ids: torch.Tensor | None,
+    pad_token_id: int,
+    **kwargs,
+) -> TIPPoCausalLMOutput:
+    """`[S^F; prompt; completion]` through the causal LM, outputs at the completion positions only.
+
+    The completion tokens read are `decoder_input_ids[:, 1:]` (T5's shift-right: column 0, the start token, stands for
+    the prompt, whose last position predicts the first completion token), or, from `labels`, `labels[:, :-1]`."""
+    if decoder_input_ids is None:
+        if labels is None:
+            raise ValueError(
+                "a causal TIPPo model needs `labels` or `decoder_input_ids` (the completion) in forward()"
+            )
+        decoder_input_ids = F.pad(labels[:, :-1], (1, 0), value=-100)  # T5's shift-right
+        decoder_input_ids = decoder_input_ids.masked_fill(decoder_input_ids == -100, pad_token_id)
+    prompt_embeds, prompt_mask = causal_prompt(
+        language_model, fusion_embeds, fusion_mask, prompt_input_ids, prompt_attention_mask
+    )
+    completion_inputs = decoder_input_ids[:, 1:]
+    completion_embeds = language_model.get_input_embeddings()(completion_inputs).to(prompt_embeds.dtype)
+    inputs_embeds = torch.cat([prompt_embeds, completion_embeds], dim=1)
+    attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_inputs)], dim=1)
+    length = decoder_input_ids.shape[1]  # T: positions P − 1 … P + T − 2 predict completion tokens 0 … T − 1
+    outputs = language_model(
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        logits_to_keep=length,
+        return_dict=True,
+        **kwargs,
+    )
+    loss = None
+    if labels is not None:
+        loss = F.cross_entropy(outputs.logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+    hidden_states = None
+    if outputs.hidden_states is not None:
+        hidden_states = tuple(hidden[:, -length:] for hidden in outputs.hidden_states)
+    return TIPPoCausalLMOutput(
+        loss=loss, logits=outputs.logits, past_key_values=outputs.past_key_values, hidden_states=hidden_states
+    )
