@@ -95,9 +95,8 @@ def test_completion_logits_and_loss_equal_a_naive_pass_over_each_unpadded_sample
         real = labels[i] != -100
         torch.testing.assert_close(outputs.logits[i, real], logits[real], atol=2e-5, rtol=1e-4)
     naive_loss = torch.nn.functional.cross_entropy(torch.cat(naive), labels.flatten(), ignore_index=-100)
-    torch.testing.assert_close(
-        outputs.ntp_loss, naive_loss, atol=1e-5, rtol=1e-5
-    )  # the labels are the completion only
+    # The labels are the completion only.
+    torch.testing.assert_close(outputs.ntp_loss, naive_loss, atol=1e-5, rtol=1e-5)
 
 
 def test_generate_returns_the_completion_only_and_it_is_the_greedy_decode(
