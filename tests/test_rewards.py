@@ -419,7 +419,7 @@ def test_semantic_reward_rejects_an_unknown_backend():
     ],
 )
 def test_static_cache_folder_names_stay_inside_the_cache(model, folder):
-    from tippo_rl.rewards import _cache_folder_name
+    from tippo_rl.rewards.static_embedder import _cache_folder_name
 
     assert _cache_folder_name(model) == folder
 
