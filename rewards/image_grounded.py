@@ -31,6 +31,7 @@ from PIL import Image
 
 from tippo_rl.modeling_tippo import TIPPoModel
 from tippo_rl.processing_tippo import TIPPoProcessor, open_image
+from tippo_rl.rewards import completion_text
 from tippo_rl.trainer.utils import unwrap_tippo
 from tippo_rl.zero3 import full_weights_under_zero3
 
@@ -142,7 +143,7 @@ class ImageGroundedReward:
             raise ValueError("the image_grounded reward needs the dataset column 'images'")
         if len(images) != len(completions):
             raise ValueError(f"got {len(completions)} completions but {len(images)} image lists")
-        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        texts = [completion_text(c) for c in completions]
         counts = [len(sample) for sample in images]
         if min(counts, default=1) == 0:
             raise ValueError(f"sample {counts.index(0)} has no images")

@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tippo_rl.rewards import completion_text
+
 
 def length_penalty(
     prompts: Sequence[Any],
@@ -48,7 +50,7 @@ def length_penalty(
                 "or LengthPenalty(target_length=...)"
             )
         target_length = [len(text) for text in reference]
-    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    texts = [completion_text(c) for c in completions]
     return [-abs(len(y) - target) / max(len(y), target, 1) for y, target in zip(texts, target_length, strict=True)]
 
 

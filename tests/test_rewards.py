@@ -15,6 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from tippo_rl.rewards import (  # noqa: E402
     SemanticReward,
     bundled_minilm_path,
+    completion_text,
+    conversational_completions,
     literal,
     literal_reward,
     load_reward,
@@ -24,6 +26,18 @@ from tippo_rl.rewards import (  # noqa: E402
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------------- completions
+
+
+def test_completions_round_trip_through_trls_conversational_form():
+    texts = ["a cat", "今天天气不错", ""]
+    chat = conversational_completions(texts)
+    assert chat[1] == [{"role": "assistant", "content": "今天天气不错"}]
+    assert [completion_text(c) for c in chat] == texts == [completion_text(t) for t in texts]
+    with pytest.raises(TypeError, match="a completion must be a string or a list of chat messages, got int: 3"):
+        completion_text(3)
 
 
 # --------------------------------------------------------------------------------------------------- Eq. 7

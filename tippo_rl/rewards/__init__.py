@@ -1,5 +1,7 @@
 """PolishPPO's rewards (Eq. 7 and Eq. 8) and the reward plug-in mechanism.
 
+* ``completions``: a completion as a reward receives it, a string or TRL's conversational form, and the
+  conversions between the two (``completion_text``, ``conversational_completions``);
 * ``polish_rewards``: the paper's rewards, Eq. 7 ``literal_reward`` / ``literal`` / ``LiteralReward`` and Eq. 8
   ``SemanticReward``, plus ``RepetitionPenalty``; each a plain scorer and a plug-in;
 * ``static_embedder``: Eq. 8's static backend, a sentence encoder distilled once into a cached Model2Vec table, and
@@ -12,6 +14,7 @@
 In tippo_rl datasets the reference text (Y in the paper) is the column ``reference``.
 """
 
+from .completions import completion_text, conversational_completions
 from .polish_rewards import (
     EMBEDDER_DTYPES,
     SEMANTIC_BACKENDS,
@@ -40,6 +43,8 @@ __all__ = [
     "RepetitionPenalty",
     "SemanticReward",
     "bundled_minilm_path",
+    "completion_text",
+    "conversational_completions",
     "static_sentence_embedder",
     "literal",
     "literal_reward",

@@ -24,6 +24,7 @@ import Levenshtein
 import torch
 
 from ..zero3 import full_weights_under_zero3
+from .completions import completion_text
 from .static_embedder import static_sentence_embedder
 
 
@@ -31,17 +32,6 @@ EMBEDDER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float1
 SEMANTIC_BACKENDS = ("flagembedding", "static")
 
 REFERENCE_COLUMN = "reference"
-
-
-def _as_text(completion: Any) -> str:
-    """The text of one completion: a string, or TRL's conversational form ``[{"role": ..., "content": str}]``."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return completion[-1]["content"]
-    raise TypeError(
-        f"a completion must be a string or a list of chat messages, got {type(completion).__name__}: {completion!r:.80}"
-    )
 
 
 def _check_pairs(completions: Sequence[Any], references: Sequence[str] | None, reward: str) -> None:
@@ -80,12 +70,12 @@ def literal_reward(completions: Sequence[str], references: Sequence[str], normal
     _check_pairs(completions, references, "literal")
     if not normalized:
         return [
-            1.0 - Levenshtein.distance(reference, _as_text(completion))
+            1.0 - Levenshtein.distance(reference, completion_text(completion))
             for completion, reference in zip(completions, references)
         ]
     rewards = []
     for completion, reference in zip(completions, references):
-        y = _as_text(completion)
+        y = completion_text(completion)
         # Levenshtein.distance is C code on Python strings (code points), so a plain loop is the fast path.
         rewards.append(1.0 - Levenshtein.distance(reference, y) / max(len(reference), len(y), 1))
     return rewards
@@ -321,7 +311,7 @@ class SemanticReward:
         _check_pairs(completions, references, "semantic")
         if not completions:
             return []
-        texts = [_as_text(c) for c in completions]
+        texts = [completion_text(c) for c in completions]
         references = list(references)
         reference_embeddings = self._reference_embeddings(references)
         # A policy repeats itself, within a batch and across iterations: each distinct completion is encoded once.

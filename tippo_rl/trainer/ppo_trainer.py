@@ -45,7 +45,7 @@ from ..checkpoints import CheckpointError
 from ..data import MODEL_INPUT_NAMES, TIPPoDataCollator, check_dataset_columns, model_inputs
 from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
-from ..rewards import load_reward, reward_name, score_rewards
+from ..rewards import conversational_completions, load_reward, reward_name, score_rewards
 from .generation_eval import GenerationEvalMixin
 from .ppo_config import PPOConfig
 from .utils import (
@@ -661,7 +661,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
     def reward_completions(self, completions: list[str]) -> list[Any]:
         """The completions as reward functions receive them (`reward_completions_format`): strings, or TRL's chat form."""
         if self.args.reward_completions_format == "conversational":
-            return [[{"role": "assistant", "content": text}] for text in completions]
+            return conversational_completions(completions)
         return completions
 
     def log_reward_metric(self, name: str, value: float) -> None:
