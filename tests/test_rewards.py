@@ -275,7 +275,7 @@ def test_score_rewards_error_names_the_spec(tmp_path):
         score_rewards([load_reward(spec)], **BATCH)
 
 
-def test_score_rewards_calls_with_trl_convention_and_weights():
+def test_score_rewards_calls_with_trl_convention():
     seen = {}
 
     def spy(prompts, completions, completion_ids, trainer_state, reference, title, **kwargs):
@@ -287,20 +287,19 @@ def test_score_rewards_calls_with_trl_convention_and_weights():
         prompts=["p"] * 3,
         completions=["a", "b", "c"],
         columns={"reference": ["a", "x", "c"], "title": ["t1", "t2", "t3"]},
-        weights=[1.0, 0.5],
         trainer_state="state",
         completion_ids=[[1], [2], [3]],
     )
     assert names == ["literal", "spy"]
     assert rewards.shape == (2, 3) and rewards.dtype == torch.float32
-    assert rewards.tolist() == [[1.0, 0.0, 1.0], [0.5, 1.0, 1.5]]
+    assert rewards.tolist() == [[1.0, 0.0, 1.0], [1.0, 2.0, 3.0]]
     assert callable(seen["extra"].pop("log_metric")) and callable(seen["extra"].pop("log_extra"))  # no-ops by default
     assert seen == dict(completion_ids=[[1], [2], [3]], trainer_state="state", title=["t1", "t2", "t3"], extra={})
 
 
 def test_score_rewards_checks_batch_inputs():
-    with pytest.raises(ValueError, match="2 reward weights for 1 reward functions"):
-        score_rewards([literal], **BATCH, weights=[1.0, 1.0])
+    with pytest.raises(ValueError, match="got 2 prompts but 3 completions"):
+        score_rewards([literal], ["p"] * 2, ["a", "b", "c"])
     with pytest.raises(ValueError, match="column 'reference' has 2 values but the batch has 3"):
         score_rewards([literal], ["p"] * 3, ["a", "b", "c"], {"reference": ["a", "b"]})
 

@@ -258,7 +258,6 @@ def score_rewards(
     prompts: Sequence[Any],
     completions: Sequence[Any],
     columns: dict[str, Sequence[Any]] | None = None,
-    weights: Sequence[float] | None = None,
     trainer_state: Any = None,
     completion_ids: Sequence[Sequence[int]] | None = None,
     log_metric: Callable[[str, float], None] | None = None,
@@ -276,7 +275,6 @@ def score_rewards(
         prompts: length batch.
         completions: generated texts, length batch.
         columns: dataset columns, each a list of length batch (tippo_rl passes ``reference``, ``title``, ``images``).
-        weights: one float per plug-in; row i of the result is multiplied by ``weights[i]``. None: all 1.
         trainer_state: passed through (TRL passes its ``TrainerState``, for rewards shaped by training progress).
         completion_ids: token ids of the completions, passed through.
         log_metric: ``log_metric(name, value)`` for a reward to log a scalar (the trainers log its mean under ``name``);
@@ -286,10 +284,10 @@ def score_rewards(
 
     Returns:
         ``(rewards, names)``: ``rewards`` a float32 ``torch.Tensor`` of shape ``(n_funcs, batch)`` on the CPU,
-        weighted, NaN where a plug-in returned None; ``names`` the plug-ins' names (:func:`reward_name`).
+        NaN where a plug-in returned None; ``names`` the plug-ins' names (:func:`reward_name`).
 
     Raises:
-        ValueError: inconsistent batch inputs or weights; a reward returned the wrong number of values or a NaN/inf.
+        ValueError: inconsistent batch inputs; a reward returned the wrong number of values or a NaN/inf.
         TypeError: a reward returned something that is not a list of numbers.
         RuntimeError: a reward raised (the original error is chained).
     """
@@ -300,10 +298,6 @@ def score_rewards(
     for column, values in columns.items():
         if len(values) != batch:
             raise ValueError(f"column {column!r} has {len(values)} values but the batch has {batch} completions")
-    if weights is None:
-        weights = [1.0] * len(reward_funcs)
-    if len(weights) != len(reward_funcs):
-        raise ValueError(f"got {len(weights)} reward weights for {len(reward_funcs)} reward functions")
 
     names = [reward_name(f) for f in reward_funcs]
     kwargs = dict(
@@ -359,5 +353,4 @@ def score_rewards(
             prompts[sample],
             completions[sample],
         )
-    rewards *= torch.tensor(weights, dtype=torch.float32).unsqueeze(1)
     return rewards, names
