@@ -147,7 +147,6 @@ class SemanticReward:
         batch_size: texts per forward pass.
         device: ``"cpu"``, ``"cuda:0"``, ...; None takes the current CUDA device when there is one (each
             process of a distributed run then uses its own GPU), else the CPU.
-        use_fp16: run the embedder in float16 (ignored on a CPU).
         dtype: the embedder's weights, ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``. bf16 scored demo
             completions 3.3× faster on a CPU with AVX-512 BF16, moving rewards by at most 0.0036.
         max_length: tokens per text before truncation; None reads ``max_seq_length`` from
@@ -155,7 +154,7 @@ class SemanticReward:
         max_cache_size: reference embeddings kept, and as many completion embeddings.
         max_tokens_per_batch: padded tokens per forward pass of the embedder (texts are batched by length).
         backend: ``"flagembedding"`` (the encoder itself) or ``"static"`` (its Model2Vec distillation, made with
-            ``pooling``; it runs on the CPU, and ``device``, ``dtype``, ``use_fp16``, ``batch_size`` and
+            ``pooling``; it runs on the CPU, and ``device``, ``dtype``, ``batch_size`` and
             ``max_tokens_per_batch`` do not apply).
         static_dims: dimensions of a distilled static embedder (PCA).
         static_cache_dir: where distilled static embedders are kept (default ``~/.cache/tippo_rl/static_embedders``).
@@ -167,7 +166,6 @@ class SemanticReward:
         pooling: str | None = None,
         batch_size: int = 64,
         device: str | None = None,
-        use_fp16: bool = False,
         dtype: str = "float32",
         max_length: int | None = None,
         max_cache_size: int = 100_000,
@@ -220,7 +218,7 @@ class SemanticReward:
             self.embedder = FlagModel(
                 str(model_name_or_path),
                 pooling_method=pooling,
-                use_fp16=use_fp16 and not device.startswith("cpu"),
+                use_fp16=False,  # `dtype` sets the precision; FlagModel's default would load in float16 on a GPU
                 devices=device,
                 batch_size=batch_size,
                 passage_max_length=max_length,
