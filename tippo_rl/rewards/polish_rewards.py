@@ -81,34 +81,54 @@ def literal_reward(completions: Sequence[str], references: Sequence[str], normal
     return rewards
 
 
-def literal(
-    prompts: Sequence[Any], completions: Sequence[Any], reference: Sequence[str] | None = None, **kwargs
-) -> list[float]:
-    """Plug-in form of :func:`literal_reward` (Eq. 7), with TRL's reward-function signature.
+class ReferenceReward:
+    """A reward of each completion y against its reference text Y, the dataset column ``reference`` (Eq. 7 and 8).
 
-    Args:
-        prompts: the batch's prompts (unused).
-        completions: generated texts, length batch.
-        reference: the dataset column ``reference``, length batch.
-        **kwargs: the other columns and TRL's extras (``completion_ids``, ``trainer_state``, ...), unused.
-
-    Returns:
-        ``list[float]`` of length batch, each in [0, 1].
+    A subclass gives the plain scorer, ``score(completions, references) -> list[float]``; calling an instance is its
+    plug-in form, with TRL's reward-function signature.
     """
-    return literal_reward(completions, reference)
+
+    def score(self, completions: Sequence[Any], references: Sequence[str]) -> list[float]:
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        prompts: Sequence[Any] | None = None,
+        completions: Sequence[Any] = (),
+        reference: Sequence[str] | None = None,
+        **kwargs,
+    ) -> list[float]:
+        """Plug-in form of :meth:`score`, with TRL's reward-function signature.
+
+        Args:
+            prompts: the batch's prompts (unused).
+            completions: generated texts, length batch.
+            reference: the dataset column ``reference``, length batch.
+            **kwargs: the other columns and TRL's extras (``completion_ids``, ``trainer_state``, ...), unused.
+
+        Returns:
+            ``list[float]`` of length batch, in the range of :meth:`score`.
+        """
+        return self.score(completions, reference)
 
 
-class LiteralReward:
-    """The literal reward (Eq. 7) as a configurable plug-in named ``literal``: ``normalized=False`` is the paper's
-    unnormalised ``1 − LD(Y, y)`` (PolishPPO's ``literal_distance: raw``); the default equals :func:`literal`."""
+class LiteralReward(ReferenceReward):
+    """The literal reward (Eq. 7) as a plug-in named ``literal``: :func:`literal_reward` of the completions and the
+    column ``reference``. ``normalized=False`` is the paper's unnormalised ``1 − LD(Y, y)`` (PolishPPO's
+    ``literal_distance: raw``); the default, in [0, 1], is the built-in :data:`literal`."""
 
     __name__ = "literal"
 
     def __init__(self, normalized: bool = True):
         self.normalized = normalized
 
-    def __call__(self, prompts=None, completions=(), reference: Sequence[str] | None = None, **kwargs) -> list[float]:
-        return literal_reward(completions, reference, normalized=self.normalized)
+    def score(self, completions: Sequence[Any], references: Sequence[str]) -> list[float]:
+        """:func:`literal_reward` (Eq. 7) on a batch, normalised or not."""
+        return literal_reward(completions, references, normalized=self.normalized)
+
+
+# The built-in `literal`: Eq. 7 normalised, an instance as rewards/repetition_penalty.py makes its plug-in.
+literal = LiteralReward()
 
 
 # --------------------------------------------------------------------------------------------------- Eq. 8
@@ -122,7 +142,7 @@ def _sentence_transformers_setting(model_dir: Path, file: str, key: str) -> Any:
     return json.loads(path.read_text()).get(key)
 
 
-class SemanticReward:
+class SemanticReward(ReferenceReward):
     """Semantic-level reward, Eq. 8: ``R = cos(emb(Y), emb(y))``, emb a sentence-embedding model.
 
     With ``backend="flagembedding"`` (default) the embedder is loaded with FlagEmbedding's ``FlagModel`` (any
@@ -316,22 +336,6 @@ class SemanticReward:
         completion_embeddings, _ = self._cached_embeddings(texts, self._completion_cache)
         cosine = (completion_embeddings * reference_embeddings).sum(-1)  # Eq. 8, both unit-norm
         return cosine.clamp(-1.0, 1.0).tolist()
-
-    def __call__(
-        self, prompts: Sequence[Any], completions: Sequence[Any], reference: Sequence[str] | None = None, **kwargs
-    ) -> list[float]:
-        """Plug-in form of :meth:`score`, with TRL's reward-function signature.
-
-        Args:
-            prompts: the batch's prompts (unused).
-            completions: generated texts, length batch.
-            reference: the dataset column ``reference``, length batch.
-            **kwargs: the other columns and TRL's extras, unused.
-
-        Returns:
-            ``list[float]`` of length batch, each in [-1, 1].
-        """
-        return self.score(completions, reference)
 
     def __repr__(self) -> str:
         return (
