@@ -1,12 +1,11 @@
-"""The paper's rewards: the literal reward (Eq. 7), the semantic reward (Eq. 8) and a repetition penalty.
+"""The paper's rewards: the literal reward (Eq. 7), the semantic reward (Eq. 8), and a repetition penalty.
 
-Each comes in two forms:
-
-* a plain scorer, ``literal_reward(completions, references)`` and ``SemanticReward.score(completions, references)``,
-  which maps texts to one float per text;
-* a plug-in with TRL's reward-function signature ``f(prompts, completions, **columns) -> list[float]``: ``literal``,
-  ``LiteralReward`` and ``SemanticReward`` instances (built-in names ``literal`` and ``semantic``), and
-  ``RepetitionPenalty`` (``repetition_penalty``), so they also work unchanged in TRL's own trainers.
+* Plain scorers map texts to one float per text: ``literal_reward(completions, references)`` (Eq. 7) and
+  ``SemanticReward.score(completions, references)`` (Eq. 8).
+* Plug-ins have TRL's reward-function signature ``f(prompts, completions, **columns) -> list[float]``, so they also
+  work unchanged in TRL's own trainers: ``LiteralReward`` and ``SemanticReward`` instances (one ``__call__``, that of
+  ``ReferenceReward``: their ``score`` of the completions and the column ``reference``; built-in names ``literal``,
+  the instance :data:`literal`, and ``semantic``) and ``RepetitionPenalty`` (``repetition_penalty``, on token ids).
 
 In tippo_rl datasets the reference text (Y in the paper) is the column ``reference``.
 """
@@ -47,6 +46,37 @@ def _check_pairs(completions: Sequence[Any], references: Sequence[str] | None, r
         )
 
 
+class ReferenceReward:
+    """A reward of each completion y against its reference text Y, the dataset column ``reference`` (Eq. 7 and 8).
+
+    A subclass gives the plain scorer, ``score(completions, references) -> list[float]``; calling an instance is its
+    plug-in form, with TRL's reward-function signature.
+    """
+
+    def score(self, completions: Sequence[Any], references: Sequence[str]) -> list[float]:
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        prompts: Sequence[Any] | None = None,
+        completions: Sequence[Any] = (),
+        reference: Sequence[str] | None = None,
+        **kwargs,
+    ) -> list[float]:
+        """Plug-in form of :meth:`score`, with TRL's reward-function signature.
+
+        Args:
+            prompts: the batch's prompts (unused).
+            completions: generated texts, length batch.
+            reference: the dataset column ``reference``, length batch.
+            **kwargs: the other columns and TRL's extras (``completion_ids``, ``trainer_state``, ...), unused.
+
+        Returns:
+            ``list[float]`` of length batch, in the range of :meth:`score`.
+        """
+        return self.score(completions, reference)
+
+
 # --------------------------------------------------------------------------------------------------- Eq. 7
 
 
@@ -79,37 +109,6 @@ def literal_reward(completions: Sequence[str], references: Sequence[str], normal
         # Levenshtein.distance is C code on Python strings (code points), so a plain loop is the fast path.
         rewards.append(1.0 - Levenshtein.distance(reference, y) / max(len(reference), len(y), 1))
     return rewards
-
-
-class ReferenceReward:
-    """A reward of each completion y against its reference text Y, the dataset column ``reference`` (Eq. 7 and 8).
-
-    A subclass gives the plain scorer, ``score(completions, references) -> list[float]``; calling an instance is its
-    plug-in form, with TRL's reward-function signature.
-    """
-
-    def score(self, completions: Sequence[Any], references: Sequence[str]) -> list[float]:
-        raise NotImplementedError
-
-    def __call__(
-        self,
-        prompts: Sequence[Any] | None = None,
-        completions: Sequence[Any] = (),
-        reference: Sequence[str] | None = None,
-        **kwargs,
-    ) -> list[float]:
-        """Plug-in form of :meth:`score`, with TRL's reward-function signature.
-
-        Args:
-            prompts: the batch's prompts (unused).
-            completions: generated texts, length batch.
-            reference: the dataset column ``reference``, length batch.
-            **kwargs: the other columns and TRL's extras (``completion_ids``, ``trainer_state``, ...), unused.
-
-        Returns:
-            ``list[float]`` of length batch, in the range of :meth:`score`.
-        """
-        return self.score(completions, reference)
 
 
 class LiteralReward(ReferenceReward):
