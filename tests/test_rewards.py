@@ -13,6 +13,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tippo_rl.rewards import (  # noqa: E402
+    LiteralReward,
     SemanticReward,
     bundled_minilm_path,
     completion_text,
@@ -64,6 +65,15 @@ def test_literal_plugin_matches_plain_form_and_accepts_chat_completions():
     assert literal(prompts=["p", "p"], completions=chat, reference=references, trainer_state=None) == literal_reward(
         ["sitting", "今天天气不错"], references
     )
+
+
+def test_literal_reward_raw_is_eq7_as_written_and_the_plugin_forms_agree():
+    # 1 − LD(Y, y) unnormalised: LD("kitten", "sitting") = 3
+    assert literal_reward(["sitting", "kitten"], ["kitten", "kitten"], normalized=False) == [-2.0, 1.0]
+    raw = LiteralReward(normalized=False)
+    assert raw(prompts=["p"], completions=["sitting"], reference=["kitten"]) == [-2.0]
+    assert LiteralReward()(completions=["sitting"], reference=["kitten"]) == literal(["p"], ["sitting"], ["kitten"])
+    assert reward_name(raw) == reward_name(literal) == "literal"
 
 
 def test_literal_reward_needs_paired_references():
