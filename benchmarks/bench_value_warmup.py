@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_rl_gain import RESULTS, run_variant, train_sft  # noqa: E402
 from common import print_table, run_in_workdir, write_json  # noqa: E402
 
-from tippo_rl.reports import EvaluationArguments  # noqa: E402
+from tippo_rl.evaluation import EvaluationArguments  # noqa: E402
 
 
 def run(args, info: dict, workdir: Path) -> dict:

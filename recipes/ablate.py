@@ -26,7 +26,9 @@ from pathlib import Path
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel, TIPPoProcessor
-from tippo_rl.metrics import MeteorScorer
+from tippo_rl.evaluation import EvaluationArguments, MeteorScorer, scene_fields, score_model
+from tippo_rl.evaluation.model_evaluation import SCENE_FIELDS, SCENE_FIELDS_NOTE
+from tippo_rl.evaluation.reports import TABLE_METRICS, log_curve, plot_cells, plot_curves, spread_table
 from tippo_rl.recipe_args import (
     TIPPoModelConfig,
     TIPPoScriptArguments,
@@ -34,18 +36,6 @@ from tippo_rl.recipe_args import (
     load_datasets,
     load_model_and_processor,
     lora_config,
-)
-from tippo_rl.reports import (
-    SCENE_FIELDS,
-    SCENE_FIELDS_NOTE,
-    TABLE_METRICS,
-    EvaluationArguments,
-    log_curve,
-    plot_cells,
-    plot_curves,
-    scene_fields,
-    score_model,
-    spread_table,
 )
 from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig

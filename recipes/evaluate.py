@@ -20,21 +20,16 @@ import yaml
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel, TIPPoProcessor, build_tiny_tippo
-from tippo_rl.metrics import MeteorScorer
-from tippo_rl.recipe_args import TIPPoScriptArguments, load_datasets
-from tippo_rl.reports import (
-    SCENE_FIELDS,
-    SCENE_FIELDS_NOTE,
-    EvaluationArguments,
+from tippo_rl.evaluation import EvaluationArguments, MeteorScorer, scene_fields, score_model, write_predictions
+from tippo_rl.evaluation.model_evaluation import SCENE_FIELDS, SCENE_FIELDS_NOTE
+from tippo_rl.evaluation.reports import (
     examples_section,
     plot_training_curves,
-    scene_fields,
-    score_model,
     scores_table,
     spread_table,
     training_log_history,
-    write_predictions,
 )
+from tippo_rl.recipe_args import TIPPoScriptArguments, load_datasets
 
 
 REPO = Path(__file__).resolve().parents[1]

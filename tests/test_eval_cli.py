@@ -1,6 +1,6 @@
-"""Tests for the tippo-eval command line (tippo_rl.eval): input formats, output, per-sample file, errors.
+"""Tests for the tippo-eval command line (tippo_rl.evaluation.cli): input formats, output, per-sample file, errors.
 
-The CLI is run in-process through ``main([...])`` and once as ``python -m tippo_rl.eval``. Only the n-gram
+The CLI is run in-process through ``main([...])`` and once as ``python -m tippo_rl.evaluation.cli``. Only the n-gram
 metrics are used here (no JVM); METEOR and BERTScore are covered in test_metrics.py.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tippo_rl.eval import main  # noqa: E402
-from tippo_rl.metrics import compute_metrics  # noqa: E402
+from tippo_rl.evaluation import compute_metrics  # noqa: E402
+from tippo_rl.evaluation.cli import main  # noqa: E402
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +118,17 @@ def test_char_tokenisation_and_english(tmp_path, capsys):
 def test_module_entry_point_in_a_subprocess(jsonl_files):
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
-        [sys.executable, "-m", "tippo_rl.eval", "-p", jsonl_files[0], "-r", jsonl_files[1], "--metrics", NGRAM],
+        [
+            sys.executable,
+            "-m",
+            "tippo_rl.evaluation.cli",
+            "-p",
+            jsonl_files[0],
+            "-r",
+            jsonl_files[1],
+            "--metrics",
+            NGRAM,
+        ],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,

@@ -12,9 +12,9 @@ from recipe_loading import load_recipe
 from trl import TrlParser
 
 from tippo_rl import load_artmuse
+from tippo_rl.evaluation import EvaluationArguments
 from tippo_rl.generation import generate_predictions
 from tippo_rl.recipe_args import TIPPoScriptArguments
-from tippo_rl.reports import EvaluationArguments
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def test_models_trained_by_the_recipes_get_their_training_curves_plotted(tmp_pat
         and "![training curves](training_curves.png)" in report
     )
     histories = {"SFT": json.loads((sft / "trainer_state.json").read_text())["log_history"]}
-    from tippo_rl.reports import TRAINING_CURVES, training_log_history
+    from tippo_rl.evaluation.reports import TRAINING_CURVES, training_log_history
 
     assert training_log_history(sft) == histories["SFT"] and training_log_history(saved_model) is None
     assert any("loss/ntp" in keys for _, _, keys in TRAINING_CURVES)
@@ -234,7 +234,7 @@ def test_generation_kwargs_reach_generate_from_the_command_line():
 
 
 def test_training_curves_fall_back_on_the_newest_checkpoints_log(tmp_path):
-    from tippo_rl.reports import training_log_history
+    from tippo_rl.evaluation.reports import training_log_history
 
     for step, loss in ((2, 3.0), (10, 1.0)):
         (tmp_path / f"checkpoint-{step}").mkdir()

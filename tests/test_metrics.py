@@ -1,4 +1,4 @@
-"""Tests for tippo_rl.metrics: hand-checked values per metric, equality with pycocoevalcap, tokenisation, errors.
+"""Tests for tippo_rl.evaluation.metrics: hand-checked values per metric, equality with pycocoevalcap, tokenisation, errors.
 
 METEOR and PTB tests need Java (skipped without it); METEOR starts two JVMs in all (about 8 s each).
 """
@@ -16,16 +16,17 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tippo_rl import metrics as M  # noqa: E402
-from tippo_rl.metrics import (  # noqa: E402
+from tippo_rl.evaluation import (  # noqa: E402
     ExternalToolError,
     JavaNotFoundError,
     MeteorScorer,
     MetricsWarning,
     compute_metrics,
     normalize_metric_names,
+    tokenization,  # noqa: E402
     tokenize_texts,
 )
+from tippo_rl.evaluation import metrics as M  # noqa: E402
 
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="needs Java (METEOR / PTB tokenizer)")
@@ -263,7 +264,7 @@ def test_missing_java_says_how_to_install(monkeypatch, tmp_path):
 
 
 def test_missing_optional_dependency_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(M, "_jieba", None)
+    monkeypatch.setattr(tokenization, "_jieba", None)
     monkeypatch.setitem(sys.modules, "jieba", None)  # makes `import jieba` fail like an absent package
     with pytest.raises(ExternalToolError, match=r"jieba is not installed; .*pip install 'tippo_rl\[eval\]'"):
         tokenize_texts(["我来到北京"], "jieba")

@@ -28,7 +28,7 @@ _EXPORTS = {
     "build_tiny_tippo": "presets",
     "build_tippo_from_pretrained_components": "presets",
     "generate_predictions": "generation",
-    "compute_metrics": "metrics",
+    "compute_metrics": "evaluation.metrics",
     "literal_reward": "rewards",
     "SemanticReward": "rewards",
     "load_reward": "rewards",

@@ -1,7 +1,7 @@
 """Evaluation during training by decoding: what both TIPPo trainers (SFT and PPO) log at each `eval_strategy` step.
 
 The eval split (its first `eval_max_samples` rows) is decoded greedily, or with `eval_generation_kwargs`, and scored
-with the project's metric code (`tippo_rl.metrics.compute_metrics`: pycocoevalcap's ROUGE-L and CIDEr-D) and the
+with the project's metric code (`tippo_rl.evaluation.compute_metrics`: pycocoevalcap's ROUGE-L and CIDEr-D) and the
 literal reward of Eq. 7. The metrics are logged as `eval_rouge_l`, `eval_cider`, `eval_literal` (and `eval_rewards/<name>`
 for a PPO trainer's reward plug-ins), so `metric_for_best_model: eval_rouge_l` with `load_best_model_at_end` keeps the
 best greedy checkpoint. A few samples (title, completion, reference, rewards) go to the console (TRL's
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from trl.models import unwrap_model_for_generation
 
+from ..evaluation import TOKENIZE_MODES, MetricsWarning, compute_metrics
 from ..generation import generate_predictions
-from ..metrics import TOKENIZE_MODES, MetricsWarning, compute_metrics
 from ..rewards import literal_reward, score_rewards
 
 

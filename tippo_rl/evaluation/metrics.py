@@ -26,7 +26,7 @@ is a character-level score whatever the segmentation.
 
 Example::
 
-    from tippo_rl.metrics import compute_metrics
+    from tippo_rl.evaluation import compute_metrics
 
     preds = {1: "一 只 狗 在 跑"}
     refs = {1: ["一 只 狗 在 草地 上 跑", "一 只 狗"]}
@@ -36,39 +36,29 @@ Example::
 
 from __future__ import annotations
 
-import collections
-import functools
 import math
-import os
-import re
-import shutil
-import subprocess
-import tempfile
-import threading
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from .external_tools import _import, _require_java
+from .scorers import MeteorScorer, _bertscore
+from .tokenization import TOKENIZE_MODES, tokenize_texts
 
 
 __all__ = [
     "DEFAULT_METRICS",
     "LANGS",
     "METRICS",
-    "TOKENIZE_MODES",
-    "ExternalToolError",
-    "JavaNotFoundError",
-    "MeteorScorer",
     "MetricsResult",
     "MetricsWarning",
     "compute_metrics",
     "normalize_metric_names",
-    "tokenize_texts",
 ]
 
 METRICS = ("bleu", "meteor", "rouge_l", "cider", "bertscore")
 DEFAULT_METRICS = ("bleu", "meteor", "rouge_l", "cider")
-TOKENIZE_MODES = ("none", "char", "jieba", "ptb")
 LANGS = ("zh", "en")
 
 # Accepted spellings of metric names -> canonical name.
@@ -85,25 +75,12 @@ _METRIC_ALIASES = {
     "bert_score": "bertscore",
 }
 
-_JAVA_HINT = (
-    "install a Java runtime and make sure `java` is on PATH "
-    "(Debian/Ubuntu: `apt-get install default-jre-headless`; conda: `conda install openjdk`)"
-)
-
 # How many ids an error message names before it says "... and N more".
 _MAX_IDS_SHOWN = 10
 
 
 class MetricsWarning(UserWarning):
     """Data was scored, but not exactly as given (an empty prediction, a dropped id or reference, ...)."""
-
-
-class ExternalToolError(RuntimeError):
-    """A tool the metrics run (Java, the METEOR jar, the PTB tokenizer, a BERTScore model) failed."""
-
-
-class JavaNotFoundError(ExternalToolError):
-    """``java`` is not on PATH, but METEOR or PTB tokenisation needs it."""
 
 
 @dataclass
@@ -149,299 +126,6 @@ class MetricsResult:
         )
         out.update(self.info)
         return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Java
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _require_java(what: str) -> str:
-    java = shutil.which("java")
-    if java is None:
-        raise JavaNotFoundError(f"{what} needs Java, but `java` is not on PATH: {_JAVA_HINT}.")
-    return java
-
-
-def _import(module: str, package: str):
-    """Import an optional dependency, or say which package to install (they come with ``tippo_rl[eval]``)."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name is None or not module.startswith(e.name.split(".")[0]):
-            raise  # something inside the package is missing: not ours to explain
-        raise ExternalToolError(
-            f"{package} is not installed; install the evaluation extras with `pip install 'tippo_rl[eval]'` "
-            f"(or `pip install {package}`)"
-        ) from e
-
-
-# Characters a line-based protocol (METEOR's stdio, PTBTokenizer -preserveLines) reads as a line break;
-# one inside a text would split it and shift every later answer by one line.
-_LINE_BREAKS_RE = re.compile("[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
-
-
-def _one_line(text: str) -> str:
-    return _LINE_BREAKS_RE.sub(" ", text)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Tokenisation
-# ----------------------------------------------------------------------------------------------------------
-
-# Hiragana/Katakana, CJK Ext. A, CJK Unified Ideographs, Compatibility Ideographs, Hangul syllables,
-# Ext. B-F and the Compatibility Supplement.
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\U00020000-\U0002fa1f"
-_CHAR_TOKEN_RE = re.compile(rf"[{_CJK}]|(?:(?![{_CJK}])\w)+|\S")
-
-
-def _char_tokenize(text: str) -> str:
-    return " ".join(_CHAR_TOKEN_RE.findall(text))
-
-
-_jieba = None
-
-
-def _jieba_tokenize(texts: Sequence[str]) -> list[str]:
-    global _jieba
-    if _jieba is None:
-        import logging
-
-        jieba = _import("jieba", "jieba")
-
-        # jieba logs "Building prefix dict ..." at DEBUG/INFO on first use; keep the CLI's stderr for real problems.
-        jieba.setLogLevel(logging.WARNING)
-        _jieba = jieba
-    return [" ".join(w for w in _jieba.lcut(t) if w.strip()) for t in texts]
-
-
-def _ptb_tokenize(texts: Sequence[str]) -> list[str]:
-    """pycocoevalcap's PTBTokenizer, run on a temporary file outside the package directory.
-
-    Same jar, same command line and same punctuation filter as ``PTBTokenizer.tokenize``; the upstream wrapper
-    is not called because it writes its temporary file next to the jar (fails on a read-only site-packages) and
-    silently drops captions after one that contains a ``\\r`` or another line separator.
-    """
-    java = _require_java("PTB tokenisation (--tokenize ptb)")
-    ptb = _import("pycocoevalcap.tokenizer.ptbtokenizer", "pycocoevalcap")
-
-    if not texts:
-        return []
-    jar = os.path.join(os.path.dirname(os.path.abspath(ptb.__file__)), ptb.STANFORD_CORENLP_3_4_1_JAR)
-    cmd = [java, "-cp", jar, "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase"]
-    with tempfile.TemporaryDirectory(prefix="tippo_ptb_") as tmp:
-        path = os.path.join(tmp, "captions.txt")
-        with open(path, "wb") as f:
-            f.write("\n".join(_one_line(t) for t in texts).encode())
-        try:
-            proc = subprocess.run(cmd + [path], stdin=subprocess.DEVNULL, capture_output=True, timeout=3600)
-        except subprocess.TimeoutExpired as e:
-            raise ExternalToolError("the PTB tokenizer did not finish within an hour") from e
-    if proc.returncode != 0:
-        raise ExternalToolError(
-            f"the PTB tokenizer (java) failed with exit code {proc.returncode}: "
-            f"{proc.stderr.decode(errors='replace').strip()[-500:]}"
-        )
-    lines = proc.stdout.decode().split("\n")
-    if len(lines) < len(texts):
-        raise ExternalToolError(f"the PTB tokenizer returned {len(lines)} lines for {len(texts)} captions")
-    punct = set(ptb.PUNCTUATIONS)
-    return [" ".join(w for w in line.rstrip().split(" ") if w not in punct) for line in lines[: len(texts)]]
-
-
-def tokenize_texts(texts: Sequence[str], mode: str = "none") -> list[str]:
-    """Tokenise texts the way :func:`compute_metrics` does before BLEU/METEOR/ROUGE-L/CIDEr.
-
-    Args:
-        texts: the strings.
-        mode: ``none`` (returned unchanged), ``char``, ``jieba`` or ``ptb``; see the module docstring.
-
-    Returns:
-        One string per text, tokens separated by single spaces (``none``: the text as given).
-    """
-    if mode not in TOKENIZE_MODES:
-        raise ValueError(f"unknown tokenize mode {mode!r}; choose one of {', '.join(TOKENIZE_MODES)}")
-    texts = list(texts)
-    if mode == "none":
-        return texts
-    if mode == "char":
-        return [_char_tokenize(t) for t in texts]
-    if mode == "jieba":
-        return _jieba_tokenize(texts)
-    return _ptb_tokenize(texts)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# METEOR
-# ----------------------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _make_closable_meteor_class():
-    # Built lazily (once) so that importing this module does not import pycocoevalcap.
-    Meteor = _import("pycocoevalcap.meteor.meteor", "pycocoevalcap").Meteor
-
-    class _ClosableMeteor(Meteor):
-        """pycocoevalcap's Meteor with a close() that cannot hang and a drained stderr pipe.
-
-        Upstream ``__del__`` takes the scorer's lock before killing the JVM; if ``compute_score`` raised while
-        holding it (e.g. the JVM died), that lock is never released and garbage collection blocks forever.
-        Upstream also never reads the JVM's stderr, so a chatty JVM could fill the pipe and stall.
-        """
-
-        def __init__(self):
-            super().__init__()
-            self.stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
-            self._drain = threading.Thread(target=self._drain_stderr, name="meteor-stderr", daemon=True)
-            self._drain.start()
-
-        def _drain_stderr(self):
-            for line in iter(self.meteor_p.stderr.readline, b""):
-                self.stderr_tail.append(line.decode(errors="replace").rstrip())
-
-        def close(self):
-            proc = getattr(self, "meteor_p", None)
-            if proc is None:
-                return
-            self.meteor_p = None
-            for stream in (proc.stdin, proc.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-            proc.kill()
-            proc.wait()
-            # stderr is closed by the drain thread's EOF; join briefly so the file object is released.
-            self._drain.join(timeout=5)
-            try:
-                proc.stderr.close()
-            except OSError:
-                pass
-
-        def __del__(self):
-            self.close()
-
-    return _ClosableMeteor
-
-
-class MeteorScorer:
-    """METEOR 1.5 (the coco-caption jar, ``-l en -norm``) through pycocoevalcap's ``Meteor``, with its JVM closed.
-
-    Starting the JVM loads a 60 MB paraphrase table (several seconds), so one scorer can be reused for several
-    :func:`compute_metrics` calls (``meteor_scorer=``). Use it as a context manager, or call :meth:`close`.
-
-    Args:
-        timeout: seconds one :meth:`compute_score` call may take before the JVM is killed; ``None``:
-            10 minutes plus 0.1 s per sample.
-    """
-
-    def __init__(self, timeout: float | None = None):
-        _require_java("METEOR")
-        self.timeout = timeout
-        self._meteor = _make_closable_meteor_class()()
-        self._broken = False
-
-    def compute_score(self, gts: Mapping[Hashable, list[str]], res: Mapping[Hashable, list[str]]):
-        """pycocoevalcap's ``Meteor.compute_score``: returns ``(corpus_score, [per-sample scores])``.
-
-        Line breaks in any text become spaces and ``|||`` is removed from references too (upstream removes it
-        from the hypothesis only): both are the jar's stdio protocol separators and would shift every score.
-        """
-        if self._meteor.meteor_p is None or self._broken:
-            raise ExternalToolError("this MeteorScorer is closed (or its JVM failed); create a new one")
-        gts = {k: [_one_line(r).replace("|||", "") for r in v] for k, v in gts.items()}
-        res = {k: [_one_line(h) for h in v] for k, v in res.items()}
-        timeout = self.timeout if self.timeout is not None else 600 + 0.1 * len(res)
-        proc = self._meteor.meteor_p
-        watchdog = threading.Timer(timeout, proc.kill)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            score, scores = self._meteor.compute_score(gts, res)
-        except (ValueError, OSError) as e:
-            # A dead JVM shows up as an empty line (float('') fails) or a broken pipe.
-            timed_out = not watchdog.is_alive()
-            self._broken = True
-            self.close()
-            if timed_out:
-                raise ExternalToolError(f"the METEOR jar did not answer within {timeout:g} s and was stopped") from e
-            tail = " | ".join(self._meteor.stderr_tail) or "nothing on stderr"
-            raise ExternalToolError(f"the METEOR jar failed ({type(e).__name__}: {e}); java said: {tail}") from e
-        finally:
-            watchdog.cancel()
-        return float(score), [float(s) for s in scores]
-
-    def close(self) -> None:
-        """Stop the JVM. Safe to call more than once."""
-        meteor = getattr(self, "_meteor", None)
-        if meteor is not None:
-            meteor.close()
-
-    def __enter__(self) -> MeteorScorer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        self.close()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# BERTScore
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _bertscore(
-    cands: list[str],
-    refs: list[list[str]],
-    *,
-    model: str | None,
-    num_layers: int | None,
-    lang: str,
-    device: str | None,
-    batch_size: int,
-) -> tuple[list[float], list[float], list[float], dict[str, Any]]:
-    BERTScorer = _import("bert_score", "bert-score").BERTScorer
-    utils = _import("bert_score.utils", "bert-score")
-    lang2model, model2layers = utils.lang2model, utils.model2layers
-
-    model = model or lang2model[lang]
-    if num_layers is None:
-        if model not in model2layers:
-            raise ValueError(
-                f"bert_score has no default layer for BERTScore model {model!r}; pass bertscore_num_layers "
-                "(CLI: --bertscore-num-layers), e.g. the model's num_hidden_layers"
-            )
-        num_layers = model2layers[model]
-    try:
-        scorer = BERTScorer(model_type=model, num_layers=num_layers, lang=lang, device=device, batch_size=batch_size)
-    except Exception as e:  # from_pretrained raises OSError, ValueError, ... depending on what is wrong
-        why = str(e).strip().rstrip(".")
-        raise ExternalToolError(
-            f"could not load BERTScore model {model!r}: {why}. Pass a model name from the Hugging Face hub "
-            "(needs network or a filled cache) or a local directory with the model and its tokenizer "
-            "(bertscore_model / --bertscore-model)"
-        ) from e
-    # A tokenizer saved without model_max_length reports a huge sentinel, and bert_score passes it to the fast
-    # tokenizer's truncation, which overflows; cap it at what the position embeddings allow.
-    tok = scorer._tokenizer
-    if getattr(tok, "model_max_length", 0) > 100_000:
-        tok.model_max_length = min(getattr(scorer._model.config, "max_position_embeddings", 512), 512)
-
-    info = {"bertscore_model": model, "bertscore_num_layers": num_layers, "bertscore_hash": scorer.hash}
-    n = len(cands)
-    P, R, F = [0.0] * n, [0.0] * n, [0.0] * n
-    # bert_score sets an empty candidate's P and R to 0 (F becomes 0); it cannot encode one under
-    # transformers 5 (build_inputs_with_special_tokens is gone), so empty ones are not sent.
-    todo = [i for i, c in enumerate(cands) if c.strip()]
-    if todo:
-        p, r, f = scorer.score([cands[i] for i in todo], [refs[i] for i in todo])
-        for i, pi, ri, fi in zip(todo, p.tolist(), r.tolist(), f.tolist()):
-            P[i], R[i], F[i] = pi, ri, fi
-    return P, R, F, info
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ Usage::
 Prints one JSON object on stdout: the corpus scores (``BLEU-1`` .. ``BLEU-4``, ``METEOR``, ``ROUGE-L``, ``CIDEr``,
 ``BERTScore-P/R/F1``; 0-1 as pycocoevalcap reports them, papers print them ×100) and ``tokenize``, ``lang``,
 ``n_samples`` (plus counts of empty predictions and skipped ids). Warnings go to stderr. See
-:mod:`tippo_rl.metrics` for what each option does.
+:mod:`tippo_rl.evaluation.metrics` for what each option does.
 
 Input files (the format is recognised from the content):
 
@@ -34,16 +34,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .metrics import (
-    DEFAULT_METRICS,
-    LANGS,
-    METRICS,
-    TOKENIZE_MODES,
-    ExternalToolError,
-    MetricsWarning,
-    compute_metrics,
-    normalize_metric_names,
-)
+from .external_tools import ExternalToolError
+from .metrics import DEFAULT_METRICS, LANGS, METRICS, MetricsWarning, compute_metrics, normalize_metric_names
+from .tokenization import TOKENIZE_MODES
 
 
 __all__ = ["load_predictions", "load_references", "main"]
