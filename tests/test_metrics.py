@@ -385,6 +385,13 @@ def test_empty_prediction_is_scored_zero_and_counted():
     assert r.per_sample[1]["ROUGE-L"] == 1.0
 
 
+def test_warnings_can_be_collected_without_being_issued():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MetricsWarning)
+        r = compute_metrics({1: "a b c", 2: " "}, {1: ["a b c"], 2: ["d"]}, metrics=("rouge_l",), issue_warnings=False)
+    assert r.warnings == ["1 prediction is empty and scored as an empty caption (ids: 2)"]
+
+
 def test_empty_prediction_error_mode_names_the_id():
     with pytest.raises(ValueError, match=r"1 prediction is empty after char tokenisation \(ids: 'b'\)"):
         score({"a": "一只狗", "b": " "}, {"a": ["一只狗"], "b": ["狗"]}, tokenize="char", on_empty="error")

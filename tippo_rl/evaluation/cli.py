@@ -29,13 +29,12 @@ import argparse
 import contextlib
 import json
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .external_tools import ExternalToolError
-from .metrics import DEFAULT_METRICS, LANGS, METRICS, MetricsWarning, compute_metrics, normalize_metric_names
+from .metrics import DEFAULT_METRICS, LANGS, METRICS, compute_metrics, normalize_metric_names
 from .tokenization import TOKENIZE_MODES
 
 
@@ -292,24 +291,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         predictions, original_ids = load_predictions(args.predictions)
         references = load_references(args.references)
-        with warnings.catch_warnings():
-            # Warnings are printed below as one clean line each, not with warnings' file:line prefix.
-            warnings.simplefilter("ignore", MetricsWarning)
-            # Keep stdout for the single JSON object, whatever a library prints.
-            with contextlib.redirect_stdout(sys.stderr):
-                result = compute_metrics(
-                    predictions,
-                    references,
-                    metrics=metrics,
-                    tokenize=args.tokenize,
-                    lang=args.lang,
-                    on_missing=args.on_missing,
-                    on_empty=args.on_empty,
-                    bertscore_model=args.bertscore_model,
-                    bertscore_num_layers=args.bertscore_num_layers,
-                    bertscore_device=args.bertscore_device,
-                    bertscore_batch_size=args.bertscore_batch_size,
-                )
+        # Keep stdout for the single JSON object, whatever a library prints.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = compute_metrics(
+                predictions,
+                references,
+                metrics=metrics,
+                tokenize=args.tokenize,
+                lang=args.lang,
+                on_missing=args.on_missing,
+                on_empty=args.on_empty,
+                bertscore_model=args.bertscore_model,
+                bertscore_num_layers=args.bertscore_num_layers,
+                bertscore_device=args.bertscore_device,
+                bertscore_batch_size=args.bertscore_batch_size,
+                issue_warnings=False,  # printed below as one clean line each, not with warnings' file:line prefix
+            )
     except (ValueError, ExternalToolError) as e:
         return _fail(str(e))
 

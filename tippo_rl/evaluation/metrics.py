@@ -98,7 +98,8 @@ class MetricsResult:
         skipped: ids left out with ``on_missing="skip"``, under ``predictions_without_references``,
             ``references_without_predictions`` and ``without_nonempty_references``.
         n_dropped_references: empty reference strings dropped with ``on_missing="skip"``.
-        warnings: the warnings issued (also sent through :mod:`warnings` as :class:`MetricsWarning`).
+        warnings: the warnings issued (also sent through :mod:`warnings` as :class:`MetricsWarning`, unless
+            ``issue_warnings=False``).
         info: extra provenance, e.g. ``bertscore_model``, ``bertscore_num_layers``, ``bertscore_hash``.
     """
 
@@ -182,63 +183,27 @@ def _check_texts(predictions: Mapping, references: Mapping) -> dict[Hashable, li
     return refs
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The entry point
-# ----------------------------------------------------------------------------------------------------------
+class _Warnings(list):
+    """The warnings of one :func:`compute_metrics` call, in order: kept for ``MetricsResult.warnings`` and, with
+    ``issue``, sent through :mod:`warnings` as :class:`MetricsWarning`."""
+
+    def __init__(self, issue: bool):
+        super().__init__()
+        self.issue = issue
+
+    def __call__(self, message: str) -> None:
+        self.append(message)
+        if self.issue:
+            # stacklevel 4: this call, the step that found the problem, compute_metrics, then the caller it is about.
+            warnings.warn(message, MetricsWarning, stacklevel=4)
 
 
-def compute_metrics(
-    predictions: Mapping[Hashable, str | None],
-    references: Mapping[Hashable, Sequence[str] | str],
-    metrics: str | Iterable[str] = DEFAULT_METRICS,
-    tokenize: str = "none",
-    lang: str = "zh",
-    *,
-    on_missing: str = "error",
-    on_empty: str = "warn",
-    bertscore_model: str | None = None,
-    bertscore_num_layers: int | None = None,
-    bertscore_device: str | None = None,
-    bertscore_batch_size: int = 64,
-    meteor_scorer: MeteorScorer | None = None,
-    progress: bool = False,
-) -> MetricsResult:
-    """Corpus and per-sample caption metrics, computed by the coco-caption tools and bert-score.
+_SKIP_HINT = "pass on_missing='skip' (CLI: --on-missing skip) to leave them out"
 
-    Args:
-        predictions: id -> generated text (one per id).
-        references: id -> list of reference texts (a lone string is taken as a one-element list).
-        metrics: any of ``bleu`` (BLEU-1..4), ``meteor``, ``rouge_l``, ``cider`` (CIDEr-D), ``bertscore``;
-            a list or a comma-separated string.
-        tokenize: ``none`` (pass-through, the text is pre-segmented; equals pycocoevalcap on the same strings),
-            ``char``, ``jieba`` or ``ptb`` (English only, needs Java). See the module docstring.
-        lang: ``zh`` or ``en``. Picks bert_score's default model when ``bertscore_model`` is not given and rules
-            out ``ptb`` for Chinese. METEOR always runs with coco-caption's settings (``-l en -norm``).
-        on_missing: ``"error"`` (default): raise ``ValueError`` naming the ids if a prediction has no reference,
-            a reference has no prediction (or a ``None`` one), or a reference string is empty after tokenisation.
-            ``"skip"``: leave such ids / empty reference strings out, with a counted :class:`MetricsWarning`.
-        on_empty: an empty prediction (no token after tokenisation): ``"warn"`` (default) scores it as it is
-            (the tools give an empty caption 0: BLEU through its brevity penalty, the METEOR jar, ROUGE-L, CIDEr,
-            and BERTScore by bert_score's convention) and warns with the count; ``"error"`` raises naming the ids.
-        bertscore_model: name or local directory of the BERTScore model (passed to ``from_pretrained``);
-            ``None``: bert_score's default for ``lang`` (``bert-base-chinese`` / ``roberta-large``).
-        bertscore_num_layers: which layer's output to use; required for models bert_score has no default for
-            (local paths included).
-        bertscore_device: e.g. ``"cpu"``, ``"cuda"``; ``None``: CUDA when available.
-        bertscore_batch_size: BERTScore batch size.
-        meteor_scorer: a running :class:`MeteorScorer` to reuse (it is not closed); ``None``: one is started and
-            closed for this call.
-        progress: show a progress bar over the metrics (METEOR and BERTScore take tens of seconds on a CPU).
 
-    Returns:
-        A :class:`MetricsResult`; ``.corpus`` has 0-1 scores (CIDEr 0-10), as pycocoevalcap reports them.
-
-    Raises:
-        ValueError: unusable input (mismatched ids, empty references, wrong types, unknown options).
-        JavaNotFoundError: METEOR or ``ptb`` requested but ``java`` is not on PATH.
-        ExternalToolError: the METEOR jar, the PTB tokenizer or the BERTScore model failed.
-    """
-    metric_list = normalize_metric_names(metrics)
+def _check_options(
+    metric_list: list[str], tokenize: str, lang: str, on_missing: str, on_empty: str, meteor_scorer
+) -> None:
     if tokenize not in TOKENIZE_MODES:
         raise ValueError(f"unknown tokenize mode {tokenize!r}; choose one of {', '.join(TOKENIZE_MODES)}")
     if lang not in LANGS:
@@ -253,16 +218,14 @@ def compute_metrics(
     if ("meteor" in metric_list and meteor_scorer is None) or tokenize == "ptb":
         _require_java("METEOR" if "meteor" in metric_list else "PTB tokenisation (tokenize='ptb')")
 
-    refs_in = _check_texts(predictions, references)
-    issued: list[str] = []
 
-    def warn(msg: str) -> None:
-        issued.append(msg)
-        warnings.warn(msg, MetricsWarning, stacklevel=3)
-
-    skip_hint = "pass on_missing='skip' (CLI: --on-missing skip) to leave them out"
-    pred_no_ref = [k for k, p in predictions.items() if k not in refs_in]
-    ref_no_pred = [k for k in refs_in if predictions.get(k) is None]
+def _match_ids(
+    predictions: Mapping[Hashable, str | None], references: Mapping[Hashable, list[str]], on_missing: str, warn
+) -> tuple[list, dict[str, list]]:
+    """The ids with a prediction and references, in the predictions' order, and the ids skipped (``on_missing="skip"``;
+    with ``"error"`` an id on one side only raises)."""
+    pred_no_ref = [k for k, p in predictions.items() if k not in references]
+    ref_no_pred = [k for k in references if predictions.get(k) is None]
     problems = []
     if pred_no_ref:
         problems.append(
@@ -273,7 +236,7 @@ def compute_metrics(
             f"{_plural(len(ref_no_pred), 'reference id')} without a prediction (ids: {_show_ids(ref_no_pred)})"
         )
     if problems and on_missing == "error":
-        raise ValueError("; ".join(problems) + f"; {skip_hint}")
+        raise ValueError("; ".join(problems) + f"; {_SKIP_HINT}")
     skipped: dict[str, list] = {}
     if pred_no_ref:
         skipped["predictions_without_references"] = pred_no_ref
@@ -281,13 +244,20 @@ def compute_metrics(
         skipped["references_without_predictions"] = ref_no_pred
     if problems:
         warn("skipped " + "; ".join(problems))
+    return [k for k, p in predictions.items() if p is not None and k in references], skipped
 
-    ids = [k for k, p in predictions.items() if p is not None and k in refs_in]
 
-    # Tokenise everything in one go (ptb: a single JVM run).
+def _tokenize_all(
+    predictions: Mapping[Hashable, str], references: Mapping[Hashable, list[str]], ids: list, tokenize: str
+) -> tuple[dict[Hashable, str], dict[Hashable, list[str]], dict[Hashable, list[str]], list[tuple[Hashable, int]]]:
+    """Tokenise every prediction and reference in one go (ptb: a single JVM run).
+
+    Returns ``(prediction tokens, reference tokens, raw references, empty references)``: the references (tokenised
+    and as given) without the ones that are empty after tokenisation, which are listed as ``(id, index)``.
+    """
     flat_raw: list[str] = [predictions[k] for k in ids]
     for k in ids:
-        flat_raw.extend(refs_in[k])
+        flat_raw.extend(references[k])
     flat_tok = tokenize_texts(flat_raw, tokenize)
     pred_tok: dict[Hashable, str] = {}
     refs_tok: dict[Hashable, list[str]] = {}
@@ -296,38 +266,52 @@ def compute_metrics(
     pos = len(ids)
     for j, k in enumerate(ids):
         pred_tok[k] = flat_tok[j]
-        n = len(refs_in[k])
+        n = len(references[k])
         toks = flat_tok[pos : pos + n]
         keep = [i for i, t in enumerate(toks) if t.split()]
         empty_refs.extend((k, i) for i, t in enumerate(toks) if not t.split())
         refs_tok[k] = [toks[i] for i in keep]
-        refs_raw[k] = [refs_in[k][i] for i in keep]
+        refs_raw[k] = [references[k][i] for i in keep]
         pos += n
+    return pred_tok, refs_tok, refs_raw, empty_refs
 
+
+def _drop_empty_references(
+    ids: list,
+    refs_tok: Mapping[Hashable, list[str]],
+    empty_refs: list[tuple[Hashable, int]],
+    tokenize: str,
+    on_missing: str,
+    skipped: dict[str, list],
+    warn,
+) -> tuple[list, int]:
+    """Empty references: raise (``on_missing="error"``), or drop them and skip the ids left without one. Returns the
+    ids kept and how many references were dropped from ids that have others."""
     no_refs = [k for k in ids if not refs_tok[k]]
     n_dropped = sum(1 for k, _ in empty_refs if refs_tok[k])
-    if empty_refs or no_refs:
-        if on_missing == "error":
-            after = f" after {tokenize} tokenisation" if tokenize != "none" else ""
-            parts = []
-            if empty_refs:
-                where = _show_ids(empty_refs, render=lambda ki: f"{ki[0]!r}#{ki[1]}")
-                verb = "is" if len(empty_refs) == 1 else "are"
-                parts.append(f"{_plural(len(empty_refs), 'reference')} {verb} empty{after} (id#index: {where})")
-            if no_refs:
-                ids_shown = _show_ids(no_refs)
-                parts.append(f"{_plural(len(no_refs), 'id')} without any non-empty reference (ids: {ids_shown})")
-            raise ValueError("; ".join(parts) + f"; {skip_hint}")
-        if n_dropped:
-            warn(f"dropped {_plural(n_dropped, 'empty reference')} (ids with other references kept)")
+    if not (empty_refs or no_refs):
+        return ids, n_dropped
+    if on_missing == "error":
+        after = f" after {tokenize} tokenisation" if tokenize != "none" else ""
+        parts = []
+        if empty_refs:
+            where = _show_ids(empty_refs, render=lambda ki: f"{ki[0]!r}#{ki[1]}")
+            verb = "is" if len(empty_refs) == 1 else "are"
+            parts.append(f"{_plural(len(empty_refs), 'reference')} {verb} empty{after} (id#index: {where})")
         if no_refs:
-            skipped["without_nonempty_references"] = no_refs
-            warn(f"skipped {_plural(len(no_refs), 'id')} with no non-empty reference (ids: {_show_ids(no_refs)})")
-        ids = [k for k in ids if refs_tok[k]]
+            ids_shown = _show_ids(no_refs)
+            parts.append(f"{_plural(len(no_refs), 'id')} without any non-empty reference (ids: {ids_shown})")
+        raise ValueError("; ".join(parts) + f"; {_SKIP_HINT}")
+    if n_dropped:
+        warn(f"dropped {_plural(n_dropped, 'empty reference')} (ids with other references kept)")
+    if no_refs:
+        skipped["without_nonempty_references"] = no_refs
+        warn(f"skipped {_plural(len(no_refs), 'id')} with no non-empty reference (ids: {_show_ids(no_refs)})")
+    return [k for k in ids if refs_tok[k]], n_dropped
 
-    if not ids:
-        raise ValueError("nothing to score: no id has both a prediction and a non-empty reference")
 
+def _empty_predictions(ids: list, pred_tok: Mapping[Hashable, str], tokenize: str, on_empty: str, warn) -> list:
+    """The ids whose prediction has no token: raised with ``on_empty="error"``, else warned about (scored as empty)."""
     empty_preds = [k for k in ids if not pred_tok[k].split()]
     if empty_preds:
         if on_empty == "error":
@@ -340,11 +324,24 @@ def compute_metrics(
             f"{_plural(len(empty_preds), 'prediction')} {'is' if len(empty_preds) == 1 else 'are'} empty and "
             f"scored as an empty caption (ids: {_show_ids(empty_preds)})"
         )
+    return empty_preds
+
+
+def _score(
+    metric_list: list[str],
+    ids: list,
+    gts: Mapping[Hashable, list[str]],
+    res: Mapping[Hashable, list[str]],
+    bertscore_inputs: tuple[list[str], list[list[str]]],
+    bertscore_options: dict[str, Any],
+    meteor_scorer: MeteorScorer | None,
+    progress: bool,
+    warn,
+) -> tuple[dict[str, float], dict[Hashable, dict[str, float]], dict[str, Any]]:
+    """Run each metric's tool on the tokenised ``gts`` / ``res`` (BERTScore: on the raw texts). Returns
+    ``(corpus, per_sample, info)``."""
     if "cider" in metric_list and len(ids) == 1:
         warn("CIDEr-D takes its idf weights from the references of the scored set; with one sample it is always 0")
-
-    gts = {k: refs_tok[k] for k in ids}
-    res = {k: [pred_tok[k]] for k in ids}
     corpus: dict[str, float] = {}
     per_sample: dict[Hashable, dict[str, float]] = {k: {} for k in ids}
     info: dict[str, Any] = {}
@@ -376,20 +373,102 @@ def compute_metrics(
             Cider = _import("pycocoevalcap.cider.cider", "pycocoevalcap").Cider
             put("CIDEr", *Cider().compute_score(gts, res))
         elif metric == "bertscore":
-            P, R, F, bs_info = _bertscore(
-                [predictions[k] for k in ids],
-                [refs_raw[k] for k in ids],
-                model=bertscore_model,
-                num_layers=bertscore_num_layers,
-                lang=lang,
-                device=bertscore_device,
-                batch_size=bertscore_batch_size,
-            )
+            P, R, F, bs_info = _bertscore(*bertscore_inputs, **bertscore_options)
             # bert_score's corpus figure is the mean of the per-sample scores.
             for name, vals in (("BERTScore-P", P), ("BERTScore-R", R), ("BERTScore-F1", F)):
                 put(name, math.fsum(vals) / len(vals), vals)
             info.update(bs_info)
+    return corpus, per_sample, info
 
+
+# ----------------------------------------------------------------------------------------------------------
+# The entry point
+# ----------------------------------------------------------------------------------------------------------
+
+
+def compute_metrics(
+    predictions: Mapping[Hashable, str | None],
+    references: Mapping[Hashable, Sequence[str] | str],
+    metrics: str | Iterable[str] = DEFAULT_METRICS,
+    tokenize: str = "none",
+    lang: str = "zh",
+    *,
+    on_missing: str = "error",
+    on_empty: str = "warn",
+    bertscore_model: str | None = None,
+    bertscore_num_layers: int | None = None,
+    bertscore_device: str | None = None,
+    bertscore_batch_size: int = 64,
+    meteor_scorer: MeteorScorer | None = None,
+    progress: bool = False,
+    issue_warnings: bool = True,
+) -> MetricsResult:
+    """Corpus and per-sample caption metrics, computed by the coco-caption tools and bert-score.
+
+    Args:
+        predictions: id -> generated text (one per id).
+        references: id -> list of reference texts (a lone string is taken as a one-element list).
+        metrics: any of ``bleu`` (BLEU-1..4), ``meteor``, ``rouge_l``, ``cider`` (CIDEr-D), ``bertscore``;
+            a list or a comma-separated string.
+        tokenize: ``none`` (pass-through, the text is pre-segmented; equals pycocoevalcap on the same strings),
+            ``char``, ``jieba`` or ``ptb`` (English only, needs Java). See the module docstring.
+        lang: ``zh`` or ``en``. Picks bert_score's default model when ``bertscore_model`` is not given and rules
+            out ``ptb`` for Chinese. METEOR always runs with coco-caption's settings (``-l en -norm``).
+        on_missing: ``"error"`` (default): raise ``ValueError`` naming the ids if a prediction has no reference,
+            a reference has no prediction (or a ``None`` one), or a reference string is empty after tokenisation.
+            ``"skip"``: leave such ids / empty reference strings out, with a counted :class:`MetricsWarning`.
+        on_empty: an empty prediction (no token after tokenisation): ``"warn"`` (default) scores it as it is
+            (the tools give an empty caption 0: BLEU through its brevity penalty, the METEOR jar, ROUGE-L, CIDEr,
+            and BERTScore by bert_score's convention) and warns with the count; ``"error"`` raises naming the ids.
+        bertscore_model: name or local directory of the BERTScore model (passed to ``from_pretrained``);
+            ``None``: bert_score's default for ``lang`` (``bert-base-chinese`` / ``roberta-large``).
+        bertscore_num_layers: which layer's output to use; required for models bert_score has no default for
+            (local paths included).
+        bertscore_device: e.g. ``"cpu"``, ``"cuda"``; ``None``: CUDA when available.
+        bertscore_batch_size: BERTScore batch size.
+        meteor_scorer: a running :class:`MeteorScorer` to reuse (it is not closed); ``None``: one is started and
+            closed for this call.
+        progress: show a progress bar over the metrics (METEOR and BERTScore take tens of seconds on a CPU).
+        issue_warnings: send each warning through :mod:`warnings` as a :class:`MetricsWarning` (default); ``False``:
+            only collect them in ``MetricsResult.warnings``, for callers that print them their own way.
+
+    Returns:
+        A :class:`MetricsResult`; ``.corpus`` has 0-1 scores (CIDEr 0-10), as pycocoevalcap reports them.
+
+    Raises:
+        ValueError: unusable input (mismatched ids, empty references, wrong types, unknown options).
+        JavaNotFoundError: METEOR or ``ptb`` requested but ``java`` is not on PATH.
+        ExternalToolError: the METEOR jar, the PTB tokenizer or the BERTScore model failed.
+    """
+    metric_list = normalize_metric_names(metrics)
+    _check_options(metric_list, tokenize, lang, on_missing, on_empty, meteor_scorer)
+    refs_in = _check_texts(predictions, references)
+    warn = _Warnings(issue_warnings)
+
+    ids, skipped = _match_ids(predictions, refs_in, on_missing, warn)
+    pred_tok, refs_tok, refs_raw, empty_refs = _tokenize_all(predictions, refs_in, ids, tokenize)
+    ids, n_dropped = _drop_empty_references(ids, refs_tok, empty_refs, tokenize, on_missing, skipped, warn)
+    if not ids:
+        raise ValueError("nothing to score: no id has both a prediction and a non-empty reference")
+    empty_preds = _empty_predictions(ids, pred_tok, tokenize, on_empty, warn)
+
+    corpus, per_sample, info = _score(
+        metric_list,
+        ids,
+        gts={k: refs_tok[k] for k in ids},
+        res={k: [pred_tok[k]] for k in ids},
+        bertscore_inputs=([predictions[k] for k in ids], [refs_raw[k] for k in ids]),
+        bertscore_options=dict(
+            model=bertscore_model,
+            num_layers=bertscore_num_layers,
+            lang=lang,
+            device=bertscore_device,
+            batch_size=bertscore_batch_size,
+        ),
+        meteor_scorer=meteor_scorer,
+        progress=progress,
+        warn=warn,
+    )
     return MetricsResult(
         corpus=corpus,
         per_sample=per_sample,
@@ -399,6 +478,6 @@ def compute_metrics(
         n_empty_predictions=len(empty_preds),
         skipped=skipped,
         n_dropped_references=n_dropped,
-        warnings=issued,
+        warnings=list(warn),
         info=info,
     )

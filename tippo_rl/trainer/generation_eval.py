@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from trl.models import unwrap_model_for_generation
 
-from ..evaluation import TOKENIZE_MODES, MetricsWarning, compute_metrics
+from ..evaluation import TOKENIZE_MODES, compute_metrics
 from ..generation import generate_predictions
 from ..rewards import literal_reward, score_rewards
 
@@ -102,15 +101,14 @@ class GenerationEvalMixin:
         ids, titles, references = dataset["id"], dataset["title"], dataset["reference"]
         completions = [predictions[row_id] for row_id in ids]
         all_references = dict(zip(ids, dataset["references"]))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", MetricsWarning)  # an empty completion scores 0, as it should
-            result = compute_metrics(
-                predictions,
-                all_references,
-                metrics=["rouge_l", "cider"],
-                tokenize=args.eval_tokenize,
-                lang="en" if args.eval_tokenize == "ptb" else "zh",  # lang only rules out ptb for Chinese here
-            )
+        result = compute_metrics(
+            predictions,
+            all_references,
+            metrics=["rouge_l", "cider"],
+            tokenize=args.eval_tokenize,
+            lang="en" if args.eval_tokenize == "ptb" else "zh",  # lang only rules out ptb for Chinese here
+            issue_warnings=False,  # an empty completion scores 0, as it should
+        )
         literal = literal_reward(completions, references)
         metrics = {
             f"{metric_key_prefix}_rouge_l": result.corpus["ROUGE-L"],
