@@ -12,7 +12,8 @@ from recipe_loading import load_recipe
 from trl import TrlParser
 
 from tippo_rl import load_artmuse
-from tippo_rl.evaluation import EvaluationArguments
+from tippo_rl.evaluation import EvaluateArguments, EvaluationArguments
+from tippo_rl.evaluation.model_evaluation import parse_model_entry
 from tippo_rl.generation import generate_predictions
 from tippo_rl.recipe_args import TIPPoScriptArguments
 
@@ -42,9 +43,7 @@ def fast_metrics(**overrides) -> EvaluationArguments:
 def test_two_models_give_predictions_metrics_report_and_printed_table(
     tmp_path, demo_dataset_dir, saved_model, tiny_model_varied_outputs, tiny_model_and_processor, capsys
 ):
-    models = evaluate.EvaluateArguments(
-        models=["untrained=tiny", f"trained={saved_model}"], output_dir=str(tmp_path / "out")
-    )
+    models = EvaluateArguments(models=["untrained=tiny", f"trained={saved_model}"], output_dir=str(tmp_path / "out"))
     table = evaluate.main(demo_split(demo_dataset_dir), models, fast_metrics(max_new_tokens=12))
     out = tmp_path / "out"
 
@@ -94,7 +93,7 @@ def test_models_trained_by_the_recipes_get_their_training_curves_plotted(tmp_pat
     ):
         shutil.copytree(saved_model, folder)
         (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
-    models = evaluate.EvaluateArguments(
+    models = EvaluateArguments(
         models=[f"SFT={sft}", f"RL={polish}", f"no log={saved_model}"], output_dir=str(tmp_path / "out")
     )
     evaluate.main(demo_split(demo_dataset_dir, 2), models, fast_metrics(max_new_tokens=4))
@@ -120,7 +119,7 @@ def test_missing_checkpoint_is_named_with_the_command_that_trains_it(
     monkeypatch.chdir(tmp_path)  # `outputs/demo_sft` here is relative to where the recipes run
     if make_folder:
         Path("outputs/demo_sft/checkpoint-100").mkdir(parents=True)  # an interrupted run: no final model
-    models = evaluate.EvaluateArguments(models=["untrained=tiny", "SFT=outputs/demo_sft"], output_dir="out")
+    models = EvaluateArguments(models=["untrained=tiny", "SFT=outputs/demo_sft"], output_dir="out")
     with pytest.raises(ValueError) as error:
         evaluate.main(demo_split(demo_dataset_dir), models, fast_metrics())
     message = str(error.value)
@@ -130,7 +129,7 @@ def test_missing_checkpoint_is_named_with_the_command_that_trains_it(
 
 
 def test_an_unknown_path_gets_a_generic_hint(demo_dataset_dir, tmp_path):
-    models = evaluate.EvaluateArguments(models=[str(tmp_path / "nowhere")], output_dir=str(tmp_path / "out"))
+    models = EvaluateArguments(models=[str(tmp_path / "nowhere")], output_dir=str(tmp_path / "out"))
     with pytest.raises(ValueError, match=r"no checkpoint at .*nowhere.*recipes/sft\.py or recipes/polishppo\.py"):
         evaluate.main(demo_split(demo_dataset_dir), models, fast_metrics())
 
@@ -145,7 +144,7 @@ def test_an_unknown_path_gets_a_generic_hint(demo_dataset_dir, tmp_path):
     ],
 )
 def test_model_entries(entry, expected):
-    assert evaluate.parse_model_entry(entry) == expected
+    assert parse_model_entry(entry) == expected
 
 
 @pytest.mark.parametrize(
@@ -154,7 +153,7 @@ def test_model_entries(entry, expected):
 )
 def test_bad_model_lists_are_refused(models, match):
     with pytest.raises(ValueError, match=match):
-        evaluate.EvaluateArguments(models=models)
+        EvaluateArguments(models=models)
 
 
 @pytest.mark.parametrize(
@@ -174,7 +173,7 @@ def test_bad_evaluation_settings_are_refused(settings, match):
 
 
 def test_demo_config_parses_to_the_before_after_comparison():
-    parser = TrlParser((TIPPoScriptArguments, evaluate.EvaluateArguments, EvaluationArguments))
+    parser = TrlParser((TIPPoScriptArguments, EvaluateArguments, EvaluationArguments))
     _, models, settings = parser.parse_args_and_config(["--config", str(REPO / "recipes/configs/demo_evaluate.yaml")])
     assert models.models == [
         ("untrained", "tiny"),
@@ -200,7 +199,7 @@ def test_paper_configs_parse_once_their_data_paths_exist(tmp_path, config, paths
     for name in paths:
         (tmp_path / name).touch()
     placeholders = [argument for name in paths for argument in (f"--{name}", str(tmp_path / name))]
-    parser = TrlParser((TIPPoScriptArguments, evaluate.EvaluateArguments, EvaluationArguments))
+    parser = TrlParser((TIPPoScriptArguments, EvaluateArguments, EvaluationArguments))
     _, models, evaluation = parser.parse_args_and_config(
         ["--config", str(REPO / "recipes/configs" / config), *placeholders]
     )
@@ -213,8 +212,7 @@ def test_generation_kwargs_reach_generate_from_the_command_line():
 
     from tippo_rl.recipe_args import TIPPoScriptArguments
 
-    recipe = load_recipe("evaluate")
-    parser = TrlParser((TIPPoScriptArguments, recipe.EvaluateArguments, EvaluationArguments))
+    parser = TrlParser((TIPPoScriptArguments, EvaluateArguments, EvaluationArguments))
     _, _, eval_args = parser.parse_args_and_config(
         args=[
             "--models",

@@ -1,31 +1,38 @@
-"""Evaluating TIPPo models: generate on a dataset split, score, write the predictions (`recipes/evaluate.py`,
-`recipes/ablate.py`).
+"""Evaluating TIPPo models: generate on a dataset split, score, write the predictions and the comparison
+(`recipes/evaluate.py`; `recipes/ablate.py` uses the first steps).
 
 - [`EvaluationArguments`]: how predictions are generated (split, decoding) and scored (metrics, tokenisation, language).
 - [`score_model`]: generate on a dataset and score with `tippo_rl.evaluation.compute_metrics`.
 - [`write_predictions`]: JSONL predictions with their references and per-sample scores.
 - [`scene_fields`]: on the embedded default, how often predictions get each field of the scene right (place, object
   count, colour, shape), tabulated like scores over seeds by `tippo_rl.evaluation.reports.spread_table`.
+- [`EvaluateArguments`], [`evaluate_models`]: several models on one split → `predictions/<model>.jsonl`,
+  `metrics.json`, `report.md` (and the recipes' training curves), with a missing checkpoint named before any work.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
 import time
-import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from datasets import Dataset
 from transformers import set_seed
 
 from ..demo_data import scene_field_accuracy
 from ..generation import generate_predictions
 from ..modeling_tippo import TIPPoModel
+from ..presets import build_tiny_tippo
 from ..processing_tippo import TIPPoProcessor
-from .metrics import DEFAULT_METRICS, LANGS, MetricsResult, MetricsWarning, compute_metrics, normalize_metric_names
+from ..recipe_args import TIPPoScriptArguments, load_datasets
+from .metrics import DEFAULT_METRICS, LANGS, MetricsResult, compute_metrics, normalize_metric_names
+from .reports import examples_section, plot_training_curves, scores_table, spread_table, training_log_history
 from .scorers import MeteorScorer
 from .tokenization import TOKENIZE_MODES
 
@@ -150,20 +157,19 @@ def score_model(
         model.to(args.device), processor, dataset, batch_size=args.batch_size, progress=True, **args.generate_kwargs()
     )
     seconds = time.perf_counter() - start
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MetricsWarning)
-        result = compute_metrics(
-            predictions,
-            references,
-            metrics=args.metrics,
-            tokenize=args.tokenize,
-            lang=args.lang,
-            bertscore_model=args.bertscore_model,
-            bertscore_num_layers=args.bertscore_num_layers,
-            bertscore_device=args.device,
-            progress=True,
-            meteor_scorer=meteor_scorer,
-        )
+    result = compute_metrics(
+        predictions,
+        references,
+        metrics=args.metrics,
+        tokenize=args.tokenize,
+        lang=args.lang,
+        bertscore_model=args.bertscore_model,
+        bertscore_num_layers=args.bertscore_num_layers,
+        bertscore_device=args.device,
+        progress=True,
+        meteor_scorer=meteor_scorer,
+        issue_warnings=False,
+    )
     return predictions, result, seconds
 
 
@@ -193,3 +199,216 @@ def scene_fields(dataset: Dataset, predictions: Mapping[str, str], lang: str) ->
     return scene_field_accuracy(
         [predictions[row_id] for row_id, _ in rows], [references[0] for _, references in rows], lang
     )
+
+
+FRESH_TINY = "tiny"
+
+
+@dataclass
+class EvaluateArguments:
+    """Which models to compare and where the report goes."""
+
+    models: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Models to compare, each `NAME=PATH` (or just PATH): a saved TIPPo model folder or Hub id, or "
+            "`tiny` for a freshly built, untrained tiny preset (the 'before' baseline). In YAML a mapping "
+            "`{name: ..., path: ...}` works too."
+        },
+    )
+    output_dir: str = field(
+        default="outputs/evaluate", metadata={"help": "Where predictions, metrics.json and report.md go."}
+    )
+
+    def __post_init__(self):
+        if not self.models:
+            raise ValueError("--models is empty: name at least one model, e.g. --models SFT=outputs/demo_sft")
+        self.models = [parse_model_entry(entry) for entry in self.models]
+        names = [name for name, _ in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"--models: every model needs its own name; got {names}")
+
+
+def parse_model_entry(entry) -> tuple[str, str]:
+    """`NAME=PATH`, `PATH` or `{name, path}` → (name, path)."""
+    if isinstance(entry, dict) and set(entry) <= {"name", "path"} and "path" in entry:
+        return str(entry.get("name", entry["path"])), str(entry["path"])
+    if isinstance(entry, str) and entry.strip():
+        name, sep, path = entry.partition("=")
+        return (name.strip(), path.strip()) if sep else (entry.strip(), entry.strip())
+    raise ValueError(f"--models: cannot read {entry!r}; write NAME=PATH (YAML: {{name: NAME, path: PATH}})")
+
+
+GENERIC_HINT = (
+    "Train it first with recipes/sft.py or recipes/polishppo.py (the folder is their `output_dir`), or fix the path."
+)
+
+
+def how_to_produce(path: str, repo: str | Path | None) -> str | None:
+    """The command that trains the model in `path`, if a recipe config in `repo`/recipes/configs has it as
+    `output_dir` (`repo`: the project's checkout; None: no command to suggest)."""
+    if repo is None:
+        return None
+    root = Path(repo)
+    for config in sorted((root / "recipes" / "configs").glob("*.yaml")):
+        output_dir = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("output_dir")
+        recipe = root / "recipes" / f"{config.stem.split('_', 1)[-1]}.py"
+        # Recipes write `output_dir` relative to where they run, as this script reads `path`.
+        if output_dir and Path(output_dir).resolve() == Path(path).resolve() and recipe.exists():
+            config_path, recipe_path = config.relative_to(root), recipe.relative_to(root)
+            launcher = "accelerate launch" + (
+                " --config_file accelerate_configs/cpu.yaml" if config.stem.startswith("demo_") else ""
+            )
+            hint = f"Train it first: `{launcher} {recipe_path} --config {config_path}`"
+            target = config.stem.replace("_", "-")
+            makefile = root / "Makefile"
+            if makefile.exists() and re.search(rf"^{re.escape(target)}:", makefile.read_text(), re.MULTILINE):
+                hint += f" (or `make {target}`)"
+            return hint + "."
+    return None
+
+
+def check_model(name: str, path: str, repo: str | Path | None = None) -> None:
+    """Raise, saying how to produce it (`how_to_produce`), if `path` should be a local model folder but holds none.
+    (A path that can only be a Hub id, `org/name`, is left to `from_pretrained`.)"""
+    folder = Path(path)
+    if path == FRESH_TINY or (folder / "config.json").is_file():
+        return
+    hint = how_to_produce(path, repo)
+    hub_id_like = path.count("/") == 1 and not path.startswith((".", "/", "~")) and not folder.parent.is_dir()
+    if folder.exists():
+        raise ValueError(f"model {name!r}: {path!r} holds no saved model (no config.json). {hint or GENERIC_HINT}")
+    if hint or not hub_id_like:
+        raise ValueError(f"model {name!r}: no checkpoint at {path!r}. {hint or GENERIC_HINT}")
+
+
+def load_model(name: str, path: str, lang: str) -> tuple[TIPPoModel, TIPPoProcessor]:
+    """The model called `name`: a fresh tiny preset for `tiny`, else a saved model (folder or Hub id)."""
+    if path == FRESH_TINY:
+        return build_tiny_tippo(lang=lang, seed=0)
+    try:
+        return TIPPoModel.from_pretrained(path), TIPPoProcessor.from_pretrained(path)
+    except OSError as error:
+        raise ValueError(f"model {name!r}: cannot load {path!r}: {error}") from error
+
+
+def evaluation_split(script_args: TIPPoScriptArguments, eval_args: EvaluationArguments) -> Dataset:
+    """The split `eval_args.split` of the dataset `script_args` names; raises if it has none."""
+    train, evaluation = load_datasets(script_args)
+    dataset = train if eval_args.split == "train" else evaluation
+    if dataset is None:
+        raise ValueError(
+            f"{script_args.dataset_id} has no evaluation split: set --eval_file (artmuse) or "
+            "--coco_eval_annotations (cococn), or evaluate on --split train"
+        )
+    return dataset
+
+
+def predictions_file(name: str, taken: Sequence[str]) -> str:
+    """`predictions/<name>.jsonl` for a model, its name made safe for a file name; numbered when an earlier model's
+    name gives the same file (`taken`: the files of the earlier models)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+    return (
+        f"predictions/{stem}.jsonl"
+        if stem not in (Path(f).stem for f in taken)
+        else f"predictions/{stem}-{len(taken)}.jsonl"
+    )
+
+
+def report_markdown(
+    script_args: TIPPoScriptArguments,
+    eval_args: EvaluationArguments,
+    dataset: Dataset,
+    table: str,
+    predictions: Mapping[str, Mapping[str, str]],
+    curves_of: Sequence[str],
+) -> str:
+    """`report.md`: the scores table, the settings, examples, and the training curves of the models in `curves_of`
+    (drawn in `training_curves.png`)."""
+    decoding = ", ".join(f"{key} {value}" for key, value in eval_args.generate_kwargs().items())
+    return "\n\n".join(
+        [
+            f"# Evaluation on {script_args.dataset_id} ({eval_args.split} split, {len(dataset)} samples)",
+            table,
+            f"Scores ×100 (CIDEr-D too); `empty`: predictions without a token. Decoding: {decoding}. "
+            f"Metrics: {', '.join(eval_args.metrics)}; tokenize `{eval_args.tokenize}`, lang `{eval_args.lang}`. "
+            "Per-sample scores: `predictions/*.jsonl`; all scores: `metrics.json`.",
+            "## Examples",
+            examples_section(dataset, predictions, eval_args.num_examples),
+            *(
+                [
+                    "## Training curves",
+                    f"Logged by the recipes ({', '.join(curves_of)}):",
+                    "![training curves](training_curves.png)",
+                ]
+                if curves_of
+                else []
+            ),
+        ]
+    )
+
+
+def evaluate_models(
+    script_args: TIPPoScriptArguments,
+    evaluate_args: EvaluateArguments,
+    eval_args: EvaluationArguments,
+    repo: str | Path | None = None,
+) -> str:
+    """Evaluate every model of `evaluate_args.models` on one split of `script_args`' dataset; returns the markdown
+    table (also printed).
+
+    Writes into `evaluate_args.output_dir`: `predictions/<model>.jsonl`, `metrics.json` (every corpus score and the
+    settings), `report.md` (the table ×100, examples, and the training curves of models the recipes trained). `repo`:
+    the project's checkout, where a missing model's error looks for the recipe config and `make` target that train it.
+    """
+    dataset = evaluation_split(script_args, eval_args)
+    for name, path in evaluate_args.models:  # fail on a missing checkpoint before spending time on the others
+        check_model(name, path, repo)
+    output_dir = Path(evaluate_args.output_dir)
+    results, predictions, summaries, files, fields = [], {}, {}, [], []  # one entry per model, in order
+    meteor = MeteorScorer() if "meteor" in eval_args.metrics else None
+    try:
+        for name, path in evaluate_args.models:
+            model, processor = load_model(name, path, script_args.demo_lang)
+            predictions[name], result, seconds = score_model(model, processor, dataset, eval_args, meteor)
+            for message in result.warnings:
+                print(f"{name}: {message}", file=sys.stderr)
+            file_name = predictions_file(name, files)
+            files.append(file_name)
+            write_predictions(output_dir / file_name, dataset, predictions[name], result)
+            results.append(([name], result))
+            summaries[name] = {
+                "path": path,
+                "predictions": file_name,
+                "generation_seconds": round(seconds, 2),
+                **result.summary(),
+            }
+            if script_args.dataset == "demo":  # the embedded default's references can be read back field by field
+                summaries[name]["scene_fields"] = scene_fields(dataset, predictions[name], script_args.demo_lang)
+                fields.append(([name], [summaries[name]["scene_fields"]]))
+    finally:
+        if meteor is not None:
+            meteor.close()
+
+    histories = {
+        name: history
+        for name, path in evaluate_args.models
+        if path != FRESH_TINY and (history := training_log_history(path))
+    }
+    curves = plot_training_curves(output_dir / "training_curves.png", histories) if histories else False
+    table = scores_table(results, ["Model"])
+    if fields:
+        table += f"\n\n{SCENE_FIELDS_NOTE}\n\n"
+        table += spread_table(fields, ["Model"], SCENE_FIELDS, digits=1)
+    report = report_markdown(script_args, eval_args, dataset, table, predictions, list(histories) if curves else [])
+    (output_dir / "report.md").write_text(report + "\n", encoding="utf-8")
+    settings = {"dataset": asdict(script_args), "evaluation": asdict(eval_args), "n_samples": len(dataset)}
+    metrics = {"settings": settings, "models": summaries}
+    (output_dir / "metrics.json").write_text(
+        json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    print(table)
+    if curves:
+        print(f"Training curves: {output_dir / 'training_curves.png'}")
+    print(f"\nReport, metrics and predictions written to {output_dir}")
+    return table
