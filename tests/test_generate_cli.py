@@ -178,3 +178,15 @@ def test_generation_and_scoring_show_progress_bars(
     compute_metrics(predictions, dict(zip(dataset["id"], dataset["references"])), metrics=["rouge_l"], progress=True)
     err = capsys.readouterr().err
     assert "Generating" in err and "/3 " in err and "Scoring" in err
+
+
+def test_decoding_settings_become_generate_options_with_the_users_on_top():
+    from tippo_rl.generation import generate_kwargs, generation_config
+
+    options = generate_kwargs(
+        {"num_beams": 4, "no_repeat_ngram_size": 3}, num_beams=1, temperature=None, do_sample=False
+    )
+    assert options == {"num_beams": 4, "do_sample": False, "no_repeat_ngram_size": 3}  # unset settings are left out
+    assert list(options) == ["num_beams", "do_sample", "no_repeat_ngram_size"]  # the order evaluate.py's report prints
+    config = generation_config(do_sample=True, top_k=None, max_new_tokens=8)
+    assert (config.do_sample, config.top_k, config.max_new_tokens) == (True, None, 8)

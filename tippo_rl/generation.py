@@ -1,11 +1,14 @@
-"""Batched generation over a dataset, and the `tippo-generate` command."""
+"""Batched generation over a dataset, the `generate()` options of a set of decoding settings, and the
+`tippo-generate` command."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -60,7 +63,19 @@ def generate_predictions(
     return predictions
 
 
-def generation_options(value: str | None) -> GenerationConfig | None:
+def generate_kwargs(overrides: Mapping[str, Any] | None = None, /, **settings: Any) -> dict[str, Any]:
+    """`model.generate()` options from decoding settings: each of `settings` that is set (not None), in their order,
+    then `overrides` (a user's `generation_kwargs`) over them. `GenerationConfig(**generate_kwargs(...))` makes them a
+    config. What evaluation, the trainers' eval decodes and `tippo-generate` decode with."""
+    return {**{name: value for name, value in settings.items() if value is not None}, **(overrides or {})}
+
+
+def generation_config(overrides: Mapping[str, Any] | None = None, /, **settings: Any) -> GenerationConfig:
+    """[`generate_kwargs`] as a `GenerationConfig` (the PPO trainer's rollouts)."""
+    return GenerationConfig(**generate_kwargs(overrides, **settings))
+
+
+def load_generation_config(value: str | None) -> GenerationConfig | None:
     """`--generation_config`: a `generation_config.json` file, a folder holding one, or a JSON object of options."""
     if value is None:
         return None
@@ -152,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.temperature is not None and args.temperature <= 0:
         parser.error(f"--temperature must be > 0, got {args.temperature}")
     try:
-        config = generation_options(args.generation_config)
-        options = {name: getattr(args, name) for name in DECODING_OPTIONS if getattr(args, name) is not None}
+        config = load_generation_config(args.generation_config)
+        options = generate_kwargs(**{name: getattr(args, name) for name in DECODING_OPTIONS})
         settings = {**(config.to_diff_dict() if config is not None else {}), **options}
         beams, returned = settings.get("num_beams", 1), settings.get("num_return_sequences", 1)
         if returned > beams and not settings.get("do_sample"):

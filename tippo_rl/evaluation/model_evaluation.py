@@ -26,7 +26,7 @@ from datasets import Dataset
 from transformers import set_seed
 
 from ..demo_data import scene_field_accuracy
-from ..generation import generate_predictions
+from ..generation import generate_kwargs, generate_predictions
 from ..modeling_tippo import TIPPoModel
 from ..presets import build_tiny_tippo
 from ..processing_tippo import TIPPoProcessor
@@ -121,12 +121,13 @@ class EvaluationArguments:
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments for `model.generate`."""
-        kwargs = {"num_beams": self.num_beams, "do_sample": self.do_sample}
-        if self.do_sample:
-            kwargs["temperature"] = self.temperature
-        if self.max_new_tokens is not None:
-            kwargs["max_new_tokens"] = self.max_new_tokens
-        return {**kwargs, **(self.generation_kwargs or {})}
+        return generate_kwargs(
+            self.generation_kwargs,
+            num_beams=self.num_beams,
+            do_sample=self.do_sample,
+            temperature=self.temperature if self.do_sample else None,
+            max_new_tokens=self.max_new_tokens,
+        )
 
 
 def references_of(dataset: Dataset) -> dict[str, list[str]]:

@@ -19,7 +19,7 @@ import torch
 from trl.models import unwrap_model_for_generation
 
 from ..evaluation import TOKENIZE_MODES, compute_metrics
-from ..generation import generate_predictions
+from ..generation import generate_kwargs, generate_predictions
 from ..rewards import literal_reward, score_rewards
 
 
@@ -82,12 +82,11 @@ class GenerationEvalMixin:
         args = self.args
         if args.eval_max_samples is not None and len(dataset) > args.eval_max_samples:
             dataset = dataset.select(range(args.eval_max_samples))
-        kwargs = {
-            "do_sample": False,
-            "num_beams": 1,
-            **self.default_eval_generation_kwargs,
-            **(args.eval_generation_kwargs or {}),
-        }
+        kwargs = generate_kwargs(
+            {**self.default_eval_generation_kwargs, **(args.eval_generation_kwargs or {})},
+            do_sample=False,
+            num_beams=1,
+        )
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
             policy = self._policy(unwrapped)
             predictions = generate_predictions(

@@ -43,6 +43,7 @@ from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from ..checkpoints import CheckpointError
 from ..data import MODEL_INPUT_NAMES, TIPPoDataCollator, check_dataset_columns, model_inputs
+from ..generation import generation_config
 from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import conversational_completions, load_reward, reward_name, score_rewards
@@ -433,7 +434,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         self.eos_token_id = tippo.config.eos_token_id
         self.pad_token_id = tippo.config.pad_token_id
         self.decoder_start_token_id = tippo.config.decoder_start_token_id
-        self.generation_config = GenerationConfig(
+        self.generation_config = generation_config(
             do_sample=True,
             max_new_tokens=args.max_new_tokens,
             temperature=args.temperature,
