@@ -65,8 +65,8 @@ def generate_predictions(
 
 def generate_kwargs(overrides: Mapping[str, Any] | None = None, /, **settings: Any) -> dict[str, Any]:
     """`model.generate()` options from decoding settings: each of `settings` that is set (not None), in their order,
-    then `overrides` (a user's `generation_kwargs`) over them. `GenerationConfig(**generate_kwargs(...))` makes them a
-    config. What evaluation, the trainers' eval decodes and `tippo-generate` decode with."""
+    then `overrides` (a user's `generation_kwargs`) over them. What evaluation, the trainers' eval decode and
+    `tippo-generate` decode with; [`generation_config`] makes them a `GenerationConfig`."""
     return {**{name: value for name, value in settings.items() if value is not None}, **(overrides or {})}
 
 

@@ -6,47 +6,52 @@
   their predictions and write the comparison (`recipes/evaluate.py`).
 - `reports`: markdown tables, spreads over seeds, examples and plots.
 - `cli`: the `tippo-eval` command (scores prediction files against reference files).
-
-Names are imported on first use, as in `tippo_rl` (`tippo-eval` needs neither the model nor the datasets code).
 """
 
-import importlib
+from .cli import load_predictions, load_references
+from .external_tools import ExternalToolError, JavaNotFoundError
+from .metrics import (
+    DEFAULT_METRICS,
+    LANGS,
+    METRICS,
+    MetricsResult,
+    MetricsWarning,
+    compute_metrics,
+    normalize_metric_names,
+)
+from .model_evaluation import (
+    EvaluateArguments,
+    EvaluationArguments,
+    evaluate_models,
+    references_of,
+    scene_fields,
+    score_model,
+    write_predictions,
+)
+from .scorers import MeteorScorer
+from .tokenization import TOKENIZE_MODES, tokenize_texts
 
 
-_EXPORTS = {
-    "load_predictions": "cli",
-    "load_references": "cli",
-    "ExternalToolError": "external_tools",
-    "JavaNotFoundError": "external_tools",
-    "DEFAULT_METRICS": "metrics",
-    "LANGS": "metrics",
-    "METRICS": "metrics",
-    "MetricsResult": "metrics",
-    "MetricsWarning": "metrics",
-    "compute_metrics": "metrics",
-    "normalize_metric_names": "metrics",
-    "EvaluateArguments": "model_evaluation",
-    "EvaluationArguments": "model_evaluation",
-    "evaluate_models": "model_evaluation",
-    "references_of": "model_evaluation",
-    "scene_fields": "model_evaluation",
-    "score_model": "model_evaluation",
-    "write_predictions": "model_evaluation",
-    "MeteorScorer": "scorers",
-    "TOKENIZE_MODES": "tokenization",
-    "tokenize_texts": "tokenization",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'tippo_rl.evaluation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted([*globals(), *_EXPORTS])
+__all__ = [
+    "DEFAULT_METRICS",
+    "LANGS",
+    "METRICS",
+    "TOKENIZE_MODES",
+    "EvaluateArguments",
+    "EvaluationArguments",
+    "ExternalToolError",
+    "JavaNotFoundError",
+    "MeteorScorer",
+    "MetricsResult",
+    "MetricsWarning",
+    "compute_metrics",
+    "evaluate_models",
+    "load_predictions",
+    "load_references",
+    "normalize_metric_names",
+    "references_of",
+    "scene_fields",
+    "score_model",
+    "tokenize_texts",
+    "write_predictions",
+]
