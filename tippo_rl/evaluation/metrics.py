@@ -3,7 +3,8 @@
 The n-gram metrics are not reimplemented here: BLEU, ROUGE-L and CIDEr(-D) are pycocoevalcap's ``Bleu``,
 ``Rouge`` and ``Cider`` scorers (the coco-caption code), METEOR is pycocoevalcap's ``Meteor`` (the METEOR 1.5
 jar, run with Java) and BERTScore is the ``bert-score`` package. This module only prepares their input
-(tokenisation, id matching, empty texts) and collects their output.
+(tokenisation in ``tokenization``, id matching, empty texts), runs them (METEOR's JVM and BERTScore in ``scorers``)
+and collects their output.
 
 Scale: every score is what the tools return, a 0-1 float (CIDEr is 0-10). Paper tables, COCO-CN's included,
 report the same numbers ×100 (BLEU-4 0.312 is printed as 31.2, CIDEr 0.95 as 95.0).
@@ -202,7 +203,12 @@ _SKIP_HINT = "pass on_missing='skip' (CLI: --on-missing skip) to leave them out"
 
 
 def _check_options(
-    metric_list: list[str], tokenize: str, lang: str, on_missing: str, on_empty: str, meteor_scorer
+    metric_list: list[str],
+    tokenize: str,
+    lang: str,
+    on_missing: str,
+    on_empty: str,
+    meteor_scorer: MeteorScorer | None,
 ) -> None:
     if tokenize not in TOKENIZE_MODES:
         raise ValueError(f"unknown tokenize mode {tokenize!r}; choose one of {', '.join(TOKENIZE_MODES)}")
@@ -220,7 +226,10 @@ def _check_options(
 
 
 def _match_ids(
-    predictions: Mapping[Hashable, str | None], references: Mapping[Hashable, list[str]], on_missing: str, warn
+    predictions: Mapping[Hashable, str | None],
+    references: Mapping[Hashable, list[str]],
+    on_missing: str,
+    warn: _Warnings,
 ) -> tuple[list, dict[str, list]]:
     """The ids with a prediction and references, in the predictions' order, and the ids skipped (``on_missing="skip"``;
     with ``"error"`` an id on one side only raises)."""
@@ -283,7 +292,7 @@ def _drop_empty_references(
     tokenize: str,
     on_missing: str,
     skipped: dict[str, list],
-    warn,
+    warn: _Warnings,
 ) -> tuple[list, int]:
     """Empty references: raise (``on_missing="error"``), or drop them and skip the ids left without one. Returns the
     ids kept and how many references were dropped from ids that have others."""
@@ -310,7 +319,9 @@ def _drop_empty_references(
     return [k for k in ids if refs_tok[k]], n_dropped
 
 
-def _empty_predictions(ids: list, pred_tok: Mapping[Hashable, str], tokenize: str, on_empty: str, warn) -> list:
+def _empty_predictions(
+    ids: list, pred_tok: Mapping[Hashable, str], tokenize: str, on_empty: str, warn: _Warnings
+) -> list:
     """The ids whose prediction has no token: raised with ``on_empty="error"``, else warned about (scored as empty)."""
     empty_preds = [k for k in ids if not pred_tok[k].split()]
     if empty_preds:
@@ -336,7 +347,7 @@ def _score(
     bertscore_options: dict[str, Any],
     meteor_scorer: MeteorScorer | None,
     progress: bool,
-    warn,
+    warn: _Warnings,
 ) -> tuple[dict[str, float], dict[Hashable, dict[str, float]], dict[str, Any]]:
     """Run each metric's tool on the tokenised ``gts`` / ``res`` (BERTScore: on the raw texts). Returns
     ``(corpus, per_sample, info)``."""

@@ -1,4 +1,5 @@
-"""Tokenisation before the n-gram metrics: ``none``, ``char``, ``jieba`` and ``ptb`` (see :mod:`tippo_rl.evaluation.metrics`)."""
+"""Tokenisation before the n-gram metrics: ``none``, ``char``, ``jieba`` and ``ptb``; what each does is in
+:mod:`tippo_rl.evaluation.metrics`."""
 
 from __future__ import annotations
 
