@@ -13,7 +13,7 @@ from trl import TrlParser
 
 from tippo_rl import load_artmuse
 from tippo_rl.evaluation import EvaluateArguments, EvaluationArguments
-from tippo_rl.evaluation.model_evaluation import parse_model_entry
+from tippo_rl.evaluation.model_evaluation import check_model, parse_model_entry
 from tippo_rl.generation import generate_predictions
 from tippo_rl.recipe_args import TIPPoScriptArguments
 
@@ -126,6 +126,17 @@ def test_missing_checkpoint_is_named_with_the_command_that_trains_it(
     assert "model 'SFT'" in message and "'outputs/demo_sft'" in message
     assert "recipes/sft.py --config recipes/configs/demo_sft.yaml" in message and "make demo-sft" in message
     assert not Path("out").exists()  # it failed before generating with the other models
+
+
+def test_the_training_command_is_looked_up_in_the_checkout_the_recipe_passes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("outputs").mkdir()  # `outputs/demo_sft` is then a missing folder, not a Hub id
+    with pytest.raises(
+        ValueError, match=r"no checkpoint at 'outputs/demo_sft'\. Train it first with recipes/sft\.py or"
+    ):
+        check_model("SFT", "outputs/demo_sft")  # the library guesses no checkout: the generic hint
+    with pytest.raises(ValueError, match=r"recipes/configs/demo_sft\.yaml` \(or `make demo-sft`\)"):
+        check_model("SFT", "outputs/demo_sft", repo=REPO)
 
 
 def test_an_unknown_path_gets_a_generic_hint(demo_dataset_dir, tmp_path):
