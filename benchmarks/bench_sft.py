@@ -52,7 +52,7 @@ from transformers import PrinterCallback, T5ForConditionalGeneration  # noqa: E4
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 from tippo_rl import load_artmuse, make_demo_dataset  # noqa: E402
-from tippo_rl.data import TIPPoDataCollator  # noqa: E402
+from tippo_rl.data_collator import TIPPoDataCollator  # noqa: E402
 from tippo_rl.feature_cache import cache_frozen_features  # noqa: E402
 from tippo_rl.modeling_tippo import TIPPoFrozenEncoder, TIPPoPreTrainedModel  # noqa: E402
 from tippo_rl.trainer.sft_config import TIPPoSFTConfig  # noqa: E402

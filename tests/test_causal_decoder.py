@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from tippo_rl import TIPPoModel, TIPPoProcessor, load_artmuse
 from tippo_rl.configuration_tippo import TIPPoConfig
-from tippo_rl.data import TIPPoDataCollator, model_inputs
+from tippo_rl.data_collator import TIPPoDataCollator, model_inputs
 from tippo_rl.feature_cache import cache_frozen_features
 from tippo_rl.presets import build_tippo_from_pretrained_components, tiny_encoder_config
 from tippo_rl.recipe_args import TIPPoModelConfig, apply_lora, lora_config

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from tippo_rl import TIPPoConfig, TIPPoDataCollator, TIPPoModel, build_tiny_tippo, load_artmuse
-from tippo_rl.data import model_inputs
+from tippo_rl.data_collator import model_inputs
 from tippo_rl.modeling_tippo import (
     TIPPoDifferenceOperator,
     TIPPoDualAlignmentAttention,

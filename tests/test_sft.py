@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel, TIPPoProcessor, build_tiny_tippo, load_artmuse, make_demo_dataset
-from tippo_rl.data import TIPPoDataCollator
+from tippo_rl.data_collator import TIPPoDataCollator
 from tippo_rl.generation import generate_predictions
 from tippo_rl.metrics import compute_metrics
 from tippo_rl.modeling_tippo import prototype_contrastive_loss

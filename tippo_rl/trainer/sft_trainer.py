@@ -6,7 +6,8 @@ import torch
 from datasets import Dataset
 from trl import SFTTrainer
 
-from ..data import TIPPoDataCollator, check_dataset_columns
+from ..data import check_dataset_columns
+from ..data_collator import TIPPoDataCollator
 from ..modeling_tippo import TIPPoModel, prototype_contrastive_loss
 from ..processing_tippo import TIPPoProcessor
 from .generation_eval import GenerationEvalMixin
