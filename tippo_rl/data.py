@@ -93,6 +93,28 @@ def _finish(
     return Dataset.from_list(rows, features=features)
 
 
+def _keep_or_count(
+    rows: list[dict],
+    problems: Counter,
+    clean: dict | None,
+    problem: str | None,
+    default_id: str,
+    where: str,
+    on_error: str,
+) -> None:
+    """What a loader does with a row `validate_row` checked: a good one joins `rows` (`default_id` if it has none); a bad
+    one raises `DataValidationError` naming `where` (`on_error="raise"`), or is counted by kind in `problems` (`"skip"`)."""
+    if problem is None:
+        clean["id"] = clean["id"] or default_id
+        rows.append(clean)
+        return
+    message = f"{where}: {problem}"
+    if on_error == "raise":
+        raise DataValidationError(message)
+    logger.debug(message)
+    problems[problem.split(":")[0]] += 1
+
+
 def _check_on_error(on_error: str) -> None:
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -224,15 +246,9 @@ def load_artmuse(
                     clean, problem = None, f"row: not valid JSON ({error.msg}, column {error.colno})"
                 else:
                     clean, problem = validate_row(row, image_root, max_images, allow_empty_title, require_reference)
-            if problem is None:
-                clean["id"] = clean["id"] or f"{path.stem}-{line_number}"
-                rows.append(clean)
-                continue
-            message = f"{path}, line {line_number}: {problem}"
-            if on_error == "raise":
-                raise DataValidationError(message)
-            logger.debug(message)
-            problems[problem.split(":")[0]] += 1
+            _keep_or_count(
+                rows, problems, clean, problem, f"{path.stem}-{line_number}", f"{path}, line {line_number}", on_error
+            )
     return _finish(rows, problems, str(path), on_error)
 
 
@@ -339,15 +355,7 @@ def load_hf_dataset(
     rows, problems = [], Counter()
     for index, row in enumerate(dataset):
         clean, problem = validate_row(row, image_root, max_images, allow_empty_title, require_reference, columns)
-        if problem is None:
-            clean["id"] = clean["id"] or f"{split}-{index}"
-            rows.append(clean)
-            continue
-        message = f"{source}, row {index}: {problem}"
-        if on_error == "raise":
-            raise DataValidationError(message)
-        logger.debug(message)
-        problems[problem.split(":")[0]] += 1
+        _keep_or_count(rows, problems, clean, problem, f"{split}-{index}", f"{source}, row {index}", on_error)
     return _finish(rows, problems, source, on_error, Features(extra_features))
 
 
