@@ -34,9 +34,12 @@ import yaml  # noqa: E402
 from common import fmt, print_table, run_in_workdir, write_json  # noqa: E402  (sets HF_HUB_OFFLINE)
 from trl import TrlParser  # noqa: E402
 
-from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, load_datasets, load_model_and_processor  # noqa: E402
+from tippo_rl.data import load_datasets  # noqa: E402
+from tippo_rl.model_config import TIPPoModelConfig  # noqa: E402
+from tippo_rl.presets import load_model_and_processor  # noqa: E402
 from tippo_rl.reports import EvaluationArguments, score_model  # noqa: E402
 from tippo_rl.rewards import literal_reward  # noqa: E402
+from tippo_rl.script_arguments import TIPPoScriptArguments  # noqa: E402
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig  # noqa: E402
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer  # noqa: E402
 from tippo_rl.trainer.ppo_config import PPOConfig  # noqa: E402

@@ -26,15 +26,11 @@ from pathlib import Path
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel, TIPPoProcessor
+from tippo_rl.data import load_datasets
+from tippo_rl.lora import apply_lora, lora_config
 from tippo_rl.metrics import MeteorScorer
-from tippo_rl.recipe_args import (
-    TIPPoModelConfig,
-    TIPPoScriptArguments,
-    apply_lora,
-    load_datasets,
-    load_model_and_processor,
-    lora_config,
-)
+from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.presets import load_model_and_processor
 from tippo_rl.reports import (
     SCENE_FIELDS,
     SCENE_FIELDS_NOTE,
@@ -47,6 +43,7 @@ from tippo_rl.reports import (
     score_model,
     spread_table,
 )
+from tippo_rl.script_arguments import TIPPoScriptArguments
 from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer

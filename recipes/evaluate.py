@@ -20,8 +20,8 @@ import yaml
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel, TIPPoProcessor, build_tiny_tippo
+from tippo_rl.data import load_datasets
 from tippo_rl.metrics import MeteorScorer
-from tippo_rl.recipe_args import TIPPoScriptArguments, load_datasets
 from tippo_rl.reports import (
     SCENE_FIELDS,
     SCENE_FIELDS_NOTE,
@@ -35,6 +35,7 @@ from tippo_rl.reports import (
     training_log_history,
     write_predictions,
 )
+from tippo_rl.script_arguments import TIPPoScriptArguments
 
 
 REPO = Path(__file__).resolve().parents[1]

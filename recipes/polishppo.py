@@ -11,17 +11,14 @@ with the best greedy checkpoint kept: `--eval_strategy steps --eval_steps 40 --s
 --metric_for_best_model eval_rouge_l`.
 """
 
-from tippo_rl.recipe_args import (
-    TIPPoModelConfig,
-    TIPPoParser,
-    TIPPoScriptArguments,
-    apply_lora,
-    load_datasets,
-    load_model_and_processor,
-    train_and_save,
-)
+from tippo_rl.data import load_datasets
+from tippo_rl.lora import apply_lora
+from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.presets import load_model_and_processor
+from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
+from tippo_rl.training_run import train_and_save
 
 
 def main(script_args: TIPPoScriptArguments, training_args: PolishPPOConfig, model_args: TIPPoModelConfig):

@@ -10,17 +10,14 @@ your own alone: `--reward_funcs my_rewards.py:my_reward`; TRL's: `--reward_funcs
 --reward_init_kwargs '{"trl.rewards.get_repetition_penalty_reward": {"ngram_size": 2}}'`.
 """
 
-from tippo_rl.recipe_args import (
-    TIPPoModelConfig,
-    TIPPoParser,
-    TIPPoScriptArguments,
-    apply_lora,
-    load_datasets,
-    load_model_and_processor,
-    train_and_save,
-)
+from tippo_rl.data import load_datasets
+from tippo_rl.lora import apply_lora
+from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.presets import load_model_and_processor
+from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 from tippo_rl.trainer.ppo_config import PPOConfig
 from tippo_rl.trainer.ppo_trainer import PPOTrainer
+from tippo_rl.training_run import train_and_save
 
 
 def main(script_args: TIPPoScriptArguments, training_args: PPOConfig, model_args: TIPPoModelConfig):

@@ -15,8 +15,8 @@ from recipe_loading import load_recipe
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel
-from tippo_rl.recipe_args import TIPPoScriptArguments
 from tippo_rl.reports import EvaluationArguments
+from tippo_rl.script_arguments import TIPPoScriptArguments
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,10 @@ import pytest
 from PIL import Image
 
 from tippo_rl import ColumnNames, load_artmuse, load_coco_captions, load_hf_dataset
-from tippo_rl.data import DataValidationError
+from tippo_rl.data import DataValidationError, load_datasets
+from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
+from tippo_rl.trainer import TIPPoSFTConfig
 
 
 GOOD = {"title": "in the garden", "images": ["a.png", "b.png"], "reference": "in the garden there is a red circle."}
@@ -287,7 +290,6 @@ def test_messages_name_the_command_line_options(folder):
     path = write_jsonl(folder, [{**GOOD, "title": ""}])
     with pytest.raises(DataValidationError, match=r"--allow_empty_title true"):
         load_artmuse(path)
-    from tippo_rl.recipe_args import TIPPoScriptArguments
 
     assert TIPPoScriptArguments(allow_empty_title=True).allow_empty_title
 
@@ -420,3 +422,47 @@ def test_a_column_that_a_mapping_would_overwrite_is_refused(folder, tmp_path):
 def test_an_unreadable_dataset_name_says_so(tmp_path):
     with pytest.raises(DataValidationError, match="dataset 'no-such-org/no-such-dataset' cannot be loaded"):
         load_hf_dataset("no-such-org/no-such-dataset")
+
+
+def test_dataset_name_with_column_options_loads_train_and_test_splits(tmp_path, demo_dataset_dir):
+    from datasets import DatasetDict
+
+    splits = DatasetDict(
+        {
+            "train": load_artmuse(demo_dataset_dir / "train.jsonl"),
+            "test": load_artmuse(demo_dataset_dir / "test.jsonl"),
+        }
+    )
+    splits = splits.rename_columns({"reference": "text", "title": "name"}).remove_columns("references")
+    splits.save_to_disk(tmp_path / "saved")
+    config = tmp_path / "config.yaml"
+    config.write_text("dataset: demo\nmax_steps: 3\n")  # the YAML's dataset gives way to --dataset_name
+    script_args, _, _ = TIPPoParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig)).parse_args_and_config(
+        args=[
+            "--config",
+            str(config),
+            "--output_dir",
+            str(tmp_path),
+            "--use_cpu",
+            "true",
+            "--dataset_name",
+            str(tmp_path / "saved"),
+            "--reference_column",
+            "text",
+            "--title_column",
+            "name",
+            "--dataset_test_split",
+            "test",
+        ]
+    )
+    assert script_args.dataset == "hf" and script_args.dataset_id == str(tmp_path / "saved")
+    train, evaluation = load_datasets(script_args)
+    assert len(train) == 24 and len(evaluation) == 8
+    assert train[0]["reference"] == splits["train"][0]["text"] and train[0]["place"] == splits["train"][0]["place"]
+    script_args.dataset_test_split = "validation"  # a dataset without that split: no evaluation data
+    assert load_datasets(script_args)[1] is None
+    script_args.reference_column = "caption"
+    with pytest.raises(
+        DataValidationError, match="no column 'caption' for the reference .*; its columns: id, name, images, text"
+    ):
+        load_datasets(script_args)

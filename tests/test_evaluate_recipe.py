@@ -13,8 +13,8 @@ from trl import TrlParser
 
 from tippo_rl import load_artmuse
 from tippo_rl.generation import generate_predictions
-from tippo_rl.recipe_args import TIPPoScriptArguments
 from tippo_rl.reports import EvaluationArguments
+from tippo_rl.script_arguments import TIPPoScriptArguments
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,7 +211,7 @@ def test_paper_configs_parse_once_their_data_paths_exist(tmp_path, config, paths
 def test_generation_kwargs_reach_generate_from_the_command_line():
     from trl import TrlParser
 
-    from tippo_rl.recipe_args import TIPPoScriptArguments
+    from tippo_rl.script_arguments import TIPPoScriptArguments
 
     recipe = load_recipe("evaluate")
     parser = TrlParser((TIPPoScriptArguments, recipe.EvaluateArguments, EvaluationArguments))

@@ -17,10 +17,17 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from accelerate import PartialState
 from datasets import Dataset, DatasetDict, Features, Image, List, Value, load_dataset, load_from_disk
 from PIL import Image as PILImage
+
+from .demo_data import make_demo_dataset
+
+
+if TYPE_CHECKING:
+    from .script_arguments import TIPPoScriptArguments
 
 
 logger = logging.getLogger(__name__)
@@ -429,3 +436,56 @@ def check_dataset_columns(dataset: Dataset, what: str, require_reference: bool =
                 f"(dataset.rename_column('text', '{column}')) or load it with tippo_rl.data.load_hf_dataset(..., "
                 f"columns=ColumnNames({column}='text')) (--{column}_column text in the recipes)"
             )
+
+
+def load_datasets(
+    args: TIPPoScriptArguments, max_images: int = 5, require_reference: bool = True
+) -> tuple[Dataset, Dataset | None]:
+    """(train, eval) datasets as the script arguments describe them. `require_reference=False` (PPO with rewards that
+    need no target) accepts training rows without a reference; evaluation rows always need one."""
+    if args.dataset == "hf":
+        columns = ColumnNames(title=args.title_column, images=args.images_column, reference=args.reference_column)
+        options = dict(
+            config=args.dataset_config,
+            columns=columns,
+            image_root=args.image_root,
+            max_images=max_images,
+            allow_empty_title=args.allow_empty_title,
+            on_error=args.on_bad_rows,
+        )
+        train = load_hf_dataset(
+            args.dataset_name, args.dataset_train_split, require_reference=require_reference, **options
+        )
+        try:
+            evaluation = load_hf_dataset(args.dataset_name, args.dataset_test_split, **options)
+        except DataValidationError as error:
+            if "has no split" not in str(error):
+                raise
+            logger.info("%s: no evaluation split", error)
+            evaluation = None
+    elif args.dataset == "demo":
+        with PartialState().main_process_first():  # one process writes the files, the others then reuse them
+            folder = make_demo_dataset(
+                args.demo_dir,
+                num_train=args.demo_num_train,
+                num_test=args.demo_num_test,
+                lang=args.demo_lang,
+                max_images=max_images,
+            )
+        train, evaluation = load_artmuse(folder / "train.jsonl"), load_artmuse(folder / "test.jsonl")
+    elif args.dataset == "artmuse":
+        options = dict(allow_empty_title=args.allow_empty_title, on_error=args.on_bad_rows)
+        train = load_artmuse(
+            args.train_file, args.image_root, max_images, require_reference=require_reference, **options
+        )
+        evaluation = load_artmuse(args.eval_file, args.image_root, max_images, **options) if args.eval_file else None
+    else:
+        train = load_coco_captions(args.coco_train_annotations, args.coco_image_dir, "caption", args.on_bad_rows)
+        evaluation = (
+            load_coco_captions(args.coco_eval_annotations, args.coco_image_dir, "image", args.on_bad_rows)
+            if args.coco_eval_annotations
+            else None
+        )
+    if evaluation is not None and args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    return train, evaluation

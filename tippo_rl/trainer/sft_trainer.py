@@ -27,7 +27,7 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
         args: [`TIPPoSFTConfig`].
         processor: the model's [`TIPPoProcessor`]; the Trainer saves it with every checkpoint.
         train_dataset / eval_dataset: TIPPo datasets (`tippo_rl.data.load_artmuse`, `load_coco_captions`).
-        peft_config: optional `peft.LoraConfig` (see `tippo_rl.recipe_args.lora_config`).
+        peft_config: optional `peft.LoraConfig` (see `tippo_rl.lora.lora_config`).
     """
 
     _tag_names = ["trl", "sft", "tippo", "multimodal"]
