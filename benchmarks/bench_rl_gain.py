@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -29,9 +30,12 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: benchmarks never reach the Hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import yaml  # noqa: E402
-from common import fmt, print_table, run_in_workdir, write_json  # noqa: E402  (sets HF_HUB_OFFLINE)
+from machine import run_in_workdir  # noqa: E402
+from tables import fmt, print_table, write_json  # noqa: E402
 from trl import TrlParser  # noqa: E402
 
 from tippo_rl.data import load_datasets  # noqa: E402
@@ -196,7 +200,7 @@ def summarise(runs: list[dict], sft: dict[str, float]) -> dict:
         out[f"{metric}_delta_min"] = min(values)
         out[f"{metric}_improved"] = sum(v > 0 for v in values)
     out["seconds_per_iteration_median"] = statistics.median(run["seconds_per_iteration"] for run in runs)
-    # CPU time counts the work, not the waits for a core: steadier than wall time on a shared machine (common.StepTimes).
+    # CPU time counts the work, not the waits for a core: steadier than wall time on a shared machine (timing.StepTimes).
     out["cpu_seconds_per_iteration_median"] = statistics.median(run["cpu_seconds_per_iteration"] for run in runs)
     return out
 

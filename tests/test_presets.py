@@ -12,7 +12,14 @@ from trl import TrlParser
 
 from tippo_rl import TIPPoModel
 from tippo_rl.model_config import TIPPoModelConfig
-from tippo_rl.presets import build_tippo_from_pretrained_components, load_model_and_processor, tiny_tippo_config
+from tippo_rl.presets import (
+    build_tippo_by_size,
+    build_tippo_from_pretrained_components,
+    chinese_clip_vit_b16_config,
+    load_model_and_processor,
+    t5_base_config,
+    tiny_tippo_config,
+)
 from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 from tippo_rl.trainer import TIPPoSFTConfig
 
@@ -127,3 +134,19 @@ def test_max_target_length_sets_the_processors(tmp_path):
     _, processor = load_model_and_processor(model_args)
     assert processor.max_target_length == 16
     assert processor.tokenize_references(["word " * 40]).shape[1] == 16
+
+
+def test_the_benchmarks_base_size_has_the_papers_dimensions():
+    t5 = t5_base_config()
+    assert (t5.d_model, t5.num_layers, t5.num_decoder_layers, t5.num_heads, t5.d_ff, t5.vocab_size) == (
+        768, 12, 12, 12, 3072, 32128,
+    )  # fmt: skip
+    clip = chinese_clip_vit_b16_config()
+    assert (clip.vision_config.image_size, clip.vision_config.patch_size, clip.text_config.vocab_size) == (
+        224,
+        16,
+        21128,
+    )
+    assert clip.projection_dim == 512
+    with pytest.raises(ValueError, match="size must be one of tiny, base; got 'huge'"):
+        build_tippo_by_size("huge")
