@@ -147,23 +147,28 @@ def tiny_tippo_config(
         raise ValueError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
     width = 64
     encoder_config = tiny_encoder_config(processor, width)
+    # Both decoders: the tokenizer's vocabulary and ids, output embeddings tied to the input ones (T5 then rescales the
+    # output by d^-0.5: a sane initial loss).
+    tokens = dict(
+        vocab_size=len(processor.tokenizer),
+        pad_token_id=processor.tokenizer.pad_token_id,
+        eos_token_id=processor.tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
     if decoder == "llama":
         decoder_config = LlamaConfig(
-            vocab_size=len(processor.tokenizer),
+            **tokens,
             hidden_size=width,
             intermediate_size=2 * width,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=256,
-            pad_token_id=processor.tokenizer.pad_token_id,
-            eos_token_id=processor.tokenizer.eos_token_id,
             bos_token_id=None,
-            tie_word_embeddings=True,
         )
     else:
         decoder_config = T5Config(
-            vocab_size=len(processor.tokenizer),
+            **tokens,
             d_model=width,
             d_kv=16,
             d_ff=2 * width,
@@ -171,10 +176,7 @@ def tiny_tippo_config(
             num_decoder_layers=2,
             num_heads=4,
             dropout_rate=0.0,
-            pad_token_id=processor.tokenizer.pad_token_id,
-            eos_token_id=processor.tokenizer.eos_token_id,
             decoder_start_token_id=processor.tokenizer.pad_token_id,
-            tie_word_embeddings=True,  # T5 then rescales the output by d^-0.5: a sane initial loss
         )
     settings = dict(prefix_length=2, max_images=processor.max_images, use_daa_do=use_daa_do)
     settings.update(overrides)
