@@ -21,7 +21,10 @@ from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
 from tippo_rl.training_run import train_and_save
 
 
-def main(script_args: TIPPoScriptArguments, training_args: PolishPPOConfig, model_args: TIPPoModelConfig):
+def main(
+    script_args: TIPPoScriptArguments, training_args: PolishPPOConfig, model_args: TIPPoModelConfig
+) -> PolishPPOTrainer:
+    """Build the model, data and trainer, train, save; returns the trainer (recipes/ablate.py reads its log history)."""
     if not model_args.model_name_or_path:
         raise ValueError("PolishPPO starts from a trained model: set --model_name_or_path (e.g. outputs/demo_sft)")
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
@@ -36,6 +39,7 @@ def main(script_args: TIPPoScriptArguments, training_args: PolishPPOConfig, mode
         else None,  # decoded: eval_rouge_l, eval_cider, ...
     )
     train_and_save(trainer, script_args, model_args, "PolishPPO")
+    return trainer
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from tippo_rl.trainer.ppo_trainer import PPOTrainer
 from tippo_rl.training_run import train_and_save
 
 
-def main(script_args: TIPPoScriptArguments, training_args: PPOConfig, model_args: TIPPoModelConfig):
+def main(script_args: TIPPoScriptArguments, training_args: PPOConfig, model_args: TIPPoModelConfig) -> PPOTrainer:
+    """Build the model, data and trainer, train, save; returns the trainer (recipes/ablate.py reads its log history)."""
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
     # The rewards decide what a sample needs: training rows may lack a reference (evaluation rows may not).
     train_dataset, eval_dataset = load_datasets(
@@ -36,6 +37,7 @@ def main(script_args: TIPPoScriptArguments, training_args: PPOConfig, model_args
         else None,  # decoded: eval_rouge_l, eval_cider, ...
     )
     train_and_save(trainer, script_args, model_args, "PPO")
+    return trainer
 
 
 if __name__ == "__main__":

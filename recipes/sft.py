@@ -14,7 +14,10 @@ from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
 from tippo_rl.training_run import train_and_save
 
 
-def main(script_args: TIPPoScriptArguments, training_args: TIPPoSFTConfig, model_args: TIPPoModelConfig):
+def main(
+    script_args: TIPPoScriptArguments, training_args: TIPPoSFTConfig, model_args: TIPPoModelConfig
+) -> TIPPoSFTTrainer:
+    """Build the model, data and trainer, train, save; returns the trainer (recipes/ablate.py reads its log history)."""
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
     train_dataset, eval_dataset = load_datasets(script_args, max_images=model.config.max_images)
     trainer = TIPPoSFTTrainer(
@@ -26,6 +29,7 @@ def main(script_args: TIPPoScriptArguments, training_args: TIPPoSFTConfig, model
         peft_config=lora_config(model_args, model),
     )
     train_and_save(trainer, script_args, model_args, "SFT")
+    return trainer
 
 
 if __name__ == "__main__":
