@@ -158,7 +158,7 @@ def save_untrained(
 def train_polishppo(
     script_args: TIPPoScriptArguments, ablation: AblationArguments, seed: int, start: Path, output_dir: Path
 ) -> list[dict]:
-    """PolishPPO from the model saved in `start` by recipes/polishppo.py's `main`; returns the trainer's log history."""
+    """PolishPPO from the model saved in `start`, by recipes/polishppo.py's `main`; returns the trainer's logs."""
     _, training_args, model_args = parse_stage(
         (TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig), ablation.polishppo_config, ablation.polishppo_overrides,
         output_dir=output_dir, model_name_or_path=start, seed=seed,

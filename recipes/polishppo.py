@@ -24,7 +24,7 @@ from tippo_rl.training_run import train_and_save
 def main(
     script_args: TIPPoScriptArguments, training_args: PolishPPOConfig, model_args: TIPPoModelConfig
 ) -> PolishPPOTrainer:
-    """Build the model, data and trainer, train, save; returns the trainer (recipes/ablate.py reads its log history)."""
+    """Build the model, data and trainer, train and save; returns the trainer (recipes/ablate.py reads its logs)."""
     if not model_args.model_name_or_path:
         raise ValueError("PolishPPO starts from a trained model: set --model_name_or_path (e.g. outputs/demo_sft)")
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)

@@ -21,7 +21,7 @@ from tippo_rl.training_run import train_and_save
 
 
 def main(script_args: TIPPoScriptArguments, training_args: PPOConfig, model_args: TIPPoModelConfig) -> PPOTrainer:
-    """Build the model, data and trainer, train, save; returns the trainer (recipes/ablate.py reads its log history)."""
+    """Build the model, data and trainer, train and save; returns the trainer."""
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
     # The rewards decide what a sample needs: training rows may lack a reference (evaluation rows may not).
     train_dataset, eval_dataset = load_datasets(

@@ -17,7 +17,7 @@ from tippo_rl.training_run import train_and_save
 def main(
     script_args: TIPPoScriptArguments, training_args: TIPPoSFTConfig, model_args: TIPPoModelConfig
 ) -> TIPPoSFTTrainer:
-    """Build the model, data and trainer, train, save; returns the trainer (recipes/ablate.py reads its log history)."""
+    """Build the model, data and trainer, train and save; returns the trainer (recipes/ablate.py reads its logs)."""
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
     train_dataset, eval_dataset = load_datasets(script_args, max_images=model.config.max_images)
     trainer = TIPPoSFTTrainer(

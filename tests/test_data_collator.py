@@ -1,5 +1,5 @@
-"""Tests for tippo_rl.data_collator: rows → a model batch (images or cached features, labels), and each row it refuses
-(named by its sample)."""
+"""Tests for tippo_rl.data_collator: rows → a model batch (images or cached features, labels), and each row it
+refuses (named by its sample)."""
 
 from __future__ import annotations
 

@@ -109,8 +109,9 @@ def _keep_or_count(
     where: str,
     on_error: str,
 ) -> None:
-    """What a loader does with a row `validate_row` checked: a good one joins `rows` (`default_id` if it has none); a bad
-    one raises `DataValidationError` naming `where` (`on_error="raise"`), or is counted by kind in `problems` (`"skip"`)."""
+    """What a loader does with a row `validate_row` checked: a good one joins `rows` (`default_id` if it has none);
+    a bad one raises `DataValidationError` naming `where` (`on_error="raise"`), or is counted by kind in `problems`
+    (`"skip"`)."""
     if problem is None:
         clean["id"] = clean["id"] or default_id
         rows.append(clean)

@@ -1,5 +1,5 @@
-"""The collator: rows of a TIPPo dataset (`tippo_rl.data`) → the batch `TIPPoModel` takes, and `model_inputs`, the part of
-a batch that goes into the model."""
+"""The collator: rows of a TIPPo dataset (`tippo_rl.data`) → the batch `TIPPoModel` takes; and `model_inputs`, the
+part of a batch that goes into the model."""
 
 from __future__ import annotations
 

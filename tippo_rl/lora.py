@@ -1,4 +1,5 @@
-"""LoRA for TIPPo (`--use_peft`): PEFT's adapters on the decoder's attention, TIPPo's own modules trained fully, φ frozen."""
+"""LoRA for TIPPo (`--use_peft`): PEFT's adapters on the decoder's attention, TIPPo's own modules trained fully, φ
+frozen."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`TIPPoModelConfig`, the recipes' model arguments, as TRL's `trl/trainer/model_config.py` has `ModelConfig`: which model a
-recipe loads or builds (`tippo_rl.presets.load_model_and_processor`) and its LoRA settings (`tippo_rl.lora`)."""
+"""`TIPPoModelConfig`, the recipes' model arguments, as TRL's `trl/trainer/model_config.py` has `ModelConfig`: which
+model a recipe loads or builds (`tippo_rl.presets.load_model_and_processor`) and its LoRA settings (`tippo_rl.lora`)."""
 
 from __future__ import annotations
 

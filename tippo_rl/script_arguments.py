@@ -1,6 +1,6 @@
-"""The recipes' command line, as TRL's `trl/scripts/utils.py` has it: `TIPPoScriptArguments` (which data a recipe trains
-and evaluates on) and `TIPPoParser`, TRL's parser whose mistakes end a run with one line naming the file, line or
-option."""
+"""The recipes' command line, as TRL's `trl/scripts/utils.py` has it: `TIPPoScriptArguments` (which data a recipe
+trains and evaluates on) and `TIPPoParser`, TRL's parser whose mistakes end a run with one line naming the file, line
+or option."""
 
 from __future__ import annotations
 
