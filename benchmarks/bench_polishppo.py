@@ -2,7 +2,7 @@
 
 An iteration is: generate a rollout batch → score it (literal reward, Eq. 7; semantic reward, Eq. 8) → old and
 reference log-probs → `num_ppo_epochs` passes of minibatch updates. The trainers are not edited: their step methods
-are wrapped on the instance with timers (`common.PhaseTimer`):
+are wrapped on the instance with timers (`timing.PhaseTimer`):
 
 | phase          | PolishPPOTrainer                           | GRPOTrainer                                          |
 |----------------|--------------------------------------------|------------------------------------------------------|
@@ -36,34 +36,27 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: benchmarks never reach the Hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from common import (  # noqa: E402  (sets HF_HUB_OFFLINE before transformers is imported)
-    IterationTimes,
-    PeakMemory,
-    PhaseTimer,
-    build_model,
-    fmt,
-    lengthen,
-    median,
-    optimizer_state_bytes,
-    paired_ratios,
-    parameter_counts,
-    print_table,
-    run_in_workdir,
-    tensor_bytes,
-    write_json,
-)
 from datasets import Dataset  # noqa: E402
+from machine import run_in_workdir  # noqa: E402
+from memory import PeakMemory, optimizer_state_bytes, parameter_counts, tensor_bytes  # noqa: E402
+from tables import fmt, median, paired_ratios, print_table, write_json  # noqa: E402
+from timing import IterationTimes, PhaseTimer  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PrinterCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from workload import lengthen  # noqa: E402
 
 from tippo_rl import load_artmuse, make_demo_dataset  # noqa: E402
+from tippo_rl.presets import build_tippo_by_size  # noqa: E402
 from tippo_rl.rewards import SemanticReward, literal  # noqa: E402
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig, default_semantic_model  # noqa: E402
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer  # noqa: E402
@@ -311,7 +304,7 @@ def run(args, info: dict, workdir: Path) -> dict:
         f"({args.warmup_iterations} + {args.iterations}) iterations; {info['cpu']} ×{info['cpu_count']}, GPU {info['gpu']}"
     )
 
-    model, processor = build_model(args.size)
+    model, processor = build_tippo_by_size(args.size)
     dataset = load_artmuse(make_demo_dataset(workdir / "demo", num_train=args.num_train, num_test=1) / "train.jsonl")
     if args.sft_steps:
         model = warm_up_policy(model, processor, dataset, args, workdir)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -29,14 +30,20 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: benchmarks never reach the Hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import yaml  # noqa: E402
-from common import fmt, print_table, run_in_workdir, write_json  # noqa: E402  (sets HF_HUB_OFFLINE)
+from machine import run_in_workdir  # noqa: E402
+from tables import fmt, print_table, write_json  # noqa: E402
 from trl import TrlParser  # noqa: E402
 
+from tippo_rl.data import load_datasets  # noqa: E402
 from tippo_rl.evaluation import EvaluationArguments, score_model  # noqa: E402
-from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, load_datasets, load_model_and_processor  # noqa: E402
+from tippo_rl.model_config import TIPPoModelConfig  # noqa: E402
+from tippo_rl.presets import load_model_and_processor  # noqa: E402
 from tippo_rl.rewards import literal_reward  # noqa: E402
+from tippo_rl.script_arguments import TIPPoScriptArguments  # noqa: E402
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig  # noqa: E402
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer  # noqa: E402
 from tippo_rl.trainer.ppo_config import PPOConfig  # noqa: E402
@@ -193,7 +200,7 @@ def summarise(runs: list[dict], sft: dict[str, float]) -> dict:
         out[f"{metric}_delta_min"] = min(values)
         out[f"{metric}_improved"] = sum(v > 0 for v in values)
     out["seconds_per_iteration_median"] = statistics.median(run["seconds_per_iteration"] for run in runs)
-    # CPU time counts the work, not the waits for a core: steadier than wall time on a shared machine (common.StepTimes).
+    # CPU time counts the work, not the waits for a core: steadier than wall time on a shared machine (timing.StepTimes).
     out["cpu_seconds_per_iteration_median"] = statistics.median(run["cpu_seconds_per_iteration"] for run in runs)
     return out
 

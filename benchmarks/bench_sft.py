@@ -22,40 +22,32 @@ memory above the loaded model, and the per-round ratios TIPPo / plain and pixels
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: benchmarks never reach the Hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from common import (  # noqa: E402  (sets HF_HUB_OFFLINE before transformers is imported)
-    PeakMemory,
-    StepTimes,
-    build_model,
-    fmt,
-    lengthen,
-    linear_params,
-    median,
-    optimizer_state_bytes,
-    paired_ratios,
-    parameter_counts,
-    peak_bf16_flops,
-    print_table,
-    run_in_workdir,
-    tensor_bytes,
-    write_json,
-)
+from machine import peak_bf16_flops, run_in_workdir  # noqa: E402
+from memory import PeakMemory, linear_params, optimizer_state_bytes, parameter_counts, tensor_bytes  # noqa: E402
+from tables import fmt, median, paired_ratios, print_table, write_json  # noqa: E402
+from timing import StepTimes  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import PrinterCallback, T5ForConditionalGeneration  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402
+from workload import lengthen  # noqa: E402
 
 from tippo_rl import load_artmuse, make_demo_dataset  # noqa: E402
-from tippo_rl.data import TIPPoDataCollator  # noqa: E402
+from tippo_rl.data_collator import TIPPoDataCollator  # noqa: E402
 from tippo_rl.feature_cache import cache_frozen_features  # noqa: E402
-from tippo_rl.frozen_encoder import TIPPoFrozenEncoder
+from tippo_rl.frozen_encoder import TIPPoFrozenEncoder  # noqa: E402
 from tippo_rl.modeling_tippo import TIPPoPreTrainedModel  # noqa: E402
+from tippo_rl.presets import build_tippo_by_size  # noqa: E402
 from tippo_rl.trainer.sft_config import TIPPoSFTConfig  # noqa: E402
 from tippo_rl.trainer.sft_trainer import TIPPoSFTTrainer  # noqa: E402
 
@@ -276,7 +268,7 @@ def run(args, info: dict, workdir: Path) -> dict:
         f"{info['cpu']} ×{info['cpu_count']}, GPU {info['gpu']}"
     )
 
-    model, processor = build_model(args.size, args.max_target_length)
+    model, processor = build_tippo_by_size(args.size, args.max_target_length)
     dataset = load_artmuse(make_demo_dataset(workdir / "demo", num_train=args.num_train, num_test=1) / "train.jsonl")
     if args.target_words:
         dataset = dataset.map(lambda row: {"reference": lengthen(row["reference"], args.target_words)})

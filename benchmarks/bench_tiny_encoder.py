@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -21,8 +22,10 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: benchmarks never reach the Hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
-from common import machine_info  # noqa: E402
+from machine import machine_info  # noqa: E402
 from transformers import ChineseCLIPModel  # noqa: E402
 
 from tippo_rl.modeling_tippo import TIPPoModel  # noqa: E402

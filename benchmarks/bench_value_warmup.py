@@ -13,15 +13,19 @@ is negative (`advantages/first_token_negative`; ~0.5 without a position bias).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: benchmarks never reach the Hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench_rl_gain import RESULTS, run_variant, train_sft  # noqa: E402
-from common import print_table, run_in_workdir, write_json  # noqa: E402
+from machine import run_in_workdir  # noqa: E402
+from tables import print_table, write_json  # noqa: E402
 
 from tippo_rl.evaluation import EvaluationArguments  # noqa: E402
 

@@ -11,14 +11,18 @@ short window. Plots the batch mean of Â (and its 5–95% band) against m, and w
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: benchmarks never reach the Hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from common import machine_info, write_json  # noqa: E402
+from machine import machine_info  # noqa: E402
+from tables import write_json  # noqa: E402
 
 from tippo_rl.trainer.ppo_trainer import ReturnStatistics  # noqa: E402
 

@@ -2,12 +2,12 @@
 
     python recipes/ablate.py --config recipes/configs/demo_ablate.yaml
 
-Every cell trains in this process with the SFT and PolishPPO trainers, set up by the recipes' own configs
-(`sft_config`, `polishppo_config`) plus `*_overrides` (e.g. fewer steps). TIP is the same model without DAA and DO
-(`use_daa_do: false`); "PolishPPO only" starts PolishPPO from the untrained model, "NTP → PolishPPO" from the
-"NTP only" model. Each seed of `seeds` runs the whole grid again with that seed for the fresh model's
-initialisation and for both trainers. All cells train and are evaluated on the dataset set here, with the
-evaluation settings here.
+Every cell trains in this process by the recipes' own `main` (recipes/sft.py, recipes/polishppo.py), from their
+configs (`sft_config`, `polishppo_config`) plus `*_overrides` (e.g. fewer steps). TIP is the same model without DAA
+and DO (`use_daa_do: false`); "PolishPPO only" starts PolishPPO from the untrained model (saved to `untrained/`),
+"NTP → PolishPPO" from the "NTP only" model. Each seed of `seeds` runs the whole grid again with that seed for the
+fresh model's initialisation and for both trainers. All cells train and are evaluated on the dataset set here, with
+the evaluation settings here.
 
 Writes into `output_dir`: a folder per trained model (`<variant>/seed<seed>/{untrained,sft,polishppo,sft_polishppo}`),
 `ablation.md` (the tables ×100: the mean over seeds and its range), `ablation.json` (every score of every seed, the
@@ -17,31 +17,26 @@ the first seed) and `ablation.png` (each cell's scores, seed by seed).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trl import TrlParser
-
 from tippo_rl import TIPPoModel, TIPPoProcessor
+from tippo_rl.data import load_datasets
 from tippo_rl.evaluation import EvaluationArguments, MeteorScorer, scene_fields, score_model
 from tippo_rl.evaluation.model_evaluation import SCENE_FIELDS, SCENE_FIELDS_NOTE
 from tippo_rl.evaluation.reports import TABLE_METRICS, log_curve, plot_cells, plot_curves, spread_table
-from tippo_rl.recipe_args import (
-    TIPPoModelConfig,
-    TIPPoScriptArguments,
-    apply_lora,
-    load_datasets,
-    load_model_and_processor,
-    lora_config,
-)
-from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
+from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.presets import load_model_and_processor
+from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
+from tippo_rl.trainer import TIPPoSFTConfig
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
-from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
 
 
+RECIPES = Path(__file__).resolve().parent  # sft.py and polishppo.py, whose `main` trains each stage
 VARIANTS = {"TIP": False, "TIPPo": True}  # name → use_daa_do
 SCHEDULES = {"ntp": "NTP only", "polishppo": "PolishPPO only", "ntp+polishppo": "NTP → PolishPPO"}
 MODEL_DIRS = {"ntp": "sft", "polishppo": "polishppo", "ntp+polishppo": "sft_polishppo"}  # schedule → trained model
@@ -102,15 +97,23 @@ class AblationArguments:
             raise ValueError(f"--seeds must be a non-empty list of distinct integers; got {self.seeds}")
 
 
+def load_recipe(name: str):
+    """`recipes/<name>.py` as a module (recipes/ is not a package), for its `main`."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def parse_stage(dataclass_types, config: str, overrides: list[str], **forced) -> tuple:
-    """A stage's arguments as its recipe would parse them: `config`, then the overrides, then `forced` settings."""
+    """A stage's arguments as its recipe parses them: `config`, then the overrides, then `forced` settings."""
     args = [
         "--config",
         config,
         *(f"--{item}" for item in overrides),
         *(f"--{key}={value}" for key, value in forced.items()),
     ]
-    return TrlParser(dataclass_types).parse_args_and_config(args)
+    return TIPPoParser(dataclass_types).parse_args_and_config(args)
 
 
 def sft_stage(
@@ -127,20 +130,9 @@ def sft_stage(
 def train_sft(
     script_args: TIPPoScriptArguments, ablation: AblationArguments, use_daa_do: bool, seed: int, output_dir: Path
 ) -> list[dict]:
-    """SFT (L_NTP + α·L_C) of a fresh model, as recipes/sft.py runs it; returns the trainer's log history."""
+    """SFT (L_NTP + α·L_C) of a fresh model by recipes/sft.py's `main`; returns the trainer's log history."""
     training_args, model_args = sft_stage(ablation, use_daa_do, seed, output_dir)
-    model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
-    train_dataset, _ = load_datasets(script_args, max_images=model.config.max_images)
-    trainer = TIPPoSFTTrainer(
-        model=model,
-        args=training_args,
-        processor=processor,
-        train_dataset=train_dataset,
-        peft_config=lora_config(model_args, model),
-    )
-    trainer.train()
-    trainer.save_model()
-    return trainer.state.log_history
+    return load_recipe("sft").main(script_args, training_args, model_args).state.log_history
 
 
 def save_untrained(
@@ -156,19 +148,12 @@ def save_untrained(
 def train_polishppo(
     script_args: TIPPoScriptArguments, ablation: AblationArguments, seed: int, start: Path, output_dir: Path
 ) -> list[dict]:
-    """PolishPPO from the model saved in `start`, as recipes/polishppo.py runs it; returns the trainer's log history."""
+    """PolishPPO from the model saved in `start`, by recipes/polishppo.py's `main`; returns the trainer's logs."""
     _, training_args, model_args = parse_stage(
         (TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig), ablation.polishppo_config, ablation.polishppo_overrides,
         output_dir=output_dir, model_name_or_path=start, seed=seed,
     )  # fmt: skip
-    model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
-    train_dataset, _ = load_datasets(script_args, max_images=model.config.max_images)
-    trainer = PolishPPOTrainer(
-        model=apply_lora(model, model_args), args=training_args, processor=processor, train_dataset=train_dataset
-    )
-    trainer.train()
-    trainer.save_model()
-    return trainer.state.log_history
+    return load_recipe("polishppo").main(script_args, training_args, model_args).state.log_history
 
 
 def plot_training(histories: dict[str, list[dict]], output_dir: Path) -> None:
@@ -315,7 +300,7 @@ def main(script_args: TIPPoScriptArguments, ablation: AblationArguments, eval_ar
 
 
 if __name__ == "__main__":
-    parser = TrlParser((TIPPoScriptArguments, AblationArguments, EvaluationArguments))
+    parser = TIPPoParser((TIPPoScriptArguments, AblationArguments, EvaluationArguments))
     try:
         main(*parser.parse_args_and_config())
     except ValueError as error:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from tippo_rl.evaluation import EvaluateArguments, EvaluationArguments, evaluate_models
-from tippo_rl.recipe_args import TIPPoParser, TIPPoScriptArguments
+from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 
 
 # A model folder that does not exist yet is named with the recipe config and `make` target that train it, from here.

@@ -16,7 +16,7 @@ from trl import TrlParser
 
 from tippo_rl import TIPPoModel
 from tippo_rl.evaluation import EvaluationArguments
-from tippo_rl.recipe_args import TIPPoScriptArguments
+from tippo_rl.script_arguments import TIPPoScriptArguments
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load_benchmark(name: str):
-    sys.path.insert(0, str(BENCHMARKS))  # the benchmarks import their shared `common` module
+    sys.path.insert(0, str(BENCHMARKS))  # the benchmarks import their shared modules (machine, timing, memory, tables)
     try:
         spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)

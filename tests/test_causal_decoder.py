@@ -13,10 +13,11 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from tippo_rl import TIPPoModel, TIPPoProcessor, load_artmuse
 from tippo_rl.configuration_tippo import TIPPoConfig
-from tippo_rl.data import TIPPoDataCollator, model_inputs
+from tippo_rl.data_collator import TIPPoDataCollator, model_inputs
 from tippo_rl.feature_cache import cache_frozen_features
+from tippo_rl.lora import apply_lora, lora_config
+from tippo_rl.model_config import TIPPoModelConfig
 from tippo_rl.presets import build_tippo_from_pretrained_components, tiny_encoder_config
-from tippo_rl.recipe_args import TIPPoModelConfig, apply_lora, lora_config
 from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
@@ -363,7 +364,7 @@ def test_lora_config_keeps_t5s_targets_for_t5(tiny_model_and_processor):
 def test_causal_and_smollm2_configs_parse_with_their_presets():
     from trl import TrlParser
 
-    from tippo_rl.recipe_args import TIPPoScriptArguments
+    from tippo_rl.script_arguments import TIPPoScriptArguments
 
     for name, preset in (("demo_causal_sft.yaml", "tiny_causal"), ("smollm2_sft.yaml", "smollm2")):
         _, args, model_args = TrlParser(

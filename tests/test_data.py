@@ -8,11 +8,13 @@ import logging
 import re
 
 import pytest
-import torch
 from PIL import Image
 
-from tippo_rl import ColumnNames, TIPPoDataCollator, load_artmuse, load_coco_captions, load_hf_dataset
-from tippo_rl.data import DataValidationError
+from tippo_rl import ColumnNames, load_artmuse, load_coco_captions, load_hf_dataset
+from tippo_rl.data import DataValidationError, load_datasets
+from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
+from tippo_rl.trainer import TIPPoSFTConfig
 
 
 GOOD = {"title": "in the garden", "images": ["a.png", "b.png"], "reference": "in the garden there is a red circle."}
@@ -213,48 +215,6 @@ def test_coco_not_a_captions_file_or_missing(folder):
         load_coco_captions(path, folder / "no_such_dir")
 
 
-# --------------------------------------------------------------------------------------------- collator
-
-
-def test_collator_batch(tiny_model_and_processor, demo_dataset_dir):
-    processor = tiny_model_and_processor[1]
-    rows = [load_artmuse(demo_dataset_dir / "train.jsonl")[i] for i in range(3)]
-    batch = TIPPoDataCollator(processor)(rows)
-    counts = [len(row["images"]) for row in rows]
-    assert batch["image_mask"].sum(1).tolist() == counts
-    assert batch["pixel_values"].shape[:2] == (3, max(counts))
-    assert batch["references"] == [row["reference"] for row in rows]
-    assert batch["titles"] == [row["title"] for row in rows] and batch["ids"] == [row["id"] for row in rows]
-    assert batch["labels"].shape[0] == 3
-    assert "labels" not in TIPPoDataCollator(processor, with_labels=False)(rows)
-
-
-def test_collator_rejects_sample_without_images(tiny_model_and_processor):
-    rows = [
-        {"id": "ok", "title": "t", "images": [Image.new("RGB", (8, 8))], "reference": "r"},
-        {"id": "row-7", "title": "t", "images": [], "reference": "r"},
-    ]
-    with pytest.raises(DataValidationError, match="sample 'row-7': field 'images' has 0 images; TIPPo takes 1 to 5"):
-        TIPPoDataCollator(tiny_model_and_processor[1])(rows)
-
-
-def test_collator_rejects_sample_with_too_many_images(tiny_model_and_processor):
-    rows = [{"id": "big", "title": "t", "images": [Image.new("RGB", (8, 8))] * 6, "reference": "r"}]
-    with pytest.raises(DataValidationError, match="sample 'big': field 'images' has 6 images; TIPPo takes 1 to 5"):
-        TIPPoDataCollator(tiny_model_and_processor[1])(rows)
-
-
-def test_collator_stacks_cached_features_with_padding():
-    rows = [
-        {"title": "t", "reference": "r", "image_features": [[1.0, 2.0]], "title_features": [0.0, 1.0]},
-        {"title": "t", "reference": "r", "image_features": [[3.0, 4.0], [5.0, 6.0]], "title_features": [1.0, 0.0]},
-    ]
-    batch = TIPPoDataCollator.stack_features(rows)
-    assert batch["image_features"].tolist() == [[[1.0, 2.0], [0.0, 0.0]], [[3.0, 4.0], [5.0, 6.0]]]
-    assert batch["image_mask"].tolist() == [[True, False], [True, True]]
-    assert torch.equal(batch["title_features"], torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
-
-
 # -- files that are not what they claim (issue 12) ----------------------------------------------------
 
 
@@ -330,7 +290,6 @@ def test_messages_name_the_command_line_options(folder):
     path = write_jsonl(folder, [{**GOOD, "title": ""}])
     with pytest.raises(DataValidationError, match=r"--allow_empty_title true"):
         load_artmuse(path)
-    from tippo_rl.recipe_args import TIPPoScriptArguments
 
     assert TIPPoScriptArguments(allow_empty_title=True).allow_empty_title
 
@@ -344,24 +303,6 @@ def test_a_huge_jpeg_is_decoded_at_a_reduced_size(folder):
     assert open_image(folder / "big.jpg", max_pixels=200 * 200).size == (128, 96)  # 1/4: the largest scale that fits
     assert open_image(folder / "big.jpg").size == (512, 384)  # under the bound: decoded as datasets decodes it
     assert open_image(folder / "big.png", max_pixels=64 * 64).size == (512, 384)  # only JPEG decodes at a reduced size
-
-
-def test_a_reference_longer_than_the_target_length_is_said_once_per_sample(tiny_model_and_processor, caplog):
-    processor = tiny_model_and_processor[1]
-    collator = TIPPoDataCollator(processor)
-    image = Image.new("RGB", (8, 8), "red")
-    rows = [
-        {"id": "long", "title": "t", "images": [image], "reference": "a red circle. " * 14000},
-        {"id": "short", "title": "t", "images": [image], "reference": "a red circle."},
-    ]
-    with caplog.at_level(logging.WARNING, logger="tippo_rl.data"):
-        labels = collator(rows)["labels"]
-        collator(rows)
-    assert labels.shape[1] == processor.max_target_length
-    [record] = [record for record in caplog.records if "reference has" in record.getMessage()]
-    assert re.search(
-        r"sample 'long': reference has \d+ tokens \(196000 characters\); trained on its first 64", record.getMessage()
-    )
 
 
 # ---------------------------------------------------------------------------------------------- extra fields, HF datasets
@@ -483,11 +424,45 @@ def test_an_unreadable_dataset_name_says_so(tmp_path):
         load_hf_dataset("no-such-org/no-such-dataset")
 
 
-def test_a_python_dataset_whose_target_is_named_text_is_refused_not_trained_on_empty_labels(
-    tiny_model_and_processor, folder
-):
-    rows = [{"id": "s1", "title": "t", "images": [Image.open(folder / "a.png")], "text": "the target"}]
+def test_dataset_name_with_column_options_loads_train_and_test_splits(tmp_path, demo_dataset_dir):
+    from datasets import DatasetDict
+
+    splits = DatasetDict(
+        {
+            "train": load_artmuse(demo_dataset_dir / "train.jsonl"),
+            "test": load_artmuse(demo_dataset_dir / "test.jsonl"),
+        }
+    )
+    splits = splits.rename_columns({"reference": "text", "title": "name"}).remove_columns("references")
+    splits.save_to_disk(tmp_path / "saved")
+    config = tmp_path / "config.yaml"
+    config.write_text("dataset: demo\nmax_steps: 3\n")  # the YAML's dataset gives way to --dataset_name
+    script_args, _, _ = TIPPoParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig)).parse_args_and_config(
+        args=[
+            "--config",
+            str(config),
+            "--output_dir",
+            str(tmp_path),
+            "--use_cpu",
+            "true",
+            "--dataset_name",
+            str(tmp_path / "saved"),
+            "--reference_column",
+            "text",
+            "--title_column",
+            "name",
+            "--dataset_test_split",
+            "test",
+        ]
+    )
+    assert script_args.dataset == "hf" and script_args.dataset_id == str(tmp_path / "saved")
+    train, evaluation = load_datasets(script_args)
+    assert len(train) == 24 and len(evaluation) == 8
+    assert train[0]["reference"] == splits["train"][0]["text"] and train[0]["place"] == splits["train"][0]["place"]
+    script_args.dataset_test_split = "validation"  # a dataset without that split: no evaluation data
+    assert load_datasets(script_args)[1] is None
+    script_args.reference_column = "caption"
     with pytest.raises(
-        DataValidationError, match=r"sample 's1' has no column 'reference'.*its columns: id, title, images, text"
+        DataValidationError, match="no column 'caption' for the reference .*; its columns: id, name, images, text"
     ):
-        TIPPoDataCollator(tiny_model_and_processor[1])(rows)
+        load_datasets(script_args)

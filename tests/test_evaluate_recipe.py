@@ -15,7 +15,7 @@ from tippo_rl import load_artmuse
 from tippo_rl.evaluation import EvaluateArguments, EvaluationArguments
 from tippo_rl.evaluation.model_evaluation import check_model, parse_model_entry
 from tippo_rl.generation import generate_predictions
-from tippo_rl.recipe_args import TIPPoScriptArguments
+from tippo_rl.script_arguments import TIPPoScriptArguments
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,7 +221,7 @@ def test_paper_configs_parse_once_their_data_paths_exist(tmp_path, config, paths
 def test_generation_kwargs_reach_generate_from_the_command_line():
     from trl import TrlParser
 
-    from tippo_rl.recipe_args import TIPPoScriptArguments
+    from tippo_rl.script_arguments import TIPPoScriptArguments
 
     parser = TrlParser((TIPPoScriptArguments, EvaluateArguments, EvaluationArguments))
     _, _, eval_args = parser.parse_args_and_config(

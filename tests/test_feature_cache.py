@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from tippo_rl import TIPPoDataCollator, cache_frozen_features, load_artmuse, make_demo_dataset
-from tippo_rl.data import model_inputs
+from tippo_rl.data_collator import model_inputs
 
 
 def feature_files(cache_dir) -> dict[str, int]:

@@ -18,7 +18,7 @@ from tippo_rl import (
     build_tiny_tippo,
     load_artmuse,
 )
-from tippo_rl.data import model_inputs
+from tippo_rl.data_collator import model_inputs
 from tippo_rl.modeling_tippo import (
     TIPPoDifferenceOperator,
     TIPPoDualAlignmentAttention,

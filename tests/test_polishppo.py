@@ -14,8 +14,9 @@ import torch
 from trl import TrlParser
 
 from tippo_rl import load_artmuse
-from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments
+from tippo_rl.model_config import TIPPoModelConfig
 from tippo_rl.rewards import bundled_minilm_path
+from tippo_rl.script_arguments import TIPPoScriptArguments
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer, ReturnStatistics
 from tippo_rl.trainer.ppo_trainer import PPOTrainer

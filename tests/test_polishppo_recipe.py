@@ -14,7 +14,8 @@ from recipe_loading import launch_recipe, load_recipe
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel, TIPPoProcessor
-from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments
+from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.script_arguments import TIPPoScriptArguments
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from recipe_loading import load_recipe
 
 from tippo_rl import TIPPoModel
-from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoParser, TIPPoScriptArguments
+from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 from tippo_rl.trainer.ppo_config import PPOConfig
 
 

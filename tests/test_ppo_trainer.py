@@ -16,8 +16,10 @@ from trl import TrlParser
 
 from tippo_rl import TIPPoModel, load_artmuse
 from tippo_rl.checkpoints import CheckpointError
-from tippo_rl.data import model_inputs
-from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, apply_lora
+from tippo_rl.data_collator import model_inputs
+from tippo_rl.lora import apply_lora
+from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.script_arguments import TIPPoScriptArguments
 from tippo_rl.trainer.ppo_config import PPOConfig
 from tippo_rl.trainer.ppo_trainer import (
     PolicyAndValueModel,

@@ -5,13 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import ChineseCLIPModel, T5ForConditionalGeneration
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel
-from tippo_rl.presets import build_tippo_from_pretrained_components, tiny_tippo_config
-from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, load_model_and_processor
+from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.presets import (
+    build_tippo_by_size,
+    build_tippo_from_pretrained_components,
+    chinese_clip_vit_b16_config,
+    load_model_and_processor,
+    t5_base_config,
+    tiny_tippo_config,
+)
+from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 from tippo_rl.trainer import TIPPoSFTConfig
 
 
@@ -97,3 +106,47 @@ def test_paper_configs_parse_with_the_papers_settings(tmp_path):
         ]
     )
     assert script.dataset == "cococn" and training.max_steps == 50000
+
+
+def test_model_folders_that_do_not_exist_or_hold_only_a_pickle_are_refused(tmp_path, tiny_model_and_processor):
+    with pytest.raises(ValueError, match=rf"--model_name_or_path '{tmp_path / 'nothing'}': no such folder"):
+        load_model_and_processor(TIPPoModelConfig(model_name_or_path=str(tmp_path / "nothing")))
+    model, _ = tiny_model_and_processor
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="model.safetensors"):  # safetensors only, as the README says
+        load_model_and_processor(TIPPoModelConfig(model_name_or_path=str(tmp_path)))
+
+
+def test_max_target_length_sets_the_processors(tmp_path):
+    _, _, model_args = TIPPoParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig)).parse_args_and_config(
+        args=[
+            "--output_dir",
+            str(tmp_path),
+            "--use_cpu",
+            "true",
+            "--max_target_length",
+            "16",
+            "--tiny_pretrained_encoder",
+            "false",
+        ]
+    )
+    _, processor = load_model_and_processor(model_args)
+    assert processor.max_target_length == 16
+    assert processor.tokenize_references(["word " * 40]).shape[1] == 16
+
+
+def test_the_benchmarks_base_size_has_the_papers_dimensions():
+    t5 = t5_base_config()
+    assert (t5.d_model, t5.num_layers, t5.num_decoder_layers, t5.num_heads, t5.d_ff, t5.vocab_size) == (
+        768, 12, 12, 12, 3072, 32128,
+    )  # fmt: skip
+    clip = chinese_clip_vit_b16_config()
+    assert (clip.vision_config.image_size, clip.vision_config.patch_size, clip.text_config.vocab_size) == (
+        224,
+        16,
+        21128,
+    )
+    assert clip.projection_dim == 512
+    with pytest.raises(ValueError, match="size must be one of tiny, base; got 'huge'"):
+        build_tippo_by_size("huge")

@@ -14,11 +14,13 @@ from transformers import TrainerCallback
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel, TIPPoProcessor, build_tiny_tippo, load_artmuse, make_demo_dataset
-from tippo_rl.data import TIPPoDataCollator
+from tippo_rl.data_collator import TIPPoDataCollator
 from tippo_rl.evaluation import compute_metrics
 from tippo_rl.generation import generate_predictions
+from tippo_rl.lora import lora_config
+from tippo_rl.model_config import TIPPoModelConfig
 from tippo_rl.modeling_tippo import prototype_contrastive_loss
-from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, lora_config
+from tippo_rl.script_arguments import TIPPoScriptArguments
 from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
 
 

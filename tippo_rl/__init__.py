@@ -18,7 +18,7 @@ _EXPORTS = {
     "TIPPoModel": "modeling_tippo",
     "prototype_contrastive_loss": "modeling_tippo",
     "TIPPoProcessor": "processing_tippo",
-    "TIPPoDataCollator": "data",
+    "TIPPoDataCollator": "data_collator",
     "load_artmuse": "data",
     "load_coco_captions": "data",
     "load_hf_dataset": "data",

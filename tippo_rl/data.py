@@ -1,5 +1,5 @@
 """Datasets for TIPPo: ArtMuse-style JSONL, COCO-CN-style captions and any Hugging Face dataset (hub id, `save_to_disk`
-folder, or files `datasets.load_dataset` reads), validated at load time, and the collator.
+folder, or files `datasets.load_dataset` reads), validated at load time.
 
 Every row becomes `{id, title, images, reference, references}` in a `datasets.Dataset` whose `images`
 column is a list of `datasets.Image()`; every other column of the source is kept as it is (reward plug-ins receive
@@ -15,16 +15,19 @@ import io
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from accelerate import PartialState
 from datasets import Dataset, DatasetDict, Features, Image, List, Value, load_dataset, load_from_disk
 from PIL import Image as PILImage
 
-from .processing_tippo import TIPPoProcessor, open_image
+from .demo_data import make_demo_dataset
+
+
+if TYPE_CHECKING:
+    from .script_arguments import TIPPoScriptArguments
 
 
 logger = logging.getLogger(__name__)
@@ -95,6 +98,29 @@ def _finish(
     if missing:  # JSONL extras: their types as datasets infers them
         features.update(Dataset.from_list([{name: row[name] for name in missing} for row in rows]).features)
     return Dataset.from_list(rows, features=features)
+
+
+def _keep_or_count(
+    rows: list[dict],
+    problems: Counter,
+    clean: dict | None,
+    problem: str | None,
+    default_id: str,
+    where: str,
+    on_error: str,
+) -> None:
+    """What a loader does with a row `validate_row` checked: a good one joins `rows` (`default_id` if it has none);
+    a bad one raises `DataValidationError` naming `where` (`on_error="raise"`), or is counted by kind in `problems`
+    (`"skip"`)."""
+    if problem is None:
+        clean["id"] = clean["id"] or default_id
+        rows.append(clean)
+        return
+    message = f"{where}: {problem}"
+    if on_error == "raise":
+        raise DataValidationError(message)
+    logger.debug(message)
+    problems[problem.split(":")[0]] += 1
 
 
 def _check_on_error(on_error: str) -> None:
@@ -228,15 +254,9 @@ def load_artmuse(
                     clean, problem = None, f"row: not valid JSON ({error.msg}, column {error.colno})"
                 else:
                     clean, problem = validate_row(row, image_root, max_images, allow_empty_title, require_reference)
-            if problem is None:
-                clean["id"] = clean["id"] or f"{path.stem}-{line_number}"
-                rows.append(clean)
-                continue
-            message = f"{path}, line {line_number}: {problem}"
-            if on_error == "raise":
-                raise DataValidationError(message)
-            logger.debug(message)
-            problems[problem.split(":")[0]] += 1
+            _keep_or_count(
+                rows, problems, clean, problem, f"{path.stem}-{line_number}", f"{path}, line {line_number}", on_error
+            )
     return _finish(rows, problems, str(path), on_error)
 
 
@@ -343,15 +363,7 @@ def load_hf_dataset(
     rows, problems = [], Counter()
     for index, row in enumerate(dataset):
         clean, problem = validate_row(row, image_root, max_images, allow_empty_title, require_reference, columns)
-        if problem is None:
-            clean["id"] = clean["id"] or f"{split}-{index}"
-            rows.append(clean)
-            continue
-        message = f"{source}, row {index}: {problem}"
-        if on_error == "raise":
-            raise DataValidationError(message)
-        logger.debug(message)
-        problems[problem.split(":")[0]] += 1
+        _keep_or_count(rows, problems, clean, problem, f"{split}-{index}", f"{source}, row {index}", on_error)
     return _finish(rows, problems, source, on_error, Features(extra_features))
 
 
@@ -427,124 +439,54 @@ def check_dataset_columns(dataset: Dataset, what: str, require_reference: bool =
             )
 
 
-class TIPPoDataCollator:
-    """Rows of a TIPPo dataset → a model batch.
-
-    Rows carrying cached frozen features (`image_features`, `title_features`; see `feature_cache`) skip the
-    image processor; otherwise images are processed here. The batch also carries the raw `references`,
-    `titles` and `ids` (lists, not tensors) for trainers that score generations.
-    """
-
-    def __init__(self, processor: TIPPoProcessor, with_labels: bool = True):
-        self.processor = processor
-        self.with_labels = with_labels
-        self._truncated_ids: set[str] = set()  # samples whose reference was cut, already reported
-
-    def __call__(self, rows: Sequence[dict]) -> dict[str, Any]:
-        if self.with_labels:
-            self.check_references(rows)
-        references = [row.get("reference", "") for row in rows]
-        if "image_features" in rows[0]:
-            batch = self.stack_features(rows)
-        else:
-            for row in rows:
-                if not 1 <= len(row["images"]) <= self.processor.max_images:
-                    raise DataValidationError(
-                        f"sample '{row.get('id')}': field 'images' has {len(row['images'])} images; "
-                        f"TIPPo takes 1 to {self.processor.max_images}"
-                    )
-            images = [[self.decode(row, image) for image in row["images"]] for row in rows]
-            pixel_values, image_mask = self.processor.images_to_pixels(images)
-            batch = {"pixel_values": pixel_values, "image_mask": image_mask}
-            batch.update(self.processor.tokenize_titles([row["title"] for row in rows]))
-        if self.processor.causal_lm:  # the decoder's prompt tokens: never cached (φ does not read them)
-            batch.update(self.processor.tokenize_prompts([row["title"] for row in rows]))
-        if self.with_labels:
-            batch["labels"] = self.processor.tokenize_references(references)
-            self.warn_about_cut_references(rows, batch["labels"])
-        batch["references"] = references
-        batch["titles"] = [row["title"] for row in rows]
-        batch["ids"] = [row.get("id", "") for row in rows]
-        return batch
-
-    @staticmethod
-    def check_references(rows: Sequence[dict]) -> None:
-        """Training targets must exist: a dataset whose target column has another name (`text`, `caption`) would
-        otherwise train on empty labels."""
-        for row in rows:
-            reference = row.get("reference")
-            if not isinstance(reference, str) or not reference.strip():
-                problem = (
-                    "has no column 'reference'"
-                    if "reference" not in row
-                    else f"has an empty 'reference' ({reference!r})"
-                )
-                raise DataValidationError(
-                    f"sample '{row.get('id', '')}' {problem}, the target text (its columns: {', '.join(row)}); name the "
-                    "target column 'reference' (dataset.rename_column('text', 'reference')), or load the dataset with "
-                    "tippo_rl.data.load_hf_dataset(..., columns=ColumnNames(reference='text')) (--reference_column text)"
-                )
-
-    def warn_about_cut_references(self, rows: Sequence[dict], labels: torch.Tensor) -> None:
-        """Warn once per sample whose reference is longer than `max_target_length` tokens (the labels keep its start)."""
-        limit = self.processor.max_target_length
-        if labels.shape[1] < limit:
-            return
-        for row, row_labels in zip(rows, labels):
-            sample = str(row.get("id", ""))
-            if row_labels[-1] == -100 or sample in self._truncated_ids:
-                continue
-            length = len(self.processor.tokenizer(row.get("reference", ""), truncation=False)["input_ids"])
-            if length > limit:
-                self._truncated_ids.add(sample)
-                logger.warning(
-                    "sample '%s': reference has %d tokens (%d characters); trained on its first %d (max_target_length in "
-                    "the processor's %s)",
-                    sample,
-                    length,
-                    len(row.get("reference", "")),
-                    limit,
-                    "tippo_processor_config.json",
-                )
-
-    @staticmethod
-    def decode(row: dict, image: Any) -> PILImage.Image:
-        """One image of a row (PIL, path or undecoded `{path, bytes}`), decoded at a bounded size; an image that fails
-        to decode (changed on disk since validation) is named with its sample."""
+def load_datasets(
+    args: TIPPoScriptArguments, max_images: int = 5, require_reference: bool = True
+) -> tuple[Dataset, Dataset | None]:
+    """(train, eval) datasets as the script arguments describe them. `require_reference=False` (PPO with rewards that
+    need no target) accepts training rows without a reference; evaluation rows always need one."""
+    if args.dataset == "hf":
+        columns = ColumnNames(title=args.title_column, images=args.images_column, reference=args.reference_column)
+        options = dict(
+            config=args.dataset_config,
+            columns=columns,
+            image_root=args.image_root,
+            max_images=max_images,
+            allow_empty_title=args.allow_empty_title,
+            on_error=args.on_bad_rows,
+        )
+        train = load_hf_dataset(
+            args.dataset_name, args.dataset_train_split, require_reference=require_reference, **options
+        )
         try:
-            return open_image(image)
-        except Exception as error:  # PIL raises many types for corrupt files
-            name = image.get("path") if isinstance(image, dict) else getattr(image, "filename", image)
-            raise DataValidationError(
-                f"sample '{row.get('id')}': image '{name}' cannot be decoded: {error}"
-            ) from error
-
-    @staticmethod
-    def stack_features(rows: Sequence[dict]) -> dict[str, torch.Tensor]:
-        """Cached rows → image_features `(batch, N, d_φ)` zero-padded, image_mask, title_features `(batch, d_φ)`."""
-        per_sample = [torch.as_tensor(row["image_features"], dtype=torch.float32) for row in rows]
-        n_images = max(features.shape[0] for features in per_sample)
-        image_features = per_sample[0].new_zeros(len(rows), n_images, per_sample[0].shape[-1])
-        image_mask = torch.zeros(len(rows), n_images, dtype=torch.bool)
-        for index, features in enumerate(per_sample):
-            image_features[index, : features.shape[0]] = features
-            image_mask[index, : features.shape[0]] = True
-        title_features = torch.stack([torch.as_tensor(row["title_features"], dtype=torch.float32) for row in rows])
-        return {"image_features": image_features, "image_mask": image_mask, "title_features": title_features}
-
-
-MODEL_INPUT_NAMES = (
-    "pixel_values",
-    "image_mask",
-    "title_input_ids",
-    "title_attention_mask",
-    "image_features",
-    "title_features",
-    "prompt_input_ids",
-    "prompt_attention_mask",
-)
-
-
-def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The part of a collated batch that `TIPPoModel.forward/generate` take (no labels, no raw strings)."""
-    return {name: batch[name] for name in MODEL_INPUT_NAMES if name in batch}
+            evaluation = load_hf_dataset(args.dataset_name, args.dataset_test_split, **options)
+        except DataValidationError as error:
+            if "has no split" not in str(error):
+                raise
+            logger.info("%s: no evaluation split", error)
+            evaluation = None
+    elif args.dataset == "demo":
+        with PartialState().main_process_first():  # one process writes the files, the others then reuse them
+            folder = make_demo_dataset(
+                args.demo_dir,
+                num_train=args.demo_num_train,
+                num_test=args.demo_num_test,
+                lang=args.demo_lang,
+                max_images=max_images,
+            )
+        train, evaluation = load_artmuse(folder / "train.jsonl"), load_artmuse(folder / "test.jsonl")
+    elif args.dataset == "artmuse":
+        options = dict(allow_empty_title=args.allow_empty_title, on_error=args.on_bad_rows)
+        train = load_artmuse(
+            args.train_file, args.image_root, max_images, require_reference=require_reference, **options
+        )
+        evaluation = load_artmuse(args.eval_file, args.image_root, max_images, **options) if args.eval_file else None
+    else:
+        train = load_coco_captions(args.coco_train_annotations, args.coco_image_dir, "caption", args.on_bad_rows)
+        evaluation = (
+            load_coco_captions(args.coco_eval_annotations, args.coco_image_dir, "image", args.on_bad_rows)
+            if args.coco_eval_annotations
+            else None
+        )
+    if evaluation is not None and args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    return train, evaluation

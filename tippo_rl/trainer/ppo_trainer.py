@@ -42,7 +42,8 @@ from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from ..checkpoints import CheckpointError
-from ..data import MODEL_INPUT_NAMES, TIPPoDataCollator, check_dataset_columns, model_inputs
+from ..data import check_dataset_columns
+from ..data_collator import MODEL_INPUT_NAMES, TIPPoDataCollator, model_inputs
 from ..generation import generation_config
 from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor

@@ -6,7 +6,8 @@ import torch
 from datasets import Dataset
 from trl import SFTTrainer
 
-from ..data import TIPPoDataCollator, check_dataset_columns
+from ..data import check_dataset_columns
+from ..data_collator import TIPPoDataCollator
 from ..modeling_tippo import TIPPoModel, prototype_contrastive_loss
 from ..processing_tippo import TIPPoProcessor
 from .generation_eval import GenerationEvalMixin
@@ -26,7 +27,7 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
         args: [`TIPPoSFTConfig`].
         processor: the model's [`TIPPoProcessor`]; the Trainer saves it with every checkpoint.
         train_dataset / eval_dataset: TIPPo datasets (`tippo_rl.data.load_artmuse`, `load_coco_captions`).
-        peft_config: optional `peft.LoraConfig` (see `tippo_rl.recipe_args.lora_config`).
+        peft_config: optional `peft.LoraConfig` (see `tippo_rl.lora.lora_config`).
     """
 
     _tag_names = ["trl", "sft", "tippo", "multimodal"]

@@ -1,0 +1,190 @@
+"""The recipes' command line, as TRL's `trl/scripts/utils.py` has it: `TIPPoScriptArguments` (which data a recipe
+trains and evaluates on) and `TIPPoParser`, TRL's parser whose mistakes end a run with one line naming the file, line
+or option."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from trl import TrlParser
+
+from .checkpoints import CheckpointError
+from .data import DataValidationError
+
+
+logger = logging.getLogger(__name__)
+
+DATASET_KINDS = ("demo", "artmuse", "cococn", "hf")  # hf: a Hugging Face dataset, --dataset_name
+# Options of which a run takes one: given one on the command line, the YAML's other one gives way.
+EXCLUSIVE_OPTIONS = (("total_iterations", "max_steps"), ("generation_batch_size", "steps_per_generation"))
+
+# Errors about what the user gave (files, rows, checkpoints, options): one line, no traceback.
+INPUT_ERRORS = (DataValidationError, CheckpointError, FileNotFoundError)
+
+
+class TIPPoParser(TrlParser):
+    """TRL's parser whose mistakes in the config or on the command line end the run with one line naming the file,
+    line or option (argparse's `error:` and exit status 2), never a traceback."""
+
+    def parse_args_and_config(self, args=None, **kwargs):
+        args = list(args) if args is not None else sys.argv[1:]
+        if "--config" in args and args.index("--config") + 1 < len(args):
+            check_yaml_config(args[args.index("--config") + 1], self.error)
+        self._command_line_options = {arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--")}
+        try:
+            return super().parse_args_and_config(args=args, **kwargs)
+        except ValueError as error:  # a dataclass's __post_init__ refusing a value: its message names the option
+            self.error(str(error))
+
+    def set_defaults_with_config(self, **config):
+        # Of two exclusive options (the run's length: total_iterations or max_steps), the one on the command line wins
+        # over the other one in the YAML, as any command-line value wins over the YAML's.
+        given = getattr(self, "_command_line_options", set())
+        for first, second in EXCLUSIVE_OPTIONS:
+            for on_command_line, in_yaml in ((first, second), (second, first)):
+                if on_command_line in given and in_yaml in config and in_yaml not in given:
+                    logger.info(
+                        "--%s on the command line replaces the config's %s: %s",
+                        on_command_line,
+                        in_yaml,
+                        config[in_yaml],
+                    )
+                    del config[in_yaml]
+        return super().set_defaults_with_config(**config)
+
+    @contextlib.contextmanager
+    def reporting_input_errors(self):
+        """Around a recipe's `main`: a bad input file, row or checkpoint ends the run with its one-line message."""
+        try:
+            yield
+        except INPUT_ERRORS as error:
+            self.exit(2, f"{self.prog}: error: {error}\n")
+
+
+def check_yaml_config(path: str, error) -> None:
+    """Call `error(message)` unless `path` is a readable YAML mapping; the message names the line and column."""
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig"))
+    except (FileNotFoundError, IsADirectoryError):
+        error(f"--config '{path}': no such file")
+    except UnicodeDecodeError as problem:
+        error(f"--config '{path}': not UTF-8 text (byte offset {problem.start})")
+    except yaml.YAMLError as problem:
+        mark = getattr(problem, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        error(f"--config '{path}': not valid YAML: {where}{getattr(problem, 'problem', None) or problem}")
+    else:
+        if not isinstance(config, dict):
+            error(f"--config '{path}': expected a YAML mapping of option: value, got {type(config).__name__}")
+
+
+@dataclass
+class TIPPoScriptArguments:
+    """Which data a recipe trains and evaluates on: `--dataset_name` (any Hugging Face dataset, as in TRL's
+    `ScriptArguments`), or one of the project's formats (`--dataset demo|artmuse|cococn`)."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Hugging Face dataset: a hub id, a save_to_disk folder, a .json/.jsonl/.parquet/.csv file or a folder load_dataset reads (e.g. an imagefolder with metadata.jsonl). Takes the place of --dataset."
+        },
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "--dataset_name: its configuration (load_dataset's `name`)."}
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "--dataset_name: the split to train on."})
+    dataset_test_split: str = field(
+        default="test", metadata={"help": "--dataset_name: the split to evaluate on (none if the dataset lacks it)."}
+    )
+    title_column: str = field(
+        default="title", metadata={"help": "--dataset_name: the column holding the title (a string)."}
+    )
+    images_column: str = field(
+        default="images",
+        metadata={
+            "help": "--dataset_name: the column holding the images (an Image, a list of Images, a path or a list of paths; `image` in an imagefolder)."
+        },
+    )
+    reference_column: str = field(
+        default="reference", metadata={"help": "--dataset_name: the column holding the target text."}
+    )
+    dataset: str = field(
+        default="demo",
+        metadata={
+            "help": "`demo` (the embedded default, generated on the fly), `artmuse` (JSONL) or `cococn` (COCO captions JSON); ignored with --dataset_name."
+        },
+    )
+    train_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "artmuse: training JSONL ({title, images, reference} rows; other fields reach reward plug-ins)."
+        },
+    )
+    eval_file: str | None = field(default=None, metadata={"help": "artmuse: evaluation JSONL."})
+    image_root: str | None = field(
+        default=None,
+        metadata={
+            "help": "artmuse, --dataset_name: folder relative image paths start from (default: the JSONL's or the dataset's folder)."
+        },
+    )
+    coco_train_annotations: str | None = field(default=None, metadata={"help": "cococn: training captions JSON."})
+    coco_eval_annotations: str | None = field(default=None, metadata={"help": "cococn: evaluation captions JSON."})
+    coco_image_dir: str | None = field(default=None, metadata={"help": "cococn: the image folder."})
+    demo_dir: str = field(
+        default="outputs/demo_data", metadata={"help": "demo: where the generated dataset is written."}
+    )
+    demo_lang: str = field(default="en", metadata={"help": "demo: `en` or `zh` texts."})
+    demo_num_train: int = field(default=400, metadata={"help": "demo: training samples."})
+    demo_num_test: int = field(default=300, metadata={"help": "demo: held-out samples."})
+    on_bad_rows: str = field(
+        default="raise", metadata={"help": "`raise` at the first bad row, or `skip` bad rows with a counted warning."}
+    )
+    allow_empty_title: bool = field(
+        default=False,
+        metadata={
+            "help": "artmuse, --dataset_name: accept rows with an empty title, or no title column (captioning data)."
+        },
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep at most this many evaluation samples."})
+
+    @property
+    def dataset_id(self) -> str:
+        """What the data is called on the hub and in model cards: `--dataset_name`, else the project format's name."""
+        return self.dataset_name or self.dataset
+
+    def __post_init__(self):
+        if self.dataset_name is not None:
+            self.dataset = "hf"  # the YAML's `dataset: demo` gives way to a --dataset_name on the command line
+        elif self.dataset == "hf":
+            raise ValueError("--dataset hf reads a Hugging Face dataset: set --dataset_name")
+        if self.dataset not in DATASET_KINDS:
+            raise ValueError(f"--dataset must be one of {', '.join(DATASET_KINDS)}; got {self.dataset!r}")
+        if self.on_bad_rows not in ("raise", "skip"):
+            raise ValueError(f"--on_bad_rows must be 'raise' or 'skip'; got {self.on_bad_rows!r}")
+        if self.demo_lang not in ("en", "zh"):
+            raise ValueError(f"--demo_lang must be 'en' or 'zh'; got {self.demo_lang!r}")
+        if self.dataset == "hf":
+            return  # load_datasets checks the dataset itself (splits, columns, rows)
+        required = {
+            "artmuse": ["train_file"],
+            "cococn": ["coco_train_annotations", "coco_image_dir"],
+        }.get(self.dataset, [])
+        for name in required:
+            if getattr(self, name) is None:
+                raise ValueError(f"--{name} is required with --dataset {self.dataset}")
+        for name in (
+            "train_file",
+            "eval_file",
+            "coco_train_annotations",
+            "coco_eval_annotations",
+            "coco_image_dir",
+            "image_root",
+        ):
+            value = getattr(self, name)
+            if value is not None and not Path(value).exists():
+                raise ValueError(f"--{name} {value!r} does not exist")
