@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from common import machine_info, write_json  # noqa: E402
 
-from tippo_rl.trainer.ppo_trainer import ReturnStatistics  # noqa: E402
+from tippo_rl.trainer.ppo_math import ReturnStatistics  # noqa: E402
 
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -17,7 +17,8 @@ from tippo_rl import load_artmuse
 from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments
 from tippo_rl.rewards import bundled_minilm_path
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
-from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer, ReturnStatistics
+from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
+from tippo_rl.trainer.ppo_math import ReturnStatistics
 from tippo_rl.trainer.ppo_trainer import PPOTrainer
 
 

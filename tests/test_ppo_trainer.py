@@ -19,9 +19,7 @@ from tippo_rl.checkpoints import CheckpointError
 from tippo_rl.data import model_inputs
 from tippo_rl.recipe_args import TIPPoModelConfig, TIPPoScriptArguments, apply_lora
 from tippo_rl.trainer.ppo_config import PPOConfig
-from tippo_rl.trainer.ppo_trainer import (
-    PolicyAndValueModel,
-    PPOTrainer,
+from tippo_rl.trainer.ppo_math import (
     clipped_surrogate_loss,
     clipped_value_loss,
     completion_mask,
@@ -31,6 +29,8 @@ from tippo_rl.trainer.ppo_trainer import (
     kl_penalty,
     leave_one_out_advantages,
 )
+from tippo_rl.trainer.ppo_trainer import PPOTrainer
+from tippo_rl.trainer.value_head import PolicyAndValueModel
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -717,7 +717,7 @@ def test_the_progress_bar_counts_iterations(
 ):
     from transformers.trainer_callback import ProgressCallback
 
-    from tippo_rl.trainer.ppo_trainer import IterationProgressCallback
+    from tippo_rl.trainer.callbacks import IterationProgressCallback
 
     trainer = make_trainer(
         tmp_path,

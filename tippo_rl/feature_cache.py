@@ -3,7 +3,8 @@
 `cache_frozen_features` adds `image_features` (N_i × d_φ per row) and `title_features` (d_φ) columns with
 `datasets.Dataset.map`. The cache file's name is a fingerprint of the dataset, the image files' sizes and
 modification times, the encoder's weights and the processor's settings, so changing any of them computes
-the features again instead of reusing stale ones.
+the features again instead of reusing stale ones. `cache_features_for_training` is what the trainers call: the cache
+when `use_feature_cache` is on and φ frozen, the images left undecoded otherwise.
 """
 
 from __future__ import annotations
@@ -136,3 +137,17 @@ def _cache_frozen_features(
         model.train(was_training)
     # The features replace the pixels: rows stop decoding their images (the paths stay, for rewards and reports).
     return undecoded_images(cached)
+
+
+def cache_features_for_training(args, tippo: TIPPoModel, processor: TIPPoProcessor, *datasets):
+    """`datasets` with cached frozen-encoder features when `args.use_feature_cache` and φ is frozen (else unchanged;
+    None stays None). `tippo` is the unwrapped model. Every process reads the same cache file; the main process writes
+    it first."""
+    if not (args.use_feature_cache and tippo.config.freeze_encoder):
+        # The collator decodes the images itself, at a bounded size (see `processing_tippo.load_image`).
+        return tuple(None if dataset is None else undecoded_images(dataset) for dataset in datasets)
+    with args.main_process_first(desc="caching frozen encoder features"):
+        return tuple(
+            None if dataset is None else cache_frozen_features(dataset, tippo, processor, args.feature_cache_dir)
+            for dataset in datasets
+        )

@@ -24,7 +24,7 @@ from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import LiteralReward, load_reward
 from .polishppo_config import PolishPPOConfig
-from .ppo_trainer import PPOTrainer, ReturnStatistics  # noqa: F401  (ReturnStatistics: where it was first defined)
+from .ppo_trainer import PPOTrainer
 
 
 LITERAL, SEMANTIC = "literal", "semantic"

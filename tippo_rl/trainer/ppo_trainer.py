@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import warnings
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,289 +37,41 @@ from datasets import Dataset
 from torch import nn
 from transformers import GenerationConfig, Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
-from transformers.utils import logging as hf_logging
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from ..checkpoints import CheckpointError
-from ..data import MODEL_INPUT_NAMES, TIPPoDataCollator, check_dataset_columns, model_inputs
+from ..data import MODEL_INPUT_NAMES, check_dataset_columns, model_inputs
+from ..feature_cache import cache_features_for_training
 from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import load_reward, reward_name, score_rewards
+from .callbacks import IterationProgressCallback
+from .daa_schedule import daa_lambda1_at
 from .generation_eval import GenerationEvalMixin
+from .model_wrappers import unwrap_tippo
 from .ppo_config import PPOConfig
-from .utils import (
-    EpochSeededRepeatSampler,
-    StepMetrics,
-    TIPPoSavingMixin,
-    cache_features_for_training,
-    daa_lambda1_at,
-    unwrap_tippo,
+from .ppo_math import (
+    ReturnStatistics,
+    clipped_surrogate_loss,
+    clipped_value_loss,
+    completion_mask,
+    generalized_advantage_estimation,
+    greedy_baseline_advantages,
+    group_advantages,
+    kl_penalty,
+    leave_one_out_advantages,
+    masked_mean,
 )
+from .rollout_batches import EpochSeededRepeatSampler, PPODataCollator
+from .saving import TIPPoSavingMixin
+from .step_metrics import StepMetrics
+from .value_head import VALUE_HEAD_NAME, PolicyAndValueModel
 
 
 logger = logging.getLogger(__name__)
 
 PPO_STATE_NAME = "ppo_state.json"
-VALUE_HEAD_NAME = "value_head.safetensors"
-FEATURE_COLUMNS = ("image_features", "title_features")
-
-
-# ----------------------------------------------------------------------------------------------------- the math
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `values` over the positions where `mask` is 1 (0 when the mask is empty)."""
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
-def clipped_surrogate_loss(
-    logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's clipped policy loss per token, averaged over the completion tokens.
-
-    Args:
-        logps, old_logps, advantages, mask: `(batch, T)`; `mask` is 1 on completion tokens.
-        cliprange: ε.
-    Returns:
-        (loss, clip fraction, ratio), the first two scalars, ratio `(batch, T)`.
-    """
-    ratio = torch.exp(logps - old_logps)  # r_t(θ) = π_θ(y_t) / π_θ_old(y_t)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
-    losses = torch.max(unclipped, clipped)  # −L^CLIP, PPO Eq. 7
-    return masked_mean(losses, mask), masked_mean((clipped > unclipped).float(), mask), ratio
-
-
-def kl_penalty(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
-    """Per-token estimate of KL(π_θ ‖ π_ref) from the sampled tokens' log-probs, `(batch, T)`."""
-    log_ratio = ref_logps - logps  # log π_ref − log π_θ
-    if estimator == "k1":
-        return -log_ratio  # k1
-    return torch.exp(log_ratio) - log_ratio - 1  # k3
-
-
-def clipped_value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, cliprange_value: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped value loss ½·max((V − R)², (V_clip − R)²), averaged over completion tokens; and its clip fraction."""
-    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
-    unclipped_error, clipped_error = (values - targets) ** 2, (clipped_values - targets) ** 2
-    losses = 0.5 * torch.max(unclipped_error, clipped_error)
-    return masked_mean(losses, mask), masked_mean((clipped_error > unclipped_error).float(), mask)
-
-
-def generalized_advantage_estimation(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-) -> torch.Tensor:
-    """GAE over the tokens of each completion. `rewards`, `values`, `mask`: `(batch, T)`; the mask is a prefix (the
-    completion, EOS included). The value after the last token is 0 (the episode ends). Returns `(batch, T)`."""
-    values = values * mask
-    advantages = torch.zeros_like(values)
-    running = torch.zeros_like(values[:, 0])
-    for t in reversed(range(values.shape[1])):
-        next_value = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(running)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]  # δ_t = r_t + γ·V(s_{t+1}) − V(s_t), PPO Eq. 12
-        running = delta + gamma * lam * running  # Â_t = δ_t + γλ·Â_{t+1}, PPO Eq. 11 (recursive form)
-        advantages[:, t] = running
-    return advantages * mask
-
-
-def group_advantages(returns: torch.Tensor, k: int, epsilon: float = 1e-8) -> torch.Tensor:
-    """GRPO's per-prompt normalisation. `returns` `(batch,)` holds k consecutive completions per prompt; the std is
-    the unbiased one over the prompt's k returns (as TRL's GRPOTrainer). Returns `(batch,)`."""
-    G = returns.view(-1, k)  # (prompts, k)
-    return (
-        (G - G.mean(1, keepdim=True)) / (G.std(1, keepdim=True) + epsilon)
-    ).flatten()  # Â_ij = (G_ij − mean_i) / (std_i + ε)
-
-
-def leave_one_out_advantages(returns: torch.Tensor, k: int) -> torch.Tensor:
-    """RLOO (Kool et al. 2019; Ahmadian et al. 2024): the baseline of each completion is the mean return of the other
-    k − 1 completions of its prompt. `returns` `(batch,)`, k consecutive per prompt. Returns `(batch,)`."""
-    G = returns.view(-1, k)
-    baseline = (G.sum(1, keepdim=True) - G) / (k - 1)  # b_ij = Σ_{l≠j} G_il / (k − 1)
-    return (G - baseline).flatten()  # Â_ij = G_ij − b_ij
-
-
-def greedy_baseline_advantages(returns: torch.Tensor, greedy_returns: torch.Tensor, k: int) -> torch.Tensor:
-    """SCST (Rennie et al. 2017): the baseline is the return of the policy's greedy decode of the same prompt.
-    `returns` `(batch,)` (k consecutive per prompt), `greedy_returns` `(batch / k,)`. Returns `(batch,)`."""
-    return returns - greedy_returns.repeat_interleave(k)  # Â_ij = G(y_ij) − G(ŷ_i)
-
-
-def _merge(a: tuple[int, float, float], b: tuple[int, float, float]) -> tuple[int, float, float]:
-    """Combine (count, mean, sum of squared deviations) of two sets of numbers (Chan et al.'s parallel update)."""
-    (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
-    n = n_a + n_b
-    if n == 0:
-        return 0, 0.0, 0.0
-    delta = mean_b - mean_a
-    return n, mean_a + delta * n_b / n, m2_a + m2_b + delta * delta * n_a * n_b / n
-
-
-class ReturnStatistics:
-    """μ_m and δ_m of Eq. 6: mean and (population) standard deviation of the returns of the last `window` iterations,
-    or of all iterations so far when `window` is None (paper-literal).
-
-    Each iteration is kept as (count, mean, M2) in float64 and windows are merged exactly, so the statistics neither
-    drift nor lose precision over a 20K-iteration run.
-    """
-
-    def __init__(self, window: int | None = None):
-        self.window = window
-        self.iterations: deque[tuple[int, float, float]] = deque(maxlen=window)  # used when window is set
-        self.total: tuple[int, float, float] = (0, 0.0, 0.0)  # used when window is None
-
-    def update(self, returns: torch.Tensor) -> None:
-        """Add one iteration's returns `(n,)` (all processes' returns, so every process holds the same statistics)."""
-        values = returns.detach().double().flatten()
-        mean = values.mean().item()
-        stats = (len(values), mean, ((values - mean) ** 2).sum().item())
-        if self.window is None:
-            self.total = _merge(self.total, stats)
-        else:
-            self.iterations.append(stats)
-
-    def _merged(self) -> tuple[int, float, float]:
-        if self.window is None:
-            return self.total
-        merged = (0, 0.0, 0.0)
-        for stats in self.iterations:
-            merged = _merge(merged, stats)
-        return merged
-
-    @property
-    def mean(self) -> float:
-        return self._merged()[1]
-
-    @property
-    def std(self) -> float:
-        count, _, m2 = self._merged()
-        return math.sqrt(max(m2, 0.0) / count) if count else 0.0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"window": self.window, "iterations": [list(s) for s in self.iterations], "total": list(self.total)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["window"] != self.window:
-            raise ValueError(
-                f"the checkpoint's advantage_window is {state['window']}, this run's is {self.window}: the running "
-                "statistics of Eq. 6 cannot be carried over; resume with the same advantage_window"
-            )
-        self.iterations = deque((tuple(s) for s in state["iterations"]), maxlen=self.window)
-        self.total = tuple(state["total"])
-
-
-def completion_mask(completion_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 on each completion's tokens up to and including its first EOS (all tokens if it has none): `(batch, T)`."""
-    is_eos = completion_ids == eos_token_id
-    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion_ids.shape[1])
-    return (torch.arange(completion_ids.shape[1], device=completion_ids.device)[None] <= first_eos[:, None]).long()
-
-
-# ----------------------------------------------------------------------------------------------------- the pieces
-
-
-class ValueHead(nn.Linear):
-    """V(s_t) = w·h_t + b + c `(batch, T)` from hidden states `(batch, T, d)`. w and b start at 0 (no value noise in the
-    first advantages); c is a buffer, not a weight, that `value_head_init: mean_return` sets to the first rollout
-    batch's mean return: V then starts at the return's mean everywhere, instead of 0, which would take Adam thousands
-    of lr-sized steps to reach and meanwhile make GAE's advantages depend on the token's position."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__(hidden_size, 1)
-        nn.init.zeros_(self.weight)
-        nn.init.zeros_(self.bias)
-        self.register_buffer("offset", torch.zeros(1), persistent=True)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return super().forward(hidden).squeeze(-1) + self.offset
-
-
-class PolicyAndValueModel(nn.Module):
-    """The policy and a value head V(s_t) = w·h_t + b on its decoder's last hidden states, as one module: DDP and
-    DeepSpeed then synchronise both and one optimizer steps both.
-
-    `forward` takes the policy's inputs and returns `(outputs, values)`, values `(batch, T)`. Checkpoints hold the
-    policy as a loadable TIPPo model plus `value_head.safetensors` (see `PPOTrainer._save`).
-    """
-
-    def __init__(self, policy: nn.Module, hidden_size: int):
-        super().__init__()
-        self.policy = policy
-        self.value_head = ValueHead(hidden_size)
-        self.value_only = False  # critic warm-up: the value loss does not reach the policy's weights
-
-    def forward(self, **inputs):
-        outputs = self.policy(**inputs, output_hidden_states=True)
-        # T5's decoder states, or a causal decoder's at the completion positions (`TIPPoCausalLMOutput`).
-        hidden = (outputs.decoder_hidden_states if self.config.is_encoder_decoder else outputs.hidden_states)[-1]
-        if self.value_only:
-            hidden = hidden.detach()
-        return outputs, self.value_head(hidden.to(self.value_head.weight.dtype))
-
-    # What the Trainer and TRL's generation helpers ask of a model.
-    @property
-    def config(self):
-        return self.policy.config
-
-    @property
-    def is_activation_checkpointing(self) -> bool:
-        return self.policy.is_activation_checkpointing
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:  # the old name, which TRL 1.16 still reads
-        return self.policy.is_activation_checkpointing
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
-
-    def gradient_checkpointing_disable(self):
-        self.policy.gradient_checkpointing_disable()
-
-
-class IterationProgressCallback(ProgressCallback):
-    """The training progress bar in PPO iterations (a rollout batch and its PPO epochs), not in optimizer steps, which
-    are `num_ppo_epochs · steps_per_generation / gradient_accumulation_steps` times as many."""
-
-    def __init__(self, steps_per_iteration: float):
-        super().__init__()
-        self.steps_per_iteration = steps_per_iteration
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            total = max(math.ceil(state.max_steps / self.steps_per_iteration), 1)
-            self.training_bar = hf_logging.tqdm(total=total, unit="iteration", desc="PPO", dynamic_ncols=True)
-            self.training_bar.update(int(state.global_step // self.steps_per_iteration))  # resumed: iterations done
-        self.current_step = 0
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            done = min(int(state.global_step // self.steps_per_iteration), self.training_bar.total)
-            self.training_bar.update(done - self.training_bar.n)
-
-
-class PPODataCollator:
-    """Rows → the model inputs of `TIPPoDataCollator` plus `columns`: every other dataset column as a list, for the
-    reward plug-ins (`reference`, `references`, `title`, `images`, `id`, and any extra column). Images whose pixels
-    were replaced by cached features are passed as their file paths."""
-
-    def __init__(self, processor: TIPPoProcessor):
-        self.collator = TIPPoDataCollator(processor, with_labels=False)
-
-    def __call__(self, rows: Sequence[dict]) -> dict[str, Any]:
-        batch = model_inputs(self.collator(rows))
-        columns = {name: [row[name] for row in rows] for name in rows[0] if name not in FEATURE_COLUMNS}
-        if "images" in columns:
-            columns["images"] = [[_image_or_path(image) for image in images] for images in columns["images"]]
-        return {**batch, "columns": columns}
-
-
-def _image_or_path(image: Any) -> Any:
-    if isinstance(image, dict) and image.get("path"):  # an undecoded datasets.Image
-        return image["path"]
-    return image
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -909,7 +661,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
                 "PPOTrainer.evaluate needs an eval dataset: pass eval_dataset to the trainer or to evaluate()"
             )
         if eval_dataset is not None:
-            (dataset,) = cache_features_for_training(self.args, self.model, self.processor, dataset)
+            (dataset,) = cache_features_for_training(self.args, unwrap_tippo(self.model), self.processor, dataset)
         was_training = self.model.training
         self.model.eval()  # log() then keeps the training metrics for the next training log
         try:

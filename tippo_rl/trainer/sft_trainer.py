@@ -7,11 +7,15 @@ from datasets import Dataset
 from trl import SFTTrainer
 
 from ..data import TIPPoDataCollator, check_dataset_columns
+from ..feature_cache import cache_features_for_training
 from ..modeling_tippo import TIPPoModel, prototype_contrastive_loss
 from ..processing_tippo import TIPPoProcessor
+from .daa_schedule import daa_lambda1_at
 from .generation_eval import GenerationEvalMixin
+from .model_wrappers import unwrap_tippo
+from .saving import TIPPoSavingMixin
 from .sft_config import TIPPoSFTConfig
-from .utils import StepMetrics, TIPPoSavingMixin, cache_features_for_training, daa_lambda1_at, unwrap_tippo
+from .step_metrics import StepMetrics
 
 
 class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
@@ -51,7 +55,9 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
         check_dataset_columns(train_dataset, "train_dataset")
         if eval_dataset is not None:
             check_dataset_columns(eval_dataset, "eval_dataset")
-        train_dataset, eval_dataset = cache_features_for_training(args, model, processor, train_dataset, eval_dataset)
+        train_dataset, eval_dataset = cache_features_for_training(
+            args, unwrap_tippo(model), processor, train_dataset, eval_dataset
+        )
         super().__init__(
             model=model,
             args=args,
