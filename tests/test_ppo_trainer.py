@@ -28,6 +28,7 @@ from tippo_rl.trainer.ppo_math import (
     group_advantages,
     kl_penalty,
     leave_one_out_advantages,
+    masked_global_mean_std,
 )
 from tippo_rl.trainer.ppo_trainer import PPOTrainer
 from tippo_rl.trainer.value_head import PolicyAndValueModel
@@ -620,6 +621,56 @@ def test_value_head_starts_at_the_first_batchs_mean_return_so_advantages_follow_
     assert offset == pytest.approx(R.mean().item(), abs=1e-6)  # c is the batch's mean return
     signs = torch.sign(experience["advantages"]) * experience["completion_mask"]
     torch.testing.assert_close(signs, torch.sign(R - offset)[:, None] * experience["completion_mask"].float())
+
+
+class ZeroWhitenedTrainer(PPOTrainer):
+    """Overrides one step: whitening returns Â = 0 (and keeps what it was given)."""
+
+    def whiten_advantages(self, advantages, mask):
+        self.unwhitened = advantages
+        return torch.zeros_like(advantages)
+
+
+class ShiftedTargetsTrainer(PPOTrainer):
+    """Overrides one step: the loss batch holds Â = 0 and value targets one above the rollout's values."""
+
+    def build_loss_batch(self, rollouts, advantages):
+        loss_batch = super().build_loss_batch(rollouts, advantages)
+        loss_batch["advantages"] = torch.zeros_like(advantages)
+        loss_batch["value_targets"] = loss_batch["old_values"] + loss_batch["completion_mask"]
+        return loss_batch
+
+
+def first_loss_batch(trainer):
+    return trainer.make_rollout_batch(trainer.data_collator([trainer.train_dataset[i] for i in range(8)]))
+
+
+def test_overriding_whiten_advantages_changes_what_the_loss_sees(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
+    config = ppo_config(tmp_path, use_value_head=False, kl_coef=0.0)
+    train = load_artmuse(demo_dataset_dir / "train.jsonl")
+    trainer = ZeroWhitenedTrainer(copy.deepcopy(tiny_model_varied_outputs), config, tiny_model_and_processor[1], train)
+    loss_batch = first_loss_batch(trainer)
+    mask = loss_batch["completion_mask"]
+    assert torch.equal(loss_batch["advantages"], torch.zeros_like(mask, dtype=torch.float32))
+    assert trainer.unwhitened.abs().sum() > 0  # the default step would have passed a signal on
+    assert trainer.compute_loss(trainer.model, loss_batch).item() == 0.0  # −Â·r = 0 for every token
+    whitened = PPOTrainer.whiten_advantages(trainer, trainer.unwhitened, mask)  # the default: mean 0, std 1
+    assert masked_global_mean_std(whitened, mask, trainer.accelerator) == pytest.approx((0.0, 1.0), abs=1e-5)
+
+
+def test_overriding_build_loss_batch_changes_what_the_loss_sees(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
+    config = ppo_config(tmp_path, kl_coef=0.0, vf_coef=1.0)
+    train = load_artmuse(demo_dataset_dir / "train.jsonl")
+    trainer = ShiftedTargetsTrainer(
+        copy.deepcopy(tiny_model_varied_outputs), config, tiny_model_and_processor[1], train
+    )
+    loss_batch = first_loss_batch(trainer)
+    # Â = 0: no policy loss; V = V_old = R − 1 on every completion token: ½·(V − R)² = ½.
+    assert trainer.compute_loss(trainer.model, loss_batch).item() == pytest.approx(0.5, abs=1e-5)
 
 
 def test_value_warmup_updates_only_the_value_head(

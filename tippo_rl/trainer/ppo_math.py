@@ -21,6 +21,15 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
+def masked_global_mean_std(values: torch.Tensor, mask: torch.Tensor, accelerator) -> tuple[float, float]:
+    """Mean and (population) standard deviation of `values` `(batch, T)` over the positions where `mask` is 1, on all
+    processes (one all-reduce of the three sums)."""
+    stats = torch.stack([(values * mask).sum(), (values**2 * mask).sum(), mask.sum().to(values.dtype)])
+    total, squares, count = accelerator.reduce(stats, reduction="sum").double().tolist()
+    mean = total / max(count, 1)
+    return mean, math.sqrt(max(squares / max(count, 1) - mean**2, 0.0))
+
+
 def clipped_surrogate_loss(
     logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -7,15 +7,15 @@ schedule, gradient accumulation and clipping, logging, checkpoints, DDP/DeepSpee
 
 The algorithm's steps are methods, so a variant overrides one step (PolishPPO overrides `compute_returns`):
 
-    generate_rollouts → score_rollouts → compute_returns → (old, reference log-probs, values) → compute_advantages
-    → num_ppo_epochs × minibatches of compute_loss
+    generate_rollouts → score_rollouts → compute_returns → compute_rollout_log_probs (old, reference, values)
+    → compute_advantages → build_loss_batch → whiten_advantages → num_ppo_epochs × minibatches of compute_loss
 
 `compute_advantages` is GAE on a value head, or, without one, the sequence return minus a baseline
 (`advantage_baseline`: the running normalisation of Eq. 6, the per-prompt group mean/std of GRPO, RLOO's leave-one-out
 mean, or SCST's greedy decode), over `num_generations` completions per prompt.
 
-Equation numbers marked "PPO" refer to Schulman et al. 2017 (arXiv:1707.06347); k3 is the KL estimator of
-http://joschu.net/blog/kl-approx.html; the value clipping is OpenAI baselines' (as in TRL's former PPOTrainer).
+The equations are in `ppo_math` (one line each, numbered); equation numbers marked "PPO" refer to Schulman et al. 2017
+(arXiv:1707.06347).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from .ppo_math import (
     group_advantages,
     kl_penalty,
     leave_one_out_advantages,
+    masked_global_mean_std,
     masked_mean,
 )
 from .rollout_batches import EpochSeededRepeatSampler, PPODataCollator
@@ -90,8 +91,8 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
     Standard PPO by default (value head, GAE, clipped value loss); `use_value_head=False` uses the sequence return
     minus `advantage_baseline` (none, running Eq. 6, group, leave-one-out, greedy; over `num_generations` completions
     per prompt) as every token's advantage. Subclasses change one step by overriding one method: `generate_rollouts`,
-    `score_rollouts`, `compute_returns`, `compute_advantages`, `baseline_advantages` or `compute_loss`
-    ([`PolishPPOTrainer`] overrides `compute_returns`).
+    `score_rollouts`, `compute_returns`, `compute_advantages`, `baseline_advantages`, `build_loss_batch`,
+    `whiten_advantages` or `compute_loss` ([`PolishPPOTrainer`] overrides `compute_returns`).
 
     Args:
         model: the starting policy, a `TIPPoModel` (e.g. the SFT output) or a PEFT-wrapped one. With PEFT the reference
@@ -288,8 +289,8 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
 
     @torch.no_grad()
     def make_rollout_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """One iteration's experience: generate, score, returns, log-probs, advantages. Returns the tensors the loss
-        needs, each `(local rollout batch, ...)`."""
+        """One iteration's experience: generate, score, returns, log-probs, advantages, the loss batch (advantages
+        whitened if `whiten_advantages`). Returns the tensors the loss needs, each `(local rollout batch, ...)`."""
         self._update_daa_lambda1()
         rollouts = self.generate_rollouts(batch)
         rewards = self.score_rollouts(rollouts)  # (n_funcs, batch)
@@ -304,26 +305,12 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         with self.compute_loss_context_manager():  # the same autocast as the loss: ratio 1 before the first update
             rollouts.update(self.compute_rollout_log_probs(rollouts))
         advantages = self.compute_advantages(returns, rollouts)  # (batch, T)
-        mask = rollouts["completion_mask"]
-
-        experience = {
-            **rollouts["model_inputs"],
-            "completion_ids": rollouts["completion_ids"],
-            "completion_mask": mask,
-            "old_logps": rollouts["old_logps"],
-        }
-        if "ref_logps" in rollouts:
-            experience["ref_logps"] = rollouts["ref_logps"]
-        if self.args.use_value_head:
-            experience["old_values"] = rollouts["old_values"]
-            experience["value_targets"] = (advantages + rollouts["old_values"]) * mask  # R_t = Â_t + V(s_t)
+        loss_batch = self.build_loss_batch(rollouts, advantages)
         if self.args.whiten_advantages:
-            advantages = self._whiten(advantages, mask)
-        experience["advantages"] = advantages
-
-        self._log_rollout_metrics(rewards, returns, advantages, rollouts)
+            loss_batch["advantages"] = self.whiten_advantages(loss_batch["advantages"], rollouts["completion_mask"])
+        self._log_rollout_metrics(rewards, returns, loss_batch["advantages"], rollouts)
         self.iteration += 1
-        return experience
+        return loss_batch
 
     def generate_rollouts(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Sample one completion per row with the current policy (batched `generate()` with its KV cache); a prompt's k
@@ -499,12 +486,29 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
             tippo.set_daa_lambda1(value)
         self._metrics["daa/lambda1"].append(float(tippo.daa_lambda1.item()))
 
-    def _whiten(self, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(A − mean) / std over the completion tokens of the whole rollout batch, all processes."""
-        stats = torch.stack([(advantages * mask).sum(), (advantages**2 * mask).sum(), mask.sum().to(advantages.dtype)])
-        total, squares, count = self.accelerator.reduce(stats, reduction="sum").double().tolist()
-        mean = total / max(count, 1)
-        std = math.sqrt(max(squares / max(count, 1) - mean**2, 0.0))
+    def build_loss_batch(self, rollouts: dict[str, Any], advantages: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tensors `compute_loss` reads, each `(local rollout batch, ...)`: the model inputs, `completion_ids`,
+        `completion_mask`, `old_logps` (and `ref_logps` when β > 0), with a value head `old_values` and the value
+        targets R_t = Â_t + V(s_t) (from the advantages before whitening), and `advantages` `(batch, T)`."""
+        mask = rollouts["completion_mask"]
+        loss_batch = {
+            **rollouts["model_inputs"],
+            "completion_ids": rollouts["completion_ids"],
+            "completion_mask": mask,
+            "old_logps": rollouts["old_logps"],
+        }
+        if "ref_logps" in rollouts:
+            loss_batch["ref_logps"] = rollouts["ref_logps"]
+        if self.args.use_value_head:
+            loss_batch["old_values"] = rollouts["old_values"]
+            loss_batch["value_targets"] = (advantages + rollouts["old_values"]) * mask  # R_t = Â_t + V(s_t)
+        loss_batch["advantages"] = advantages
+        return loss_batch
+
+    def whiten_advantages(self, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(Â − mean) / std over the completion tokens of the whole rollout batch, all processes (`whiten_advantages`).
+        `advantages`, `mask`: `(batch, T)`."""
+        mean, std = masked_global_mean_std(advantages, mask, self.accelerator)
         return (advantages - mean) / (std + 1e-8) * mask
 
     # -- the loss ---------------------------------------------------------------------------------------------------
@@ -586,11 +590,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         self._metrics["returns/mean"].append(all_returns.mean().item())
         self._metrics["returns/std"].append(all_returns.std(correction=0).item())
         mask = rollouts["completion_mask"]
-        stats = torch.stack([(advantages * mask).sum(), (advantages**2 * mask).sum(), mask.sum().float()])
-        total, squares, count = self.accelerator.reduce(stats, reduction="sum").double().tolist()
-        mean = total / max(count, 1)
+        mean, std = masked_global_mean_std(advantages, mask, self.accelerator)
         self._metrics["advantages/mean"].append(mean)
-        self._metrics["advantages/std"].append(math.sqrt(max(squares / max(count, 1) - mean**2, 0.0)))
+        self._metrics["advantages/std"].append(std)
         # The share of completions whose first token's advantage is negative: ~1/2 when advantages carry no position bias.
         self._metrics["advantages/first_token_negative"].append(gather((advantages[:, 0] < 0).float()).mean().item())
         lengths = gather(mask.sum(1).float())
