@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from trl import TrlParser
 
@@ -300,6 +301,39 @@ def test_standard_ppo_with_value_head_and_gae_runs_saves_and_resumes(
     loaded = TIPPoModel.from_pretrained(tmp_path / "out")
     for name, tensor in trainer.model.policy.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor, msg=name)
+
+
+def test_policy_and_value_model_saves_the_checkpoint_layout_and_loads_an_old_value_head(
+    tmp_path, tiny_model_varied_outputs
+):
+    wrapper = PolicyAndValueModel(
+        copy.deepcopy(tiny_model_varied_outputs), tiny_model_varied_outputs.config.hidden_size
+    )
+    with torch.no_grad():
+        wrapper.value_head.weight.normal_()
+        wrapper.value_head.offset.fill_(0.25)
+    wrapper.save_pretrained(tmp_path / "own")
+    wrapper.policy.save_pretrained(tmp_path / "policy")  # what a checkpoint holds beside the value head
+    expected = {path.name for path in (tmp_path / "policy").iterdir()} | {"value_head.safetensors"}
+    assert {path.name for path in (tmp_path / "own").iterdir()} == expected
+    wrapper.save_pretrained(tmp_path / "consolidated", state_dict=wrapper.state_dict())  # as DeepSpeed hands it over
+    for name in ("model.safetensors", "value_head.safetensors"):
+        own, consolidated = (
+            safetensors.torch.load_file(tmp_path / folder / name) for folder in ("own", "consolidated")
+        )
+        assert own.keys() == consolidated.keys() and all(torch.equal(own[k], consolidated[k]) for k in own), name
+    TIPPoModel.from_pretrained(tmp_path / "own")
+
+    # A value head saved before value_head_init existed has no offset: it loads with c = 0.
+    old = {key: value for key, value in wrapper.value_head.state_dict().items() if key != "offset"}
+    safetensors.torch.save_file(old, tmp_path / "own/value_head.safetensors")
+    fresh = PolicyAndValueModel(copy.deepcopy(tiny_model_varied_outputs), tiny_model_varied_outputs.config.hidden_size)
+    fresh.value_head.offset.fill_(1.0)
+    fresh.load_value_head(tmp_path / "own")
+    torch.testing.assert_close(fresh.value_head.weight, wrapper.value_head.weight)
+    assert fresh.value_head.offset.item() == 0.0
+    with pytest.raises(FileNotFoundError, match="value_head.safetensors"):
+        fresh.load_value_head(tmp_path / "policy")
 
 
 def test_reward_plugins_from_the_config_get_trl_arguments_and_columns(

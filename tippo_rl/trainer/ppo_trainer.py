@@ -30,17 +30,17 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import safetensors.torch
 import torch
 from accelerate.utils import gather_object, is_peft_model, set_seed
 from datasets import Dataset
 from torch import nn
 from transformers import GenerationConfig, Trainer, TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ProgressCallback
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
-from ..checkpoints import CheckpointError
+from ..checkpoints import CheckpointError, redacted
 from ..data import MODEL_INPUT_NAMES, check_dataset_columns, model_inputs
 from ..feature_cache import cache_features_for_training
 from ..modeling_tippo import TIPPoModel
@@ -67,7 +67,7 @@ from .ppo_math import (
 from .rollout_batches import EpochSeededRepeatSampler, PPODataCollator
 from .saving import TIPPoSavingMixin
 from .step_metrics import StepMetrics
-from .value_head import VALUE_HEAD_NAME, PolicyAndValueModel
+from .value_head import PolicyAndValueModel
 
 
 logger = logging.getLogger(__name__)
@@ -742,43 +742,25 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         self._rollout_batch = self._minibatches = None
 
     def _save(self, output_dir: str | None = None, state_dict=None):
-        """Save the policy as a loadable TIPPo model (or PEFT adapter); with a value head, also `value_head.safetensors`."""
+        """With a value head, what the Trainer saves of a model, through the wrapper's own `save_pretrained` (the policy
+        as a loadable TIPPo model or PEFT adapter, and `value_head.safetensors`), then the processor and the training
+        arguments (without the Hub token)."""
         if not isinstance(self.model, PolicyAndValueModel):
             return super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
         output_dir = output_dir or self.args.output_dir
-        wrapper = self.model
-        if state_dict is not None:  # DeepSpeed hands over the consolidated state dict of the wrapper
-            policy_state = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
-            head_state = {
-                k.removeprefix("value_head."): v for k, v in state_dict.items() if k.startswith("value_head.")
-            }
-        else:
-            policy_state, head_state = None, wrapper.value_head.state_dict()
-        self.model = wrapper.policy
-        try:
-            super()._save(output_dir, policy_state)
-        finally:
-            self.model = wrapper
-        safetensors.torch.save_file(
-            {k: v.detach().cpu().contiguous() for k, v in head_state.items()},
-            os.path.join(output_dir, VALUE_HEAD_NAME),
-        )
+        os.makedirs(output_dir, exist_ok=True)
+        self.model.save_pretrained(output_dir, state_dict=state_dict)  # DeepSpeed: its consolidated state dict
+        self.processor.save_pretrained(output_dir)
+        torch.save(redacted(self.args), os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
         if not isinstance(self.model, PolicyAndValueModel):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        wrapper = self.model
-        head = os.path.join(resume_from_checkpoint, VALUE_HEAD_NAME)
-        if not os.path.isfile(head):
-            raise FileNotFoundError(f"{resume_from_checkpoint} holds no {VALUE_HEAD_NAME} for the value head")
-        self.model = wrapper.policy  # the Trainer loads (and re-ties) the policy as the plain model it saved
-        try:
-            super()._load_from_checkpoint(resume_from_checkpoint, wrapper.policy)
-        finally:
-            self.model = wrapper
-        head_state = safetensors.torch.load_file(head)
-        head_state.setdefault("offset", torch.zeros(1))  # checkpoints from before value_head_init had no offset
-        wrapper.value_head.load_state_dict(head_state)
+        self.model.load_value_head(resume_from_checkpoint)
+        # The Trainer loads the policy as the plain model (or adapter) it saved.
+        super()._load_from_checkpoint(resume_from_checkpoint, self.model.policy)
 
 
 def _nanstd(values: torch.Tensor) -> float:
