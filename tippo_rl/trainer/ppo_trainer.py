@@ -40,7 +40,7 @@ from transformers.trainer_callback import ProgressCallback
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
-from ..checkpoints import CheckpointError, redacted
+from ..checkpoints import PPO_STATE_NAME, CheckpointError, read_ppo_state, redacted
 from ..data import MODEL_INPUT_NAMES, check_dataset_columns, model_inputs
 from ..feature_cache import cache_features_for_training
 from ..modeling_tippo import TIPPoModel
@@ -71,8 +71,6 @@ from .value_head import PolicyAndValueModel
 
 
 logger = logging.getLogger(__name__)
-
-PPO_STATE_NAME = "ppo_state.json"
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -125,6 +123,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         eval_dataset: Dataset | None = None,
     ):
         self.processor = processor
+        args.remove_unused_columns = False  # reward plug-ins receive every dataset column: none is "unused"
         tippo = unwrap_tippo(model)
         if args.disable_dropout:
             disable_dropout(model)
@@ -220,27 +219,23 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
 
     # -- data ---------------------------------------------------------------------------------------------------------
 
-    def _set_signature_columns_if_needed(self):
-        # Reward plug-ins receive every column, so none is "unused".
-        if self._signature_columns is None:
-            self._signature_columns = list(self.train_dataset.column_names)
-
     def get_train_dataloader(self):
-        # One dataloader batch is a rollout batch, repeated once per minibatch it feeds (see _get_train_sampler).
+        # One dataloader batch is a rollout batch, repeated once per minibatch it feeds (see rollout_sampler).
         return self._get_dataloader(
             dataset=self.train_dataset,
             description="Training",
             batch_size=self._train_batch_size * self.args.steps_per_generation,
-            sampler_fn=self._get_train_sampler,
+            sampler_fn=self.rollout_sampler,
             is_training=True,
         )
 
-    def _get_train_sampler(self, dataset: Dataset | None = None):
-        # Each rollout batch (global: generation_batch_size completions of generation_batch_size / k prompts, each prompt
-        # k times in a row) comes minibatches_per_iteration times in a row, so the Trainer's step and epoch counting,
-        # and skipping on resume, stay right. Every process's share is a multiple of k consecutive rows: whole groups.
-        # Its order depends on the epoch, not on how many passes this process has drawn, so a resumed run sees the same
-        # order.
+    def rollout_sampler(self, dataset: Dataset | None = None) -> EpochSeededRepeatSampler:
+        """The order of the training rows: rollout batches of `generation_batch_size / k` prompts, each k times in a row.
+
+        Each rollout batch (global: generation_batch_size completions) comes minibatches_per_iteration times in a row,
+        so the Trainer's step and epoch counting, and skipping on resume, stay right. Every process's share is a
+        multiple of k consecutive rows: whole groups. Its order depends on the epoch, not on how many passes this
+        process has drawn, so a resumed run sees the same order."""
         return EpochSeededRepeatSampler(
             data_source=dataset if dataset is not None else self.train_dataset,
             mini_repeat_count=self.args.num_generations,
@@ -705,26 +700,8 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         with open(os.path.join(folder, PPO_STATE_NAME), "w") as f:
             json.dump(self.ppo_state(), f, indent=2)
 
-    def _read_ppo_state(self, checkpoint: str) -> dict[str, Any]:
-        path = os.path.join(checkpoint, PPO_STATE_NAME)
-        if not os.path.isfile(path):
-            raise CheckpointError(
-                f"'{checkpoint}' holds no {PPO_STATE_NAME}, so the PPO iteration and its statistics cannot be restored: "
-                "it is not a PPO checkpoint (an SFT output is a model: pass it as --model_name_or_path), or its save was "
-                "interrupted by a version that did not save atomically; resume from an earlier checkpoint"
-            )
-        try:
-            with open(path, encoding="utf-8") as f:
-                state = json.load(f)
-            int(state["step"]), int(state["iteration"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(
-                f"'{checkpoint}': file {PPO_STATE_NAME} is damaged ({type(error).__name__}: {error}); resume from an earlier checkpoint"
-            ) from error
-        return state
-
     def _check_resume(self, checkpoint: str, state: dict) -> None:
-        ppo_state = self._read_ppo_state(checkpoint)
+        ppo_state = read_ppo_state(checkpoint)
         for name in ("steps_per_generation", "num_ppo_epochs"):
             if ppo_state.get(name) not in (None, getattr(self.args, name)):
                 raise CheckpointError(
@@ -733,12 +710,8 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
                 )
         super()._check_resume(checkpoint, state)
 
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        # Called on resume in every setup (plain, DDP, DeepSpeed), after the weights are loaded.
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        self.load_ppo_state(self._read_ppo_state(checkpoint))
+    def _restore_state(self, checkpoint: str) -> None:
+        self.load_ppo_state(read_ppo_state(checkpoint))
         self._rollout_batch = self._minibatches = None
 
     def _save(self, output_dir: str | None = None, state_dict=None):

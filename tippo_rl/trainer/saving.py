@@ -44,7 +44,8 @@ class TIPPoSavingMixin:
     the run's length changed, and trains nothing from a checkpoint that already reached the end.
 
     A trainer sets `_stage` (for the model card) and may override `_policy` (the model to save inside its wrapper),
-    `_save_checkpoint_extras` (more files for a checkpoint) and `_check_resume` (its own state in a checkpoint).
+    `_save_checkpoint_extras` (more files for a checkpoint), `_check_resume` (its own state in a checkpoint, checked
+    before anything loads) and `_restore_state` (that state restored, before the Trainer resumes).
     """
 
     _stage = "training"
@@ -62,6 +63,7 @@ class TIPPoSavingMixin:
             self._check_resume(checkpoint, state)
             if self._reached_the_end(state):
                 return self._finish_from_checkpoint(checkpoint)
+            self._restore_state(checkpoint)
         return super().train(
             resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
         )
@@ -76,6 +78,9 @@ class TIPPoSavingMixin:
                 UserWarning,
                 stacklevel=3,
             )
+
+    def _restore_state(self, checkpoint: str) -> None:
+        """Restore a trainer's own state (beyond the Trainer's) from the checkpoint about to be resumed."""
 
     def _reached_the_end(self, state: dict) -> bool:
         if self.args.max_steps > 0:
