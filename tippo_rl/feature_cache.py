@@ -139,6 +139,23 @@ def _cache_frozen_features(
     return undecoded_images(cached)
 
 
+def with_frozen_features(tippo: TIPPoModel, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Model inputs with φ's outputs (`image_features`, `title_features`) in place of the pixels and title tokens when
+    they hold pixels and φ is frozen (a PPO rollout batch: encoded once for all its passes); else `inputs` as given."""
+    if "pixel_values" not in inputs or not tippo.config.freeze_encoder:
+        return inputs
+    image_features, title_features = tippo.encode_frozen_features(
+        inputs["pixel_values"], inputs["image_mask"], inputs["title_input_ids"], inputs["title_attention_mask"]
+    )
+    prompt = {name: inputs[name] for name in ("prompt_input_ids", "prompt_attention_mask") if name in inputs}
+    return {
+        "image_features": image_features,
+        "image_mask": inputs["image_mask"],
+        "title_features": title_features,
+        **prompt,
+    }
+
+
 def cache_features_for_training(args, tippo: TIPPoModel, processor: TIPPoProcessor, *datasets):
     """`datasets` with cached frozen-encoder features when `args.use_feature_cache` and φ is frozen (else unchanged;
     None stays None). `tippo` is the unwrapped model. Every process reads the same cache file; the main process writes

@@ -21,28 +21,23 @@ The equations are in `ppo_math` (one line each, numbered); equation numbers mark
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
-import os
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from accelerate.utils import gather_object, is_peft_model, set_seed
+from accelerate.utils import is_peft_model, set_seed
 from datasets import Dataset
 from torch import nn
 from transformers import GenerationConfig, Trainer, TrainerCallback
-from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ProgressCallback
-from trl.models import prepare_deepspeed, unwrap_model_for_generation
+from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
-from ..checkpoints import PPO_STATE_NAME, CheckpointError, read_ppo_state, redacted
 from ..data import MODEL_INPUT_NAMES, check_dataset_columns, model_inputs
-from ..feature_cache import cache_features_for_training
+from ..feature_cache import cache_features_for_training, with_frozen_features
 from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import load_reward, reward_name, score_rewards
@@ -50,7 +45,9 @@ from .callbacks import IterationProgressCallback
 from .daa_schedule import daa_lambda1_at
 from .generation_eval import GenerationEvalMixin
 from .model_wrappers import unwrap_tippo
+from .ppo_checkpoints import PPOCheckpointMixin
 from .ppo_config import PPOConfig
+from .ppo_logging import PPOLoggingMixin
 from .ppo_math import (
     ReturnStatistics,
     clipped_surrogate_loss,
@@ -64,26 +61,21 @@ from .ppo_math import (
     masked_global_mean_std,
     masked_mean,
 )
-from .rollout_batches import EpochSeededRepeatSampler, PPODataCollator
+from .reference_policy import disable_dropout, frozen_reference_policy
+from .rollout_batches import PPODataCollator, RolloutBatchesMixin
 from .saving import TIPPoSavingMixin
-from .step_metrics import StepMetrics
 from .value_head import PolicyAndValueModel
 
 
 logger = logging.getLogger(__name__)
 
 
-def disable_dropout(model: nn.Module) -> None:
-    """Set every dropout probability of `model` to 0."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-
-
 # ----------------------------------------------------------------------------------------------------- the trainer
 
 
-class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
+class PPOTrainer(
+    RolloutBatchesMixin, PPOLoggingMixin, PPOCheckpointMixin, GenerationEvalMixin, TIPPoSavingMixin, Trainer
+):
     """Proximal Policy Optimization of a [`TIPPoModel`] (title + images → text) with reward plug-ins.
 
     Standard PPO by default (value head, GAE, clipped value loss); `use_value_head=False` uses the sequence return
@@ -172,14 +164,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         # Reference policy: the starting policy, frozen. PEFT: the same model with its adapters disabled.
         self.ref_model = None
         if args.kl_coef > 0 and not is_peft_model(policy):
-            # φ is frozen and the same in both: share it rather than copy it (not under DeepSpeed, which shards it).
-            share = tippo.config.freeze_encoder and not self.is_deepspeed_enabled
-            self.ref_model = copy.deepcopy(policy, memo={id(tippo.encoder): tippo.encoder} if share else None)
-            self.ref_model.eval().requires_grad_(False)
-            if self.is_deepspeed_enabled:
-                self.ref_model = prepare_deepspeed(self.ref_model, self.accelerator)
-            else:
-                self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
+            self.ref_model = frozen_reference_policy(policy, self.accelerator, self.is_deepspeed_enabled)
         self.reward_weights = self.reward_weights.to(self.accelerator.device)
 
         self.eos_token_id = tippo.config.eos_token_id
@@ -211,39 +196,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         self.iteration = 0  # m: PPO iterations (rollout batches) started so far; restored on resume
         self._rollout_batch: dict[str, torch.Tensor] | None = None
         self._minibatches: list[dict[str, torch.Tensor]] | None = None
-        self._metrics: dict[str, list[float]] = defaultdict(list)  # per iteration, already reduced: logged means
-        self._step_metrics = StepMetrics()  # per step, on the device until log()
-        self._reward_warnings: set[tuple[str, str]] = set()  # (reward, problem) already reported
-        self._pending_reward_metrics: dict[str, list[float]] = defaultdict(list)  # from rewards' log_metric
-        self.reward_extras: dict[str, list] = {}  # from rewards' log_extra: the latest rollout batch's columns
-
-    # -- data ---------------------------------------------------------------------------------------------------------
-
-    def get_train_dataloader(self):
-        # One dataloader batch is a rollout batch, repeated once per minibatch it feeds (see rollout_sampler).
-        return self._get_dataloader(
-            dataset=self.train_dataset,
-            description="Training",
-            batch_size=self._train_batch_size * self.args.steps_per_generation,
-            sampler_fn=self.rollout_sampler,
-            is_training=True,
-        )
-
-    def rollout_sampler(self, dataset: Dataset | None = None) -> EpochSeededRepeatSampler:
-        """The order of the training rows: rollout batches of `generation_batch_size / k` prompts, each k times in a row.
-
-        Each rollout batch (global: generation_batch_size completions) comes minibatches_per_iteration times in a row,
-        so the Trainer's step and epoch counting, and skipping on resume, stay right. Every process's share is a
-        multiple of k consecutive rows: whole groups. Its order depends on the epoch, not on how many passes this
-        process has drawn, so a resumed run sees the same order."""
-        return EpochSeededRepeatSampler(
-            data_source=dataset if dataset is not None else self.train_dataset,
-            mini_repeat_count=self.args.num_generations,
-            batch_size=self.args.generation_batch_size // self.args.num_generations,
-            repeat_count=self.args.minibatches_per_iteration,
-            shuffle=True,
-            seed=self.args.seed,
-        )
+        self._init_logging()
 
     @property
     def total_iterations(self) -> int:
@@ -341,23 +294,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         ) as unwrapped:
             policy = self._policy(unwrapped)
             tippo = unwrap_tippo(policy)
-            if "pixel_values" in inputs and tippo.config.freeze_encoder:
-                # φ is frozen: encode the images and titles once for every pass over this rollout batch.
-                image_features, title_features = tippo.encode_frozen_features(
-                    inputs["pixel_values"],
-                    inputs["image_mask"],
-                    inputs["title_input_ids"],
-                    inputs["title_attention_mask"],
-                )
-                prompt = {
-                    name: inputs[name] for name in ("prompt_input_ids", "prompt_attention_mask") if name in inputs
-                }
-                inputs = {
-                    "image_features": image_features,
-                    "image_mask": inputs["image_mask"],
-                    "title_features": title_features,
-                    **prompt,
-                }
+            inputs = with_frozen_features(tippo, inputs)  # φ frozen: encoded once for every pass over the batch
             sequences = policy.generate(**inputs, generation_config=generation_config)
         # T5's sequences start with the decoder start token; a causal decoder's are the completion alone.
         completion_ids = sequences[:, 1:] if tippo.config.is_encoder_decoder else sequences
@@ -397,16 +334,6 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         if self.args.reward_completions_format == "conversational":
             return [[{"role": "assistant", "content": text}] for text in completions]
         return completions
-
-    def log_reward_metric(self, name: str, value: float) -> None:
-        """`log_metric` of the reward functions (TRL's GRPO convention): logged under `name`, averaged over the
-        iteration's calls and all processes."""
-        self._pending_reward_metrics[name].append(float(value))
-
-    def log_reward_extra(self, column: str, values: list) -> None:
-        """`log_extra` of the reward functions: a column of per-sample values, kept in `reward_extras` for the latest
-        rollout batch and shown in the evaluation's completions table."""
-        self.reward_extras[column] = list(values)
 
     def compute_returns(self, rewards: torch.Tensor, rollouts: dict[str, Any]) -> torch.Tensor:
         """The sequence return R = Σ_i w_i·r_i (NaN rewards skipped): `(n_funcs, batch)` → `(batch,)`."""
@@ -565,177 +492,3 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
             sampling_logits = logits if self.args.temperature == 1.0 else logits / self.args.temperature
             self._log_metric("entropy", masked_mean(entropy_from_logits(sampling_logits), mask))  # TRL's: in chunks
         return loss
-
-    # -- logging ----------------------------------------------------------------------------------------------------
-
-    def _log_metric(self, name: str, value: torch.Tensor | float) -> None:
-        """Record a per-step scalar; `log()` reports its mean over the steps since the last log and all processes."""
-        self._step_metrics.add(name, value, self.accelerator.device)
-
-    def _log_rollout_metrics(
-        self, rewards: torch.Tensor, returns: torch.Tensor, advantages: torch.Tensor, rollouts: dict[str, Any]
-    ) -> None:
-        gather = self.accelerator.gather
-        all_rewards = gather(rewards.T.contiguous()).T  # (n_funcs, global batch)
-        for name, values in zip(self.reward_names, all_rewards):
-            self._metrics[f"rewards/{name}/mean"].append(torch.nanmean(values).item())
-            self._metrics[f"rewards/{name}/std"].append(_nanstd(values))
-            self._warn_if_uninformative(name, values)
-        all_returns = gather(returns)
-        self._metrics["returns/mean"].append(all_returns.mean().item())
-        self._metrics["returns/std"].append(all_returns.std(correction=0).item())
-        mask = rollouts["completion_mask"]
-        mean, std = masked_global_mean_std(advantages, mask, self.accelerator)
-        self._metrics["advantages/mean"].append(mean)
-        self._metrics["advantages/std"].append(std)
-        # The share of completions whose first token's advantage is negative: ~1/2 when advantages carry no position bias.
-        self._metrics["advantages/first_token_negative"].append(gather((advantages[:, 0] < 0).float()).mean().item())
-        lengths = gather(mask.sum(1).float())
-        self._metrics["completions/mean_length"].append(lengths.mean().item())
-        terminated = gather((rollouts["completion_ids"] == self.eos_token_id).any(1).float())
-        self._metrics["completions/clipped_ratio"].append(1.0 - terminated.mean().item())
-        self._metrics["iteration"].append(float(self.iteration))
-        self._flush_reward_metrics()
-
-    def _flush_reward_metrics(self) -> None:
-        # Sorted names, gathered from every process: all processes take part in the same gathers, in the same order,
-        # even when a reward logs a metric on some of them only.
-        names = sorted({name for names in gather_object([list(self._pending_reward_metrics)]) for name in names})
-        for name in names:
-            values = self._pending_reward_metrics.get(name, [])
-            stats = torch.tensor([sum(values), len(values)], dtype=torch.float64, device=self.accelerator.device)
-            total, count = self.accelerator.reduce(stats, reduction="sum").tolist()
-            if count:
-                self._metrics[name].append(total / count)
-        self._pending_reward_metrics.clear()
-
-    def _warn_if_uninformative(self, name: str, values: torch.Tensor) -> None:
-        """Say (once per reward and problem) when a reward cannot move the policy: None for every sample of a rollout
-        batch, or the same value for all of them (its part of every advantage is then 0)."""
-        finite = values[~torch.isnan(values)]
-        if len(finite) == 0:
-            problem, message = (
-                "none",
-                f"returned None for all {len(values)} samples of iteration {self.iteration}: it has no effect",
-            )
-        elif len(finite) > 1 and bool((finite == finite[0]).all()):
-            problem, message = (
-                "constant",
-                (
-                    f"gave all {len(finite)} samples of iteration {self.iteration} the same value ({finite[0].item():.4g}): it "
-                    "adds nothing to the advantages"
-                ),
-            )
-        else:
-            return
-        if (name, problem) not in self._reward_warnings and self.accelerator.is_main_process:
-            self._reward_warnings.add((name, problem))
-            warnings.warn(
-                f"reward {name!r} {message} (said once; the rewards/{name}/* metrics show every iteration)",
-                UserWarning,
-                stacklevel=2,
-            )
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.model.training:
-            self._step_metrics.reduce_into(self._metrics, self.accelerator)
-            for key, values in self._metrics.items():
-                finite = [v for v in values if not math.isnan(v)]
-                logs[key] = sum(finite) / len(finite) if finite else None
-            self._metrics.clear()
-        super().log(logs, start_time)
-
-    # -- evaluation -------------------------------------------------------------------------------------------------
-
-    def evaluate(
-        self, eval_dataset: Dataset | None = None, ignore_keys=None, metric_key_prefix: str = "eval"
-    ) -> dict[str, float]:
-        """Decode the eval split and log generation metrics (`eval_rouge_l`, `eval_cider`, `eval_literal`,
-        `eval_rewards/<name>`): PPO has no eval loss. `metric_for_best_model` may name any of them."""
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if dataset is None:
-            raise ValueError(
-                "PPOTrainer.evaluate needs an eval dataset: pass eval_dataset to the trainer or to evaluate()"
-            )
-        if eval_dataset is not None:
-            (dataset,) = cache_features_for_training(self.args, unwrap_tippo(self.model), self.processor, dataset)
-        was_training = self.model.training
-        self.model.eval()  # log() then keeps the training metrics for the next training log
-        try:
-            metrics = self.generation_metrics(dataset, metric_key_prefix)
-            self.log(metrics)
-        finally:
-            self.model.train(was_training)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
-
-    # -- checkpoints ------------------------------------------------------------------------------------------------
-
-    def ppo_state(self) -> dict[str, Any]:
-        """What a checkpoint must hold beyond the Trainer's own state to resume exactly (JSON-serialisable), and the
-        iteration layout it was written with."""
-        return {
-            "step": self._step,
-            "iteration": self.iteration,
-            "steps_per_generation": self.args.steps_per_generation,
-            "num_ppo_epochs": self.args.num_ppo_epochs,
-            "num_generations": self.args.num_generations,
-            "total_iterations": self.total_iterations,
-            "return_statistics": self.return_statistics.state_dict(),
-        }
-
-    def load_ppo_state(self, state: dict[str, Any]) -> None:
-        self._step = state["step"]
-        self.iteration = state["iteration"]
-        if (
-            "return_statistics" in state
-        ):  # absent in checkpoints of runs without the running baseline, before it existed
-            self.return_statistics.load_state_dict(state["return_statistics"])
-
-    def _save_checkpoint(self, model, trial):
-        self.create_model_card()
-        super()._save_checkpoint(model, trial)  # atomic; ppo_state.json goes in through _save_checkpoint_extras
-
-    def _save_checkpoint_extras(self, folder):
-        with open(os.path.join(folder, PPO_STATE_NAME), "w") as f:
-            json.dump(self.ppo_state(), f, indent=2)
-
-    def _check_resume(self, checkpoint: str, state: dict) -> None:
-        ppo_state = read_ppo_state(checkpoint)
-        for name in ("steps_per_generation", "num_ppo_epochs"):
-            if ppo_state.get(name) not in (None, getattr(self.args, name)):
-                raise CheckpointError(
-                    f"'{checkpoint}' was written with {name} {ppo_state[name]}, this run has {getattr(self.args, name)}: "
-                    f"its steps no longer fall on PPO iterations; resume with --{name} {ppo_state[name]}"
-                )
-        super()._check_resume(checkpoint, state)
-
-    def _restore_state(self, checkpoint: str) -> None:
-        self.load_ppo_state(read_ppo_state(checkpoint))
-        self._rollout_batch = self._minibatches = None
-
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        """With a value head, what the Trainer saves of a model, through the wrapper's own `save_pretrained` (the policy
-        as a loadable TIPPo model or PEFT adapter, and `value_head.safetensors`), then the processor and the training
-        arguments (without the Hub token)."""
-        if not isinstance(self.model, PolicyAndValueModel):
-            return super()._save(output_dir, state_dict)
-        if not self.args.should_save:
-            return
-        output_dir = output_dir or self.args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        self.model.save_pretrained(output_dir, state_dict=state_dict)  # DeepSpeed: its consolidated state dict
-        self.processor.save_pretrained(output_dir)
-        torch.save(redacted(self.args), os.path.join(output_dir, TRAINING_ARGS_NAME))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
-        if not isinstance(self.model, PolicyAndValueModel):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        self.model.load_value_head(resume_from_checkpoint)
-        # The Trainer loads the policy as the plain model (or adapter) it saved.
-        super()._load_from_checkpoint(resume_from_checkpoint, self.model.policy)
-
-
-def _nanstd(values: torch.Tensor) -> float:
-    finite = values[~torch.isnan(values)]
-    return finite.std(correction=0).item() if len(finite) else float("nan")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from datasets import Dataset
 from trl.trainer.utils import RepeatSampler
 
 from ..data import TIPPoDataCollator, model_inputs
@@ -45,3 +46,33 @@ def _image_or_path(image: Any) -> Any:
     if isinstance(image, dict) and image.get("path"):  # an undecoded datasets.Image
         return image["path"]
     return image
+
+
+class RolloutBatchesMixin:
+    """[`PPOTrainer`]'s training dataloader: one batch is a rollout batch, ordered by `rollout_sampler`."""
+
+    def get_train_dataloader(self):
+        # One dataloader batch is a rollout batch, repeated once per minibatch it feeds (see rollout_sampler).
+        return self._get_dataloader(
+            dataset=self.train_dataset,
+            description="Training",
+            batch_size=self._train_batch_size * self.args.steps_per_generation,
+            sampler_fn=self.rollout_sampler,
+            is_training=True,
+        )
+
+    def rollout_sampler(self, dataset: Dataset | None = None) -> EpochSeededRepeatSampler:
+        """The order of the training rows: rollout batches of `generation_batch_size / k` prompts, each k times in a row.
+
+        Each rollout batch (global: generation_batch_size completions) comes minibatches_per_iteration times in a row,
+        so the Trainer's step and epoch counting, and skipping on resume, stay right. Every process's share is a
+        multiple of k consecutive rows: whole groups. Its order depends on the epoch, not on how many passes this
+        process has drawn, so a resumed run sees the same order."""
+        return EpochSeededRepeatSampler(
+            data_source=dataset if dataset is not None else self.train_dataset,
+            mini_repeat_count=self.args.num_generations,
+            batch_size=self.args.generation_batch_size // self.args.num_generations,
+            repeat_count=self.args.minibatches_per_iteration,
+            shuffle=True,
+            seed=self.args.seed,
+        )
