@@ -19,7 +19,7 @@ import torch
 from datasets import Dataset, Image, List, are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from .data import TIPPoDataCollator
+from .data import TIPPoDataCollator, check_dataset_columns
 from .modeling_tippo import TIPPoModel
 from .processing_tippo import TIPPoProcessor
 
@@ -154,6 +154,22 @@ def with_frozen_features(tippo: TIPPoModel, inputs: dict[str, torch.Tensor]) -> 
         "title_features": title_features,
         **prompt,
     }
+
+
+def training_datasets(
+    args,
+    tippo: TIPPoModel,
+    processor: TIPPoProcessor,
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None = None,
+    require_train_reference: bool = True,
+) -> tuple[Dataset, Dataset | None]:
+    """A trainer's (train, eval) datasets: their columns checked (the error names the dataset), then the frozen
+    features cached (`cache_features_for_training`). The eval dataset always needs its references: it is scored."""
+    check_dataset_columns(train_dataset, "train_dataset", require_reference=require_train_reference)
+    if eval_dataset is not None:
+        check_dataset_columns(eval_dataset, "eval_dataset")
+    return cache_features_for_training(args, tippo, processor, train_dataset, eval_dataset)
 
 
 def cache_features_for_training(args, tippo: TIPPoModel, processor: TIPPoProcessor, *datasets):

@@ -36,8 +36,8 @@ from transformers.trainer_callback import ProgressCallback
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
-from ..data import MODEL_INPUT_NAMES, check_dataset_columns, model_inputs
-from ..feature_cache import cache_features_for_training, with_frozen_features
+from ..data import MODEL_INPUT_NAMES, model_inputs
+from ..feature_cache import training_datasets, with_frozen_features
 from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import load_reward, reward_name, score_rewards
@@ -139,10 +139,9 @@ class PPOTrainer(
         if args.use_value_head:
             model = PolicyAndValueModel(policy, tippo.config.hidden_size)
 
-        check_dataset_columns(train_dataset, "train_dataset", require_reference=False)  # a reward may not need one
-        if eval_dataset is not None:
-            check_dataset_columns(eval_dataset, "eval_dataset")  # decoded and compared with its references
-        train_dataset, eval_dataset = cache_features_for_training(args, tippo, processor, train_dataset, eval_dataset)
+        train_dataset, eval_dataset = training_datasets(  # a reward may not need a reference column
+            args, tippo, processor, train_dataset, eval_dataset, require_train_reference=False
+        )
 
         super().__init__(
             model=model,

@@ -6,8 +6,8 @@ import torch
 from datasets import Dataset
 from trl import SFTTrainer
 
-from ..data import TIPPoDataCollator, check_dataset_columns
-from ..feature_cache import cache_features_for_training
+from ..data import TIPPoDataCollator
+from ..feature_cache import training_datasets
 from ..modeling_tippo import TIPPoModel, prototype_contrastive_loss
 from ..processing_tippo import TIPPoProcessor
 from .daa_schedule import daa_lambda1_at
@@ -52,10 +52,7 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
             # Every trainable weight of a TIPPo model with a frozen encoder takes part in the loss (the TIP ablation
             # does not build DAA/DO), so DDP can skip its search for unused parameters, a graph walk every step.
             args.ddp_find_unused_parameters = False
-        check_dataset_columns(train_dataset, "train_dataset")
-        if eval_dataset is not None:
-            check_dataset_columns(eval_dataset, "eval_dataset")
-        train_dataset, eval_dataset = cache_features_for_training(
+        train_dataset, eval_dataset = training_datasets(
             args, unwrap_tippo(model), processor, train_dataset, eval_dataset
         )
         super().__init__(
