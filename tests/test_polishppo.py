@@ -81,6 +81,8 @@ def test_only_the_return_is_overridden():
         "compute_rollout_log_probs",
         "compute_advantages",
         "baseline_advantages",
+        "build_loss_batch",
+        "whiten_advantages",
         "compute_loss",
     }
     assert steps & set(vars(PolishPPOTrainer)) == {"compute_returns"}

@@ -797,6 +797,21 @@ def test_best_checkpoint_is_chosen_by_a_generation_metric(
         torch.testing.assert_close(trainer.model.state_dict()[name], tensor, msg=name)  # the best weights were loaded
 
 
+def test_the_best_checkpoint_of_a_run_with_a_value_head_loads_into_policy_and_value_head(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
+    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir)
+    best = PolicyAndValueModel(copy.deepcopy(tiny_model_varied_outputs), trainer.model.config.hidden_size)
+    with torch.no_grad():
+        for parameter in [*best.policy.language_model.parameters(), best.value_head.weight]:
+            parameter.add_(1.0)
+    best.save_pretrained(tmp_path / "checkpoint-2")
+    trainer.state.best_model_checkpoint = str(tmp_path / "checkpoint-2")
+    trainer._load_best_model()  # what load_best_model_at_end calls at the end of training
+    for name, tensor in best.state_dict().items():
+        torch.testing.assert_close(trainer.model.state_dict()[name], tensor, msg=name)
+
+
 def test_the_progress_bar_counts_iterations(
     tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
 ):

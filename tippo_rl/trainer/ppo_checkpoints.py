@@ -75,6 +75,12 @@ class PPOCheckpointMixin:
         self.processor.save_pretrained(output_dir)
         torch.save(redacted(self.args), os.path.join(output_dir, TRAINING_ARGS_NAME))
 
+    def _load_best_model(self):
+        # `load_best_model_at_end` with a value head: the Trainer would load the policy's weights into the wrapper.
+        if not isinstance(self.model, PolicyAndValueModel) or self.is_deepspeed_enabled:  # DeepSpeed: the engine's own
+            return super()._load_best_model()
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
         if not isinstance(self.model, PolicyAndValueModel):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -70,9 +70,6 @@ from .value_head import PolicyAndValueModel
 logger = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------------------------------- the trainer
-
-
 class PPOTrainer(
     RolloutBatchesMixin, PPOLoggingMixin, PPOCheckpointMixin, GenerationEvalMixin, TIPPoSavingMixin, Trainer
 ):
