@@ -32,11 +32,11 @@ class PPOCheckpointMixin:
         }
 
     def load_ppo_state(self, state: dict[str, Any]) -> None:
+        """Restore what `ppo_state` saved."""
         self._step = state["step"]
         self.iteration = state["iteration"]
-        if (
-            "return_statistics" in state
-        ):  # absent in checkpoints of runs without the running baseline, before it existed
+        # Absent in checkpoints of runs without the running baseline written before it existed.
+        if "return_statistics" in state:
             self.return_statistics.load_state_dict(state["return_statistics"])
 
     def _save_checkpoint(self, model, trial):
