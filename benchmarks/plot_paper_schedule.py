@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from machine import machine_info  # noqa: E402
 from tables import write_json  # noqa: E402
 
-from tippo_rl.trainer.ppo_trainer import ReturnStatistics  # noqa: E402
+from tippo_rl.trainer.ppo_math import ReturnStatistics  # noqa: E402
 
 
 RESULTS = Path(__file__).resolve().parent / "results"

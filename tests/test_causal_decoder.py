@@ -22,7 +22,9 @@ from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
 from tippo_rl.trainer.ppo_config import PPOConfig
-from tippo_rl.trainer.ppo_trainer import PolicyAndValueModel, PPOTrainer, completion_mask
+from tippo_rl.trainer.ppo_math import completion_mask
+from tippo_rl.trainer.ppo_trainer import PPOTrainer
+from tippo_rl.trainer.value_head import PolicyAndValueModel
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from trl import TrlParser
 
@@ -21,9 +22,7 @@ from tippo_rl.lora import apply_lora
 from tippo_rl.model_config import TIPPoModelConfig
 from tippo_rl.script_arguments import TIPPoScriptArguments
 from tippo_rl.trainer.ppo_config import PPOConfig
-from tippo_rl.trainer.ppo_trainer import (
-    PolicyAndValueModel,
-    PPOTrainer,
+from tippo_rl.trainer.ppo_math import (
     clipped_surrogate_loss,
     clipped_value_loss,
     completion_mask,
@@ -32,7 +31,10 @@ from tippo_rl.trainer.ppo_trainer import (
     group_advantages,
     kl_penalty,
     leave_one_out_advantages,
+    masked_global_mean_std,
 )
+from tippo_rl.trainer.ppo_trainer import PPOTrainer
+from tippo_rl.trainer.value_head import PolicyAndValueModel
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -301,6 +303,39 @@ def test_standard_ppo_with_value_head_and_gae_runs_saves_and_resumes(
     loaded = TIPPoModel.from_pretrained(tmp_path / "out")
     for name, tensor in trainer.model.policy.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor, msg=name)
+
+
+def test_policy_and_value_model_saves_the_checkpoint_layout_and_loads_an_old_value_head(
+    tmp_path, tiny_model_varied_outputs
+):
+    wrapper = PolicyAndValueModel(
+        copy.deepcopy(tiny_model_varied_outputs), tiny_model_varied_outputs.config.hidden_size
+    )
+    with torch.no_grad():
+        wrapper.value_head.weight.normal_()
+        wrapper.value_head.offset.fill_(0.25)
+    wrapper.save_pretrained(tmp_path / "own")
+    wrapper.policy.save_pretrained(tmp_path / "policy")  # what a checkpoint holds beside the value head
+    expected = {path.name for path in (tmp_path / "policy").iterdir()} | {"value_head.safetensors"}
+    assert {path.name for path in (tmp_path / "own").iterdir()} == expected
+    wrapper.save_pretrained(tmp_path / "consolidated", state_dict=wrapper.state_dict())  # as DeepSpeed hands it over
+    for name in ("model.safetensors", "value_head.safetensors"):
+        own, consolidated = (
+            safetensors.torch.load_file(tmp_path / folder / name) for folder in ("own", "consolidated")
+        )
+        assert own.keys() == consolidated.keys() and all(torch.equal(own[k], consolidated[k]) for k in own), name
+    TIPPoModel.from_pretrained(tmp_path / "own")
+
+    # A value head saved before value_head_init existed has no offset: it loads with c = 0.
+    old = {key: value for key, value in wrapper.value_head.state_dict().items() if key != "offset"}
+    safetensors.torch.save_file(old, tmp_path / "own/value_head.safetensors")
+    fresh = PolicyAndValueModel(copy.deepcopy(tiny_model_varied_outputs), tiny_model_varied_outputs.config.hidden_size)
+    fresh.value_head.offset.fill_(1.0)
+    fresh.load_value_head(tmp_path / "own")
+    torch.testing.assert_close(fresh.value_head.weight, wrapper.value_head.weight)
+    assert fresh.value_head.offset.item() == 0.0
+    with pytest.raises(FileNotFoundError, match="value_head.safetensors"):
+        fresh.load_value_head(tmp_path / "policy")
 
 
 def test_reward_plugins_from_the_config_get_trl_arguments_and_columns(
@@ -624,6 +659,56 @@ def test_value_head_starts_at_the_first_batchs_mean_return_so_advantages_follow_
     torch.testing.assert_close(signs, torch.sign(R - offset)[:, None] * experience["completion_mask"].float())
 
 
+class ZeroWhitenedTrainer(PPOTrainer):
+    """Overrides one step: whitening returns Â = 0 (and keeps what it was given)."""
+
+    def whiten_advantages(self, advantages, mask):
+        self.unwhitened = advantages
+        return torch.zeros_like(advantages)
+
+
+class ShiftedTargetsTrainer(PPOTrainer):
+    """Overrides one step: the loss batch holds Â = 0 and value targets one above the rollout's values."""
+
+    def build_loss_batch(self, rollouts, advantages):
+        loss_batch = super().build_loss_batch(rollouts, advantages)
+        loss_batch["advantages"] = torch.zeros_like(advantages)
+        loss_batch["value_targets"] = loss_batch["old_values"] + loss_batch["completion_mask"]
+        return loss_batch
+
+
+def first_loss_batch(trainer):
+    return trainer.make_rollout_batch(trainer.data_collator([trainer.train_dataset[i] for i in range(8)]))
+
+
+def test_overriding_whiten_advantages_changes_what_the_loss_sees(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
+    config = ppo_config(tmp_path, use_value_head=False, kl_coef=0.0)
+    train = load_artmuse(demo_dataset_dir / "train.jsonl")
+    trainer = ZeroWhitenedTrainer(copy.deepcopy(tiny_model_varied_outputs), config, tiny_model_and_processor[1], train)
+    loss_batch = first_loss_batch(trainer)
+    mask = loss_batch["completion_mask"]
+    assert torch.equal(loss_batch["advantages"], torch.zeros_like(mask, dtype=torch.float32))
+    assert trainer.unwhitened.abs().sum() > 0  # the default step would have passed a signal on
+    assert trainer.compute_loss(trainer.model, loss_batch).item() == 0.0  # −Â·r = 0 for every token
+    whitened = PPOTrainer.whiten_advantages(trainer, trainer.unwhitened, mask)  # the default: mean 0, std 1
+    assert masked_global_mean_std(whitened, mask, trainer.accelerator) == pytest.approx((0.0, 1.0), abs=1e-5)
+
+
+def test_overriding_build_loss_batch_changes_what_the_loss_sees(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
+    config = ppo_config(tmp_path, kl_coef=0.0, vf_coef=1.0)
+    train = load_artmuse(demo_dataset_dir / "train.jsonl")
+    trainer = ShiftedTargetsTrainer(
+        copy.deepcopy(tiny_model_varied_outputs), config, tiny_model_and_processor[1], train
+    )
+    loss_batch = first_loss_batch(trainer)
+    # Â = 0: no policy loss; V = V_old = R − 1 on every completion token: ½·(V − R)² = ½.
+    assert trainer.compute_loss(trainer.model, loss_batch).item() == pytest.approx(0.5, abs=1e-5)
+
+
 def test_value_warmup_updates_only_the_value_head(
     tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
 ):
@@ -714,12 +799,27 @@ def test_best_checkpoint_is_chosen_by_a_generation_metric(
         torch.testing.assert_close(trainer.model.state_dict()[name], tensor, msg=name)  # the best weights were loaded
 
 
+def test_the_best_checkpoint_of_a_run_with_a_value_head_loads_into_policy_and_value_head(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
+    trainer = make_trainer(tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir)
+    best = PolicyAndValueModel(copy.deepcopy(tiny_model_varied_outputs), trainer.model.config.hidden_size)
+    with torch.no_grad():
+        for parameter in [*best.policy.language_model.parameters(), best.value_head.weight]:
+            parameter.add_(1.0)
+    best.save_pretrained(tmp_path / "checkpoint-2")
+    trainer.state.best_model_checkpoint = str(tmp_path / "checkpoint-2")
+    trainer._load_best_model()  # what load_best_model_at_end calls at the end of training
+    for name, tensor in best.state_dict().items():
+        torch.testing.assert_close(trainer.model.state_dict()[name], tensor, msg=name)
+
+
 def test_the_progress_bar_counts_iterations(
     tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
 ):
     from transformers.trainer_callback import ProgressCallback
 
-    from tippo_rl.trainer.ppo_trainer import IterationProgressCallback
+    from tippo_rl.trainer.callbacks import IterationProgressCallback
 
     trainer = make_trainer(
         tmp_path,

@@ -27,6 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 STAGING_PREFIX = "_incomplete-"
 TRAINER_STATE_NAME = "trainer_state.json"
+PPO_STATE_NAME = "ppo_state.json"  # the PPO iteration and its statistics, beside the Trainer's state
 # A folder holding one of these is taken for a model (by `from_pretrained`, or the Trainer's resume): written last.
 WEIGHT_NAMES = (
     "model.safetensors",
@@ -145,6 +146,30 @@ def check_checkpoint(folder: str | os.PathLike, required: tuple[str, ...] = ()) 
             raise CheckpointError(
                 f"checkpoint '{folder}': file {path.relative_to(folder)} is damaged ({reason}); {advice}"
             ) from error
+    return state
+
+
+def read_ppo_state(checkpoint: str | os.PathLike) -> dict:
+    """The parsed `ppo_state.json` of a PPO checkpoint (at least `step` and `iteration`).
+
+    Raises:
+        CheckpointError: the file is missing (not a PPO checkpoint) or damaged; the message names it.
+    """
+    path = os.path.join(checkpoint, PPO_STATE_NAME)
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"'{checkpoint}' holds no {PPO_STATE_NAME}, so the PPO iteration and its statistics cannot be restored: "
+            "it is not a PPO checkpoint (an SFT output is a model: pass it as --model_name_or_path), or its save was "
+            "interrupted by a version that did not save atomically; resume from an earlier checkpoint"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        int(state["step"]), int(state["iteration"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(
+            f"'{checkpoint}': file {PPO_STATE_NAME} is damaged ({type(error).__name__}: {error}); resume from an earlier checkpoint"
+        ) from error
     return state
 
 

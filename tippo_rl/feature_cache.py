@@ -3,7 +3,8 @@
 `cache_frozen_features` adds `image_features` (N_i × d_φ per row) and `title_features` (d_φ) columns with
 `datasets.Dataset.map`. The cache file's name is a fingerprint of the dataset, the image files' sizes and
 modification times, the encoder's weights and the processor's settings, so changing any of them computes
-the features again instead of reusing stale ones.
+the features again instead of reusing stale ones. `cache_features_for_training` is what the trainers call: the cache
+when `use_feature_cache` is on and φ frozen, the images left undecoded otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from datasets import Dataset, Image, List, are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from .data import check_dataset_columns
 from .data_collator import TIPPoDataCollator
 from .modeling_tippo import TIPPoModel
 from .processing_tippo import TIPPoProcessor
@@ -136,3 +138,50 @@ def _cache_frozen_features(
         model.train(was_training)
     # The features replace the pixels: rows stop decoding their images (the paths stay, for rewards and reports).
     return undecoded_images(cached)
+
+
+def with_frozen_features(tippo: TIPPoModel, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Model inputs with φ's outputs (`image_features`, `title_features`) in place of the pixels and title tokens when
+    they hold pixels and φ is frozen (a PPO rollout batch: encoded once for all its passes); else `inputs` as given."""
+    if "pixel_values" not in inputs or not tippo.config.freeze_encoder:
+        return inputs
+    image_features, title_features = tippo.encode_frozen_features(
+        inputs["pixel_values"], inputs["image_mask"], inputs["title_input_ids"], inputs["title_attention_mask"]
+    )
+    prompt = {name: inputs[name] for name in ("prompt_input_ids", "prompt_attention_mask") if name in inputs}
+    return {
+        "image_features": image_features,
+        "image_mask": inputs["image_mask"],
+        "title_features": title_features,
+        **prompt,
+    }
+
+
+def training_datasets(
+    args,
+    tippo: TIPPoModel,
+    processor: TIPPoProcessor,
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None = None,
+    require_train_reference: bool = True,
+) -> tuple[Dataset, Dataset | None]:
+    """A trainer's (train, eval) datasets: their columns checked (the error names the dataset), then the frozen
+    features cached (`cache_features_for_training`). The eval dataset always needs its references: it is scored."""
+    check_dataset_columns(train_dataset, "train_dataset", require_reference=require_train_reference)
+    if eval_dataset is not None:
+        check_dataset_columns(eval_dataset, "eval_dataset")
+    return cache_features_for_training(args, tippo, processor, train_dataset, eval_dataset)
+
+
+def cache_features_for_training(args, tippo: TIPPoModel, processor: TIPPoProcessor, *datasets):
+    """`datasets` with cached frozen-encoder features when `args.use_feature_cache` and φ is frozen (else unchanged;
+    None stays None). `tippo` is the unwrapped model. Every process reads the same cache file; the main process writes
+    it first."""
+    if not (args.use_feature_cache and tippo.config.freeze_encoder):
+        # The collator decodes the images itself, at a bounded size (see `processing_tippo.load_image`).
+        return tuple(None if dataset is None else undecoded_images(dataset) for dataset in datasets)
+    with args.main_process_first(desc="caching frozen encoder features"):
+        return tuple(
+            None if dataset is None else cache_frozen_features(dataset, tippo, processor, args.feature_cache_dir)
+            for dataset in datasets
+        )

@@ -24,7 +24,7 @@ from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import LiteralReward, load_reward
 from .polishppo_config import PolishPPOConfig
-from .ppo_trainer import PPOTrainer, ReturnStatistics  # noqa: F401  (ReturnStatistics: where it was first defined)
+from .ppo_trainer import PPOTrainer
 
 
 LITERAL, SEMANTIC = "literal", "semantic"
@@ -66,9 +66,10 @@ class PolishPPOTrainer(PPOTrainer):
                 "backend": args.semantic_backend,
                 **init_kwargs.get(SEMANTIC, {}),
             }
-            reward_funcs = [
+            reward_funcs = [  # extra plug-ins stay specs: PPOTrainer builds them with their reward_init_kwargs
                 LiteralReward(normalized=args.literal_distance == "normalized") if spec == LITERAL
-                else load_reward(spec, **(semantic if spec == SEMANTIC else init_kwargs.get(spec, {})))
+                else load_reward(spec, **semantic) if spec == SEMANTIC
+                else spec
                 for spec in args.reward_funcs
             ]  # fmt: skip
         super().__init__(model, args, processor, train_dataset, reward_funcs, callbacks, optimizers, eval_dataset)

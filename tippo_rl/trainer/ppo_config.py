@@ -7,10 +7,10 @@ import math
 import warnings
 from dataclasses import dataclass, field
 
-import torch
 from transformers import TrainingArguments
 
 from .generation_eval import GenerationEvalArguments
+from .training_arguments import TIPPoTrainingArguments
 
 
 KL_ESTIMATORS = ("k1", "k3")
@@ -22,7 +22,7 @@ REWARD_COMPLETIONS_FORMATS = ("text", "conversational")
 
 
 @dataclass
-class PPOConfig(TrainingArguments, GenerationEvalArguments):
+class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArguments):
     r"""
     [`PPOTrainer`] arguments: everything of [`transformers.TrainingArguments`] (optimizer, schedule, logging,
     checkpoints, `report_to`, accelerate/DeepSpeed) plus the fields below.
@@ -274,14 +274,6 @@ class PPOConfig(TrainingArguments, GenerationEvalArguments):
         },
     )
 
-    # -- data --------------------------------------------------------------------------------------------------------
-    use_feature_cache: bool = field(
-        default=True, metadata={"help": "Train from cached frozen-encoder features (computed once per dataset)."}
-    )
-    feature_cache_dir: str | None = field(
-        default=None, metadata={"help": "Folder for cached features (default ~/.cache/tippo_rl/features)."}
-    )
-
     # -- TrainingArguments defaults that differ for PPO ----------------------------------------------------------------
     learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate (paper, PolishPPO: 1e-5)."})
     logging_steps: float = field(
@@ -290,13 +282,9 @@ class PPOConfig(TrainingArguments, GenerationEvalArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep every dataset column: reward plug-ins receive them."}
     )
-    bf16: bool | None = field(
-        default=None, metadata={"help": "bf16 mixed precision. Default: on where a GPU supports it, off on a CPU."}
-    )
 
     def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
+        self._resolve_tippo_fields()
         for name in ("generation_kwargs", "reward_init_kwargs", "eval_generation_kwargs"):
             value = getattr(self, name)
             if isinstance(value, str):

@@ -7,341 +7,80 @@ schedule, gradient accumulation and clipping, logging, checkpoints, DDP/DeepSpee
 
 The algorithm's steps are methods, so a variant overrides one step (PolishPPO overrides `compute_returns`):
 
-    generate_rollouts → score_rollouts → compute_returns → (old, reference log-probs, values) → compute_advantages
-    → num_ppo_epochs × minibatches of compute_loss
+    generate_rollouts → score_rollouts → compute_returns → compute_rollout_log_probs (old, reference, values)
+    → compute_advantages → build_loss_batch → whiten_advantages → num_ppo_epochs × minibatches of compute_loss
 
 `compute_advantages` is GAE on a value head, or, without one, the sequence return minus a baseline
 (`advantage_baseline`: the running normalisation of Eq. 6, the per-prompt group mean/std of GRPO, RLOO's leave-one-out
 mean, or SCST's greedy decode), over `num_generations` completions per prompt.
 
-Equation numbers marked "PPO" refer to Schulman et al. 2017 (arXiv:1707.06347); k3 is the KL estimator of
-http://joschu.net/blog/kl-approx.html; the value clipping is OpenAI baselines' (as in TRL's former PPOTrainer).
+The equations are in `ppo_math` (one line each, numbered); equation numbers marked "PPO" refer to Schulman et al. 2017
+(arXiv:1707.06347).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
-import os
-import warnings
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import safetensors.torch
 import torch
-from accelerate.utils import gather_object, is_peft_model, set_seed
+from accelerate.utils import is_peft_model, set_seed
 from datasets import Dataset
 from torch import nn
 from transformers import GenerationConfig, Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
-from transformers.utils import logging as hf_logging
-from trl.models import prepare_deepspeed, unwrap_model_for_generation
+from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
-from ..checkpoints import CheckpointError
-from ..data import check_dataset_columns
-from ..data_collator import MODEL_INPUT_NAMES, TIPPoDataCollator, model_inputs
+from ..data_collator import MODEL_INPUT_NAMES, model_inputs
+from ..feature_cache import training_datasets, with_frozen_features
 from ..generation import generation_config
 from ..modeling_tippo import TIPPoModel
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import conversational_completions, load_reward, reward_name, score_rewards
+from .callbacks import IterationProgressCallback
+from .daa_schedule import daa_lambda1_at
 from .generation_eval import GenerationEvalMixin
+from .model_wrappers import unwrap_tippo
+from .ppo_checkpoints import PPOCheckpointMixin
 from .ppo_config import PPOConfig
-from .utils import (
-    EpochSeededRepeatSampler,
-    StepMetrics,
-    TIPPoSavingMixin,
-    cache_features_for_training,
-    daa_lambda1_at,
-    unwrap_tippo,
+from .ppo_logging import PPOLoggingMixin
+from .ppo_math import (
+    ReturnStatistics,
+    clipped_surrogate_loss,
+    clipped_value_loss,
+    completion_mask,
+    generalized_advantage_estimation,
+    greedy_baseline_advantages,
+    group_advantages,
+    kl_penalty,
+    leave_one_out_advantages,
+    masked_global_mean_std,
+    masked_mean,
 )
+from .reference_policy import disable_dropout, frozen_reference_policy
+from .rollout_batches import PPODataCollator, RolloutBatchesMixin
+from .saving import TIPPoSavingMixin
+from .value_head import PolicyAndValueModel
 
 
 logger = logging.getLogger(__name__)
 
-PPO_STATE_NAME = "ppo_state.json"
-VALUE_HEAD_NAME = "value_head.safetensors"
-FEATURE_COLUMNS = ("image_features", "title_features")
 
-
-# ----------------------------------------------------------------------------------------------------- the math
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `values` over the positions where `mask` is 1 (0 when the mask is empty)."""
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
-def clipped_surrogate_loss(
-    logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's clipped policy loss per token, averaged over the completion tokens.
-
-    Args:
-        logps, old_logps, advantages, mask: `(batch, T)`; `mask` is 1 on completion tokens.
-        cliprange: ε.
-    Returns:
-        (loss, clip fraction, ratio), the first two scalars, ratio `(batch, T)`.
-    """
-    ratio = torch.exp(logps - old_logps)  # r_t(θ) = π_θ(y_t) / π_θ_old(y_t)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
-    losses = torch.max(unclipped, clipped)  # −L^CLIP, PPO Eq. 7
-    return masked_mean(losses, mask), masked_mean((clipped > unclipped).float(), mask), ratio
-
-
-def kl_penalty(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
-    """Per-token estimate of KL(π_θ ‖ π_ref) from the sampled tokens' log-probs, `(batch, T)`."""
-    log_ratio = ref_logps - logps  # log π_ref − log π_θ
-    if estimator == "k1":
-        return -log_ratio  # k1
-    return torch.exp(log_ratio) - log_ratio - 1  # k3
-
-
-def clipped_value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, cliprange_value: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped value loss ½·max((V − R)², (V_clip − R)²), averaged over completion tokens; and its clip fraction."""
-    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
-    unclipped_error, clipped_error = (values - targets) ** 2, (clipped_values - targets) ** 2
-    losses = 0.5 * torch.max(unclipped_error, clipped_error)
-    return masked_mean(losses, mask), masked_mean((clipped_error > unclipped_error).float(), mask)
-
-
-def generalized_advantage_estimation(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-) -> torch.Tensor:
-    """GAE over the tokens of each completion. `rewards`, `values`, `mask`: `(batch, T)`; the mask is a prefix (the
-    completion, EOS included). The value after the last token is 0 (the episode ends). Returns `(batch, T)`."""
-    values = values * mask
-    advantages = torch.zeros_like(values)
-    running = torch.zeros_like(values[:, 0])
-    for t in reversed(range(values.shape[1])):
-        next_value = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(running)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]  # δ_t = r_t + γ·V(s_{t+1}) − V(s_t), PPO Eq. 12
-        running = delta + gamma * lam * running  # Â_t = δ_t + γλ·Â_{t+1}, PPO Eq. 11 (recursive form)
-        advantages[:, t] = running
-    return advantages * mask
-
-
-def group_advantages(returns: torch.Tensor, k: int, epsilon: float = 1e-8) -> torch.Tensor:
-    """GRPO's per-prompt normalisation. `returns` `(batch,)` holds k consecutive completions per prompt; the std is
-    the unbiased one over the prompt's k returns (as TRL's GRPOTrainer). Returns `(batch,)`."""
-    G = returns.view(-1, k)  # (prompts, k)
-    return (
-        (G - G.mean(1, keepdim=True)) / (G.std(1, keepdim=True) + epsilon)
-    ).flatten()  # Â_ij = (G_ij − mean_i) / (std_i + ε)
-
-
-def leave_one_out_advantages(returns: torch.Tensor, k: int) -> torch.Tensor:
-    """RLOO (Kool et al. 2019; Ahmadian et al. 2024): the baseline of each completion is the mean return of the other
-    k − 1 completions of its prompt. `returns` `(batch,)`, k consecutive per prompt. Returns `(batch,)`."""
-    G = returns.view(-1, k)
-    baseline = (G.sum(1, keepdim=True) - G) / (k - 1)  # b_ij = Σ_{l≠j} G_il / (k − 1)
-    return (G - baseline).flatten()  # Â_ij = G_ij − b_ij
-
-
-def greedy_baseline_advantages(returns: torch.Tensor, greedy_returns: torch.Tensor, k: int) -> torch.Tensor:
-    """SCST (Rennie et al. 2017): the baseline is the return of the policy's greedy decode of the same prompt.
-    `returns` `(batch,)` (k consecutive per prompt), `greedy_returns` `(batch / k,)`. Returns `(batch,)`."""
-    return returns - greedy_returns.repeat_interleave(k)  # Â_ij = G(y_ij) − G(ŷ_i)
-
-
-def _merge(a: tuple[int, float, float], b: tuple[int, float, float]) -> tuple[int, float, float]:
-    """Combine (count, mean, sum of squared deviations) of two sets of numbers (Chan et al.'s parallel update)."""
-    (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
-    n = n_a + n_b
-    if n == 0:
-        return 0, 0.0, 0.0
-    delta = mean_b - mean_a
-    return n, mean_a + delta * n_b / n, m2_a + m2_b + delta * delta * n_a * n_b / n
-
-
-class ReturnStatistics:
-    """μ_m and δ_m of Eq. 6: mean and (population) standard deviation of the returns of the last `window` iterations,
-    or of all iterations so far when `window` is None (paper-literal).
-
-    Each iteration is kept as (count, mean, M2) in float64 and windows are merged exactly, so the statistics neither
-    drift nor lose precision over a 20K-iteration run.
-    """
-
-    def __init__(self, window: int | None = None):
-        self.window = window
-        self.iterations: deque[tuple[int, float, float]] = deque(maxlen=window)  # used when window is set
-        self.total: tuple[int, float, float] = (0, 0.0, 0.0)  # used when window is None
-
-    def update(self, returns: torch.Tensor) -> None:
-        """Add one iteration's returns `(n,)` (all processes' returns, so every process holds the same statistics)."""
-        values = returns.detach().double().flatten()
-        mean = values.mean().item()
-        stats = (len(values), mean, ((values - mean) ** 2).sum().item())
-        if self.window is None:
-            self.total = _merge(self.total, stats)
-        else:
-            self.iterations.append(stats)
-
-    def _merged(self) -> tuple[int, float, float]:
-        if self.window is None:
-            return self.total
-        merged = (0, 0.0, 0.0)
-        for stats in self.iterations:
-            merged = _merge(merged, stats)
-        return merged
-
-    @property
-    def mean(self) -> float:
-        return self._merged()[1]
-
-    @property
-    def std(self) -> float:
-        count, _, m2 = self._merged()
-        return math.sqrt(max(m2, 0.0) / count) if count else 0.0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"window": self.window, "iterations": [list(s) for s in self.iterations], "total": list(self.total)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["window"] != self.window:
-            raise ValueError(
-                f"the checkpoint's advantage_window is {state['window']}, this run's is {self.window}: the running "
-                "statistics of Eq. 6 cannot be carried over; resume with the same advantage_window"
-            )
-        self.iterations = deque((tuple(s) for s in state["iterations"]), maxlen=self.window)
-        self.total = tuple(state["total"])
-
-
-def completion_mask(completion_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 on each completion's tokens up to and including its first EOS (all tokens if it has none): `(batch, T)`."""
-    is_eos = completion_ids == eos_token_id
-    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion_ids.shape[1])
-    return (torch.arange(completion_ids.shape[1], device=completion_ids.device)[None] <= first_eos[:, None]).long()
-
-
-# ----------------------------------------------------------------------------------------------------- the pieces
-
-
-class ValueHead(nn.Linear):
-    """V(s_t) = w·h_t + b + c `(batch, T)` from hidden states `(batch, T, d)`. w and b start at 0 (no value noise in the
-    first advantages); c is a buffer, not a weight, that `value_head_init: mean_return` sets to the first rollout
-    batch's mean return: V then starts at the return's mean everywhere, instead of 0, which would take Adam thousands
-    of lr-sized steps to reach and meanwhile make GAE's advantages depend on the token's position."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__(hidden_size, 1)
-        nn.init.zeros_(self.weight)
-        nn.init.zeros_(self.bias)
-        self.register_buffer("offset", torch.zeros(1), persistent=True)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return super().forward(hidden).squeeze(-1) + self.offset
-
-
-class PolicyAndValueModel(nn.Module):
-    """The policy and a value head V(s_t) = w·h_t + b on its decoder's last hidden states, as one module: DDP and
-    DeepSpeed then synchronise both and one optimizer steps both.
-
-    `forward` takes the policy's inputs and returns `(outputs, values)`, values `(batch, T)`. Checkpoints hold the
-    policy as a loadable TIPPo model plus `value_head.safetensors` (see `PPOTrainer._save`).
-    """
-
-    def __init__(self, policy: nn.Module, hidden_size: int):
-        super().__init__()
-        self.policy = policy
-        self.value_head = ValueHead(hidden_size)
-        self.value_only = False  # critic warm-up: the value loss does not reach the policy's weights
-
-    def forward(self, **inputs):
-        outputs = self.policy(**inputs, output_hidden_states=True)
-        # T5's decoder states, or a causal decoder's at the completion positions (`TIPPoCausalLMOutput`).
-        hidden = (outputs.decoder_hidden_states if self.config.is_encoder_decoder else outputs.hidden_states)[-1]
-        if self.value_only:
-            hidden = hidden.detach()
-        return outputs, self.value_head(hidden.to(self.value_head.weight.dtype))
-
-    # What the Trainer and TRL's generation helpers ask of a model.
-    @property
-    def config(self):
-        return self.policy.config
-
-    @property
-    def is_activation_checkpointing(self) -> bool:
-        return self.policy.is_activation_checkpointing
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:  # the old name, which TRL 1.16 still reads
-        return self.policy.is_activation_checkpointing
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
-
-    def gradient_checkpointing_disable(self):
-        self.policy.gradient_checkpointing_disable()
-
-
-class IterationProgressCallback(ProgressCallback):
-    """The training progress bar in PPO iterations (a rollout batch and its PPO epochs), not in optimizer steps, which
-    are `num_ppo_epochs · steps_per_generation / gradient_accumulation_steps` times as many."""
-
-    def __init__(self, steps_per_iteration: float):
-        super().__init__()
-        self.steps_per_iteration = steps_per_iteration
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            total = max(math.ceil(state.max_steps / self.steps_per_iteration), 1)
-            self.training_bar = hf_logging.tqdm(total=total, unit="iteration", desc="PPO", dynamic_ncols=True)
-            self.training_bar.update(int(state.global_step // self.steps_per_iteration))  # resumed: iterations done
-        self.current_step = 0
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            done = min(int(state.global_step // self.steps_per_iteration), self.training_bar.total)
-            self.training_bar.update(done - self.training_bar.n)
-
-
-class PPODataCollator:
-    """Rows → the model inputs of `TIPPoDataCollator` plus `columns`: every other dataset column as a list, for the
-    reward plug-ins (`reference`, `references`, `title`, `images`, `id`, and any extra column). Images whose pixels
-    were replaced by cached features are passed as their file paths."""
-
-    def __init__(self, processor: TIPPoProcessor):
-        self.collator = TIPPoDataCollator(processor, with_labels=False)
-
-    def __call__(self, rows: Sequence[dict]) -> dict[str, Any]:
-        batch = model_inputs(self.collator(rows))
-        columns = {name: [row[name] for row in rows] for name in rows[0] if name not in FEATURE_COLUMNS}
-        if "images" in columns:
-            columns["images"] = [[_image_or_path(image) for image in images] for images in columns["images"]]
-        return {**batch, "columns": columns}
-
-
-def _image_or_path(image: Any) -> Any:
-    if isinstance(image, dict) and image.get("path"):  # an undecoded datasets.Image
-        return image["path"]
-    return image
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """Set every dropout probability of `model` to 0."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-
-
-# ----------------------------------------------------------------------------------------------------- the trainer
-
-
-class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
+class PPOTrainer(
+    RolloutBatchesMixin, PPOLoggingMixin, PPOCheckpointMixin, GenerationEvalMixin, TIPPoSavingMixin, Trainer
+):
     """Proximal Policy Optimization of a [`TIPPoModel`] (title + images → text) with reward plug-ins.
 
     Standard PPO by default (value head, GAE, clipped value loss); `use_value_head=False` uses the sequence return
     minus `advantage_baseline` (none, running Eq. 6, group, leave-one-out, greedy; over `num_generations` completions
     per prompt) as every token's advantage. Subclasses change one step by overriding one method: `generate_rollouts`,
-    `score_rollouts`, `compute_returns`, `compute_advantages`, `baseline_advantages` or `compute_loss`
-    ([`PolishPPOTrainer`] overrides `compute_returns`).
+    `score_rollouts`, `compute_returns`, `compute_advantages`, `baseline_advantages`, `build_loss_batch`,
+    `whiten_advantages` or `compute_loss` ([`PolishPPOTrainer`] overrides `compute_returns`).
 
     Args:
         model: the starting policy, a `TIPPoModel` (e.g. the SFT output) or a PEFT-wrapped one. With PEFT the reference
@@ -374,6 +113,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         eval_dataset: Dataset | None = None,
     ):
         self.processor = processor
+        args.remove_unused_columns = False  # reward plug-ins receive every dataset column: none is "unused"
         tippo = unwrap_tippo(model)
         if args.disable_dropout:
             disable_dropout(model)
@@ -397,10 +137,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         if args.use_value_head:
             model = PolicyAndValueModel(policy, tippo.config.hidden_size)
 
-        check_dataset_columns(train_dataset, "train_dataset", require_reference=False)  # a reward may not need one
-        if eval_dataset is not None:
-            check_dataset_columns(eval_dataset, "eval_dataset")  # decoded and compared with its references
-        train_dataset, eval_dataset = cache_features_for_training(args, tippo, processor, train_dataset, eval_dataset)
+        train_dataset, eval_dataset = training_datasets(  # a reward may not need a reference column
+            args, tippo, processor, train_dataset, eval_dataset, require_train_reference=False
+        )
 
         super().__init__(
             model=model,
@@ -422,14 +161,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         # Reference policy: the starting policy, frozen. PEFT: the same model with its adapters disabled.
         self.ref_model = None
         if args.kl_coef > 0 and not is_peft_model(policy):
-            # φ is frozen and the same in both: share it rather than copy it (not under DeepSpeed, which shards it).
-            share = tippo.config.freeze_encoder and not self.is_deepspeed_enabled
-            self.ref_model = copy.deepcopy(policy, memo={id(tippo.encoder): tippo.encoder} if share else None)
-            self.ref_model.eval().requires_grad_(False)
-            if self.is_deepspeed_enabled:
-                self.ref_model = prepare_deepspeed(self.ref_model, self.accelerator)
-            else:
-                self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
+            self.ref_model = frozen_reference_policy(policy, self.accelerator, self.is_deepspeed_enabled)
         self.reward_weights = self.reward_weights.to(self.accelerator.device)
 
         self.eos_token_id = tippo.config.eos_token_id
@@ -461,43 +193,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         self.iteration = 0  # m: PPO iterations (rollout batches) started so far; restored on resume
         self._rollout_batch: dict[str, torch.Tensor] | None = None
         self._minibatches: list[dict[str, torch.Tensor]] | None = None
-        self._metrics: dict[str, list[float]] = defaultdict(list)  # per iteration, already reduced: logged means
-        self._step_metrics = StepMetrics()  # per step, on the device until log()
-        self._reward_warnings: set[tuple[str, str]] = set()  # (reward, problem) already reported
-        self._pending_reward_metrics: dict[str, list[float]] = defaultdict(list)  # from rewards' log_metric
-        self.reward_extras: dict[str, list] = {}  # from rewards' log_extra: the latest rollout batch's columns
-
-    # -- data ---------------------------------------------------------------------------------------------------------
-
-    def _set_signature_columns_if_needed(self):
-        # Reward plug-ins receive every column, so none is "unused".
-        if self._signature_columns is None:
-            self._signature_columns = list(self.train_dataset.column_names)
-
-    def get_train_dataloader(self):
-        # One dataloader batch is a rollout batch, repeated once per minibatch it feeds (see _get_train_sampler).
-        return self._get_dataloader(
-            dataset=self.train_dataset,
-            description="Training",
-            batch_size=self._train_batch_size * self.args.steps_per_generation,
-            sampler_fn=self._get_train_sampler,
-            is_training=True,
-        )
-
-    def _get_train_sampler(self, dataset: Dataset | None = None):
-        # Each rollout batch (global: generation_batch_size completions of generation_batch_size / k prompts, each prompt
-        # k times in a row) comes minibatches_per_iteration times in a row, so the Trainer's step and epoch counting,
-        # and skipping on resume, stay right. Every process's share is a multiple of k consecutive rows: whole groups.
-        # Its order depends on the epoch, not on how many passes this process has drawn, so a resumed run sees the same
-        # order.
-        return EpochSeededRepeatSampler(
-            data_source=dataset if dataset is not None else self.train_dataset,
-            mini_repeat_count=self.args.num_generations,
-            batch_size=self.args.generation_batch_size // self.args.num_generations,
-            repeat_count=self.args.minibatches_per_iteration,
-            shuffle=True,
-            seed=self.args.seed,
-        )
+        self._init_logging()
 
     @property
     def total_iterations(self) -> int:
@@ -538,8 +234,8 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
 
     @torch.no_grad()
     def make_rollout_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """One iteration's experience: generate, score, returns, log-probs, advantages. Returns the tensors the loss
-        needs, each `(local rollout batch, ...)`."""
+        """One iteration's experience: generate, score, returns, log-probs, advantages, the loss batch (advantages
+        whitened if `whiten_advantages`). Returns the tensors the loss needs, each `(local rollout batch, ...)`."""
         self._update_daa_lambda1()
         rollouts = self.generate_rollouts(batch)
         rewards = self.score_rollouts(rollouts)  # (n_funcs, batch)
@@ -554,26 +250,12 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         with self.compute_loss_context_manager():  # the same autocast as the loss: ratio 1 before the first update
             rollouts.update(self.compute_rollout_log_probs(rollouts))
         advantages = self.compute_advantages(returns, rollouts)  # (batch, T)
-        mask = rollouts["completion_mask"]
-
-        experience = {
-            **rollouts["model_inputs"],
-            "completion_ids": rollouts["completion_ids"],
-            "completion_mask": mask,
-            "old_logps": rollouts["old_logps"],
-        }
-        if "ref_logps" in rollouts:
-            experience["ref_logps"] = rollouts["ref_logps"]
-        if self.args.use_value_head:
-            experience["old_values"] = rollouts["old_values"]
-            experience["value_targets"] = (advantages + rollouts["old_values"]) * mask  # R_t = Â_t + V(s_t)
+        loss_batch = self.build_loss_batch(rollouts, advantages)
         if self.args.whiten_advantages:
-            advantages = self._whiten(advantages, mask)
-        experience["advantages"] = advantages
-
-        self._log_rollout_metrics(rewards, returns, advantages, rollouts)
+            loss_batch["advantages"] = self.whiten_advantages(loss_batch["advantages"], rollouts["completion_mask"])
+        self._log_rollout_metrics(rewards, returns, loss_batch["advantages"], rollouts)
         self.iteration += 1
-        return experience
+        return loss_batch
 
     def generate_rollouts(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Sample one completion per row with the current policy (batched `generate()` with its KV cache); a prompt's k
@@ -609,23 +291,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         ) as unwrapped:
             policy = self._policy(unwrapped)
             tippo = unwrap_tippo(policy)
-            if "pixel_values" in inputs and tippo.config.freeze_encoder:
-                # φ is frozen: encode the images and titles once for every pass over this rollout batch.
-                image_features, title_features = tippo.encode_frozen_features(
-                    inputs["pixel_values"],
-                    inputs["image_mask"],
-                    inputs["title_input_ids"],
-                    inputs["title_attention_mask"],
-                )
-                prompt = {
-                    name: inputs[name] for name in ("prompt_input_ids", "prompt_attention_mask") if name in inputs
-                }
-                inputs = {
-                    "image_features": image_features,
-                    "image_mask": inputs["image_mask"],
-                    "title_features": title_features,
-                    **prompt,
-                }
+            inputs = with_frozen_features(tippo, inputs)  # φ frozen: encoded once for every pass over the batch
             sequences = policy.generate(**inputs, generation_config=generation_config)
         # T5's sequences start with the decoder start token; a causal decoder's are the completion alone.
         completion_ids = sequences[:, 1:] if tippo.config.is_encoder_decoder else sequences
@@ -665,16 +331,6 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         if self.args.reward_completions_format == "conversational":
             return conversational_completions(completions)
         return completions
-
-    def log_reward_metric(self, name: str, value: float) -> None:
-        """`log_metric` of the reward functions (TRL's GRPO convention): logged under `name`, averaged over the
-        iteration's calls and all processes."""
-        self._pending_reward_metrics[name].append(float(value))
-
-    def log_reward_extra(self, column: str, values: list) -> None:
-        """`log_extra` of the reward functions: a column of per-sample values, kept in `reward_extras` for the latest
-        rollout batch and shown in the evaluation's completions table."""
-        self.reward_extras[column] = list(values)
 
     def compute_returns(self, rewards: torch.Tensor, rollouts: dict[str, Any]) -> torch.Tensor:
         """The sequence return R = Σ_i w_i·r_i (NaN rewards skipped): `(n_funcs, batch)` → `(batch,)`."""
@@ -749,12 +405,29 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
             tippo.set_daa_lambda1(value)
         self._metrics["daa/lambda1"].append(float(tippo.daa_lambda1.item()))
 
-    def _whiten(self, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(A − mean) / std over the completion tokens of the whole rollout batch, all processes."""
-        stats = torch.stack([(advantages * mask).sum(), (advantages**2 * mask).sum(), mask.sum().to(advantages.dtype)])
-        total, squares, count = self.accelerator.reduce(stats, reduction="sum").double().tolist()
-        mean = total / max(count, 1)
-        std = math.sqrt(max(squares / max(count, 1) - mean**2, 0.0))
+    def build_loss_batch(self, rollouts: dict[str, Any], advantages: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tensors `compute_loss` reads, each `(local rollout batch, ...)`: the model inputs, `completion_ids`,
+        `completion_mask`, `old_logps` (and `ref_logps` when β > 0), with a value head `old_values` and the value
+        targets R_t = Â_t + V(s_t) (from the advantages before whitening), and `advantages` `(batch, T)`."""
+        mask = rollouts["completion_mask"]
+        loss_batch = {
+            **rollouts["model_inputs"],
+            "completion_ids": rollouts["completion_ids"],
+            "completion_mask": mask,
+            "old_logps": rollouts["old_logps"],
+        }
+        if "ref_logps" in rollouts:
+            loss_batch["ref_logps"] = rollouts["ref_logps"]
+        if self.args.use_value_head:
+            loss_batch["old_values"] = rollouts["old_values"]
+            loss_batch["value_targets"] = (advantages + rollouts["old_values"]) * mask  # R_t = Â_t + V(s_t)
+        loss_batch["advantages"] = advantages
+        return loss_batch
+
+    def whiten_advantages(self, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(Â − mean) / std over the completion tokens of the whole rollout batch, all processes (`whiten_advantages`).
+        `advantages`, `mask`: `(batch, T)`."""
+        mean, std = masked_global_mean_std(advantages, mask, self.accelerator)
         return (advantages - mean) / (std + 1e-8) * mask
 
     # -- the loss ---------------------------------------------------------------------------------------------------
@@ -816,219 +489,3 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
             sampling_logits = logits if self.args.temperature == 1.0 else logits / self.args.temperature
             self._log_metric("entropy", masked_mean(entropy_from_logits(sampling_logits), mask))  # TRL's: in chunks
         return loss
-
-    # -- logging ----------------------------------------------------------------------------------------------------
-
-    def _log_metric(self, name: str, value: torch.Tensor | float) -> None:
-        """Record a per-step scalar; `log()` reports its mean over the steps since the last log and all processes."""
-        self._step_metrics.add(name, value, self.accelerator.device)
-
-    def _log_rollout_metrics(
-        self, rewards: torch.Tensor, returns: torch.Tensor, advantages: torch.Tensor, rollouts: dict[str, Any]
-    ) -> None:
-        gather = self.accelerator.gather
-        all_rewards = gather(rewards.T.contiguous()).T  # (n_funcs, global batch)
-        for name, values in zip(self.reward_names, all_rewards):
-            self._metrics[f"rewards/{name}/mean"].append(torch.nanmean(values).item())
-            self._metrics[f"rewards/{name}/std"].append(_nanstd(values))
-            self._warn_if_uninformative(name, values)
-        all_returns = gather(returns)
-        self._metrics["returns/mean"].append(all_returns.mean().item())
-        self._metrics["returns/std"].append(all_returns.std(correction=0).item())
-        mask = rollouts["completion_mask"]
-        stats = torch.stack([(advantages * mask).sum(), (advantages**2 * mask).sum(), mask.sum().float()])
-        total, squares, count = self.accelerator.reduce(stats, reduction="sum").double().tolist()
-        mean = total / max(count, 1)
-        self._metrics["advantages/mean"].append(mean)
-        self._metrics["advantages/std"].append(math.sqrt(max(squares / max(count, 1) - mean**2, 0.0)))
-        # The share of completions whose first token's advantage is negative: ~1/2 when advantages carry no position bias.
-        self._metrics["advantages/first_token_negative"].append(gather((advantages[:, 0] < 0).float()).mean().item())
-        lengths = gather(mask.sum(1).float())
-        self._metrics["completions/mean_length"].append(lengths.mean().item())
-        terminated = gather((rollouts["completion_ids"] == self.eos_token_id).any(1).float())
-        self._metrics["completions/clipped_ratio"].append(1.0 - terminated.mean().item())
-        self._metrics["iteration"].append(float(self.iteration))
-        self._flush_reward_metrics()
-
-    def _flush_reward_metrics(self) -> None:
-        # Sorted names, gathered from every process: all processes take part in the same gathers, in the same order,
-        # even when a reward logs a metric on some of them only.
-        names = sorted({name for names in gather_object([list(self._pending_reward_metrics)]) for name in names})
-        for name in names:
-            values = self._pending_reward_metrics.get(name, [])
-            stats = torch.tensor([sum(values), len(values)], dtype=torch.float64, device=self.accelerator.device)
-            total, count = self.accelerator.reduce(stats, reduction="sum").tolist()
-            if count:
-                self._metrics[name].append(total / count)
-        self._pending_reward_metrics.clear()
-
-    def _warn_if_uninformative(self, name: str, values: torch.Tensor) -> None:
-        """Say (once per reward and problem) when a reward cannot move the policy: None for every sample of a rollout
-        batch, or the same value for all of them (its part of every advantage is then 0)."""
-        finite = values[~torch.isnan(values)]
-        if len(finite) == 0:
-            problem, message = (
-                "none",
-                f"returned None for all {len(values)} samples of iteration {self.iteration}: it has no effect",
-            )
-        elif len(finite) > 1 and bool((finite == finite[0]).all()):
-            problem, message = (
-                "constant",
-                (
-                    f"gave all {len(finite)} samples of iteration {self.iteration} the same value ({finite[0].item():.4g}): it "
-                    "adds nothing to the advantages"
-                ),
-            )
-        else:
-            return
-        if (name, problem) not in self._reward_warnings and self.accelerator.is_main_process:
-            self._reward_warnings.add((name, problem))
-            warnings.warn(
-                f"reward {name!r} {message} (said once; the rewards/{name}/* metrics show every iteration)",
-                UserWarning,
-                stacklevel=2,
-            )
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.model.training:
-            self._step_metrics.reduce_into(self._metrics, self.accelerator)
-            for key, values in self._metrics.items():
-                finite = [v for v in values if not math.isnan(v)]
-                logs[key] = sum(finite) / len(finite) if finite else None
-            self._metrics.clear()
-        super().log(logs, start_time)
-
-    # -- evaluation -------------------------------------------------------------------------------------------------
-
-    def evaluate(
-        self, eval_dataset: Dataset | None = None, ignore_keys=None, metric_key_prefix: str = "eval"
-    ) -> dict[str, float]:
-        """Decode the eval split and log generation metrics (`eval_rouge_l`, `eval_cider`, `eval_literal`,
-        `eval_rewards/<name>`): PPO has no eval loss. `metric_for_best_model` may name any of them."""
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if dataset is None:
-            raise ValueError(
-                "PPOTrainer.evaluate needs an eval dataset: pass eval_dataset to the trainer or to evaluate()"
-            )
-        if eval_dataset is not None:
-            (dataset,) = cache_features_for_training(self.args, self.model, self.processor, dataset)
-        was_training = self.model.training
-        self.model.eval()  # log() then keeps the training metrics for the next training log
-        try:
-            metrics = self.generation_metrics(dataset, metric_key_prefix)
-            self.log(metrics)
-        finally:
-            self.model.train(was_training)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
-
-    # -- checkpoints ------------------------------------------------------------------------------------------------
-
-    def ppo_state(self) -> dict[str, Any]:
-        """What a checkpoint must hold beyond the Trainer's own state to resume exactly (JSON-serialisable), and the
-        iteration layout it was written with."""
-        return {
-            "step": self._step,
-            "iteration": self.iteration,
-            "steps_per_generation": self.args.steps_per_generation,
-            "num_ppo_epochs": self.args.num_ppo_epochs,
-            "num_generations": self.args.num_generations,
-            "total_iterations": self.total_iterations,
-            "return_statistics": self.return_statistics.state_dict(),
-        }
-
-    def load_ppo_state(self, state: dict[str, Any]) -> None:
-        self._step = state["step"]
-        self.iteration = state["iteration"]
-        if (
-            "return_statistics" in state
-        ):  # absent in checkpoints of runs without the running baseline, before it existed
-            self.return_statistics.load_state_dict(state["return_statistics"])
-
-    def _save_checkpoint(self, model, trial):
-        self.create_model_card()
-        super()._save_checkpoint(model, trial)  # atomic; ppo_state.json goes in through _save_checkpoint_extras
-
-    def _save_checkpoint_extras(self, folder):
-        with open(os.path.join(folder, PPO_STATE_NAME), "w") as f:
-            json.dump(self.ppo_state(), f, indent=2)
-
-    def _read_ppo_state(self, checkpoint: str) -> dict[str, Any]:
-        path = os.path.join(checkpoint, PPO_STATE_NAME)
-        if not os.path.isfile(path):
-            raise CheckpointError(
-                f"'{checkpoint}' holds no {PPO_STATE_NAME}, so the PPO iteration and its statistics cannot be restored: "
-                "it is not a PPO checkpoint (an SFT output is a model: pass it as --model_name_or_path), or its save was "
-                "interrupted by a version that did not save atomically; resume from an earlier checkpoint"
-            )
-        try:
-            with open(path, encoding="utf-8") as f:
-                state = json.load(f)
-            int(state["step"]), int(state["iteration"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(
-                f"'{checkpoint}': file {PPO_STATE_NAME} is damaged ({type(error).__name__}: {error}); resume from an earlier checkpoint"
-            ) from error
-        return state
-
-    def _check_resume(self, checkpoint: str, state: dict) -> None:
-        ppo_state = self._read_ppo_state(checkpoint)
-        for name in ("steps_per_generation", "num_ppo_epochs"):
-            if ppo_state.get(name) not in (None, getattr(self.args, name)):
-                raise CheckpointError(
-                    f"'{checkpoint}' was written with {name} {ppo_state[name]}, this run has {getattr(self.args, name)}: "
-                    f"its steps no longer fall on PPO iterations; resume with --{name} {ppo_state[name]}"
-                )
-        super()._check_resume(checkpoint, state)
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        # Called on resume in every setup (plain, DDP, DeepSpeed), after the weights are loaded.
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        self.load_ppo_state(self._read_ppo_state(checkpoint))
-        self._rollout_batch = self._minibatches = None
-
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        """Save the policy as a loadable TIPPo model (or PEFT adapter); with a value head, also `value_head.safetensors`."""
-        if not isinstance(self.model, PolicyAndValueModel):
-            return super()._save(output_dir, state_dict)
-        output_dir = output_dir or self.args.output_dir
-        wrapper = self.model
-        if state_dict is not None:  # DeepSpeed hands over the consolidated state dict of the wrapper
-            policy_state = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
-            head_state = {
-                k.removeprefix("value_head."): v for k, v in state_dict.items() if k.startswith("value_head.")
-            }
-        else:
-            policy_state, head_state = None, wrapper.value_head.state_dict()
-        self.model = wrapper.policy
-        try:
-            super()._save(output_dir, policy_state)
-        finally:
-            self.model = wrapper
-        safetensors.torch.save_file(
-            {k: v.detach().cpu().contiguous() for k, v in head_state.items()},
-            os.path.join(output_dir, VALUE_HEAD_NAME),
-        )
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
-        if not isinstance(self.model, PolicyAndValueModel):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        wrapper = self.model
-        head = os.path.join(resume_from_checkpoint, VALUE_HEAD_NAME)
-        if not os.path.isfile(head):
-            raise FileNotFoundError(f"{resume_from_checkpoint} holds no {VALUE_HEAD_NAME} for the value head")
-        self.model = wrapper.policy  # the Trainer loads (and re-ties) the policy as the plain model it saved
-        try:
-            super()._load_from_checkpoint(resume_from_checkpoint, wrapper.policy)
-        finally:
-            self.model = wrapper
-        head_state = safetensors.torch.load_file(head)
-        head_state.setdefault("offset", torch.zeros(1))  # checkpoints from before value_head_init had no offset
-        wrapper.value_head.load_state_dict(head_state)
-
-
-def _nanstd(values: torch.Tensor) -> float:
-    finite = values[~torch.isnan(values)]
-    return finite.std(correction=0).item() if len(finite) else float("nan")

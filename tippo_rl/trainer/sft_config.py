@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-import torch
 from trl import SFTConfig
 
 from .generation_eval import GenerationEvalArguments
+from .training_arguments import TIPPoTrainingArguments
 
 
 LAMBDA_SCHEDULES = ("linear", "constant")
@@ -28,7 +28,7 @@ NOT_FOR_TIPPO = {
 
 
 @dataclass
-class TIPPoSFTConfig(SFTConfig, GenerationEvalArguments):
+class TIPPoSFTConfig(TIPPoTrainingArguments, SFTConfig, GenerationEvalArguments):
     r"""
     [`TIPPoSFTTrainer`] arguments: everything of [`trl.SFTConfig`] / [`transformers.TrainingArguments`], plus:
 
@@ -82,12 +82,6 @@ class TIPPoSFTConfig(SFTConfig, GenerationEvalArguments):
         metadata={"help": "λ1 of Eq. 2: `linear` (paper, m/M over the stage) or `constant` (`daa_lambda1`)."},
     )
     daa_lambda1: float = field(default=0.5, metadata={"help": "λ1 for `daa_lambda_schedule: constant`, in [0, 1]."})
-    use_feature_cache: bool = field(
-        default=True, metadata={"help": "Train from cached frozen-encoder features (computed once per dataset)."}
-    )
-    feature_cache_dir: str | None = field(
-        default=None, metadata={"help": "Folder for cached features (default ~/.cache/tippo_rl/features)."}
-    )
 
     # TIPPo batches are built by its own collator from images, not by SFTTrainer's text pipeline.
     remove_unused_columns: bool = field(
@@ -116,9 +110,6 @@ class TIPPoSFTConfig(SFTConfig, GenerationEvalArguments):
             "help": "Recompute activations in the backward pass to save memory (+22–26% step time measured; by the estimate of benchmarks/RESULTS.md §4, not measured on a GPU, real-size SFT at batch 8 fits 24 GB without it)."
         },
     )
-    bf16: bool | None = field(
-        default=None, metadata={"help": "bf16 mixed precision. Default: on where a GPU supports it, off on a CPU."}
-    )
 
     def __post_init__(self):
         defaults = {
@@ -127,8 +118,7 @@ class TIPPoSFTConfig(SFTConfig, GenerationEvalArguments):
         for name, instead in NOT_FOR_TIPPO.items():
             if getattr(self, name) != defaults[name]:
                 raise ValueError(f"--{name} is an option of TRL's text SFT that TIPPo does not use: {instead}")
-        if self.bf16 is None:
-            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
+        self._resolve_tippo_fields()
         if self.max_steps == 0:
             raise ValueError(
                 "max_steps 0 trains nothing: set --max_steps to the number of optimizer steps, or -1 to train --num_train_epochs epochs"

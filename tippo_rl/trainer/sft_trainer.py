@@ -6,13 +6,16 @@ import torch
 from datasets import Dataset
 from trl import SFTTrainer
 
-from ..data import check_dataset_columns
 from ..data_collator import TIPPoDataCollator
+from ..feature_cache import training_datasets
 from ..modeling_tippo import TIPPoModel, prototype_contrastive_loss
 from ..processing_tippo import TIPPoProcessor
+from .daa_schedule import daa_lambda1_at
 from .generation_eval import GenerationEvalMixin
+from .model_wrappers import unwrap_tippo
+from .saving import TIPPoSavingMixin
 from .sft_config import TIPPoSFTConfig
-from .utils import StepMetrics, TIPPoSavingMixin, cache_features_for_training, daa_lambda1_at, unwrap_tippo
+from .step_metrics import StepMetrics
 
 
 class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
@@ -55,10 +58,9 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
         tippo_config.contrastive_weight = args.contrastive_weight
         tippo_config.contrastive_temperature = args.contrastive_temperature
         tippo_config.contrastive_negatives = args.contrastive_negatives
-        check_dataset_columns(train_dataset, "train_dataset")
-        if eval_dataset is not None:
-            check_dataset_columns(eval_dataset, "eval_dataset")
-        train_dataset, eval_dataset = cache_features_for_training(args, model, processor, train_dataset, eval_dataset)
+        train_dataset, eval_dataset = training_datasets(
+            args, unwrap_tippo(model), processor, train_dataset, eval_dataset
+        )
         super().__init__(
             model=model,
             args=args,

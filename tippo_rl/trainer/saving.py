@@ -1,4 +1,5 @@
-"""Pieces both TIPPo trainers share."""
+"""What a TIPPo trainer saves and resumes from: atomic checkpoints and final saves, a loadable model (LoRA merged),
+the model card, and resuming checks."""
 
 from __future__ import annotations
 
@@ -7,16 +8,12 @@ import json
 import logging
 import shutil
 import warnings
-import zlib
-from collections import defaultdict
 from pathlib import Path
 
-import torch
 from accelerate.utils import is_peft_model
 from torch import nn
 from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
-from trl.trainer.utils import RepeatSampler
 
 from ..checkpoints import (
     TRAINER_STATE_NAME,
@@ -28,106 +25,7 @@ from ..checkpoints import (
     resolve_checkpoint,
     staging_folder,
 )
-from ..feature_cache import cache_frozen_features, undecoded_images
 from ..model_card import build_model_card
-from ..modeling_tippo import TIPPoModel
-
-
-def unwrap_tippo(model: nn.Module) -> TIPPoModel:
-    """The `TIPPoModel` inside DDP/DeepSpeed (`.module`), PEFT (`.get_base_model()`), `torch.compile` (`._orig_mod`)
-    and policy (`.policy`) wrappers."""
-    while not isinstance(model, TIPPoModel):
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        elif hasattr(model, "module"):
-            model = model.module
-        elif hasattr(model, "policy"):
-            model = model.policy
-        else:
-            raise TypeError(f"expected a TIPPoModel (possibly wrapped), got {type(model).__name__}")
-    return model
-
-
-def daa_lambda1_at(schedule: str, progress: float, held: float) -> float:
-    """λ1 of Eq. 2 at a point of a training stage, the one progress hook both TIPPo trainers call.
-
-    Args:
-        schedule: `linear` (the paper: λ1 = m/M), else (`constant`, `hold`) the value `held`.
-        progress: m/M, the share of the stage done (optimizer steps for SFT, PPO iterations for RL).
-        held: the value of the `constant` / `hold` schedules.
-    """
-    if schedule == "linear":
-        return min(max(progress, 0.0), 1.0)  # λ1 = m/M
-    return held
-
-
-class StepMetrics:
-    """Per-step scalar metrics kept on the device until the next log, then averaged over the steps and over all
-    processes with one gather and one host copy: logging costs no host-device sync inside the update loop. Only a
-    running sum per metric is kept, so memory stays constant however rarely the run logs. A NaN stays visible.
-
-    Every process must `add` the same names between two logs (the reduction gathers one value per name, in
-    sorted-name order), which holds when the names depend on the config only, as in the TIPPo trainers; in a
-    multi-process run a mismatch raises an error that lists the names instead of hanging.
-    """
-
-    def __init__(self):
-        self._sums: dict[str, torch.Tensor] = {}
-        self._counts: dict[str, int] = defaultdict(int)
-
-    def add(self, name: str, value: torch.Tensor | float, device: torch.device) -> None:
-        value = torch.as_tensor(value, dtype=torch.float32, device=device).detach().reshape(())
-        # A new tensor, never `value` itself: a buffer (λ1) changes in place after it is recorded.
-        self._sums[name] = self._sums[name] + value if name in self._sums else value.clone()
-        self._counts[name] += 1
-
-    def reduce_into(self, metrics: dict[str, list[float]], accelerator) -> None:
-        """Append each metric's mean since the last call to `metrics[name]`, and start over."""
-        if not self._sums:
-            return
-        names = sorted(self._sums)
-        device = next(iter(self._sums.values())).device
-        if accelerator.num_processes > 1:
-            # One small collective first: processes that recorded different metrics would otherwise hang in the gather
-            # below (different sizes) or silently mix up values (same size, other names).
-            signature = torch.tensor([len(names), zlib.crc32("\n".join(names).encode())], device=device)
-            if not bool((accelerator.gather(signature).reshape(-1, 2) == signature).all()):
-                raise RuntimeError(
-                    f"processes recorded different step metrics since the last log (this process: {names}); record "
-                    "the same metric names on every process, e.g. decided by the config, not by local data"
-                )
-        means = torch.stack([self._sums[name] / self._counts[name] for name in names])
-        gathered = accelerator.gather(means).reshape(-1, len(names)).mean(0).tolist()
-        for name, mean in zip(names, gathered):
-            metrics[name].append(mean)
-        self._sums.clear()
-        self._counts.clear()
-
-
-def cache_features_for_training(args, model: nn.Module, processor, *datasets):
-    """`datasets` with cached frozen-encoder features when `args.use_feature_cache` and φ is frozen (else unchanged;
-    None stays None). Every process reads the same cache file; the main process writes it first."""
-    tippo = unwrap_tippo(model)
-    if not (args.use_feature_cache and tippo.config.freeze_encoder):
-        # The collator decodes the images itself, at a bounded size (see `processing_tippo.load_image`).
-        return tuple(None if dataset is None else undecoded_images(dataset) for dataset in datasets)
-    with args.main_process_first(desc="caching frozen encoder features"):
-        return tuple(
-            None if dataset is None else cache_frozen_features(dataset, tippo, processor, args.feature_cache_dir)
-            for dataset in datasets
-        )
-
-
-class EpochSeededRepeatSampler(RepeatSampler):
-    """TRL's `RepeatSampler` whose order depends on (seed, epoch) only. TRL's seeds its generator once, so a run resumed
-    past the first pass over the data drew a different order than an uninterrupted one; the Trainer calls `set_epoch`
-    before every pass (resumed or not), which re-seeds it here."""
-
-    def set_epoch(self, epoch: int) -> None:
-        if self.shuffle:
-            self.generator.manual_seed((self.seed or 0) + epoch)
 
 
 logger = logging.getLogger(__name__)
@@ -146,7 +44,8 @@ class TIPPoSavingMixin:
     the run's length changed, and trains nothing from a checkpoint that already reached the end.
 
     A trainer sets `_stage` (for the model card) and may override `_policy` (the model to save inside its wrapper),
-    `_save_checkpoint_extras` (more files for a checkpoint) and `_check_resume` (its own state in a checkpoint).
+    `_save_checkpoint_extras` (more files for a checkpoint), `_check_resume` (its own state in a checkpoint, checked
+    before anything loads) and `_restore_state` (that state restored, before the Trainer resumes).
     """
 
     _stage = "training"
@@ -164,6 +63,7 @@ class TIPPoSavingMixin:
             self._check_resume(checkpoint, state)
             if self._reached_the_end(state):
                 return self._finish_from_checkpoint(checkpoint)
+            self._restore_state(checkpoint)
         return super().train(
             resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
         )
@@ -178,6 +78,9 @@ class TIPPoSavingMixin:
                 UserWarning,
                 stacklevel=3,
             )
+
+    def _restore_state(self, checkpoint: str) -> None:
+        """Restore a trainer's own state (beyond the Trainer's) from the checkpoint about to be resumed."""
 
     def _reached_the_end(self, state: dict) -> bool:
         if self.args.max_steps > 0:
