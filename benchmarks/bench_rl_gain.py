@@ -240,14 +240,17 @@ def run(args, info: dict, workdir: Path) -> dict:
     start = time.perf_counter()
     sft_dir = train_sft(args, workdir, args.sft_overrides)
     sft_seconds = time.perf_counter() - start
-    from tippo_rl import TIPPoModel, TIPPoProcessor
+    from tippo_rl import TIPPoForConditionalGeneration, TIPPoProcessor
 
     script_args = TIPPoScriptArguments(
         dataset="demo", **{k: v for k, v in common_settings(args, workdir).items() if k.startswith("demo_")}
     )
     _, test = load_datasets(script_args)
     sft_scores = evaluate(
-        TIPPoModel.from_pretrained(sft_dir), TIPPoProcessor.from_pretrained(sft_dir), test, eval_args
+        TIPPoForConditionalGeneration.from_pretrained(sft_dir),
+        TIPPoProcessor.from_pretrained(sft_dir),
+        test,
+        eval_args,
     )
     print(f"SFT ({sft_seconds:.0f} s): " + ", ".join(f"{k} {v:.2f}" for k, v in sft_scores.items()), flush=True)
 

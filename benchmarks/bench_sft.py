@@ -2,7 +2,7 @@
 
 The two trainers, in one process, on the same data, batches and T5:
 
-* **TIPPo**: `TIPPoSFTTrainer` on a `TIPPoModel` — frozen Chinese-CLIP φ → adapters π_T, π_V → prototype → DAA → DO →
+* **TIPPo**: `TIPPoSFTTrainer` on a `TIPPoForConditionalGeneration` — frozen Chinese-CLIP φ → adapters π_T, π_V → prototype → DAA → DO →
   fusion → T5, loss L_NTP + α·L_C.
 * **plain TRL**: TRL's own `SFTTrainer` on `LinearPrefixT5` — the same frozen φ (shared), one linear map from each φ
   vector to k prefix tokens, the same T5 (same starting weights), loss L_NTP. No DAA, no DO, no contrastive loss.
@@ -63,7 +63,7 @@ DEFAULTS = {  # size → batch size, measured steps per call, rounds, reference 
 
 
 class LinearPrefixT5(TIPPoPreTrainedModel):
-    """The plain yardstick: φ features → one linear map to k prefix tokens each → T5. Inputs as `TIPPoModel`'s.
+    """The plain yardstick: φ features → one linear map to k prefix tokens each → T5. Inputs as `TIPPoForConditionalGeneration`'s.
 
     The decoder input is [W·φ(T); W·φ(I_1); …; W·φ(I_N)] reshaped to `(batch, (1 + N)·k, d)`, padding images masked.
     """

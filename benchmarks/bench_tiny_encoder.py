@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from machine import machine_info  # noqa: E402
 from transformers import ChineseCLIPModel  # noqa: E402
 
-from tippo_rl.modeling_tippo import TIPPoModel  # noqa: E402
+from tippo_rl.modeling_tippo import TIPPoForConditionalGeneration  # noqa: E402
 from tippo_rl.presets import build_tiny_processor, load_encoder_weights, tiny_tippo_config  # noqa: E402
 from tippo_rl.tiny_encoder import TinyEncoderRecipe, probe_tiny_encoder, tiny_encoder_folder  # noqa: E402
 
@@ -40,7 +40,7 @@ def measure(lang: str, recipe: TinyEncoderRecipe) -> dict:
     processor = build_tiny_processor(lang)
     config = tiny_tippo_config(processor)
     torch.manual_seed(0)
-    model = TIPPoModel(config)
+    model = TIPPoForConditionalGeneration(config)
     random_probe = probe_tiny_encoder(model.encoder, processor, lang)
     with tempfile.TemporaryDirectory() as cache:
         began = time.perf_counter()

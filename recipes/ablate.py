@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tippo_rl import TIPPoModel, TIPPoProcessor
+from tippo_rl import TIPPoForConditionalGeneration, TIPPoProcessor
 from tippo_rl.data import load_datasets
 from tippo_rl.evaluation import EvaluationArguments, MeteorScorer, scene_fields, score_model
 from tippo_rl.evaluation.model_evaluation import SCENE_FIELDS, SCENE_FIELDS_NOTE
@@ -227,7 +227,10 @@ def main(script_args: TIPPoScriptArguments, ablation: AblationArguments, eval_ar
                 runs = []
                 for seed in ablation.seeds:
                     path = output_dir / variant / f"seed{seed}" / MODEL_DIRS[schedule]
-                    model, processor = TIPPoModel.from_pretrained(path), TIPPoProcessor.from_pretrained(path)
+                    model, processor = (
+                        TIPPoForConditionalGeneration.from_pretrained(path),
+                        TIPPoProcessor.from_pretrained(path),
+                    )
                     predictions, result, _ = score_model(model, processor, dataset, eval_args, meteor)
                     fields = scene_fields(dataset, predictions, script_args.demo_lang) if demo else {}
                     runs.append(

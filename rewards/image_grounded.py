@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tippo_rl.modeling_tippo import TIPPoModel
+from tippo_rl.modeling_tippo import TIPPoForConditionalGeneration
 from tippo_rl.processing_tippo import TIPPoProcessor, open_image
 from tippo_rl.rewards import completion_text
 from tippo_rl.trainer.model_wrappers import unwrap_tippo
@@ -49,7 +49,7 @@ class ImageGroundedReward:
 
     Args:
         model_name_or_path: a saved TIPPo model folder or Hub id (its processor alongside), e.g. the SFT output.
-        model, processor: or a loaded `TIPPoModel` (PEFT/DDP-wrapped is fine) and its `TIPPoProcessor`; φ is shared,
+        model, processor: or a loaded `TIPPoForConditionalGeneration` (PEFT/DDP-wrapped is fine) and its `TIPPoProcessor`; φ is shared,
             not copied.
         device: where φ runs; default: the given model's device, else CUDA when available, else the CPU.
         batch_size: texts or images per forward pass.
@@ -59,7 +59,7 @@ class ImageGroundedReward:
     def __init__(
         self,
         model_name_or_path: str | None = None,
-        model: TIPPoModel | None = None,
+        model: TIPPoForConditionalGeneration | None = None,
         processor: TIPPoProcessor | None = None,
         device: str | torch.device | None = None,
         batch_size: int = 32,
@@ -69,7 +69,7 @@ class ImageGroundedReward:
             if model_name_or_path is None:
                 raise ValueError("ImageGroundedReward needs model_name_or_path, or both model and processor")
             with full_weights_under_zero3():  # a reward model runs outside the DeepSpeed engine
-                model = TIPPoModel.from_pretrained(model_name_or_path)
+                model = TIPPoForConditionalGeneration.from_pretrained(model_name_or_path)
                 processor = TIPPoProcessor.from_pretrained(model_name_or_path)
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.encoder = unwrap_tippo(model).encoder  # φ

@@ -82,7 +82,7 @@ def test_a_dataset_without_a_reference_column_is_refused_at_the_trainer(tmp_path
         (["--contrastive_weight", "-1"], "contrastive_weight"),
         (["--contrastive_temperature", "0"], "contrastive_temperature"),
         (["--daa_lambda_schedule", "cosine"], "daa_lambda_schedule"),
-        (["--daa_lambda_schedule", "constant", "--daa_lambda1", "1.5"], "daa_lambda1"),
+        (["--daa_lambda_schedule", "constant", "--daa_lambda1_constant", "1.5"], "daa_lambda1_constant"),
         (["--dataset", "artmuse", "--train_file", "/no/such/train.jsonl"], "train_file"),
         (["--dataset", "artmuse"], "train_file"),
         (["--dataset", "flickr"], "dataset"),
@@ -208,7 +208,9 @@ def test_step_metrics_name_a_mismatch_between_processes_instead_of_hanging():
 
 
 def test_constant_lambda_schedule(tmp_path, demo_dataset_dir):
-    trainer = make_trainer(tmp_path, demo_dataset_dir, max_steps=2, daa_lambda_schedule="constant", daa_lambda1=0.3)
+    trainer = make_trainer(
+        tmp_path, demo_dataset_dir, max_steps=2, daa_lambda_schedule="constant", daa_lambda1_constant=0.3
+    )
     trainer.train()
     assert logged(trainer, "daa/lambda1") == pytest.approx([0.3, 0.3])
 

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "TIPPoConfig": "configuration_tippo",
     "TIPPoForConditionalGeneration": "modeling_tippo",
-    "TIPPoModel": "modeling_tippo",
+    "TIPPoModel": "modeling_tippo",  # the alias
     "prototype_contrastive_loss": "modeling_tippo",
     "TIPPoProcessor": "processing_tippo",
     "TIPPoDataCollator": "data_collator",

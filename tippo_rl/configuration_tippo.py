@@ -21,7 +21,7 @@ def check_contrastive_loss_settings(weight: float, temperature: float, negatives
 
 class TIPPoConfig(PretrainedConfig):
     r"""
-    Configuration of a [`TIPPoForConditionalGeneration`] (alias `TIPPoModel`): a frozen Chinese-CLIP encoder φ, two adapters, the visual prototype,
+    Configuration of a [`TIPPoForConditionalGeneration`] (alias `TIPPoForConditionalGeneration`): a frozen Chinese-CLIP encoder φ, two adapters, the visual prototype,
     Dual Alignment Attention (DAA), the Difference Operator (DO) and a language model: T5 (the paper's) or any causal LM.
 
     Names follow `shared/method/TIPPo.md`.

@@ -1,4 +1,4 @@
-"""The collator: rows of a TIPPo dataset (`tippo_rl.data`) → the batch `TIPPoModel` takes; and `model_inputs`, the
+"""The collator: rows of a TIPPo dataset (`tippo_rl.data`) → the batch `TIPPoForConditionalGeneration` takes; and `model_inputs`, the
 part of a batch that goes into the model."""
 
 from __future__ import annotations
@@ -136,5 +136,5 @@ MODEL_INPUT_NAMES = (
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The part of a collated batch that `TIPPoModel.forward/generate` take (no labels, no raw strings)."""
+    """The part of a collated batch that `TIPPoForConditionalGeneration.forward/generate` take (no labels, no raw strings)."""
     return {name: batch[name] for name in MODEL_INPUT_NAMES if name in batch}

@@ -21,7 +21,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .data import check_dataset_columns
 from .data_collator import TIPPoDataCollator
-from .modeling_tippo import TIPPoModel
+from .modeling_tippo import TIPPoForConditionalGeneration
 from .processing_tippo import TIPPoProcessor
 
 
@@ -41,7 +41,7 @@ def undecoded_images(dataset: Dataset) -> Dataset:
             enable_progress_bars()
 
 
-def encoder_fingerprint(model: TIPPoModel) -> str:
+def encoder_fingerprint(model: TIPPoForConditionalGeneration) -> str:
     """A hash of the frozen encoder's weights (what its features depend on)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.encoder.state_dict().items()):
@@ -66,7 +66,7 @@ def dataset_fingerprint(dataset: Dataset, processor: TIPPoProcessor) -> str:
 
 def cache_frozen_features(
     dataset: Dataset,
-    model: TIPPoModel,
+    model: TIPPoForConditionalGeneration,
     processor: TIPPoProcessor,
     cache_dir: str | Path | None = None,
     batch_size: int = 32,
@@ -85,7 +85,7 @@ def cache_frozen_features(
         return _cache_frozen_features(dataset, model, processor, cache_dir, batch_size)
 
 
-def gathered_encoder(model: TIPPoModel):
+def gathered_encoder(model: TIPPoForConditionalGeneration):
     """Under DeepSpeed ZeRO-3 transformers partitions every parameter when the model is built; the encoder's weights
     must be gathered before it can run outside the engine. Elsewhere a no-op."""
     if not is_deepspeed_zero3_enabled():
@@ -96,7 +96,7 @@ def gathered_encoder(model: TIPPoModel):
 
 
 def _cache_frozen_features(
-    dataset: Dataset, model: TIPPoModel, processor: TIPPoProcessor, cache_dir: Path, batch_size: int
+    dataset: Dataset, model: TIPPoForConditionalGeneration, processor: TIPPoProcessor, cache_dir: Path, batch_size: int
 ) -> Dataset:
     fingerprint = hashlib.sha256(
         (dataset_fingerprint(dataset, processor) + encoder_fingerprint(model)).encode()
@@ -140,7 +140,9 @@ def _cache_frozen_features(
     return undecoded_images(cached)
 
 
-def with_frozen_features(tippo: TIPPoModel, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def with_frozen_features(
+    tippo: TIPPoForConditionalGeneration, inputs: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Model inputs with φ's outputs (`image_features`, `title_features`) in place of the pixels and title tokens when
     they hold pixels and φ is frozen (a PPO rollout batch: encoded once for all its passes); else `inputs` as given."""
     if "pixel_values" not in inputs or not tippo.config.freeze_encoder:
@@ -159,7 +161,7 @@ def with_frozen_features(tippo: TIPPoModel, inputs: dict[str, torch.Tensor]) -> 
 
 def training_datasets(
     args,
-    tippo: TIPPoModel,
+    tippo: TIPPoForConditionalGeneration,
     processor: TIPPoProcessor,
     train_dataset: Dataset,
     eval_dataset: Dataset | None = None,
@@ -173,7 +175,7 @@ def training_datasets(
     return cache_features_for_training(args, tippo, processor, train_dataset, eval_dataset)
 
 
-def cache_features_for_training(args, tippo: TIPPoModel, processor: TIPPoProcessor, *datasets):
+def cache_features_for_training(args, tippo: TIPPoForConditionalGeneration, processor: TIPPoProcessor, *datasets):
     """`datasets` with cached frozen-encoder features when `args.use_feature_cache` and φ is frozen (else unchanged;
     None stays None). `tippo` is the unwrapped model. Every process reads the same cache file; the main process writes
     it first."""

@@ -18,13 +18,13 @@ from .checkpoints import check_model_source
 from .data import DataValidationError, check_image, load_artmuse
 from .data_collator import TIPPoDataCollator, model_inputs
 from .feature_cache import undecoded_images
-from .modeling_tippo import TIPPoModel
+from .modeling_tippo import TIPPoForConditionalGeneration
 from .processing_tippo import TIPPoProcessor
 
 
 @torch.no_grad()
 def generate_predictions(
-    model: TIPPoModel,
+    model: TIPPoForConditionalGeneration,
     processor: TIPPoProcessor,
     dataset: Dataset,
     batch_size: int = 16,
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             rows = load_artmuse(args.input_file, require_reference=False, allow_empty_title=True)
-        model = TIPPoModel.from_pretrained(args.model).to(args.device).eval()
+        model = TIPPoForConditionalGeneration.from_pretrained(args.model).to(args.device).eval()
         processor = TIPPoProcessor.from_pretrained(args.model)
         if config is not None:
             options = {"generation_config": config, **options}

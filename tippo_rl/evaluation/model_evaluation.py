@@ -28,7 +28,7 @@ from transformers import set_seed
 from ..data import load_datasets
 from ..demo_data import scene_field_accuracy
 from ..generation import generate_kwargs, generate_predictions
-from ..modeling_tippo import TIPPoModel
+from ..modeling_tippo import TIPPoForConditionalGeneration
 from ..presets import build_tiny_tippo
 from ..processing_tippo import TIPPoProcessor
 from ..script_arguments import TIPPoScriptArguments
@@ -140,7 +140,7 @@ def references_of(dataset: Dataset) -> dict[str, list[str]]:
 
 
 def score_model(
-    model: TIPPoModel,
+    model: TIPPoForConditionalGeneration,
     processor: TIPPoProcessor,
     dataset: Dataset,
     args: EvaluationArguments,
@@ -284,12 +284,12 @@ def check_model(name: str, path: str, repo: str | Path | None = None) -> None:
         raise ValueError(f"model {name!r}: no checkpoint at {path!r}. {hint or GENERIC_HINT}")
 
 
-def load_model(name: str, path: str, lang: str) -> tuple[TIPPoModel, TIPPoProcessor]:
+def load_model(name: str, path: str, lang: str) -> tuple[TIPPoForConditionalGeneration, TIPPoProcessor]:
     """The model called `name`: a fresh tiny preset for `tiny`, else a saved model (folder or Hub id)."""
     if path == FRESH_TINY:
         return build_tiny_tippo(lang=lang, seed=0)
     try:
-        return TIPPoModel.from_pretrained(path), TIPPoProcessor.from_pretrained(path)
+        return TIPPoForConditionalGeneration.from_pretrained(path), TIPPoProcessor.from_pretrained(path)
     except OSError as error:
         raise ValueError(f"model {name!r}: cannot load {path!r}: {error}") from error
 

@@ -20,7 +20,7 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from ..modeling_tippo import TIPPoModel
+from ..modeling_tippo import TIPPoForConditionalGeneration
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import LiteralReward, load_reward
 from .polishppo_config import PolishPPOConfig
@@ -35,7 +35,7 @@ class PolishPPOTrainer(PPOTrainer):
     of Eq. 6 as the baseline — no critic. The KL penalty keeps the policy near the SFT model.
 
     Args:
-        model: the SFT model (`TIPPoModel`, or PEFT-wrapped).
+        model: the SFT model (`TIPPoForConditionalGeneration`, or PEFT-wrapped).
         args: [`PolishPPOConfig`].
         processor: the model's processor.
         train_dataset: a TIPPo dataset; its `reference` column is Y of Eq. 7–8.
@@ -48,7 +48,7 @@ class PolishPPOTrainer(PPOTrainer):
 
     def __init__(
         self,
-        model: TIPPoModel,
+        model: TIPPoForConditionalGeneration,
         args: PolishPPOConfig,
         processor: TIPPoProcessor,
         train_dataset: Dataset,

@@ -39,7 +39,7 @@ from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 from ..data_collator import MODEL_INPUT_NAMES, model_inputs
 from ..feature_cache import training_datasets, with_frozen_features
 from ..generation import generation_config
-from ..modeling_tippo import TIPPoModel
+from ..modeling_tippo import TIPPoForConditionalGeneration
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import conversational_completions, load_reward, reward_name, score_rewards
 from .callbacks import IterationProgressCallback
@@ -74,7 +74,7 @@ logger = logging.getLogger(__name__)
 class PPOTrainer(
     RolloutBatchesMixin, PPOLoggingMixin, PPOCheckpointMixin, GenerationEvalMixin, TIPPoSavingMixin, Trainer
 ):
-    """Proximal Policy Optimization of a [`TIPPoModel`] (title + images → text) with reward plug-ins.
+    """Proximal Policy Optimization of a [`TIPPoForConditionalGeneration`] (title + images → text) with reward plug-ins.
 
     Standard PPO by default (value head, GAE, clipped value loss); `use_value_head=False` uses the sequence return
     minus `advantage_baseline` (none, running Eq. 6, group, leave-one-out, greedy; over `num_generations` completions
@@ -83,7 +83,7 @@ class PPOTrainer(
     `whiten_advantages` or `compute_loss` ([`PolishPPOTrainer`] overrides `compute_returns`).
 
     Args:
-        model: the starting policy, a `TIPPoModel` (e.g. the SFT output) or a PEFT-wrapped one. With PEFT the reference
+        model: the starting policy, a `TIPPoForConditionalGeneration` (e.g. the SFT output) or a PEFT-wrapped one. With PEFT the reference
             policy is the same model with its adapters disabled; otherwise a frozen copy.
         args: [`PPOConfig`].
         processor: the model's [`TIPPoProcessor`] (decodes completions; saved with every checkpoint).
@@ -103,7 +103,7 @@ class PPOTrainer(
 
     def __init__(
         self,
-        model: TIPPoModel,
+        model: TIPPoForConditionalGeneration,
         args: PPOConfig,
         processor: TIPPoProcessor,
         train_dataset: Dataset,

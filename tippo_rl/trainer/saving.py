@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 class TIPPoSavingMixin:
     """What a TIPPo trainer saves and resumes from.
 
-    The run's `output_dir` always receives a model that `TIPPoModel.from_pretrained` loads — a LoRA run saves the merged
+    The run's `output_dir` always receives a model that `TIPPoForConditionalGeneration.from_pretrained` loads — a LoRA run saves the merged
     model there (what the next stage and inference load) and the adapter alone in `output_dir/adapter` — plus the
     processor and a TIPPo model card. Checkpoints keep the Trainer's format.
 
@@ -93,7 +93,7 @@ class TIPPoSavingMixin:
         if self.is_deepspeed_enabled:
             raise CheckpointError(
                 f"'{checkpoint}' already reached the end of this run (max_steps {self.args.max_steps}); its model is "
-                "complete: load it with TIPPoModel.from_pretrained, or resume with a larger --max_steps"
+                "complete: load it with TIPPoForConditionalGeneration.from_pretrained, or resume with a larger --max_steps"
             )
         logger.warning(
             "'%s' already reached the end of this run: nothing left to train; its weights are kept as they are",
@@ -178,7 +178,7 @@ class TIPPoSavingMixin:
 
     def _record_adapter_base(self, policy, staged_adapter: Path, final_adapter: Path) -> None:
         """Make `adapter_config.json`'s `base_model_name_or_path` name a model the adapter loads onto (with
-        `PeftModel.from_pretrained(TIPPoModel.from_pretrained(base), adapter)`): the hub id or absolute folder the run
+        `PeftModel.from_pretrained(TIPPoForConditionalGeneration.from_pretrained(base), adapter)`): the hub id or absolute folder the run
         started from, or — for a model built from a preset, which exists nowhere else — its starting weights, saved with
         its processor in `adapter/base/`."""
         base = policy.get_base_model()

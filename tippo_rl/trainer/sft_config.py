@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from ..configuration_tippo import check_contrastive_loss_settings
 from .generation_eval import GenerationEvalArguments
 from .training_arguments import TIPPoTrainingArguments
 
@@ -45,9 +46,9 @@ class TIPPoSFTConfig(TIPPoTrainingArguments, SFTConfig, GenerationEvalArguments)
             Under DDP, add the other processes' image signals (gathered, without gradient) to the `batch`
             negatives, so L_C sees the global batch. False: each process's micro-batch only.
         daa_lambda_schedule (`str`, defaults to `"linear"`):
-            How λ1 of Eq. 2 moves: `linear` is the paper's m/M over the stage; `constant` holds `daa_lambda1`.
-        daa_lambda1 (`float`, defaults to `0.5`):
-            λ1 for the `constant` schedule.
+            How λ1 of Eq. 2 moves: `linear` is the paper's m/M over the stage; `constant` holds `daa_lambda1_constant`.
+        daa_lambda1_constant (`float`, defaults to `0.5`):
+            λ1 for the `constant` schedule. (The model's own `daa_lambda1` is the value this stage last set.)
         use_feature_cache (`bool`, defaults to `True`):
             Compute the frozen encoder's outputs once per dataset and train from them (the same results to float round-off, faster).
         feature_cache_dir (`str`, *optional*):
@@ -79,9 +80,11 @@ class TIPPoSFTConfig(TIPPoTrainingArguments, SFTConfig, GenerationEvalArguments)
     )
     daa_lambda_schedule: str = field(
         default="linear",
-        metadata={"help": "λ1 of Eq. 2: `linear` (paper, m/M over the stage) or `constant` (`daa_lambda1`)."},
+        metadata={"help": "λ1 of Eq. 2: `linear` (paper, m/M over the stage) or `constant` (`daa_lambda1_constant`)."},
     )
-    daa_lambda1: float = field(default=0.5, metadata={"help": "λ1 for `daa_lambda_schedule: constant`, in [0, 1]."})
+    daa_lambda1_constant: float = field(
+        default=0.5, metadata={"help": "λ1 for `daa_lambda_schedule: constant`, in [0, 1]."}
+    )
 
     # TIPPo batches are built by its own collator from images, not by SFTTrainer's text pipeline.
     remove_unused_columns: bool = field(
@@ -123,14 +126,10 @@ class TIPPoSFTConfig(TIPPoTrainingArguments, SFTConfig, GenerationEvalArguments)
             raise ValueError(
                 "max_steps 0 trains nothing: set --max_steps to the number of optimizer steps, or -1 to train --num_train_epochs epochs"
             )
-        if self.contrastive_weight < 0:
-            raise ValueError(f"contrastive_weight (α) must be ≥ 0, got {self.contrastive_weight}")
-        if self.contrastive_temperature <= 0:
-            raise ValueError(f"contrastive_temperature (τ) must be > 0, got {self.contrastive_temperature}")
-        if self.contrastive_negatives not in ("batch", "own_images"):
-            raise ValueError(
-                f"contrastive_negatives must be `batch` or `own_images`, got {self.contrastive_negatives!r}"
-            )
+        # The trainer writes these into the model's config, whose forward computes L_SFT: one check for both.
+        check_contrastive_loss_settings(
+            self.contrastive_weight, self.contrastive_temperature, self.contrastive_negatives
+        )
         if self.contrastive_gather and self.contrastive_negatives != "batch":
             raise ValueError(
                 "contrastive_gather adds other processes' images to the `batch` negatives; `own_images` has none"
@@ -139,7 +138,7 @@ class TIPPoSFTConfig(TIPPoTrainingArguments, SFTConfig, GenerationEvalArguments)
             raise ValueError(
                 f"daa_lambda_schedule must be one of {', '.join(LAMBDA_SCHEDULES)}, got {self.daa_lambda_schedule!r}"
             )
-        if not 0.0 <= self.daa_lambda1 <= 1.0:
-            raise ValueError(f"daa_lambda1 (λ1) must lie in [0, 1], got {self.daa_lambda1}")
+        if not 0.0 <= self.daa_lambda1_constant <= 1.0:
+            raise ValueError(f"daa_lambda1_constant (λ1) must lie in [0, 1], got {self.daa_lambda1_constant}")
         self._check_generation_eval_fields()
         super().__post_init__()

@@ -8,7 +8,7 @@ from trl import SFTTrainer
 
 from ..data_collator import TIPPoDataCollator
 from ..feature_cache import training_datasets
-from ..modeling_tippo import TIPPoModel, prototype_contrastive_loss
+from ..modeling_tippo import TIPPoForConditionalGeneration, prototype_contrastive_loss
 from ..processing_tippo import TIPPoProcessor
 from .daa_schedule import daa_lambda1_at
 from .generation_eval import GenerationEvalMixin
@@ -19,7 +19,7 @@ from .step_metrics import StepMetrics
 
 
 class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
-    """Supervised fine-tuning of a [`TIPPoModel`].
+    """Supervised fine-tuning of a [`TIPPoForConditionalGeneration`].
 
     Everything but the loss is TRL's / transformers': optimizer, schedule, logging, progress bars,
     checkpoints and resuming, evaluation loop, `report_to`, accelerate (DDP, DeepSpeed) and PEFT. Evaluation adds
@@ -38,7 +38,7 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
 
     def __init__(
         self,
-        model: TIPPoModel,
+        model: TIPPoForConditionalGeneration,
         args: TIPPoSFTConfig,
         processor: TIPPoProcessor,
         train_dataset: Dataset,
@@ -74,10 +74,10 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
         )
         self._step_metrics = {"train": StepMetrics(), "eval": StepMetrics()}  # on the device until log()
 
-    def daa_lambda1(self) -> float:
+    def scheduled_daa_lambda1(self) -> float:
         """λ1 of Eq. 2 for the current step: m/M (`linear`, the paper) or the configured constant."""
         progress = self.state.global_step / max(self.state.max_steps, 1)
-        return daa_lambda1_at(self.args.daa_lambda_schedule, progress, self.args.daa_lambda1)
+        return daa_lambda1_at(self.args.daa_lambda_schedule, progress, self.args.daa_lambda1_constant)
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
@@ -106,7 +106,7 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
         mode = "train" if model.training else "eval"
         tippo = unwrap_tippo(self.accelerator.unwrap_model(model))
         if model.training:
-            tippo.set_daa_lambda1(self.daa_lambda1())
+            tippo.set_daa_lambda1(self.scheduled_daa_lambda1())
         inputs = {key: value for key, value in inputs.items() if key not in ("references", "titles", "ids")}
         outputs = model(**inputs)  # loss: L_SFT = L_NTP + α·L_C, with this trainer's α, τ and negatives (see __init__)
         loss = outputs.loss
