@@ -180,7 +180,7 @@ def cache_features_for_training(args, tippo: TIPPoForConditionalGeneration, proc
     None stays None). `tippo` is the unwrapped model. Every process reads the same cache file; the main process writes
     it first."""
     if not (args.use_feature_cache and tippo.config.freeze_encoder):
-        # The collator decodes the images itself, at a bounded size (see `processing_tippo.load_image`).
+        # The collator decodes the images itself, at a bounded size (see `processing_tippo.open_image`).
         return tuple(None if dataset is None else undecoded_images(dataset) for dataset in datasets)
     with args.main_process_first(desc="caching frozen encoder features"):
         return tuple(

@@ -438,7 +438,8 @@ class PPOTrainer(
         """Teacher-forced pass over the completions: (log-probs `(batch, T)` at the sampling temperature, fp32 logits
         `(batch, T, V)` before the temperature, values `(batch, T)` or None). `model` may be a `PolicyAndValueModel` (or one wrapped by DDP)."""
         start = completion_ids.new_full((len(completion_ids), 1), self.decoder_start_token_id)
-        # T5's shift-right of the labels; a causal TIPPo model reads columns 1… after its prompt (see `_causal_forward`).
+        # T5's shift-right of the labels; a causal TIPPo model reads columns 1… after its prompt
+        # (see `causal_decoder.causal_forward`).
         decoder_input_ids = torch.cat([start, completion_ids[:, :-1]], dim=1)
         outputs = model(**inputs, decoder_input_ids=decoder_input_ids)
         values = None
