@@ -3,8 +3,9 @@
 `cache_frozen_features` adds `image_features` (N_i × d_φ per row) and `title_features` (d_φ) columns with
 `datasets.Dataset.map`. The cache file's name is a fingerprint of the dataset, the image files' sizes and
 modification times, the encoder's weights and the processor's settings, so changing any of them computes
-the features again instead of reusing stale ones. `cache_features_for_training` is what the trainers call: the cache
-when `use_feature_cache` is on and φ frozen, the images left undecoded otherwise.
+the features again instead of reusing stale ones. `training_datasets` is what the trainers call: the columns checked,
+then `cache_features_for_training`: the cache when `use_feature_cache` is on and φ frozen, the images left undecoded
+otherwise. `with_frozen_features` encodes a PPO rollout batch with φ once for all its passes.
 """
 
 from __future__ import annotations
@@ -176,9 +177,9 @@ def training_datasets(
 
 
 def cache_features_for_training(args, tippo: TIPPoForConditionalGeneration, processor: TIPPoProcessor, *datasets):
-    """`datasets` with cached frozen-encoder features when `args.use_feature_cache` and φ is frozen (else unchanged;
-    None stays None). `tippo` is the unwrapped model. Every process reads the same cache file; the main process writes
-    it first."""
+    """`datasets` with cached frozen-encoder features when `args.use_feature_cache` and φ is frozen (else with their
+    images left undecoded, `undecoded_images`; None stays None). `tippo` is the unwrapped model. Every process reads
+    the same cache file; the main process writes it first."""
     if not (args.use_feature_cache and tippo.config.freeze_encoder):
         # The collator decodes the images itself, at a bounded size (see `processing_tippo.open_image`).
         return tuple(None if dataset is None else undecoded_images(dataset) for dataset in datasets)
