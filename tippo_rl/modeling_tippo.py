@@ -1,4 +1,5 @@
-"""TIPPo: Text-Image-Prototype guided multi-modal generation (one file, top to bottom).
+"""TIPPo: Text-Image-Prototype guided multi-modal generation, top to bottom (φ in `frozen_encoder.py`, how a causal LM
+reads S^F in `causal_decoder.py`).
 
 frozen Chinese-CLIP φ → adapters π_T, π_V → prototype S^P → Dual Alignment Attention (Eq. 1–2)
 → Difference Operator (Eq. 3–4) → fusion S^F = [S^T; S_1^A; S_1^D; …] → the language model: T5's encoder-decoder (S^F is
