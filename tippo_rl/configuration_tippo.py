@@ -61,7 +61,7 @@ class TIPPoConfig(PretrainedConfig):
             (`linear`). The model saves the last value as a buffer and uses it at inference.
         contrastive_weight (`float`, defaults to 1.0):
             α in the loss `forward` returns with `labels`: L_SFT = L_NTP + α·L_C (Eq. 5; paper: 1). 0: L_NTP alone.
-            The SFT trainer writes its `contrastive_weight` here when that is set.
+            The SFT trainer always overwrites it, τ and the negatives with its own `contrastive_*` settings.
         contrastive_temperature (`float`, defaults to 1.0):
             τ of L_C (paper: 1).
         contrastive_negatives (`str`, defaults to `"batch"`):
