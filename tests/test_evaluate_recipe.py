@@ -137,6 +137,8 @@ def test_the_training_command_is_looked_up_in_the_checkout_the_recipe_passes(tmp
         check_model("SFT", "outputs/demo_sft")  # the library guesses no checkout: the generic hint
     with pytest.raises(ValueError, match=r"recipes/configs/demo_sft\.yaml` \(or `make demo-sft`\)"):
         check_model("SFT", "outputs/demo_sft", repo=REPO)
+    with pytest.raises(ValueError, match=r"recipes/sft\.py --config recipes/configs/demo_causal_sft\.yaml`"):
+        check_model("causal SFT", "outputs/demo_causal_sft", repo=REPO)  # the recipe is the config's last word
 
 
 def test_an_unknown_path_gets_a_generic_hint(demo_dataset_dir, tmp_path):

@@ -254,7 +254,7 @@ def how_to_produce(path: str, repo: str | Path | None) -> str | None:
     root = Path(repo)
     for config in sorted((root / "recipes" / "configs").glob("*.yaml")):
         output_dir = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("output_dir")
-        recipe = root / "recipes" / f"{config.stem.split('_', 1)[-1]}.py"
+        recipe = root / "recipes" / f"{config.stem.rsplit('_', 1)[-1]}.py"
         # Recipes write `output_dir` relative to where they run, as the evaluation reads `path`.
         if output_dir and Path(output_dir).resolve() == Path(path).resolve() and recipe.exists():
             config_path, recipe_path = config.relative_to(root), recipe.relative_to(root)
