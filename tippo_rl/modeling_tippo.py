@@ -1,9 +1,8 @@
-"""TIPPo: Text-Image-Prototype guided multi-modal generation, top to bottom (φ in `frozen_encoder.py`, how a causal LM
-reads S^F in `causal_decoder.py`).
+"""TIPPo: Text-Image-Prototype guided generation, top to bottom (φ: `frozen_encoder.py`; causal LMs: `causal_decoder.py`)
 
-frozen Chinese-CLIP φ → adapters π_T, π_V → prototype S^P → Dual Alignment Attention (Eq. 1–2)
-→ Difference Operator (Eq. 3–4) → fusion S^F = [S^T; S_1^A; S_1^D; …] → the language model: T5's encoder-decoder (S^F is
-the encoder's input), or a causal LM (S^F is the prefix of its `inputs_embeds`, then the prompt tokens, then the completion).
+frozen Chinese-CLIP φ → adapters π_T, π_V → prototype S^P → Dual Alignment Attention (Eq. 1–2) → Difference Operator
+(Eq. 3–4) → fusion S^F = [S^T; S_1^A; S_1^D; …] → T5 (S^F is its encoder's input) or a causal LM (S^F prefixes its
+`inputs_embeds`, then the prompt tokens, then the completion); with labels, the loss L_SFT = L_NTP + α·L_C (Eq. 5).
 
 Equations refer to `shared/method/TIPPo.md` and the paper (TIPPo.txt).
 """
