@@ -32,9 +32,7 @@ def main(script_args: TIPPoScriptArguments, training_args: PPOConfig, model_args
         args=training_args,
         processor=processor,
         train_dataset=train_dataset,
-        eval_dataset=eval_dataset
-        if training_args.eval_strategy != "no"
-        else None,  # decoded: eval_rouge_l, eval_cider, ...
+        eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,  # eval_rouge_l, eval_cider, …
     )
     train_and_save(trainer, script_args, model_args, "PPO")
     return trainer
