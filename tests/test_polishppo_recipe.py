@@ -119,10 +119,8 @@ def test_recipe_runs_with_python_and_saves_a_loadable_model(tmp_path, sft_dir):
     assert all(
         "rewards/semantic/mean" in entry and "polish/m" not in entry for entry in history if "iteration" in entry
     )
-    # The final log history beside the model, for recipes/evaluate.py's training curves.
-    assert (
-        json.loads((tmp_path / "out/trainer_state.json").read_text())["log_history"][:-1] == history
-    )  # + the run summary
+    # The final log history beside the model (plus the run summary), for recipes/evaluate.py's training curves.
+    assert json.loads((tmp_path / "out/trainer_state.json").read_text())["log_history"][:-1] == history
     model = TIPPoModel.from_pretrained(tmp_path / "out")
     TIPPoProcessor.from_pretrained(tmp_path / "out")
     assert model.config.model_type == "tippo"
@@ -171,6 +169,7 @@ def test_recipe_runs_as_two_ddp_processes_on_cpu(tmp_path, sft_dir):
 def test_k_completions_per_prompt_stay_whole_groups_on_each_of_two_ddp_processes(tmp_path, sft_dir):
     plugin = f"{REPO / 'tests/group_alignment_reward.py'}:GroupAlignment"
     init = json.dumps({plugin: {"k": 2, "record_dir": str(tmp_path / "ids")}})
+    # The plug-in fails the run if any 2 consecutive rows of a rollout batch are not one prompt with its columns.
     launch_recipe(
         "polishppo",
         "ddp_2proc_cpu.yaml",
@@ -190,7 +189,7 @@ def test_k_completions_per_prompt_stay_whole_groups_on_each_of_two_ddp_processes
         "--reward_init_kwargs",
         init,
         cwd=tmp_path,
-    )  # the plug-in fails the run if any 2 consecutive rows of a rollout batch are not one prompt with its columns
+    )
     ranks = [
         [json.loads(line) for line in (tmp_path / f"ids/rank{rank}.jsonl").read_text().splitlines()] for rank in (0, 1)
     ]

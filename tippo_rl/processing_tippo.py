@@ -304,6 +304,5 @@ class TIPPoProcessor(ProcessorMixin):
         return f"{type(self).__name__}({json.dumps(self.to_dict())})"
 
 
-AutoProcessor.register(
-    TIPPoConfig, TIPPoProcessor
-)  # AutoProcessor.from_pretrained(a saved TIPPo model) gives this class
+# AutoProcessor.from_pretrained(a saved TIPPo model) gives this class.
+AutoProcessor.register(TIPPoConfig, TIPPoProcessor)
