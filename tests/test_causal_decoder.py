@@ -383,45 +383,35 @@ def test_causal_and_smollm2_configs_parse_with_their_presets():
         assert model_args.model_name_or_path == source and "semantic" in args.reward_funcs
 
 
+def launch_causal_demo_recipe(recipe: str, accelerate_config: str, tmp_path: Path, *arguments: str) -> None:
+    """`recipes/<recipe>.py` from `demo_causal_<recipe>.yaml` under `accelerate_config`, on a 32-scene demo split."""
+    from recipe_loading import launch_recipe
+
+    data = ["--demo_dir", str(tmp_path / "demo"), "--demo_num_train", "32", "--demo_num_test", "4"]
+    logging = ["--feature_cache_dir", str(tmp_path / "cache"), "--logging_steps", "1", "--disable_tqdm", "true"]
+    config = REPO / f"recipes/configs/demo_causal_{recipe}.yaml"
+    launch_recipe(recipe, accelerate_config, "--config", str(config), *arguments, *data, *logging, cwd=tmp_path)
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_sft_then_polishppo_recipes_run_as_two_ddp_processes_with_the_causal_decoder(tmp_path):
-    from recipe_loading import launch_recipe
-
-    data = [
-        "--demo_dir",
-        str(tmp_path / "demo"),
-        "--demo_num_train",
-        "32",
-        "--demo_num_test",
-        "4",
-        "--feature_cache_dir",
-        str(tmp_path / "cache"),
-        "--logging_steps",
-        "1",
-        "--disable_tqdm",
-        "true",
-    ]
-    launch_recipe(
+    launch_causal_demo_recipe(
         "sft",
         "ddp_2proc_cpu.yaml",
-        "--config",
-        str(REPO / "recipes/configs/demo_causal_sft.yaml"),
+        tmp_path,
         "--output_dir",
         str(tmp_path / "sft"),
         "--max_steps",
         "2",
         "--per_device_train_batch_size",
         "4",
-        *data,
-        cwd=tmp_path,
     )
     assert not TIPPoModel.from_pretrained(tmp_path / "sft").config.is_encoder_decoder
-    launch_recipe(
+    launch_causal_demo_recipe(
         "polishppo",
         "ddp_2proc_cpu.yaml",
-        "--config",
-        str(REPO / "recipes/configs/demo_causal_polishppo.yaml"),
+        tmp_path,
         "--model_name_or_path",
         str(tmp_path / "sft"),
         "--output_dir",
@@ -434,15 +424,12 @@ def test_sft_then_polishppo_recipes_run_as_two_ddp_processes_with_the_causal_dec
         "8",
         "--save_steps",
         "4",
-        *data,
-        cwd=tmp_path,
     )
     import json
 
     state = json.loads((tmp_path / "rl/checkpoint-4/ppo_state.json").read_text())
-    assert state["iteration"] == 1 and [c for c, _, _ in state["return_statistics"]["iterations"]] == [
-        16
-    ]  # both processes
+    counts = [count for count, _, _ in state["return_statistics"]["iterations"]]
+    assert state["iteration"] == 1 and counts == [16]  # both processes' returns
     TIPPoModel.from_pretrained(tmp_path / "rl")
 
 
@@ -451,42 +438,22 @@ def test_sft_then_polishppo_recipes_run_as_two_ddp_processes_with_the_causal_dec
 def test_sft_then_polishppo_run_under_deepspeed_zero3_on_cpu_with_the_causal_decoder(tmp_path):
     """ZeRO-3 partitions the causal LM: the prompt's embeddings, KV-cached rollouts and the saved model must still work."""
     pytest.importorskip("deepspeed")
-    from recipe_loading import launch_recipe
-
-    data = [
-        "--demo_dir",
-        str(tmp_path / "demo"),
-        "--demo_num_train",
-        "32",
-        "--demo_num_test",
-        "4",
-        "--feature_cache_dir",
-        str(tmp_path / "cache"),
-        "--logging_steps",
-        "1",
-        "--disable_tqdm",
-        "true",
-    ]
-    launch_recipe(
+    launch_causal_demo_recipe(
         "sft",
         "deepspeed_zero3_cpu.yaml",
-        "--config",
-        str(REPO / "recipes/configs/demo_causal_sft.yaml"),
+        tmp_path,
         "--output_dir",
         str(tmp_path / "sft"),
         "--max_steps",
         "2",
         "--save_steps",
         "2",
-        *data,
-        cwd=tmp_path,
     )
     assert (tmp_path / "sft/checkpoint-2/global_step2").is_dir()  # DeepSpeed's own checkpoint: it really ran
-    launch_recipe(
+    launch_causal_demo_recipe(
         "polishppo",
         "deepspeed_zero3_cpu.yaml",
-        "--config",
-        str(REPO / "recipes/configs/demo_causal_polishppo.yaml"),
+        tmp_path,
         "--model_name_or_path",
         str(tmp_path / "sft"),
         "--output_dir",
@@ -499,8 +466,6 @@ def test_sft_then_polishppo_run_under_deepspeed_zero3_on_cpu_with_the_causal_dec
         "8",
         "--save_strategy",
         "no",
-        *data,
-        cwd=tmp_path,
     )
     policy = TIPPoModel.from_pretrained(tmp_path / "rl")
     assert isinstance(policy.language_model, LlamaForCausalLM)
