@@ -48,19 +48,17 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
         optimizers=(None, None),
     ):
         self.processor = processor
-        if args.ddp_find_unused_parameters is None and unwrap_tippo(model).config.freeze_encoder:
+        tippo = unwrap_tippo(model)
+        if args.ddp_find_unused_parameters is None and tippo.config.freeze_encoder:
             # Every trainable weight of a TIPPo model with a frozen encoder takes part in the loss (the TIP ablation
             # does not build DAA/DO), so DDP can skip its search for unused parameters, a graph walk every step.
             args.ddp_find_unused_parameters = False
         # The model's forward computes L_SFT (Eq. 5's L_C included) from its config: this stage's settings go there, and
         # are saved with the model.
-        tippo_config = unwrap_tippo(model).config
-        tippo_config.contrastive_weight = args.contrastive_weight
-        tippo_config.contrastive_temperature = args.contrastive_temperature
-        tippo_config.contrastive_negatives = args.contrastive_negatives
-        train_dataset, eval_dataset = training_datasets(
-            args, unwrap_tippo(model), processor, train_dataset, eval_dataset
-        )
+        tippo.config.contrastive_weight = args.contrastive_weight
+        tippo.config.contrastive_temperature = args.contrastive_temperature
+        tippo.config.contrastive_negatives = args.contrastive_negatives
+        train_dataset, eval_dataset = training_datasets(args, tippo, processor, train_dataset, eval_dataset)
         super().__init__(
             model=model,
             args=args,
