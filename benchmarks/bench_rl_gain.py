@@ -1,19 +1,23 @@
-"""Does the RL stage beat its SFT model? Held-out greedy Δ (literal, ROUGE-L, CIDEr) of RL variants over seeds.
+"""Does the RL stage beat its SFT model? A seed study: SFT seeds × RL seeds × languages, paired on held-out samples.
 
-SFT runs once (the SFT recipe's own `main` on `recipes/configs/demo_sft.yaml`); then every variant runs from that SFT
-model for each seed: the demo PolishPPO config (`recipes/configs/demo_polishppo.yaml`) with the variant's overrides.
-Each run is decoded greedily on the held-out split (`--demo_num_test` samples, ≥ 200 for a study) and scored as
-`recipes/evaluate.py` scores the demo (pycocoevalcap ROUGE-L and CIDEr-D, PTB tokenisation), plus the literal reward of
-Eq. 7; Δ is against the SFT model on the same samples. Per variant: every seed's Δ, the mean, the min, how many seeds
-improved, and the median seconds per PPO iteration. Writes JSON and a plot into `benchmarks/results/`.
+For every language and SFT seed, the SFT recipe's own `main` trains `recipes/configs/demo_sft.yaml` (with the seed,
+the language and `--sft_overrides`); then every variant of the demo PolishPPO config (`recipes/configs/demo_polishppo.yaml`
+plus the variant's overrides) runs from that SFT model for every RL seed. Each model is decoded greedily on the
+held-out split (`--demo_num_test`, ≥ 300 for a study) and scored as `recipes/evaluate.py` scores the demo: BLEU-4,
+ROUGE-L and CIDEr-D (pycocoevalcap; PTB tokens for English, jieba words for Chinese), the literal reward of Eq. 7,
+and every scene field (place, count, colour, shape, object in order, objects in any order).
 
-A variant is `NAME: key=value key=value ...`: config fields of the demo PolishPPO YAML (values read as YAML:
-`advantage_window=null`, `reward_funcs=[literal,semantic]`, `generation_kwargs={repetition_penalty:1.2}`), plus
-`trainer=ppo` to run the plain `PPOTrainer` instead of `PolishPPOTrainer` (the PolishPPO-only fields are then dropped).
-A variant that sets `reward_funcs` without `reward_weights` gets one weight per reward, not the YAML's weights.
+RL − SFT is a paired difference: per (SFT seed, RL seed) run on the same samples, and over all runs of a variant the
+mean ± sd and a two-level paired bootstrap 95% CI of the mean Δ (resample SFT seeds, then held-out samples; per-sample
+ROUGE-L and CIDEr-D with the test set's document frequencies fixed). Models are cached in `--workdir`, so a second
+invocation with more seeds or variants trains only what is missing.
 
-    python benchmarks/bench_rl_gain.py --seeds 0 1 2 --demo_num_test 300
-    python benchmarks/bench_rl_gain.py --variants "demo:" "rloo4: num_generations=4 advantage_baseline=leave_one_out"
+A variant is `NAME: key=value key=value ...`: fields of the demo PolishPPO YAML (values read as YAML:
+`advantage_window=null`, `reward_funcs=[literal,semantic]`), plus `trainer=ppo` for the plain `PPOTrainer` (fields
+PPOConfig lacks are then dropped).
+
+    python benchmarks/bench_rl_gain.py --langs en zh --sft_seeds 0 1 2 --rl_seeds 0 1          # the reported study
+    python benchmarks/bench_rl_gain.py --sft_seeds 100 101 --rl_seeds 0 --variants "demo:" "kl0: kl_coef=0"  # tuning
     python benchmarks/bench_rl_gain.py --quick      # a smoke test: tiny runs, a few seconds each
 """
 
@@ -22,7 +26,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -33,12 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: benchmarks never reach the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import torch  # noqa: E402
 import yaml  # noqa: E402
-from machine import run_in_workdir  # noqa: E402
-from tables import fmt, print_table, write_json  # noqa: E402
+from machine import machine_info  # noqa: E402
+from tables import print_table, write_json  # noqa: E402
 from trl import TrlParser  # noqa: E402
 
 from tippo_rl.data import load_datasets  # noqa: E402
+from tippo_rl.demo_data import scene_field_accuracy  # noqa: E402
 from tippo_rl.evaluation import EvaluationArguments, score_model  # noqa: E402
 from tippo_rl.model_config import TIPPoModelConfig  # noqa: E402
 from tippo_rl.presets import load_model_and_processor  # noqa: E402
@@ -54,14 +62,10 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 SFT_CONFIG = REPO / "recipes/configs/demo_sft.yaml"
 RL_CONFIG = REPO / "recipes/configs/demo_polishppo.yaml"
-METRICS = ("literal", "ROUGE-L", "CIDEr")
-DEFAULT_VARIANTS = [
-    "demo:",
-    "paper_literal: advantage_baseline=running advantage_window=null gamma_schedule=paper",
-    "group4: num_generations=4 advantage_baseline=group",
-    "leave_one_out4: num_generations=4 advantage_baseline=leave_one_out",
-    "greedy: advantage_baseline=greedy",
-]
+SCORES = ("BLEU-4", "ROUGE-L", "CIDEr", "literal")
+FIELDS = ("place", "count", "colour", "shape", "object", "objects_any_order")
+BOOTSTRAPPED = ("ROUGE-L", "CIDEr")  # per-sample scores whose corpus score is their mean
+TOKENIZE = {"en": "ptb", "zh": "jieba"}  # as recipes/configs/demo_evaluate.yaml and cococn_evaluate.yaml score them
 # --quick: the smallest settings that still run every step (a smoke test, not a measurement).
 QUICK_SFT = dict(max_steps=4, per_device_train_batch_size=8, logging_steps=2, save_strategy="no")
 QUICK_RL = dict(
@@ -91,246 +95,307 @@ def load_recipe(name: str):
     return module
 
 
-def parse_with_config(config: dict, classes: tuple, workdir: Path, stem: str):
+def parse_with_config(config: dict, classes: tuple, path: Path):
     """Parse a config dict as the recipes parse their YAML (through a YAML file: nulls and lists as in the configs)."""
-    path = workdir / f"{stem}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return TrlParser(classes).parse_args_and_config(args=["--config", str(path)])
 
 
-def common_settings(args, workdir: Path) -> dict:
+def common_settings(args, workdir: Path, lang: str) -> dict:
     return dict(
-        demo_dir=str(workdir / "demo_data"),
+        demo_dir=str(workdir / f"demo_data_{lang}"),
+        demo_lang=lang,
         demo_num_test=args.demo_num_test,
         feature_cache_dir=str(workdir / "cache"),
         disable_tqdm=True,
         report_to="none",
-        **({"demo_num_train": args.demo_num_train} if args.demo_num_train else {}),
+        # Always written out: a folder made for another training size would be remade (the test split does not
+        # depend on it, but a second process reading the images then would).
+        demo_num_train=args.demo_num_train or yaml.safe_load(SFT_CONFIG.read_text())["demo_num_train"],
     )
 
 
-def train_sft(args, workdir: Path, overrides: dict | None = None) -> Path:
-    """The one SFT run: `demo_sft.yaml` with the run's settings, then `overrides` (`--sft_overrides`)."""
+def train_sft(args, workdir: Path, lang: str, seed: int) -> Path:
+    """`demo_sft.yaml` with the language, the seed and `--sft_overrides`; skipped when the model is already there."""
+    output_dir = workdir / f"sft_{lang}_{seed}"
+    if (output_dir / "model.safetensors").exists():
+        return output_dir
     config = yaml.safe_load(SFT_CONFIG.read_text())
-    config.update(common_settings(args, workdir), output_dir=str(workdir / "sft"), save_strategy="no")
+    config.update(common_settings(args, workdir, lang), output_dir=str(output_dir), save_strategy="no", seed=seed)
     if args.quick:
         config.update(QUICK_SFT)
-    config.update(overrides or {})
-    script_args, training_args, model_args = parse_with_config(
-        config, (TIPPoScriptArguments, load_recipe("sft").TIPPoSFTConfig, TIPPoModelConfig), workdir, "sft"
+    config.update(args.sft_overrides)
+    recipe = load_recipe("sft")
+    parsed = parse_with_config(
+        config, (TIPPoScriptArguments, recipe.TIPPoSFTConfig, TIPPoModelConfig), workdir / f"sft_{lang}_{seed}.yaml"
     )
-    load_recipe("sft").main(script_args, training_args, model_args)
-    return Path(training_args.output_dir)
+    recipe.main(*parsed)
+    return output_dir
 
 
-def evaluate(model, processor, dataset, eval_args: EvaluationArguments) -> dict[str, float]:
-    predictions, result, _ = score_model(model, processor, dataset, eval_args)
-    literal = literal_reward([predictions[i] for i in dataset["id"]], dataset["reference"])
-    return {
-        "literal": 100 * sum(literal) / len(literal),
-        "ROUGE-L": 100 * result.corpus["ROUGE-L"],
-        "CIDEr": 100 * result.corpus["CIDEr"],
-    }
-
-
-def run_variant(
-    args, workdir: Path, sft_dir: Path, name: str, overrides: dict, seed: int, eval_args, keep: dict | None = None
-) -> dict:
-    """One RL run from the SFT model, scored on the held-out split; `keep` (a dict) receives the run's log history."""
-    overrides = dict(overrides)
-    trainer_kind = overrides.pop("trainer", "polishppo")
-    config_class, trainer_class = {"polishppo": (PolishPPOConfig, PolishPPOTrainer), "ppo": (PPOConfig, PPOTrainer)}[
-        trainer_kind
-    ]
-    config = yaml.safe_load(RL_CONFIG.read_text())
-    config.update(
-        common_settings(args, workdir),
-        model_name_or_path=str(sft_dir),
-        output_dir=str(workdir / f"rl_{name}_{seed}"),
-        seed=seed,
-        save_strategy="no",
-    )
-    if args.quick:
-        config.update(QUICK_RL)
-    if "reward_funcs" in overrides and "reward_weights" not in overrides:
-        config.pop("reward_weights", None)  # the YAML's weights belong to the YAML's rewards
-    config.update(overrides)
-    if trainer_kind == "ppo":
-        known = (
-            {f.name for f in dataclasses.fields(PPOConfig)}
-            | {f.name for f in dataclasses.fields(TIPPoScriptArguments)}
-            | {f.name for f in dataclasses.fields(TIPPoModelConfig)}
-        )
-        config = {key: value for key, value in config.items() if key in known or key in overrides}
-    script_args, training_args, model_args = parse_with_config(
-        config, (TIPPoScriptArguments, config_class, TIPPoModelConfig), workdir, f"{name}_{seed}"
-    )
-    model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
-    train, test = load_datasets(script_args, max_images=model.config.max_images)
-    trainer = trainer_class(model=model, args=training_args, processor=processor, train_dataset=train)
-    start, start_cpu = time.perf_counter(), time.process_time()
-    trainer.train()
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
-    iterations = trainer.iteration
-    scores = evaluate(trainer._policy(trainer.accelerator.unwrap_model(trainer.model)), processor, test, eval_args)
-    history = trainer.state.log_history
-    if keep is not None:
-        keep["log_history"] = history
-    lengths = [entry["completions/mean_length"] for entry in history if "completions/mean_length" in entry]
-    clipped = [entry["completions/clipped_ratio"] for entry in history if "completions/clipped_ratio" in entry]
-    return dict(
-        seed=seed,
-        scores=scores,
-        train_seconds=seconds,
-        iterations=iterations,
-        seconds_per_iteration=seconds / max(iterations, 1),
-        cpu_seconds_per_iteration=cpu_seconds / max(iterations, 1),
-        completions_per_iteration=training_args.generation_batch_size,
-        num_generations=training_args.num_generations,
-        last_mean_length=lengths[-1] if lengths else None,
-        last_clipped_ratio=clipped[-1] if clipped else None,
-    )
-
-
-def summarise(runs: list[dict], sft: dict[str, float]) -> dict:
-    deltas = {metric: [run["scores"][metric] - sft[metric] for run in runs] for metric in METRICS}
-    out = {"runs": runs, "delta": deltas}
-    for metric, values in deltas.items():
-        out[f"{metric}_delta_mean"] = statistics.fmean(values)
-        out[f"{metric}_delta_min"] = min(values)
-        out[f"{metric}_improved"] = sum(v > 0 for v in values)
-    out["seconds_per_iteration_median"] = statistics.median(run["seconds_per_iteration"] for run in runs)
-    # CPU time counts the work, not the waits for a core: steadier than wall time on a shared machine (timing.StepTimes).
-    out["cpu_seconds_per_iteration_median"] = statistics.median(run["cpu_seconds_per_iteration"] for run in runs)
-    return out
-
-
-def plot(path: Path, results: dict, seeds: list[int]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(results)
-    figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 0.5 * len(names) + 2), sharey=True)
-    for axis, metric in zip(axes, METRICS):
-        for row, name in enumerate(names):
-            values = results[name]["delta"][metric]
-            axis.scatter(values, [row] * len(values), color="tab:blue", alpha=0.7)
-            axis.scatter([statistics.fmean(values)], [row], color="black", marker="|", s=300)
-        axis.axvline(0, color="grey", linewidth=0.8)
-        axis.set_title(f"Δ {metric} vs SFT (×100)")
-        axis.set_yticks(range(len(names)), names)
-    figure.suptitle(f"RL stage vs its SFT model, held-out greedy; dots: seeds {seeds}, bar: mean")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    print(f"wrote {path}")
-
-
-def run(args, info: dict, workdir: Path) -> dict:
-    variants = [parse_variant(text) for text in args.variants]
+def evaluate(model, processor, dataset, lang: str, args) -> dict:
+    """Greedy decode of the held-out split: corpus scores, scene fields (all ×100) and per-sample ROUGE-L / CIDEr."""
     eval_args = EvaluationArguments(
-        metrics=["rouge_l", "cider"],
-        tokenize=args.tokenize,
-        lang="en",
+        metrics=["bleu", "rouge_l", "cider"],
+        tokenize=args.tokenize or TOKENIZE[lang],
+        lang=lang,
         batch_size=64,
         max_new_tokens=args.eval_max_new_tokens,
         device="cpu",
     )
-    start = time.perf_counter()
-    sft_dir = train_sft(args, workdir, args.sft_overrides)
-    sft_seconds = time.perf_counter() - start
-    from tippo_rl import TIPPoForConditionalGeneration, TIPPoProcessor
+    predictions, result, _ = score_model(model, processor, dataset, eval_args)
+    ids = list(dataset["id"])
+    texts = [predictions[i] for i in ids]
+    literal = literal_reward(texts, dataset["reference"])
+    scores = {name: 100 * result.corpus[name] for name in ("BLEU-4", "ROUGE-L", "CIDEr")}
+    scores["literal"] = 100 * statistics.fmean(literal)
+    fields = scene_field_accuracy(texts, [refs[0] for refs in dataset["references"]], lang)
+    per_sample = {name: [100 * result.per_sample[i][name] for i in ids] for name in BOOTSTRAPPED}
+    return dict(
+        scores=scores, fields={k: 100 * v for k, v in fields.items()}, per_sample=per_sample, predictions=texts[:5]
+    )
 
+
+def held_out(args, workdir: Path, lang: str):
     script_args = TIPPoScriptArguments(
-        dataset="demo", **{k: v for k, v in common_settings(args, workdir).items() if k.startswith("demo_")}
+        dataset="demo", **{k: v for k, v in common_settings(args, workdir, lang).items() if k.startswith("demo_")}
     )
-    _, test = load_datasets(script_args)
-    sft_scores = evaluate(
-        TIPPoForConditionalGeneration.from_pretrained(sft_dir),
-        TIPPoProcessor.from_pretrained(sft_dir),
-        test,
-        eval_args,
-    )
-    print(f"SFT ({sft_seconds:.0f} s): " + ", ".join(f"{k} {v:.2f}" for k, v in sft_scores.items()), flush=True)
+    return load_datasets(script_args)[1]
 
-    results = {}
-    for name, overrides in variants:
-        runs = []
-        for seed in args.seeds:
-            result = run_variant(args, workdir, sft_dir, name, overrides, seed, eval_args)
-            runs.append(result)
-            print(
-                f"{name} seed {seed}: "
-                + ", ".join(f"Δ{k} {result['scores'][k] - sft_scores[k]:+.2f}" for k in METRICS)
-                + f" ({result['seconds_per_iteration']:.2f} s, {result['cpu_seconds_per_iteration']:.2f} CPU s per iteration)",
-                flush=True,
+
+def cached(path: Path, compute) -> dict:
+    """A run's result, computed once and kept in `path` (JSON)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute()
+    path.write_text(json.dumps(result))
+    return result
+
+
+def sft_result(args, workdir: Path, lang: str, seed: int) -> dict:
+    def compute():
+        from tippo_rl import TIPPoForConditionalGeneration, TIPPoProcessor
+
+        start = time.perf_counter()
+        sft_dir = train_sft(args, workdir, lang, seed)
+        seconds = time.perf_counter() - start
+        model = TIPPoForConditionalGeneration.from_pretrained(sft_dir)
+        result = evaluate(model, TIPPoProcessor.from_pretrained(sft_dir), held_out(args, workdir, lang), lang, args)
+        return dict(result, seconds=seconds)
+
+    return cached(workdir / f"sft_{lang}_{seed}.json", compute)
+
+
+def rl_result(args, workdir: Path, lang: str, sft_seed: int, name: str, overrides: dict, seed: int) -> dict:
+    """One RL run of a variant from the SFT model of `sft_seed`, scored on the held-out split."""
+
+    def compute():
+        settings = dict(overrides)
+        trainer_kind = settings.pop("trainer", "polishppo")
+        config_class, trainer_class = {
+            "polishppo": (PolishPPOConfig, PolishPPOTrainer),
+            "ppo": (PPOConfig, PPOTrainer),
+        }[trainer_kind]
+        config = yaml.safe_load(RL_CONFIG.read_text())
+        config.update(
+            common_settings(args, workdir, lang),
+            model_name_or_path=str(workdir / f"sft_{lang}_{sft_seed}"),
+            output_dir=str(workdir / f"rl_{lang}_{sft_seed}_{name}_{seed}"),
+            seed=seed,
+            save_strategy="no",
+        )
+        if args.quick:
+            config.update(QUICK_RL)
+        if "reward_funcs" in settings and "reward_weights" not in settings:
+            config.pop("reward_weights", None)  # the YAML's weights belong to the YAML's rewards
+        config.update(settings)
+        if trainer_kind == "ppo":
+            known = set().union(
+                *({f.name for f in dataclasses.fields(c)} for c in (PPOConfig, TIPPoScriptArguments, TIPPoModelConfig))
             )
-        results[name] = {"overrides": overrides, **summarise(runs, sft_scores)}
-
-    rows = [
-        [
-            name,
-            *(
-                f"{r[f'{m}_delta_mean']:+.2f} (min {r[f'{m}_delta_min']:+.2f}, {r[f'{m}_improved']}/{len(args.seeds)})"
-                for m in METRICS
-            ),
-            fmt(r["seconds_per_iteration_median"], ".2f"),
-            fmt(r["cpu_seconds_per_iteration_median"], ".2f"),
+            config = {key: value for key, value in config.items() if key in known}
+        script_args, training_args, model_args = parse_with_config(
+            config,
+            (TIPPoScriptArguments, config_class, TIPPoModelConfig),
+            workdir / f"rl_{lang}_{sft_seed}_{name}_{seed}.yaml",
+        )
+        model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
+        train, test = load_datasets(script_args, max_images=model.config.max_images)
+        trainer = trainer_class(model=model, args=training_args, processor=processor, train_dataset=train)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        trainer.train()
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+        policy = trainer._policy(trainer.accelerator.unwrap_model(trainer.model))
+        result = evaluate(policy, processor, test, lang, args)
+        history = [
+            {k: v for k, v in entry.items() if k.startswith(("rewards/", "reward", "kl", "completions/", "baseline/"))}
+            for entry in trainer.state.log_history
         ]
-        for name, r in results.items()
-    ]
-    table = print_table(["variant", *(f"Δ {m}" for m in METRICS), "s/iteration", "CPU s/iteration"], rows)
+        return dict(
+            result,
+            seconds=seconds,
+            cpu_seconds_per_iteration=cpu_seconds / max(trainer.iteration, 1),
+            log_history=[entry for entry in history if entry],
+        )
+
+    return cached(workdir / f"rl_{lang}_{sft_seed}_{name}_{seed}.json", compute)
+
+
+def paired_bootstrap(pairs: list[tuple[list[float], list[float], int]], samples: int, rng: random.Random):
+    """95% CI of the mean over runs of (RL − SFT), each run's score the mean of its per-sample scores. `pairs`: (RL
+    per-sample, SFT per-sample, SFT seed) per run. Two levels: SFT seeds with replacement, then held-out samples
+    (the same resampled samples for every run, as the runs share the test set)."""
+    by_seed: dict[int, list[list[float]]] = {}
+    for rl, sft, seed in pairs:
+        by_seed.setdefault(seed, []).append([a - b for a, b in zip(rl, sft)])
+    seeds, n = sorted(by_seed), len(pairs[0][0])
+    means = []
+    for _ in range(samples):
+        drawn = [rng.choice(seeds) for _ in seeds]
+        index = [rng.randrange(n) for _ in range(n)]
+        runs = [statistics.fmean(d[i] for i in index) for seed in drawn for d in by_seed[seed]]
+        means.append(statistics.fmean(runs))
+    means.sort()
+    return means[int(0.025 * samples)], means[int(0.975 * samples) - 1]
+
+
+def summarise(runs: list[dict], args) -> dict:
+    """Per variant and language: every run's Δ, mean ± sd of each score and field, and the bootstrap CIs."""
+    out = {}
+    for key in (*SCORES, *FIELDS):
+        group = "scores" if key in SCORES else "fields"
+        deltas = [run["rl"][group][key] - run["sft"][group][key] for run in runs]
+        out[key] = dict(
+            deltas=deltas,
+            mean=statistics.fmean(deltas),
+            sd=statistics.stdev(deltas) if len(deltas) > 1 else 0.0,
+            sft_mean=statistics.fmean(run["sft"][group][key] for run in runs),
+            rl_mean=statistics.fmean(run["rl"][group][key] for run in runs),
+            improved=sum(d > 0 for d in deltas),
+        )
+    rng = random.Random(0)
+    for key in BOOTSTRAPPED:
+        pairs = [(run["rl"]["per_sample"][key], run["sft"]["per_sample"][key], run["sft_seed"]) for run in runs]
+        out[key]["ci95"] = paired_bootstrap(pairs, args.bootstrap_samples, rng)
+        for run in runs:  # each run's own CI: samples only
+            run[f"{key}_ci95"] = paired_bootstrap(pairs[runs.index(run) : runs.index(run) + 1], 1000, rng)
+    sft_rouge = out["ROUGE-L"]["sft_mean"]
+    out["ROUGE-L"]["bar"] = 0.1 * (100 - sft_rouge)  # 10% of the gap to 100
+    out["CIDEr"]["relative_mean"] = out["CIDEr"]["mean"] / out["CIDEr"]["sft_mean"]
+    return out
+
+
+def spread(results: dict, group: str, key: str) -> str:
+    values = [result[group][key] for result in results.values()]
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.2f} ± {sd:.2f}"
+
+
+def run(args) -> dict:
+    workdir = args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine_info()
+    variants = [parse_variant(text) for text in args.variants]
+    summary, all_runs, sft_by_lang = {}, [], {}
+    for lang in args.langs:
+        sft = sft_by_lang[lang] = {seed: sft_result(args, workdir, lang, seed) for seed in args.sft_seeds}
+        for seed, result in sft.items():
+            print(f"[{lang}] SFT seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in result["scores"].items()))
+        for name, overrides in variants if args.rl_seeds else ():  # no RL seeds: an SFT seed study
+            runs = []
+            for sft_seed in args.sft_seeds:
+                for seed in args.rl_seeds:
+                    rl = rl_result(args, workdir, lang, sft_seed, name, overrides, seed)
+                    run_ = dict(lang=lang, variant=name, sft_seed=sft_seed, rl_seed=seed, sft=sft[sft_seed], rl=rl)
+                    runs.append(run_)
+                    print(
+                        f"[{lang}] {name} SFT {sft_seed} RL {seed}: "
+                        + ", ".join(f"Δ{k} {rl['scores'][k] - sft[sft_seed]['scores'][k]:+.2f}" for k in SCORES)
+                        + " | "
+                        + ", ".join(f"Δ{k} {rl['fields'][k] - sft[sft_seed]['fields'][k]:+.1f}" for k in FIELDS),
+                        flush=True,
+                    )
+            summary[f"{lang}/{name}"] = dict(lang=lang, variant=name, overrides=overrides, **summarise(runs, args))
+            all_runs += runs
+
+    headers = ["lang", "variant", "runs", "SFT ROUGE-L", "Δ ROUGE-L (CI)", "Δ CIDEr (CI)", "Δ CIDEr %", "Δ fields"]
+    rows = []
+    for s in summary.values():
+        n = len(s["ROUGE-L"]["deltas"])
+        rows.append(
+            [
+                s["lang"],
+                s["variant"],
+                n,
+                f"{s['ROUGE-L']['sft_mean']:.2f}",
+                f"{s['ROUGE-L']['mean']:+.2f} ± {s['ROUGE-L']['sd']:.2f} ({s['ROUGE-L']['ci95'][0]:+.2f}, {s['ROUGE-L']['ci95'][1]:+.2f})",
+                f"{s['CIDEr']['mean']:+.1f} ± {s['CIDEr']['sd']:.1f} ({s['CIDEr']['ci95'][0]:+.1f}, {s['CIDEr']['ci95'][1]:+.1f})",
+                f"{100 * s['CIDEr']['relative_mean']:+.1f}%",
+                " ".join(f"{k} {s[k]['mean']:+.1f}" for k in FIELDS),
+            ]
+        )
+    table = print_table(headers, rows)
+    sft_table = print_table(
+        ["lang", "SFT seeds", *SCORES, *FIELDS],
+        [
+            [
+                lang,
+                len(args.sft_seeds),
+                *(spread(results, "scores", key) for key in SCORES),
+                *(spread(results, "fields", key) for key in FIELDS),
+            ]
+            for lang, results in sft_by_lang.items()
+        ],
+    )
+    for run_ in all_runs:  # the JSON keeps scores and fields; per-sample lists stay in the work folder
+        for side in ("sft", "rl"):
+            run_[side] = {k: v for k, v in run_[side].items() if k != "per_sample"}
     payload = dict(
         benchmark="rl_gain",
         machine=info,
         settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        held_out_samples=len(test),
-        sft=dict(scores=sft_scores, seconds=sft_seconds),
-        results=results,
+        summary=summary,
+        runs=all_runs,
         table=table,
+        sft_table=sft_table,
+        sft={
+            lang: {seed: {k: v for k, v in r.items() if k != "per_sample"} for seed, r in results.items()}
+            for lang, results in sft_by_lang.items()
+        },
     )
-    write_json(args.output, payload)
-    if not args.no_plot:
-        plot(args.output.with_suffix(".png"), results, args.seeds)
+    if args.output:
+        write_json(args.output, payload)
     return payload
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--variants", nargs="+", default=DEFAULT_VARIANTS, help="`NAME: key=value ...` (see the module docstring)."
-    )
+    parser.add_argument("--variants", nargs="+", default=["demo:"], help="`NAME: key=value ...` (module docstring).")
     parser.add_argument(
         "--sft_overrides",
         default={},
         type=lambda text: parse_variant(f"sft: {text}")[1],
-        help="`key=value ...` over demo_sft.yaml for the one SFT run (e.g. `image_slot_embeddings=false`).",
+        help="`key=value ...` over demo_sft.yaml for every SFT run.",
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--demo_num_test", type=int, default=300, help="Held-out samples (≥ 200 for a study).")
-    parser.add_argument(
-        "--demo_num_train", type=int, default=None, help="Training samples (default: the demo configs')."
-    )
-    parser.add_argument(
-        "--tokenize",
-        default="ptb",
-        help="Tokenisation of ROUGE-L / CIDEr: `ptb` as recipes/evaluate.py (Java), or `none`.",
-    )
-    parser.add_argument(
-        "--eval_max_new_tokens", type=int, default=64, help="Longest held-out decode (as demo_evaluate.yaml)."
-    )
+    parser.add_argument("--langs", nargs="+", default=["en"], choices=["en", "zh"])
+    parser.add_argument("--sft_seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rl_seeds", type=int, nargs="*", default=[0, 1], help="None: SFT seeds only.")
+    parser.add_argument("--demo_num_test", type=int, default=300, help="Held-out samples (≥ 300 for a study).")
+    parser.add_argument("--demo_num_train", type=int, default=None, help="Training samples (default: the configs').")
+    parser.add_argument("--tokenize", default=None, help="Override the tokenisation (default: ptb en, jieba zh).")
+    parser.add_argument("--eval_max_new_tokens", type=int, default=64, help="As demo_evaluate.yaml.")
+    parser.add_argument("--bootstrap_samples", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default).")
-    parser.add_argument(
-        "--quick", action="store_true", help="Smoke test: 4 SFT steps, 2 RL iterations, whitespace tokenisation."
-    )
-    parser.add_argument("--no_plot", action="store_true")
+    parser.add_argument("--workdir", type=Path, default=Path("outputs/bench_rl_gain"), help="Models and results.")
+    parser.add_argument("--quick", action="store_true", help="Smoke test: 4 SFT steps, 2 RL iterations.")
     parser.add_argument("--output", type=Path, default=RESULTS / "rl_gain.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.tokenize, args.eval_max_new_tokens = "none", 8
         args.demo_num_train, args.demo_num_test = args.demo_num_train or 16, min(args.demo_num_test, 8)
-    return run_in_workdir(args, run, prefix="bench_rl_gain_")
+    return run(args)
 
 
 if __name__ == "__main__":

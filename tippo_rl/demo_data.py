@@ -228,7 +228,8 @@ def make_demo_dataset(
     """Write the embedded default dataset to `output_dir` (train.jsonl, test.jsonl, images/) and return it.
 
     Rows carry `place` and `shown_places` (the place each image's background shows) besides `title`, `images`
-    and `reference`. Re-running with the same arguments reproduces the same files; an existing complete dataset
+    and `reference`. The test split depends on `seed`, `lang` and `max_images` only, not on `num_train`. Re-running with
+    the same arguments reproduces the same files; an existing complete dataset
     with the same arguments is reused.
     """
     if lang not in ("en", "zh"):
@@ -236,13 +237,15 @@ def make_demo_dataset(
     if not 1 <= max_images <= 5:
         raise ValueError(f"max_images must lie in 1..5 for the demo dataset, got {max_images}")
     output_dir = Path(output_dir)
-    arguments = dict(num_train=num_train, num_test=num_test, lang=lang, max_images=max_images, seed=seed, version=2)
+    arguments = dict(num_train=num_train, num_test=num_test, lang=lang, max_images=max_images, seed=seed, version=3)
     stamp = output_dir / "demo_dataset.json"
     if stamp.exists() and json.loads(stamp.read_text()) == arguments:
         return output_dir
     (output_dir / "images").mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
     for split, count in (("train", num_train), ("test", num_test)):
+        # Each split from its own stream: the held-out scenes are the same whatever num_train is, so models trained
+        # on different amounts of data are scored on the same samples.
+        rng = random.Random(f"{seed}:{split}")
         rows = []
         for index in range(count):
             place = rng.choice(sorted(PLACES))
