@@ -247,6 +247,49 @@ def test_log_probs_are_the_sampling_distributions_at_the_temperature(
     assert logps.dtype == torch.float32 and logps.shape == (3, 5)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(temperature=1.0),
+        dict(temperature=0.7),
+        dict(top_k=5),
+        dict(top_p=0.8),
+        dict(temperature=1.3, top_k=4, top_p=0.9),
+    ],
+)
+def test_ratio_log_probs_are_those_generate_sampled_from(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, settings
+):
+    """generate()'s own processed scores (temperature, top-k, top-p applied) give the log-probability of each sampled
+    token; the trainer's teacher-forced log-probs must equal them, for every sampling setting."""
+    trainer = make_trainer(
+        tmp_path,
+        tiny_model_varied_outputs,
+        tiny_model_and_processor[1],
+        demo_dataset_dir,
+        use_value_head=False,
+        **settings,
+    )
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    inputs = model_inputs(trainer.data_collator(rows))
+    torch.manual_seed(0)
+    out = trainer.model.generate(
+        **inputs, generation_config=trainer.generation_config, output_scores=True, return_dict_in_generate=True
+    )
+    completion_ids = out.sequences[:, 1:]
+    sampled = torch.stack(out.scores, 1).log_softmax(-1).gather(-1, completion_ids[..., None]).squeeze(-1)
+    mask = completion_mask(completion_ids, trainer.eos_token_id).bool()
+    logps, _, _ = trainer._forward(trainer.model, inputs, completion_ids.masked_fill(~mask, trainer.pad_token_id))
+    # KV-cached decoding vs one teacher-forced pass: float round-off only.
+    torch.testing.assert_close(logps[mask], sampled[mask], atol=2e-3, rtol=0)
+    if "top_k" in settings or "top_p" in settings:  # the truncation matters: ignoring it would be far off
+        untruncated = (
+            trainer._forward(trainer.model, inputs, completion_ids)[1] / trainer.args.temperature
+        ).log_softmax(-1)
+        untruncated = untruncated.gather(-1, completion_ids[..., None]).squeeze(-1)
+        assert (untruncated[mask] - sampled[mask]).abs().max() > 2e-2
+
+
 @pytest.mark.parametrize("use_peft", [False, True])
 def test_first_minibatch_has_ratio_one_and_zero_kl(
     tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, use_peft
@@ -260,7 +303,7 @@ def test_first_minibatch_has_ratio_one_and_zero_kl(
     assert (trainer.ref_model is None) == use_peft  # PEFT: the reference is the model with its adapters disabled
     trainer.train()
     first, second = trainer.state.log_history[0], trainer.state.log_history[1]
-    assert first["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert first["policy/ratio_mean"] == 1.0  # exactly: the old log-probs come from the same kernels and rows
     assert first["policy/clip_fraction"] == 0.0
     assert abs(first["kl"]) < 1e-7
     assert second["kl"] > 1e-6  # the second minibatch sees the updated policy

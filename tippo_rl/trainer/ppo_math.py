@@ -82,13 +82,15 @@ def generalized_advantage_estimation(
     return advantages * mask
 
 
-def group_advantages(returns: torch.Tensor, k: int, epsilon: float = 1e-8) -> torch.Tensor:
+def group_advantages(returns: torch.Tensor, k: int, epsilon: float = 1e-8, scale: bool = True) -> torch.Tensor:
     """GRPO's per-prompt normalisation. `returns` `(batch,)` holds k consecutive completions per prompt; the std is
-    the unbiased one over the prompt's k returns (as TRL's GRPOTrainer). Returns `(batch,)`."""
+    the unbiased one over the prompt's k returns (as TRL's GRPOTrainer); `scale=False` keeps the difference from the
+    group mean alone (Dr. GRPO, TRL's `scale_rewards: none`). Returns `(batch,)`."""
     G = returns.view(-1, k)  # (prompts, k)
-    return (
-        (G - G.mean(1, keepdim=True)) / (G.std(1, keepdim=True) + epsilon)
-    ).flatten()  # Â_ij = (G_ij − mean_i) / (std_i + ε)
+    centred = G - G.mean(1, keepdim=True)  # G_ij − mean_i
+    if not scale:
+        return centred.flatten()
+    return (centred / (G.std(1, keepdim=True) + epsilon)).flatten()  # Â_ij = (G_ij − mean_i) / (std_i + ε)
 
 
 def leave_one_out_advantages(returns: torch.Tensor, k: int) -> torch.Tensor:

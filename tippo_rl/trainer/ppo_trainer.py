@@ -32,6 +32,7 @@ from accelerate.utils import is_peft_model, set_seed
 from datasets import Dataset
 from torch import nn
 from transformers import GenerationConfig, Trainer, TrainerCallback
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 from transformers.trainer_callback import ProgressCallback
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
@@ -69,6 +70,19 @@ from .value_head import PolicyAndValueModel
 
 
 logger = logging.getLogger(__name__)
+# generate() options that reshape the sampling distribution beyond temperature, top-k and top-p (which the ratio applies).
+OFF_POLICY_GENERATION_OPTIONS = {
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "bad_words_ids",
+    "min_p",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "encoder_repetition_penalty",
+    "min_new_tokens",
+    "suppress_tokens",
+}
 
 
 class PPOTrainer(
@@ -179,6 +193,17 @@ class PPOTrainer(
             use_cache=True,
             **(args.generation_kwargs or {}),
         )
+        self.truncation_warpers = [
+            *([TopKLogitsWarper(args.top_k)] if args.top_k else []),
+            *([TopPLogitsWarper(args.top_p)] if args.top_p < 1 else []),
+        ]
+        distorting = sorted(set(args.generation_kwargs or {}) & OFF_POLICY_GENERATION_OPTIONS)
+        if distorting:
+            logger.warning(
+                "generation_kwargs %s change the distribution the rollouts are sampled from, but the PPO ratio's "
+                "log-probabilities do not apply them: the updates are then slightly off-policy",
+                ", ".join(distorting),
+            )
         # SCST's baseline and the evaluation decode: greedy, as long as the rollouts.
         self.greedy_generation_config = copy.deepcopy(self.generation_config)
         self.greedy_generation_config.update(do_sample=False, temperature=None, top_k=None, top_p=None)
@@ -224,9 +249,12 @@ class PPOTrainer(
                 )
             self._rollout_batch = self.make_rollout_batch(super()._prepare_inputs(generation_batch))
         if self._step % steps == 0 or self._minibatches is None:
-            # A new pass over the rollout batch: reshuffle it into minibatches.
-            size = len(self._rollout_batch["completion_ids"])
-            order = torch.randperm(size, device=self._rollout_batch["completion_ids"].device)
+            # A new pass over the rollout batch: reshuffle it into minibatches. The first pass takes the order the
+            # old log-probabilities were computed in, so its first minibatch sees bit-identical inputs: ratio 1.
+            order = self._rollout_batch.pop("first_pass_order", None)
+            if order is None:
+                size = len(self._rollout_batch["completion_ids"])
+                order = torch.randperm(size, device=self._rollout_batch["completion_ids"].device)
             self._minibatches = [
                 {key: value[chunk] for key, value in self._rollout_batch.items()} for chunk in order.chunk(steps)
             ]
@@ -247,6 +275,8 @@ class PPOTrainer(
             )
         if self.args.advantage_baseline == "greedy":
             rollouts["greedy_returns"] = self.greedy_baseline_returns(rollouts)  # (batch / k,)
+        # The first pass's minibatches, drawn now: the old log-probabilities are computed on exactly those rows.
+        rollouts["first_pass_order"] = torch.randperm(len(returns), device=returns.device)
         with self.compute_loss_context_manager():  # the same autocast as the loss: ratio 1 before the first update
             rollouts.update(self.compute_rollout_log_probs(rollouts))
         advantages = self.compute_advantages(returns, rollouts)  # (batch, T)
@@ -340,20 +370,26 @@ class PPOTrainer(
         """Once per iteration, without gradients: the sampled tokens' log-probs under the rollout policy (`old_logps`)
         and the reference policy (`ref_logps`, when β > 0), and the value estimates (`old_values`, with a value head).
         Each `(batch, T)`."""
-        chunk = self.args.per_device_train_batch_size
         inputs, ids = rollouts["model_inputs"], rollouts["completion_ids"]
+        # In the first pass's minibatches (`first_pass_order`, else in order): the same rows, in the same order, as the
+        # first loss forward, so that batched kernels give bit-identical log-probabilities there.
+        order = rollouts.get("first_pass_order", torch.arange(len(ids), device=ids.device))
         outputs = defaultdict(list)
         model = self.accelerator.unwrap_model(self.model_wrapped)
-        for start in range(0, len(ids), chunk):
-            part = {key: value[start : start + chunk] for key, value in inputs.items()}
-            part_ids = ids[start : start + chunk]
-            logps, _, values = self._forward(model, part, part_ids)
-            outputs["old_logps"].append(logps)
+        for rows in order.chunk(self.args.steps_per_generation):
+            part = {key: value[rows] for key, value in inputs.items()}
+            # With autograd on, as in the loss: CPU kernels under no_grad round differently (2e-5 in a log-prob), which
+            # would make the first ratio 1 ± 1e-6 instead of 1. The graph is dropped at once; it costs memory only
+            # for one chunk's forward.
+            with torch.enable_grad():
+                logps, _, values = self._forward(model, part, ids[rows])
+            outputs["old_logps"].append(logps.detach())
             if values is not None:
-                outputs["old_values"].append(values)
+                outputs["old_values"].append(values.detach())
             if self.args.kl_coef > 0:
-                outputs["ref_logps"].append(self._reference_log_probs(model, part, part_ids))
-        return {key: torch.cat(value) for key, value in outputs.items()}
+                outputs["ref_logps"].append(self._reference_log_probs(model, part, ids[rows]))
+        inverse = torch.argsort(order)  # back to the rollout order
+        return {key: torch.cat(value)[inverse] for key, value in outputs.items()}
 
     def _reference_log_probs(self, model: nn.Module, inputs: dict, completion_ids: torch.Tensor) -> torch.Tensor:
         if self.ref_model is not None:
@@ -380,7 +416,12 @@ class PPOTrainer(
         `advantage_baseline`. Groups are the k consecutive completions of one prompt, all on this process."""
         baseline, k, epsilon = self.args.advantage_baseline, self.args.num_generations, self.args.advantage_epsilon
         if baseline == "group":
-            return group_advantages(returns, k, epsilon)
+            scale = self.args.scale_rewards
+            if scale == "batch":  # TRL's scale_rewards: the group mean, then the std of the whole rollout batch
+                return group_advantages(returns, k, epsilon, scale=False) / (
+                    self.accelerator.gather(returns).std() + epsilon
+                )
+            return group_advantages(returns, k, epsilon, scale=scale == "group")
         if baseline == "leave_one_out":
             return leave_one_out_advantages(returns, k)
         if baseline == "greedy":
@@ -422,6 +463,8 @@ class PPOTrainer(
             loss_batch["old_values"] = rollouts["old_values"]
             loss_batch["value_targets"] = (advantages + rollouts["old_values"]) * mask  # R_t = Â_t + V(s_t)
         loss_batch["advantages"] = advantages
+        if "first_pass_order" in rollouts:
+            loss_batch["first_pass_order"] = rollouts["first_pass_order"]
         return loss_batch
 
     def whiten_advantages(self, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -446,9 +489,21 @@ class PPOTrainer(
         if isinstance(outputs, tuple):  # PolicyAndValueModel
             outputs, values = outputs
         logits = outputs.logits.float()  # fp32 log-probs: ratios π_θ/π_old of bf16 log-probs are noisy
+        if self.args.top_k or self.args.top_p < 1:
+            # The distribution the rollouts were sampled from: top-k / nucleus truncated, renormalised.
+            return selective_log_softmax(self.truncate(logits), completion_ids), logits, values
         # TRL's: log π(token) row by row (fused on GPUs with Triton), never a full (batch, T, V) log-softmax.
         logps = selective_log_softmax(logits, completion_ids, temperature=self.args.temperature)
         return logps, logits, values
+
+    def truncate(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` `(batch, T, V)` as `generate()` sampled from them: divided by the temperature, then top-k and top-p
+        (transformers' own warpers, in generate()'s order); dropped tokens at −inf."""
+        shape = logits.shape
+        scores = (logits / self.args.temperature).reshape(-1, shape[-1])
+        for warper in self.truncation_warpers:
+            scores = warper(None, scores)
+        return scores.reshape(shape)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """PPO loss of one minibatch: clipped surrogate + β·KL(π_θ ‖ π_ref) + vf_coef·clipped value loss (only the last
