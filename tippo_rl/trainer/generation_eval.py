@@ -2,8 +2,9 @@
 
 The eval split (its first `eval_max_samples` rows) is decoded greedily, or with `eval_generation_kwargs`, and scored
 with the project's metric code (`tippo_rl.evaluation.compute_metrics`: pycocoevalcap's ROUGE-L and CIDEr-D) and the
-literal reward of Eq. 7. The metrics are logged as `eval_rouge_l`, `eval_cider`, `eval_literal` (and `eval_rewards/<name>`
-for a PPO trainer's reward plug-ins), so `metric_for_best_model: eval_rouge_l` with `load_best_model_at_end` keeps the
+literal reward of Eq. 7. The metrics are logged as `eval_rouge_l`, `eval_cider`, `eval_literal` (and, for a PPO trainer,
+`eval_rewards/<name>` of each reward plug-in on the greedy decode and `eval_sampled_rewards/<name>` on a decode sampled as
+the rollouts are: whether RL improves what is evaluated, or only what it samples), so `metric_for_best_model: eval_rouge_l` with `load_best_model_at_end` keeps the
 best greedy checkpoint. A few samples (title, completion, reference, rewards) go to the console (TRL's
 `print_prompt_completions_sample`) and, with `report_to: wandb`, to a wandb table.
 """
@@ -87,15 +88,22 @@ class GenerationEvalMixin:
             do_sample=False,
             num_beams=1,
         )
+        reward_funcs = getattr(self, "reward_funcs", None)
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
             policy = self._policy(unwrapped)
-            predictions = generate_predictions(
-                policy,
-                self.processor,
-                dataset,
+            decode = dict(
                 batch_size=args.per_device_eval_batch_size,
                 progress=not args.disable_tqdm and self.accelerator.is_main_process,
-                **kwargs,
+            )
+            predictions = generate_predictions(policy, self.processor, dataset, **decode, **kwargs)
+            # A PPO trainer optimises its sampled rollouts while evaluation decodes greedily, and the two can move
+            # apart: the rollout decode of the same rows is scored too (`<prefix>_sampled_rewards/<name>`).
+            sampled = (
+                generate_predictions(
+                    policy, self.processor, dataset, **decode, generation_config=self.generation_config
+                )
+                if reward_funcs
+                else None
             )
         ids, titles, references = dataset["id"], dataset["title"], dataset["reference"]
         completions = [predictions[row_id] for row_id in ids]
@@ -116,24 +124,26 @@ class GenerationEvalMixin:
         }
         rewards = {"literal": literal}
         extras: dict[str, list] = {}  # columns the rewards add with log_extra, shown in the completions table
-        if getattr(self, "reward_funcs", None):
+        if reward_funcs:
             columns = {
                 name: list(dataset[name])
                 for name in dataset.column_names
                 if name not in ("image_features", "title_features")
             }
-            scores, _ = score_rewards(
-                self.reward_funcs,
-                prompts=list(titles),
-                completions=self.reward_completions(completions),
-                columns=columns,
-                trainer_state=self.state,
-                log_metric=lambda name, value: None,
-                log_extra=extras.__setitem__,
-            )
-            for name, values in zip(self.reward_names, scores):
-                rewards[name] = values.tolist()
-                metrics[f"{metric_key_prefix}_rewards/{name}"] = torch.nanmean(values).item()
+            for key, texts in (("rewards", completions), ("sampled_rewards", [sampled[i] for i in ids])):
+                scores, _ = score_rewards(
+                    reward_funcs,
+                    prompts=list(titles),
+                    completions=self.reward_completions(texts),
+                    columns=columns,
+                    trainer_state=self.state,
+                    log_metric=lambda name, value: None,
+                    log_extra=extras.__setitem__ if key == "rewards" else lambda name, value: None,
+                )
+                for name, values in zip(self.reward_names, scores):
+                    if key == "rewards":
+                        rewards[name] = values.tolist()
+                    metrics[f"{metric_key_prefix}_{key}/{name}"] = torch.nanmean(values).item()
         self.eval_completions = {
             "title": list(titles),
             "completion": completions,

@@ -1,0 +1,126 @@
+"""Every RL mode learns: from a short SFT of the tiny model, each trainer mode raises a simple reward of its own, in
+what it samples and in its greedy decode. A mode without such a test is not known to work (the PPO arithmetic can be
+right while the update goes nowhere)."""
+
+from __future__ import annotations
+
+import copy
+import re
+import statistics
+
+import pytest
+import torch
+
+from tippo_rl import load_artmuse
+from tippo_rl.data_collator import TIPPoDataCollator, model_inputs
+from tippo_rl.trainer.polishppo_config import PolishPPOConfig
+from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
+from tippo_rl.trainer.ppo_config import PPOConfig
+from tippo_rl.trainer.ppo_trainer import PPOTrainer
+
+
+def red_words(completions, **kwargs) -> list[float]:
+    """The simple reward: how many times a completion says "red" (a colour the short SFT model already names)."""
+    return [float(len(re.findall(r"\bred\b", text))) for text in completions]
+
+
+@pytest.fixture(scope="module")
+def short_sft(tiny_model_and_processor, demo_dataset_dir):
+    """The tiny model after 60 SFT steps on the 24 demo scenes: it describes scenes, imperfectly."""
+    model, processor = copy.deepcopy(tiny_model_and_processor[0]), tiny_model_and_processor[1]
+    rows = list(load_artmuse(demo_dataset_dir / "train.jsonl"))
+    collator = TIPPoDataCollator(processor)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(60):
+        batch = collator([rows[i] for i in torch.randperm(len(rows), generator=generator)[:8].tolist()])
+        loss = model(**model_inputs(batch), labels=batch["labels"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval(), processor
+
+
+def rl_settings(tmp_path, **overrides) -> dict:
+    settings = dict(
+        output_dir=str(tmp_path / "out"),
+        total_iterations=16,
+        per_device_train_batch_size=8,
+        steps_per_generation=2,
+        num_ppo_epochs=2,
+        max_new_tokens=16,
+        learning_rate=3e-3,
+        kl_coef=0.0,
+        logging_steps=4,  # one log per iteration
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        feature_cache_dir=str(tmp_path / "cache"),
+        disable_tqdm=True,
+    )
+    settings.update(overrides)
+    return settings
+
+
+def greedy_reward(trainer, reward, rows) -> float:
+    """Mean `reward` of the policy's greedy decode of `rows`."""
+    policy = trainer._policy(trainer.accelerator.unwrap_model(trainer.model))
+    batch = TIPPoDataCollator(trainer.processor, with_labels=False)(rows)
+    with torch.no_grad():
+        ids = policy.generate(**model_inputs(batch), do_sample=False, max_new_tokens=16)
+    completions = trainer.processor.batch_decode(ids)
+    return statistics.fmean(reward(completions=completions, reference=[r["reference"] for r in rows]))
+
+
+def assert_learns(trainer, reward, reward_key: str, rows, margin: float) -> None:
+    """The sampled reward (mean of the last three iterations vs the first three) and the greedy decode's reward on
+    `rows` (after vs before training) both rise by more than `margin`."""
+    before = greedy_reward(trainer, reward, rows)
+    trainer.train()
+    sampled = [entry[reward_key] for entry in trainer.state.log_history if reward_key in entry]
+    after = greedy_reward(trainer, reward, rows)
+    first, last = statistics.fmean(sampled[:3]), statistics.fmean(sampled[-3:])
+    print(f"{reward_key}: sampled {first:.3f} → {last:.3f}, greedy {before:.3f} → {after:.3f}")
+    assert last > first + margin, f"sampled reward {first:.3f} → {last:.3f}: {sampled}"
+    assert after > before + margin, f"greedy reward {before:.3f} → {after:.3f}"
+
+
+MODES = {
+    "PPO, value head + GAE": dict(use_value_head=True),
+    "group (GRPO)": dict(use_value_head=False, advantage_baseline="group", num_generations=4),
+    "group, scale_rewards none (Dr. GRPO)": dict(
+        use_value_head=False, advantage_baseline="group", num_generations=4, scale_rewards="none"
+    ),
+    "leave-one-out (RLOO)": dict(use_value_head=False, advantage_baseline="leave_one_out", num_generations=4),
+    "greedy (SCST)": dict(
+        use_value_head=False, advantage_baseline="greedy", num_generations=4, learning_rate=1e-3, total_iterations=32
+    ),
+    "running (Eq. 6)": dict(use_value_head=False, advantage_baseline="running", advantage_window=4),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_ppo_mode_raises_a_simple_reward(tmp_path, short_sft, demo_dataset_dir, mode):
+    model, processor = short_sft
+    train = load_artmuse(demo_dataset_dir / "train.jsonl")
+    args = PPOConfig(**rl_settings(tmp_path, **MODES[mode]))
+    trainer = PPOTrainer(copy.deepcopy(model), args, processor, train, reward_funcs=[red_words])
+    assert_learns(trainer, red_words, "rewards/red_words/mean", [train[i] for i in range(8)], margin=0.5)
+
+
+def test_polishppo_raises_its_own_return(tmp_path, short_sft, demo_dataset_dir):
+    """PolishPPO's G_m (literal + semantic) against one fixed reference for every scene: a target the policy can reach
+    in a few iterations, scored by the real Eq. 7 and Eq. 8."""
+    model, processor = short_sft
+    target = "in the garden there is a red circle."
+    train = load_artmuse(demo_dataset_dir / "train.jsonl").map(lambda row: {"reference": target})
+    args = PolishPPOConfig(
+        **rl_settings(tmp_path, max_new_tokens=24, total_iterations=24),
+        semantic_model="auto",
+        semantic_backend="static",
+    )
+    trainer = PolishPPOTrainer(copy.deepcopy(model), args, processor, train)
+    literal = trainer.reward_funcs[trainer.literal_index]
+    assert_learns(trainer, literal, "rewards/literal/mean", [train[i] for i in range(8)], margin=0.05)
