@@ -140,6 +140,55 @@ def test_group_baseline_by_hand():
     torch.testing.assert_close(group_advantages(GROUPED_RETURNS, k=3, epsilon=0.0), torch.tensor(expected))
 
 
+@pytest.mark.parametrize(
+    ("scale_rewards", "expected"),
+    [
+        ("none", [-2.0, -1.0, 3.0, 1.0, 1.0, -2.0]),  # Dr. GRPO: the group mean only
+        # batch: the group mean, then the unbiased std of all six returns (mean 3: √((4 + 1 + 9 + 1 + 1 + 4) / 5) = 2)
+        ("batch", [-1.0, -0.5, 1.5, 0.5, 0.5, -1.0]),
+        (
+            "group",
+            [
+                -2 / math.sqrt(7),
+                -1 / math.sqrt(7),
+                3 / math.sqrt(7),
+                1 / math.sqrt(3),
+                1 / math.sqrt(3),
+                -2 / math.sqrt(3),
+            ],
+        ),
+    ],
+)
+def test_group_baseline_scale_rewards_as_trl(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, scale_rewards, expected
+):
+    trainer = make_trainer(
+        tmp_path,
+        tiny_model_varied_outputs,
+        tiny_model_and_processor[1],
+        demo_dataset_dir,
+        use_value_head=False,
+        advantage_baseline="group",
+        num_generations=2,
+        scale_rewards=scale_rewards,
+        advantage_epsilon=1e-12,
+    )
+    assert trainer.args.whiten_advantages is False  # a per-prompt baseline is used as published
+    trainer.args.num_generations = 3  # the hand-computed case has k = 3
+    advantages = trainer.baseline_advantages(GROUPED_RETURNS, {})
+    torch.testing.assert_close(advantages, torch.tensor(expected))
+
+
+def test_whitening_defaults_to_gae_and_no_baseline_only(tmp_path):
+    assert ppo_config(tmp_path).whiten_advantages is True  # GAE on a value head
+    assert ppo_config(tmp_path, use_value_head=False).whiten_advantages is True  # `none`: the batch mean
+    for baseline in ("running", "greedy"):
+        assert ppo_config(tmp_path, use_value_head=False, advantage_baseline=baseline).whiten_advantages is False
+    assert ppo_config(
+        tmp_path, use_value_head=False, advantage_baseline="greedy", whiten_advantages=True
+    ).whiten_advantages
+
+
 def test_leave_one_out_baseline_by_hand():
     # 1 − (2 + 6)/2 = −3, 2 − (1 + 6)/2 = −1.5, 6 − (1 + 2)/2 = 4.5; 4 − (4 + 1)/2 = 1.5 (twice), 1 − 4 = −3.
     expected = torch.tensor([-3.0, -1.5, 4.5, 1.5, 1.5, -3.0])

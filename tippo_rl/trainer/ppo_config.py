@@ -139,7 +139,7 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
         > DAA
 
         daa_lambda_schedule (`str`, defaults to `"hold"`):
-            λ1 of Eq. 2 during RL. `hold`: the starting model's value (SFT ends at λ1 = 1 under the paper's m/M;
+            λ1 of Eq. 2 during RL. `hold`: the starting model's value (SFT ends at λ1 = (M − 1)/M under the paper's m/M;
             restarting at 0 would move the starting policy away from the SFT model the KL penalty anchors to).
             `linear`: the paper's m/M over the RL stage. Logged as `daa/lambda1`.
 
