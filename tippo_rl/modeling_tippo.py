@@ -32,6 +32,9 @@ from .configuration_tippo import TIPPoConfig
 from .frozen_encoder import TIPPoFrozenEncoder
 
 
+IMAGE_SLOT_EMBEDDING_STD = 0.5  # initial scale of the image-slot embeddings (see _init_weights)
+
+
 @dataclass
 class TIPPoPrefix:
     """What the TIPPo front end hands to the decoder. Attributes:
@@ -209,7 +212,10 @@ class TIPPoPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 module.bias.zero_()
         elif isinstance(module, nn.Embedding) and module is getattr(self, "image_slot_embedding", None):
-            module.weight.normal_(mean=0.0, std=0.02)
+            # Large enough to tell the slots apart from the first step. At the usual 0.02 the decoder first learnt the
+            # objects as a bag, and only some seeds later learnt which image is which (demo SFT, 600 steps, seeds
+            # 100–102: ROUGE-L 84.9, 91.3, 85.7, objects swapped; at 0.5: 96.4, 93.2, 94.7, count right in ≥ 99%).
+            module.weight.normal_(mean=0.0, std=IMAGE_SLOT_EMBEDDING_STD)
         elif isinstance(module, TIPPoForConditionalGeneration):
             module.daa_lambda1.fill_(self.config.daa_lambda1)
 
