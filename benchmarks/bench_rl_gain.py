@@ -221,14 +221,24 @@ def rl_result(args, workdir: Path, lang: str, sft_seed: int, name: str, override
         )
         model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
         train, test = load_datasets(script_args, max_images=model.config.max_images)
-        trainer = trainer_class(model=model, args=training_args, processor=processor, train_dataset=train)
+        trainer = trainer_class(
+            model=model,
+            args=training_args,
+            processor=processor,
+            train_dataset=train,
+            eval_dataset=test if training_args.eval_strategy != "no" else None,  # greedy and sampled held-out rewards
+        )
         start, start_cpu = time.perf_counter(), time.process_time()
         trainer.train()
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
         policy = trainer._policy(trainer.accelerator.unwrap_model(trainer.model))
         result = evaluate(policy, processor, test, lang, args)
         history = [
-            {k: v for k, v in entry.items() if k.startswith(("rewards/", "reward", "kl", "completions/", "baseline/"))}
+            {
+                k: v
+                for k, v in entry.items()
+                if k.startswith(("rewards/", "reward", "kl", "completions/", "baseline/", "eval_"))
+            }
             for entry in trainer.state.log_history
         ]
         return dict(
@@ -277,11 +287,10 @@ def summarise(runs: list[dict], args) -> dict:
     for key in BOOTSTRAPPED:
         pairs = [(run["rl"]["per_sample"][key], run["sft"]["per_sample"][key], run["sft_seed"]) for run in runs]
         out[key]["ci95"] = paired_bootstrap(pairs, args.bootstrap_samples, rng)
-        for run in runs:  # each run's own CI: samples only
-            run[f"{key}_ci95"] = paired_bootstrap(pairs[runs.index(run) : runs.index(run) + 1], 1000, rng)
-    sft_rouge = out["ROUGE-L"]["sft_mean"]
-    out["ROUGE-L"]["bar"] = 0.1 * (100 - sft_rouge)  # 10% of the gap to 100
-    out["CIDEr"]["relative_mean"] = out["CIDEr"]["mean"] / out["CIDEr"]["sft_mean"]
+        for run, pair in zip(runs, pairs):  # each run's own CI: samples only
+            run[f"{key}_ci95"] = paired_bootstrap([pair], args.bootstrap_samples, rng)
+    out["ROUGE-L"]["bar"] = 0.1 * (100 - out["ROUGE-L"]["sft_mean"])  # 10% of the gap to 100
+    out["CIDEr"]["relative_mean"] = out["CIDEr"]["mean"] / max(out["CIDEr"]["sft_mean"], 1e-9)
     return out
 
 

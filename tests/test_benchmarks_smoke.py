@@ -128,34 +128,45 @@ def test_bench_polishppo_breaks_an_iteration_into_phases_for_polishppo_and_grpo(
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_bench_rl_gain_runs_sft_once_then_each_variant_and_seed_and_reports_deltas(tmp_path):
+def test_bench_rl_gain_pairs_each_rl_run_with_its_own_sft_seed_and_reports_deltas_and_cis(tmp_path):
     bench = load_benchmark("bench_rl_gain")
     output = tmp_path / "rl_gain.json"
-    bench.main(
-        [
-            "--quick",
-            "--seeds",
-            "0",
-            "1",
-            "--output",
-            str(output),
-            "--variants",
-            "demo:",
-            "rloo2: num_generations=2 advantage_baseline=leave_one_out advantage_window=null",
-            "ppo: trainer=ppo reward_funcs=[literal] use_value_head=false advantage_baseline=group num_generations=4",
-        ]
-    )
+    arguments = ["--quick", "--sft_seeds", "0", "1", "--rl_seeds", "0", "--workdir", str(tmp_path / "work")]
+    variants = [
+        "demo:",
+        "ppo: trainer=ppo reward_funcs=[cider] use_value_head=false advantage_baseline=greedy num_generations=2",
+    ]
+    bench.main([*arguments, "--output", str(output), "--bootstrap_samples", "50", "--variants", *variants])
     payload = json.loads(output.read_text())
-    assert set(payload["results"]) == {"demo", "rloo2", "ppo"}
-    assert set(payload["sft"]["scores"]) == {"literal", "ROUGE-L", "CIDEr"}
-    for name, result in payload["results"].items():
-        assert [run["seed"] for run in result["runs"]] == [0, 1], name
-        assert all(run["iterations"] == 2 and run["seconds_per_iteration"] > 0 for run in result["runs"]), name
-        for metric in ("literal", "ROUGE-L", "CIDEr"):
-            deltas = result["delta"][metric]
-            assert len(deltas) == 2 and result[f"{metric}_delta_min"] == min(deltas), (name, metric)
-    assert payload["results"]["rloo2"]["runs"][0]["num_generations"] == 2
-    assert output.with_suffix(".png").is_file()
+    assert set(payload["summary"]) == {"en/demo", "en/ppo"}
+    assert sorted((run["variant"], run["sft_seed"], run["rl_seed"]) for run in payload["runs"]) == [
+        ("demo", 0, 0),
+        ("demo", 1, 0),
+        ("ppo", 0, 0),
+        ("ppo", 1, 0),
+    ]
+    for run in payload["runs"]:  # each RL run is compared with the SFT model it started from
+        assert run["sft"]["scores"] == payload["sft"]["en"][str(run["sft_seed"])]["scores"]
+        assert set(run["rl"]["fields"]) == set(bench.FIELDS)
+    for summary in payload["summary"].values():
+        for key in ("ROUGE-L", "CIDEr"):
+            low, high = summary[key]["ci95"]
+            assert low <= high and len(summary[key]["deltas"]) == 2
+    # A second call trains nothing again: every model and score is read from the work folder.
+    again = bench.main(
+        [*arguments, "--output", str(tmp_path / "again.json"), "--bootstrap_samples", "50", "--variants", "demo:"]
+    )
+    assert again["summary"]["en/demo"]["ROUGE-L"]["deltas"] == payload["summary"]["en/demo"]["ROUGE-L"]["deltas"]
+
+
+def test_paired_bootstrap_is_centred_on_the_mean_difference():
+    bench = load_benchmark("bench_rl_gain")
+    import random
+
+    sft = [50.0, 60.0, 70.0, 80.0] * 25
+    rl = [value + 2.0 for value in sft]  # +2 on every sample, in both SFT seeds
+    low, high = bench.paired_bootstrap([(rl, sft, 0), (rl, sft, 1)], 200, random.Random(0))
+    assert low == pytest.approx(2.0) and high == pytest.approx(2.0)
 
 
 def test_bench_rl_gain_reads_variants_as_yaml_overrides():

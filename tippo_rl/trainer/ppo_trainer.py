@@ -20,6 +20,7 @@ The equations are in `ppo_math` (one line each, numbered); equation numbers mark
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -367,7 +368,7 @@ class PPOTrainer(
         return torch.nansum(self.reward_weights[:, None] * rewards, dim=0)
 
     def compute_rollout_log_probs(self, rollouts: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Once per iteration, without gradients: the sampled tokens' log-probs under the rollout policy (`old_logps`)
+        """Once per iteration, no gradient kept: the sampled tokens' log-probs under the rollout policy (`old_logps`)
         and the reference policy (`ref_logps`, when β > 0), and the value estimates (`old_values`, with a value head).
         Each `(batch, T)`."""
         inputs, ids = rollouts["model_inputs"], rollouts["completion_ids"]
@@ -380,8 +381,8 @@ class PPOTrainer(
             part = {key: value[rows] for key, value in inputs.items()}
             # With autograd on, as in the loss: CPU kernels under no_grad round differently (2e-5 in a log-prob), which
             # would make the first ratio 1 ± 1e-6 instead of 1. The graph is dropped at once; it costs memory only
-            # for one chunk's forward.
-            with torch.enable_grad():
+            # for one chunk's forward. Not under DeepSpeed, whose ZeRO-3 hooks expect a backward after such a forward.
+            with torch.enable_grad() if not self.is_deepspeed_enabled else contextlib.nullcontext():
                 logps, _, values = self._forward(model, part, ids[rows])
             outputs["old_logps"].append(logps.detach())
             if values is not None:
