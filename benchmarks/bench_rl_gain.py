@@ -237,7 +237,7 @@ def rl_result(args, workdir: Path, lang: str, sft_seed: int, name: str, override
             {
                 k: v
                 for k, v in entry.items()
-                if k.startswith(("rewards/", "reward", "kl", "completions/", "baseline/", "eval_"))
+                if k.startswith(("rewards/", "returns/", "advantages/", "kl", "completions/", "baseline/", "eval_"))
             }
             for entry in trainer.state.log_history
         ]

@@ -23,18 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: benchmarks never reach the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench_rl_gain import RESULTS, run_variant, train_sft  # noqa: E402
+from bench_rl_gain import RESULTS, rl_result, sft_result  # noqa: E402
 from machine import run_in_workdir  # noqa: E402
 from tables import print_table, write_json  # noqa: E402
 
-from tippo_rl.evaluation import EvaluationArguments  # noqa: E402
-
 
 def run(args, info: dict, workdir: Path) -> dict:
-    sft_dir = train_sft(args, workdir)
-    eval_args = EvaluationArguments(
-        metrics=["rouge_l", "cider"], tokenize="none", lang="en", batch_size=64, max_new_tokens=64, device="cpu"
-    )
+    # The seed study's SFT and RL runs (bench_rl_gain), English, scored with whitespace tokens.
+    args.sft_overrides, args.tokenize, args.eval_max_new_tokens = {}, "none", 64
+    if args.quick:
+        args.demo_num_train, args.demo_num_test, args.eval_max_new_tokens = args.demo_num_train or 16, 8, 8
+    sft_result(args, workdir, "en", args.seed)
     base = dict(
         trainer="ppo",
         reward_funcs=["literal"],
@@ -50,10 +49,8 @@ def run(args, info: dict, workdir: Path) -> dict:
         ("V starts at the mean return", "mean_return", 0),
     )
     for name, init, warmup in runs:
-        captured = {}
         overrides = {**base, "value_head_init": init, "value_warmup_iterations": warmup}
-        run_variant(args, workdir, sft_dir, f"{init}_{warmup}", overrides, args.seed, eval_args, keep=captured)
-        history = captured["log_history"]
+        history = rl_result(args, workdir, "en", args.seed, f"{init}_{warmup}", overrides, args.seed)["log_history"]
         fractions = [
             entry["advantages/first_token_negative"] for entry in history if "advantages/first_token_negative" in entry
         ]

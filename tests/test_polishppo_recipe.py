@@ -189,6 +189,8 @@ def test_k_completions_per_prompt_stay_whole_groups_on_each_of_two_ddp_processes
         "0",
         "--reward_init_kwargs",
         init,
+        "--eval_strategy",
+        "no",  # the plug-in checks rollout batches; held-out rows come one per prompt
         cwd=tmp_path,
     )
     ranks = [

@@ -80,7 +80,7 @@ def test_recipe_trains_with_a_user_reward_alone_which_reads_an_extra_column(tmp_
     assert [entry["iteration"] for entry in logged] == [0.0, 1.0]
     assert all("mentions_place/hits" in entry for entry in logged)  # the reward's log_metric
     assert not any("rewards/literal/mean" in entry for entry in history)  # no built-in reward was needed
-    assert (tmp_path / "out/value_head.safetensors").is_file()
+    assert not (tmp_path / "out/value_head.safetensors").exists()  # SCST: no critic
     TIPPoModel.from_pretrained(tmp_path / "out")
 
 

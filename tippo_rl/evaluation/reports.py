@@ -113,6 +113,11 @@ def log_curve(log_history: Sequence[Mapping], key: str) -> tuple[list[int], list
 TRAINING_CURVES = (  # (panel title, y label, logged keys): the losses of SFT and the rewards of the RL stages
     ("training loss", "loss", ("loss/ntp", "loss/contrastive", "loss/policy")),
     ("rewards (sampled rollouts)", "mean reward", ("rewards/literal/mean", "rewards/semantic/mean", "returns/mean")),
+    (  # what evaluation decodes (greedy) against what RL samples, on held-out prompts
+        "held-out rewards: greedy vs sampled",
+        "mean reward",
+        ("eval_rewards/literal", "eval_sampled_rewards/literal", "eval_rewards/cider", "eval_sampled_rewards/cider"),
+    ),
 )
 
 
