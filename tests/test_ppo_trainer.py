@@ -254,6 +254,14 @@ def test_trainer_puts_each_baselines_advantage_on_every_completion_token(
         (["--daa_lambda_schedule", "cosine"], "daa_lambda_schedule"),
         (["--eval_max_samples", "0"], "eval_max_samples"),
         (["--eval_tokenize", "words"], "eval_tokenize"),
+        (["--scale_rewards", "std"], "scale_rewards"),
+        # TrainingArguments' own numbers, which used to fail inside the optimizer or the sampler with a traceback
+        (["--learning_rate", "-1"], "learning_rate"),
+        (["--per_device_train_batch_size", "-2"], "per_device_train_batch_size"),
+        (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps"),
+        (["--adam_beta2", "1.5"], "adam_beta2"),
+        (["--max_grad_norm", "-1"], "max_grad_norm"),
+        (["--warmup_ratio", "2"], "warmup_ratio"),
     ],
 )
 def test_bad_config_values_fail_at_parse_time_naming_the_field(tmp_path, arguments, field):

@@ -80,6 +80,9 @@ def test_a_dataset_without_a_reference_column_is_refused_at_the_trainer(tmp_path
     ("arguments", "field"),
     [
         (["--contrastive_weight", "-1"], "contrastive_weight"),
+        (["--learning_rate", "-1"], "learning_rate"),
+        (["--per_device_train_batch_size", "0"], "per_device_train_batch_size"),
+        (["--weight_decay", "-0.1"], "weight_decay"),
         (["--contrastive_temperature", "0"], "contrastive_temperature"),
         (["--daa_lambda_schedule", "cosine"], "daa_lambda_schedule"),
         (["--daa_lambda_schedule", "constant", "--daa_lambda1_constant", "1.5"], "daa_lambda1_constant"),

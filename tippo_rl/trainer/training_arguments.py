@@ -1,11 +1,43 @@
 """Fields both TIPPo configs ([`TIPPoSFTConfig`], [`PPOConfig`]) add to or change in `TrainingArguments`: the
-frozen-feature cache and the bf16 default."""
+frozen-feature cache, the bf16 default, and the ranges of `TrainingArguments`' own numeric options, checked when the
+config is parsed (transformers leaves most of them to fail inside the optimizer or the dataloader, with a traceback)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
+
+
+# TrainingArguments' numeric options and what each must be: (lowest, highest, lowest allowed, highest allowed).
+TRAINING_ARGUMENT_RANGES = {
+    "learning_rate": (0.0, math.inf, False, True),
+    "weight_decay": (0.0, math.inf, True, True),
+    "adam_beta1": (0.0, 1.0, True, False),
+    "adam_beta2": (0.0, 1.0, True, False),
+    "adam_epsilon": (0.0, math.inf, True, True),
+    "max_grad_norm": (0.0, math.inf, True, True),
+    "warmup_ratio": (0.0, 1.0, True, True),
+    "per_device_train_batch_size": (1, math.inf, True, True),
+    "per_device_eval_batch_size": (1, math.inf, True, True),
+    "gradient_accumulation_steps": (1, math.inf, True, True),
+    "num_train_epochs": (0.0, math.inf, False, True),
+    "warmup_steps": (0, math.inf, True, True),
+    "dataloader_num_workers": (0, math.inf, True, True),
+    "save_total_limit": (1, math.inf, True, True),
+}
+
+
+def check_range(name: str, value, low, high, low_included: bool, high_included: bool) -> None:
+    """Raise `ValueError` naming option `name` when `value` (None: unset, allowed) lies outside its range."""
+    if value is None:
+        return
+    below = value < low if low_included else value <= low
+    above = value > high if high_included else value >= high
+    if below or above or (isinstance(value, float) and math.isnan(value)):
+        left, right = "[" if low_included else "(", "]" if high_included else ")"
+        raise ValueError(f"{name} must lie in {left}{low}, {high}{right}, got {value}")
 
 
 @dataclass
@@ -24,5 +56,7 @@ class TIPPoTrainingArguments:
     )
 
     def _resolve_tippo_fields(self) -> None:
+        for name, bounds in TRAINING_ARGUMENT_RANGES.items():
+            check_range(name, getattr(self, name, None), *bounds)
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
