@@ -83,3 +83,20 @@ def test_sft_text_options_that_tippo_ignores_are_refused(tmp_path, capsys, optio
     with pytest.raises(SystemExit):
         parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true", *option])
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_cpu_run_takes_one_torch_thread_unless_told_otherwise(tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true"])
+        assert torch.get_num_threads() == 1
+        parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true", "--cpu_threads", "2"])
+        assert torch.get_num_threads() == 2
+        with pytest.raises(SystemExit):
+            parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--cpu_threads", "-1"])
+        assert "cpu_threads must be ≥ 0" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
