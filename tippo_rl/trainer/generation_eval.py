@@ -2,10 +2,10 @@
 
 The eval split (its first `eval_max_samples` rows) is decoded greedily, or with `eval_generation_kwargs`, and scored
 with the project's metric code (`tippo_rl.evaluation.compute_metrics`: pycocoevalcap's ROUGE-L and CIDEr-D) and the
-literal reward of Eq. 7. The metrics are logged as `eval_rouge_l`, `eval_cider`, `eval_literal` (and, for a PPO trainer,
-`eval_rewards/<name>` of each reward plug-in on the greedy decode and `eval_sampled_rewards/<name>` on a decode sampled as
-the rollouts are: whether RL improves what is evaluated, or only what it samples), so `metric_for_best_model: eval_rouge_l` with `load_best_model_at_end` keeps the
-best greedy checkpoint. A few samples (title, completion, reference, rewards) go to the console (TRL's
+literal reward of Eq. 7. The metrics are logged as `eval_rouge_l`, `eval_cider`, `eval_literal` (and, for a PPO
+trainer, `eval_rewards/<name>` of each reward plug-in on the greedy decode and `eval_sampled_rewards/<name>` on a
+decode sampled as the rollouts are: whether RL improves what is evaluated, or only what it samples), so
+`metric_for_best_model: eval_rouge_l` with `load_best_model_at_end` keeps the best greedy checkpoint. A few samples (title, completion, reference, rewards) go to the console (TRL's
 `print_prompt_completions_sample`) and, with `report_to: wandb`, to a wandb table.
 """
 
