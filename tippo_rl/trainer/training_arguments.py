@@ -25,7 +25,7 @@ TRAINING_ARGUMENT_RANGES = {
     "num_train_epochs": (0.0, math.inf, False, True),
     "warmup_steps": (0, math.inf, True, True),
     "dataloader_num_workers": (0, math.inf, True, True),
-    "save_total_limit": (1, math.inf, True, True),
+    "save_total_limit": (0, math.inf, True, True),  # 0 or unset: no limit
 }
 
 
