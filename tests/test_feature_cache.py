@@ -123,3 +123,26 @@ def test_cache_is_invalidated_when_an_image_file_changes(tmp_path, tiny_model_an
     assert after[0]["image_features"][0] != before[0]["image_features"][0]  # the rewritten image
     assert after[0]["image_features"][1:] == before[0]["image_features"][1:]  # the sample's other images
     assert after["image_features"][1:] == before["image_features"][1:]  # the other samples
+
+
+def test_evaluating_without_an_evaluation_split_is_refused_before_any_work(
+    tmp_path, tiny_model_and_processor, demo_dataset_dir
+):
+    from tippo_rl.data import DataValidationError
+    from tippo_rl.feature_cache import training_datasets
+    from tippo_rl.trainer.ppo_config import PPOConfig
+
+    model, processor = tiny_model_and_processor
+    train = load_artmuse(demo_dataset_dir / "train.jsonl")
+    args = PPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        max_steps=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        feature_cache_dir=str(tmp_path / "cache"),
+    )
+    with pytest.raises(DataValidationError, match="--eval_strategy steps evaluates on an evaluation split"):
+        training_datasets(args, model, processor, train, None)
+    args.eval_strategy = "no"
+    assert training_datasets(args, model, processor, train, None)[1] is None

@@ -20,7 +20,7 @@ import torch
 from datasets import Dataset, Image, List, are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from .data import check_dataset_columns
+from .data import DataValidationError, check_dataset_columns
 from .data_collator import TIPPoDataCollator
 from .modeling_tippo import TIPPoForConditionalGeneration
 from .processing_tippo import TIPPoProcessor
@@ -171,6 +171,12 @@ def training_datasets(
     """A trainer's (train, eval) datasets: their columns checked (the error names the dataset), then the frozen
     features cached (`cache_features_for_training`). The eval dataset always needs its references: it is scored."""
     check_dataset_columns(train_dataset, "train_dataset", require_reference=require_train_reference)
+    if eval_dataset is None and getattr(args, "eval_strategy", "no") != "no":
+        raise DataValidationError(
+            f"--eval_strategy {getattr(args.eval_strategy, 'value', args.eval_strategy)} evaluates on an evaluation "
+            "split, and the data has none: give one (--eval_file, --coco_eval_annotations, --dataset_test_split) or "
+            "set --eval_strategy no"
+        )
     if eval_dataset is not None:
         check_dataset_columns(eval_dataset, "eval_dataset")
     return cache_features_for_training(args, tippo, processor, train_dataset, eval_dataset)
