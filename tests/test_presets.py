@@ -150,3 +150,20 @@ def test_the_benchmarks_base_size_has_the_papers_dimensions():
     assert clip.projection_dim == 512
     with pytest.raises(ValueError, match="size must be one of tiny, base; got 'huge'"):
         build_tippo_by_size("huge")
+
+
+def test_a_hub_model_that_cannot_be_had_is_one_line_naming_the_option():
+    from tippo_rl.checkpoints import CheckpointError
+    from tippo_rl.model_config import TIPPoModelConfig
+    from tippo_rl.presets import load_model_and_processor
+
+    # The tests run with HF_HUB_OFFLINE=1 (conftest), as a machine without network does.
+    with pytest.raises(
+        CheckpointError, match=r"--model_name_or_path 'someorg/no-such-model': not a local folder, .*HF_HUB_OFFLINE"
+    ):
+        load_model_and_processor(TIPPoModelConfig(model_name_or_path="someorg/no-such-model"))
+    pretrained = TIPPoModelConfig(
+        preset="pretrained", encoder_name_or_path="someorg/no-encoder", decoder_name_or_path="someorg/no-decoder"
+    )
+    with pytest.raises(CheckpointError, match="--encoder_name_or_path 'someorg/no-encoder', --decoder_name_or_path"):
+        load_model_and_processor(pretrained)

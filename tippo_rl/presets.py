@@ -10,7 +10,9 @@ every recipe runs end to end on a fresh CPU machine.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +35,7 @@ from transformers import (
 )
 from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
 
-from .checkpoints import check_model_source
+from .checkpoints import CheckpointError, check_model_source
 from .configuration_tippo import TIPPoConfig
 from .demo_data import demo_corpus
 from .modeling_tippo import TIPPoForConditionalGeneration
@@ -412,9 +414,10 @@ def _model_and_processor(args: TIPPoModelConfig, lang: str) -> tuple[TIPPoForCon
         if args.model_name_or_path:
             source = args.model_name_or_path
             check_model_source(source, "--model_name_or_path")
-            return TIPPoForConditionalGeneration.from_pretrained(
-                source, revision=args.model_revision
-            ), TIPPoProcessor.from_pretrained(source)
+            with hub_errors_named({"--model_name_or_path": source}):
+                return TIPPoForConditionalGeneration.from_pretrained(
+                    source, revision=args.model_revision
+                ), TIPPoProcessor.from_pretrained(source)
         if args.preset in ("tiny", "tiny_causal"):
             return build_tiny_tippo(
                 lang=lang,
@@ -426,10 +429,35 @@ def _model_and_processor(args: TIPPoModelConfig, lang: str) -> tuple[TIPPoForCon
             )
         if args.preset == "smollm2":
             return build_smollm2_tippo(lang=lang, use_daa_do=args.use_daa_do, seed=args.seed_model, **fresh)
-        return build_tippo_from_pretrained_components(
-            args.encoder_name_or_path,
-            args.decoder_name_or_path,
-            prefix_length=args.prefix_length,
-            use_daa_do=args.use_daa_do,
-            **fresh,
-        )
+        names = {
+            "--encoder_name_or_path": args.encoder_name_or_path,
+            "--decoder_name_or_path": args.decoder_name_or_path,
+        }
+        with hub_errors_named(names):
+            return build_tippo_from_pretrained_components(
+                args.encoder_name_or_path,
+                args.decoder_name_or_path,
+                prefix_length=args.prefix_length,
+                use_daa_do=args.use_daa_do,
+                **fresh,
+            )
+
+
+@contextlib.contextmanager
+def hub_errors_named(options: dict[str, str]):
+    """Models that are neither local folders nor available from the Hub (`{option: name}`): one line naming them and
+    what to do, instead of huggingface_hub's traceback (`CheckpointError`: the recipes report it, exit status 2)."""
+    try:
+        yield
+    except OSError as error:
+        remote = {option: name for option, name in options.items() if not Path(str(name)).expanduser().is_dir()}
+        if not remote:
+            raise
+        offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+        why = "HF_HUB_OFFLINE is set" if offline else "no network, or no such repository"
+        named = ", ".join(f"{option} '{name}'" for option, name in remote.items())
+        raise CheckpointError(
+            f"{named}: not a local folder, and the Hub cannot provide it ({why}). Download it where there is network "
+            "(`hf download NAME --local-dir DIR`) and pass the folder instead "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:160]})"
+        ) from error
