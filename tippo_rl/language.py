@@ -1,17 +1,15 @@
-"""The language of a dataset's texts, which decides everything language-dependent: the semantic reward's embedder,
-the metrics' tokenisation and the tiny preset's tokenizers."""
+"""The language of a dataset's texts (today it picks the semantic reward's embedder for `semantic_model: auto`), and
+the CJK ideographs that language detection and the CIDEr-D reward's words both read."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 
-LANGS = ("en", "zh")
-
-
-def _is_cjk(character: str) -> bool:
-    code = ord(character)
-    return 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0xF900 <= code <= 0xFAFF
+# CJK Unified Ideographs Ext. A, CJK Unified Ideographs, Compatibility Ideographs: a regex character class.
+CJK_IDEOGRAPHS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK_IDEOGRAPH = re.compile(f"[{CJK_IDEOGRAPHS}]")
 
 
 def detect_language(texts: Iterable[str], max_texts: int = 200) -> str:
@@ -22,7 +20,7 @@ def detect_language(texts: Iterable[str], max_texts: int = 200) -> str:
         if index == max_texts:
             break
         for character in str(text):
-            if _is_cjk(character):
+            if _CJK_IDEOGRAPH.match(character):
                 cjk += 1
                 letters += 1
             elif character.isalpha():

@@ -17,10 +17,11 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..language import CJK_IDEOGRAPHS
 from .completions import completion_text
 
 
-WORD = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_]+")
+WORD = re.compile(rf"[{CJK_IDEOGRAPHS}]|[^\W_]+")
 
 
 def cider_words(text: str) -> list[str]:
@@ -79,15 +80,19 @@ class CIDErDReward:
         for refs in reference_sets:
             self._count_document(refs)
         log_documents = math.log(max(len(self.seen), 1))
+        # Each distinct reference once per call: a batch holds its prompt's references k times (k samples per prompt).
+        reference_vectors = {}
+        for text in {text for refs in reference_sets for text in refs}:
+            ref_words = cider_words(text)
+            reference_vectors[text] = (len(ref_words), *self._vector(ngram_counts(ref_words, self.n), log_documents))
         scores = []
         for completion, refs in zip(completions, reference_sets):
             words = cider_words(completion_text(completion))
             vec, norm = self._vector(ngram_counts(words, self.n), log_documents)
             total = 0.0
             for reference in refs:
-                ref_words = cider_words(reference)
-                ref_vec, ref_norm = self._vector(ngram_counts(ref_words, self.n), log_documents)
-                penalty = math.exp(-((len(words) - len(ref_words)) ** 2) / (2 * self.sigma**2))
+                ref_length, ref_vec, ref_norm = reference_vectors[reference]
+                penalty = math.exp(-((len(words) - ref_length) ** 2) / (2 * self.sigma**2))
                 for k in range(self.n):
                     overlap = sum(min(w, ref_vec[k].get(g, 0.0)) * ref_vec[k].get(g, 0.0) for g, w in vec[k].items())
                     if norm[k] and ref_norm[k]:
