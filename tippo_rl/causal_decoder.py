@@ -23,6 +23,7 @@ class TIPPoCausalLMOutput(CausalLMOutputWithPast):
 
     image_signals: torch.FloatTensor | None = None
     image_mask: torch.BoolTensor | None = None
+    image_keys: torch.DoubleTensor | None = None
     ntp_loss: torch.FloatTensor | None = None
     contrastive_loss: torch.FloatTensor | None = None
 

@@ -18,12 +18,16 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset, Image, List, are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+from tqdm.auto import tqdm
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .data import DataValidationError, check_dataset_columns
 from .data_collator import TIPPoDataCollator
 from .modeling_tippo import TIPPoForConditionalGeneration
 from .processing_tippo import TIPPoProcessor
+
+
+CACHE_VERSION = 2  # 2: each distinct image and title encoded once
 
 
 def undecoded_images(dataset: Dataset) -> Dataset:
@@ -96,20 +100,70 @@ def gathered_encoder(model: TIPPoForConditionalGeneration):
     return deepspeed.zero.GatheredParameters(list(model.encoder.parameters()), modifier_rank=None)
 
 
+def image_key(image: dict) -> str:
+    """What identifies an undecoded image (`{path, bytes}`): its bytes' hash where stored, else its path."""
+    return hashlib.sha1(image["bytes"]).hexdigest() if image.get("bytes") else f"path:{image['path']}"
+
+
 def _cache_frozen_features(
     dataset: Dataset, model: TIPPoForConditionalGeneration, processor: TIPPoProcessor, cache_dir: Path, batch_size: int
 ) -> Dataset:
     fingerprint = hashlib.sha256(
-        (dataset_fingerprint(dataset, processor) + encoder_fingerprint(model)).encode()
+        (dataset_fingerprint(dataset, processor) + encoder_fingerprint(model) + f"v{CACHE_VERSION}").encode()
     ).hexdigest()[:16]
-    collator = TIPPoDataCollator(processor, with_labels=False)
-    device = next(model.encoder.parameters()).device
+    cache_file = cache_dir / f"tippo-features-{fingerprint}.arrow"
+    undecoded = undecoded_images(dataset)  # decoded by the collator, at a bounded size
     was_training = model.training
     model.eval()
+    try:
+        features = (
+            {} if cache_file.exists() else unique_image_and_title_features(undecoded, model, processor, batch_size)
+        )
+    finally:
+        model.train(was_training)
 
-    def encode(batch: dict) -> dict:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        inputs = collator(rows)
+    def look_up(row: dict) -> dict:
+        return {
+            "image_features": [features[image_key(image)] for image in row["images"]],
+            "title_features": features[("title", row["title"])],
+        }
+
+    cached = undecoded.map(
+        look_up,
+        cache_file_name=str(cache_file),
+        load_from_cache_file=True,
+        new_fingerprint=fingerprint,
+        desc="Caching frozen Chinese-CLIP features",
+    )
+    # The features replace the pixels: rows stop decoding their images (the paths stay, for rewards and reports).
+    return undecoded_images(cached)
+
+
+def unique_image_and_title_features(
+    dataset: Dataset, model: TIPPoForConditionalGeneration, processor: TIPPoProcessor, batch_size: int
+) -> dict:
+    """φ's output for each distinct image and title of `dataset` (undecoded images), computed once each — a dataset
+    with five captions per image (COCO) holds each image five times: `{image_key: (d_φ,), ("title", text): (d_φ,)}`."""
+    images, first_sample = {}, {}  # each distinct image, and the first sample that holds it (named in errors)
+    for sample, row_images in zip(
+        dataset["id"] if "id" in dataset.column_names else range(len(dataset)), dataset["images"]
+    ):
+        for image in row_images:
+            images.setdefault(image_key(image), image)
+            first_sample.setdefault(image_key(image), sample)
+    titles = list(dict.fromkeys(dataset["title"]))
+    # One pseudo-row per distinct image (with a title while titles last): φ's image and text towers are separate.
+    rows = [
+        {"images": [image], "title": titles[index] if index < len(titles) else "", "id": first_sample[key], "key": key}
+        for index, (key, image) in enumerate(images.items())
+    ]
+    rows += [{"images": [next(iter(images.values()))], "title": title, "key": None} for title in titles[len(rows) :]]
+    collator = TIPPoDataCollator(processor, with_labels=False)
+    device = next(model.encoder.parameters()).device
+    features = {}
+    for start in tqdm(range(0, len(rows), batch_size), desc="Encoding images with the frozen Chinese-CLIP", delay=5):
+        batch = rows[start : start + batch_size]
+        inputs = collator(batch)
         with torch.no_grad():
             image_features, title_features = model.encode_frozen_features(
                 inputs["pixel_values"].to(device),
@@ -117,28 +171,13 @@ def _cache_frozen_features(
                 inputs["title_input_ids"].to(device),
                 inputs["title_attention_mask"].to(device),
             )
-        counts = inputs["image_mask"].sum(1).tolist()
-        return {
-            "image_features": [
-                features[:count].float().cpu().numpy() for features, count in zip(image_features, counts)
-            ],
-            "title_features": title_features.float().cpu().numpy(),
-        }
-
-    try:
-        cached = undecoded_images(dataset).map(  # decoded by the collator, at a bounded size
-            encode,
-            batched=True,
-            batch_size=batch_size,
-            cache_file_name=str(cache_dir / f"tippo-features-{fingerprint}.arrow"),
-            load_from_cache_file=True,
-            new_fingerprint=fingerprint,
-            desc="Caching frozen Chinese-CLIP features",
-        )
-    finally:
-        model.train(was_training)
-    # The features replace the pixels: rows stop decoding their images (the paths stay, for rewards and reports).
-    return undecoded_images(cached)
+        for row, image_row, title_row in zip(
+            batch, image_features.float().cpu().numpy(), title_features.float().cpu().numpy()
+        ):
+            if row["key"] is not None:
+                features[row["key"]] = image_row[0]
+            features.setdefault(("title", row["title"]), title_row)
+    return features
 
 
 def with_frozen_features(

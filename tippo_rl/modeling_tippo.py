@@ -57,6 +57,7 @@ class TIPPoSeq2SeqLMOutput(Seq2SeqLMOutput):
 
     image_signals: torch.FloatTensor | None = None
     image_mask: torch.BoolTensor | None = None
+    image_keys: torch.DoubleTensor | None = None
     ntp_loss: torch.FloatTensor | None = None
     contrastive_loss: torch.FloatTensor | None = None
 
@@ -138,12 +139,29 @@ def batch_mean_image_signal(image_signals: torch.Tensor, image_mask: torch.Tenso
     return (image_signals * weights).sum((0, 1)) / weights.sum().clamp(min=1)
 
 
+def image_keys(images: torch.Tensor) -> torch.Tensor:
+    """One number per image slot, `(batch, N, ...)` → `(batch, N)` float64, that copies of an image (the same pixels,
+    or the same cached φ features) share: a fixed projection of the slot's values, which different images do not
+    share in practice. A dataset with several captions per image (COCO: five) puts copies of an image in one batch."""
+    flat = images.detach().flatten(2).double()
+    weights = torch.sin(torch.arange(flat.shape[-1], device=flat.device, dtype=torch.float64) * 12.9898 + 1.0)
+    return flat @ weights
+
+
+def same_image(keys: torch.Tensor, other_keys: torch.Tensor) -> torch.Tensor:
+    """`(n,)`, `(m,)` `image_keys` → `(n, m)` bool: which pairs are copies of one image (equal up to rounding)."""
+    scale = torch.cat([keys.abs(), other_keys.abs()]).max().clamp(min=1.0)
+    return (keys[:, None] - other_keys[None, :]).abs() <= 1e-9 * scale
+
+
 def prototype_contrastive_loss(
     image_signals: torch.Tensor,
     image_mask: torch.Tensor,
     temperature: float = 1.0,
     negatives: str = "batch",
     other_signals: torch.Tensor | None = None,
+    keys: torch.Tensor | None = None,
+    other_keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_C (Eq. 5), InfoNCE with the prototype as each image's positive anchor.
 
@@ -159,6 +177,10 @@ def prototype_contrastive_loss(
             sample's own images only (a one-image sample then has itself as its only term).
         other_signals: `(M, k, d)` real image signals from elsewhere (other processes' micro-batches under DDP,
             without gradient), added to every denominator as negatives; `batch` only.
+        keys, other_keys: `(batch, N)` and `(M,)` `image_keys` of the images. Where given, the copies of an image (the
+            same image in another sample: another caption of it) share one term of each denominator, each weighted by
+            1/copies, as if the batch held the image once: a copy is not its own negative. Without keys, copies are
+            counted apart, and L_C cannot fall below the log of the number of copies.
     Returns:
         A scalar tensor.
     """
@@ -184,6 +206,11 @@ def prototype_contrastive_loss(
             raise ValueError("other_signals are extra negatives of the `batch` reading; `own_images` has none")
         others = F.normalize(other_signals.flatten(1).to(unit.dtype), dim=-1)
         all_pairs = torch.cat([all_pairs, unit @ others.T / temperature], dim=1)  # cos(s_i, s_j)/τ, j elsewhere
+    if keys is not None:  # copies of one image (its other captions) share one term of every denominator
+        column_keys = keys.flatten() if other_keys is None else torch.cat([keys.flatten(), other_keys])
+        column_real = real if other_keys is None else torch.cat([real, real.new_ones(len(other_keys))])
+        copies = (same_image(column_keys, column_keys) & column_real[None, :]).sum(1).clamp(min=1)
+        all_pairs = all_pairs - copies.log().to(all_pairs.dtype)[None, :]
     per_image = torch.logsumexp(all_pairs, dim=-1) - positive  # Eq. 5, for each slot
     return per_image.masked_fill(~real, 0.0).sum() / real.sum()  # mean over the real images
 
@@ -444,11 +471,13 @@ class TIPPoForConditionalGeneration(TIPPoPreTrainedModel, GenerationMixin):
         if labels is not None:
             output.ntp_loss = output.loss  # L_NTP, the mean over the batch's label tokens
             if self.config.contrastive_weight > 0:
+                output.image_keys = image_keys(image_features if image_features is not None else pixel_values)
                 output.contrastive_loss = prototype_contrastive_loss(
                     prefix.image_signals,
                     prefix.image_mask,
                     self.config.contrastive_temperature,
                     self.config.contrastive_negatives,
+                    keys=output.image_keys,
                 )  # L_C, Eq. 5
                 output.loss = output.ntp_loss + self.config.contrastive_weight * output.contrastive_loss  # L_SFT
         return output

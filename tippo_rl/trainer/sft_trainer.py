@@ -85,20 +85,23 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
             output.metrics.update(self.generation_metrics(dataloader.dataset, metric_key_prefix))
         return output
 
-    def other_processes_image_signals(
-        self, image_signals: torch.Tensor, image_mask: torch.Tensor
-    ) -> torch.Tensor | None:
-        """The real image signals `(M, k, d)` of the other processes' micro-batches, without gradient, for L_C's
-        negatives (`contrastive_gather`); None on one process or when the option is off."""
+    def other_processes_images(
+        self, image_signals: torch.Tensor, image_mask: torch.Tensor, keys: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The real image signals `(M, k, d)` of the other processes' micro-batches, without gradient, and their
+        `image_keys` `(M,)`, for L_C's negatives (`contrastive_gather`); None on one process or when the option is off."""
         if not self.args.contrastive_gather or self.accelerator.num_processes == 1:
             return None
         signals = self.accelerator.pad_across_processes(image_signals.detach(), dim=0)  # the last batch may be short
         mask = self.accelerator.pad_across_processes(image_mask.long(), dim=0)  # padded rows: no real image
+        keys = self.accelerator.pad_across_processes(keys, dim=0)
         gathered, gathered_mask = self.accelerator.gather(signals), self.accelerator.gather(mask).bool()
+        gathered_keys = self.accelerator.gather(keys)
         rows = signals.shape[0]
         other = torch.ones(gathered.shape[0], dtype=torch.bool, device=gathered.device)
         other[self.accelerator.process_index * rows : (self.accelerator.process_index + 1) * rows] = False
-        return gathered[other][gathered_mask[other]]
+        real = gathered_mask[other]
+        return gathered[other][real], gathered_keys[other][real]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
@@ -109,16 +112,24 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
         outputs = model(**inputs)  # loss: L_SFT = L_NTP + α·L_C, with this trainer's α, τ and negatives (see __init__)
         loss = outputs.loss
         if outputs.contrastive_loss is not None:
-            others = self.other_processes_image_signals(outputs.image_signals, outputs.image_mask)
+            others = self.other_processes_images(outputs.image_signals, outputs.image_mask, outputs.image_keys)
             if others is not None:  # `contrastive_gather`: L_C again, the other processes' images added as negatives
                 outputs.contrastive_loss = prototype_contrastive_loss(
-                    outputs.image_signals, outputs.image_mask, self.args.contrastive_temperature, "batch", others
+                    outputs.image_signals,
+                    outputs.image_mask,
+                    self.args.contrastive_temperature,
+                    "batch",
+                    others[0],
+                    keys=outputs.image_keys,
+                    other_keys=others[1],
                 )  # Eq. 5
                 loss = outputs.ntp_loss + self.args.contrastive_weight * outputs.contrastive_loss  # L_SFT
             images = outputs.image_mask.sum()
             self._step_metrics[mode].add("contrastive/images", images, self.accelerator.device)
             self._step_metrics[mode].add(
-                "contrastive/negatives", images + (len(others) if others is not None else 0), self.accelerator.device
+                "contrastive/negatives",
+                images + (len(others[0]) if others is not None else 0),
+                self.accelerator.device,
             )
             self._step_metrics[mode].add("loss/contrastive", outputs.contrastive_loss, self.accelerator.device)
         self._step_metrics[mode].add("loss/ntp", outputs.ntp_loss, self.accelerator.device)
