@@ -138,11 +138,11 @@ def evaluate(model, processor, dataset, lang: str, args) -> dict:
     eval_args = EvaluationArguments(
         metrics=["bleu", "rouge_l", "cider"],
         tokenize=args.tokenize or TOKENIZE[lang],
-        lang=lang,
         batch_size=64,
         max_new_tokens=args.eval_max_new_tokens,
         device="cpu",
     )
+    eval_args.for_language(lang)
     predictions, result, _ = score_model(model, processor, dataset, eval_args)
     ids = list(dataset["id"])
     texts = [predictions[i] for i in ids]

@@ -8,7 +8,6 @@ the table. Everything a run may change is in the YAML config or on the command l
 `--models "SFT=outputs/demo_sft" --num_beams 4`.
 """
 
-import sys
 from pathlib import Path
 
 from tippo_rl.evaluation import EvaluateArguments, EvaluationArguments, evaluate_models
@@ -25,7 +24,9 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
 
 if __name__ == "__main__":
     parser = TIPPoParser((TIPPoScriptArguments, EvaluateArguments, EvaluationArguments))
+    arguments = parser.parse_args_and_config()
     try:
-        main(*parser.parse_args_and_config())
-    except ValueError as error:  # a missing model or split, a bad data row: one line, no traceback
-        sys.exit(f"evaluate.py: error: {error}")
+        with parser.reporting_input_errors():
+            main(*arguments)
+    except ValueError as error:  # a missing model or split, a bad option value: one line, no traceback, exit 2
+        parser.exit(2, f"{parser.prog}: error: {error}\n")

@@ -11,14 +11,12 @@ with the best greedy checkpoint kept: `--eval_strategy steps --eval_steps 40 --s
 --metric_for_best_model eval_rouge_l`.
 """
 
-from tippo_rl.data import load_datasets
 from tippo_rl.lora import apply_lora
 from tippo_rl.model_config import TIPPoModelConfig
-from tippo_rl.presets import load_model_and_processor
 from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
-from tippo_rl.training_run import train_and_save
+from tippo_rl.training_run import model_and_datasets, train_and_save
 
 
 def main(
@@ -27,8 +25,7 @@ def main(
     """Build the model, data and trainer, train and save; returns the trainer (recipes/ablate.py reads its logs)."""
     if not model_args.model_name_or_path:
         raise ValueError("PolishPPO starts from a trained model: set --model_name_or_path (e.g. outputs/demo_sft)")
-    model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
-    train_dataset, eval_dataset = load_datasets(script_args, max_images=model.config.max_images)
+    model, processor, train_dataset, eval_dataset = model_and_datasets(script_args, model_args)
     trainer = PolishPPOTrainer(
         model=apply_lora(model, model_args),
         args=training_args,

@@ -10,22 +10,19 @@ your own alone: `--reward_funcs my_rewards.py:my_reward`; TRL's: `--reward_funcs
 --reward_init_kwargs '{"trl.rewards.get_repetition_penalty_reward": {"ngram_size": 2}}'`.
 """
 
-from tippo_rl.data import load_datasets
 from tippo_rl.lora import apply_lora
 from tippo_rl.model_config import TIPPoModelConfig
-from tippo_rl.presets import load_model_and_processor
 from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 from tippo_rl.trainer.ppo_config import PPOConfig
 from tippo_rl.trainer.ppo_trainer import PPOTrainer
-from tippo_rl.training_run import train_and_save
+from tippo_rl.training_run import model_and_datasets, train_and_save
 
 
 def main(script_args: TIPPoScriptArguments, training_args: PPOConfig, model_args: TIPPoModelConfig) -> PPOTrainer:
     """Build the model, data and trainer, train and save; returns the trainer."""
-    model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
     # The rewards decide what a sample needs: training rows may lack a reference (evaluation rows may not).
-    train_dataset, eval_dataset = load_datasets(
-        script_args, max_images=model.config.max_images, require_reference=False
+    model, processor, train_dataset, eval_dataset = model_and_datasets(
+        script_args, model_args, require_reference=False
     )
     trainer = PPOTrainer(
         model=apply_lora(model, model_args),

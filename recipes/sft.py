@@ -5,21 +5,18 @@
 Everything a run may change is in the YAML config or on the command line (`--help` lists it all).
 """
 
-from tippo_rl.data import load_datasets
 from tippo_rl.lora import lora_config
 from tippo_rl.model_config import TIPPoModelConfig
-from tippo_rl.presets import load_model_and_processor
 from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
-from tippo_rl.training_run import train_and_save
+from tippo_rl.training_run import model_and_datasets, train_and_save
 
 
 def main(
     script_args: TIPPoScriptArguments, training_args: TIPPoSFTConfig, model_args: TIPPoModelConfig
 ) -> TIPPoSFTTrainer:
     """Build the model, data and trainer, train and save; returns the trainer (recipes/ablate.py reads its logs)."""
-    model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
-    train_dataset, eval_dataset = load_datasets(script_args, max_images=model.config.max_images)
+    model, processor, train_dataset, eval_dataset = model_and_datasets(script_args, model_args)
     trainer = TIPPoSFTTrainer(
         model=model,
         args=training_args,

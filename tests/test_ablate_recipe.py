@@ -46,7 +46,7 @@ def test_grid_trains_evaluates_and_reports_every_cell(tmp_path, demo_dataset_dir
         ],
         seeds=[0, 1],
     )  # fmt: skip
-    evaluation = EvaluationArguments(metrics=["bleu", "rouge_l"], tokenize="none", lang="en", max_new_tokens=8)
+    evaluation = EvaluationArguments(metrics=["bleu", "rouge_l"], tokenize="none", max_new_tokens=8)
     table = ablate.main(data, grid, evaluation)
     out = tmp_path / "ablate"
 
@@ -113,7 +113,7 @@ def test_bad_grids_are_refused(settings, match, monkeypatch):
 def test_demo_config_parses_to_the_full_grid(monkeypatch):
     monkeypatch.chdir(REPO)
     parser = TrlParser((TIPPoScriptArguments, ablate.AblationArguments, EvaluationArguments))
-    _, grid, evaluation = parser.parse_args_and_config(["--config", "recipes/configs/demo_ablate.yaml"])
+    script, grid, evaluation = parser.parse_args_and_config(["--config", "recipes/configs/demo_ablate.yaml"])
     assert grid.variants == ["TIP", "TIPPo"] and grid.schedules == ["ntp", "polishppo", "ntp+polishppo"]
     assert any(item.startswith("total_iterations=") for item in grid.polishppo_overrides)
-    assert (evaluation.tokenize, evaluation.lang) == ("ptb", "en")
+    assert (evaluation.tokenize, script.demo_lang) == ("ptb", "en")

@@ -373,7 +373,7 @@ def load_coco_captions(
     one_row_per: str = "caption",
     on_error: str = "raise",
 ) -> Dataset:
-    """Load COCO-CN-style captions: a COCO captions JSON (`{"images": [{"id", "file_name"}],
+    """Load COCO captions (COCO, COCO-CN, any language): a COCO captions JSON (`{"images": [{"id", "file_name"}],
     "annotations": [{"image_id", "caption"}]}`) and its image folder. Titles are empty.
 
     Args:
@@ -426,6 +426,14 @@ def load_coco_captions(
     return _finish(rows, problems, str(annotations), on_error)
 
 
+# Options a project format needs to read a split: {(dataset, split): options}.
+REQUIRED_OPTIONS = {
+    ("artmuse", "train"): ("train_file",),
+    ("coco", "train"): ("coco_train_annotations", "coco_image_dir"),
+    ("cococn", "train"): ("coco_train_annotations", "coco_image_dir"),
+}
+
+
 def check_dataset_columns(dataset: Dataset, what: str, require_reference: bool = True) -> None:
     """At a trainer's door: `dataset` has the columns TIPPo reads (`images`, `title` and, to train on targets,
     `reference`), else a `DataValidationError` naming the missing one and listing those it has."""
@@ -440,10 +448,20 @@ def check_dataset_columns(dataset: Dataset, what: str, require_reference: bool =
 
 
 def load_datasets(
-    args: TIPPoScriptArguments, max_images: int = 5, require_reference: bool = True
-) -> tuple[Dataset, Dataset | None]:
-    """(train, eval) datasets as the script arguments describe them. `require_reference=False` (PPO with rewards that
-    need no target) accepts training rows without a reference; evaluation rows always need one."""
+    args: TIPPoScriptArguments,
+    max_images: int = 5,
+    require_reference: bool = True,
+    splits: tuple[str, ...] = ("train", "eval"),
+) -> tuple[Dataset | None, Dataset | None]:
+    """(train, eval) datasets as the script arguments describe them; a split not in `splits` is not read (None).
+    `require_reference=False` (PPO with rewards that need no target) accepts training rows without a reference;
+    evaluation rows always need one. The evaluation split is None where the data has none."""
+    for split in splits:
+        for option in REQUIRED_OPTIONS.get((args.dataset, split), ()):
+            if getattr(args, option) is None:
+                what = "to train on" if split == "train" else "to evaluate on"
+                raise DataValidationError(f"--dataset {args.dataset}: set --{option}, the {split} data {what}")
+    train = evaluation = None
     if args.dataset == "hf":
         columns = ColumnNames(title=args.title_column, images=args.images_column, reference=args.reference_column)
         options = dict(
@@ -454,16 +472,17 @@ def load_datasets(
             allow_empty_title=args.allow_empty_title,
             on_error=args.on_bad_rows,
         )
-        train = load_hf_dataset(
-            args.dataset_name, args.dataset_train_split, require_reference=require_reference, **options
-        )
-        try:
-            evaluation = load_hf_dataset(args.dataset_name, args.dataset_test_split, **options)
-        except DataValidationError as error:
-            if "has no split" not in str(error):
-                raise
-            logger.info("%s: no evaluation split", error)
-            evaluation = None
+        if "train" in splits:
+            train = load_hf_dataset(
+                args.dataset_name, args.dataset_train_split, require_reference=require_reference, **options
+            )
+        if "eval" in splits:
+            try:
+                evaluation = load_hf_dataset(args.dataset_name, args.dataset_test_split, **options)
+            except DataValidationError as error:
+                if "has no split" not in str(error):
+                    raise
+                logger.info("%s: no evaluation split", error)
     elif args.dataset == "demo":
         with PartialState().main_process_first():  # one process writes the files, the others then reuse them
             folder = make_demo_dataset(
@@ -473,20 +492,26 @@ def load_datasets(
                 lang=args.demo_lang,
                 max_images=max_images,
             )
-        train, evaluation = load_artmuse(folder / "train.jsonl"), load_artmuse(folder / "test.jsonl")
+        train = load_artmuse(folder / "train.jsonl") if "train" in splits else None
+        evaluation = load_artmuse(folder / "test.jsonl") if "eval" in splits else None
     elif args.dataset == "artmuse":
         options = dict(allow_empty_title=args.allow_empty_title, on_error=args.on_bad_rows)
-        train = load_artmuse(
-            args.train_file, args.image_root, max_images, require_reference=require_reference, **options
-        )
-        evaluation = load_artmuse(args.eval_file, args.image_root, max_images, **options) if args.eval_file else None
-    else:
-        train = load_coco_captions(args.coco_train_annotations, args.coco_image_dir, "caption", args.on_bad_rows)
-        evaluation = (
-            load_coco_captions(args.coco_eval_annotations, args.coco_image_dir, "image", args.on_bad_rows)
-            if args.coco_eval_annotations
-            else None
-        )
+        if "train" in splits:
+            train = load_artmuse(
+                args.train_file, args.image_root, max_images, require_reference=require_reference, **options
+            )
+        if "eval" in splits and args.eval_file:
+            evaluation = load_artmuse(args.eval_file, args.image_root, max_images, **options)
+    else:  # coco, cococn: each annotations file with its own image folder
+        if "train" in splits:
+            train = load_coco_captions(args.coco_train_annotations, args.coco_image_dir, "caption", args.on_bad_rows)
+        if "eval" in splits and args.coco_eval_annotations:
+            image_dir = args.coco_eval_image_dir or args.coco_image_dir
+            if image_dir is None:
+                raise DataValidationError(
+                    "--coco_eval_annotations: set --coco_eval_image_dir, the evaluation images' folder"
+                )
+            evaluation = load_coco_captions(args.coco_eval_annotations, image_dir, "image", args.on_bad_rows)
     if evaluation is not None and args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
     return train, evaluation

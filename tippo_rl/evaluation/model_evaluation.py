@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -28,6 +30,7 @@ from transformers import set_seed
 from ..data import load_datasets
 from ..demo_data import scene_field_accuracy
 from ..generation import generate_kwargs, generate_predictions
+from ..language import detect_language
 from ..modeling_tippo import TIPPoForConditionalGeneration
 from ..presets import build_tiny_tippo
 from ..processing_tippo import TIPPoProcessor
@@ -37,6 +40,8 @@ from .reports import examples_section, plot_training_curves, scores_table, sprea
 from .scorers import MeteorScorer
 from .tokenization import TOKENIZE_MODES
 
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("eval", "train")
 
@@ -72,12 +77,13 @@ class EvaluationArguments:
         metadata={"help": "Any of bleu, meteor, rouge_l, cider, bertscore (METEOR and `tokenize: ptb` need Java)."},
     )
     tokenize: str = field(
-        default="none",
+        default="auto",
         metadata={
-            "help": "What the n-gram metrics see as words: `none` (pre-segmented), `char`, `jieba` (Chinese) or `ptb` (English, coco-caption's default)."
+            "help": "What the n-gram metrics see as words: `none` (pre-segmented), `char`, `jieba` (Chinese) or `ptb` (English, coco-caption's default). `auto`: `jieba` for Chinese data, `ptb` for English (`char` where Java is missing, with a warning)."
         },
     )
-    lang: str = field(default="zh", metadata={"help": "Language of the texts for the metrics: `zh` or `en`."})
+    # The texts' language: set from the data (--lang, a TIPPoScriptArguments option, or detected) by `score_model`.
+    lang: str = field(default="auto", init=False)
     bertscore_model: str | None = field(
         default=None, metadata={"help": "BERTScore model (name or folder); None: bert_score's default for `lang`."}
     )
@@ -95,10 +101,8 @@ class EvaluationArguments:
             raise ValueError(f"--batch_size and --num_beams must be ≥ 1; got {self.batch_size} and {self.num_beams}")
         if self.temperature <= 0:
             raise ValueError(f"--temperature must be > 0; got {self.temperature}")
-        if self.tokenize not in TOKENIZE_MODES:
-            raise ValueError(f"--tokenize must be one of {', '.join(TOKENIZE_MODES)}; got {self.tokenize!r}")
-        if self.lang not in LANGS:
-            raise ValueError(f"--lang must be one of {', '.join(LANGS)}; got {self.lang!r}")
+        if self.tokenize not in ("auto", *TOKENIZE_MODES):
+            raise ValueError(f"--tokenize must be auto or one of {', '.join(TOKENIZE_MODES)}; got {self.tokenize!r}")
         if isinstance(self.generation_kwargs, str):
             try:
                 self.generation_kwargs = json.loads(self.generation_kwargs)
@@ -119,6 +123,19 @@ class EvaluationArguments:
                 raise ValueError(f"--generation_kwargs {self.generation_kwargs}: {error}") from error
         self.metrics = normalize_metric_names(self.metrics)
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def for_language(self, lang: str) -> None:
+        """Set `lang` (`en`, `zh`) and, where `tokenize` is `auto`, the word segmentation standard for it."""
+        if lang not in LANGS:
+            raise ValueError(f"--lang must be one of {', '.join(LANGS)}; got {lang!r}")
+        self.lang = lang
+        if self.tokenize == "auto":
+            self.tokenize = "jieba" if lang == "zh" else "ptb" if shutil.which("java") else "char"
+            if self.tokenize == "char":
+                logger.warning(
+                    "tokenize auto: Java is not on PATH, so English is split into words by `char`, not coco-caption's "
+                    "PTB tokenizer (scores differ slightly from the standard tools'); install Java for `ptb`"
+                )
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments for `model.generate`."""
@@ -153,6 +170,8 @@ def score_model(
     restarting Java each time.
     """
     references = references_of(dataset)
+    if args.lang == "auto" or args.tokenize == "auto":
+        args.for_language(detect_language(dataset["reference"]) if args.lang == "auto" else args.lang)
     set_seed(args.seed)
     start = time.perf_counter()
     predictions = generate_predictions(
@@ -284,10 +303,13 @@ def check_model(name: str, path: str, repo: str | Path | None = None) -> None:
         raise ValueError(f"model {name!r}: no checkpoint at {path!r}. {hint or GENERIC_HINT}")
 
 
-def load_model(name: str, path: str, lang: str) -> tuple[TIPPoForConditionalGeneration, TIPPoProcessor]:
-    """The model called `name`: a fresh tiny preset for `tiny`, else a saved model (folder or Hub id)."""
+def load_model(
+    name: str, path: str, lang: str, texts: Sequence[str] | None = None
+) -> tuple[TIPPoForConditionalGeneration, TIPPoProcessor]:
+    """The model called `name`: a fresh tiny preset for `tiny` (its words those of `texts` when given, as on a user's
+    data; see `build_tiny_tippo`), else a saved model (folder or Hub id)."""
     if path == FRESH_TINY:
-        return build_tiny_tippo(lang=lang, seed=0)
+        return build_tiny_tippo(lang=lang, seed=0, texts=texts)
     try:
         return TIPPoForConditionalGeneration.from_pretrained(path), TIPPoProcessor.from_pretrained(path)
     except OSError as error:
@@ -295,13 +317,13 @@ def load_model(name: str, path: str, lang: str) -> tuple[TIPPoForConditionalGene
 
 
 def evaluation_split(script_args: TIPPoScriptArguments, eval_args: EvaluationArguments) -> Dataset:
-    """The split `eval_args.split` of the dataset `script_args` names; raises if it has none."""
-    train, evaluation = load_datasets(script_args)
+    """The split `eval_args.split` of the dataset `script_args` names (only that split is read); raises if it has none."""
+    train, evaluation = load_datasets(script_args, splits=(eval_args.split,))
     dataset = train if eval_args.split == "train" else evaluation
     if dataset is None:
         raise ValueError(
             f"{script_args.dataset_id} has no evaluation split: set --eval_file (artmuse) or "
-            "--coco_eval_annotations (cococn), or evaluate on --split train"
+            "--coco_eval_annotations (coco), or evaluate on --split train"
         )
     return dataset
 
@@ -364,6 +386,8 @@ def evaluate_models(
     the project's checkout, where a missing model's error looks for the recipe config and `make` target that train it.
     """
     dataset = evaluation_split(script_args, eval_args)
+    lang = script_args.data_language(dataset["reference"])
+    eval_args.for_language(lang)
     for name, path in evaluate_args.models:  # fail on a missing checkpoint before spending time on the others
         check_model(name, path, repo)
     output_dir = Path(evaluate_args.output_dir)
@@ -371,7 +395,10 @@ def evaluate_models(
     meteor = MeteorScorer() if "meteor" in eval_args.metrics else None
     try:
         for name, path in evaluate_args.models:
-            model, processor = load_model(name, path, script_args.demo_lang)
+            # A fresh tiny preset on a user's data writes that data's words (an untrained baseline: the evaluated
+            # references' words, since only this split is read).
+            texts = None if script_args.dataset == "demo" else dataset["reference"]
+            model, processor = load_model(name, path, lang, texts)
             predictions[name], result, seconds = score_model(model, processor, dataset, eval_args, meteor)
             for message in result.warnings:
                 print(f"{name}: {message}", file=sys.stderr)
@@ -386,7 +413,7 @@ def evaluate_models(
                 **result.summary(),
             }
             if script_args.dataset == "demo":  # the embedded default's references can be read back field by field
-                summaries[name]["scene_fields"] = scene_fields(dataset, predictions[name], script_args.demo_lang)
+                summaries[name]["scene_fields"] = scene_fields(dataset, predictions[name], lang)
                 fields.append(([name], [summaries[name]["scene_fields"]]))
     finally:
         if meteor is not None:

@@ -22,6 +22,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from ..language import detect_language
+from ..presets import hub_errors_named
 from ..modeling_tippo import TIPPoForConditionalGeneration
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import LiteralReward, load_reward
@@ -86,12 +87,13 @@ class PolishPPOTrainer(PPOTrainer):
                 "dtype": args.semantic_dtype,
                 **init_kwargs.get(SEMANTIC, {}),
             }
-            reward_funcs = [  # extra plug-ins stay specs: PPOTrainer builds them with their reward_init_kwargs
-                LiteralReward(normalized=args.literal_distance == "normalized") if spec == LITERAL
-                else load_reward(spec, **semantic) if spec == SEMANTIC
-                else spec
-                for spec in args.reward_funcs
-            ]  # fmt: skip
+            with hub_errors_named({"--semantic_model": semantic["model_name_or_path"]}):
+                reward_funcs = [  # extra plug-ins stay specs: PPOTrainer builds them with their reward_init_kwargs
+                    LiteralReward(normalized=args.literal_distance == "normalized") if spec == LITERAL
+                    else load_reward(spec, **semantic) if spec == SEMANTIC
+                    else spec
+                    for spec in args.reward_funcs
+                ]  # fmt: skip
         super().__init__(model, args, processor, train_dataset, reward_funcs, callbacks, optimizers, eval_dataset)
         for name in (LITERAL, SEMANTIC):
             if self.reward_names.count(name) != 1:
