@@ -251,7 +251,7 @@ def test_an_image_damaged_after_validation_is_named_with_its_sample_when_decoded
     data = (folder / "later.jpg").read_bytes()
     (folder / "later.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(
-        DataValidationError, match=r"sample 'row-a': image '.*later\.jpg' cannot be decoded: image file is truncated"
+        DataValidationError, match=r"sample 'row-a': image '.*later\.jpg' cannot be opened: image file is truncated"
     ):
         cache_frozen_features(dataset, model, processor, tmp_path / "cache")
 

@@ -1,0 +1,112 @@
+"""Tests for `tippo_rl.processing_tippo.open_image`, the one place images are opened (issue 24): each
+test makes a real file of a kind that used to be read wrong, and checks what TIPPo sees."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tippo_rl import processing_tippo
+from tippo_rl.processing_tippo import BACKGROUND, open_image
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def picture(height: int = 24, width: int = 40) -> np.ndarray:
+    """An 8-bit greyscale picture `(height, width)`: a gradient with a dark square, every level from 0 to 255."""
+    values = np.linspace(0, 255, height * width).reshape(height, width)
+    values[4:12, 4:12] = 10
+    return values.round().astype(np.uint8)
+
+
+# -- item 8: pixel formats PIL would clip or drop ------------------------------------------------------------------
+
+
+def test_a_16_bit_png_gives_the_processor_the_pixels_of_its_8_bit_version(tmp_path, tiny_model_and_processor):
+    processor = tiny_model_and_processor[1]
+    eight = picture()
+    Image.fromarray(eight).save(tmp_path / "8bit.png")
+    Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / "16bit.png")  # 8 → 16 bits as an editor does
+    with Image.open(tmp_path / "16bit.png") as scan:
+        assert scan.mode == "I;16"
+        assert np.asarray(scan.convert("RGB")).mean() > 250  # what PIL alone gives: nearly all white
+    expected = processor("t", tmp_path / "8bit.png")["pixel_values"]
+    std = torch.tensor(processor.image_processor.image_std).view(3, 1, 1)
+    for source in (tmp_path / "16bit.png", Image.open(tmp_path / "16bit.png")):  # a path, or a PIL image given as is
+        got = processor("t", source)["pixel_values"]
+        assert ((got - expected).abs() * std).max() <= 1 / 255 + 1e-6  # within one 8-bit level before normalising
+
+
+def test_16_bit_values_are_divided_by_257(tmp_path):
+    values = np.arange(0, 65536, 7, dtype=np.uint16)[: 96 * 96].reshape(96, 96)
+    Image.fromarray(values).save(tmp_path / "ramp.png")
+    got = pixels(open_image(tmp_path / "ramp.png"))
+    assert got.shape == (96, 96, 3) and (got == got[..., :1]).all()
+    assert np.abs(got[..., 0] - values / 257).max() <= 0.5
+    assert np.abs(got[..., 0] - (values >> 8)).max() <= 1  # the top byte, as most tools keep it, within one level
+
+
+def test_32_bit_integer_tiffs_use_their_16_bit_range_or_else_their_maximum(tmp_path):
+    sixteen = np.array([[0, 257, 65535, -5]], dtype=np.int32)
+    Image.fromarray(sixteen).save(tmp_path / "i16.tif")
+    wide = np.array([[0, 600_000, 1_000_000, 200_000]], dtype=np.int32)
+    Image.fromarray(wide).save(tmp_path / "i32.tif")
+    assert Image.open(tmp_path / "i32.tif").mode == "I"
+    assert pixels(open_image(tmp_path / "i16.tif"))[0, :, 0].tolist() == [0, 1, 255, 0]  # negative values are 0
+    assert pixels(open_image(tmp_path / "i32.tif"))[0, :, 0].tolist() == [0, 153, 255, 51]  # was all 255
+
+
+def test_float_tiffs_are_read_as_0_to_1_and_clipped(tmp_path):
+    values = np.array([[0.0, 0.5, 1.0, 1.7, -0.2, np.nan]], dtype=np.float32)
+    Image.fromarray(values).save(tmp_path / "f.tif")
+    assert Image.open(tmp_path / "f.tif").mode == "F"
+    assert pixels(open_image(tmp_path / "f.tif"))[0, :, 0].tolist() == [0, 128, 255, 255, 0, 0]
+
+
+def test_a_cmyk_jpeg_becomes_rgb(tmp_path):
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[:, :16] = (200, 30, 30)
+    rgb[:, 16:] = (30, 30, 200)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "print.jpg", quality=95)
+    assert Image.open(tmp_path / "print.jpg").mode == "CMYK"
+    for max_pixels in (processing_tippo.MAX_DECODED_PIXELS, 8 * 8):  # full size, and decoded at 1/4 scale
+        image = open_image(tmp_path / "print.jpg", max_pixels=max_pixels)
+        assert image.mode == "RGB"
+        small = np.asarray(image.resize((2, 1), Image.Resampling.BOX), dtype=np.int16)
+        assert np.abs(small[0] - [(200, 30, 30), (30, 30, 200)]).max() <= 12
+
+
+def test_transparent_pixels_show_the_background_not_the_hidden_colour(tmp_path, tiny_model_and_processor):
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([0, 0, 0, 255, 0, 0])  # index 0 is black, and transparent
+    palette.paste(1, (0, 0, 4, 8))
+    palette.save(tmp_path / "logo.png", transparency=0)
+    image = open_image(tmp_path / "logo.png")
+    assert image.getpixel((1, 1)) == (255, 0, 0) and image.getpixel((6, 1)) == BACKGROUND  # was (0, 0, 0)
+
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 255, 0))
+    rgba.paste((0, 0, 255, 128), (0, 0, 4, 8))
+    rgba.save(tmp_path / "rgba.png")
+    Image.new("LA", (8, 8), (0, 0)).save(tmp_path / "la.png")
+    assert open_image(tmp_path / "la.png").getpixel((0, 0)) == BACKGROUND
+    assert open_image(tmp_path / "rgba.png").getpixel((6, 1)) == BACKGROUND
+    assert open_image(tmp_path / "rgba.png").getpixel((1, 1)) == (127, 127, 255)  # half blue, half white
+    processor = tiny_model_and_processor[1]
+    white = processor("t", Image.new("RGB", (8, 8), BACKGROUND))["pixel_values"]
+    assert torch.equal(processor("t", Image.new("RGBA", (8, 8), (0, 0, 0, 0)))["pixel_values"], white)
+
+
+def test_an_exif_rotated_photo_is_seen_upright(tmp_path):
+    stored = Image.new("RGB", (40, 20), "blue")
+    stored.paste((255, 0, 0), (0, 0, 20, 20))  # red on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera was turned; show the stored pixels rotated 90° clockwise
+    stored.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    for max_pixels in (processing_tippo.MAX_DECODED_PIXELS, 10 * 5):  # full size, and decoded at a reduced size
+        image = open_image(tmp_path / "phone.jpg", max_pixels=max_pixels)
+        assert image.width < image.height  # upright: portrait
+        top, bottom = image.getpixel((image.width // 2, 1)), image.getpixel((image.width // 2, image.height - 2))
+        assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]  # red on top, blue below
