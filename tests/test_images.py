@@ -3,7 +3,11 @@ test makes a real file of a kind that used to be read wrong, and checks what TIP
 
 from __future__ import annotations
 
+import logging
+import os
+
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -110,3 +114,52 @@ def test_an_exif_rotated_photo_is_seen_upright(tmp_path):
         assert image.width < image.height  # upright: portrait
         top, bottom = image.getpixel((image.width // 2, 1)), image.getpixel((image.width // 2, image.height - 2))
         assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]  # red on top, blue below
+
+
+# -- item 9: animated images ---------------------------------------------------------------------------------------
+
+
+def animated_gif(path, colours=("red", "lime", "blue")):
+    frames = [Image.new("RGB", (16, 16), colour) for colour in colours]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return path
+
+
+def open_files() -> set[str]:
+    """The files this process holds open (Linux)."""
+    folder = "/proc/self/fd"
+    return {
+        os.path.realpath(os.path.join(folder, fd))
+        for fd in os.listdir(folder)
+        if os.path.exists(os.path.join(folder, fd))
+    }
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc")
+def test_an_animated_gif_gives_its_first_frame_reported_once_and_its_file_is_closed(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(processing_tippo, "_reported_animation", False)
+    first, second = animated_gif(tmp_path / "first.gif"), animated_gif(tmp_path / "second.gif", ("blue", "red"))
+    with Image.open(first) as gif:
+        assert gif.is_animated
+    with caplog.at_level(logging.WARNING, logger="tippo_rl.processing_tippo"):
+        image = open_image(first)
+        assert str(first.resolve()) not in open_files()  # PIL keeps an animated file open after load(); not here
+        assert image.getpixel((8, 8)) == (255, 0, 0)
+        assert open_image(second).getpixel((8, 8)) == (0, 0, 255)
+        assert open_image({"bytes": first.read_bytes(), "path": None}).getpixel((8, 8)) == (255, 0, 0)
+    reports = [record.getMessage() for record in caplog.records]
+    assert reports == [
+        f"image '{first}' has several frames; TIPPo uses the first (other such images are not reported)"
+    ]
+
+
+def test_an_animated_gif_leaves_no_unclosed_file_warning(tmp_path):
+    import gc
+    import warnings
+
+    path = animated_gif(tmp_path / "a.gif")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        open_image(path)
+        gc.collect()
+    assert not [warning for warning in caught if issubclass(warning.category, ResourceWarning)]

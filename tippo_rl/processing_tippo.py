@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,14 +28,19 @@ MAX_DECODED_PIXELS = 4096 * 4096
 # What transparent pixels show (PNG/GIF transparency, LA/RGBA alpha): white, as an image viewer shows them.
 BACKGROUND = (255, 255, 255)
 
+logger = logging.getLogger(__name__)
+_reported_animation = False  # the first animated image of this process is reported, the rest are not
+
 
 def open_image(image, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
     """The RGB PIL image TIPPo sees, from what a dataset's `images` column holds: a path, a `datasets.Image`
     `{path, bytes}` dict, or a PIL image. The one place images are opened: the processor, the collator (and so the
     feature cache), the data checks and the generation CLI all call it.
 
-    A file is decoded as `datasets.Image` decodes it (EXIF orientation applied), except that a JPEG of more than
-    `max_pixels` is decoded at the largest 1/2–1/8 scale that fits (other formats decode at full size).
+    A file is decoded as `datasets.Image` decodes it (EXIF orientation applied) and closed, except that:
+    - a JPEG of more than `max_pixels` is decoded at the largest 1/2–1/8 scale that fits (other formats decode at full
+      size);
+    - an animated GIF/PNG/WebP (or a multi-page TIFF) gives its first frame (reported once per process).
     Every image, files' and PIL images alike, then becomes 8-bit RGB with `to_rgb`.
 
     Raises:
@@ -54,14 +60,23 @@ def open_image(image, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
         if not os.path.exists(source):
             raise ValueError(f"image '{name}' does not exist")
     try:
-        opened = Image.open(source)
-        width, height = opened.size
-        if opened.format == "JPEG" and width * height > max_pixels:
-            scale = (max_pixels / (width * height)) ** 0.5 / 2  # draft: the smallest result ≥ this
-            opened.draft("RGB", (max(int(width * scale), 1), max(int(height * scale), 1)))
-        opened.load()
+        # A file object we close ourselves: PIL keeps the files of animated images open after `load()`.
+        with open(source, "rb") if isinstance(source, str) else source as file:
+            opened = Image.open(file)
+            width, height = opened.size
+            animated = getattr(opened, "is_animated", False)  # reads on to frame 2: before the file is closed
+            if opened.format == "JPEG" and width * height > max_pixels:
+                scale = (max_pixels / (width * height)) ** 0.5 / 2  # draft: the smallest result ≥ this
+                opened.draft("RGB", (max(int(width * scale), 1), max(int(height * scale), 1)))
+            opened.load()
     except Exception as error:  # PIL raises many types for missing, corrupt or truncated files
         raise ValueError(f"image '{name}' cannot be opened: {error}") from error
+    global _reported_animation
+    if animated and not _reported_animation:
+        _reported_animation = True
+        logger.warning(
+            "image '%s' has several frames; TIPPo uses the first (other such images are not reported)", name
+        )
     if opened.getexif().get(Image.ExifTags.Base.Orientation, 1) != 1:
         opened = ImageOps.exif_transpose(opened)
     return to_rgb(opened)
