@@ -3,6 +3,7 @@ test makes a real file of a kind that used to be read wrong, and checks what TIP
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -12,6 +13,8 @@ import torch
 from PIL import Image
 
 from tippo_rl import processing_tippo
+from tippo_rl.data import DataValidationError, load_artmuse
+from tippo_rl.data_collator import TIPPoDataCollator
 from tippo_rl.processing_tippo import BACKGROUND, open_image
 
 
@@ -163,3 +166,52 @@ def test_an_animated_gif_leaves_no_unclosed_file_warning(tmp_path):
         open_image(path)
         gc.collect()
     assert not [warning for warning in caught if issubclass(warning.category, ResourceWarning)]
+
+
+# -- item 13: huge images ------------------------------------------------------------------------------------------
+
+
+def write_jsonl(folder, images) -> str:
+    path = folder / "data.jsonl"
+    path.write_text(json.dumps({"title": "t", "images": images, "reference": "r"}) + "\n")
+    return path
+
+
+def test_an_image_over_the_pixel_limit_is_a_bad_row_naming_file_size_limit_and_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(processing_tippo, "MAX_IMAGE_PIXELS", 100 * 100)
+    Image.new("RGB", (200, 100), "red").save(tmp_path / "scan.png")
+    Image.new("RGB", (100, 100), "red").save(tmp_path / "fits.png")
+    with pytest.raises(
+        DataValidationError,
+        match=r"data\.jsonl, line 1: field 'images': image '.*scan\.png' is 200×100 = 20,000 pixels, more than "
+        r"MAX_IMAGE_PIXELS = 10,000 \(tippo_rl/processing_tippo\.py\); resize it, e\.g\. to 4096 px on its long side",
+    ):
+        load_artmuse(write_jsonl(tmp_path, ["fits.png", "scan.png"]))
+    assert len(load_artmuse(write_jsonl(tmp_path, ["fits.png"]))) == 1
+
+
+def test_a_jpeg_is_refused_only_when_its_eighth_scale_is_over_the_limit(tmp_path):
+    Image.new("RGB", (160, 80), "red").save(tmp_path / "wide.jpg")
+    Image.new("RGB", (80, 80), "red").save(tmp_path / "square.jpg")
+    assert open_image(tmp_path / "square.jpg", max_pixels=100, max_image_pixels=100).size == (10, 10)  # at 1/8
+    with pytest.raises(ValueError, match=r"wide\.jpg' is 160×80 = 12,800 pixels, more than MAX_IMAGE_PIXELS = 100"):
+        open_image(tmp_path / "wide.jpg", max_image_pixels=100)
+
+
+def test_the_limit_holds_for_the_processor_and_the_collator_and_pil_s_own_limit_reads_the_same(
+    tmp_path, monkeypatch, tiny_model_and_processor
+):
+    processor = tiny_model_and_processor[1]
+    Image.new("RGB", (200, 100), "red").save(tmp_path / "scan.png")
+    monkeypatch.setattr(processing_tippo, "MAX_IMAGE_PIXELS", 100 * 100)
+    with pytest.raises(ValueError, match=r"sample 0, image 0: image '.*scan\.png' is 200×100 = 20,000 pixels"):
+        processor("t", tmp_path / "scan.png")
+    row = {"id": "r1", "title": "t", "images": [{"path": str(tmp_path / "scan.png"), "bytes": None}], "reference": "r"}
+    with pytest.raises(DataValidationError, match=r"sample 'r1': image '.*scan\.png' is 200×100 = 20,000 pixels"):
+        TIPPoDataCollator(processor)([row])
+    monkeypatch.setattr(processing_tippo, "MAX_IMAGE_PIXELS", 10**9)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4_000)  # PIL's decompression-bomb error: beyond twice this
+    with pytest.raises(
+        ValueError, match=r"^image '.*scan\.png' is 20,000 pixels, more than PIL's limit of 8,000 .*; resize"
+    ):
+        open_image(tmp_path / "scan.png")

@@ -6,7 +6,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,10 @@ TITLE_TOKENIZER_FOLDER = "title_tokenizer"
 # Images are resized to φ's input (224 px) anyway: a larger one is decoded at a reduced size, so that decoding a photo of
 # any size costs at most about this many pixels (JPEG: PIL's DCT-domain `draft`, 1/2 to 1/8 scale).
 MAX_DECODED_PIXELS = 4096 * 4096
+# A file that would decode to more pixels than this (a JPEG: at 1/8 scale) is refused when its row is checked: a 600-dpi
+# A4 scan (35 Mpx) fits. At the limit a PNG takes 1-2 s and 0.7 GB to become one 224² input; a 12000×12000 PNG, refused
+# now, took 7 s and 2.5 GB.
+MAX_IMAGE_PIXELS = 8000 * 5000
 # What transparent pixels show (PNG/GIF transparency, LA/RGBA alpha): white, as an image viewer shows them.
 BACKGROUND = (255, 255, 255)
 
@@ -32,7 +39,7 @@ logger = logging.getLogger(__name__)
 _reported_animation = False  # the first animated image of this process is reported, the rest are not
 
 
-def open_image(image, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
+def open_image(image, max_pixels: int = MAX_DECODED_PIXELS, max_image_pixels: int | None = None) -> Image.Image:
     """The RGB PIL image TIPPo sees, from what a dataset's `images` column holds: a path, a `datasets.Image`
     `{path, bytes}` dict, or a PIL image. The one place images are opened: the processor, the collator (and so the
     feature cache), the data checks and the generation CLI all call it.
@@ -40,15 +47,18 @@ def open_image(image, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
     A file is decoded as `datasets.Image` decodes it (EXIF orientation applied) and closed, except that:
     - a JPEG of more than `max_pixels` is decoded at the largest 1/2–1/8 scale that fits (other formats decode at full
       size);
+    - a file that would decode to more than `max_image_pixels` (None: `MAX_IMAGE_PIXELS`; a JPEG at 1/8 scale) is
+      refused, and so is one beyond PIL's own decompression-bomb limit;
     - an animated GIF/PNG/WebP (or a multi-page TIFF) gives its first frame (reported once per process).
     Every image, files' and PIL images alike, then becomes 8-bit RGB with `to_rgb`.
 
     Raises:
-        ValueError: one line naming the image: it does not exist, is a folder, or cannot be decoded (truncated, not an
-            image: PIL's message).
+        ValueError: one line naming the image: it does not exist, is a folder, cannot be decoded (missing, truncated,
+            not an image: PIL's message), or is larger than `max_image_pixels` (how to fix it: resize it).
     """
     if isinstance(image, Image.Image):
         return to_rgb(image)
+    max_image_pixels = MAX_IMAGE_PIXELS if max_image_pixels is None else max_image_pixels
     if isinstance(image, dict):
         name = image.get("path") or "<bytes>"
         source = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
@@ -59,18 +69,33 @@ def open_image(image, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
             raise ValueError(f"image '{name}' is a folder, not an image file")
         if not os.path.exists(source):
             raise ValueError(f"image '{name}' does not exist")
+    refusal = None
     try:
         # A file object we close ourselves: PIL keeps the files of animated images open after `load()`.
         with open(source, "rb") if isinstance(source, str) else source as file:
-            opened = Image.open(file)
+            with warnings.catch_warnings():  # PIL warns below its own limit; ours is checked right after
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(file)
             width, height = opened.size
-            animated = getattr(opened, "is_animated", False)  # reads on to frame 2: before the file is closed
-            if opened.format == "JPEG" and width * height > max_pixels:
-                scale = (max_pixels / (width * height)) ** 0.5 / 2  # draft: the smallest result ≥ this
-                opened.draft("RGB", (max(int(width * scale), 1), max(int(height * scale), 1)))
-            opened.load()
+            smallest = 8 if opened.format == "JPEG" else 1  # a JPEG decodes at down to 1/8 scale
+            if math.ceil(width / smallest) * math.ceil(height / smallest) > max_image_pixels:
+                limit = f"MAX_IMAGE_PIXELS = {max_image_pixels:,} (tippo_rl/processing_tippo.py)"
+                refusal = _too_large(name, f"{width}×{height} = {width * height:,} pixels", limit)
+            else:
+                animated = getattr(opened, "is_animated", False)  # reads on to frame 2: before the file is closed
+                if opened.format == "JPEG" and width * height > max_pixels:
+                    scale = (max_pixels / (width * height)) ** 0.5 / 2  # draft: the smallest result ≥ this
+                    opened.draft("RGB", (max(int(width * scale), 1), max(int(height * scale), 1)))
+                opened.load()
+    except Image.DecompressionBombError as error:  # beyond PIL's own limit, which it checks on opening
+        pixels, limit = (int(number) for number in re.findall(r"\d+", str(error))[:2])
+        raise _too_large(
+            name, f"{pixels:,} pixels", f"PIL's limit of {limit:,} (2 × PIL.Image.MAX_IMAGE_PIXELS)"
+        ) from None
     except Exception as error:  # PIL raises many types for missing, corrupt or truncated files
         raise ValueError(f"image '{name}' cannot be opened: {error}") from error
+    if refusal is not None:
+        raise refusal
     global _reported_animation
     if animated and not _reported_animation:
         _reported_animation = True
@@ -80,6 +105,12 @@ def open_image(image, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
     if opened.getexif().get(Image.ExifTags.Base.Orientation, 1) != 1:
         opened = ImageOps.exif_transpose(opened)
     return to_rgb(opened)
+
+
+def _too_large(name: str, size: str, limit: str) -> ValueError:
+    return ValueError(
+        f"image '{name}' is {size}, more than {limit}; resize it, e.g. to 4096 px on its long side (TIPPo sees 224 px)"
+    )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
