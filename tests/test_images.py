@@ -215,3 +215,19 @@ def test_the_limit_holds_for_the_processor_and_the_collator_and_pil_s_own_limit_
         ValueError, match=r"^image '.*scan\.png' is 20,000 pixels, more than PIL's limit of 8,000 .*; resize"
     ):
         open_image(tmp_path / "scan.png")
+
+
+def test_a_large_png_is_reduced_once_decoded_within_one_level_of_the_full_size_output(
+    tmp_path, tiny_model_and_processor
+):
+    image_processor = tiny_model_and_processor[1].image_processor
+    noise = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    Image.fromarray(noise).resize((1024, 768), Image.Resampling.BICUBIC).save(tmp_path / "scan.png")
+    reduced = open_image(tmp_path / "scan.png", max_pixels=512 * 384)
+    # Reduced by 2: φ's processor reads 4 times fewer pixels. Its 32 px input is a twelfth of the reduced image's short
+    # side (224 px is a ninth of a 6000×4000 photo reduced by 2: also within one level, measured).
+    assert reduced.size == (512, 384)
+    full = image_processor(open_image(tmp_path / "scan.png"), return_tensors="pt")["pixel_values"]
+    small = image_processor(reduced, return_tensors="pt")["pixel_values"]
+    std = torch.tensor(image_processor.image_std).view(3, 1, 1)
+    assert ((full - small).abs() * std).max() <= 1 / 255 + 1e-6

@@ -26,11 +26,12 @@ from .configuration_tippo import TIPPoConfig
 PROCESSOR_CONFIG_NAME = "tippo_processor_config.json"
 TITLE_TOKENIZER_FOLDER = "title_tokenizer"
 # Images are resized to φ's input (224 px) anyway: a larger one is decoded at a reduced size, so that decoding a photo of
-# any size costs at most about this many pixels (JPEG: PIL's DCT-domain `draft`, 1/2 to 1/8 scale).
+# any size costs at most about this many pixels (JPEG: PIL's DCT-domain `draft`, 1/2 to 1/8 scale; other formats: a box
+# filter by a whole factor right after decoding, which moves the processor's output by at most one 8-bit level).
 MAX_DECODED_PIXELS = 4096 * 4096
 # A file that would decode to more pixels than this (a JPEG: at 1/8 scale) is refused when its row is checked: a 600-dpi
-# A4 scan (35 Mpx) fits. At the limit a PNG takes 1-2 s and 0.7 GB to become one 224² input; a 12000×12000 PNG, refused
-# now, took 7 s and 2.5 GB.
+# A4 scan (35 Mpx) fits. At the limit a PNG takes 0.5 s and 0.2 GB to become one 224² input (0.3 GB at most: just under
+# MAX_DECODED_PIXELS, where it is not reduced); a 12000×12000 PNG, refused now, took 7 s and 2.5 GB.
 MAX_IMAGE_PIXELS = 8000 * 5000
 # What transparent pixels show (PNG/GIF transparency, LA/RGBA alpha): white, as an image viewer shows them.
 BACKGROUND = (255, 255, 255)
@@ -45,8 +46,8 @@ def open_image(image, max_pixels: int = MAX_DECODED_PIXELS, max_image_pixels: in
     feature cache), the data checks and the generation CLI all call it.
 
     A file is decoded as `datasets.Image` decodes it (EXIF orientation applied) and closed, except that:
-    - a JPEG of more than `max_pixels` is decoded at the largest 1/2–1/8 scale that fits (other formats decode at full
-      size);
+    - an image of more than `max_pixels` is reduced to fit: a JPEG is decoded at the largest 1/2–1/8 scale that fits,
+      other formats are reduced by a whole factor right after decoding;
     - a file that would decode to more than `max_image_pixels` (None: `MAX_IMAGE_PIXELS`; a JPEG at 1/8 scale) is
       refused, and so is one beyond PIL's own decompression-bomb limit;
     - an animated GIF/PNG/WebP (or a multi-page TIFF) gives its first frame (reported once per process).
@@ -57,7 +58,7 @@ def open_image(image, max_pixels: int = MAX_DECODED_PIXELS, max_image_pixels: in
             not an image: PIL's message), or is larger than `max_image_pixels` (how to fix it: resize it).
     """
     if isinstance(image, Image.Image):
-        return to_rgb(image)
+        return _reduced(to_rgb(image), max_pixels)
     max_image_pixels = MAX_IMAGE_PIXELS if max_image_pixels is None else max_image_pixels
     if isinstance(image, dict):
         name = image.get("path") or "<bytes>"
@@ -104,7 +105,15 @@ def open_image(image, max_pixels: int = MAX_DECODED_PIXELS, max_image_pixels: in
         )
     if opened.getexif().get(Image.ExifTags.Base.Orientation, 1) != 1:
         opened = ImageOps.exif_transpose(opened)
-    return to_rgb(opened)
+    return _reduced(to_rgb(opened), max_pixels)
+
+
+def _reduced(image: Image.Image, max_pixels: int) -> Image.Image:
+    """`image`, or over `max_pixels` reduced by the smallest whole factor that fits (a box filter, as JPEG's `draft`
+    does in the DCT): the processor's float copies of a large PNG or TIFF then stay as small as a JPEG's."""
+    if image.width * image.height <= max_pixels:
+        return image
+    return image.reduce(math.ceil((image.width * image.height / max_pixels) ** 0.5))
 
 
 def _too_large(name: str, size: str, limit: str) -> ValueError:
