@@ -38,10 +38,10 @@ from tippo_rl.zero3 import full_weights_under_zero3
 
 def _open_image(image: Any) -> Image.Image:
     """A PIL image from what a dataset's `images` column holds: a PIL image, a path, or a `{path, bytes}` dict;
-    decoded as the collator decodes it (a huge JPEG at a reduced size)."""
+    decoded as the collator decodes it (`open_image`: 8-bit RGB, a huge JPEG at a reduced size)."""
     if not isinstance(image, (Image.Image, dict, str)):
         raise TypeError(f"cannot read an image from {type(image).__name__} {image!r:.60}")
-    return open_image(image).convert("RGB")
+    return open_image(image)
 
 
 class ImageGroundedReward:

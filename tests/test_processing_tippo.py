@@ -98,7 +98,7 @@ def test_paths_pil_images_flat_lists_and_single_images_give_the_same_batch(tiny_
         (["t", "u"], ["{a}", "{a}"], "a flat list of 2 images, which is one sample's, but there are 2 titles"),
         (["t", "u"], [["{a}"]], "got 2 titles but 1 lists of images"),
         (["t"], [["{a}", 7]], "sample 0, image 1: expected a PIL image or a path, got int"),
-        (["t"], [["{missing}"]], "sample 0, image 0: '.*missing.png' cannot be opened"),
+        (["t"], [["{missing}"]], "sample 0, image 0: image '.*missing.png' does not exist"),
         (["t"], 3, "images must be one list of images .* per sample, got int"),
     ],
 )

@@ -99,15 +99,12 @@ class TIPPoDataCollator:
 
     @staticmethod
     def decode(row: dict, image: Any) -> PILImage.Image:
-        """One image of a row (PIL, path or undecoded `{path, bytes}`), decoded at a bounded size; an image that fails
-        to decode (changed on disk since validation) is named with its sample."""
+        """One image of a row (PIL, path or undecoded `{path, bytes}`) as `open_image` decodes it (8-bit RGB, at a
+        bounded size); an image that fails (changed on disk since validation) is named with its sample."""
         try:
             return open_image(image)
-        except Exception as error:  # PIL raises many types for corrupt files
-            name = image.get("path") if isinstance(image, dict) else getattr(image, "filename", image)
-            raise DataValidationError(
-                f"sample '{row.get('id')}': image '{name}' cannot be decoded: {error}"
-            ) from error
+        except ValueError as error:  # names the image and what is wrong with it
+            raise DataValidationError(f"sample '{row.get('id')}': {error}") from error
 
     @staticmethod
     def stack_features(rows: Sequence[dict]) -> dict[str, torch.Tensor]:

@@ -15,11 +15,11 @@ from datasets import Dataset
 from transformers import GenerationConfig
 
 from .checkpoints import check_model_source
-from .data import DataValidationError, check_image, load_artmuse
+from .data import CHECK_PIXELS, DataValidationError, load_artmuse
 from .data_collator import TIPPoDataCollator, model_inputs
 from .feature_cache import undecoded_images
 from .modeling_tippo import TIPPoForConditionalGeneration
-from .processing_tippo import TIPPoProcessor
+from .processing_tippo import TIPPoProcessor, open_image
 
 
 @torch.no_grad()
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         check_model_source(args.model, "--model")
         if args.images is not None:
             for path in args.images:
-                check_image(Path(path))
+                open_image(path, max_pixels=CHECK_PIXELS)
             rows = Dataset.from_list(
                 [{"id": "sample", "title": args.title, "images": [str(Path(path)) for path in args.images]}]
             )

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import math
 import os
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
@@ -21,30 +26,124 @@ from .configuration_tippo import TIPPoConfig
 PROCESSOR_CONFIG_NAME = "tippo_processor_config.json"
 TITLE_TOKENIZER_FOLDER = "title_tokenizer"
 # Images are resized to φ's input (224 px) anyway: a larger one is decoded at a reduced size, so that decoding a photo of
-# any size costs at most about this many pixels (JPEG: PIL's DCT-domain `draft`, 1/2 to 1/8 scale).
+# any size costs at most about this many pixels (JPEG: PIL's DCT-domain `draft`, 1/2 to 1/8 scale; other formats: a box
+# filter by a whole factor right after decoding, which moves the processor's output by at most one 8-bit level).
 MAX_DECODED_PIXELS = 4096 * 4096
+# A file that would decode to more pixels than this (a JPEG: at 1/8 scale) is refused when its row is checked: a 600-dpi
+# A4 scan (35 Mpx) fits. At the limit a PNG takes 0.5 s and 0.2 GB to become one 224² input (0.3 GB at most: just under
+# MAX_DECODED_PIXELS, where it is not reduced); a 12000×12000 PNG, refused now, took 7 s and 2.5 GB.
+MAX_IMAGE_PIXELS = 8000 * 5000
+# What transparent pixels show (PNG/GIF transparency, LA/RGBA alpha): white, as an image viewer shows them.
+BACKGROUND = (255, 255, 255)
+
+logger = logging.getLogger(__name__)
+_reported_animation = False  # the first animated image of this process is reported, the rest are not
 
 
-def open_image(image, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
-    """A decoded PIL image from what a dataset's `images` column holds: a PIL image (returned as is), a path, or a
-    `datasets.Image` `{path, bytes}` dict. Decoded as `datasets.Image` decodes (EXIF orientation applied), except that a
-    JPEG of more than `max_pixels` is decoded at the largest 1/2–1/8 scale that fits (other formats decode full size).
+def open_image(image, max_pixels: int = MAX_DECODED_PIXELS, max_image_pixels: int | None = None) -> Image.Image:
+    """The RGB PIL image TIPPo sees, from what a dataset's `images` column holds: a path, a `datasets.Image`
+    `{path, bytes}` dict, or a PIL image. The one place images are opened: the processor, the collator (and so the
+    feature cache), the data checks and the generation CLI all call it.
+
+    A file is decoded as `datasets.Image` decodes it (EXIF orientation applied) and closed, except that:
+    - an image of more than `max_pixels` is reduced to fit: a JPEG is decoded at the largest 1/2–1/8 scale that fits,
+      other formats are reduced by a whole factor right after decoding;
+    - a file that would decode to more than `max_image_pixels` (None: `MAX_IMAGE_PIXELS`; a JPEG at 1/8 scale) is
+      refused, and so is one beyond PIL's own decompression-bomb limit;
+    - an animated GIF/PNG/WebP (or a multi-page TIFF) gives its first frame (reported once per process).
+    Every image, files' and PIL images alike, then becomes 8-bit RGB with `to_rgb`.
 
     Raises:
-        OSError / ValueError: the file is missing, truncated or not an image (PIL's message).
+        ValueError: one line naming the image: it does not exist, is a folder, cannot be decoded (missing, truncated,
+            not an image: PIL's message), or is larger than `max_image_pixels` (how to fix it: resize it).
     """
     if isinstance(image, Image.Image):
-        return image
+        return _reduced(to_rgb(image), max_pixels)
+    max_image_pixels = MAX_IMAGE_PIXELS if max_image_pixels is None else max_image_pixels
     if isinstance(image, dict):
-        image = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
-    opened = Image.open(image)
-    if opened.format == "JPEG" and opened.width * opened.height > max_pixels:
-        scale = (max_pixels / (opened.width * opened.height)) ** 0.5 / 2  # draft picks the smallest result ≥ this
-        opened.draft("RGB", (max(int(opened.width * scale), 1), max(int(opened.height * scale), 1)))
-    opened.load()
-    if opened.getexif().get(Image.ExifTags.Base.Orientation) is not None:
+        name = image.get("path") or "<bytes>"
+        source = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
+    else:
+        name = source = os.fspath(image)
+    if isinstance(source, str):
+        if os.path.isdir(source):
+            raise ValueError(f"image '{name}' is a folder, not an image file")
+        if not os.path.exists(source):
+            raise ValueError(f"image '{name}' does not exist")
+    refusal = None
+    try:
+        # A file object we close ourselves: PIL keeps the files of animated images open after `load()`.
+        with open(source, "rb") if isinstance(source, str) else source as file:
+            with warnings.catch_warnings():  # PIL warns below its own limit; ours is checked right after
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(file)
+            width, height = opened.size
+            smallest = 8 if opened.format == "JPEG" else 1  # a JPEG decodes at down to 1/8 scale
+            if math.ceil(width / smallest) * math.ceil(height / smallest) > max_image_pixels:
+                limit = f"MAX_IMAGE_PIXELS = {max_image_pixels:,} (tippo_rl/processing_tippo.py)"
+                refusal = _too_large(name, f"{width}×{height} = {width * height:,} pixels", limit)
+            else:
+                animated = getattr(opened, "is_animated", False)  # reads on to frame 2: before the file is closed
+                if opened.format == "JPEG" and width * height > max_pixels:
+                    scale = (max_pixels / (width * height)) ** 0.5 / 2  # draft: the smallest result ≥ this
+                    opened.draft("RGB", (max(int(width * scale), 1), max(int(height * scale), 1)))
+                opened.load()
+    except Image.DecompressionBombError as error:  # beyond PIL's own limit, which it checks on opening
+        pixels, limit = (int(number) for number in re.findall(r"\d+", str(error))[:2])
+        raise _too_large(
+            name, f"{pixels:,} pixels", f"PIL's limit of {limit:,} (2 × PIL.Image.MAX_IMAGE_PIXELS)"
+        ) from None
+    except Exception as error:  # PIL raises many types for missing, corrupt or truncated files
+        raise ValueError(f"image '{name}' cannot be opened: {error}") from error
+    if refusal is not None:
+        raise refusal
+    global _reported_animation
+    if animated and not _reported_animation:
+        _reported_animation = True
+        logger.warning(
+            "image '%s' has several frames; TIPPo uses the first (other such images are not reported)", name
+        )
+    if opened.getexif().get(Image.ExifTags.Base.Orientation, 1) != 1:
         opened = ImageOps.exif_transpose(opened)
-    return opened
+    return _reduced(to_rgb(opened), max_pixels)
+
+
+def _reduced(image: Image.Image, max_pixels: int) -> Image.Image:
+    """`image`, or over `max_pixels` reduced by the smallest whole factor that fits (a box filter, as JPEG's `draft`
+    does in the DCT): the processor's float copies of a large PNG or TIFF then stay as small as a JPEG's."""
+    if image.width * image.height <= max_pixels:
+        return image
+    return image.reduce(math.ceil((image.width * image.height / max_pixels) ** 0.5))
+
+
+def _too_large(name: str, size: str, limit: str) -> ValueError:
+    return ValueError(
+        f"image '{name}' is {size}, more than {limit}; resize it, e.g. to 4096 px on its long side (TIPPo sees 224 px)"
+    )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB (itself if it is RGB already). Pixel ranges of the modes PIL would clip or drop:
+
+    - `I;16` (16-bit PNG/TIFF, e.g. a greyscale scan): value / 257, so 0..65535 spans 0..255;
+    - `I` (32-bit integer TIFF): its 16-bit range (/ 257) when every value fits in 0..65535, else scaled so its largest
+      value is 255; negative values are 0;
+    - `F` (32-bit float TIFF): values in [0, 1] (clipped; NaN is 0) times 255;
+    - transparency (`LA`, `RGBA`, a palette or PNG with a transparent colour) is composited onto `BACKGROUND`;
+    - the rest (`L`, `1`, `P`, `CMYK`, `YCbCr`, …) as PIL converts it.
+    """
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        if image.mode == "F":
+            values = np.nan_to_num(values, nan=0.0).clip(0.0, 1.0) * 255
+        else:
+            values = values.clip(0, None)
+            values *= 255 / max(65535.0, float(values.max(initial=0)))
+        return Image.fromarray(values.round().astype(np.uint8)).convert("RGB")
+    if image.has_transparency_data:
+        background = Image.new("RGBA", image.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 class TIPPoProcessor(ProcessorMixin):
@@ -101,7 +200,7 @@ class TIPPoProcessor(ProcessorMixin):
         for index, count in enumerate(counts):
             if not 1 <= count <= self.max_images:
                 raise ValueError(f"sample {index} has {count} images; TIPPo takes 1 to {self.max_images}")
-        flat = [image.convert("RGB") for sample in images for image in sample]
+        flat = [open_image(image) for sample in images for image in sample]  # 8-bit RGB, see `to_rgb`
         pixels = self.image_processor(images=flat, return_tensors="pt")["pixel_values"]
         n_images = max(counts)
         pixel_values = pixels.new_zeros(len(images), n_images, *pixels.shape[1:])
@@ -231,11 +330,9 @@ class TIPPoProcessor(ProcessorMixin):
                         f"sample {index}, image {position}: expected a PIL image or a path, got {type(image).__name__}"
                     )
                 try:
-                    row.append(open_image(str(image)))
-                except Exception as error:  # PIL raises many types for missing or corrupt files
-                    raise ValueError(
-                        f"sample {index}, image {position}: '{image}' cannot be opened: {error}"
-                    ) from error
+                    row.append(open_image(image))
+                except ValueError as error:  # names the image and what is wrong with it
+                    raise ValueError(f"sample {index}, image {position}: {error}") from error
             decoded.append(row)
         return decoded
 
