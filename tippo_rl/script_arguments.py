@@ -17,6 +17,7 @@ from trl import TrlParser
 from .checkpoints import CheckpointError
 from .data import DataValidationError
 from .language import detect_language
+from .launcher import stop_with_launcher
 
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class TIPPoParser(TrlParser):
     line or option (argparse's `error:` and exit status 2), never a traceback."""
 
     def parse_args_and_config(self, args=None, **kwargs):
+        stop_with_launcher()  # a recipe's worker never outlives its `accelerate launch`
         args = list(args) if args is not None else sys.argv[1:]
         if "--config" in args and args.index("--config") + 1 < len(args):
             check_yaml_config(args[args.index("--config") + 1], self.error)
@@ -47,6 +49,10 @@ class TIPPoParser(TrlParser):
             self.error(str(error))
         set_cpu_threads(parsed)
         return parsed
+
+    def error(self, message: str):
+        """argparse's error, in one line: the message, not the usage of every option first (~180 lines)."""
+        self.exit(2, f"{self.prog}: error: {message} (--help lists every option)\n")
 
     def set_defaults_with_config(self, **config):
         # Of two exclusive options (the run's length: total_iterations or max_steps), the one on the command line wins
