@@ -16,6 +16,7 @@ from trl import TrlParser
 
 from .checkpoints import CheckpointError
 from .data import DataValidationError
+from .rewards.reward_loading import RewardError
 
 
 logger = logging.getLogger(__name__)
@@ -24,8 +25,8 @@ DATASET_KINDS = ("demo", "artmuse", "cococn", "hf")  # hf: a Hugging Face datase
 # Options of which a run takes one: given one on the command line, the YAML's other one gives way.
 EXCLUSIVE_OPTIONS = (("total_iterations", "max_steps"), ("generation_batch_size", "steps_per_generation"))
 
-# Errors about what the user gave (files, rows, checkpoints, options): one line, no traceback.
-INPUT_ERRORS = (DataValidationError, CheckpointError, FileNotFoundError)
+# Errors about what the user gave (files, rows, checkpoints, options, reward plug-ins): one line, no traceback.
+INPUT_ERRORS = (DataValidationError, CheckpointError, FileNotFoundError, RewardError)
 
 
 class TIPPoParser(TrlParser):
