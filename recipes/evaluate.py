@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from tippo_rl.evaluation import EvaluateArguments, EvaluationArguments, evaluate_models
+from tippo_rl.output_dir_lock import output_dir_lock
 from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 
 
@@ -25,7 +26,10 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
 
 if __name__ == "__main__":
     parser = TIPPoParser((TIPPoScriptArguments, EvaluateArguments, EvaluationArguments))
-    try:
-        main(*parser.parse_args_and_config())
-    except ValueError as error:  # a missing model or split, a bad data row: one line, no traceback
-        sys.exit(f"evaluate.py: error: {error}")
+    with parser.reporting_input_errors():  # another run writing into output_dir: one line, exit status 2
+        script_args, evaluate_args, eval_args = parser.parse_args_and_config()
+        try:
+            with output_dir_lock(evaluate_args.output_dir):
+                main(script_args, evaluate_args, eval_args)
+        except ValueError as error:  # a missing model or split, a bad data row: one line, no traceback
+            sys.exit(f"evaluate.py: error: {error}")

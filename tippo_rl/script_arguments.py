@@ -16,6 +16,7 @@ from trl import TrlParser
 
 from .checkpoints import CheckpointError
 from .data import DataValidationError
+from .output_dir_lock import OutputDirInUseError
 from .rewards.reward_loading import RewardError
 
 
@@ -25,8 +26,9 @@ DATASET_KINDS = ("demo", "artmuse", "cococn", "hf")  # hf: a Hugging Face datase
 # Options of which a run takes one: given one on the command line, the YAML's other one gives way.
 EXCLUSIVE_OPTIONS = (("total_iterations", "max_steps"), ("generation_batch_size", "steps_per_generation"))
 
-# Errors about what the user gave (files, rows, checkpoints, options, reward plug-ins): one line, no traceback.
-INPUT_ERRORS = (DataValidationError, CheckpointError, FileNotFoundError, RewardError)
+# Errors about what the user gave (files, rows, checkpoints, options, reward plug-ins, an output_dir another run
+# writes into): one line, no traceback.
+INPUT_ERRORS = (DataValidationError, CheckpointError, FileNotFoundError, RewardError, OutputDirInUseError)
 
 
 class TIPPoParser(TrlParser):
