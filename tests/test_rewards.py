@@ -727,3 +727,8 @@ def test_cider_reward_learns_its_idf_from_the_references_it_sees_and_reads_chine
     scores = reward(completions=["海边有一个红色的圆形。", "海边有一个蓝色的方形。", "森林"], reference=references)
     assert len(reward.seen) == 2  # each reference set counted once: two documents
     assert scores[0] > scores[1] > 0
+
+
+def test_check_reward_spec_refuses_constructor_arguments_for_a_reward_function(plugin_file):
+    with pytest.raises(RewardError, match=r"is a reward function .*takes no constructor arguments \(got scale\)"):
+        check_reward_spec(f"{plugin_file}:short", scale=2)

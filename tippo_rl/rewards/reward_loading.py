@@ -241,6 +241,8 @@ def check_reward_spec(spec: str, **init_kwargs) -> None:
             raise RewardError(_cannot_build(reward, spec, error, init_kwargs)) from error
         except ValueError:  # no signature to check: left to building it
             pass
+    elif init_kwargs:
+        raise RewardError(_takes_no_arguments(spec, init_kwargs))
     if not is_reward_factory(reward):  # a factory's reward is checked once built (load_reward)
         check_reward_signature(reward, spec)
 
@@ -256,6 +258,13 @@ def _cannot_build(reward: Callable, label: str, error: Exception, init_kwargs: d
         "a factory; a reward function is f(prompts, completions, **kwargs))"
     )
     return f"reward {label!r}: cannot build the reward with factory {reward.__name__}: {error}{hint}"
+
+
+def _takes_no_arguments(label: str, init_kwargs: dict) -> str:
+    return (
+        f"reward {label!r} is a reward function (it takes the completions), not a class or a factory, so it takes no "
+        f"constructor arguments (got {', '.join(init_kwargs)}); per-sample inputs come from dataset columns"
+    )
 
 
 def load_reward(spec: str | Callable, **init_kwargs) -> Callable:
@@ -310,11 +319,7 @@ def load_reward(spec: str | Callable, **init_kwargs) -> Callable:
             )
         reward = built
     elif init_kwargs:
-        raise RewardError(
-            f"reward {source or reward_name(reward)!r} is a reward function (it takes the completions), not a class or a "
-            f"factory, so it takes no constructor arguments (got {', '.join(init_kwargs)}); per-sample inputs come "
-            "from dataset columns"
-        )
+        raise RewardError(_takes_no_arguments(source or reward_name(reward), init_kwargs))
     check_reward_signature(reward, label)
     if source is not None:
         try:
