@@ -30,6 +30,7 @@ from tippo_rl.evaluation import EvaluationArguments, MeteorScorer, scene_fields,
 from tippo_rl.evaluation.model_evaluation import SCENE_FIELDS, SCENE_FIELDS_NOTE
 from tippo_rl.evaluation.reports import TABLE_METRICS, log_curve, plot_cells, plot_curves, spread_table
 from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.output_dir_lock import output_dir_lock
 from tippo_rl.presets import load_model_and_processor
 from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 from tippo_rl.trainer import TIPPoSFTConfig
@@ -304,7 +305,10 @@ def main(script_args: TIPPoScriptArguments, ablation: AblationArguments, eval_ar
 
 if __name__ == "__main__":
     parser = TIPPoParser((TIPPoScriptArguments, AblationArguments, EvaluationArguments))
-    try:
-        main(*parser.parse_args_and_config())
-    except ValueError as error:
-        sys.exit(f"ablate.py: error: {error}")
+    with parser.reporting_input_errors():  # another run writing into output_dir: one line, exit status 2
+        script_args, ablation, eval_args = parser.parse_args_and_config()
+        try:
+            with output_dir_lock(ablation.output_dir):
+                main(script_args, ablation, eval_args)
+        except ValueError as error:
+            sys.exit(f"ablate.py: error: {error}")

@@ -11,6 +11,7 @@ the table. Everything a run may change is in the YAML config or on the command l
 from pathlib import Path
 
 from tippo_rl.evaluation import EvaluateArguments, EvaluationArguments, evaluate_models
+from tippo_rl.output_dir_lock import output_dir_lock
 from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 
 
@@ -24,9 +25,10 @@ def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, ev
 
 if __name__ == "__main__":
     parser = TIPPoParser((TIPPoScriptArguments, EvaluateArguments, EvaluationArguments))
-    arguments = parser.parse_args_and_config()
-    try:
-        with parser.reporting_input_errors():
-            main(*arguments)
-    except ValueError as error:  # a missing model or split, a bad option value: one line, no traceback, exit 2
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    with parser.reporting_input_errors():  # another run writing into output_dir: one line, exit status 2
+        script_args, evaluate_args, eval_args = parser.parse_args_and_config()
+        try:
+            with output_dir_lock(evaluate_args.output_dir):
+                main(script_args, evaluate_args, eval_args)
+        except ValueError as error:  # a missing model or split, a bad option value: one line, no traceback, exit 2
+            parser.exit(2, f"{parser.prog}: error: {error}\n")

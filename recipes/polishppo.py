@@ -13,6 +13,7 @@ with the best greedy checkpoint kept: `--eval_strategy steps --eval_steps 40 --s
 
 from tippo_rl.lora import apply_lora
 from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.output_dir_lock import output_dir_lock
 from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer
@@ -40,4 +41,6 @@ def main(
 if __name__ == "__main__":
     parser = TIPPoParser((TIPPoScriptArguments, PolishPPOConfig, TIPPoModelConfig))
     with parser.reporting_input_errors():
-        main(*parser.parse_args_and_config())
+        script_args, training_args, model_args = parser.parse_args_and_config()
+        with output_dir_lock(training_args.output_dir):  # a second run into the same folder stops here
+            main(script_args, training_args, model_args)

@@ -12,6 +12,7 @@ your own alone: `--reward_funcs my_rewards.py:my_reward`; TRL's: `--reward_funcs
 
 from tippo_rl.lora import apply_lora
 from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.output_dir_lock import output_dir_lock
 from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 from tippo_rl.trainer.ppo_config import PPOConfig
 from tippo_rl.trainer.ppo_trainer import PPOTrainer
@@ -38,4 +39,6 @@ def main(script_args: TIPPoScriptArguments, training_args: PPOConfig, model_args
 if __name__ == "__main__":
     parser = TIPPoParser((TIPPoScriptArguments, PPOConfig, TIPPoModelConfig))
     with parser.reporting_input_errors():
-        main(*parser.parse_args_and_config())
+        script_args, training_args, model_args = parser.parse_args_and_config()
+        with output_dir_lock(training_args.output_dir):  # a second run into the same folder stops here
+            main(script_args, training_args, model_args)

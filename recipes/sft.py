@@ -7,6 +7,7 @@ Everything a run may change is in the YAML config or on the command line (`--hel
 
 from tippo_rl.lora import lora_config
 from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.output_dir_lock import output_dir_lock
 from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
 from tippo_rl.training_run import model_and_datasets, train_and_save
@@ -32,4 +33,6 @@ def main(
 if __name__ == "__main__":
     parser = TIPPoParser((TIPPoScriptArguments, TIPPoSFTConfig, TIPPoModelConfig))
     with parser.reporting_input_errors():
-        main(*parser.parse_args_and_config())
+        script_args, training_args, model_args = parser.parse_args_and_config()
+        with output_dir_lock(training_args.output_dir):  # a second run into the same folder stops here
+            main(script_args, training_args, model_args)

@@ -20,7 +20,9 @@ from tippo_rl.checkpoints import CheckpointError
 from tippo_rl.data_collator import model_inputs
 from tippo_rl.lora import apply_lora
 from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.rewards import RewardError
 from tippo_rl.script_arguments import TIPPoScriptArguments
+from tippo_rl.trainer.model_wrappers import unwrap_tippo
 from tippo_rl.trainer.ppo_config import PPOConfig
 from tippo_rl.trainer.ppo_math import (
     clipped_surrogate_loss,
@@ -535,6 +537,40 @@ def test_a_reward_that_is_none_or_constant_for_a_whole_batch_is_said_once(
     assert (
         "reward 'returns_half' gave all 8 samples of iteration 0 the same value (0.5): it adds nothing" in messages[1]
     )
+
+
+def nan_from_step_2(prompts, completions, trainer_state, **kwargs):
+    scores = [len(text) / 10 for text in completions]  # varied, so that each optimizer step moves the policy
+    return [math.nan if trainer_state.global_step >= 2 and i == 3 else score for i, score in enumerate(scores)]
+
+
+def test_a_reward_returning_nan_stops_its_iteration_before_the_optimizer_step(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
+    """Issue 24, item 2: a NaN reward in the second iteration's rollouts ends training before any optimizer step
+    of that iteration: the policy still holds the weights of the checkpoint written after the first iteration."""
+    trainer = make_trainer(
+        tmp_path,
+        tiny_model_varied_outputs,
+        tiny_model_and_processor[1],
+        demo_dataset_dir,
+        trainer_rewards=[nan_from_step_2],
+        max_steps=4,  # 2 iterations of 2 optimizer steps
+        save_strategy="steps",
+        save_steps=2,
+    )
+    with pytest.raises(RewardError, match=r"^reward 'nan_from_step_2' \(.*\) returned nan for 1 of 8 samples \(3\); "):
+        trainer.train()
+    assert trainer.state.global_step == 2
+    saved = TIPPoModel.from_pretrained(tmp_path / "out/checkpoint-2").state_dict()
+    policy = unwrap_tippo(trainer.model)
+    now = policy.state_dict()
+    trained = [name for name, parameter in policy.named_parameters() if parameter.requires_grad]
+    assert trained and set(trained) <= saved.keys()  # (the policy holds no frozen φ here: its features are cached)
+    assert all(torch.equal(now[name], saved[name]) for name in trained)
+    start = tiny_model_varied_outputs.state_dict()
+    assert not all(torch.equal(start[name], saved[name]) for name in trained)  # the first iteration did train
+    assert [path.name for path in (tmp_path / "out").glob("checkpoint-*")] == ["checkpoint-2"]
 
 
 def test_ppo_checkpoints_name_a_missing_or_damaged_state_and_a_changed_iteration_layout(

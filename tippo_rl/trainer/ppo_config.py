@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..rewards.reward_loading import check_reward_spec
 from .generation_eval import GenerationEvalArguments
 from .training_arguments import TIPPoTrainingArguments
 
@@ -396,6 +397,9 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
                     f"reward_init_kwargs names {', '.join(sorted(unknown))}, which is not in reward_funcs "
                     f"({', '.join(self.reward_funcs or []) or 'empty'})"
                 )
+        for spec in self.reward_funcs or []:
+            if isinstance(spec, str):  # its module, name and signature, before any model is loaded
+                check_reward_spec(spec, **(self.reward_init_kwargs or {}).get(spec, {}))
         if self.reward_completions_format not in REWARD_COMPLETIONS_FORMATS:
             raise ValueError(
                 f"reward_completions_format must be one of {', '.join(REWARD_COMPLETIONS_FORMATS)}, got {self.reward_completions_format!r}"
