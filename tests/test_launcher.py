@@ -41,9 +41,7 @@ def test_a_bad_option_is_one_line_and_exit_status_2_under_tippo_launch(tmp_path,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert errors and set(errors) == {
-        "sft.py: error: learning_rate must lie in (0.0, inf], got -1.0 (--help lists every option)"
-    }
+    assert errors and set(errors) == {"sft.py: error: learning_rate must lie in (0.0, inf], got -1.0"}
     assert "Traceback" not in result.stderr and "usage:" not in result.stderr
 
 

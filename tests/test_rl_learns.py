@@ -98,6 +98,13 @@ MODES = {
         use_value_head=False, advantage_baseline="greedy", num_generations=4, learning_rate=1e-3, total_iterations=32
     ),
     "running (Eq. 6)": dict(use_value_head=False, advantage_baseline="running", advantage_window=4),
+    # TRL's loss types (bnpo, the default, is every mode above).
+    "algorithm grpo, loss_type grpo": dict(algorithm="grpo", num_generations=4, loss_type="grpo"),
+    "algorithm dr_grpo (loss_type dr_grpo)": dict(algorithm="dr_grpo", num_generations=4),
+    "DAPO: loss_type dapo, clip-higher, truncated completions masked": dict(
+        algorithm="grpo", num_generations=4, loss_type="dapo", cliprange_high=0.28, mask_truncated_completions=True,
+        max_new_tokens=40,
+    ),
 }
 
 

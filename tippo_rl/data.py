@@ -183,6 +183,9 @@ def validate_row(
     clean = {"id": str(row.get("id", "") or ""), "title": title, "images": checked, "reference": reference}
     clean["references"] = references
     clean.update({name: value for name, value in row.items() if name not in used and name not in FEATURES})
+    for field_name, column in (("title", columns.title), ("reference", columns.reference)):
+        if column != field_name and column in row:  # under the dataset's own name too: a TRL reward reads that
+            clean[column] = clean[field_name]
     return clean, None
 
 
@@ -336,6 +339,11 @@ def load_hf_dataset(
         for column, feature in dataset.features.items()
         if column not in mapped and column not in FEATURES
     }
+    for field_name, column in (("title", columns.title), ("reference", columns.reference)):
+        if (
+            column != field_name and column in dataset.column_names
+        ):  # kept under its own name as well (reward plug-ins)
+            extra_features[column] = Value("string")
     rows, problems = [], Counter()
     for index, row in enumerate(dataset):
         clean, problem = validate_row(row, image_root, max_images, allow_empty_title, require_reference, columns)

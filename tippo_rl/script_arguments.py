@@ -4,8 +4,13 @@ or option."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import dataclasses
+import difflib
+import functools
 import logging
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,13 +54,38 @@ class TIPPoParser(TrlParser):
         try:
             parsed = super().parse_args_and_config(args=args, **kwargs)
         except ValueError as error:  # a dataclass's __post_init__ refusing a value: its message names the option
-            self.error(str(error))
+            self.error(self.unknown_options_explained(str(error)))
         set_cpu_threads(parsed)
         return parsed
 
+    def unknown_options_explained(self, message: str) -> str:
+        """HfArgumentParser's and TrlParser's "arguments not used" / "Unknown arguments from config file" messages, as
+        one line per run: each unknown option with the known ones it is closest to, or, for a TRL GRPO option that has no
+        counterpart here, that it is TRL's."""
+        match = re.search(r"(not used by the HfArgumentParser|Unknown arguments from config file): (\[.*?\])", message)
+        if not match:
+            return message
+        where = "in the config file" if match.group(1).startswith("Unknown") else "on the command line"
+        unknown = [item for item in ast.literal_eval(match.group(2)) if str(item).startswith("--")]
+        known = [
+            option[2:] for option in self._option_string_actions if option.startswith("--") and "-" not in option[2:]
+        ]
+        explained = []
+        for option in unknown:
+            name = option[2:].split("=", 1)[0]
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.75)
+            if close:
+                explained.append(f"--{name} (did you mean {' or '.join(f'--{c}' for c in close)}?)")
+            elif name in trl_grpo_option_names():
+                explained.append(f"--{name} (TRL GRPOConfig's; it has no counterpart here)")
+            else:
+                explained.append(f"--{name}")
+        plural = "s" if len(explained) > 1 else ""
+        return f"unknown option{plural} {where}: {', '.join(explained)} (--help lists every option)"
+
     def error(self, message: str):
         """argparse's error, in one line: the message, not the usage of every option first (~180 lines)."""
-        self.exit(2, f"{self.prog}: error: {message} (--help lists every option)\n")
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
     def set_defaults_with_config(self, **config):
         # Of two exclusive options (the run's length: total_iterations or max_steps), the one on the command line wins
@@ -80,6 +110,14 @@ class TIPPoParser(TrlParser):
             yield
         except INPUT_ERRORS as error:
             self.exit(2, f"{self.prog}: error: {error}\n")
+
+
+@functools.cache
+def trl_grpo_option_names() -> frozenset[str]:
+    """The options of TRL's `GRPOConfig` (to say which unknown option is TRL's)."""
+    from trl import GRPOConfig
+
+    return frozenset(field.name for field in dataclasses.fields(GRPOConfig))
 
 
 def set_cpu_threads(parsed) -> None:

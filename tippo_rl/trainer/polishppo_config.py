@@ -168,6 +168,12 @@ class PolishPPOConfig(PPOConfig):
             raise ValueError(
                 f"literal_distance must be `normalized` or `raw` (Eq. 7 as written), got {self.literal_distance!r}"
             )
+        if self.algorithm not in (None, "polishppo"):
+            raise ValueError(
+                f"algorithm {self.algorithm!r}: PolishPPO is its own algorithm (the running baseline of Eq. 6 on G_m); "
+                "run recipes/ppo.py for ppo, grpo, dr_grpo, rloo or scst"
+            )
+        self.algorithm = None
         if self.use_value_head:
             raise ValueError(
                 "use_value_head must be False for PolishPPO: its advantage (Eq. 6) is normalised by running return "

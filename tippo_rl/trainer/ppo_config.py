@@ -18,6 +18,25 @@ KL_ESTIMATORS = ("k1", "k3")
 ADVANTAGE_BASELINES = ("none", "running", "group", "leave_one_out", "greedy")
 GROUP_BASELINES = ("group", "leave_one_out")  # need k ≥ 2 completions per prompt
 SCALE_REWARDS = ("group", "batch", "none")  # TRL's GRPOConfig.scale_rewards
+LOSS_TYPES = ("bnpo", "grpo", "dr_grpo", "dapo")  # TRL's GRPOConfig.loss_type values that apply to PPO's clipped loss
+# `algorithm`: the options each published algorithm sets (unless given another value).
+ALGORITHMS = {
+    "ppo": dict(use_value_head=True, advantage_baseline="none"),  # critic + GAE, whitened advantages
+    "grpo": dict(use_value_head=False, advantage_baseline="group", scale_rewards="group", num_generations=8),
+    "dr_grpo": dict(
+        use_value_head=False, advantage_baseline="group", scale_rewards="none", loss_type="dr_grpo", num_generations=8
+    ),
+    "rloo": dict(use_value_head=False, advantage_baseline="leave_one_out", num_generations=4),
+    "scst": dict(use_value_head=False, advantage_baseline="greedy", num_generations=1),
+}
+# TRL's GRPOConfig names: {TRL's name: ours}. Given, they set ours (the same meaning).
+TRL_ALIASES = {
+    "beta": "kl_coef",
+    "epsilon": "cliprange",
+    "epsilon_high": "cliprange_high",
+    "max_completion_length": "max_new_tokens",
+    "num_iterations": "num_ppo_epochs",
+}
 DAA_LAMBDA_SCHEDULES = ("hold", "linear")
 VALUE_HEAD_INITS = ("mean_return", "zero")
 REWARD_COMPLETIONS_FORMATS = ("text", "conversational")
@@ -217,8 +236,50 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
     )
 
     # -- PPO ---------------------------------------------------------------------------------------------------------
+    algorithm: str | None = field(
+        default=None,
+        metadata={
+            "help": "A published algorithm's settings in one flag (options given another value win): `ppo` (value head, GAE, whitened advantages), `grpo` (no critic, group baseline scaled by the group std, k = 8), `dr_grpo` (group baseline not scaled, loss_type dr_grpo), `rloo` (leave-one-out baseline, k = 4) or `scst` (the greedy decode's return as baseline)."
+        },
+    )
     cliprange: float = field(
         default=0.2, metadata={"help": "ε of the clipped surrogate: ratio clipped to [1 − ε, 1 + ε]."}
+    )
+    cliprange_high: float | None = field(
+        default=None,
+        metadata={"help": "Upper clip ε_high (DAPO's clip-higher): ratio clipped to [1 − ε, 1 + ε_high]. Unset: ε."},
+    )
+    loss_type: str = field(
+        default="bnpo",
+        metadata={
+            "help": "How per-token losses are averaged (TRL's GRPO values): `bnpo` (over the minibatch's completion tokens), `grpo` (over each completion's tokens, then over completions: favours short completions with positive advantages), `dr_grpo` (sum over the minibatch's tokens / (completions × max_new_tokens)) or `dapo` (sum / the tokens of one optimizer step over all processes, TRL's default)."
+        },
+    )
+    mask_truncated_completions: bool = field(
+        default=False,
+        metadata={"help": "Leave completions cut at max_new_tokens (no EOS) out of the loss (DAPO; TRL's option)."},
+    )
+    log_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "At every logging step: the latest rollout batch's prompts, completions and rewards as a console table, a wandb table (report_to wandb), TensorBoard text (report_to tensorboard) and rows of output_dir/completions.jsonl."
+        },
+    )
+    num_completions_to_print: int | None = field(
+        default=None,
+        metadata={"help": "log_completions: rows shown in the console and tables (None: all); the file gets all."},
+    )
+    # TRL's GRPOConfig names (aliases: given, they set the option named in their help).
+    beta: float | None = field(default=None, metadata={"help": "TRL's name for kl_coef."})
+    epsilon: float | None = field(default=None, metadata={"help": "TRL's name for cliprange."})
+    epsilon_high: float | None = field(default=None, metadata={"help": "TRL's name for cliprange_high."})
+    max_completion_length: int | None = field(default=None, metadata={"help": "TRL's name for max_new_tokens."})
+    num_iterations: int | None = field(default=None, metadata={"help": "TRL's name for num_ppo_epochs."})
+    use_vllm: bool = field(
+        default=False,
+        metadata={
+            "help": "TRL's option; refused: vLLM runs decoder-only LMs from their own weights, and a TIPPo decoder reads an image prefix built by the model (generation uses transformers' generate with its KV cache)."
+        },
     )
     kl_coef: float = field(
         default=0.05,
@@ -305,6 +366,7 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
 
     def __post_init__(self):
         self._resolve_tippo_fields()
+        self._apply_trl_names_and_algorithm()
         for name in ("generation_kwargs", "reward_init_kwargs", "eval_generation_kwargs"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -364,6 +426,29 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
                     stacklevel=2,
                 )
 
+    def _apply_trl_names_and_algorithm(self) -> None:
+        """TRL's GRPO names onto ours, then `algorithm`'s settings onto the options still at their defaults."""
+        if self.use_vllm:
+            raise ValueError(
+                "use_vllm: vLLM cannot generate with TIPPo: it runs decoder-only LMs from their own weights, and a TIPPo "
+                "decoder reads an image prefix the model builds (and is a T5 by default); rollouts use transformers' "
+                "generate with its KV cache. Leave use_vllm false"
+            )
+        for trl_name, ours in TRL_ALIASES.items():
+            value = getattr(self, trl_name)
+            if value is not None:
+                setattr(self, ours, value)
+        if isinstance(self.scale_rewards, bool) or self.scale_rewards in ("true", "false", "True", "False"):
+            self.scale_rewards = "group" if str(self.scale_rewards).lower() == "true" else "none"  # TRL's old bool
+        if self.algorithm is None:
+            return
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}; got {self.algorithm!r}")
+        defaults = {name: field.default for name, field in self.__dataclass_fields__.items()}
+        for name, value in ALGORITHMS[self.algorithm].items():
+            if getattr(self, name) == defaults[name]:
+                setattr(self, name, value)
+
     def _check_ppo_fields(self):
         if self.num_ppo_epochs < 1:
             raise ValueError(f"num_ppo_epochs must be ≥ 1, got {self.num_ppo_epochs}")
@@ -405,7 +490,16 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
                 f"reward_completions_format must be one of {', '.join(REWARD_COMPLETIONS_FORMATS)}, got {self.reward_completions_format!r}"
             )
         if not 0 < self.cliprange < 1:
-            raise ValueError(f"cliprange (ε) must lie in (0, 1), got {self.cliprange}")
+            raise ValueError(f"cliprange (ε, TRL's epsilon) must lie in (0, 1), got {self.cliprange}")
+        if self.cliprange_high is not None and self.cliprange_high <= 0:
+            raise ValueError(f"cliprange_high (ε_high, TRL's epsilon_high) must be > 0, got {self.cliprange_high}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(
+                f"loss_type must be one of {', '.join(LOSS_TYPES)} (TRL's cispo, sapo, luspo and vespo change the "
+                f"surrogate itself and are not implemented here); got {self.loss_type!r}"
+            )
+        if self.num_completions_to_print is not None and self.num_completions_to_print < 0:
+            raise ValueError(f"num_completions_to_print must be ≥ 0, got {self.num_completions_to_print}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef (β) must be ≥ 0, got {self.kl_coef}")
         if self.kl_estimator not in KL_ESTIMATORS:

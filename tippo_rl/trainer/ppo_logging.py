@@ -5,9 +5,11 @@ in the same reductions, in the same order."""
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,12 +64,59 @@ class PPOLoggingMixin:
         self._metrics["advantages/std"].append(std)
         # The share of completions whose first token's advantage is negative: ~1/2 when advantages carry no position bias.
         self._metrics["advantages/first_token_negative"].append(gather((advantages[:, 0] < 0).float()).mean().item())
-        lengths = gather(mask.sum(1).float())
+        lengths = gather(rollouts.get("sampled_mask", mask).sum(1).float())
         self._metrics["completions/mean_length"].append(lengths.mean().item())
         terminated = gather((rollouts["completion_ids"] == self.eos_token_id).any(1).float())
         self._metrics["completions/clipped_ratio"].append(1.0 - terminated.mean().item())
         self._metrics["iteration"].append(float(self.iteration))
         self._flush_reward_metrics()
+        if self.args.log_completions:  # this process's rows of the latest rollout batch, for the next log()
+            self._latest_completions = {
+                "prompt": list(rollouts["prompts"]),
+                "completion": list(rollouts["completions"]),
+                "reference": list(rollouts["columns"].get("reference", [""] * len(returns))),
+                **{name: values.tolist() for name, values in zip(self.reward_names, rewards)},
+                "advantage": advantages[:, 0].tolist(),
+            }
+
+    def _log_completions(self) -> None:
+        """`log_completions`: the latest rollout batch's rows from every process — a console table of
+        `num_completions_to_print` rows (TRL's), a wandb table and TensorBoard text where reported to, and every row
+        appended to `output_dir/completions.jsonl` with its step."""
+        latest, self._latest_completions = getattr(self, "_latest_completions", None), None  # each row once
+        gathered = gather_object([latest])
+        if not self.accelerator.is_main_process or not any(gathered):
+            return
+        table = {key: [value for part in gathered if part for value in part[key]] for key in gathered[0]}
+        step = self.state.global_step
+        with open(Path(self.args.output_dir) / "completions.jsonl", "a", encoding="utf-8") as file:
+            for row in zip(*table.values()):
+                file.write(json.dumps({"step": step, **dict(zip(table, row))}, ensure_ascii=False) + "\n")
+        shown = {key: values[: self.args.num_completions_to_print] for key, values in table.items()}
+        rewards = {name: shown[name] for name in self.reward_names}
+        try:
+            from trl.trainer.utils import print_prompt_completions_sample
+
+            print_prompt_completions_sample(
+                shown["prompt"], shown["completion"], rewards, shown["advantage"], step,
+                extra={"reference": shown["reference"]},
+            )  # fmt: skip
+        except ImportError:  # rich is missing: a plain line per sample
+            for row in zip(*shown.values()):
+                print(dict(zip(shown, row)))
+        report_to = self.args.report_to or []
+        if "wandb" in report_to:
+            import wandb
+
+            if wandb.run is not None:
+                rows = [[step, *row] for row in zip(*shown.values())]
+                wandb.log({"completions": wandb.Table(columns=["step", *shown], data=rows)})
+        if "tensorboard" in report_to:
+            writer = next((getattr(c, "tb_writer", None) for c in self.callback_handler.callbacks), None)
+            if writer is not None:
+                lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+                lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in zip(*shown.values())]
+                writer.add_text("completions", "\n".join(lines), step)
 
     def _flush_reward_metrics(self) -> None:
         # Sorted names, gathered from every process: all processes take part in the same gathers, in the same order,
@@ -109,6 +158,8 @@ class PPOLoggingMixin:
             )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training and self.args.log_completions and "loss" in logs:  # a training step's log
+            self._log_completions()
         if self.model.training:
             self._step_metrics.reduce_into(self._metrics, self.accelerator)
             for key, values in self._metrics.items():

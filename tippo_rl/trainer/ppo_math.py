@@ -31,21 +31,61 @@ def masked_global_mean_std(values: torch.Tensor, mask: torch.Tensor, accelerator
 
 
 def clipped_surrogate_loss(
-    logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float,
+    cliprange_high: float | None = None,
+    loss_type: str = "bnpo",
+    **aggregation,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's clipped policy loss per token, averaged over the completion tokens.
+    """PPO's clipped policy loss per token, aggregated over the completion tokens as `loss_type` says
+    (`aggregate_token_losses`).
 
     Args:
         logps, old_logps, advantages, mask: `(batch, T)`; `mask` is 1 on completion tokens.
-        cliprange: ε.
+        cliprange: ε; cliprange_high: the upper ε (DAPO's clip-higher), None for ε.
+        loss_type, aggregation: see `aggregate_token_losses`.
     Returns:
         (loss, clip fraction, ratio), the first two scalars, ratio `(batch, T)`.
     """
     ratio = torch.exp(logps - old_logps)  # r_t(θ) = π_θ(y_t) / π_θ_old(y_t)
+    high = cliprange if cliprange_high is None else cliprange_high
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
+    clipped = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + high)
     losses = torch.max(unclipped, clipped)  # −L^CLIP, PPO Eq. 7
-    return masked_mean(losses, mask), masked_mean((clipped > unclipped).float(), mask), ratio
+    loss = aggregate_token_losses(losses, mask, loss_type, **aggregation)
+    return loss, masked_mean((clipped > unclipped).float(), mask), ratio
+
+
+def aggregate_token_losses(
+    losses: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str = "bnpo",
+    max_completion_length: int | None = None,
+    tokens_per_minibatch: float | None = None,
+) -> torch.Tensor:
+    """A minibatch's loss from per-token losses `(batch, T)`, as TRL's GRPO `loss_type` values define it:
+
+    - `bnpo`: Σ_{i,t} m·ℓ / Σ_{i,t} m, the mean over the minibatch's completion tokens.
+    - `grpo`: (1/B) Σ_i (Σ_t m·ℓ / Σ_t m), each completion's mean, then their mean (a short completion's tokens weigh
+      more).
+    - `dr_grpo`: Σ_{i,t} m·ℓ / (B · `max_completion_length`), a constant denominator (Dr. GRPO).
+    - `dapo`: Σ_{i,t} m·ℓ / `tokens_per_minibatch`, the mean number of completion tokens per minibatch over the whole
+      rollout batch and every process: each token of an optimizer step weighs the same, whichever minibatch or process
+      holds it (DAPO; TRL's default).
+    """
+    mask = mask.to(losses.dtype)
+    if loss_type == "bnpo":
+        return (losses * mask).sum() / mask.sum().clamp(min=1)
+    if loss_type == "grpo":
+        return ((losses * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+    if loss_type == "dr_grpo":
+        return (losses * mask).sum() / (losses.shape[0] * max_completion_length)
+    if loss_type == "dapo":
+        return (losses * mask).sum() / max(tokens_per_minibatch, 1.0)
+    raise ValueError(f"loss_type must be bnpo, grpo, dr_grpo or dapo; got {loss_type!r}")
 
 
 def kl_penalty(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str = "k3") -> torch.Tensor:

@@ -53,6 +53,7 @@ from .ppo_config import PPOConfig
 from .ppo_logging import PPOLoggingMixin
 from .ppo_math import (
     ReturnStatistics,
+    aggregate_token_losses,
     clipped_surrogate_loss,
     clipped_value_loss,
     completion_mask,
@@ -217,6 +218,7 @@ class PPOTrainer(
 
         self._step = 0  # minibatches (forward + backward passes) so far; restored on resume
         self.iteration = 0  # m: PPO iterations (rollout batches) started so far; restored on resume
+        self.tokens_per_minibatch: float | None = None  # `loss_type: dapo`: set with each rollout batch
         self._rollout_batch: dict[str, torch.Tensor] | None = None
         self._minibatches: list[dict[str, torch.Tensor]] | None = None
         self._init_logging()
@@ -280,6 +282,13 @@ class PPOTrainer(
         rollouts["first_pass_order"] = torch.randperm(len(returns), device=returns.device)
         with self.compute_loss_context_manager():  # the same autocast as the loss: ratio 1 before the first update
             rollouts.update(self.compute_rollout_log_probs(rollouts))
+        if self.args.mask_truncated_completions:  # scored and in the baselines, but no part of the loss
+            truncated = ~(rollouts["completion_ids"] == self.eos_token_id).any(1)
+            rollouts["sampled_mask"] = rollouts["completion_mask"]  # what was sampled (logged lengths)
+            rollouts["completion_mask"] = rollouts["completion_mask"] * (~truncated)[:, None]
+        # `loss_type: dapo`'s denominator: the mean completion tokens per minibatch, over all processes.
+        tokens = self.accelerator.gather(rollouts["completion_mask"].sum()[None].float()).sum().item()
+        self.tokens_per_minibatch = tokens / (self.accelerator.num_processes * self.args.steps_per_generation)
         advantages = self.compute_advantages(returns, rollouts)  # (batch, T)
         loss_batch = self.build_loss_batch(rollouts, advantages)
         if self.args.whiten_advantages:
@@ -519,14 +528,20 @@ class PPOTrainer(
             self.accelerator.unwrap_model(model).value_only = warmup
         logps, logits, values = self._forward(model, forward_inputs, inputs["completion_ids"])
 
-        policy_loss, clip_fraction, ratio = clipped_surrogate_loss(
-            logps, inputs["old_logps"], inputs["advantages"], mask, self.args.cliprange
+        aggregation = dict(
+            loss_type=self.args.loss_type,
+            max_completion_length=self.args.max_new_tokens,
+            tokens_per_minibatch=self.tokens_per_minibatch,
         )
+        policy_loss, clip_fraction, ratio = clipped_surrogate_loss(
+            logps, inputs["old_logps"], inputs["advantages"], mask, self.args.cliprange, self.args.cliprange_high,
+            **aggregation,
+        )  # fmt: skip
         loss = policy_loss
         if self.args.kl_coef > 0:
-            kl = masked_mean(kl_penalty(logps, inputs["ref_logps"], self.args.kl_estimator), mask)
-            loss = loss + self.args.kl_coef * kl  # + β·KL
-            self._log_metric("kl", kl)
+            per_token_kl = kl_penalty(logps, inputs["ref_logps"], self.args.kl_estimator)
+            loss = loss + self.args.kl_coef * aggregate_token_losses(per_token_kl, mask, **aggregation)  # + β·KL
+            self._log_metric("kl", masked_mean(per_token_kl, mask))
         if self.args.use_value_head:
             value_loss, value_clip_fraction = clipped_value_loss(
                 values, inputs["old_values"], inputs["value_targets"], mask, self.args.cliprange_value
