@@ -173,3 +173,27 @@ def test_rewards_receive_the_dataset_s_column_under_its_own_name(tmp_path, saved
                "--advantage_baseline", "group", "--max_new_tokens", "8", "--eval_strategy", "no", "--save_strategy", "no",
                "--feature_cache_dir", str(tmp_path / "cache"))
     )  # fmt: skip
+
+
+def test_truncated_completions_are_scored_but_left_out_of_the_loss(tmp_path, saved_model, demo_dataset_dir):
+    from tippo_rl import TIPPoModel, TIPPoProcessor, load_artmuse
+    from tippo_rl.trainer.ppo_trainer import PPOTrainer
+
+    args = PPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, use_value_head=False,
+        advantage_baseline="group", max_new_tokens=6, total_iterations=1, mask_truncated_completions=True,
+        report_to="none", use_cpu=True, save_strategy="no", feature_cache_dir=str(tmp_path / "cache"),
+    )  # fmt: skip
+    rewards = []
+    trainer = PPOTrainer(
+        TIPPoModel.from_pretrained(saved_model), args, TIPPoProcessor.from_pretrained(saved_model),
+        load_artmuse(demo_dataset_dir / "train.jsonl"),
+        reward_funcs=[lambda completions, **kwargs: rewards.extend(completions) or [1.0] * len(completions)],
+    )  # fmt: skip
+    loss_batch = trainer.make_rollout_batch(next(iter(trainer.get_train_dataloader())))
+    ended = (loss_batch["completion_ids"] == trainer.eos_token_id).any(1)
+    assert len(rewards) == 8  # every completion is scored, truncated or not
+    assert (~ended).any(), "no truncated completion at max_new_tokens 6: the test sees nothing"
+    assert (loss_batch["completion_mask"].sum(1)[~ended] == 0).all() and (
+        loss_batch["completion_mask"].sum(1)[ended] > 0
+    ).all()

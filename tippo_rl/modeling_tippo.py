@@ -427,14 +427,40 @@ class TIPPoForConditionalGeneration(TIPPoPreTrainedModel, GenerationMixin):
         decoder_attention_mask: torch.Tensor | None = None,
         prompt_input_ids: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
+        completions_per_input: int = 1,
         **kwargs,
     ) -> TIPPoSeq2SeqLMOutput | TIPPoCausalLMOutput:
         """Teacher-forced pass. With `labels` `(batch, T)` (-100 = ignored), `loss` is L_SFT = L_NTP + α·L_C, α being
         `config.contrastive_weight` (`ntp_loss` and `contrastive_loss` hold the terms). A causal decoder also reads
-        `prompt_input_ids` / `prompt_attention_mask` `(batch, L)` (see `causal_decoder.causal_forward`)."""
+        `prompt_input_ids` / `prompt_attention_mask` `(batch, L)` (see `causal_decoder.causal_forward`).
+
+        `completions_per_input` = k > 1 (RL: k completions of each prompt): the inputs hold each prompt once
+        `(batch, ...)` and `decoder_input_ids` / `labels` its k completions in a row `(batch·k, T)`. Everything up to the
+        decoder (φ, adapters, DAA, DO, fusion, and T5's encoder) runs once per prompt; its output is repeated k times
+        (gradients from the k completions add up in the shared part). A causal decoder's prefix is repeated before its
+        LM, which then reads it k times."""
         prefix = self.encode_prefix(
             image_mask, pixel_values, title_input_ids, title_attention_mask, image_features, title_features
         )
+        k = completions_per_input
+        if self.config.is_encoder_decoder and k > 1:
+            encoded = self.language_model.get_encoder()(
+                inputs_embeds=prefix.inputs_embeds, attention_mask=prefix.attention_mask, return_dict=True
+            )
+            kwargs["encoder_outputs"] = (encoded.last_hidden_state.repeat_interleave(k, 0),)
+            prefix = TIPPoPrefix(
+                None, prefix.attention_mask.repeat_interleave(k, 0), prefix.image_signals, prefix.image_mask
+            )
+        elif k > 1:
+            prefix = TIPPoPrefix(
+                prefix.inputs_embeds.repeat_interleave(k, 0),
+                prefix.attention_mask.repeat_interleave(k, 0),
+                prefix.image_signals,
+                prefix.image_mask,
+            )
+            if prompt_input_ids is not None:
+                prompt_input_ids = prompt_input_ids.repeat_interleave(k, 0)
+                prompt_attention_mask = prompt_attention_mask.repeat_interleave(k, 0)
         if self.config.is_encoder_decoder:
             outputs = self.language_model(
                 inputs_embeds=prefix.inputs_embeds,

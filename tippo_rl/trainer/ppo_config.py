@@ -197,6 +197,12 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
             "help": "k: completions per prompt; each prompt appears k times in a row in a rollout batch (per-prompt baselines need k ≥ 2)."
         },
     )
+    encode_prompt_once: bool = field(
+        default=True,
+        metadata={
+            "help": "k > 1: each prompt runs once up to the decoder (φ, adapters, DAA, DO, fusion, T5's encoder) for its k completions, in generation and in every log-prob and loss forward (minibatches then hold whole groups: per_device_train_batch_size a multiple of k). False: once per completion (the same numbers, slower)."
+        },
+    )
     num_ppo_epochs: int = field(default=2, metadata={"help": "Passes over each rollout batch."})
     total_iterations: int | None = field(
         default=None, metadata={"help": "M: PPO iterations of the run; sets max_steps. Unset: use max_steps."}

@@ -195,6 +195,10 @@ class PPOTrainer(
             use_cache=True,
             **(args.generation_kwargs or {}),
         )
+        # k completions of a prompt in one minibatch share one pass up to the decoder (`encode_prompt_once`): the
+        # minibatches then hold whole groups of k rows, which needs per_device_train_batch_size to be a multiple of k.
+        k = args.num_generations
+        self.prompt_group = k if args.encode_prompt_once and k > 1 and args.per_device_train_batch_size % k == 0 else 1
         self.truncation_warpers = [
             *([TopKLogitsWarper(args.top_k)] if args.top_k else []),
             *([TopPLogitsWarper(args.top_p)] if args.top_p < 1 else []),
@@ -257,11 +261,20 @@ class PPOTrainer(
             order = self._rollout_batch.pop("first_pass_order", None)
             if order is None:
                 size = len(self._rollout_batch["completion_ids"])
-                order = torch.randperm(size, device=self._rollout_batch["completion_ids"].device)
+                order = self.shuffled_rows(size, self._rollout_batch["completion_ids"].device)
             self._minibatches = [
                 {key: value[chunk] for key, value in self._rollout_batch.items()} for chunk in order.chunk(steps)
             ]
         return self._minibatches[self._step % steps]
+
+    def shuffled_rows(self, size: int, device: torch.device) -> torch.Tensor:
+        """A random order of `size` rollout rows: whole groups of a prompt's k rows, each in a row, when the minibatches
+        share the prompt's encoding (`prompt_group` = k), else rows one by one."""
+        k = self.prompt_group
+        if k == 1:
+            return torch.randperm(size, device=device)
+        groups = torch.randperm(size // k, device=device)
+        return (groups[:, None] * k + torch.arange(k, device=device)).flatten()
 
     @torch.no_grad()
     def make_rollout_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -279,7 +292,7 @@ class PPOTrainer(
         if self.args.advantage_baseline == "greedy":
             rollouts["greedy_returns"] = self.greedy_baseline_returns(rollouts)  # (batch / k,)
         # The first pass's minibatches, drawn now: the old log-probabilities are computed on exactly those rows.
-        rollouts["first_pass_order"] = torch.randperm(len(returns), device=returns.device)
+        rollouts["first_pass_order"] = self.shuffled_rows(len(returns), returns.device)
         with self.compute_loss_context_manager():  # the same autocast as the loss: ratio 1 before the first update
             rollouts.update(self.compute_rollout_log_probs(rollouts))
         if self.args.mask_truncated_completions:  # scored and in the baselines, but no part of the loss
@@ -308,7 +321,8 @@ class PPOTrainer(
             `completion_ids` `(batch, T)` (the decoder start token stripped, pad after EOS), `completion_mask`
             `(batch, T)`, `completions` (decoded texts), `prompts` (the titles) and `columns`.
         """
-        return self._decode(model_inputs(batch), batch["columns"], self.generation_config)
+        k = self.args.num_generations if self.args.encode_prompt_once else 1
+        return self._decode(model_inputs(batch), batch["columns"], self.generation_config, samples_per_input=k)
 
     def greedy_baseline_returns(self, rollouts: dict[str, Any]) -> torch.Tensor:
         """SCST's baseline, in the rollout phase without gradients: the return of the current policy's greedy decode
@@ -324,15 +338,24 @@ class PPOTrainer(
         return self.compute_returns(greedy_rewards, greedy)
 
     def _decode(
-        self, inputs: dict[str, torch.Tensor], columns: dict[str, list], generation_config: GenerationConfig
+        self,
+        inputs: dict[str, torch.Tensor],
+        columns: dict[str, list],
+        generation_config: GenerationConfig,
+        samples_per_input: int = 1,
     ) -> dict[str, Any]:
+        """Generate for `inputs`; with `samples_per_input` = k > 1 the rows are groups of k copies of a prompt, which is
+        encoded once (`generate`'s `num_return_sequences`: T5's encoder runs once per prompt too)."""
+        k = samples_per_input
         with unwrap_model_for_generation(
             self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
         ) as unwrapped:
             policy = self._policy(unwrapped)
             tippo = unwrap_tippo(policy)
-            inputs = with_frozen_features(tippo, inputs)  # φ frozen: encoded once for every pass over the batch
-            sequences = policy.generate(**inputs, generation_config=generation_config)
+            prompts = {key: value[::k] for key, value in inputs.items()}
+            prompts = with_frozen_features(tippo, prompts)  # φ frozen: encoded once for every pass over the batch
+            sequences = policy.generate(**prompts, generation_config=generation_config, num_return_sequences=k)
+            inputs = {key: value.repeat_interleave(k, 0) for key, value in prompts.items()} if k > 1 else prompts
         # T5's sequences start with the decoder start token; a causal decoder's are the completion alone.
         completion_ids = sequences[:, 1:] if tippo.config.is_encoder_decoder else sequences
         mask = completion_mask(completion_ids, self.eos_token_id)
@@ -494,7 +517,12 @@ class PPOTrainer(
         # T5's shift-right of the labels; a causal TIPPo model reads columns 1… after its prompt
         # (see `causal_decoder.causal_forward`).
         decoder_input_ids = torch.cat([start, completion_ids[:, :-1]], dim=1)
-        outputs = model(**inputs, decoder_input_ids=decoder_input_ids)
+        k = self.prompt_group
+        if k > 1:  # whole groups of k rows of one prompt: the prompt once, its k completions (`shuffled_rows`)
+            inputs = {key: value[::k] for key, value in inputs.items()}
+            outputs = model(**inputs, decoder_input_ids=decoder_input_ids, completions_per_input=k)
+        else:
+            outputs = model(**inputs, decoder_input_ids=decoder_input_ids)
         values = None
         if isinstance(outputs, tuple):  # PolicyAndValueModel
             outputs, values = outputs
