@@ -14,7 +14,7 @@ import torch
 import yaml
 from trl import TrlParser
 
-from .checkpoints import CheckpointError
+from .checkpoints import CheckpointError, DiskFullError
 from .data import DataValidationError
 from .language import detect_language
 
@@ -28,8 +28,8 @@ LANGS = ("auto", "en", "zh")  # --lang
 # Options of which a run takes one: given one on the command line, the YAML's other one gives way.
 EXCLUSIVE_OPTIONS = (("total_iterations", "max_steps"), ("generation_batch_size", "steps_per_generation"))
 
-# Errors about what the user gave (files, rows, checkpoints, options): one line, no traceback.
-INPUT_ERRORS = (DataValidationError, CheckpointError, FileNotFoundError)
+# Errors about what the user gave (files, rows, checkpoints, options) or a disk with no room: one line, no traceback.
+INPUT_ERRORS = (DataValidationError, CheckpointError, FileNotFoundError, DiskFullError)
 
 
 class TIPPoParser(TrlParser):
@@ -66,7 +66,8 @@ class TIPPoParser(TrlParser):
 
     @contextlib.contextmanager
     def reporting_input_errors(self):
-        """Around a recipe's `main`: a bad input file, row or checkpoint ends the run with its one-line message."""
+        """Around a recipe's `main`: a bad input file, row or checkpoint, or a full disk, ends the run with its one-line
+        message."""
         try:
             yield
         except INPUT_ERRORS as error:
