@@ -87,11 +87,22 @@ def megabytes(size: int) -> str:
     return f"{size / 2**20:.1f} MB"
 
 
+SAVE_ADVICE = (
+    "the saves before it are intact: free some space, or set --output_dir to a disk with room (--save_total_limit "
+    "keeps fewer checkpoints)"
+)
+
+
 @contextlib.contextmanager
-def reporting_disk_full(path: str | os.PathLike, staging: str | os.PathLike | None = None, needed: int | None = None):
+def reporting_disk_full(
+    path: str | os.PathLike,
+    staging: str | os.PathLike | None = None,
+    needed: int | None = None,
+    advice: str = SAVE_ADVICE,
+):
     """Around a save to `path`: when the disk fills up, remove `staging` (the half-written save; what was published
     before stays as it was) and raise `DiskFullError` naming `path`, the space the save needs (`needed` bytes, when
-    known) and what is free there."""
+    known), what is free there, and `advice`."""
     try:
         yield
     except Exception as error:
@@ -105,8 +116,7 @@ def reporting_disk_full(path: str | os.PathLike, staging: str | os.PathLike | No
         free = shutil.disk_usage(existing).free
         needs = f"it needs about {megabytes(needed)}, " if needed else ""
         raise DiskFullError(
-            f"no space left on device writing '{path}' ({needs}{megabytes(free)} free there); the saves before it are "
-            "intact: free some space, or set --output_dir to a disk with room (--save_total_limit keeps fewer checkpoints)",
+            f"no space left on device writing '{path}' ({needs}{megabytes(free)} free there); {advice}"
         ) from error
 
 
