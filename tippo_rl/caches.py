@@ -1,6 +1,6 @@
 """The caches tippo_rl writes, under `cache_root()` (`$TIPPO_RL_CACHE`, default `~/.cache/tippo_rl`): the tiny preset's
 pretrained φ (`tiny_encoders/`), distilled static sentence embedders (`static_embedders/`) and frozen features
-(`features/`).
+(`features/`); and the demo dataset, generated once into its folder (`--demo_dir`).
 
 Every entry is built once under a file lock (the processes of a distributed run build it once), recorded with a
 manifest of its files' sizes and SHA-256, and published whole: a folder is written as `<name>.partial` and renamed. Every
@@ -95,12 +95,18 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _usable(entry: Path, manifest: Path, check: Callable[[Path], object]) -> bool:
-    """Whether an existing entry is whole; a damaged one is warned about (one line) and removed."""
+def whole(entry: Path, manifest: Path, check: Callable[[Path], object]) -> bool:
+    """Whether an existing entry is whole (`damage`); a damaged one is warned about in one line, to be built again."""
     problem = damage(entry, manifest, check)
-    if problem is None:
+    if problem is not None:
+        logger.warning("cache '%s' is damaged (%s): building it again", entry, problem)
+    return problem is None
+
+
+def _usable(entry: Path, manifest: Path, check: Callable[[Path], object]) -> bool:
+    """Whether an existing entry is whole; a damaged one is removed."""
+    if whole(entry, manifest, check):
         return True
-    logger.warning("cache '%s' is damaged (%s): building it again", entry, problem)
     _remove(entry)
     manifest.unlink(missing_ok=True)
     return False
