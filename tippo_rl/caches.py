@@ -69,7 +69,8 @@ def damage(entry: Path, manifest: Path, check: Callable[[Path], object]) -> str 
             check(entry)
         except Exception as error:  # each library raises its own types for a damaged file
             return f"it does not load: {type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
-        record_manifest(entry, manifest)
+        with contextlib.suppress(OSError):  # a read-only or full cache: checked again next time
+            record_manifest(entry, manifest)
         return None
     try:
         expected = json.loads(manifest.read_text())["files"]
