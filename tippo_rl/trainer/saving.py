@@ -42,9 +42,9 @@ class TIPPoSavingMixin:
 
     Every save is atomic (`tippo_rl.checkpoints`): a checkpoint is written into `_incomplete-checkpoint-N/` and renamed
     when complete, the final save is staged and moved in weights last. A save that fills the disk removes its staging
-    folder and stops the run with `DiskFullError` (one line: the path, the space needed). No saved file holds a token. `train()` accepts
-    `resume_from_checkpoint="last"`, reads the checkpoint once before resuming (a damaged file is named), says when
-    the run's length changed, and trains nothing from a checkpoint that already reached the end.
+    folder and stops the run with `DiskFullError` (one line: the path, the space needed). No saved file holds a token.
+    `train()` accepts `resume_from_checkpoint="last"`, reads the checkpoint once before resuming (a damaged file is
+    named), says when the run's length changed, and trains nothing from a checkpoint that already reached the end.
 
     A trainer sets `_stage` (for the model card) and may override `_policy` (the model to save inside its wrapper),
     `_save_checkpoint_extras` (more files for a checkpoint), `_check_resume` (its own state in a checkpoint, checked
