@@ -19,14 +19,13 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine_info
+from tables import fmt, median, paired_ratios, print_table, write_json
 
 from tippo_rl import load_artmuse, make_demo_dataset
 from tippo_rl.presets import build_tippo_by_size
 from tippo_rl.trainer.ppo_config import PPOConfig
 from tippo_rl.trainer.ppo_trainer import PPOTrainer
-
-from machine import machine_info
-from tables import fmt, median, paired_ratios, print_table, write_json
 
 
 def length_reward(completions, **kwargs) -> list[float]:

@@ -1,12 +1,17 @@
 """Nothing lost, nothing silent: a run SIGKILLed at any moment resumes (`--resume_from_checkpoint last`) to the weights
 of an uninterrupted run, bit for bit; a killed save is never taken for a checkpoint or a model; a damaged checkpoint
-file is named before training starts; no saved file holds the Hub token."""
+file is named before training starts; a save that fills the disk is one line and leaves the saves before it intact; no
+saved file holds the Hub token."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +20,7 @@ import torch
 from killing import max_abs_difference, run_recipe, weights
 
 from tippo_rl import build_tiny_tippo, load_artmuse
-from tippo_rl.checkpoints import CheckpointError, check_checkpoint, resolve_checkpoint
+from tippo_rl.checkpoints import CheckpointError, DiskFullError, check_checkpoint, resolve_checkpoint
 from tippo_rl.trainer import TIPPoSFTConfig, TIPPoSFTTrainer
 from tippo_rl.trainer.ppo_config import PPOConfig
 
@@ -322,3 +327,84 @@ def test_max_steps_zero_is_refused_naming_the_option(tmp_path):
         TIPPoSFTConfig(output_dir=str(tmp_path), max_steps=0, use_cpu=True)
     with pytest.raises(ValueError, match="max_steps 0 trains nothing: set --total_iterations"):
         PPOConfig(output_dir=str(tmp_path), max_steps=0, use_cpu=True, reward_funcs=["literal"])
+
+
+# -- a full disk ---------------------------------------------------------------------------------------------------------
+
+
+def failing_writes_under(monkeypatch, folder_name: str):
+    """`torch.save` into a folder named `folder_name` fails as on a full disk (ENOSPC, as Python's own writes do)."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(f, (str, Path)) and folder_name in Path(f).parts:
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_checkpoint_that_fills_the_disk_is_one_line_and_leaves_the_one_before(
+    tmp_path, demo_dataset_dir, monkeypatch
+):
+    trainer = sft_trainer(tmp_path, demo_dataset_dir)
+    failing_writes_under(monkeypatch, "_incomplete-checkpoint-4")
+    with pytest.raises(DiskFullError) as raised:
+        trainer.train()
+    run = tmp_path / "out"
+    size = sum(path.stat().st_size for path in (run / "checkpoint-2").rglob("*") if path.is_file())
+    assert str(raised.value).startswith(
+        f"no space left on device writing '{run / 'checkpoint-4'}' (it needs about {size / 2**20:.1f} MB, "
+    )
+    assert "\n" not in str(raised.value)
+    assert check_checkpoint(run / "checkpoint-2")["global_step"] == 2  # the checkpoint before, whole
+    checkpoints = sorted(path.name for path in run.iterdir() if "checkpoint" in path.name)
+    assert checkpoints == ["checkpoint-2"]  # the partial save (_incomplete-checkpoint-4) removed
+
+
+def test_a_final_save_that_fills_the_disk_leaves_the_previous_model(
+    finished_run, tmp_path, demo_dataset_dir, monkeypatch
+):
+    run = tmp_path / "out"
+    shutil.copytree(finished_run, run)
+    before = weights(run)
+    trainer = sft_trainer(tmp_path, demo_dataset_dir, max_steps=1, save_strategy="no")
+    trainer.train()
+    failing_writes_under(monkeypatch, "_incomplete-save")
+    with pytest.raises(DiskFullError, match=rf"^no space left on device writing '{run}' \(it needs about 1.\d MB, "):
+        trainer.save_model()
+    assert max_abs_difference(weights(run), before) == 0
+    assert not [path for path in run.iterdir() if path.name.startswith("_incomplete-")]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 6 MB tmpfs: room for one checkpoint of the tiny model (3.7 MB), not two. Skips where mounting is not allowed."""
+    folder = tmp_path / "small_disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()})")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_the_sft_recipe_on_a_full_disk_ends_with_one_line(tmp_path, small_disk):
+    """A real full disk under a real recipe: torch's archive writer fails (`inline_container.cc`, no errno)."""
+    run = small_disk / "out"
+    arguments = sft_arguments(tmp_path, "unused", "--output_dir", str(run), "--max_steps", "2", "--save_steps", "1")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "recipes/sft.py"), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"sft.py: error: no space left on device writing '{run / 'checkpoint-2'}' (it needs")
+    assert "Traceback" not in result.stderr
+    assert check_checkpoint(run / "checkpoint-1")["global_step"] == 1
+    assert sorted(path.name for path in run.iterdir() if "checkpoint" in path.name) == ["checkpoint-1"]

@@ -5,6 +5,7 @@ the same scenes, and descriptions are read back field by field."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from tippo_rl import load_artmuse, make_demo_dataset
+from tippo_rl.caches import MANIFEST_NAME
 from tippo_rl.demo_data import (
     COLOURS,
     OFF_PLACE_PROBABILITY,
@@ -123,6 +125,30 @@ def test_existing_dataset_with_same_arguments_is_reused(tmp_path):
     assert (tmp_path / "train.jsonl").stat().st_mtime_ns == written
     make_demo_dataset(tmp_path, num_train=4, num_test=1)
     assert len(read_rows(tmp_path)) == 4
+
+
+def test_a_damaged_dataset_is_said_and_generated_again(tmp_path, caplog):
+    folder = make_demo_dataset(tmp_path, num_train=3, num_test=1)
+    clean = all_files(folder)
+    image = sorted((folder / "images").glob("*.png"))[0]
+    size = image.stat().st_size
+    image.write_bytes(image.read_bytes()[:20])  # truncated
+    with caplog.at_level(logging.WARNING):
+        make_demo_dataset(tmp_path, num_train=3, num_test=1)
+    assert caplog.messages == [
+        f"cache '{folder}' is damaged (images/{image.name} has 20 bytes, {size} were written (truncated?)): "
+        "building it again"
+    ]
+    assert all_files(folder) == clean
+
+    (folder / MANIFEST_NAME).unlink()  # generated before manifests: its images open, so it is kept and adopted
+    written = (folder / "train.jsonl").stat().st_mtime_ns
+    make_demo_dataset(tmp_path, num_train=3, num_test=1)
+    assert (folder / MANIFEST_NAME).is_file() and (folder / "train.jsonl").stat().st_mtime_ns == written
+
+    (folder / "demo_dataset.json").write_text('{"num_tr')  # an unreadable stamp: generated again, no traceback
+    make_demo_dataset(tmp_path, num_train=3, num_test=1)
+    assert all_files(folder) == clean
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ reference policy, reward plug-ins from the config, checkpoints."""
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import math
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel, load_artmuse
-from tippo_rl.checkpoints import CheckpointError
+from tippo_rl.checkpoints import CheckpointError, DiskFullError, check_checkpoint
 from tippo_rl.data_collator import model_inputs
 from tippo_rl.lora import apply_lora
 from tippo_rl.model_config import TIPPoModelConfig
@@ -405,6 +406,35 @@ def test_standard_ppo_with_value_head_and_gae_runs_saves_and_resumes(
     loaded = TIPPoModel.from_pretrained(tmp_path / "out")
     for name, tensor in trainer.model.policy.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor, msg=name)
+
+
+def test_a_ppo_checkpoint_or_final_save_that_fills_the_disk_is_one_line_and_leaves_the_saves_before(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, monkeypatch
+):
+    """The value head's own file (`safetensors.torch.save_file`) fails as a full disk does (ENOSPC)."""
+    real_save_file = safetensors.torch.save_file
+
+    def save_file(tensors, filename, *args, **kwargs):
+        if any(
+            part.startswith("_incomplete-") and part != "_incomplete-checkpoint-2" for part in Path(filename).parts
+        ):
+            raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+        return real_save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    settings = dict(use_value_head=True, max_steps=4, save_strategy="steps", save_steps=2)
+    trainer = make_trainer(
+        tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, **settings
+    )
+    run = tmp_path / "out"
+    with pytest.raises(DiskFullError, match=rf"^no space left on device writing '{run / 'checkpoint-4'}' \(it needs"):
+        trainer.train()
+    assert check_checkpoint(run / "checkpoint-2")["global_step"] == 2
+    assert (run / "checkpoint-2/ppo_state.json").is_file()
+    assert not (run / "checkpoint-4").exists() and not (run / "_incomplete-checkpoint-4").exists()
+    with pytest.raises(DiskFullError, match=rf"^no space left on device writing '{run}' "):
+        trainer.save_model()
+    assert not (run / "model.safetensors").exists() and not (run / "_incomplete-save").exists()
 
 
 def test_policy_and_value_model_saves_the_checkpoint_layout_and_loads_an_old_value_head(

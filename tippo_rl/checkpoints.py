@@ -7,14 +7,18 @@
 - `resolve_checkpoint` turns `--resume_from_checkpoint` (a folder, `last` or `true`) into a folder, and
   `check_checkpoint` reads every file of it once, so a damaged file is named before training starts instead of
   failing deep inside the Trainer.
+- A save that runs out of disk space (`reporting_disk_full`) removes its staging folder and raises `DiskFullError`,
+  one line naming the path and the space it needs, instead of torch's `inline_container.cc` traceback.
 - `redacted` strips secrets (`hub_token`, any `*_token` field) from the training arguments the Trainer pickles into
   `training_args.bin`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -41,6 +45,79 @@ NO_ALIASES = ("", "false", "no", "none")
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be resumed from; the message names the folder, the file and what to do."""
+
+
+class DiskFullError(OSError):
+    """A save ran out of disk space; the message names what was being written and, when known, the space it needs."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+# torch's archive writer reports a full disk as "unexpected pos 704 vs 598" or "file write failed", without errno: a
+# write that failed with less than this left on its disk is taken for a full disk.
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def disk_is_full(error: BaseException, path: str | os.PathLike) -> bool:
+    """Whether `error`, raised while writing under `path`, means that its disk (or quota) is full."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen) or "os error 28" in str(seen):  # safetensors' Rust I/O error
+            return True
+        seen = seen.__cause__ or seen.__context__
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        return shutil.disk_usage(existing).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+def folder_size(folder: str | os.PathLike) -> int:
+    """Bytes held by the files under `folder`."""
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+SAVE_ADVICE = (
+    "the saves before it are intact: free some space, or set --output_dir to a disk with room (--save_total_limit "
+    "keeps fewer checkpoints)"
+)
+
+
+@contextlib.contextmanager
+def reporting_disk_full(
+    path: str | os.PathLike,
+    staging: str | os.PathLike | None = None,
+    needed: int | None = None,
+    advice: str = SAVE_ADVICE,
+):
+    """Around a save to `path`: when the disk fills up, remove `staging` (the half-written save; what was published
+    before stays as it was) and raise `DiskFullError` naming `path`, the space the save needs (`needed` bytes, when
+    known), what is free there, and `advice`."""
+    try:
+        yield
+    except Exception as error:
+        if isinstance(error, DiskFullError) or not disk_is_full(error, staging or path):
+            raise
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        existing = Path(path)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        free = shutil.disk_usage(existing).free
+        needs = f"it needs about {megabytes(needed)}, " if needed else ""
+        raise DiskFullError(
+            f"no space left on device writing '{path}' ({needs}{megabytes(free)} free there); {advice}"
+        ) from error
 
 
 def staging_folder(final: str | os.PathLike) -> Path:

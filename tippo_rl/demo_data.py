@@ -28,6 +28,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from .caches import MANIFEST_NAME, record_manifest, whole
+
 
 COLOURS = {
     "red": ((220, 40, 40), "红色"),
@@ -230,7 +232,8 @@ def make_demo_dataset(
     Rows carry `place` and `shown_places` (the place each image's background shows) besides `title`, `images`
     and `reference`. The test split depends on `seed`, `lang` and `max_images` only, not on `num_train`. Re-running with
     the same arguments reproduces the same files; an existing complete dataset
-    with the same arguments is reused.
+    with the same arguments is reused, after checking its files against the manifest written with them (a truncated
+    or corrupted file is said in one warning and the dataset generated again: `tippo_rl.caches`).
     """
     if lang not in ("en", "zh"):
         raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
@@ -238,9 +241,11 @@ def make_demo_dataset(
         raise ValueError(f"max_images must lie in 1..5 for the demo dataset, got {max_images}")
     output_dir = Path(output_dir)
     arguments = dict(num_train=num_train, num_test=num_test, lang=lang, max_images=max_images, seed=seed, version=3)
-    stamp = output_dir / "demo_dataset.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == arguments:
+    stamp, manifest = output_dir / "demo_dataset.json", output_dir / MANIFEST_NAME
+    if _stamp(stamp) == arguments and whole(output_dir, manifest, check=_images_open):
         return output_dir
+    stamp.unlink(missing_ok=True)
+    manifest.unlink(missing_ok=True)
     (output_dir / "images").mkdir(parents=True, exist_ok=True)
     for split, count in (("train", num_train), ("test", num_test)):
         # Each split from its own stream: the held-out scenes are the same whatever num_train is, so models trained
@@ -274,4 +279,22 @@ def make_demo_dataset(
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     stamp.write_text(json.dumps(arguments))
+    record_manifest(output_dir, manifest)
     return output_dir
+
+
+def _stamp(path: Path) -> dict | None:
+    """The arguments a complete demo dataset was generated with (None: none, or unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _images_open(folder: Path) -> None:
+    """Raise unless both splits parse and every image they name opens (a dataset generated before manifests)."""
+    for split in ("train", "test"):
+        for line in (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
+            for relative in json.loads(line)["images"]:
+                with Image.open(folder / relative) as image:
+                    image.verify()

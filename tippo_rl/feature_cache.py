@@ -3,7 +3,8 @@
 `cache_frozen_features` adds `image_features` (N_i × d_φ per row) and `title_features` (d_φ) columns with
 `datasets.Dataset.map`. The cache file's name is a fingerprint of the dataset, the image files' sizes and
 modification times, the encoder's weights and the processor's settings, so changing any of them computes
-the features again instead of reusing stale ones. `training_datasets` is what the trainers call: the columns checked,
+the features again instead of reusing stale ones; a file that fails its manifest (truncated, corrupted) is computed
+again too (`tippo_rl.caches`). `training_datasets` is what the trainers call: the columns checked,
 then `cache_features_for_training`: the cache when `use_feature_cache` is on and φ frozen, the images left undecoded
 otherwise. `with_frozen_features` encodes a PPO rollout batch with φ once for all its passes.
 """
@@ -21,6 +22,7 @@ from datasets import Dataset, Image, List, are_progress_bars_disabled, disable_p
 from tqdm.auto import tqdm
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from .caches import cache_root, cached_file
 from .data import DataValidationError, check_dataset_columns
 from .data_collator import TIPPoDataCollator
 from .modeling_tippo import TIPPoForConditionalGeneration
@@ -80,12 +82,13 @@ def cache_frozen_features(
     `images` column left undecoded (paths only), since the features replace the pixels.
 
     Args:
-        cache_dir: where the Arrow cache file goes (default: `~/.cache/tippo_rl/features`). A later call with
-            the same dataset, images, encoder and processor loads it instead of recomputing.
+        cache_dir: where the Arrow cache file goes (default: `features/` under `tippo_rl.caches.cache_root()`,
+            `~/.cache/tippo_rl/features`). A later call with the same dataset, images, encoder and processor loads it
+            instead of recomputing, after checking it against the manifest written beside it (`tippo_rl.caches`): a
+            damaged file is said and computed again.
         batch_size: samples encoded at once.
     """
-    cache_dir = Path(cache_dir or Path.home() / ".cache" / "tippo_rl" / "features")
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cache_dir) if cache_dir else cache_root() / "features"
     with gathered_encoder(model):
         return _cache_frozen_features(dataset, model, processor, cache_dir, batch_size)
 
@@ -112,31 +115,38 @@ def _cache_frozen_features(
         (dataset_fingerprint(dataset, processor) + encoder_fingerprint(model) + f"v{CACHE_VERSION}").encode()
     ).hexdigest()[:16]
     cache_file = cache_dir / f"tippo-features-{fingerprint}.arrow"
-    undecoded = undecoded_images(dataset)  # decoded by the collator, at a bounded size
-    was_training = model.training
-    model.eval()
-    try:
-        features = (
-            {} if cache_file.exists() else unique_image_and_title_features(undecoded, model, processor, batch_size)
+    # The features replace the pixels: rows never decode their images (the paths stay, for rewards and reports); the
+    # collator decodes them at a bounded size where needed.
+    undecoded = undecoded_images(dataset)
+
+    def check(path: Path) -> None:  # a cache file written before manifests: it opens and holds every row
+        loaded = Dataset.from_file(str(path))
+        if len(loaded) != len(undecoded) or not {"image_features", "title_features"} <= set(loaded.column_names):
+            raise ValueError(f"{len(loaded)} rows and columns {loaded.column_names}, expected {len(undecoded)} rows")
+
+    with cached_file(cache_file, check) as build:
+        features = {}
+        if build:
+            was_training = model.training
+            model.eval()
+            try:
+                features = unique_image_and_title_features(undecoded, model, processor, batch_size)
+            finally:
+                model.train(was_training)
+
+        def look_up(row: dict) -> dict:
+            return {
+                "image_features": [features[image_key(image)] for image in row["images"]],
+                "title_features": features[("title", row["title"])],
+            }
+
+        return undecoded.map(
+            look_up,
+            cache_file_name=str(cache_file),
+            load_from_cache_file=not build,
+            new_fingerprint=fingerprint,
+            desc="Caching frozen Chinese-CLIP features",
         )
-    finally:
-        model.train(was_training)
-
-    def look_up(row: dict) -> dict:
-        return {
-            "image_features": [features[image_key(image)] for image in row["images"]],
-            "title_features": features[("title", row["title"])],
-        }
-
-    cached = undecoded.map(
-        look_up,
-        cache_file_name=str(cache_file),
-        load_from_cache_file=True,
-        new_fingerprint=fingerprint,
-        desc="Caching frozen Chinese-CLIP features",
-    )
-    # The features replace the pixels: rows stop decoding their images (the paths stay, for rewards and reports).
-    return undecoded_images(cached)
 
 
 def unique_image_and_title_features(

@@ -19,7 +19,7 @@ import torch
 import yaml
 from trl import TrlParser
 
-from .checkpoints import CheckpointError
+from .checkpoints import CheckpointError, DiskFullError
 from .data import DataValidationError
 from .language import detect_language
 from .launcher import stop_with_launcher
@@ -37,8 +37,15 @@ LANGS = ("auto", "en", "zh")  # --lang
 EXCLUSIVE_OPTIONS = (("total_iterations", "max_steps"), ("generation_batch_size", "steps_per_generation"))
 
 # Errors about what the user gave (files, rows, checkpoints, options, reward plug-ins, an output_dir another run
-# writes into): one line, no traceback.
-INPUT_ERRORS = (DataValidationError, CheckpointError, FileNotFoundError, RewardError, OutputDirInUseError)
+# writes into) or a disk with no room: one line, no traceback.
+INPUT_ERRORS = (
+    DataValidationError,
+    CheckpointError,
+    FileNotFoundError,
+    RewardError,
+    OutputDirInUseError,
+    DiskFullError,
+)
 
 
 class TIPPoParser(TrlParser):
@@ -105,7 +112,8 @@ class TIPPoParser(TrlParser):
 
     @contextlib.contextmanager
     def reporting_input_errors(self):
-        """Around a recipe's `main`: a bad input file, row or checkpoint ends the run with its one-line message."""
+        """Around a recipe's `main`: a bad input file, row or checkpoint, or a full disk, ends the run with its one-line
+        message."""
         try:
             yield
         except INPUT_ERRORS as error:

@@ -24,9 +24,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +33,7 @@ import torch.nn.functional as F
 from transformers import ChineseCLIPConfig, ChineseCLIPModel
 
 from . import demo_data
+from .caches import cache_root, cached_folder
 from .demo_data import COLOURS, PLACES, SHAPES, draw_scene, draw_shape, object_phrase, place_phrase, titles_of
 
 
@@ -55,11 +54,6 @@ class TinyEncoderRecipe:
     warmup_steps: int = 20
     weight_decay: float = 0.01
     seed: int = 0
-
-
-def cache_root() -> Path:
-    """`$TIPPO_RL_CACHE` or `~/.cache/tippo_rl`."""
-    return Path(os.environ.get("TIPPO_RL_CACHE") or Path.home() / ".cache" / "tippo_rl")
 
 
 @contextlib.contextmanager
@@ -246,27 +240,21 @@ def tiny_encoder_folder(
     cache_dir: str | Path | None = None,
 ) -> Path:
     """The folder of the pretrained tiny φ for this recipe (a `ChineseCLIPModel` checkpoint), pretrained on first
-    use (~60 s on one CPU thread) and cached. Processes that start together wait on a file lock while one trains."""
-    from filelock import FileLock
-
+    use (~60 s on one CPU thread) and cached (`tippo_rl.caches`: a damaged folder is said and pretrained again).
+    Processes that start together wait on a file lock while one trains."""
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "tiny_encoders"
-    cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / f"tiny-chinese-clip-{lang}-{recipe_key(config, processor, lang, recipe)}"
-    with FileLock(str(target) + ".lock"):
-        if not (target / "config.json").is_file():
-            logger.warning(
-                "tiny preset: pretraining its Chinese-CLIP encoder on demo pairs, once (~60 s); cached in %s", target
-            )
-            model = pretrain_tiny_encoder(config, processor, lang, recipe)
-            partial = target.with_name(target.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)  # left by a run that died while saving
-            model.save_pretrained(partial)
-            (partial / "tiny_encoder_recipe.json").write_text(
-                json.dumps({"lang": lang, **dataclasses.asdict(recipe)}, indent=2) + "\n"
-            )
-            shutil.rmtree(target, ignore_errors=True)  # an incomplete folder (no config.json)
-            os.replace(partial, target)
-    return target
+
+    def build(folder: Path) -> None:
+        logger.warning(
+            "tiny preset: pretraining its Chinese-CLIP encoder on demo pairs, once (~60 s); cached in %s", target
+        )
+        pretrain_tiny_encoder(config, processor, lang, recipe).save_pretrained(folder)
+        (folder / "tiny_encoder_recipe.json").write_text(
+            json.dumps({"lang": lang, **dataclasses.asdict(recipe)}, indent=2) + "\n"
+        )
+
+    return cached_folder(target, build, check=ChineseCLIPModel.from_pretrained)
 
 
 # -- what the demo needs of φ -------------------------------------------------------------------------------

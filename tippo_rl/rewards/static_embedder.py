@@ -1,9 +1,9 @@
 """Static sentence embedders for the semantic reward (Eq. 8 with ``SemanticReward(backend="static")``).
 
 ``static_sentence_embedder`` distils any Hugging Face sentence encoder into a Model2Vec table (one vector per token)
-once, and keeps it in a cache folder (``~/.cache/tippo_rl/static_embedders``) under a fingerprint of the model's files,
-the dimensions, the pooling and the Model2Vec version, behind a file lock so that the processes of a distributed run
-distil it once. ``bundled_minilm_path`` is the pip-bundled all-MiniLM-L6-v2 that tests, benchmarks and the demo embed
+once, and keeps it in a cache folder (``~/.cache/tippo_rl/static_embedders``; ``TIPPO_RL_CACHE`` moves the root) under a
+fingerprint of the model's files, the dimensions, the pooling and the Model2Vec version, behind a file lock so that the
+processes of a distributed run distil it once; a damaged folder is said and distilled again (``tippo_rl.caches``). ``bundled_minilm_path`` is the pip-bundled all-MiniLM-L6-v2 that tests, benchmarks and the demo embed
 with.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..caches import cache_root, cached_folder
 from ..zero3 import full_weights_under_zero3
 
 
@@ -99,7 +100,6 @@ def static_sentence_embedder(
     Returns:
         ``model2vec.StaticModel``.
     """
-    from filelock import FileLock
     from model2vec import StaticModel
 
     if pooling not in STATIC_POOLING:
@@ -121,36 +121,34 @@ def static_sentence_embedder(
         if json.loads(Path(hub_config_file).read_text()).get("model_type") == "model2vec":
             return StaticModel.from_pretrained(model_name_or_path)
 
-    import shutil
-
     import model2vec
 
-    cache_dir = Path(cache_dir or Path.home() / ".cache" / "tippo_rl" / "static_embedders")
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cache_dir) if cache_dir else cache_root() / "static_embedders"
     fingerprint = _model_fingerprint(model_name_or_path, hub_config_file)
     key = hashlib.sha256(f"{fingerprint}|{dims}|{pooling}|{model2vec.__version__}".encode()).hexdigest()[:16]
     target = cache_dir / f"{_cache_folder_name(model_name_or_path)}-static{dims}-{pooling}-{key}"
-    with FileLock(str(target) + ".lock"):
-        if not _is_model2vec_folder(target):
-            from model2vec.distill import distill_from_model
-            from transformers import AutoModel, AutoTokenizer
 
-            logger.warning(  # a one-off pause of ~25 s (all-MiniLM-L6-v2, one CPU thread): say what it is
-                "semantic reward: distilling %s into a static embedder (%d dims), once; later runs load it from %s",
-                model_name_or_path,
-                dims,
-                target,
-            )
-            with full_weights_under_zero3():  # the encoder runs outside any DeepSpeed engine
-                encoder = AutoModel.from_pretrained(model_name_or_path)
-            tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-            device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-            static = distill_from_model(
-                encoder, tokenizer, device=device, pca_dims=dims, pooling=STATIC_POOLING[pooling]
-            )
-            partial = target.with_name(target.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)  # left by a run that died while saving
-            static.save_pretrained(str(partial))
-            shutil.rmtree(target, ignore_errors=True)  # an incomplete folder (no model2vec config.json)
-            os.replace(partial, target)
+    def distil(folder: Path) -> None:
+        from model2vec.distill import distill_from_model
+        from transformers import AutoModel, AutoTokenizer
+
+        logger.warning(  # a one-off pause of ~25 s (all-MiniLM-L6-v2, one CPU thread): say what it is
+            "semantic reward: distilling %s into a static embedder (%d dims), once; later runs load it from %s",
+            model_name_or_path,
+            dims,
+            target,
+        )
+        with full_weights_under_zero3():  # the encoder runs outside any DeepSpeed engine
+            encoder = AutoModel.from_pretrained(model_name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+        device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+        static = distill_from_model(encoder, tokenizer, device=device, pca_dims=dims, pooling=STATIC_POOLING[pooling])
+        static.save_pretrained(str(folder))
+
+    def check(folder: Path) -> None:
+        if not _is_model2vec_folder(folder):
+            raise ValueError("no Model2Vec config.json")
+        StaticModel.from_pretrained(str(folder))
+
+    cached_folder(target, distil, check)
     return StaticModel.from_pretrained(str(target))

@@ -175,7 +175,7 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
             Compute the frozen encoder φ's outputs once per dataset (the same results to float round-off, faster). Without it, φ still
             runs only once per rollout batch.
         feature_cache_dir (`str`, *optional*):
-            Where cached features go (default `~/.cache/tippo_rl/features`).
+            Where cached features go (default `$TIPPO_RL_CACHE/features`, `~/.cache/tippo_rl/features`).
     """
 
     # -- rollouts ----------------------------------------------------------------------------------------------------

@@ -13,15 +13,17 @@ from pathlib import Path
 from accelerate.utils import is_peft_model
 from torch import nn
 from transformers.trainer_callback import TrainerState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint, rotate_checkpoints
 
 from ..checkpoints import (
     TRAINER_STATE_NAME,
     CheckpointError,
     check_checkpoint,
+    folder_size,
     publish_files,
     publish_folder,
     redacted,
+    reporting_disk_full,
     resolve_checkpoint,
     staging_folder,
 )
@@ -39,9 +41,10 @@ class TIPPoSavingMixin:
     processor and a TIPPo model card. Checkpoints keep the Trainer's format.
 
     Every save is atomic (`tippo_rl.checkpoints`): a checkpoint is written into `_incomplete-checkpoint-N/` and renamed
-    when complete, the final save is staged and moved in weights last. No saved file holds a token. `train()` accepts
-    `resume_from_checkpoint="last"`, reads the checkpoint once before resuming (a damaged file is named), says when
-    the run's length changed, and trains nothing from a checkpoint that already reached the end.
+    when complete, the final save is staged and moved in weights last. A save that fills the disk removes its staging
+    folder and stops the run with `DiskFullError` (one line: the path, the space needed). No saved file holds a token.
+    `train()` accepts `resume_from_checkpoint="last"`, reads the checkpoint once before resuming (a damaged file is
+    named), says when the run's length changed, and trains nothing from a checkpoint that already reached the end.
 
     A trainer sets `_stage` (for the model card) and may override `_policy` (the model to save inside its wrapper),
     `_save_checkpoint_extras` (more files for a checkpoint), `_check_resume` (its own state in a checkpoint, checked
@@ -118,19 +121,21 @@ class TIPPoSavingMixin:
         if self.args.should_save:
             shutil.rmtree(root, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-        self._checkpoint_staging_root = root
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._checkpoint_staging_root = None
-        self.accelerator.wait_for_everyone()  # every rank has written its part (RNG states, DeepSpeed shards)
-        if not self.args.should_save:
-            return
-        staged = root / final.name
-        if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint).parent == root:
-            self.state.best_model_checkpoint = str(final)
-            self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
-        self._save_checkpoint_extras(staged)
+        previous = get_last_checkpoint(run_dir) if run_dir.is_dir() else None  # about the size this one will be
+        with reporting_disk_full(final, root, folder_size(previous) if previous else None):
+            self._checkpoint_staging_root = root
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._checkpoint_staging_root = None
+            self.accelerator.wait_for_everyone()  # every rank has written its part (RNG states, DeepSpeed shards)
+            if not self.args.should_save:
+                return
+            staged = root / final.name
+            if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint).parent == root:
+                self.state.best_model_checkpoint = str(final)
+                self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
+            self._save_checkpoint_extras(staged)
         publish_folder(staged, final)
         root.rmdir()
         rotate_checkpoints(
@@ -161,20 +166,26 @@ class TIPPoSavingMixin:
             shutil.rmtree(staging, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         policy = self._policy(self.accelerator.unwrap_model(self.model))
-        if is_peft_model(policy) and Path(output_dir).resolve() == Path(self.args.output_dir).resolve():
-            if self.args.should_save:
-                policy.save_pretrained(staging / "adapter")
-                self._record_adapter_base(policy, staging / "adapter", Path(output_dir) / "adapter")
-                copy.deepcopy(policy).merge_and_unload().save_pretrained(staging)
-                self.processor.save_pretrained(staging)
-        else:
-            super().save_model(str(staging), _internal_call=True)
+        weights = sum(tensor.numel() * tensor.element_size() for tensor in policy.state_dict().values())
+        with reporting_disk_full(output_dir, staging, weights):
+            if is_peft_model(policy) and Path(output_dir).resolve() == Path(self.args.output_dir).resolve():
+                if self.args.should_save:
+                    policy.save_pretrained(staging / "adapter")
+                    self._record_adapter_base(policy, staging / "adapter", Path(output_dir) / "adapter")
+                    copy.deepcopy(policy).merge_and_unload().save_pretrained(staging)
+                    self.processor.save_pretrained(staging)
+            else:
+                super().save_model(str(staging), _internal_call=True)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             publish_files(staging, Path(output_dir))
         self.accelerator.wait_for_everyone()
         if self.args.push_to_hub and not _internal_call:  # as the Trainer does when save_model is called by the user
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def save_state(self):
+        with reporting_disk_full(Path(self.args.output_dir) / TRAINER_STATE_NAME):
+            return super().save_state()
 
     def _record_adapter_base(self, policy, staged_adapter: Path, final_adapter: Path) -> None:
         """Make `adapter_config.json`'s `base_model_name_or_path` name a model the adapter loads onto (with
@@ -219,4 +230,5 @@ class TIPPoSavingMixin:
         arguments = {**self.card_arguments}
         arguments["dataset_name"] = dataset_name or arguments.get("dataset_name")
         card = build_model_card(self, self._stage, model_name, tags=tags, **arguments)
-        card.save(Path(self.args.output_dir) / "README.md")
+        with reporting_disk_full(Path(self.args.output_dir) / "README.md"):
+            card.save(Path(self.args.output_dir) / "README.md")

@@ -52,7 +52,7 @@ class TIPPoSFTConfig(TIPPoTrainingArguments, SFTConfig, GenerationEvalArguments)
         use_feature_cache (`bool`, defaults to `True`):
             Compute the frozen encoder's outputs once per dataset and train from them (the same results to float round-off, faster).
         feature_cache_dir (`str`, *optional*):
-            Where cached features go (default `~/.cache/tippo_rl/features`).
+            Where cached features go (default `$TIPPO_RL_CACHE/features`, `~/.cache/tippo_rl/features`).
         eval_generation_metrics (`bool`, defaults to `True`):
             At each evaluation, also decode the eval split and log `eval_rouge_l`, `eval_cider`, `eval_literal`
             (`eval_max_samples`, `eval_generation_kwargs`, `eval_tokenize`, `eval_log_completions`: see

@@ -49,7 +49,10 @@ class TIPPoTrainingArguments:
         default=True, metadata={"help": "Train from cached frozen-encoder features (computed once per dataset)."}
     )
     feature_cache_dir: str | None = field(
-        default=None, metadata={"help": "Folder for cached features (default ~/.cache/tippo_rl/features)."}
+        default=None,
+        metadata={
+            "help": "Folder for cached features (default $TIPPO_RL_CACHE/features, ~/.cache/tippo_rl/features)."
+        },
     )
     bf16: bool | None = field(
         default=None, metadata={"help": "bf16 mixed precision. Default: on where a GPU supports it, off on a CPU."}
