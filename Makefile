@@ -1,7 +1,8 @@
 # tippo_rl — `make demo` and `make test` on a fresh machine (Python 3.10+, no GPU needed).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-ACCELERATE := $(VENV)/bin/accelerate
+# accelerate launch that keeps a recipe's one-line errors and exit status 2, and stops its workers with it
+LAUNCH := $(VENV)/bin/tippo-launch
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -24,14 +25,14 @@ setup: $(STAMP)
 demo: demo-sft demo-polishppo demo-eval
 
 demo-sft: setup
-	$(ACCELERATE) launch --config_file accelerate_configs/cpu.yaml --num_cpu_threads_per_process 1 recipes/sft.py --config recipes/configs/demo_sft.yaml
+	$(LAUNCH) --config_file accelerate_configs/cpu.yaml --num_cpu_threads_per_process 1 recipes/sft.py --config recipes/configs/demo_sft.yaml
 
 demo-polishppo: setup
-	$(ACCELERATE) launch --config_file accelerate_configs/cpu.yaml --num_cpu_threads_per_process 1 recipes/polishppo.py --config recipes/configs/demo_polishppo.yaml
+	$(LAUNCH) --config_file accelerate_configs/cpu.yaml --num_cpu_threads_per_process 1 recipes/polishppo.py --config recipes/configs/demo_polishppo.yaml
 
 ## PPO with any rewards (recipes/ppo.py) from the SFT demo; not part of `make demo`.
 demo-ppo: setup
-	$(ACCELERATE) launch --config_file accelerate_configs/cpu.yaml --num_cpu_threads_per_process 1 recipes/ppo.py --config recipes/configs/demo_ppo.yaml
+	$(LAUNCH) --config_file accelerate_configs/cpu.yaml --num_cpu_threads_per_process 1 recipes/ppo.py --config recipes/configs/demo_ppo.yaml
 
 demo-eval: setup
 	$(PYTHON) recipes/evaluate.py --config recipes/configs/demo_evaluate.yaml
