@@ -28,6 +28,8 @@ from pathlib import Path
 from safetensors import safe_open
 from transformers.trainer_utils import get_last_checkpoint
 
+from .errors import CheckpointError, DiskFullError
+
 
 STAGING_PREFIX = "_incomplete-"
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -41,18 +43,6 @@ WEIGHT_NAMES = (
 )
 LAST_ALIASES = ("last", "latest", "true")
 NO_ALIASES = ("", "false", "no", "none")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be resumed from; the message names the folder, the file and what to do."""
-
-
-class DiskFullError(OSError):
-    """A save ran out of disk space; the message names what was being written and, when known, the space it needs."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.errno = errno.ENOSPC
 
 
 # torch's archive writer reports a full disk as "unexpected pos 704 vs 598" or "file write failed", without errno: a

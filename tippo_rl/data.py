@@ -23,6 +23,7 @@ from datasets import Dataset, DatasetDict, Features, Image, List, Value, load_da
 from PIL import Image as PILImage
 
 from .demo_data import make_demo_dataset
+from .errors import DataValidationError
 from .processing_tippo import open_image
 
 
@@ -41,10 +42,6 @@ FEATURES = Features(
         "references": List(Value("string")),
     }
 )
-
-
-class DataValidationError(ValueError):
-    """A row of a dataset file is unusable; the message names the file, row and field."""
 
 
 # Every image is decoded to its end when its row is checked (a truncated or corrupt file fails here, not in training),

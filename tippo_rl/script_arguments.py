@@ -19,12 +19,9 @@ import torch
 import yaml
 from trl import TrlParser
 
-from .checkpoints import CheckpointError, DiskFullError
-from .data import DataValidationError
+from .errors import INPUT_ERRORS
 from .language import detect_language
 from .launcher import stop_with_launcher
-from .output_dir_lock import OutputDirInUseError
-from .rewards.reward_loading import RewardError
 
 
 logger = logging.getLogger(__name__)
@@ -35,17 +32,6 @@ DATASET_KINDS = ("demo", "artmuse", "coco", "cococn", "hf")
 LANGS = ("auto", "en", "zh")  # --lang
 # Options of which a run takes one: given one on the command line, the YAML's other one gives way.
 EXCLUSIVE_OPTIONS = (("total_iterations", "max_steps"), ("generation_batch_size", "steps_per_generation"))
-
-# Errors about what the user gave (files, rows, checkpoints, options, reward plug-ins, an output_dir another run
-# writes into) or a disk with no room: one line, no traceback.
-INPUT_ERRORS = (
-    DataValidationError,
-    CheckpointError,
-    FileNotFoundError,
-    RewardError,
-    OutputDirInUseError,
-    DiskFullError,
-)
 
 
 class TIPPoParser(TrlParser):

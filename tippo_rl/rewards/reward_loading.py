@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from ..errors import RewardError
+
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +49,6 @@ BUILTIN_REWARDS: dict[str, str] = {
 
 # What the trainers pass to every reward, by keyword, besides the dataset's columns (TRL's GRPOTrainer convention).
 REWARD_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "log_metric", "log_extra")
-
-
-class RewardError(ValueError):
-    """A reward plug-in that cannot be used or misbehaved: its spec names no module, file or function, its signature
-    cannot take the trainer's keyword arguments, it raised, or it returned NaN, inf or something not a number. The
-    message is one line naming the reward and what is wrong (the recipes print it and exit with status 2)."""
 
 
 def _first_line(error: BaseException) -> str:
