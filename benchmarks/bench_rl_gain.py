@@ -46,7 +46,7 @@ from tables import print_table, write_json  # noqa: E402
 from trl import TrlParser  # noqa: E402
 
 from tippo_rl.data import load_datasets  # noqa: E402
-from tippo_rl.demo_data import scene_field_accuracy  # noqa: E402
+from tippo_rl.demo.scenes import scene_field_accuracy  # noqa: E402
 from tippo_rl.evaluation import EvaluationArguments, score_model  # noqa: E402
 from tippo_rl.model_config import TIPPoModelConfig  # noqa: E402
 from tippo_rl.presets import load_model_and_processor  # noqa: E402

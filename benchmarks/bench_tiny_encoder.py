@@ -4,7 +4,7 @@
     python benchmarks/bench_tiny_encoder.py --langs en --quick
 
 For each language: the pretraining time (cold, into a temporary cache, one torch thread) and
-`tippo_rl.tiny_encoder.probe_tiny_encoder` of both encoders on fresh demo draws: the largest cosine between two
+`tippo_rl.demo.tiny_encoder.probe_tiny_encoder` of both encoders on fresh demo draws: the largest cosine between two
 places' titles, linear-probe and nearest-centroid recovery of colour, shape and background place from image
 features, and title↔scene retrieval.
 """
@@ -28,9 +28,9 @@ import torch  # noqa: E402
 from machine import machine_info  # noqa: E402
 from transformers import ChineseCLIPModel  # noqa: E402
 
+from tippo_rl.demo.tiny_encoder import TinyEncoderRecipe, probe_tiny_encoder, tiny_encoder_folder  # noqa: E402
 from tippo_rl.modeling_tippo import TIPPoForConditionalGeneration  # noqa: E402
 from tippo_rl.presets import build_tiny_processor, load_encoder_weights, tiny_tippo_config  # noqa: E402
-from tippo_rl.tiny_encoder import TinyEncoderRecipe, probe_tiny_encoder, tiny_encoder_folder  # noqa: E402
 
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -18,9 +18,9 @@ from test_rewards import save_tiny_bert_encoder
 from tippo_rl import cache_frozen_features, load_artmuse
 from tippo_rl.caches import MANIFEST_NAME, cached_folder
 from tippo_rl.checkpoints import DiskFullError
+from tippo_rl.demo.tiny_encoder import TinyEncoderRecipe, tiny_encoder_folder
 from tippo_rl.presets import build_tiny_processor, tiny_tippo_config
 from tippo_rl.rewards import static_sentence_embedder
-from tippo_rl.tiny_encoder import TinyEncoderRecipe, tiny_encoder_folder
 
 
 QUICK = TinyEncoderRecipe(steps=3, images_per_batch=8, scenes_per_batch=2, pool_size=40)

@@ -1,4 +1,4 @@
-"""Tests for tippo_rl.demo_data: the embedded default dataset is deterministic, its references describe its images
+"""Tests for tippo_rl.demo.scenes: the embedded default dataset is deterministic, its references describe its images
 (colour and shape, in order), its images share the scene's place as a noisy background, the Chinese variant shows
 the same scenes, and descriptions are read back field by field."""
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from tippo_rl import load_artmuse, make_demo_dataset
 from tippo_rl.caches import MANIFEST_NAME
-from tippo_rl.demo_data import (
+from tippo_rl.demo.scenes import (
     COLOURS,
     OFF_PLACE_PROBABILITY,
     PLACES,

@@ -630,7 +630,7 @@ def test_a_sample_every_reward_skips_is_said_and_returns_zero(caplog):
 
 
 def demo_references(tmp_path, lang: str, count: int = 60) -> list[str]:
-    from tippo_rl.demo_data import make_demo_dataset
+    from tippo_rl.demo.scenes import make_demo_dataset
 
     folder = make_demo_dataset(tmp_path / lang, num_train=1, num_test=count, lang=lang)
     return list(load_artmuse_references(folder / "test.jsonl"))
@@ -644,7 +644,7 @@ def load_artmuse_references(path: Path) -> list[str]:
 
 def near_misses(references: list[str], lang: str) -> list[str]:
     """Each reference with its first colour word replaced by another colour: right scene, one detail wrong."""
-    from tippo_rl.demo_data import COLOURS
+    from tippo_rl.demo.scenes import COLOURS
 
     words = list(COLOURS) if lang == "en" else [chinese for _, chinese in COLOURS.values()]
     out = []

@@ -1,4 +1,4 @@
-"""tippo_rl.tiny_encoder: the tiny preset's φ is pretrained CLIP-style on demo pairs, deterministically, cached under
+"""tippo_rl.demo.tiny_encoder: the tiny preset's φ is pretrained CLIP-style on demo pairs, deterministically, cached under
 a key of its whole recipe, and has what the demo needs of a pretrained CLIP (separated titles, colour and shape in
 its image features, titles that find their scenes); the random φ stays available."""
 
@@ -11,8 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tippo_rl import build_tiny_tippo
-from tippo_rl.presets import build_tiny_processor, tiny_tippo_config
-from tippo_rl.tiny_encoder import (
+from tippo_rl.demo.tiny_encoder import (
     Described,
     TinyEncoderRecipe,
     clip_loss,
@@ -22,6 +21,7 @@ from tippo_rl.tiny_encoder import (
     soft_targets,
     tiny_encoder_folder,
 )
+from tippo_rl.presets import build_tiny_processor, tiny_tippo_config
 
 
 QUICK = TinyEncoderRecipe(steps=3, images_per_batch=8, scenes_per_batch=2, pool_size=40)
@@ -83,7 +83,7 @@ def test_the_cache_is_reused_and_invalidated_when_the_recipe_changes(tmp_path, p
     keys.add(recipe_key(config, processor, "zh", QUICK))
     assert len(keys) == 4
     # The generator's code is part of the recipe: changing demo_data.py changes the key.
-    import tippo_rl.demo_data as demo_data
+    import tippo_rl.demo.scenes as demo_data
 
     changed = tmp_path / "demo_data.py"
     changed.write_text(open(demo_data.__file__, encoding="utf-8").read() + "\n# changed\n", encoding="utf-8")

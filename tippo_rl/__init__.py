@@ -23,7 +23,7 @@ _EXPORTS = {
     "load_coco_captions": "data",
     "load_hf_dataset": "data",
     "ColumnNames": "data",
-    "make_demo_dataset": "demo_data",
+    "make_demo_dataset": "demo.scenes",
     "cache_frozen_features": "feature_cache",
     "build_tiny_tippo": "presets",
     "build_tippo_from_pretrained_components": "presets",

@@ -22,7 +22,7 @@ from accelerate import PartialState
 from datasets import Dataset, DatasetDict, Features, Image, List, Value, load_dataset, load_from_disk
 from PIL import Image as PILImage
 
-from .demo_data import make_demo_dataset
+from .demo.scenes import make_demo_dataset
 from .errors import DataValidationError
 from .processing_tippo import open_image
 

@@ -5,7 +5,7 @@ a fresh one from `--preset`).
 
 The tiny preset needs no network: its tokenizers are trained on the embedded default corpus (on a user's own data, the
 decoder's vocabulary is that data's words: `train_word_tokenizer`), its φ is pretrained on the demo generator's own
-images and texts (`tiny_encoder.py`), and its other weights are built from configs, so every recipe runs end to end on
+images and texts (`demo/tiny_encoder.py`), and its other weights are built from configs, so every recipe runs end to end on
 a fresh CPU machine.
 """
 
@@ -38,12 +38,12 @@ from transformers.models.chinese_clip.image_processing_pil_chinese_clip import C
 
 from .checkpoints import CheckpointError, check_model_source
 from .configuration_tippo import TIPPoConfig
-from .demo_data import demo_corpus
+from .demo.scenes import demo_corpus
+from .demo.tiny_encoder import tiny_encoder_folder
 from .language import CJK_IDEOGRAPHS
 from .model_config import PAPER_DECODER, PAPER_ENCODER, TIPPoModelConfig
 from .modeling_tippo import TIPPoForConditionalGeneration
 from .processing_tippo import TIPPoProcessor
-from .tiny_encoder import tiny_encoder_folder
 from .zero3 import full_weights_under_zero3
 
 
@@ -244,7 +244,7 @@ def build_tiny_tippo(
     user's training texts, whose words make the decoder's vocabulary (`build_tiny_processor`).
 
     φ is a tiny Chinese-CLIP pretrained CLIP-style on the demo generator's images and texts
-    (`tippo_rl.tiny_encoder`: ~60 s on one CPU thread the first time, then loaded from the cache), so titles and
+    (`tippo_rl.demo.tiny_encoder`: ~60 s on one CPU thread the first time, then loaded from the cache), so titles and
     images come out of it as they would from a real pretrained CLIP. `pretrained_encoder=False` keeps φ's random
     initialisation. Adapters, DAA, DO and the decoder are freshly initialised from `seed`.
     """

@@ -28,7 +28,7 @@ from datasets import Dataset
 from transformers import set_seed
 
 from ..data import load_datasets
-from ..demo_data import scene_field_accuracy
+from ..demo.scenes import scene_field_accuracy
 from ..generation import generate_kwargs, generate_predictions
 from ..language import detect_language
 from ..modeling_tippo import TIPPoForConditionalGeneration
@@ -215,7 +215,7 @@ SCENE_FIELDS_NOTE = (
 
 def scene_fields(dataset: Dataset, predictions: Mapping[str, str], lang: str) -> dict[str, float]:
     """Per-field accuracy of `predictions` against the rows' first reference (embedded default only: see
-    `tippo_rl.demo_data.scene_field_accuracy`)."""
+    `tippo_rl.demo.scenes.scene_field_accuracy`)."""
     rows = list(zip(dataset["id"], dataset["references"]))
     return scene_field_accuracy(
         [predictions[row_id] for row_id, _ in rows], [references[0] for _, references in rows], lang

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .caches import MANIFEST_NAME, record_manifest, whole
+from ..caches import MANIFEST_NAME, record_manifest, whole
 
 
 COLOURS = {

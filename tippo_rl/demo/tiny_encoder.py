@@ -3,7 +3,7 @@
 A real user's φ is a pretrained Chinese-CLIP. No CLIP weights can be downloaded here, and a random φ maps every
 title to nearly the same vector (the four place titles had pairwise cosine ≥ 0.9999), so the demo's title carried
 nothing. [`pretrain_tiny_encoder`] trains the tiny preset's two towers with symmetric InfoNCE on what the demo
-generator draws (`tippo_rl.demo_data`, from the recipe's own seed, never the dataset's): single images against
+generator draws (`tippo_rl.demo.scenes`, from the recipe's own seed, never the dataset's): single images against
 every object phrase ("a red circle"), every placed object ("a red circle by the sea") and every title wording
 ("seaside views"), and whole scenes (the mean of their images' embeddings) against the titles. A text's positives
 are all the items it describes; one loss per kind of text, averaged, so that the place titles do not drown the
@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from transformers import ChineseCLIPConfig, ChineseCLIPModel
 
-from . import demo_data
-from .caches import cache_root, cached_folder
-from .demo_data import COLOURS, PLACES, SHAPES, draw_scene, draw_shape, object_phrase, place_phrase, titles_of
+from ..caches import cache_root, cached_folder
+from . import scenes as demo_data
+from .scenes import COLOURS, PLACES, SHAPES, draw_scene, draw_shape, object_phrase, place_phrase, titles_of
 
 
 logger = logging.getLogger(__name__)
