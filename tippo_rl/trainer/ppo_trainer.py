@@ -22,24 +22,30 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
+import os
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import is_peft_model, set_seed
+from accelerate.utils import gather_object, is_peft_model, set_seed
 from datasets import Dataset
 from torch import nn
 from transformers import GenerationConfig, Trainer, TrainerCallback
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ProgressCallback
-from trl.models import unwrap_model_for_generation
-from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+from trl.models import prepare_deepspeed, unwrap_model_for_generation
+from trl.trainer.utils import RepeatSampler, entropy_from_logits, selective_log_softmax
 
-from ..data_collator import MODEL_INPUT_NAMES, model_inputs
-from ..feature_cache import training_datasets, with_frozen_features
+from ..checkpoints import PPO_STATE_NAME, CheckpointError, read_ppo_state, redacted
+from ..data_collator import MODEL_INPUT_NAMES, TIPPoDataCollator, model_inputs
+from ..feature_cache import cache_features_for_training, training_datasets, with_frozen_features
 from ..generation import generation_config
 from ..modeling_tippo import TIPPoForConditionalGeneration
 from ..processing_tippo import TIPPoProcessor
@@ -48,9 +54,7 @@ from .callbacks import IterationProgressCallback
 from .daa_schedule import daa_lambda1_at
 from .generation_eval import GenerationEvalMixin
 from .model_wrappers import unwrap_tippo
-from .ppo_checkpoints import PPOCheckpointMixin
 from .ppo_config import PPOConfig
-from .ppo_logging import PPOLoggingMixin
 from .ppo_math import (
     ReturnStatistics,
     aggregate_token_losses,
@@ -65,10 +69,69 @@ from .ppo_math import (
     masked_global_mean_std,
     masked_mean,
 )
-from .reference_policy import disable_dropout, frozen_reference_policy
-from .rollout_batches import PPODataCollator, RolloutBatchesMixin
 from .saving import TIPPoSavingMixin
+from .step_metrics import StepMetrics
 from .value_head import PolicyAndValueModel
+
+
+FEATURE_COLUMNS = ("image_features", "title_features")
+
+
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's `RepeatSampler` whose order depends on (seed, epoch) only. TRL's seeds its generator once, so a run resumed
+    past the first pass over the data drew a different order than an uninterrupted one; the Trainer calls `set_epoch`
+    before every pass (resumed or not), which re-seeds it here."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.shuffle:
+            self.generator.manual_seed((self.seed or 0) + epoch)
+
+
+class PPODataCollator:
+    """Rows → the model inputs of `TIPPoDataCollator` plus `columns`: every other dataset column as a list, for the
+    reward plug-ins (`reference`, `references`, `title`, `images`, `id`, and any extra column). Images whose pixels
+    were replaced by cached features are passed as their file paths."""
+
+    def __init__(self, processor: TIPPoProcessor):
+        self.collator = TIPPoDataCollator(processor, with_labels=False)
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, Any]:
+        batch = model_inputs(self.collator(rows))
+        columns = {name: [row[name] for row in rows] for name in rows[0] if name not in FEATURE_COLUMNS}
+        if "images" in columns:
+            columns["images"] = [[_image_or_path(image) for image in images] for images in columns["images"]]
+        return {**batch, "columns": columns}
+
+
+def _image_or_path(image: Any) -> Any:
+    if isinstance(image, dict) and image.get("path"):  # an undecoded datasets.Image
+        return image["path"]
+    return image
+
+
+def _nanstd(values: torch.Tensor) -> float:
+    finite = values[~torch.isnan(values)]
+    return finite.std(correction=0).item() if len(finite) else float("nan")
+
+
+def frozen_reference_policy(policy: nn.Module, accelerator, deepspeed: bool) -> nn.Module:
+    """A frozen copy of `policy`, prepared for evaluation (a DeepSpeed engine under DeepSpeed). A PEFT policy needs
+    none: its reference is the same model with its adapters disabled."""
+    tippo = unwrap_tippo(policy)
+    # φ is frozen and the same in both: share it rather than copy it (not under DeepSpeed, which shards it).
+    share = tippo.config.freeze_encoder and not deepspeed
+    reference = copy.deepcopy(policy, memo={id(tippo.encoder): tippo.encoder} if share else None)
+    reference.eval().requires_grad_(False)
+    if deepspeed:
+        return prepare_deepspeed(reference, accelerator)
+    return accelerator.prepare_model(reference, evaluation_mode=True)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability of `model` to 0."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
 
 
 logger = logging.getLogger(__name__)
@@ -87,9 +150,7 @@ OFF_POLICY_GENERATION_OPTIONS = {
 }
 
 
-class PPOTrainer(
-    RolloutBatchesMixin, PPOLoggingMixin, PPOCheckpointMixin, GenerationEvalMixin, TIPPoSavingMixin, Trainer
-):
+class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
     """Proximal Policy Optimization of a [`TIPPoForConditionalGeneration`] (title + images → text) with reward plug-ins.
 
     Standard PPO by default (value head, GAE, clipped value loss); `use_value_head=False` uses the sequence return
@@ -589,3 +650,270 @@ class PPOTrainer(
             sampling_logits = logits if self.args.temperature == 1.0 else logits / self.args.temperature
             self._log_metric("entropy", masked_mean(entropy_from_logits(sampling_logits), mask))  # TRL's: in chunks
         return loss
+
+    # -- rollout batches: the data loader of whole prompt groups ---------------------------------------------------------
+
+    def get_train_dataloader(self):
+        # One dataloader batch is a rollout batch, repeated once per minibatch it feeds (see rollout_sampler).
+        return self._get_dataloader(
+            dataset=self.train_dataset,
+            description="Training",
+            batch_size=self._train_batch_size * self.args.steps_per_generation,
+            sampler_fn=self.rollout_sampler,
+            is_training=True,
+        )
+
+    def rollout_sampler(self, dataset: Dataset | None = None) -> EpochSeededRepeatSampler:
+        """The order of the training rows: rollout batches of `generation_batch_size / k` prompts, each k times in a row.
+
+        Each rollout batch (global: generation_batch_size completions) comes minibatches_per_iteration times in a row,
+        so the Trainer's step and epoch counting, and skipping on resume, stay right. Every process's share is a
+        multiple of k consecutive rows: whole groups. Its order depends on the epoch, not on how many passes this
+        process has drawn, so a resumed run sees the same order."""
+        return EpochSeededRepeatSampler(
+            data_source=dataset if dataset is not None else self.train_dataset,
+            mini_repeat_count=self.args.num_generations,
+            batch_size=self.args.generation_batch_size // self.args.num_generations,
+            repeat_count=self.args.minibatches_per_iteration,
+            shuffle=True,
+            seed=self.args.seed,
+        )
+
+    # -- logging and evaluation ------------------------------------------------------------------------------------------
+
+    def _init_logging(self) -> None:
+        self._metrics: dict[str, list[float]] = defaultdict(list)  # per iteration, already reduced: logged means
+        self._step_metrics = StepMetrics()  # per step, on the device until log()
+        self._reward_warnings: set[tuple[str, str]] = set()  # (reward, problem) already reported
+        self._pending_reward_metrics: dict[str, list[float]] = defaultdict(list)  # from rewards' log_metric
+        self.reward_extras: dict[str, list] = {}  # from rewards' log_extra: the latest rollout batch's columns
+
+    def log_reward_metric(self, name: str, value: float) -> None:
+        """`log_metric` of the reward functions (TRL's GRPO convention): logged under `name`, averaged over the
+        iteration's calls and all processes."""
+        self._pending_reward_metrics[name].append(float(value))
+
+    def log_reward_extra(self, column: str, values: list) -> None:
+        """`log_extra` of the reward functions: a column of per-sample values, kept in `reward_extras` for the latest
+        rollout batch and shown in the evaluation's completions table."""
+        self.reward_extras[column] = list(values)
+
+    def _log_metric(self, name: str, value: torch.Tensor | float) -> None:
+        """Record a per-step scalar; `log()` reports its mean over the steps since the last log and all processes."""
+        self._step_metrics.add(name, value, self.accelerator.device)
+
+    def _log_rollout_metrics(
+        self, rewards: torch.Tensor, returns: torch.Tensor, advantages: torch.Tensor, rollouts: dict[str, Any]
+    ) -> None:
+        gather = self.accelerator.gather
+        all_rewards = gather(rewards.T.contiguous()).T  # (n_funcs, global batch)
+        for name, values in zip(self.reward_names, all_rewards):
+            self._metrics[f"rewards/{name}/mean"].append(torch.nanmean(values).item())
+            self._metrics[f"rewards/{name}/std"].append(_nanstd(values))
+            self._warn_if_uninformative(name, values)
+        all_returns = gather(returns)
+        self._metrics["returns/mean"].append(all_returns.mean().item())
+        self._metrics["returns/std"].append(all_returns.std(correction=0).item())
+        mask = rollouts["completion_mask"]
+        mean, std = masked_global_mean_std(advantages, mask, self.accelerator)
+        self._metrics["advantages/mean"].append(mean)
+        self._metrics["advantages/std"].append(std)
+        # The share of completions whose first token's advantage is negative: ~1/2 when advantages carry no position bias.
+        self._metrics["advantages/first_token_negative"].append(gather((advantages[:, 0] < 0).float()).mean().item())
+        lengths = gather(rollouts.get("sampled_mask", mask).sum(1).float())
+        self._metrics["completions/mean_length"].append(lengths.mean().item())
+        terminated = gather((rollouts["completion_ids"] == self.eos_token_id).any(1).float())
+        self._metrics["completions/clipped_ratio"].append(1.0 - terminated.mean().item())
+        self._metrics["iteration"].append(float(self.iteration))
+        self._flush_reward_metrics()
+        if self.args.log_completions:  # this process's rows of the latest rollout batch, for the next log()
+            self._latest_completions = {
+                "prompt": list(rollouts["prompts"]),
+                "completion": list(rollouts["completions"]),
+                "reference": list(rollouts["columns"].get("reference", [""] * len(returns))),
+                **{name: values.tolist() for name, values in zip(self.reward_names, rewards)},
+                "advantage": advantages[:, 0].tolist(),
+            }
+
+    def _log_completions(self) -> None:
+        """`log_completions`: the latest rollout batch's rows from every process — a console table of
+        `num_completions_to_print` rows (TRL's), a wandb table and TensorBoard text where reported to, and every row
+        appended to `output_dir/completions.jsonl` with its step."""
+        latest, self._latest_completions = getattr(self, "_latest_completions", None), None  # each row once
+        gathered = gather_object([latest])
+        if not self.accelerator.is_main_process or not any(gathered):
+            return
+        table = {key: [value for part in gathered if part for value in part[key]] for key in gathered[0]}
+        step = self.state.global_step
+        with open(Path(self.args.output_dir) / "completions.jsonl", "a", encoding="utf-8") as file:
+            for row in zip(*table.values()):
+                file.write(json.dumps({"step": step, **dict(zip(table, row))}, ensure_ascii=False) + "\n")
+        shown = {key: values[: self.args.num_completions_to_print] for key, values in table.items()}
+        rewards = {name: shown[name] for name in self.reward_names}
+        try:
+            from trl.trainer.utils import print_prompt_completions_sample
+
+            print_prompt_completions_sample(
+                shown["prompt"], shown["completion"], rewards, shown["advantage"], step,
+                extra={"reference": shown["reference"]},
+            )  # fmt: skip
+        except ImportError:  # rich is missing: a plain line per sample
+            for row in zip(*shown.values()):
+                print(dict(zip(shown, row)))
+        report_to = self.args.report_to or []
+        if "wandb" in report_to:
+            import wandb
+
+            if wandb.run is not None:
+                rows = [[step, *row] for row in zip(*shown.values())]
+                wandb.log({"completions": wandb.Table(columns=["step", *shown], data=rows)})
+        if "tensorboard" in report_to:
+            writer = next((getattr(c, "tb_writer", None) for c in self.callback_handler.callbacks), None)
+            if writer is not None:
+                lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+                lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in zip(*shown.values())]
+                writer.add_text("completions", "\n".join(lines), step)
+
+    def _flush_reward_metrics(self) -> None:
+        # Sorted names, gathered from every process: all processes take part in the same gathers, in the same order,
+        # even when a reward logs a metric on some of them only.
+        names = sorted({name for names in gather_object([list(self._pending_reward_metrics)]) for name in names})
+        for name in names:
+            values = self._pending_reward_metrics.get(name, [])
+            stats = torch.tensor([sum(values), len(values)], dtype=torch.float64, device=self.accelerator.device)
+            total, count = self.accelerator.reduce(stats, reduction="sum").tolist()
+            if count:
+                self._metrics[name].append(total / count)
+        self._pending_reward_metrics.clear()
+
+    def _warn_if_uninformative(self, name: str, values: torch.Tensor) -> None:
+        """Say (once per reward and problem) when a reward cannot move the policy: None for every sample of a rollout
+        batch, or the same value for all of them (its part of every advantage is then 0)."""
+        finite = values[~torch.isnan(values)]
+        if len(finite) == 0:
+            problem, message = (
+                "none",
+                f"returned None for all {len(values)} samples of iteration {self.iteration}: it has no effect",
+            )
+        elif len(finite) > 1 and bool((finite == finite[0]).all()):
+            problem, message = (
+                "constant",
+                (
+                    f"gave all {len(finite)} samples of iteration {self.iteration} the same value ({finite[0].item():.4g}): it "
+                    "adds nothing to the advantages"
+                ),
+            )
+        else:
+            return
+        if (name, problem) not in self._reward_warnings and self.accelerator.is_main_process:
+            self._reward_warnings.add((name, problem))
+            warnings.warn(
+                f"reward {name!r} {message} (said once; the rewards/{name}/* metrics show every iteration)",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training and self.args.log_completions and "loss" in logs:  # a training step's log
+            self._log_completions()
+        if self.model.training:
+            self._step_metrics.reduce_into(self._metrics, self.accelerator)
+            for key, values in self._metrics.items():
+                finite = [v for v in values if not math.isnan(v)]
+                logs[key] = sum(finite) / len(finite) if finite else None
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    def evaluate(
+        self, eval_dataset: Dataset | None = None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Decode the eval split and log generation metrics (`eval_rouge_l`, `eval_cider`, `eval_literal`,
+        `eval_rewards/<name>`): PPO has no eval loss. `metric_for_best_model` may name any of them."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError(
+                "PPOTrainer.evaluate needs an eval dataset: pass eval_dataset to the trainer or to evaluate()"
+            )
+        if eval_dataset is not None:
+            (dataset,) = cache_features_for_training(self.args, unwrap_tippo(self.model), self.processor, dataset)
+        was_training = self.model.training
+        self.model.eval()  # log() then keeps the training metrics for the next training log
+        try:
+            metrics = self.generation_metrics(dataset, metric_key_prefix)
+            self.log(metrics)
+        finally:
+            self.model.train(was_training)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    # -- checkpoints: PPO's own state saved and resumed with the Trainer's -----------------------------------------------
+
+    def ppo_state(self) -> dict[str, Any]:
+        """What a checkpoint must hold beyond the Trainer's own state to resume exactly (JSON-serialisable), and the
+        iteration layout it was written with."""
+        return {
+            "step": self._step,
+            "iteration": self.iteration,
+            "steps_per_generation": self.args.steps_per_generation,
+            "num_ppo_epochs": self.args.num_ppo_epochs,
+            "num_generations": self.args.num_generations,
+            "total_iterations": self.total_iterations,
+            "return_statistics": self.return_statistics.state_dict(),
+        }
+
+    def load_ppo_state(self, state: dict[str, Any]) -> None:
+        """Restore what `ppo_state` saved."""
+        self._step = state["step"]
+        self.iteration = state["iteration"]
+        # Absent in checkpoints of runs without the running baseline written before it existed.
+        if "return_statistics" in state:
+            self.return_statistics.load_state_dict(state["return_statistics"])
+
+    def _save_checkpoint(self, model, trial):
+        self.create_model_card()
+        super()._save_checkpoint(model, trial)  # atomic; ppo_state.json goes in through _save_checkpoint_extras
+
+    def _save_checkpoint_extras(self, folder):
+        with open(os.path.join(folder, PPO_STATE_NAME), "w") as f:
+            json.dump(self.ppo_state(), f, indent=2)
+
+    def _check_resume(self, checkpoint: str, state: dict) -> None:
+        ppo_state = read_ppo_state(checkpoint)
+        for name in ("steps_per_generation", "num_ppo_epochs"):
+            if ppo_state.get(name) not in (None, getattr(self.args, name)):
+                raise CheckpointError(
+                    f"'{checkpoint}' was written with {name} {ppo_state[name]}, this run has {getattr(self.args, name)}: "
+                    f"its steps no longer fall on PPO iterations; resume with --{name} {ppo_state[name]}"
+                )
+        super()._check_resume(checkpoint, state)
+
+    def _restore_state(self, checkpoint: str) -> None:
+        self.load_ppo_state(read_ppo_state(checkpoint))
+        self._rollout_batch = self._minibatches = None
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """With a value head, what the Trainer saves of a model, through the wrapper's own `save_pretrained` (the policy
+        as a loadable TIPPo model or PEFT adapter, and `value_head.safetensors`), then the processor and the training
+        arguments (without the Hub token)."""
+        if not isinstance(self.model, PolicyAndValueModel):
+            return super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        self.model.save_pretrained(output_dir, state_dict=state_dict)  # DeepSpeed: its consolidated state dict
+        self.processor.save_pretrained(output_dir)
+        torch.save(redacted(self.args), os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_best_model(self):
+        # `load_best_model_at_end` with a value head: the Trainer would load the policy's weights into the wrapper.
+        if not isinstance(self.model, PolicyAndValueModel) or self.is_deepspeed_enabled:  # DeepSpeed: the engine's own
+            return super()._load_best_model()
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
+        if not isinstance(self.model, PolicyAndValueModel):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self.model.load_value_head(resume_from_checkpoint)
+        # The Trainer loads the policy as the plain model (or adapter) it saved.
+        super()._load_from_checkpoint(resume_from_checkpoint, self.model.policy)
