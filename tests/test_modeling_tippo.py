@@ -472,3 +472,38 @@ def test_single_image_prototype_running_mean_is_moved_in_training_and_fixed_at_i
     assert "prototype_running_mean" in model.state_dict()
     with pytest.raises(ValueError, match="single_image_prototype must be `own` or `running_mean`"):
         TIPPoConfig(single_image_prototype="batch")
+
+
+def test_daa_projection_elementwise_is_the_paper_s_w_odot_s_and_trains(tmp_path):
+    """`daa_projection: elementwise`: each of DAA's five projections is a trainable k×d array times the signal
+    (starting at ones, so W ⊙ S = S); the model trains and saves/loads with it; `linear` stays the default."""
+    from tippo_rl import build_tiny_tippo
+    from tippo_rl.modeling_tippo import ElementwiseProjection
+
+    default, _ = build_tiny_tippo(seed=0, pretrained_encoder=False)
+    assert (
+        isinstance(default.dual_alignment_attention.text_query, torch.nn.Linear)
+        and default.config.daa_projection == "linear"
+    )
+    model, processor = build_tiny_tippo(seed=0, pretrained_encoder=False, daa_projection="elementwise")
+    daa = model.dual_alignment_attention
+    for name in ("text_query", "prototype_query", "text_image_key", "prototype_image_key", "value"):
+        projection = getattr(daa, name)
+        assert isinstance(projection, ElementwiseProjection)
+        assert projection.weight.shape == (model.config.prefix_length, model.config.hidden_size)
+        assert bool((projection.weight == 1).all())
+    signal = torch.randn(2, model.config.prefix_length, model.config.hidden_size)
+    torch.testing.assert_close(daa.value(signal), signal)
+    from PIL import Image
+
+    batch = processor(
+        titles=["a day by the sea"], images=[[Image.new("RGB", (32, 32), "red")]], references=["by the sea."]
+    )
+    loss = model(**{k: v for k, v in batch.items() if k != "labels"}, labels=batch["labels"]).loss
+    loss.backward()
+    assert daa.value.weight.grad is not None and daa.value.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    assert loaded.config.daa_projection == "elementwise" and isinstance(
+        loaded.dual_alignment_attention.value, ElementwiseProjection
+    )

@@ -19,6 +19,9 @@ def check_contrastive_loss_settings(weight: float, temperature: float, negatives
         raise ValueError(f"{owner}contrastive_negatives must be `batch` or `own_images`, got {negatives!r}")
 
 
+DAA_PROJECTIONS = ("linear", "elementwise")  # DAA's W·S (default) or the paper's W ⊙ S
+
+
 class TIPPoConfig(PretrainedConfig):
     r"""
     Configuration of a [`TIPPoForConditionalGeneration`] (alias `TIPPoForConditionalGeneration`): a frozen Chinese-CLIP encoder φ, two adapters, the visual prototype,
@@ -48,6 +51,10 @@ class TIPPoConfig(PretrainedConfig):
             fusion S^F, so the decoder knows which image a token came from and how many images there are. Without
             it the only order signal is T5's relative attention over the prefix. The paper's model is `False`; the
             embedded default turns it on (its references describe the images in order: README).
+        daa_projection (`str`, defaults to `"linear"`):
+            How DAA's W^TQ, W^PQ, W^TIK, W^PIK and W^V act on a signal (Eq. 1). `linear`: a d×d matrix, S·W (the
+            attention's usual projection; a deviation from the paper's text). `elementwise`: the paper as written,
+            W ⊙ S, W a trainable k×d array (initialised to ones).
         single_image_prototype (`str`, defaults to `"own"`):
             S^P of a sample with one image. `own` (the paper's mean over the sample's images): S^P = S^I, so S^D is
             π_D's constant bias and DAA's prototype map is trivial. `running_mean`: a running mean of all real image
@@ -88,6 +95,7 @@ class TIPPoConfig(PretrainedConfig):
         image_slot_embeddings: bool = False,
         single_image_prototype: str = "own",
         prototype_momentum: float = 0.99,
+        daa_projection: str = "linear",
         daa_lambda1: float = 0.0,
         contrastive_weight: float = 1.0,
         contrastive_temperature: float = 1.0,
@@ -132,6 +140,11 @@ class TIPPoConfig(PretrainedConfig):
             raise ValueError(f"TIPPoConfig.prototype_momentum must lie in [0, 1), got {prototype_momentum!r}")
         self.single_image_prototype = single_image_prototype
         self.prototype_momentum = float(prototype_momentum)
+        if daa_projection not in DAA_PROJECTIONS:
+            raise ValueError(
+                f"TIPPoConfig.daa_projection must be one of {', '.join(DAA_PROJECTIONS)}, got {daa_projection!r}"
+            )
+        self.daa_projection = daa_projection
         self.daa_lambda1 = float(daa_lambda1)
         check_contrastive_loss_settings(
             contrastive_weight, contrastive_temperature, contrastive_negatives, "TIPPoConfig."

@@ -57,6 +57,12 @@ class TIPPoModelConfig(ModelConfig):
             "help": "Not in the paper: a learned embedding per image slot added to its fusion tokens (fresh models; TIPPoConfig)."
         },
     )
+    daa_projection: str = field(
+        default="linear",
+        metadata={
+            "help": "DAA's W^TQ, W^PQ, W^TIK, W^PIK, W^V (fresh models; TIPPoConfig): `linear` (S·W, a d×d matrix) or `elementwise` (W ⊙ S, the paper as written)."
+        },
+    )
     single_image_prototype: str = field(
         default="own",
         metadata={

@@ -79,17 +79,32 @@ class TIPPoPrefixAdapter(nn.Module):
         return self.mlp(features).unflatten(-1, (self.prefix_length, self.hidden_size))
 
 
+class ElementwiseProjection(nn.Module):
+    """W ⊙ S: a trainable `(k, d)` array times the signal `(..., k, d)` element by element (DAA as the paper writes it)."""
+
+    def __init__(self, prefix_length: int, hidden_size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(prefix_length, hidden_size))
+
+    def forward(self, signal: torch.Tensor) -> torch.Tensor:
+        return self.weight * signal
+
+
 class TIPPoDualAlignmentAttention(nn.Module):
     """Dual Alignment Attention (Eq. 1–2): text-image and prototype-image maps jointly re-weight each image."""
 
     def __init__(self, config: TIPPoConfig):
         super().__init__()
         d = config.hidden_size
-        self.text_query = nn.Linear(d, d, bias=False)  # W^TQ
-        self.prototype_query = nn.Linear(d, d, bias=False)  # W^PQ
-        self.text_image_key = nn.Linear(d, d, bias=False)  # W^TIK
-        self.prototype_image_key = nn.Linear(d, d, bias=False)  # W^PIK
-        self.value = nn.Linear(d, d, bias=False)  # W^V
+        if config.daa_projection == "elementwise":  # the paper's W ⊙ S
+            projection = lambda: ElementwiseProjection(config.prefix_length, d)  # noqa: E731
+        else:  # W·S, a d×d matrix
+            projection = lambda: nn.Linear(d, d, bias=False)  # noqa: E731
+        self.text_query = projection()  # W^TQ
+        self.prototype_query = projection()  # W^PQ
+        self.text_image_key = projection()  # W^TIK
+        self.prototype_image_key = projection()  # W^PIK
+        self.value = projection()  # W^V
         self.scale = 1.0 / math.sqrt(d)  # 1/√d_k, single head so d_k = d
 
     def forward(
@@ -243,6 +258,8 @@ class TIPPoPreTrainedModel(PreTrainedModel):
             # objects as a bag, and only some seeds later learnt which image is which (demo SFT, 600 steps, seeds
             # 100–102: ROUGE-L 84.9, 91.3, 85.7, objects swapped; at 0.5: 96.4, 93.2, 94.7, count right in ≥ 99%).
             module.weight.normal_(mean=0.0, std=IMAGE_SLOT_EMBEDDING_STD)
+        elif isinstance(module, ElementwiseProjection):
+            module.weight.fill_(1.0)  # W ⊙ S starts as the identity
         elif isinstance(module, TIPPoForConditionalGeneration):
             module.daa_lambda1.fill_(self.config.daa_lambda1)
 

@@ -448,7 +448,9 @@ def _model_and_processor(
     args: TIPPoModelConfig, lang: str, texts: Sequence[str] | None
 ) -> tuple[TIPPoForConditionalGeneration, TIPPoProcessor]:
     fresh = dict(
-        image_slot_embeddings=args.image_slot_embeddings, single_image_prototype=args.single_image_prototype
+        image_slot_embeddings=args.image_slot_embeddings,
+        single_image_prototype=args.single_image_prototype,
+        daa_projection=args.daa_projection,
     )  # TIPPoConfig
     with full_weights_under_zero3():
         if args.model_name_or_path:
