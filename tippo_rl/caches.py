@@ -154,3 +154,14 @@ def cached_file(target: Path, check: Callable[[Path], object]) -> Iterator[bool]
             yield build
             if build:
                 record_manifest(target, manifest)
+
+
+def save_model_folder(model, folder: Path) -> None:
+    """`model.save_pretrained(folder)` on whichever process builds a cache entry: transformers writes a model's weights
+    only on global rank 0 once torch.distributed runs, so an entry built by another machine's process (its own
+    filesystem) would hold a config and no weights. The config, then the weights with safetensors."""
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"))

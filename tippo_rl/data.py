@@ -465,7 +465,8 @@ def load_datasets(
                     raise
                 logger.info("%s: no evaluation split", error)
     elif args.dataset == "demo":
-        with PartialState().main_process_first():  # one process writes the files, the others then reuse them
+        # One process per machine writes the files (each machine may have its own disk), the others then reuse them.
+        with PartialState().local_main_process_first():
             folder = make_demo_dataset(
                 args.demo_dir,
                 num_train=args.demo_num_train,

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from transformers import ChineseCLIPConfig, ChineseCLIPModel
 
-from ..caches import cache_root, cached_folder
+from ..caches import cache_root, cached_folder, save_model_folder
 from . import scenes as demo_data
 from .scenes import COLOURS, PLACES, SHAPES, draw_scene, draw_shape, object_phrase, place_phrase, titles_of
 
@@ -249,7 +249,7 @@ def tiny_encoder_folder(
         logger.warning(
             "tiny preset: pretraining its Chinese-CLIP encoder on demo pairs, once (~60 s); cached in %s", target
         )
-        pretrain_tiny_encoder(config, processor, lang, recipe).save_pretrained(folder)
+        save_model_folder(pretrain_tiny_encoder(config, processor, lang, recipe), folder)
         (folder / "tiny_encoder_recipe.json").write_text(
             json.dumps({"lang": lang, **dataclasses.asdict(recipe)}, indent=2) + "\n"
         )
