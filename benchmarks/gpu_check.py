@@ -1,9 +1,9 @@
 """The Python side of `benchmarks/gpu_check.sh` (issue 28): what the steps need that bash does badly.
 
-    python benchmarks/gpu_check.py environment DIR        # versions against setup.cfg, the accelerator
-    python benchmarks/gpu_check.py embedder DIR [--tiny]   # an offline, randomly initialised sentence embedder
-    python benchmarks/gpu_check.py record OUT NAME RC START LIMIT WORK   # one step's JSON
-    python benchmarks/gpu_check.py summary OUT NAME...     # summary.json over the steps
+python benchmarks/gpu_check.py environment DIR        # versions against setup.cfg, the accelerator
+python benchmarks/gpu_check.py embedder DIR [--tiny]   # an offline, randomly initialised sentence embedder
+python benchmarks/gpu_check.py record OUT NAME RC START LIMIT WORK   # one step's JSON
+python benchmarks/gpu_check.py summary OUT NAME...     # summary.json over the steps
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SKIPPED = 77  # a step that exits with this status could not run here; its last output line says why
 TAIL_LINES = 40
+# What `make gpu-wheels` brings (the GPU image has the rest); their own dependencies are checked, not installed.
+BROUGHT = ("trl", "datasets", "deepspeed", "FlagEmbedding", "model2vec", "skeletoken", "Levenshtein", "pydantic")
 
 
 def environment(work: Path) -> int:
@@ -32,17 +34,25 @@ def environment(work: Path) -> int:
     lines = setup["options"]["install_requires"].split("\n") + setup["options.extras_require"]["deepspeed"].split("\n")
     checks, failures = {}, []
     for requirement in (Requirement(line) for line in lines if line.strip()):
-        try:
-            installed = metadata.version(requirement.name)
-        except metadata.PackageNotFoundError:
-            installed = None
+        installed = _installed(requirement.name)
         fits = installed is not None and requirement.specifier.contains(installed, prereleases=True)
         checks[requirement.name] = dict(required=str(requirement.specifier) or "any", installed=installed, ok=fits)
         if not fits:
             failures.append(f"{requirement} (installed: {installed or 'none'})")
 
-    import torch
+    # The wheels were installed without their dependencies: where one of those is missing or older in the image, say
+    # so (a warning, not a failure: FlagEmbedding, say, names sentence_transformers and ir-datasets it never imports).
+    dependencies = {}
+    for name in BROUGHT:
+        for line in metadata.requires(name) if _installed(name) else []:
+            requirement = Requirement(line)
+            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+                continue
+            installed = _installed(requirement.name)
+            if installed is None or not requirement.specifier.contains(installed, prereleases=True):
+                dependencies[f"{name} needs {requirement}"] = installed
 
+    import torch
     from machine import peak_bf16_flops
 
     gpu = torch.cuda.is_available()
@@ -56,10 +66,20 @@ def environment(work: Path) -> int:
         peak_bf16_flops=peak_bf16_flops(),
     )
     print(json.dumps(device))
-    (work / "result.json").write_text(json.dumps(dict(requirements=checks, device=device), indent=1) + "\n")
+    for problem, installed in dependencies.items():
+        print(f"warning: {problem} (installed: {installed or 'none'})")
+    result = dict(requirements=checks, unmet_dependencies_of_the_wheels=dependencies, device=device)
+    (work / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     for failure in failures:
         print(f"tippo_rl needs {failure}")
     return 1 if failures else 0
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def embedder(folder: Path, tiny: bool) -> int:
