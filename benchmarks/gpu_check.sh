@@ -25,7 +25,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: COMMAND under its own timeout, in it
   STEPS+=("$name")
   mkdir -p "$WORK/$name"
   start=$(date +%s.%N)
-  timeout -k 10 "$limit" bash -c '"$@"' "$name" "$@" "$WORK/$name" >"$OUT/$name.log" 2>&1
+  timeout -k 5 "$limit" bash -c '"$@"' "$name" "$@" "$WORK/$name" >"$OUT/$name.log" 2>&1
   "$PYTHON" benchmarks/gpu_check.py record "$OUT" "$name" $? "$start" "$limit" "$WORK/$name"
 }
 
@@ -75,7 +75,7 @@ sft_then_polishppo() {  # sft_then_polishppo CONFIG WORKDIR: a few SFT steps, th
 }
 
 compile_off_and_on() {  # compile_off_and_on WORKDIR: the same SFT run without and with --torch_compile
-  local backend=inductor steps=40
+  local backend=inductor steps=30
   [[ $DRY_RUN == 1 ]] && backend=eager steps=2  # inductor's C++ build takes ~40 s on a CPU; eager traces only
   launch compile multi_gpu.yaml sft --config recipes/configs/demo_sft.yaml --output_dir "$1/eager" --max_steps $steps &&
     launch compile multi_gpu.yaml sft --config recipes/configs/demo_sft.yaml --output_dir "$1/compiled" \
@@ -89,8 +89,9 @@ prepare() {  # the offline sentence embedder for R_semantic, and the tiny φ pre
 
 export -f install_wheels bench launch sft_then_polishppo compile_off_and_on prepare
 
-# Timeouts: 540 s in all, the 9 minutes of an H100 run; three times as long in a dry run (about 3 min on 2 CPU cores).
-step install 40 install_wheels
+# Timeouts: 540 s in all (+ 5 s each to kill a step that ignores SIGTERM), the 9 minutes of an H100 run; three times
+# as long in a dry run, which takes about 3.5 min on 2 shared CPU cores.
+step install 30 install_wheels
 step environment 20 "$PYTHON" benchmarks/gpu_check.py environment
 step prepare 60 prepare
 step bench_sft 80 bench bench_sft.py "--size base --batch_size 8 --bf16 true" \
@@ -100,7 +101,7 @@ step bench_polishppo 100 bench bench_polishppo.py "--size base --semantic_model 
    --warmup_iterations 0 --rounds 1 --num_train 8 --threads 1 --semantic_backend flagembedding
    --semantic_model $WORK/prepare/embedder --variants polishppo/fixed grpo/fixed"
 step recipes_ddp 60 sft_then_polishppo multi_gpu.yaml
-step recipes_zero2 60 sft_then_polishppo deepspeed_zero2.yaml
-step recipes_zero3 70 sft_then_polishppo deepspeed_zero3.yaml
-step torch_compile 50 compile_off_and_on
+step recipes_zero2 55 sft_then_polishppo deepspeed_zero2.yaml
+step recipes_zero3 65 sft_then_polishppo deepspeed_zero3.yaml
+step torch_compile 70 compile_off_and_on
 "$PYTHON" benchmarks/gpu_check.py summary "$OUT" "${STEPS[@]}"
