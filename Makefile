@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # The tiny demo model gains nothing from a second intra-op thread, and loses up to 25× when the cores are shared.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup demo demo-sft demo-polishppo demo-ppo demo-eval test lint format benchmarks clean
+.PHONY: setup demo demo-sft demo-polishppo demo-ppo demo-eval test lint format benchmarks gpu-wheels gpu-check clean
 
 $(STAMP): setup.cfg constraints.txt
 	python3 -m venv $(VENV)
@@ -54,6 +54,24 @@ benchmarks: setup
 	$(PYTHON) benchmarks/bench_rewards.py
 	$(PYTHON) benchmarks/bench_sft.py
 	$(PYTHON) benchmarks/bench_polishppo.py
+
+## The GPU check (issue 28, benchmarks/gpu_check.sh). The GPU machine has Python 3.12, CUDA torch, transformers,
+## accelerate and peft but no network: `gpu-wheels` downloads here what else the check imports (Python 3.12, x86-64,
+## no dependencies: the image's packages stay), ~11 MB; deepspeed has no wheel on PyPI, so pip builds its pure-Python
+## one from the sdist (DS_BUILD_OPS=0: its ops are JIT-built where they are used).
+GPU_WHEELS_DIR ?= benchmarks/gpu_wheels
+GPU_WHEELS := trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 Levenshtein==0.27.5 rapidfuzz==3.14.6 \
+	FlagEmbedding==1.4.2 model2vec==0.10.0 skeletoken==0.6.1 hjson==3.1.0 pydantic==2.11.7 pydantic-core==2.33.2 \
+	annotated-types==0.7.0 typing-inspection==0.4.1
+gpu-wheels: setup
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d $(GPU_WHEELS_DIR) $(GPU_WHEELS)
+	DS_BUILD_OPS=0 $(PYTHON) -m pip wheel --quiet --no-deps --no-build-isolation -w $(GPU_WHEELS_DIR) deepspeed==0.19.8
+	du -sh $(GPU_WHEELS_DIR)
+
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf outputs

@@ -124,6 +124,10 @@ def parse_args(argv=None):
         choices=["flagembedding", "static"],
         help="R_semantic from the encoder or its static distillation; default tiny static (the demo's), base flagembedding",
     )
+    parser.add_argument(
+        "--semantic_model",
+        help="R_semantic's embedder (hub id or folder); default: the bundled all-MiniLM-L6-v2 when installed, else BGE",
+    )
     parser.add_argument("--prompt_words", type=int, default=20, help="GRPO prompt length in words (≈ tokens)")
     parser.add_argument("--num_train", type=int, default=64)
     parser.add_argument("--variants", nargs="+")
@@ -133,6 +137,7 @@ def parse_args(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.output = args.output or Path(f"benchmarks/results/polishppo_{args.size}.json")
+    args.semantic_model = args.semantic_model or default_semantic_model()
     return args
 
 
@@ -332,7 +337,7 @@ def run(args, info: dict, workdir: Path) -> dict:
             feature_cache_dir=str(workdir / "features"),
             generation_kwargs=generation_kwargs,
             semantic_backend=args.semantic_backend,
-            semantic_model=default_semantic_model(),  # offline: the bundled MiniLM when installed
+            semantic_model=args.semantic_model,
         )
         trainer = PolishPPOTrainer(copy.deepcopy(model), config, processor, dataset)
         semantic_reward = trainer.reward_funcs[trainer.semantic_index]  # a SemanticReward, before it is wrapped
@@ -352,7 +357,7 @@ def run(args, info: dict, workdir: Path) -> dict:
                 "reference": dataset["reference"],
             }
         )
-        semantic = SemanticReward(default_semantic_model(), backend=args.semantic_backend)
+        semantic = SemanticReward(args.semantic_model, backend=args.semantic_backend)
         rewards = [
             timers["grpo"].wrap_callable(literal, "reward/literal"),
             timers["grpo"].wrap_callable(semantic, "reward/semantic"),
