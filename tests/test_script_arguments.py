@@ -100,3 +100,39 @@ def test_a_cpu_run_takes_one_torch_thread_unless_told_otherwise(tmp_path, capsys
         assert "cpu_threads must be ≥ 0" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def test_report_to_tensorboard_without_tensorboard_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else find_spec(name, *a)
+    )
+    with pytest.raises(SystemExit):
+        parser().parse_args_and_config(
+            args=["--output_dir", str(tmp_path), "--use_cpu", "true", "--report_to", "tensorboard"]
+        )
+    assert "report_to tensorboard: the tensorboard package is not installed; pip install -e '.[tensorboard]'" in (
+        capsys.readouterr().err
+    )
+
+
+def test_every_report_to_backend_the_configs_name_has_an_extra():
+    """A shipped config's `report_to` is installed by `.[dev]` and by an extra of its own."""
+    import configparser
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    extras = configparser.ConfigParser()
+    extras.read(repo / "setup.cfg")
+    extras = {name: value.split() for name, value in extras["options.extras_require"].items()}
+    named = set()
+    for config in (repo / "recipes/configs").glob("*.yaml"):
+        report_to = yaml.safe_load(config.read_text()).get("report_to") or []
+        named.update([report_to] if isinstance(report_to, str) else report_to)
+    for backend in named - {"none"}:
+        assert any(requirement.startswith(backend) for requirement in extras[backend]), backend
+        assert any(requirement.startswith(backend) for requirement in extras["dev"]), backend
