@@ -136,3 +136,23 @@ def test_every_report_to_backend_the_configs_name_has_an_extra():
     for backend in named - {"none"}:
         assert any(requirement.startswith(backend) for requirement in extras[backend]), backend
         assert any(requirement.startswith(backend) for requirement in extras["dev"]), backend
+
+
+def test_eval_max_samples_is_max_eval_samples_where_a_recipe_has_only_that(tmp_path, caplog):
+    """evaluate/ablate have max_eval_samples only: --eval_max_samples (and the YAML key) set it, with a note; the
+    training recipes keep both (rows kept for the run vs rows decoded at each evaluation)."""
+    from tippo_rl.evaluation import EvaluateArguments, EvaluationArguments
+
+    evaluate = TIPPoParser((TIPPoScriptArguments, EvaluateArguments, EvaluationArguments))
+    script_args, *_ = evaluate.parse_args_and_config(args=["--models", "m", "--eval_max_samples", "7"])
+    assert script_args.max_eval_samples == 7
+    assert "eval_max_samples is read as max_eval_samples" in caplog.text
+    config = tmp_path / "evaluate.yaml"
+    config.write_text("models: [m]\neval_max_samples: 5\n")
+    script_args, *_ = evaluate.parse_args_and_config(args=["--config", str(config)])
+    assert script_args.max_eval_samples == 5
+
+    script_args, training_args, _ = parser().parse_args_and_config(
+        args=["--output_dir", str(tmp_path), "--use_cpu", "true", "--eval_max_samples", "3", "--max_eval_samples", "9"]
+    )
+    assert (training_args.eval_max_samples, script_args.max_eval_samples) == (3, 9)
