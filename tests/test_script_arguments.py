@@ -156,3 +156,15 @@ def test_eval_max_samples_is_max_eval_samples_where_a_recipe_has_only_that(tmp_p
         args=["--output_dir", str(tmp_path), "--use_cpu", "true", "--eval_max_samples", "3", "--max_eval_samples", "9"]
     )
     assert (training_args.eval_max_samples, script_args.max_eval_samples) == (3, 9)
+
+
+def test_no_shipped_config_uses_gradient_checkpointing_and_the_old_name_still_takes_effect(tmp_path):
+    """transformers 5 renamed it activation_checkpointing; the old name warns, and TIPPo's SFT config once dropped it."""
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "recipes/configs"
+    assert not [config.name for config in configs.glob("*.yaml") if "gradient_checkpointing" in config.read_text()]
+    with pytest.warns(FutureWarning, match="gradient_checkpointing"):
+        old = TIPPoSFTConfig(output_dir=str(tmp_path), use_cpu=True, gradient_checkpointing=True)
+    assert old.activation_checkpointing is True
+    assert TIPPoSFTConfig(output_dir=str(tmp_path), use_cpu=True).activation_checkpointing is False
