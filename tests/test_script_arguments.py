@@ -168,3 +168,23 @@ def test_no_shipped_config_uses_gradient_checkpointing_and_the_old_name_still_ta
         old = TIPPoSFTConfig(output_dir=str(tmp_path), use_cpu=True, gradient_checkpointing=True)
     assert old.activation_checkpointing is True
     assert TIPPoSFTConfig(output_dir=str(tmp_path), use_cpu=True).activation_checkpointing is False
+
+
+def test_deepspeed_is_told_it_runs_on_the_cpu_where_there_is_no_accelerator(tmp_path, monkeypatch):
+    """Its "[WARNING] Setting accelerator to CPU ..." is noise on a CPU machine; a DS_ACCELERATOR set by hand stays."""
+    import os
+
+    import torch
+
+    monkeypatch.setenv("DS_ACCELERATOR", "")  # so that monkeypatch restores the variable as it was after the test
+    monkeypatch.delenv("DS_ACCELERATOR")
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true"])
+    assert os.environ["DS_ACCELERATOR"] == "cpu"
+    monkeypatch.setenv("DS_ACCELERATOR", "xpu")
+    parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true"])
+    assert os.environ["DS_ACCELERATOR"] == "xpu"
+    monkeypatch.delenv("DS_ACCELERATOR")
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true"])
+    assert "DS_ACCELERATOR" not in os.environ  # a GPU machine: DeepSpeed detects it itself

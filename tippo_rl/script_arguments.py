@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import functools
 import logging
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class TIPPoParser(TrlParser):
         except ValueError as error:  # a dataclass's __post_init__ refusing a value: its message names the option
             self.error(self.unknown_options_explained(str(error)))
         set_cpu_threads(parsed)
+        quiet_deepspeed_on_a_cpu_machine()
         return parsed
 
     def unknown_options_explained(self, message: str) -> str:
@@ -148,6 +150,14 @@ def set_cpu_threads(parsed) -> None:
     on_cpu = not torch.cuda.is_available() or any(getattr(arguments, "use_cpu", False) for arguments in parsed)
     if script_args is not None and script_args.cpu_threads > 0 and on_cpu:
         torch.set_num_threads(script_args.cpu_threads)
+
+
+def quiet_deepspeed_on_a_cpu_machine() -> None:
+    """On a machine without an accelerator, tell DeepSpeed (imported by accelerate when installed) that it runs on the
+    CPU, which it finds out anyway, so that it does not log "[WARNING] Setting accelerator to CPU. If you have GPU or other
+    accelerator, we were unable to detect it." among the run's first lines. A DS_ACCELERATOR the user set is kept."""
+    if not torch.accelerator.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def check_yaml_config(path: str, error) -> None:
