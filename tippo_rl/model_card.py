@@ -85,7 +85,7 @@ Options that differ from their defaults.
 METRIC_UNITS = (
     "Scores are on the scale tippo_rl logs them: ROUGE-L, BLEU, METEOR, BERTScore, the literal reward (Eq. 7) and "
     "the rewards are 0–1 (papers print ROUGE-L, BLEU and METEOR ×100); CIDEr-D is pycocoevalcap's (about 0–10, "
-    "papers print it ×100). Losses are per token; `*_runtime` in seconds."
+    "papers print it ×100). Losses and the other values are as the trainer logs them; `*_runtime` in seconds."
 )
 
 
@@ -167,14 +167,13 @@ def build_model_card(
         base_models = [earlier["base_model"]] if isinstance(earlier["base_model"], str) else earlier["base_model"]
     else:
         base_models = components
-    datasets_ = [dataset_name] if _is_hub_id(dataset_name) else None
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-text-to-text",
         model_name=model_name,
         tags=sorted({"tippo", "tippo_rl", "trl", "multimodal", stage.lower(), *tags}),
         base_model=base_models or None,
-        datasets=datasets_,
+        datasets=[dataset_name] if _is_hub_id(dataset_name) else None,
     )
     final = {}
     for entry in trainer.state.log_history:
