@@ -188,3 +188,11 @@ def test_deepspeed_is_told_it_runs_on_the_cpu_where_there_is_no_accelerator(tmp_
     monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
     parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true"])
     assert "DS_ACCELERATOR" not in os.environ  # a GPU machine: DeepSpeed detects it itself
+
+
+def test_bf16_is_resolved_after_the_report_to_check(tmp_path):
+    """bf16's None default becomes a boolean (off on a CPU); 9fc310c had put its resolution inside check_tensorboard."""
+    from tippo_rl.trainer.ppo_config import PPOConfig
+
+    assert TIPPoSFTConfig(output_dir=str(tmp_path), use_cpu=True).bf16 is False
+    assert PPOConfig(output_dir=str(tmp_path), use_cpu=True).bf16 is False

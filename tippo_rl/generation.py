@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a Hugging Face dataset (hub id, save_to_disk folder, data file or folder), as the recipes read it",
     )
     batch.add_argument("--dataset_config", help="--dataset_name: its configuration (load_dataset's `name`)")
-    batch.add_argument("--dataset_split", default="test", help="--dataset_name: the split to generate for (default test)")
+    batch.add_argument(
+        "--dataset_split", default="test", help="--dataset_name: the split to generate for (default test)"
+    )
     batch.add_argument("--title_column", default="title", help="--dataset_name: the title's column (may be absent)")
     batch.add_argument("--images_column", default="images", help="--dataset_name: the images' column")
     batch.add_argument(

@@ -365,7 +365,9 @@ class TIPPoProcessor(ProcessorMixin):
         kwargs.setdefault("skip_special_tokens", True)
         return [text.strip() for text in self.tokenizer.batch_decode(token_ids, **kwargs)]
 
-    def post_process_image_text_to_text(self, generated_outputs: torch.Tensor, skip_special_tokens: bool = True, **kwargs):
+    def post_process_image_text_to_text(
+        self, generated_outputs: torch.Tensor, skip_special_tokens: bool = True, **kwargs
+    ):
         """What the `image-text-to-text` pipeline decodes with: `batch_decode`."""
         return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
 

@@ -107,7 +107,8 @@ class TIPPoSFTConfig(TIPPoTrainingArguments, SFTConfig, GenerationEvalArguments)
     # TrainingArguments, which reads the alias only while the new name is None: a default of False dropped a
     # `gradient_checkpointing: true` without a word.
     gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers warns when it is set)."}
+        default=None,
+        metadata={"help": "Deprecated alias of activation_checkpointing (transformers warns when it is set)."},
     )
     activation_checkpointing: bool | None = field(
         default=None,

@@ -60,6 +60,8 @@ class TIPPoTrainingArguments:
         for name, bounds in TRAINING_ARGUMENT_RANGES.items():
             check_range(name, getattr(self, name, None), *bounds)
         check_tensorboard(getattr(self, "report_to", None))
+        if self.bf16 is None:
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
 
 
 def check_tensorboard(report_to) -> None:
@@ -71,5 +73,3 @@ def check_tensorboard(report_to) -> None:
             "report_to tensorboard: the tensorboard package is not installed; pip install -e '.[tensorboard]' "
             "(or pip install tensorboard)"
         )
-        if self.bf16 is None:
-            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
