@@ -112,6 +112,22 @@ def test_models_trained_by_the_recipes_get_their_training_curves_plotted(tmp_pat
     assert any("loss/ntp" in keys for _, _, keys in TRAINING_CURVES)
 
 
+def test_each_stage_s_losses_get_a_panel_of_their_own():
+    """SFT's NTP loss (~3 per token) and PPO's surrogate loss (~1e-5) on one axis hid the smaller: one panel each."""
+    from tippo_rl.evaluation.reports import training_curve_panels
+
+    panels = training_curve_panels(
+        {
+            "SFT": [{"step": 1, "loss/ntp": 3.0, "loss/contrastive": 2.0}],
+            "PPO": [{"step": 1, "loss/policy": 1e-5, "loss/value": 4e-4, "rewards/literal/mean": 0.1}],
+        }
+    )
+    lines = {title: set(panel_lines) for title, _, panel_lines in panels}
+    assert lines["SFT loss"] == {"SFT: loss/ntp", "SFT: loss/contrastive"}
+    assert lines["PPO / PolishPPO loss"] == {"PPO: loss/policy", "PPO: loss/value"}
+    assert lines["rewards (sampled rollouts)"] == {"PPO: rewards/literal/mean"}
+
+
 @pytest.mark.parametrize("make_folder", [False, True])
 def test_missing_checkpoint_is_named_with_the_command_that_trains_it(
     tmp_path, monkeypatch, demo_dataset_dir, make_folder

@@ -79,6 +79,24 @@ def test_beam_search_and_sampling_options_run(saved_model, two_images, capsys):
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
 
 
+def test_do_sample_takes_true_or_false_as_trl_does_and_a_bare_flag_is_true(saved_model, two_images, capsys):
+    from tippo_rl.generation import build_parser
+
+    parse = lambda *options: build_parser().parse_args(["--model", "m", "--images", "a.png", *options])  # noqa: E731
+    assert parse("--do_sample", "true").do_sample is True
+    assert parse("--do_sample", "false").do_sample is False
+    assert parse("--do_sample", "--top_k", "5").do_sample is True and parse().do_sample is None
+    with pytest.raises(SystemExit):
+        parse("--do_sample", "maybe")
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+    title, images = two_images
+    common = ["--model", str(saved_model), "--title", title, "--images", *images, "--max_new_tokens", "6"]
+    assert main([*common, "--device", "cpu", "--do_sample", "false"]) == 0
+    assert main([*common, "--device", "cpu"]) == 0
+    greedy_false, greedy = capsys.readouterr().out.strip().splitlines()
+    assert greedy_false == greedy
+
+
 def test_missing_image_exits_2_naming_the_file(saved_model, two_images, tmp_path, capsys):
     missing = tmp_path / "no_such_image.png"
     assert main(["--model", str(saved_model), "--images", two_images[1][0], str(missing)]) == 2
@@ -143,6 +161,11 @@ def test_batch_mode_jsonl_in_jsonl_out_with_several_texts_per_sample(saved_model
     assert [row["id"] for row in greedy] == [r["id"] for r in rows] and all(
         isinstance(row["generation"], str) for row in greedy
     )
+    # the inputs beside the output: title and image paths; no reference in these rows, so none in the output
+    assert [(row["title"], row["images"]) for row in greedy] == [
+        (r["title"], [str(demo_dataset_dir / p) for p in r["images"]]) for r in rows
+    ]
+    assert not any("reference" in row for row in greedy)
     assert main([*common, "--num_beams", "3", "--num_return_sequences", "2"]) == 0
     beams = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [len(row["generations"]) for row in beams] == [2, 2, 2]
@@ -162,7 +185,52 @@ def test_batch_mode_errors_and_every_option_has_help(saved_model, tmp_path, caps
     assert "needs --do_sample or at least as many --num_beams" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--model", str(saved_model)])
-    assert "give one sample (--images, with --title) or a batch (--input_file)" in capsys.readouterr().err
+    assert "give one sample (--images, with --title) or a batch (--input_file or --dataset_name)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_hugging_face_dataset_with_its_own_column_names(saved_model, demo_dataset_dir, tmp_path, capsys):
+    """--dataset_name and friends read a dataset as the recipes do; each output row holds its inputs and reference."""
+    from datasets import Dataset, DatasetDict
+
+    rows = [json.loads(line) for line in (demo_dataset_dir / "test.jsonl").read_text().splitlines()][:3]
+    folder = tmp_path / "scenes"
+    DatasetDict(
+        {
+            "validation": Dataset.from_list(
+                [
+                    {
+                        "caption": r["reference"],
+                        "name": r["title"],
+                        "photos": [str(demo_dataset_dir / p) for p in r["images"]],
+                    }
+                    for r in rows
+                ]
+            )
+        }
+    ).save_to_disk(folder)
+    common = ["--model", str(saved_model), "--dataset_name", str(folder), "--max_new_tokens", "6", "--device", "cpu"]
+    columns = ["--title_column", "name", "--images_column", "photos", "--reference_column", "caption"]
+    assert main([*common, *columns, "--dataset_split", "validation"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(row["title"], row["images"], row["reference"]) for row in out] == [
+        (r["title"], [str(demo_dataset_dir / p) for p in r["images"]], r["reference"]) for r in rows
+    ]
+    assert len({row["id"] for row in out}) == 3 and all(isinstance(row["generation"], str) for row in out)
+
+    # The same rows as a JSONL file give the same generations.
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text("".join(json.dumps({"title": row["title"], "images": row["images"]}) + "\n" for row in out))
+    assert main([*common[:2], "--input_file", str(inputs), *common[4:]]) == 0
+    assert [json.loads(line)["generation"] for line in capsys.readouterr().out.splitlines()] == [
+        row["generation"] for row in out
+    ]
+
+    assert main([*common, *columns]) == 2  # no 'test' split
+    assert "has no split 'test'; its splits: validation" in capsys.readouterr().err
+    assert main([*common, "--dataset_split", "validation"]) == 2  # no 'images' column
+    assert "no column 'images' for the images (--images_column)" in capsys.readouterr().err
 
 
 def test_generation_and_scoring_show_progress_bars(

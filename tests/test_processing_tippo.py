@@ -125,3 +125,56 @@ def test_auto_processor_loads_a_saved_tippo_model_as_its_processor(saved_model):
     processor = AutoProcessor.from_pretrained(saved_model)
     assert isinstance(processor, TIPPoProcessor)
     assert processor.to_dict() == TIPPoProcessor.from_pretrained(saved_model).to_dict()
+
+
+def pipeline_texts(task, folder, **inputs):
+    from transformers import logging, pipeline
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # transformers 5.x's "image-to-text has been removed" warning is a logging error
+    try:
+        pipe = pipeline(task, model=str(folder))
+    finally:
+        logging.set_verbosity(verbosity)
+    return [row["generated_text"] for row in pipe(**inputs, max_new_tokens=6, return_full_text=False)]
+
+
+def generate_texts(folder, titles, images):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model, processor = AutoModelForImageTextToText.from_pretrained(folder), AutoProcessor.from_pretrained(folder)
+    return processor.batch_decode(model.generate(**processor(titles=titles, images=images), max_new_tokens=6))
+
+
+@pytest.mark.parametrize("decoder", ["t5", "llama"])
+def test_image_text_to_text_pipeline_on_a_saved_model_gives_generate_s_texts(
+    decoder, saved_model, tiny_causal_model_and_processor, tmp_path
+):
+    """The title is the pipeline's `text`, one sample's images its `images`; a batch is lists of both."""
+    folder = saved_model
+    if decoder == "llama":
+        folder = tmp_path / "causal"
+        for part in tiny_causal_model_and_processor:
+            part.save_pretrained(folder)
+    images = [[solid("red"), solid("blue")], [solid("green")]]
+    expected = generate_texts(folder, ["in the garden", "a walk"], images)
+    assert len(set(expected)) == 2  # the texts depend on the inputs, so the comparison below proves something
+    one = pipeline_texts("image-text-to-text", folder, images=images[0], text="in the garden")
+    assert one == expected[:1]
+    batch = pipeline_texts("image-text-to-text", folder, images=images, text=["in the garden", "a walk"])
+    assert batch == expected
+
+
+def test_image_to_text_pipeline_with_an_empty_title(saved_model):
+    """transformers 5 maps `image-to-text` onto `image-text-to-text`, which needs `text`: an empty title is `text=""`."""
+    expected = generate_texts(saved_model, [""], [[solid("red")]])
+    assert pipeline_texts("image-to-text", saved_model, images=solid("red"), text="") == expected
+
+
+def test_a_decoder_prompt_is_refused(saved_model, tiny_model_varied_outputs, tiny_model_and_processor):
+    batch = tiny_model_and_processor[1](text="t", images=[solid("red")])
+    assert batch["decoder_input_ids"].shape == (1, 0)
+    with pytest.raises(ValueError, match="decoder_input_ids"):
+        tiny_model_varied_outputs.generate(**{**batch, "decoder_input_ids": torch.ones(1, 2, dtype=torch.long)})
+    with pytest.raises(ValueError, match="titles= or as text="):
+        tiny_model_and_processor[1](titles="a", text="b", images=[solid("red")])

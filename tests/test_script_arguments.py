@@ -100,3 +100,99 @@ def test_a_cpu_run_takes_one_torch_thread_unless_told_otherwise(tmp_path, capsys
         assert "cpu_threads must be ≥ 0" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def test_report_to_tensorboard_without_tensorboard_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else find_spec(name, *a)
+    )
+    with pytest.raises(SystemExit):
+        parser().parse_args_and_config(
+            args=["--output_dir", str(tmp_path), "--use_cpu", "true", "--report_to", "tensorboard"]
+        )
+    assert "report_to tensorboard: the tensorboard package is not installed; pip install -e '.[tensorboard]'" in (
+        capsys.readouterr().err
+    )
+
+
+def test_every_report_to_backend_the_configs_name_has_an_extra():
+    """A shipped config's `report_to` is installed by `.[dev]` and by an extra of its own."""
+    import configparser
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    extras = configparser.ConfigParser()
+    extras.read(repo / "setup.cfg")
+    extras = {name: value.split() for name, value in extras["options.extras_require"].items()}
+    named = set()
+    for config in (repo / "recipes/configs").glob("*.yaml"):
+        report_to = yaml.safe_load(config.read_text()).get("report_to") or []
+        named.update([report_to] if isinstance(report_to, str) else report_to)
+    for backend in named - {"none"}:
+        assert any(requirement.startswith(backend) for requirement in extras[backend]), backend
+        assert any(requirement.startswith(backend) for requirement in extras["dev"]), backend
+
+
+def test_eval_max_samples_is_max_eval_samples_where_a_recipe_has_only_that(tmp_path, caplog):
+    """evaluate/ablate have max_eval_samples only: --eval_max_samples (and the YAML key) set it, with a note; the
+    training recipes keep both (rows kept for the run vs rows decoded at each evaluation)."""
+    from tippo_rl.evaluation import EvaluateArguments, EvaluationArguments
+
+    evaluate = TIPPoParser((TIPPoScriptArguments, EvaluateArguments, EvaluationArguments))
+    script_args, *_ = evaluate.parse_args_and_config(args=["--models", "m", "--eval_max_samples", "7"])
+    assert script_args.max_eval_samples == 7
+    assert "eval_max_samples is read as max_eval_samples" in caplog.text
+    config = tmp_path / "evaluate.yaml"
+    config.write_text("models: [m]\neval_max_samples: 5\n")
+    script_args, *_ = evaluate.parse_args_and_config(args=["--config", str(config)])
+    assert script_args.max_eval_samples == 5
+
+    script_args, training_args, _ = parser().parse_args_and_config(
+        args=["--output_dir", str(tmp_path), "--use_cpu", "true", "--eval_max_samples", "3", "--max_eval_samples", "9"]
+    )
+    assert (training_args.eval_max_samples, script_args.max_eval_samples) == (3, 9)
+
+
+def test_no_shipped_config_uses_gradient_checkpointing_and_the_old_name_still_takes_effect(tmp_path):
+    """transformers 5 renamed it activation_checkpointing; the old name warns, and TIPPo's SFT config once dropped it."""
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "recipes/configs"
+    assert not [config.name for config in configs.glob("*.yaml") if "gradient_checkpointing" in config.read_text()]
+    with pytest.warns(FutureWarning, match="gradient_checkpointing"):
+        old = TIPPoSFTConfig(output_dir=str(tmp_path), use_cpu=True, gradient_checkpointing=True)
+    assert old.activation_checkpointing is True
+    assert TIPPoSFTConfig(output_dir=str(tmp_path), use_cpu=True).activation_checkpointing is False
+
+
+def test_deepspeed_is_told_it_runs_on_the_cpu_where_there_is_no_accelerator(tmp_path, monkeypatch):
+    """Its "[WARNING] Setting accelerator to CPU ..." is noise on a CPU machine; a DS_ACCELERATOR set by hand stays."""
+    import os
+
+    import torch
+
+    monkeypatch.setenv("DS_ACCELERATOR", "")  # so that monkeypatch restores the variable as it was after the test
+    monkeypatch.delenv("DS_ACCELERATOR")
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true"])
+    assert os.environ["DS_ACCELERATOR"] == "cpu"
+    monkeypatch.setenv("DS_ACCELERATOR", "xpu")
+    parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true"])
+    assert os.environ["DS_ACCELERATOR"] == "xpu"
+    monkeypatch.delenv("DS_ACCELERATOR")
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--use_cpu", "true"])
+    assert "DS_ACCELERATOR" not in os.environ  # a GPU machine: DeepSpeed detects it itself
+
+
+def test_bf16_is_resolved_after_the_report_to_check(tmp_path):
+    """bf16's None default becomes a boolean (off on a CPU); 9fc310c had put its resolution inside check_tensorboard."""
+    from tippo_rl.trainer.ppo_config import PPOConfig
+
+    assert TIPPoSFTConfig(output_dir=str(tmp_path), use_cpu=True).bf16 is False
+    assert PPOConfig(output_dir=str(tmp_path), use_cpu=True).bf16 is False

@@ -360,7 +360,7 @@ def test_push_to_hub_uploads_weights_processor_and_model_card(tmp_path, demo_dat
     ):
         assert name in upload["files"], name
     card = upload["card"]
-    assert "- tippo" in card and "pipeline_tag: image-to-text" in card
+    assert "- tippo" in card and "pipeline_tag: image-text-to-text" in card
     assert "learning_rate: 0.003" in card and "dataset_text_field" not in card  # the options set, not TRL's text ones
     assert "| train_loss |" in card  # the final metrics
 
@@ -383,11 +383,13 @@ def test_model_card_names_start_base_model_and_dataset_and_its_quick_start_runs(
     assert metadata["base_model"] == ["someone/tippo-sft"] and metadata["datasets"] == ["someone/scenes"]
     assert "Started from: `someone/tippo-sft`" in card and "random weights)" not in card.split("Decoder:")[0]
     assert "demo_num_train: 24" in card and "prefix_length: 2" in card  # the data and model arguments
-    quick_start = re.search(r"```python\n(.*?)```", card, re.S).group(1)
-    assert str(Path(trainer.args.output_dir).resolve()) in quick_start
+    pipeline_start, model_start = re.findall(r"```python\n(.*?)```", card, re.S)
+    assert str(Path(trainer.args.output_dir).resolve()) in pipeline_start
     capsys.readouterr()
-    exec(quick_start, {})  # runs as written: AutoModel / AutoProcessor on the saved folder
+    exec(model_start, {})  # runs as written: AutoModelForImageTextToText / AutoProcessor on the saved folder
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("['")  # one decoded text
+    exec(pipeline_start, {})  # and the image-text-to-text pipeline
+    assert capsys.readouterr().out.strip()
 
 
 # -- launched with accelerate -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from datasets import Dataset
 from transformers import GenerationConfig
 
 from .checkpoints import check_model_source
-from .data import CHECK_PIXELS, DataValidationError, load_artmuse
+from .data import CHECK_PIXELS, ColumnNames, DataValidationError, load_artmuse, load_hf_dataset
 from .data_collator import TIPPoDataCollator, model_inputs
 from .feature_cache import undecoded_images
 from .modeling_tippo import TIPPoForConditionalGeneration
@@ -94,11 +94,21 @@ def load_generation_config(value: str | None) -> GenerationConfig | None:
     return GenerationConfig(**options)
 
 
+def true_or_false(value: str) -> bool:
+    """A boolean option's value as TRL and transformers spell it: true/false (also yes/no, 1/0)."""
+    if value.lower() in ("true", "yes", "1", "y", "t"):
+        return True
+    if value.lower() in ("false", "no", "0", "n", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tippo-generate",
         description="Generate text from a title and images with a TIPPo model: one sample (--title, --images; the text on "
-        "stdout) or a batch (--input_file rows.jsonl; one JSON object per row on stdout or in --output_file).",
+        "stdout) or a batch (--input_file rows.jsonl, or a Hugging Face dataset with --dataset_name; one JSON object per "
+        "row on stdout or in --output_file: its id, title, image paths, reference if it has one, and the generation).",
     )
     parser.add_argument("--model", required=True, help="a saved TIPPo model folder (or Hub id) with its processor")
     sample = parser.add_argument_group("one sample")
@@ -111,7 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
         "recipes check their data; relative paths start from the file's folder",
     )
     batch.add_argument(
-        "--output_file", help="where the output JSONL goes (default: stdout): each row's id, title and generation(s)"
+        "--dataset_name",
+        help="a Hugging Face dataset (hub id, save_to_disk folder, data file or folder), as the recipes read it",
+    )
+    batch.add_argument("--dataset_config", help="--dataset_name: its configuration (load_dataset's `name`)")
+    batch.add_argument(
+        "--dataset_split", default="test", help="--dataset_name: the split to generate for (default test)"
+    )
+    batch.add_argument("--title_column", default="title", help="--dataset_name: the title's column (may be absent)")
+    batch.add_argument("--images_column", default="images", help="--dataset_name: the images' column")
+    batch.add_argument(
+        "--reference_column", default="reference", help="--dataset_name: the reference's column, copied to the output"
+    )
+    batch.add_argument(
+        "--output_file",
+        help="where the output JSONL goes (default: stdout): each row's id, title, images (paths), reference (where "
+        "the row has one) and generation(s)",
     )
     batch.add_argument("--batch_size", type=int, default=16, help="samples generated at once (default 16)")
     decoding = parser.add_argument_group("decoding (unset: the model's generation config)")
@@ -123,7 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     decoding.add_argument("--num_beams", type=int, help="beams of beam search (1: greedy or sampling)")
     decoding.add_argument("--num_return_sequences", type=int, help="texts per sample (≤ num_beams without sampling)")
     decoding.add_argument(
-        "--do_sample", action="store_true", default=None, help="sample instead of greedy/beam search"
+        "--do_sample",
+        type=true_or_false,
+        nargs="?",
+        const=True,
+        metavar="true|false",
+        help="sample (true) or search greedily/with beams (false); a bare --do_sample is true",
     )
     decoding.add_argument("--temperature", type=float, help="sampling temperature (with --do_sample)")
     decoding.add_argument("--top_k", type=int, help="top-k sampling (with --do_sample)")
@@ -156,12 +186,17 @@ DECODING_OPTIONS = (
 
 def main(argv: list[str] | None = None) -> int:
     """`tippo-generate --model DIR --title T --images a.jpg b.jpg`: print the generated text; with `--input_file
-    rows.jsonl`, one JSON line per row (`{"id", "title", "generation"}`, or `"generations"` with
-    `--num_return_sequences` > 1)."""
+    rows.jsonl` or `--dataset_name`, one JSON line per row (`{"id", "title", "images", "reference", "generation"}`:
+    `images` are the row's image paths (null for an image stored without one), `reference` only where the row has
+    one, `"generations"` with `--num_return_sequences` > 1)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.images is None) == (args.input_file is None):
-        parser.error("give one sample (--images, with --title) or a batch (--input_file), not both or neither")
+    sources = [option for option in ("images", "input_file", "dataset_name") if getattr(args, option) is not None]
+    if len(sources) != 1:
+        parser.error(
+            "give one sample (--images, with --title) or a batch (--input_file or --dataset_name): one of them, got "
+            + (", ".join(f"--{option}" for option in sources) or "none")
+        )
     for name in ("num_beams", "num_return_sequences", "max_new_tokens", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be ≥ 1, got {getattr(args, name)}")
@@ -183,14 +218,24 @@ def main(argv: list[str] | None = None) -> int:
             rows = Dataset.from_list(
                 [{"id": "sample", "title": args.title, "images": [str(Path(path)) for path in args.images]}]
             )
-        else:
+        elif args.input_file is not None:
             rows = load_artmuse(args.input_file, require_reference=False, allow_empty_title=True)
+        else:
+            columns = ColumnNames(args.title_column, args.images_column, args.reference_column)
+            rows = load_hf_dataset(
+                args.dataset_name,
+                split=args.dataset_split,
+                config=args.dataset_config,
+                columns=columns,
+                allow_empty_title=True,
+                require_reference=False,
+            )
         model = TIPPoForConditionalGeneration.from_pretrained(args.model).to(args.device).eval()
         processor = TIPPoProcessor.from_pretrained(args.model)
         if config is not None:
             options = {"generation_config": config, **options}
         predictions = generate_predictions(
-            model, processor, rows, batch_size=args.batch_size, progress=args.input_file is not None, **options
+            model, processor, rows, batch_size=args.batch_size, progress=args.images is None, **options
         )
     except (ValueError, OSError, DataValidationError) as error:
         print(f"tippo-generate: {error}", file=sys.stderr)
@@ -200,10 +245,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(texts) if isinstance(texts, list) else texts)
         return 0
     key = "generations" if returned > 1 else "generation"
-    lines = [
-        json.dumps({"id": row_id, "title": title, key: predictions[row_id]}, ensure_ascii=False)
-        for row_id, title in zip(rows["id"], rows["title"])
-    ]
+    lines = []
+    for row in undecoded_images(rows).select_columns(["id", "title", "images", "reference"]):
+        output = {"id": row["id"], "title": row["title"], "images": [image["path"] for image in row["images"]]}
+        if row["reference"]:
+            output["reference"] = row["reference"]
+        output[key] = predictions[row["id"]]
+        lines.append(json.dumps(output, ensure_ascii=False))
     if args.output_file:
         Path(args.output_file).write_text("\n".join(lines) + "\n", encoding="utf-8")
     else:

@@ -536,15 +536,24 @@ class TIPPoForConditionalGeneration(TIPPoPreTrainedModel, GenerationMixin):
         title_features: torch.Tensor | None = None,
         prompt_input_ids: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
         **generate_kwargs,
     ) -> torch.LongTensor:
         """Generate text from images + title (or cached features). Any `GenerationConfig` option works
         (greedy, beam search, sampling, `max_new_tokens`, …); decoding runs in the language model's `generate()` with
         its KV cache.
 
+        `decoder_input_ids`: the empty `(batch, 0)` prompt that `TIPPoProcessor(text=...)` gives the `image-text-to-text`
+        pipeline; TIPPo's prompt is its prefix, so a non-empty one is refused.
+
         Returns token ids `(batch, T)`: T5's start with the decoder start token; a causal decoder's are the completion
         only (its prompt is input embeddings, which `generate()` does not return).
         """
+        if decoder_input_ids is not None and decoder_input_ids.shape[-1] > 0:
+            raise ValueError(
+                "decoder_input_ids: TIPPo generates from its prefix (images + title) and takes no decoder prompt; "
+                "put the text in the title"
+            )
         prefix = self.encode_prefix(
             image_mask, pixel_values, title_input_ids, title_attention_mask, image_features, title_features
         )

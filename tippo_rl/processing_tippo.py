@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
+from transformers import AutoProcessor, AutoTokenizer, BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
 
 from .configuration_tippo import TIPPoConfig
@@ -266,10 +266,14 @@ class TIPPoProcessor(ProcessorMixin):
 
     def __call__(
         self,
-        titles: str | Sequence[str],
-        images: Any,
+        titles: str | Sequence[str] | None = None,
+        images: Any = None,
         references: str | Sequence[str] | None = None,
-    ) -> dict[str, torch.Tensor]:
+        *,
+        text: str | Sequence[str] | None = None,
+        return_tensors: str = "pt",
+        padding: bool | str = True,
+    ) -> BatchFeature:
         """A model-ready batch: `pixel_values`, `image_mask`, `title_input_ids`, `title_attention_mask`, for a causal
         decoder `prompt_input_ids` and `prompt_attention_mask`, and, when references are given, `labels`.
 
@@ -278,11 +282,29 @@ class TIPPoProcessor(ProcessorMixin):
             images: one list of images per sample (`[[a, b], [c]]`), or, for one sample, a flat list (`[a, b]`) or a
                 single image; an image is a PIL image or a path.
             references: one target text per sample (a string for one sample), or None.
+            text: the titles under transformers' processor name, as the `image-text-to-text` pipeline passes them. The
+                batch then also holds `decoder_input_ids`, an empty `(batch, 0)` decoder prompt: the pipeline reads
+                its prompt tokens from there, and TIPPo's prompt is its prefix (a causal decoder's, `prompt_input_ids`
+                too), so `generate` takes it and adds nothing.
+            return_tensors: "pt" (the only kind; transformers' pipelines pass it).
+            padding: batches are always padded; accepted because transformers' pipelines pass it.
 
         Raises:
             ValueError: images and titles do not pair up, an image is neither a PIL image nor a path, or cannot be
                 opened (the message names the sample and image).
         """
+        if text is not None and titles is not None:
+            raise ValueError("give the titles once: as titles= or as text= (transformers' name), not both")
+        if return_tensors != "pt":
+            raise ValueError(f"return_tensors={return_tensors!r}: TIPPoProcessor returns PyTorch tensors only ('pt')")
+        if padding is False or padding == "do_not_pad":
+            raise ValueError("padding=False: TIPPoProcessor always pads a batch (its samples differ in length)")
+        if images is None:
+            raise ValueError("images are missing: TIPPo needs 1 to N_max images per sample")
+        from_pipeline = text is not None
+        titles = text if from_pipeline else titles
+        if titles is None:
+            raise ValueError("titles are missing: give one title per sample (an empty string for none)")
         titles = [titles] if isinstance(titles, str) else list(titles)
         if isinstance(references, str):
             references = [references]
@@ -297,7 +319,9 @@ class TIPPoProcessor(ProcessorMixin):
                     f"got {len(titles)} titles but {len(references)} references; give one reference per sample"
                 )
             batch["labels"] = self.tokenize_references(references)
-        return batch
+        if from_pipeline:
+            batch["decoder_input_ids"] = torch.zeros(len(titles), 0, dtype=torch.long)
+        return BatchFeature(batch)
 
     @staticmethod
     def images_per_sample(images: Any, n_samples: int) -> list[list[Image.Image]]:
@@ -340,6 +364,12 @@ class TIPPoProcessor(ProcessorMixin):
         """Decoder token ids → texts (special tokens skipped)."""
         kwargs.setdefault("skip_special_tokens", True)
         return [text.strip() for text in self.tokenizer.batch_decode(token_ids, **kwargs)]
+
+    def post_process_image_text_to_text(
+        self, generated_outputs: torch.Tensor, skip_special_tokens: bool = True, **kwargs
+    ):
+        """What the `image-text-to-text` pipeline decodes with: `batch_decode`."""
+        return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
 
     # -- saving and loading ----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import functools
 import logging
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -32,6 +33,11 @@ DATASET_KINDS = ("demo", "artmuse", "coco", "cococn", "hf")
 LANGS = ("auto", "en", "zh")  # --lang
 # Options of which a run takes one: given one on the command line, the YAML's other one gives way.
 EXCLUSIVE_OPTIONS = (("total_iterations", "max_steps"), ("generation_batch_size", "steps_per_generation"))
+# {alias: canonical option}: given to a recipe that has the canonical option but not the alias, the alias sets it.
+# `max_eval_samples` (rows of the eval split a run keeps) is canonical; `eval_max_samples` is the training configs' own
+# option (rows decoded at each evaluation during training), so in sft/ppo/polishppo both exist and mean different things,
+# and in evaluate/ablate, which only have the first, `eval_max_samples` means it.
+OPTION_ALIASES = {"eval_max_samples": "max_eval_samples"}
 
 
 class TIPPoParser(TrlParser):
@@ -43,12 +49,14 @@ class TIPPoParser(TrlParser):
         args = list(args) if args is not None else sys.argv[1:]
         if "--config" in args and args.index("--config") + 1 < len(args):
             check_yaml_config(args[args.index("--config") + 1], self.error)
+        args = [self._canonical(arg) if arg.startswith("--") else arg for arg in args]
         self._command_line_options = {arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--")}
         try:
             parsed = super().parse_args_and_config(args=args, **kwargs)
         except ValueError as error:  # a dataclass's __post_init__ refusing a value: its message names the option
             self.error(self.unknown_options_explained(str(error)))
         set_cpu_threads(parsed)
+        quiet_deepspeed_on_a_cpu_machine()
         return parsed
 
     def unknown_options_explained(self, message: str) -> str:
@@ -80,7 +88,23 @@ class TIPPoParser(TrlParser):
         """argparse's error, in one line: the message, not the usage of every option first (~180 lines)."""
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+    def _canonical(self, argument: str) -> str:
+        """`--alias[=value]` as the canonical option it stands for in this recipe (see `OPTION_ALIASES`), with a note."""
+        name, equals, value = argument[2:].partition("=")
+        canonical = self._aliased(name)
+        return f"--{canonical}{equals}{value}" if canonical != name else argument
+
+    def _aliased(self, name: str) -> str:
+        canonical = OPTION_ALIASES.get(name)
+        if canonical is None or f"--{name}" in self._option_string_actions:
+            return name
+        if f"--{canonical}" not in self._option_string_actions:
+            return name
+        logger.warning("%s: %s is read as %s, this recipe's name for it", self.prog, name, canonical)
+        return canonical
+
     def set_defaults_with_config(self, **config):
+        config = {self._aliased(name): value for name, value in config.items()}
         # Of two exclusive options (the run's length: total_iterations or max_steps), the one on the command line wins
         # over the other one in the YAML, as any command-line value wins over the YAML's.
         given = getattr(self, "_command_line_options", set())
@@ -120,6 +144,14 @@ def set_cpu_threads(parsed) -> None:
     on_cpu = not torch.cuda.is_available() or any(getattr(arguments, "use_cpu", False) for arguments in parsed)
     if script_args is not None and script_args.cpu_threads > 0 and on_cpu:
         torch.set_num_threads(script_args.cpu_threads)
+
+
+def quiet_deepspeed_on_a_cpu_machine() -> None:
+    """On a machine without an accelerator, tell DeepSpeed (imported by accelerate when installed) that it runs on the
+    CPU, which it finds out anyway, so that it does not log "[WARNING] Setting accelerator to CPU. If you have GPU or other
+    accelerator, we were unable to detect it." among the run's first lines. A DS_ACCELERATOR the user set is kept."""
+    if not torch.accelerator.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def check_yaml_config(path: str, error) -> None:
@@ -222,7 +254,12 @@ class TIPPoScriptArguments:
             "help": "artmuse, --dataset_name: accept rows with an empty title, or no title column (captioning data)."
         },
     )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep at most this many evaluation samples."})
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Keep the first this many rows of the eval split (None: all): what recipes/evaluate.py scores and what evaluation during training reads. Where a recipe has no eval_max_samples (evaluate, ablate), --eval_max_samples is read as this. Training decodes at most eval_max_samples of these rows at each evaluation."
+        },
+    )
     cpu_threads: int = field(
         default=1,
         metadata={

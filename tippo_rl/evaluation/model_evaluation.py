@@ -436,6 +436,7 @@ def evaluate_models(
     (output_dir / "metrics.json").write_text(
         json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
+    print("Scores ×100 (CIDEr-D too; metrics.json keeps them 0–1):")
     print(table)
     if curves:
         print(f"Training curves: {output_dir / 'training_curves.png'}")

@@ -110,8 +110,12 @@ def log_curve(log_history: Sequence[Mapping], key: str) -> tuple[list[int], list
     return [step for step, _ in points], [value for _, value in points]
 
 
-TRAINING_CURVES = (  # (panel title, y label, logged keys): the losses of SFT and the rewards of the RL stages
-    ("training loss", "loss", ("loss/ntp", "loss/contrastive", "loss/policy")),
+# (panel title, y label, logged keys): each stage's losses on an axis of its own (SFT's per-token NTP and contrastive
+# losses and PPO's surrogate/value losses differ by orders of magnitude, and each stage counts its steps from 0), then
+# the rewards of the RL stages (0–1, as logged).
+TRAINING_CURVES = (
+    ("SFT loss", "loss (per token)", ("loss/ntp", "loss/contrastive")),
+    ("PPO / PolishPPO loss", "loss", ("loss/policy", "loss/value")),
     ("rewards (sampled rollouts)", "mean reward", ("rewards/literal/mean", "rewards/semantic/mean", "returns/mean")),
     (  # what evaluation decodes (greedy) against what RL samples, on held-out prompts
         "held-out rewards: greedy vs sampled",
@@ -133,14 +137,24 @@ def training_log_history(model_dir: str | Path) -> list[dict] | None:
     return None
 
 
-def plot_training_curves(path: str | Path, histories: Mapping[str, Sequence[Mapping]]) -> bool:
-    """`TRAINING_CURVES` of each model's log history (`{model name: log_history}`) as one PNG; False if nothing to plot."""
+def training_curve_panels(
+    histories: Mapping[str, Sequence[Mapping]],
+) -> list[tuple[str, str, dict[str, tuple[list, list]]]]:
+    """The `TRAINING_CURVES` panels that have something to draw, each `(title, y label, {"model: key": (steps,
+    values)})`, from each model's log history (`{model name: log_history}`)."""
     panels = []
     for title, ylabel, keys in TRAINING_CURVES:
         lines = {f"{name}: {key}": log_curve(history, key) for name, history in histories.items() for key in keys}
         lines = {label: points for label, points in lines.items() if points[0]}
         if lines:
             panels.append((title, ylabel, lines))
+    return panels
+
+
+def plot_training_curves(path: str | Path, histories: Mapping[str, Sequence[Mapping]]) -> bool:
+    """`TRAINING_CURVES` of each model's log history (`{model name: log_history}`) as one PNG, a panel per stage's
+    losses; False if nothing to plot."""
+    panels = training_curve_panels(histories)
     if not panels:
         return False
     plot_curves(path, panels)

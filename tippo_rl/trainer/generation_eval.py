@@ -2,7 +2,9 @@
 
 The eval split (its first `eval_max_samples` rows) is decoded greedily, or with `eval_generation_kwargs`, and scored
 with the project's metric code (`tippo_rl.evaluation.compute_metrics`: pycocoevalcap's ROUGE-L and CIDEr-D) and the
-literal reward of Eq. 7. The metrics are logged as `eval_rouge_l`, `eval_cider`, `eval_literal` (and, for a PPO
+literal reward of Eq. 7. The metrics are logged as `eval_rouge_l`, `eval_cider`, `eval_literal` — on the 0–1 scale
+pycocoevalcap and the rewards give (CIDEr-D about 0–10): tippo_rl logs and saves every score so, and only the markdown
+tables of `report.md` / `ablation.md` print them ×100, as papers do — (and, for a PPO
 trainer, `eval_rewards/<name>` of each reward plug-in on the greedy decode and `eval_sampled_rewards/<name>` on a
 decode sampled as the rollouts are: whether RL improves what is evaluated, or only what it samples), so
 `metric_for_best_model: eval_rouge_l` with `load_best_model_at_end` keeps the best greedy checkpoint. A few samples (title, completion, reference, rewards) go to the console (TRL's
@@ -34,7 +36,7 @@ class GenerationEvalArguments:
     eval_max_samples: int | None = field(
         default=64,
         metadata={
-            "help": "Decode at most this many eval rows at each evaluation (the first ones; None: all). Keeps evaluation cheap on a CPU."
+            "help": "Decode at most this many eval rows at each evaluation during training (the first ones; None: all). Keeps evaluation cheap on a CPU. Not max_eval_samples, which keeps the first rows of the eval split for the whole run (the eval loss too); in recipes/evaluate.py, which has only that one, --eval_max_samples means max_eval_samples."
         },
     )
     eval_generation_kwargs: dict | str | None = field(

@@ -103,14 +103,17 @@ class TIPPoSFTConfig(TIPPoTrainingArguments, SFTConfig, GenerationEvalArguments)
         metadata={"help": "The evaluation loop reports losses (generation metrics: eval_generation_metrics)."},
     )
     # transformers 5's name; `gradient_checkpointing` (TRL's SFTConfig defaults it to True) is its deprecated alias and
-    # warns whenever it is set, so it is left unset here.
+    # warns whenever it is set, so it is left unset here. activation_checkpointing defaults to None (off), as in
+    # TrainingArguments, which reads the alias only while the new name is None: a default of False dropped a
+    # `gradient_checkpointing: true` without a word.
     gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Deprecated alias of activation_checkpointing."}
+        default=None,
+        metadata={"help": "Deprecated alias of activation_checkpointing (transformers warns when it is set)."},
     )
-    activation_checkpointing: bool = field(
-        default=False,
+    activation_checkpointing: bool | None = field(
+        default=None,
         metadata={
-            "help": "Recompute activations in the backward pass to save memory (+22–26% step time measured; by the estimate of benchmarks/RESULTS.md §4, not measured on a GPU, real-size SFT at batch 8 fits 24 GB without it)."
+            "help": "Recompute activations in the backward pass to save memory (+22–26% step time measured; by the estimate of benchmarks/RESULTS.md §4, not measured on a GPU, real-size SFT at batch 8 fits 24 GB without it). Unset: off."
         },
     )
 

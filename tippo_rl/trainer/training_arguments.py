@@ -4,6 +4,7 @@ config is parsed (transformers leaves most of them to fail inside the optimizer 
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
 
@@ -61,5 +62,17 @@ class TIPPoTrainingArguments:
     def _resolve_tippo_fields(self) -> None:
         for name, bounds in TRAINING_ARGUMENT_RANGES.items():
             check_range(name, getattr(self, name, None), *bounds)
+        check_tensorboard(getattr(self, "report_to", None))
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
+
+
+def check_tensorboard(report_to) -> None:
+    """`report_to` names tensorboard but it is not installed: one line naming the extra that installs it, where the
+    Trainer would stop later with a traceback ("TensorBoardCallback requires tensorboard to be installed")."""
+    backends = [report_to] if isinstance(report_to, str) else list(report_to or ())
+    if "tensorboard" in backends and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError(
+            "report_to tensorboard: the tensorboard package is not installed; pip install -e '.[tensorboard]' "
+            "(or pip install tensorboard)"
+        )
