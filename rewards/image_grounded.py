@@ -32,7 +32,7 @@ from PIL import Image
 from tippo_rl.modeling_tippo import TIPPoForConditionalGeneration
 from tippo_rl.processing_tippo import TIPPoProcessor, open_image
 from tippo_rl.rewards import completion_text
-from tippo_rl.trainer.model_wrappers import unwrap_tippo
+from tippo_rl.trainer.tippo_trainer import unwrap_tippo
 from tippo_rl.zero3 import full_weights_under_zero3
 
 

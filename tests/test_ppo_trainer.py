@@ -23,7 +23,6 @@ from tippo_rl.lora import apply_lora
 from tippo_rl.model_config import TIPPoModelConfig
 from tippo_rl.rewards import RewardError
 from tippo_rl.script_arguments import TIPPoScriptArguments
-from tippo_rl.trainer.model_wrappers import unwrap_tippo
 from tippo_rl.trainer.ppo_config import PPOConfig
 from tippo_rl.trainer.ppo_math import (
     clipped_surrogate_loss,
@@ -37,6 +36,7 @@ from tippo_rl.trainer.ppo_math import (
     masked_global_mean_std,
 )
 from tippo_rl.trainer.ppo_trainer import PPOTrainer
+from tippo_rl.trainer.tippo_trainer import unwrap_tippo
 from tippo_rl.trainer.value_head import PolicyAndValueModel
 
 
@@ -985,7 +985,7 @@ def test_the_progress_bar_counts_iterations(
 ):
     from transformers.trainer_callback import ProgressCallback
 
-    from tippo_rl.trainer.callbacks import IterationProgressCallback
+    from tippo_rl.trainer.tippo_trainer import IterationProgressCallback
 
     trainer = make_trainer(
         tmp_path,

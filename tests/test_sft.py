@@ -172,7 +172,7 @@ def test_step_metrics_are_averaged_over_the_steps_between_logs(tmp_path, demo_da
 def test_step_metrics_keep_running_sums_and_copy_buffers():
     from types import SimpleNamespace
 
-    from tippo_rl.trainer.step_metrics import StepMetrics
+    from tippo_rl.trainer.tippo_trainer import StepMetrics
 
     one_process = SimpleNamespace(gather=lambda tensor: tensor, num_processes=1)
     metrics, buffer, logged_means = StepMetrics(), torch.tensor([0.5]), {"kl": [], "lambda": []}
@@ -194,7 +194,7 @@ def test_step_metrics_name_a_mismatch_between_processes_instead_of_hanging():
     import zlib
     from types import SimpleNamespace
 
-    from tippo_rl.trainer.step_metrics import StepMetrics
+    from tippo_rl.trainer.tippo_trainer import StepMetrics
 
     other = torch.tensor([2, zlib.crc32(b"kl\nloss/policy")])  # the other process recorded a second metric
 
@@ -510,7 +510,7 @@ def test_sft_then_polishppo_run_under_deepspeed_zero3_on_cpu(tmp_path):
 def test_torch_compile_option_finds_the_tippo_model_inside_the_compiled_wrapper(tiny_model_and_processor):
     # `--torch_compile true` (TrainingArguments) wraps the model in an OptimizedModule; compiling itself is lazy, so
     # this stays fast. Both recipes ran end to end with it (README, Scaling).
-    from tippo_rl.trainer.model_wrappers import unwrap_tippo
+    from tippo_rl.trainer.tippo_trainer import unwrap_tippo
 
     model = tiny_model_and_processor[0]
     assert unwrap_tippo(torch.compile(model)) is model

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..rewards.reward_loading import check_reward_spec
-from .generation_eval import GenerationEvalArguments
-from .training_arguments import TIPPoTrainingArguments
+from .tippo_trainer import GenerationEvalArguments, TIPPoTrainingArguments
 
 
 KL_ESTIMATORS = ("k1", "k3")

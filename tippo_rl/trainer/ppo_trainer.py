@@ -50,10 +50,6 @@ from ..generation import generation_config
 from ..modeling_tippo import TIPPoForConditionalGeneration
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import conversational_completions, load_reward, reward_name, score_rewards
-from .callbacks import IterationProgressCallback
-from .daa_schedule import daa_lambda1_at
-from .generation_eval import GenerationEvalMixin
-from .model_wrappers import unwrap_tippo
 from .ppo_config import PPOConfig
 from .ppo_math import (
     ReturnStatistics,
@@ -69,8 +65,14 @@ from .ppo_math import (
     masked_global_mean_std,
     masked_mean,
 )
-from .saving import TIPPoSavingMixin
-from .step_metrics import StepMetrics
+from .tippo_trainer import (
+    GenerationEvalMixin,
+    IterationProgressCallback,
+    StepMetrics,
+    TIPPoSavingMixin,
+    daa_lambda1_at,
+    unwrap_tippo,
+)
 from .value_head import PolicyAndValueModel
 
 
@@ -169,7 +171,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         reward_funcs: reward plug-ins (callables, or specs for `tippo_rl.rewards.load_reward`). Default:
             `args.reward_funcs`.
         eval_dataset: a TIPPo dataset decoded at each `eval_strategy` step (`eval_rouge_l`, `eval_cider`,
-            `eval_literal`; see `generation_eval`).
+            `eval_literal`; see `GenerationEvalMixin`).
         callbacks, optimizers: as for `transformers.Trainer`.
     """
 

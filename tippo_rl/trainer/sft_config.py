@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from ..configuration_tippo import check_contrastive_loss_settings
-from .generation_eval import GenerationEvalArguments
-from .training_arguments import TIPPoTrainingArguments
+from .tippo_trainer import GenerationEvalArguments, TIPPoTrainingArguments
 
 
 LAMBDA_SCHEDULES = ("linear", "constant")

@@ -10,12 +10,8 @@ from ..data_collator import TIPPoDataCollator
 from ..feature_cache import training_datasets
 from ..modeling_tippo import TIPPoForConditionalGeneration, prototype_contrastive_loss
 from ..processing_tippo import TIPPoProcessor
-from .daa_schedule import daa_lambda1_at
-from .generation_eval import GenerationEvalMixin
-from .model_wrappers import unwrap_tippo
-from .saving import TIPPoSavingMixin
 from .sft_config import TIPPoSFTConfig
-from .step_metrics import StepMetrics
+from .tippo_trainer import GenerationEvalMixin, StepMetrics, TIPPoSavingMixin, daa_lambda1_at, unwrap_tippo
 
 
 class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
