@@ -56,7 +56,7 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 from workload import lengthen  # noqa: E402
 
 from tippo_rl import load_artmuse, make_demo_dataset  # noqa: E402
-from tippo_rl.presets import build_tippo_by_size  # noqa: E402
+from tippo_rl.presets import build_tiny_tippo, build_tippo_by_size  # noqa: E402
 from tippo_rl.rewards import SemanticReward, literal  # noqa: E402
 from tippo_rl.trainer.polishppo_config import PolishPPOConfig, default_semantic_model  # noqa: E402
 from tippo_rl.trainer.polishppo_trainer import PolishPPOTrainer  # noqa: E402
@@ -129,6 +129,20 @@ def parse_args(argv=None):
         help="R_semantic's embedder (hub id or folder); default: the bundled all-MiniLM-L6-v2 when installed, else BGE",
     )
     parser.add_argument("--prompt_words", type=int, default=20, help="GRPO prompt length in words (≈ tokens)")
+    parser.add_argument(
+        "--decoder",
+        choices=["t5", "llama"],
+        default="t5",
+        help="t5: TIPPo's T5 against a Llama grown to the policy's parameter count (not the same decoder); llama (tiny "
+        "only): TIPPo with the tiny preset's Llama decoder against TRL's GRPO on that very Llama (the same decoder, "
+        "the same weights: the fair comparison)",
+    )
+    parser.add_argument(
+        "--num_generations",
+        type=int,
+        default=1,
+        help="k completions per prompt for PolishPPO (GRPO: max(k, 2), with as many completions per rollout batch)",
+    )
     parser.add_argument("--num_train", type=int, default=64)
     parser.add_argument("--variants", nargs="+")
     parser.add_argument("--output", type=Path, help="JSON results (default: benchmarks/results/polishppo_<size>.json)")
@@ -309,7 +323,12 @@ def run(args, info: dict, workdir: Path) -> dict:
         f"({args.warmup_iterations} + {args.iterations}) iterations; {info['cpu']} ×{info['cpu_count']}, GPU {info['gpu']}"
     )
 
-    model, processor = build_tippo_by_size(args.size)
+    if args.decoder == "llama":
+        if args.size != "tiny":
+            raise SystemExit("--decoder llama: the tiny size only (the paper's sizes are T5)")
+        model, processor = build_tiny_tippo(decoder="llama", seed=0)
+    else:
+        model, processor = build_tippo_by_size(args.size)
     dataset = load_artmuse(make_demo_dataset(workdir / "demo", num_train=args.num_train, num_test=1) / "train.jsonl")
     if args.sft_steps:
         model = warm_up_policy(model, processor, dataset, args, workdir)
@@ -338,6 +357,7 @@ def run(args, info: dict, workdir: Path) -> dict:
             generation_kwargs=generation_kwargs,
             semantic_backend=args.semantic_backend,
             semantic_model=args.semantic_model,
+            num_generations=args.num_generations,
         )
         trainer = PolishPPOTrainer(copy.deepcopy(model), config, processor, dataset)
         semantic_reward = trainer.reward_funcs[trainer.semantic_index]  # a SemanticReward, before it is wrapped
@@ -347,8 +367,12 @@ def run(args, info: dict, workdir: Path) -> dict:
 
     if "grpo" in wanted:
         timers["grpo"] = PhaseTimer()
-        policy_params = parameter_counts(model)["trainable"]
-        llama_path, _ = causal_yardstick(policy_params, processor, args.size, workdir)
+        if args.decoder == "llama":  # GRPO trains TIPPo's own Llama decoder, from the same weights
+            llama_path = str(workdir / "llama")
+            copy.deepcopy(model.language_model).save_pretrained(llama_path)
+        else:
+            policy_params = parameter_counts(model)["trainable"]
+            llama_path, _ = causal_yardstick(policy_params, processor, args.size, workdir)
         tokenizer = copy.deepcopy(processor.tokenizer)
         tokenizer.padding_side = "left"
         prompts = Dataset.from_dict(
@@ -364,7 +388,7 @@ def run(args, info: dict, workdir: Path) -> dict:
         ]
         config = GRPOConfig(
             **common_args(args, str(workdir / "grpo")),
-            num_generations=2,
+            num_generations=max(args.num_generations, 2),
             num_iterations=args.num_ppo_epochs,
             max_steps=(args.warmup_iterations + args.iterations) * steps_per_iteration,
             max_completion_length=args.max_new_tokens,
