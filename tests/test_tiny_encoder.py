@@ -129,3 +129,56 @@ def test_the_pretrained_encoder_separates_titles_objects_and_places(lang):
         build_tiny_tippo(lang=lang, pretrained_encoder=False)[0].encoder, processor, lang
     )
     assert random_probe["title_max_cosine"] > 0.99  # what the pretraining fixes
+
+
+def shipped_key(lang: str) -> str:
+    model, processor = build_tiny_tippo(lang=lang, pretrained_encoder=False)
+    return recipe_key(model.config.encoder_config, processor, lang, TinyEncoderRecipe())
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_shipped_pretrained_weights_fit_today_s_recipe_and_are_used(lang, tmp_path, caplog):
+    """The package ships the tiny φ pretrained for each language (so a fresh `make demo` does not spend a minute per
+    language on it). Failing here means the recipe changed (its settings, configs or code): run
+    `python -m tippo_rl.demo.tiny_encoder` to pretrain and ship them again."""
+    from tippo_rl.demo import tiny_encoder
+
+    key = shipped_key(lang)
+    weights = tiny_encoder.shipped_weights(lang, key)
+    assert weights is not None, (
+        "the shipped weights were pretrained with another recipe: python -m tippo_rl.demo.tiny_encoder"
+    )
+    model, processor = build_tiny_tippo(lang=lang, pretrained_encoder=False)
+    with caplog.at_level("WARNING"):
+        folder = tiny_encoder_folder(model.config.encoder_config, processor, lang, cache_dir=tmp_path)
+    assert "pretraining" not in caplog.text  # the shipped weights, not a minute of pretraining
+    built, shipped = load_file(folder / "model.safetensors"), load_file(weights)
+    assert built.keys() == shipped.keys() and all(torch.equal(built[name], shipped[name]) for name in built)
+
+
+def test_shipped_weights_that_fail_their_checksum_are_not_used(tmp_path, monkeypatch, caplog):
+    from tippo_rl.demo import tiny_encoder
+
+    for name in ("tiny_encoder_en.json", "tiny_encoder_en.safetensors"):
+        (tmp_path / name).write_bytes((tiny_encoder.SHIPPED / name).read_bytes())
+    data = bytearray((tmp_path / "tiny_encoder_en.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (tmp_path / "tiny_encoder_en.safetensors").write_bytes(bytes(data))
+    monkeypatch.setattr(tiny_encoder, "SHIPPED", tmp_path)
+    with caplog.at_level("WARNING"):
+        assert tiny_encoder.shipped_weights("en", shipped_key("en")) is None
+    assert "fail their checksum" in caplog.text
+
+
+@pytest.mark.slow
+def test_pretraining_again_gives_the_shipped_weights():
+    """The shipped English φ is what pretraining gives today (one thread, on this kind of machine; 1e-6 allows for
+    another CPU's float summation)."""
+    from tippo_rl.demo import tiny_encoder
+
+    model, processor = build_tiny_tippo(lang="en", pretrained_encoder=False)
+    again = tiny_encoder.pretrain_tiny_encoder(model.config.encoder_config, processor, "en", TinyEncoderRecipe())
+    shipped = load_file(tiny_encoder.SHIPPED / "tiny_encoder_en.safetensors")
+    for name, tensor in again.state_dict().items():
+        if name in shipped:
+            torch.testing.assert_close(tensor, shipped[name], atol=1e-6, rtol=0, msg=name)

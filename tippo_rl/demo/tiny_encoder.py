@@ -19,6 +19,7 @@ module and of the generator, and torch's version. [`probe_tiny_encoder`] measure
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_model
 from transformers import ChineseCLIPConfig, ChineseCLIPModel
 
 from ..caches import cache_root, cached_folder, save_model_folder
@@ -232,6 +234,26 @@ def recipe_key(config: ChineseCLIPConfig, processor, lang: str, recipe: TinyEnco
     return digest.hexdigest()[:16]
 
 
+SHIPPED = (
+    Path(__file__).parent / "assets"
+)  # pretrained weights shipped with the package: `python -m tippo_rl.demo.tiny_encoder`
+
+
+def shipped_weights(lang: str, key: str) -> Path | None:
+    """The shipped pretrained weights for `lang` when they were pretrained with exactly this recipe (`key`, the cache
+    key: settings, configs, vocabulary, code and torch version) and their SHA-256 checks; else None (pretrain)."""
+    record, weights = SHIPPED / f"tiny_encoder_{lang}.json", SHIPPED / f"tiny_encoder_{lang}.safetensors"
+    if not (record.is_file() and weights.is_file()):
+        return None
+    shipped = json.loads(record.read_text())
+    if shipped.get("recipe_key") != key:
+        return None
+    if hashlib.sha256(weights.read_bytes()).hexdigest() != shipped.get("sha256"):
+        logger.warning("the shipped tiny φ weights %s fail their checksum: pretraining instead", weights)
+        return None
+    return weights
+
+
 def tiny_encoder_folder(
     config: ChineseCLIPConfig,
     processor,
@@ -243,13 +265,20 @@ def tiny_encoder_folder(
     use (~60 s on one CPU thread) and cached (`tippo_rl.caches`: a damaged folder is said and pretrained again).
     Processes that start together wait on a file lock while one trains."""
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "tiny_encoders"
-    target = cache_dir / f"tiny-chinese-clip-{lang}-{recipe_key(config, processor, lang, recipe)}"
+    key = recipe_key(config, processor, lang, recipe)
+    target = cache_dir / f"tiny-chinese-clip-{lang}-{key}"
 
     def build(folder: Path) -> None:
-        logger.warning(
-            "tiny preset: pretraining its Chinese-CLIP encoder on demo pairs, once (~60 s); cached in %s", target
-        )
-        save_model_folder(pretrain_tiny_encoder(config, processor, lang, recipe), folder)
+        shipped = shipped_weights(lang, key)
+        if shipped is not None:  # the same recipe, pretrained once and shipped: no minute of pretraining
+            model = ChineseCLIPModel(copy.deepcopy(config))
+            model.load_state_dict(load_file(shipped))
+        else:
+            logger.warning(
+                "tiny preset: pretraining its Chinese-CLIP encoder on demo pairs, once (~60 s); cached in %s", target
+            )
+            model = pretrain_tiny_encoder(config, processor, lang, recipe)
+        save_model_folder(model, folder)
         (folder / "tiny_encoder_recipe.json").write_text(
             json.dumps({"lang": lang, **dataclasses.asdict(recipe)}, indent=2) + "\n"
         )
@@ -355,3 +384,29 @@ def probe_tiny_encoder(
         "scene_to_title": scene_to_title,
         "title_to_scene": hits / draws,
     }
+
+
+def ship_pretrained_weights(langs: tuple[str, ...] = ("en", "zh")) -> None:
+    """Pretrain the tiny φ of the tiny preset for each language (one thread: the same weights on every run of this
+    machine) and write them, with their recipe key and SHA-256, into `SHIPPED`, which the package ships."""
+    from ..presets import build_tiny_tippo
+
+    SHIPPED.mkdir(exist_ok=True)
+    recipe = TinyEncoderRecipe()
+    for lang in langs:
+        model, processor = build_tiny_tippo(lang=lang, pretrained_encoder=False)
+        config = model.config.encoder_config  # as `build_tiny_tippo` asks for the folder: the same recipe key
+        key = recipe_key(config, processor, lang, recipe)
+        weights = SHIPPED / f"tiny_encoder_{lang}.safetensors"
+        save_model(pretrain_tiny_encoder(config, processor, lang, recipe), str(weights))
+        record = {
+            "recipe_key": key,
+            "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            "torch": torch.__version__,
+        }
+        (SHIPPED / f"tiny_encoder_{lang}.json").write_text(json.dumps(record, indent=2) + "\n")
+        print(f"{weights}: {weights.stat().st_size} bytes, recipe key {key}")
+
+
+if __name__ == "__main__":
+    ship_pretrained_weights()
