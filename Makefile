@@ -73,5 +73,9 @@ gpu-wheels: setup
 gpu-check:
 	bash benchmarks/gpu_check.sh
 
+## Every speed benchmark in quick mode and the demo's time: benchmarks/results/summary.json (about 8 min on 2 cores).
+bench: setup
+	cd benchmarks && ../$(PYTHON) summary.py
+
 clean:
 	rm -rf outputs
