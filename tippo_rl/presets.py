@@ -244,7 +244,8 @@ def build_tiny_tippo(
     user's training texts, whose words make the decoder's vocabulary (`build_tiny_processor`).
 
     φ is a tiny Chinese-CLIP pretrained CLIP-style on the demo generator's images and texts
-    (`tippo_rl.demo.tiny_encoder`: ~60 s on one CPU thread the first time, then loaded from the cache), so titles and
+    (`tippo_rl.demo.tiny_encoder`: shipped with the package for today's recipe, else ~60 s of pretraining on one CPU
+    thread the first time; then loaded from the cache), so titles and
     images come out of it as they would from a real pretrained CLIP. `pretrained_encoder=False` keeps φ's random
     initialisation. Adapters, DAA, DO and the decoder are freshly initialised from `seed`.
     """
