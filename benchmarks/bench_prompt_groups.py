@@ -44,7 +44,6 @@ def trainer_for(model, processor, train, workdir: Path, prompts: int, k: int, on
 
 
 def timed_train(trainer: PPOTrainer) -> tuple[float, float]:
-    trainer.state.global_step = 0
     wall, cpu = time.perf_counter(), time.process_time()
     trainer.train()
     return time.process_time() - cpu, time.perf_counter() - wall

@@ -159,8 +159,9 @@ def unique_image_and_title_features(
         dataset["id"] if "id" in dataset.column_names else range(len(dataset)), dataset["images"]
     ):
         for image in row_images:
-            images.setdefault(image_key(image), image)
-            first_sample.setdefault(image_key(image), sample)
+            key = image_key(image)  # a hash of the bytes where stored: once per image
+            images.setdefault(key, image)
+            first_sample.setdefault(key, sample)
     titles = list(dict.fromkeys(dataset["title"]))
     # One pseudo-row per distinct image (with a title while titles last): φ's image and text towers are separate.
     rows = [

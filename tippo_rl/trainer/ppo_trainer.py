@@ -362,9 +362,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
             truncated = ~(rollouts["completion_ids"] == self.eos_token_id).any(1)
             rollouts["sampled_mask"] = rollouts["completion_mask"]  # what was sampled (logged lengths)
             rollouts["completion_mask"] = rollouts["completion_mask"] * (~truncated)[:, None]
-        # `loss_type: dapo`'s denominator: the mean completion tokens per minibatch, over all processes.
-        tokens = self.accelerator.gather(rollouts["completion_mask"].sum()[None].float()).sum().item()
-        self.tokens_per_minibatch = tokens / (self.accelerator.num_processes * self.args.steps_per_generation)
+        if self.args.loss_type == "dapo":  # its denominator: the mean completion tokens per minibatch, all processes
+            tokens = self.accelerator.gather(rollouts["completion_mask"].sum()[None].float()).sum().item()
+            self.tokens_per_minibatch = tokens / (self.accelerator.num_processes * self.args.steps_per_generation)
         advantages = self.compute_advantages(returns, rollouts)  # (batch, T)
         loss_batch = self.build_loss_batch(rollouts, advantages)
         if self.args.whiten_advantages:
