@@ -113,6 +113,18 @@ def test_tiny_preset_tokenizers_cover_the_demo_texts(tmp_path, lang):
         assert processor.title_tokenizer.unk_token_id not in processor.title_tokenizer(row["title"])["input_ids"]
 
 
+def test_chinese_decoder_tokens_are_characters():
+    """One token per character: a byte-level BPE merged across characters ("一个" + the first byte of 红), so colour
+    and shape shared tokens and SFT stopped short on Chinese. The longest list (five objects, "、" between) fits."""
+    tokenizer = build_tiny_processor("zh").tokenizer
+    reference = describe("garden", [("purple", "triangle")] * 5, "zh")[1]
+    ids = tokenizer(reference)["input_ids"]
+    tokens = [token.lstrip("▁") for token in tokenizer.convert_ids_to_tokens(ids[:-1])]
+    assert tokenizer.unk_token_id not in ids and ids[-1] == tokenizer.eos_token_id
+    assert [token for token in tokens if token] == list(reference)
+    assert tokenizer.decode(ids, skip_special_tokens=True) == reference
+
+
 def test_demo_dataset_loads_through_the_artmuse_loader(demo_dataset_dir):
     assert len(load_artmuse(demo_dataset_dir / "train.jsonl")) == 24
     assert len(load_artmuse(demo_dataset_dir / "test.jsonl")) == 8
