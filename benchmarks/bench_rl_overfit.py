@@ -4,6 +4,8 @@ From an SFT model of `bench_rl_gain.py`'s work folder, the plain `PPOTrainer` (d
 k = 4, T = 0.5, the demo's learning rate and KL) trains on only `--num_prompts` training scenes for the demo's 80
 iterations (20 passes over 64 prompts), then decodes those same prompts greedily again, and the 300 held-out scenes.
 A trainer whose dynamics work raises its reward on prompts it has seen twenty times, whatever it does to held-out ones.
+The control (`--ce_steps`, default 320 = the RL run's optimizer steps): SFT's NTP loss on the same prompts, batch 16,
+Adam at the RL learning rate, shows whether the model can fit those prompts at all.
 
     python benchmarks/bench_rl_gain.py --langs zh --sft_seeds 1 --rl_seeds --workdir outputs/bench_rl_gain
     python benchmarks/bench_rl_overfit.py --lang zh --sft_seed 1 --workdir outputs/bench_rl_gain \\
@@ -27,6 +29,7 @@ from machine import machine_info  # noqa: E402
 from tables import print_table, write_json  # noqa: E402
 
 from tippo_rl.data import load_datasets  # noqa: E402
+from tippo_rl.data_collator import TIPPoDataCollator  # noqa: E402
 from tippo_rl.presets import load_model_and_processor  # noqa: E402
 
 
@@ -85,6 +88,44 @@ def run_variant(args, name: str, overrides: dict) -> dict:
     )
 
 
+def cross_entropy_control(args) -> dict:
+    """The NTP loss on the same `--num_prompts` training scenes for `--ce_steps` Adam steps (batch 16, lr 1e-4)."""
+    from tippo_rl import TIPPoForConditionalGeneration, TIPPoProcessor
+
+    settings = argparse.Namespace(
+        demo_num_test=300, demo_num_train=None, tokenize=None, eval_max_new_tokens=64, quick=False
+    )
+    sft_dir = args.workdir / f"sft_{args.lang}_{args.sft_seed}"
+    common = gain.common_settings(settings, args.workdir, args.lang)
+    script_args = gain.TIPPoScriptArguments(
+        dataset="demo", **{k: v for k, v in common.items() if k.startswith("demo_")}
+    )
+    model, processor = TIPPoForConditionalGeneration.from_pretrained(sft_dir), TIPPoProcessor.from_pretrained(sft_dir)
+    train, test = load_datasets(script_args, max_images=model.config.max_images)
+    train = train.select(range(args.num_prompts))
+    before = gain.evaluate(model, processor, train, args.lang, settings)
+    collator, rows = TIPPoDataCollator(processor), list(train)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    generator = torch.Generator().manual_seed(args.rl_seed)
+    model.train()
+    for _ in range(args.ce_steps):
+        picked = torch.randperm(len(rows), generator=generator)[:16].tolist()
+        batch = collator([rows[i] for i in picked])
+        model(**{k: v for k, v in batch.items() if k not in ("references", "titles", "ids")}).ntp_loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    after = gain.evaluate(model, processor, train, args.lang, settings)
+    held_out = gain.evaluate(model, processor, test, args.lang, settings)
+    keep = ("scores", "fields")
+    return dict(
+        overrides=dict(loss="ntp", steps=args.ce_steps, learning_rate=1e-4, batch=16),
+        trained_prompts_before={k: before[k] for k in keep},
+        trained_prompts_after={k: after[k] for k in keep},
+        held_out_after={k: held_out[k] for k in keep},
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lang", default="zh", choices=["en", "zh"])
@@ -92,11 +133,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rl_seed", type=int, default=0)
     parser.add_argument("--num_prompts", type=int, default=64)
     parser.add_argument("--variants", nargs="+", default=["scst:"], help="`NAME: key=value ...` over SCST's settings.")
+    parser.add_argument("--ce_steps", type=int, default=320, help="The NTP control's steps (0: no control).")
     parser.add_argument("--workdir", type=Path, default=Path("outputs/bench_rl_gain"), help="bench_rl_gain's folder.")
     parser.add_argument("--output", type=Path, default=gain.RESULTS / "rl_overfit.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     runs = {name: run_variant(args, name, overrides) for name, overrides in map(gain.parse_variant, args.variants)}
+    if args.ce_steps:
+        runs["control: NTP loss"] = cross_entropy_control(args)
     rows = [
         [
             name,
