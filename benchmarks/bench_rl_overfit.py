@@ -43,10 +43,15 @@ SCST = dict(
 )
 
 
-def run_variant(args, name: str, overrides: dict) -> dict:
-    settings = argparse.Namespace(
-        demo_num_test=300, demo_num_train=None, tokenize=None, eval_max_new_tokens=64, quick=False
+def evaluation_settings(args) -> argparse.Namespace:
+    """What `bench_rl_gain`'s data and evaluation helpers read: its defaults (300 held-out scenes, greedy, 64 tokens)."""
+    return argparse.Namespace(
+        demo_num_test=300, demo_num_train=None, tokenize=None, eval_max_new_tokens=64, quick=args.quick
     )
+
+
+def run_variant(args, name: str, overrides: dict) -> dict:
+    settings = evaluation_settings(args)
     config = yaml.safe_load(gain.RL_CONFIG.read_text())
     config.update(
         gain.common_settings(settings, args.workdir, args.lang),
@@ -57,6 +62,8 @@ def run_variant(args, name: str, overrides: dict) -> dict:
         eval_strategy="no",
         **SCST,
     )
+    if args.quick:
+        config.update(gain.QUICK_RL)
     config.update(overrides)
     known = set().union(
         *(
@@ -92,9 +99,7 @@ def cross_entropy_control(args) -> dict:
     """The NTP loss on the same `--num_prompts` training scenes for `--ce_steps` Adam steps (batch 16, lr 1e-4)."""
     from tippo_rl import TIPPoForConditionalGeneration, TIPPoProcessor
 
-    settings = argparse.Namespace(
-        demo_num_test=300, demo_num_train=None, tokenize=None, eval_max_new_tokens=64, quick=False
-    )
+    settings = evaluation_settings(args)
     sft_dir = args.workdir / f"sft_{args.lang}_{args.sft_seed}"
     common = gain.common_settings(settings, args.workdir, args.lang)
     script_args = gain.TIPPoScriptArguments(
@@ -135,8 +140,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variants", nargs="+", default=["scst:"], help="`NAME: key=value ...` over SCST's settings.")
     parser.add_argument("--ce_steps", type=int, default=320, help="The NTP control's steps (0: no control).")
     parser.add_argument("--workdir", type=Path, default=Path("outputs/bench_rl_gain"), help="bench_rl_gain's folder.")
+    parser.add_argument("--quick", action="store_true", help="Smoke test: 2 RL iterations, 8 prompts, 2 NTP steps.")
     parser.add_argument("--output", type=Path, default=gain.RESULTS / "rl_overfit.json")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.num_prompts, args.ce_steps = 8, 2
     torch.set_num_threads(1)
     runs = {name: run_variant(args, name, overrides) for name, overrides in map(gain.parse_variant, args.variants)}
     if args.ce_steps:

@@ -159,6 +159,26 @@ def test_bench_rl_gain_pairs_each_rl_run_with_its_own_sft_seed_and_reports_delta
     assert again["summary"]["en/demo"]["ROUGE-L"]["deltas"] == payload["summary"]["en/demo"]["ROUGE-L"]["deltas"]
 
 
+def test_bench_rl_overfit_scores_the_trained_prompts_before_and_after_rl_and_the_ntp_control(tmp_path):
+    work = tmp_path / "work"
+    load_benchmark("bench_rl_gain").main(
+        ["--quick", "--sft_seeds", "0", "--rl_seeds", "--workdir", str(work), "--output", str(tmp_path / "gain.json")]
+    )
+    output = tmp_path / "overfit.json"
+    load_benchmark("bench_rl_overfit").main(
+        ["--quick", "--lang", "en", "--sft_seed", "0", "--workdir", str(work), "--output", str(output)]
+    )
+    runs = json.loads(output.read_text())["runs"]
+    assert set(runs) == {"scst", "control: NTP loss"}
+    fields = set(load_benchmark("bench_rl_gain").FIELDS)
+    for run in runs.values():
+        # Every run starts from the same SFT model on the same 8 prompts, and scores them again after training.
+        assert run["trained_prompts_before"] == runs["scst"]["trained_prompts_before"]
+        for scored in ("trained_prompts_after", "held_out_after"):
+            assert set(run[scored]["fields"]) == fields and {"ROUGE-L", "CIDEr"} <= set(run[scored]["scores"])
+    assert runs["control: NTP loss"]["overrides"] == {"loss": "ntp", "steps": 2, "learning_rate": 1e-4, "batch": 16}
+
+
 def test_paired_bootstrap_is_centred_on_the_mean_difference():
     bench = load_benchmark("bench_rl_gain")
     import random
