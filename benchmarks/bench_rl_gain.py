@@ -156,11 +156,24 @@ def evaluate(model, processor, dataset, lang: str, args) -> dict:
     )
 
 
-def held_out(args, workdir: Path, lang: str):
+def demo_datasets(args, workdir: Path, lang: str, max_images: int = 5):
+    """The demo's (train, held-out) splits in the work folder, as every run of the study reads them."""
     script_args = TIPPoScriptArguments(
         dataset="demo", **{k: v for k, v in common_settings(args, workdir, lang).items() if k.startswith("demo_")}
     )
-    return load_datasets(script_args)[1]
+    return load_datasets(script_args, max_images=max_images)
+
+
+def held_out(args, workdir: Path, lang: str):
+    return demo_datasets(args, workdir, lang)[1]
+
+
+def ppo_settings(config: dict) -> dict:
+    """The keys of a demo PolishPPO config that `PPOConfig` and the script and model arguments know (the rest dropped)."""
+    known = set().union(
+        *({f.name for f in dataclasses.fields(c)} for c in (PPOConfig, TIPPoScriptArguments, TIPPoModelConfig))
+    )
+    return {key: value for key, value in config.items() if key in known}
 
 
 def cached(path: Path, compute) -> dict:
@@ -210,10 +223,7 @@ def rl_result(args, workdir: Path, lang: str, sft_seed: int, name: str, override
             config.pop("reward_weights", None)  # the YAML's weights belong to the YAML's rewards
         config.update(settings)
         if trainer_kind == "ppo":
-            known = set().union(
-                *({f.name for f in dataclasses.fields(c)} for c in (PPOConfig, TIPPoScriptArguments, TIPPoModelConfig))
-            )
-            config = {key: value for key, value in config.items() if key in known}
+            config = ppo_settings(config)
         script_args, training_args, model_args = parse_with_config(
             config,
             (TIPPoScriptArguments, config_class, TIPPoModelConfig),

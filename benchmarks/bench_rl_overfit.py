@@ -15,7 +15,6 @@ Adam at the RL learning rate, shows whether the model can fit those prompts at a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -28,7 +27,6 @@ import bench_rl_gain as gain  # noqa: E402
 from machine import machine_info  # noqa: E402
 from tables import print_table, write_json  # noqa: E402
 
-from tippo_rl.data import load_datasets  # noqa: E402
 from tippo_rl.data_collator import TIPPoDataCollator  # noqa: E402
 from tippo_rl.presets import load_model_and_processor  # noqa: E402
 
@@ -50,11 +48,30 @@ def evaluation_settings(args) -> argparse.Namespace:
     )
 
 
-def run_variant(args, name: str, overrides: dict) -> dict:
+def scored_training(args, model, processor, train, overrides: dict) -> dict:
+    """Greedy scores of the first `--num_prompts` training scenes, then `train(model, prompts)` (which returns the
+    trained model), then the same prompts and the held-out split again."""
     settings = evaluation_settings(args)
+    train_split, test = gain.demo_datasets(settings, args.workdir, args.lang, max_images=model.config.max_images)
+    prompts = train_split.select(range(args.num_prompts))
+    before = gain.evaluate(model, processor, prompts, args.lang, settings)
+    model = train(model, prompts)
+    after = gain.evaluate(model, processor, prompts, args.lang, settings)
+    held_out = gain.evaluate(model, processor, test, args.lang, settings)
+    keep = ("scores", "fields")
+    return dict(
+        overrides=overrides,
+        trained_prompts_before={k: before[k] for k in keep},
+        trained_prompts_after={k: after[k] for k in keep},
+        held_out_after={k: held_out[k] for k in keep},
+    )
+
+
+def run_variant(args, name: str, overrides: dict) -> dict:
+    """SCST (with the variant's overrides) on the prompts, through the plain `PPOTrainer`."""
     config = yaml.safe_load(gain.RL_CONFIG.read_text())
     config.update(
-        gain.common_settings(settings, args.workdir, args.lang),
+        gain.common_settings(evaluation_settings(args), args.workdir, args.lang),
         model_name_or_path=str(args.workdir / f"sft_{args.lang}_{args.sft_seed}"),
         output_dir=str(args.workdir / f"overfit_{args.lang}_{args.sft_seed}_{name}"),
         seed=args.rl_seed,
@@ -65,70 +82,50 @@ def run_variant(args, name: str, overrides: dict) -> dict:
     if args.quick:
         config.update(gain.QUICK_RL)
     config.update(overrides)
-    known = set().union(
-        *(
-            {f.name for f in dataclasses.fields(c)}
-            for c in (gain.PPOConfig, gain.TIPPoScriptArguments, gain.TIPPoModelConfig)
-        )
-    )
-    config = {key: value for key, value in config.items() if key in known}
     script_args, training_args, model_args = gain.parse_with_config(
-        config,
+        gain.ppo_settings(config),
         (gain.TIPPoScriptArguments, gain.PPOConfig, gain.TIPPoModelConfig),
         args.workdir / f"overfit_{args.lang}_{args.sft_seed}_{name}.yaml",
     )
     model, processor = load_model_and_processor(model_args, lang=script_args.demo_lang)
-    train, test = load_datasets(script_args, max_images=model.config.max_images)
-    train = train.select(range(args.num_prompts))
-    before = gain.evaluate(model, processor, train, args.lang, settings)
-    trainer = gain.PPOTrainer(model=model, args=training_args, processor=processor, train_dataset=train)
-    trainer.train()
-    policy = trainer._policy(trainer.accelerator.unwrap_model(trainer.model))
-    after = gain.evaluate(policy, processor, train, args.lang, settings)
-    held_out = gain.evaluate(policy, processor, test, args.lang, settings)
-    keep = ("scores", "fields")
-    return dict(
-        overrides=overrides,
-        trained_prompts_before={k: before[k] for k in keep},
-        trained_prompts_after={k: after[k] for k in keep},
-        held_out_after={k: held_out[k] for k in keep},
-    )
+
+    def train(model, prompts):
+        trainer = gain.PPOTrainer(model=model, args=training_args, processor=processor, train_dataset=prompts)
+        trainer.train()
+        return trainer._policy(trainer.accelerator.unwrap_model(trainer.model))
+
+    return scored_training(args, model, processor, train, overrides)
 
 
 def cross_entropy_control(args) -> dict:
-    """The NTP loss on the same `--num_prompts` training scenes for `--ce_steps` Adam steps (batch 16, lr 1e-4)."""
+    """The NTP loss on the same prompts for `--ce_steps` Adam steps (batch 16, lr 1e-4)."""
     from tippo_rl import TIPPoForConditionalGeneration, TIPPoProcessor
 
-    settings = evaluation_settings(args)
     sft_dir = args.workdir / f"sft_{args.lang}_{args.sft_seed}"
-    common = gain.common_settings(settings, args.workdir, args.lang)
-    script_args = gain.TIPPoScriptArguments(
-        dataset="demo", **{k: v for k, v in common.items() if k.startswith("demo_")}
-    )
     model, processor = TIPPoForConditionalGeneration.from_pretrained(sft_dir), TIPPoProcessor.from_pretrained(sft_dir)
-    train, test = load_datasets(script_args, max_images=model.config.max_images)
-    train = train.select(range(args.num_prompts))
-    before = gain.evaluate(model, processor, train, args.lang, settings)
-    collator, rows = TIPPoDataCollator(processor), list(train)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    generator = torch.Generator().manual_seed(args.rl_seed)
-    model.train()
-    for _ in range(args.ce_steps):
-        picked = torch.randperm(len(rows), generator=generator)[:16].tolist()
-        batch = collator([rows[i] for i in picked])
-        model(**{k: v for k, v in batch.items() if k not in ("references", "titles", "ids")}).ntp_loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
-    after = gain.evaluate(model, processor, train, args.lang, settings)
-    held_out = gain.evaluate(model, processor, test, args.lang, settings)
-    keep = ("scores", "fields")
-    return dict(
-        overrides=dict(loss="ntp", steps=args.ce_steps, learning_rate=1e-4, batch=16),
-        trained_prompts_before={k: before[k] for k in keep},
-        trained_prompts_after={k: after[k] for k in keep},
-        held_out_after={k: held_out[k] for k in keep},
+
+    def train(model, prompts):
+        collator, rows = TIPPoDataCollator(processor), list(prompts)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        generator = torch.Generator().manual_seed(args.rl_seed)
+        model.train()
+        for _ in range(args.ce_steps):
+            picked = torch.randperm(len(rows), generator=generator)[:16].tolist()
+            batch = collator([rows[i] for i in picked])
+            model(**{k: v for k, v in batch.items() if k not in ("references", "titles", "ids")}).ntp_loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return model.eval()
+
+    return scored_training(
+        args, model, processor, train, dict(loss="ntp", steps=args.ce_steps, learning_rate=1e-4, batch=16)
     )
+
+
+def change(run: dict, field: str, key: str, digits: int) -> str:
+    """`before → after` of one score or scene field on the trained prompts."""
+    before, after = run["trained_prompts_before"][field][key], run["trained_prompts_after"][field][key]
+    return f"{before:.{digits}f} → {after:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -152,10 +149,10 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [
         [
             name,
-            f"{run['trained_prompts_before']['scores']['CIDEr']:.1f} → {run['trained_prompts_after']['scores']['CIDEr']:.1f}",
-            f"{run['trained_prompts_before']['scores']['ROUGE-L']:.2f} → {run['trained_prompts_after']['scores']['ROUGE-L']:.2f}",
-            f"{run['trained_prompts_before']['fields']['colour']:.1f} → {run['trained_prompts_after']['fields']['colour']:.1f}",
-            f"{run['trained_prompts_before']['fields']['count']:.1f} → {run['trained_prompts_after']['fields']['count']:.1f}",
+            change(run, "scores", "CIDEr", 1),
+            change(run, "scores", "ROUGE-L", 2),
+            change(run, "fields", "colour", 1),
+            change(run, "fields", "count", 1),
             f"{run['held_out_after']['scores']['ROUGE-L']:.2f}",
         ]
         for name, run in runs.items()

@@ -96,7 +96,8 @@ def test_two_machines_on_separate_and_on_shared_filesystems(tmp_path):
     # Killed after its first checkpoint (both machines, each process group), then resumed: separate HOMEs and one
     # shared output_dir, where each process writes its own RNG state (rng_state_<global rank>.pth).
     output_dir = tmp_path / "resumed_sft"
-    processes = start(SFT, homes, homes, output_dir, "--save_strategy", "steps", "--save_steps", "2")
+    every_two_steps = ["--save_strategy", "steps", "--save_steps", "2"]
+    processes = start(SFT, homes, homes, output_dir, *every_two_steps)
     checkpoint = output_dir / "checkpoint-2"
     while not checkpoint.is_dir() and all(process.poll() is None for process in processes):
         time.sleep(0.2)
@@ -110,9 +111,6 @@ def test_two_machines_on_separate_and_on_shared_filesystems(tmp_path):
     (output_dir / "model.safetensors").unlink(missing_ok=True)
     if (output_dir / "checkpoint-4").exists():
         os.rename(output_dir / "checkpoint-4", tmp_path / "too_late")
-    resumed = launch(
-        SFT, homes, homes, output_dir, "--save_strategy", "steps", "--save_steps", "2",
-        "--resume_from_checkpoint", str(checkpoint),
-    )  # fmt: skip
+    resumed = launch(SFT, homes, homes, output_dir, *every_two_steps, "--resume_from_checkpoint", str(checkpoint))
     assert checkpoint.stat().st_ino == written and (output_dir / "checkpoint-4").is_dir()
     assert_same(load_file(tmp_path / "separate_sft/model.safetensors"), resumed)
