@@ -260,6 +260,12 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
             "help": "How per-token losses are averaged (TRL's GRPO values): `bnpo` (over the minibatch's completion tokens), `grpo` (over each completion's tokens, then over completions: favours short completions with positive advantages), `dr_grpo` (sum over the minibatch's tokens / (completions × max_new_tokens)) or `dapo` (sum / the tokens of one optimizer step over all processes, TRL's default)."
         },
     )
+    skip_solved_prompts: bool = field(
+        default=False,
+        metadata={
+            "help": "Before training, decode every training prompt greedily with the starting policy and train only on those whose decode is not their `reference`. On a prompt the model already gets right, every sample tends to equal the greedy decode and carries no advantage, so most of a rollout batch teaches nothing (DAPO's dynamic sampling drops such groups during training; this drops them once, up front)."
+        },
+    )
     mask_truncated_completions: bool = field(
         default=False,
         metadata={"help": "Leave completions cut at max_new_tokens (no EOS) out of the loss (DAPO; TRL's option)."},
