@@ -14,7 +14,7 @@ import shutil
 import warnings
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from ..evaluation import TOKENIZE_MODES, compute_metrics
 from ..generation import generate_kwargs, generate_predictions
 from ..model_card import build_model_card
 from ..modeling_tippo import TIPPoForConditionalGeneration
+from ..options import option
 from ..rewards import literal_reward, score_rewards
 
 
@@ -83,18 +84,11 @@ class TIPPoTrainingArguments:
     """Listed before `TrainingArguments` in a config's bases, so that its `bf16` default replaces theirs. A config's
     `__post_init__` calls `_resolve_tippo_fields()` before `TrainingArguments.__post_init__`."""
 
-    use_feature_cache: bool = field(
-        default=True, metadata={"help": "Train from cached frozen-encoder features (computed once per dataset)."}
+    use_feature_cache: bool = option(True, "Train from cached frozen-encoder features (computed once per dataset).")
+    feature_cache_dir: str | None = option(
+        None, "Folder for cached features (default $TIPPO_RL_CACHE/features, ~/.cache/tippo_rl/features)."
     )
-    feature_cache_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "Folder for cached features (default $TIPPO_RL_CACHE/features, ~/.cache/tippo_rl/features)."
-        },
-    )
-    bf16: bool | None = field(
-        default=None, metadata={"help": "bf16 mixed precision. Default: on where a GPU supports it, off on a CPU."}
-    )
+    bf16: bool | None = option(None, "bf16 mixed precision. Default: on where a GPU supports it, off on a CPU.")
 
     def _resolve_tippo_fields(self) -> None:
         for name, bounds in TRAINING_ARGUMENT_RANGES.items():
@@ -125,27 +119,19 @@ logger = logging.getLogger(__name__)
 class GenerationEvalArguments:
     """Fields shared by [`TIPPoSFTConfig`] and [`PPOConfig`]: how evaluation during training decodes and scores."""
 
-    eval_max_samples: int | None = field(
-        default=64,
-        metadata={
-            "help": "Decode at most this many eval rows at each evaluation during training (the first ones; None: all). Keeps evaluation cheap on a CPU. Not max_eval_samples, which keeps the first rows of the eval split for the whole run (the eval loss too); in recipes/evaluate.py, which has only that one, --eval_max_samples means max_eval_samples."
-        },
+    eval_max_samples: int | None = option(
+        64,
+        "Decode at most this many eval rows at each evaluation during training (the first ones; None: all). Keeps evaluation cheap on a CPU. Not max_eval_samples, which keeps the first rows of the eval split for the whole run (the eval loss too); in recipes/evaluate.py, which has only that one, --eval_max_samples means max_eval_samples.",
     )
-    eval_generation_kwargs: dict | str | None = field(
-        default=None,
-        metadata={"help": '`generate()` options of the evaluation decode, e.g. {"num_beams": 4}. Default: greedy.'},
+    eval_generation_kwargs: dict | str | None = option(
+        None, '`generate()` options of the evaluation decode, e.g. {"num_beams": 4}. Default: greedy.'
     )
-    eval_tokenize: str = field(
-        default="none",
-        metadata={
-            "help": "What ROUGE-L and CIDEr see as words: `none` (whitespace), `char`, `jieba` or `ptb` (needs Java; what recipes/evaluate.py uses for the demo)."
-        },
+    eval_tokenize: str = option(
+        "none",
+        "What ROUGE-L and CIDEr see as words: `none` (whitespace), `char`, `jieba` or `ptb` (needs Java; what recipes/evaluate.py uses for the demo).",
     )
-    eval_log_completions: int = field(
-        default=4,
-        metadata={
-            "help": "Sample completions shown at each evaluation (console, and a wandb table with report_to wandb); 0: none."
-        },
+    eval_log_completions: int = option(
+        4, "Sample completions shown at each evaluation (console, and a wandb table with report_to wandb); 0: none."
     )
 
     def _check_generation_eval_fields(self) -> None:
