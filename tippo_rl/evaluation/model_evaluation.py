@@ -32,7 +32,7 @@ from ..demo.scenes import scene_field_accuracy
 from ..generation import generate_kwargs, generate_predictions
 from ..language import detect_language
 from ..modeling_tippo import TIPPoForConditionalGeneration
-from ..options import option
+from ..options import option, parse_json_option
 from ..presets import build_tiny_tippo
 from ..processing_tippo import TIPPoProcessor
 from ..script_arguments import TIPPoScriptArguments
@@ -90,13 +90,7 @@ class EvaluationArguments:
             raise ValueError(f"--temperature must be > 0; got {self.temperature}")
         if self.tokenize not in ("auto", *TOKENIZE_MODES):
             raise ValueError(f"--tokenize must be auto or one of {', '.join(TOKENIZE_MODES)}; got {self.tokenize!r}")
-        if isinstance(self.generation_kwargs, str):
-            try:
-                self.generation_kwargs = json.loads(self.generation_kwargs)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"--generation_kwargs must be a JSON object, got {self.generation_kwargs!r}: {error}"
-                ) from error
+        self.generation_kwargs = parse_json_option("--generation_kwargs", self.generation_kwargs)
         if self.generation_kwargs is not None and not isinstance(self.generation_kwargs, dict):
             raise ValueError(
                 f"--generation_kwargs must be a JSON object of generate() options, got {self.generation_kwargs!r}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..options import option
+from ..options import check_choice, option
 from ..rewards import EMBEDDER_DTYPES, SEMANTIC_BACKENDS, bundled_minilm_path
 from .ppo_config import PPOConfig
 
@@ -129,20 +129,11 @@ class PolishPPOConfig(PPOConfig):
     def __post_init__(self):
         if self.polish_gamma <= 0 or self.polish_gamma > 1:
             raise ValueError(f"polish_gamma (γ of G_m) must lie in (0, 1], got {self.polish_gamma}")
-        if self.gamma_schedule not in GAMMA_SCHEDULES:
-            raise ValueError(
-                f"gamma_schedule must be one of {', '.join(GAMMA_SCHEDULES)}, got {self.gamma_schedule!r}"
-            )
+        check_choice("gamma_schedule", self.gamma_schedule, GAMMA_SCHEDULES)
         if self.gamma_horizon <= 0:
             raise ValueError(f"gamma_horizon (K) must be > 0, got {self.gamma_horizon}")
-        if self.semantic_dtype not in EMBEDDER_DTYPES:
-            raise ValueError(
-                f"semantic_dtype must be one of {', '.join(EMBEDDER_DTYPES)}, got {self.semantic_dtype!r}"
-            )
-        if self.semantic_backend not in SEMANTIC_BACKENDS:
-            raise ValueError(
-                f"semantic_backend must be one of {', '.join(SEMANTIC_BACKENDS)}, got {self.semantic_backend!r}"
-            )
+        check_choice("semantic_dtype", self.semantic_dtype, EMBEDDER_DTYPES)
+        check_choice("semantic_backend", self.semantic_backend, SEMANTIC_BACKENDS)
         if self.literal_distance not in ("normalized", "raw"):
             raise ValueError(
                 f"literal_distance must be `normalized` or `raw` (Eq. 7 as written), got {self.literal_distance!r}"

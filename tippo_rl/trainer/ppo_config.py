@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass
 
 from transformers import TrainingArguments
 
-from ..options import option
+from ..options import check_choice, option, parse_json_option
 from ..rewards.reward_loading import check_reward_spec
 from .tippo_trainer import GenerationEvalArguments, TIPPoTrainingArguments
 
@@ -308,12 +307,7 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
         self._resolve_tippo_fields()
         self._apply_trl_names_and_algorithm()
         for name in ("generation_kwargs", "reward_init_kwargs", "eval_generation_kwargs"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                try:
-                    setattr(self, name, json.loads(value))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{name} must be a JSON object, got {value!r}: {error}") from error
+            setattr(self, name, parse_json_option(name, getattr(self, name)))
         self._check_ppo_fields()
         if self.whiten_advantages is None:
             self.whiten_advantages = self.use_value_head or self.advantage_baseline == "none"
@@ -425,10 +419,7 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
         for spec in self.reward_funcs or []:
             if isinstance(spec, str):  # its module, name and signature, before any model is loaded
                 check_reward_spec(spec, **(self.reward_init_kwargs or {}).get(spec, {}))
-        if self.reward_completions_format not in REWARD_COMPLETIONS_FORMATS:
-            raise ValueError(
-                f"reward_completions_format must be one of {', '.join(REWARD_COMPLETIONS_FORMATS)}, got {self.reward_completions_format!r}"
-            )
+        check_choice("reward_completions_format", self.reward_completions_format, REWARD_COMPLETIONS_FORMATS)
         if not 0 < self.cliprange < 1:
             raise ValueError(f"cliprange (ε, TRL's epsilon) must lie in (0, 1), got {self.cliprange}")
         if self.cliprange_high is not None and self.cliprange_high <= 0:
@@ -442,8 +433,7 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
             raise ValueError(f"num_completions_to_print must be ≥ 0, got {self.num_completions_to_print}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef (β) must be ≥ 0, got {self.kl_coef}")
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
+        check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         if self.vf_coef < 0:
             raise ValueError(f"vf_coef must be ≥ 0, got {self.vf_coef}")
         if self.cliprange_value <= 0:
@@ -454,10 +444,7 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
             raise ValueError(f"lam (GAE's λ) must lie in [0, 1], got {self.lam}")
         if self.num_generations < 1:
             raise ValueError(f"num_generations (k) must be ≥ 1, got {self.num_generations}")
-        if self.advantage_baseline not in ADVANTAGE_BASELINES:
-            raise ValueError(
-                f"advantage_baseline must be one of {', '.join(ADVANTAGE_BASELINES)}, got {self.advantage_baseline!r}"
-            )
+        check_choice("advantage_baseline", self.advantage_baseline, ADVANTAGE_BASELINES)
         if self.advantage_baseline in GROUP_BASELINES and self.num_generations < 2:
             raise ValueError(
                 f"advantage_baseline {self.advantage_baseline!r} compares the k completions of one prompt: set "
@@ -468,8 +455,7 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
                 f"advantage_baseline {self.advantage_baseline!r} replaces the critic: set use_value_head false, or "
                 "advantage_baseline none for GAE on the value head"
             )
-        if self.scale_rewards not in SCALE_REWARDS:
-            raise ValueError(f"scale_rewards must be one of {', '.join(SCALE_REWARDS)}, got {self.scale_rewards!r}")
+        check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
         if self.advantage_window is not None and self.advantage_window < 1:
             raise ValueError(f"advantage_window (W) must be ≥ 1 or None (all iterations), got {self.advantage_window}")
         if self.advantage_scale not in ("std", "variance"):
@@ -478,18 +464,12 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
             )
         if self.advantage_epsilon <= 0:
             raise ValueError(f"advantage_epsilon (ε) must be > 0, got {self.advantage_epsilon}")
-        if self.value_head_init not in VALUE_HEAD_INITS:
-            raise ValueError(
-                f"value_head_init must be one of {', '.join(VALUE_HEAD_INITS)}, got {self.value_head_init!r}"
-            )
+        check_choice("value_head_init", self.value_head_init, VALUE_HEAD_INITS)
         if self.value_warmup_iterations < 0:
             raise ValueError(f"value_warmup_iterations must be ≥ 0, got {self.value_warmup_iterations}")
         if self.value_warmup_iterations and not self.use_value_head:
             raise ValueError("value_warmup_iterations warms up the value head: set use_value_head true, or 0")
-        if self.daa_lambda_schedule not in DAA_LAMBDA_SCHEDULES:
-            raise ValueError(
-                f"daa_lambda_schedule must be one of {', '.join(DAA_LAMBDA_SCHEDULES)}, got {self.daa_lambda_schedule!r}"
-            )
+        check_choice("daa_lambda_schedule", self.daa_lambda_schedule, DAA_LAMBDA_SCHEDULES)
         self._check_generation_eval_fields()
 
     @property

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from trl import SFTConfig
 
 from ..configuration_tippo import check_contrastive_loss_settings
-from ..options import option
+from ..options import check_choice, option
 from .tippo_trainer import GenerationEvalArguments, TIPPoTrainingArguments
 
 
@@ -119,10 +119,7 @@ class TIPPoSFTConfig(TIPPoTrainingArguments, SFTConfig, GenerationEvalArguments)
             raise ValueError(
                 "contrastive_gather adds other processes' images to the `batch` negatives; `own_images` has none"
             )
-        if self.daa_lambda_schedule not in LAMBDA_SCHEDULES:
-            raise ValueError(
-                f"daa_lambda_schedule must be one of {', '.join(LAMBDA_SCHEDULES)}, got {self.daa_lambda_schedule!r}"
-            )
+        check_choice("daa_lambda_schedule", self.daa_lambda_schedule, LAMBDA_SCHEDULES)
         if not 0.0 <= self.daa_lambda1_constant <= 1.0:
             raise ValueError(f"daa_lambda1_constant (λ1) must lie in [0, 1], got {self.daa_lambda1_constant}")
         self._check_generation_eval_fields()

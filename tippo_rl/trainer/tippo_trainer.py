@@ -42,7 +42,7 @@ from ..evaluation import TOKENIZE_MODES, compute_metrics
 from ..generation import generate_kwargs, generate_predictions
 from ..model_card import build_model_card
 from ..modeling_tippo import TIPPoForConditionalGeneration
-from ..options import option
+from ..options import check_choice, option, parse_json_option
 from ..rewards import literal_reward, score_rewards
 
 
@@ -135,17 +135,10 @@ class GenerationEvalArguments:
     )
 
     def _check_generation_eval_fields(self) -> None:
-        if isinstance(self.eval_generation_kwargs, str):
-            try:
-                self.eval_generation_kwargs = json.loads(self.eval_generation_kwargs)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"eval_generation_kwargs must be a JSON object, got {self.eval_generation_kwargs!r}: {error}"
-                ) from error
+        self.eval_generation_kwargs = parse_json_option("eval_generation_kwargs", self.eval_generation_kwargs)
         if self.eval_max_samples is not None and self.eval_max_samples < 1:
             raise ValueError(f"eval_max_samples must be ≥ 1 or None (all rows), got {self.eval_max_samples}")
-        if self.eval_tokenize not in TOKENIZE_MODES:
-            raise ValueError(f"eval_tokenize must be one of {', '.join(TOKENIZE_MODES)}, got {self.eval_tokenize!r}")
+        check_choice("eval_tokenize", self.eval_tokenize, TOKENIZE_MODES)
         if self.eval_log_completions < 0:
             raise ValueError(f"eval_log_completions must be ≥ 0, got {self.eval_log_completions}")
 
