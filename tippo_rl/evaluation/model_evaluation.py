@@ -36,7 +36,7 @@ from ..options import option, parse_json_option
 from ..presets import build_tiny_tippo
 from ..processing_tippo import TIPPoProcessor
 from ..script_arguments import TIPPoScriptArguments
-from .metrics import DEFAULT_METRICS, LANGS, MetricsResult, compute_metrics, normalize_metric_names
+from .metrics import DEFAULT_METRICS, LANGS, MetricsResult, compute_metrics, metric_options, normalize_metric_names
 from .reports import examples_section, plot_training_curves, scores_table, spread_table, training_log_history
 from .scorers import MeteorScorer
 from .tokenization import TOKENIZE_MODES
@@ -163,10 +163,7 @@ def score_model(
         predictions,
         references,
         metrics=args.metrics,
-        tokenize=args.tokenize,
-        lang=args.lang,
-        bertscore_model=args.bertscore_model,
-        bertscore_num_layers=args.bertscore_num_layers,
+        **metric_options(args),  # tokenize, lang and the BERTScore model
         bertscore_device=args.device,
         progress=True,
         meteor_scorer=meteor_scorer,
