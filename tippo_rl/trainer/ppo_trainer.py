@@ -77,6 +77,9 @@ from .value_head import PolicyAndValueModel
 
 
 FEATURE_COLUMNS = ("image_features", "title_features")
+# PPOConfig's sampling options, named as generate() names them: the rollouts sample with them (and the PPO ratio's
+# log-probabilities apply them); SCST's greedy decode unsets them.
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
 
 
 class EpochSeededRepeatSampler(RepeatSampler):
@@ -249,9 +252,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         self.generation_config = generation_config(
             do_sample=True,
             max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
+            **{name: getattr(args, name) for name in SAMPLING_OPTIONS},
             pad_token_id=self.pad_token_id,
             eos_token_id=self.eos_token_id,
             decoder_start_token_id=self.decoder_start_token_id,
@@ -275,7 +276,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
             )
         # SCST's baseline and the evaluation decode: greedy, as long as the rollouts.
         self.greedy_generation_config = copy.deepcopy(self.generation_config)
-        self.greedy_generation_config.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+        self.greedy_generation_config.update(do_sample=False, **dict.fromkeys(SAMPLING_OPTIONS))
         self.default_eval_generation_kwargs = {"max_new_tokens": args.max_new_tokens}
         self.return_statistics = ReturnStatistics(args.advantage_window)  # μ_m, δ_m of the `running` baseline
         self.starting_daa_lambda1 = float(tippo.daa_lambda1.item())  # what `daa_lambda_schedule: hold` keeps
