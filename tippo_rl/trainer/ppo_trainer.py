@@ -162,7 +162,8 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
     minus `advantage_baseline` (none, running Eq. 6, group, leave-one-out, greedy; over `num_generations` completions
     per prompt) as every token's advantage. Subclasses change one step by overriding one method: `generate_rollouts`,
     `score_rollouts`, `compute_returns`, `compute_advantages`, `baseline_advantages`, `build_loss_batch`,
-    `whiten_advantages` or `compute_loss` ([`PolishPPOTrainer`] overrides `compute_returns`).
+    `whiten_advantages` or `compute_loss` ([`PolishPPOTrainer`] overrides `compute_returns`), and the rewards it is
+    built with by overriding `default_reward_funcs` and `check_rewards`.
 
     Args:
         model: the starting policy, a `TIPPoForConditionalGeneration` (e.g. the SFT output) or a PEFT-wrapped one. With PEFT the reference
@@ -172,7 +173,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         train_dataset: a TIPPo dataset (`tippo_rl.data.load_artmuse`, `load_coco_captions`): its `reference`,
             `title`, `images` and other columns reach the reward plug-ins.
         reward_funcs: reward plug-ins (callables, or specs for `tippo_rl.rewards.load_reward`). Default:
-            `args.reward_funcs`.
+            `default_reward_funcs` (`args.reward_funcs`).
         eval_dataset: a TIPPo dataset decoded at each `eval_strategy` step (`eval_rouge_l`, `eval_cider`,
             `eval_literal`; see `GenerationEvalMixin`).
         callbacks, optimizers: as for `transformers.Trainer`.
@@ -201,7 +202,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
             disable_dropout(model)
 
         # Rewards
-        reward_funcs = list(reward_funcs) if reward_funcs is not None else list(args.reward_funcs or [])
+        reward_funcs = (
+            list(reward_funcs) if reward_funcs is not None else self.default_reward_funcs(args, train_dataset)
+        )
         if not reward_funcs:
             raise ValueError("PPOTrainer needs at least one reward: set reward_funcs (e.g. ['literal'])")
         init_kwargs = args.reward_init_kwargs or {}
@@ -214,6 +217,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         if len(weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(weights)} values for {len(self.reward_funcs)} reward functions")
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
+        self.check_rewards()
 
         policy = model
         if args.use_value_head:
@@ -290,6 +294,15 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         self._rollout_batch: dict[str, torch.Tensor] | None = None
         self._minibatches: list[dict[str, torch.Tensor]] | None = None
         self._init_logging()
+
+    def default_reward_funcs(self, args: PPOConfig, train_dataset: Dataset) -> list[Callable | str]:
+        """The rewards of a trainer given none: `args.reward_funcs`, specs that `load_reward` builds with their
+        `reward_init_kwargs`."""
+        return list(args.reward_funcs or [])
+
+    def check_rewards(self) -> None:
+        """Called once the rewards are loaded (`reward_funcs`, `reward_names`, `reward_weights`), before the Trainer is
+        set up: a subclass that needs particular rewards checks for them here."""
 
     @property
     def total_iterations(self) -> int:
