@@ -45,7 +45,7 @@ from trl.trainer.utils import RepeatSampler, entropy_from_logits, selective_log_
 
 from ..checkpoints import PPO_STATE_NAME, CheckpointError, read_ppo_state, redacted
 from ..data_collator import MODEL_INPUT_NAMES, TIPPoDataCollator, model_inputs
-from ..feature_cache import cache_features_for_training, training_datasets, with_frozen_features
+from ..feature_cache import cache_features_for_training, with_frozen_features
 from ..generation import generation_config
 from ..modeling_tippo import TIPPoForConditionalGeneration
 from ..processing_tippo import TIPPoProcessor
@@ -66,10 +66,9 @@ from .ppo_math import (
     masked_mean,
 )
 from .tippo_trainer import (
-    GenerationEvalMixin,
     IterationProgressCallback,
     StepMetrics,
-    TIPPoSavingMixin,
+    TIPPoTrainerMixin,
     daa_lambda1_at,
     unwrap_tippo,
 )
@@ -155,7 +154,7 @@ OFF_POLICY_GENERATION_OPTIONS = {
 }
 
 
-class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
+class PPOTrainer(TIPPoTrainerMixin, Trainer):
     """Proximal Policy Optimization of a [`TIPPoForConditionalGeneration`] (title + images → text) with reward plug-ins.
 
     Standard PPO by default (value head, GAE, clipped value loss); `use_value_head=False` uses the sequence return
@@ -181,6 +180,8 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
 
     _tag_names = ["trl", "ppo", "tippo", "multimodal"]
     _stage = "PPO"  # for the model card
+    data_collator_class = PPODataCollator
+    requires_train_reference = False  # a reward may not need a reference column
     # compute_loss returns a per-minibatch mean; the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
@@ -195,7 +196,6 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         optimizers=(None, None),
         eval_dataset: Dataset | None = None,
     ):
-        self.processor = processor
         args.remove_unused_columns = False  # reward plug-ins receive every dataset column: none is "unused"
         tippo = unwrap_tippo(model)
         if args.disable_dropout:
@@ -223,19 +223,8 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         if args.use_value_head:
             model = PolicyAndValueModel(policy, tippo.config.hidden_size)
 
-        train_dataset, eval_dataset = training_datasets(  # a reward may not need a reference column
-            args, tippo, processor, train_dataset, eval_dataset, require_train_reference=False
-        )
-
         super().__init__(
-            model=model,
-            args=args,
-            data_collator=PPODataCollator(processor),
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processor,
-            callbacks=callbacks,
-            optimizers=optimizers,
+            model, args, processor, train_dataset, eval_dataset, callbacks=callbacks, optimizers=optimizers
         )
 
         if any(isinstance(callback, ProgressCallback) for callback in self.callback_handler.callbacks):

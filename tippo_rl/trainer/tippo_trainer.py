@@ -1,7 +1,8 @@
 """What every TIPPo trainer (SFT and PPO alike) adds to transformers' Trainer, in one place: its options
 (`TIPPoTrainingArguments`, `GenerationEvalArguments`), evaluation by decoding (`GenerationEvalMixin`), saving
-(`TIPPoSavingMixin`: staged checkpoints, the final model and its card), λ1's schedule (`daa_lambda1_at`), per-step
-metrics (`StepMetrics`), PPO's progress bar (`IterationProgressCallback`) and `unwrap_tippo`."""
+(`TIPPoSavingMixin`: staged checkpoints, the final model and its card), the setup both share (`TIPPoTrainerMixin`: the
+processor, the datasets, the collator), λ1's schedule (`daa_lambda1_at`), per-step metrics (`StepMetrics`), PPO's
+progress bar (`IterationProgressCallback`) and `unwrap_tippo`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 from accelerate.utils import is_peft_model
+from datasets import Dataset
 from torch import nn
 from transformers.trainer_callback import ProgressCallback, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint, rotate_checkpoints
@@ -38,11 +40,14 @@ from ..checkpoints import (
     resolve_checkpoint,
     staging_folder,
 )
+from ..data_collator import TIPPoDataCollator
 from ..evaluation import TOKENIZE_MODES, compute_metrics
+from ..feature_cache import training_datasets
 from ..generation import generate_kwargs, generate_predictions
 from ..model_card import build_model_card
 from ..modeling_tippo import TIPPoForConditionalGeneration
 from ..options import check_choice, option, parse_json_option
+from ..processing_tippo import TIPPoProcessor
 from ..rewards import literal_reward, score_rewards
 
 
@@ -463,6 +468,46 @@ class TIPPoSavingMixin:
         card = build_model_card(self, self._stage, model_name, tags=tags, **arguments)
         with reporting_disk_full(Path(self.args.output_dir) / "README.md"):
             card.save(Path(self.args.output_dir) / "README.md")
+
+
+# -- the setup both trainers share -------------------------------------------------------------------------------------
+
+
+class TIPPoTrainerMixin(GenerationEvalMixin, TIPPoSavingMixin):
+    """What a TIPPo trainer adds to the Trainer it is built on (`transformers.Trainer`, TRL's `SFTTrainer`), listed
+    before it in the trainer's bases: evaluation by decoding, saving, and the setup every TIPPo trainer does.
+
+    `__init__` keeps the processor, checks the datasets' columns and caches their frozen features
+    (`training_datasets`), then sets up the Trainer with an instance of the trainer's `data_collator_class` and the
+    processor as its `processing_class`. `trainer_kwargs` (callbacks, optimizers, `peft_config`, …) go to the Trainer as
+    they are. A trainer whose training rows need no reference sets `requires_train_reference` to False.
+    """
+
+    data_collator_class: type = TIPPoDataCollator
+    requires_train_reference = True  # every training row must hold a reference (the eval rows always must)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args,
+        processor: TIPPoProcessor,
+        train_dataset: Dataset,
+        eval_dataset: Dataset | None = None,
+        **trainer_kwargs,
+    ):
+        self.processor = processor
+        train_dataset, eval_dataset = training_datasets(
+            args, unwrap_tippo(model), processor, train_dataset, eval_dataset, self.requires_train_reference
+        )
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=self.data_collator_class(processor),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processor,
+            **trainer_kwargs,
+        )
 
 
 # -- λ1 of DAA over a run ----------------------------------------------------------------------------------------------
