@@ -21,7 +21,7 @@ import yaml
 from trl import TrlParser
 
 from .errors import INPUT_ERRORS
-from .language import detect_language
+from .language import LANGUAGES, detect_language
 from .launcher import stop_with_launcher
 from .options import option
 
@@ -262,7 +262,7 @@ class TIPPoScriptArguments:
             raise ValueError(f"--dataset must be one of {', '.join(DATASET_KINDS)}; got {self.dataset!r}")
         if self.on_bad_rows not in ("raise", "skip"):
             raise ValueError(f"--on_bad_rows must be 'raise' or 'skip'; got {self.on_bad_rows!r}")
-        if self.demo_lang not in ("en", "zh"):
+        if self.demo_lang not in LANGUAGES:
             raise ValueError(f"--demo_lang must be 'en' or 'zh'; got {self.demo_lang!r}")
         if self.lang not in LANGS:
             raise ValueError(f"--lang must be one of {', '.join(LANGS)}; got {self.lang!r}")

@@ -43,6 +43,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..language import LANGUAGES
 from .external_tools import _import, _require_java
 from .scorers import MeteorScorer, _bertscore
 from .tokenization import TOKENIZE_MODES, tokenize_texts
@@ -62,7 +63,7 @@ __all__ = [
 
 METRICS = ("bleu", "meteor", "rouge_l", "cider", "bertscore")
 DEFAULT_METRICS = ("bleu", "meteor", "rouge_l", "cider")
-LANGS = ("zh", "en")
+LANGS = LANGUAGES  # compute_metrics' `lang`
 
 # Accepted spellings of metric names -> canonical name: every name of METRICS, and these aliases.
 _METRIC_ALIASES = {
