@@ -182,6 +182,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
     _stage = "PPO"  # for the model card
     data_collator_class = PPODataCollator
     requires_train_reference = False  # a reward may not need a reference column
+    updates_card_with_checkpoints = True  # as TRL's trainers do
     # compute_loss returns a per-minibatch mean; the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
@@ -310,6 +311,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         self._step += 1
         return loss
 
+    # Private: through training_step the minibatch would pass _prepare_inputs, which casts to DeepSpeed's dtype.
     def _prepare_inputs(self, generation_batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Sample and score a rollout batch at the start of each iteration; return this step's minibatch."""
         steps = self.args.steps_per_generation
@@ -874,10 +876,6 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         if "return_statistics" in state:
             self.return_statistics.load_state_dict(state["return_statistics"])
 
-    def _save_checkpoint(self, model, trial):
-        self.create_model_card()
-        super()._save_checkpoint(model, trial)  # atomic; ppo_state.json goes in through _save_checkpoint_extras
-
     def _save_checkpoint_extras(self, folder):
         with open(os.path.join(folder, PPO_STATE_NAME), "w") as f:
             json.dump(self.ppo_state(), f, indent=2)
@@ -896,6 +894,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         self.load_ppo_state(read_ppo_state(checkpoint))
         self._rollout_batch = self._minibatches = None
 
+    # Private: save_model hands the gathered (DeepSpeed, FSDP) weights to _save alone, to write the wrapper's parts.
     def _save(self, output_dir: str | None = None, state_dict=None):
         """With a value head, what the Trainer saves of a model, through the wrapper's own `save_pretrained` (the policy
         as a loadable TIPPo model or PEFT adapter, and `value_head.safetensors`), then the processor and the training
@@ -910,12 +909,13 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         self.processor.save_pretrained(output_dir)
         torch.save(redacted(self.args), os.path.join(output_dir, TRAINING_ARGS_NAME))
 
+    # Private: load_best_model_at_end has no public hook, and the Trainer's would load the policy into the wrapper.
     def _load_best_model(self):
-        # `load_best_model_at_end` with a value head: the Trainer would load the policy's weights into the wrapper.
         if not isinstance(self.model, PolicyAndValueModel) or self.is_deepspeed_enabled:  # DeepSpeed: the engine's own
             return super()._load_best_model()
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
+    # Private: resumed weights load only here (no public hook), and the Trainer's reads no policy + value head wrapper.
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
         if not isinstance(self.model, PolicyAndValueModel):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -6,6 +6,7 @@ progress bar (`IterationProgressCallback`) and `unwrap_tippo`."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -282,12 +283,16 @@ class TIPPoSavingMixin:
     `train()` accepts `resume_from_checkpoint="last"`, reads the checkpoint once before resuming (a damaged file is
     named), says when the run's length changed, and trains nothing from a checkpoint that already reached the end.
 
-    A trainer sets `_stage` (for the model card) and may override `_policy` (the model to save inside its wrapper),
-    `_save_checkpoint_extras` (more files for a checkpoint), `_check_resume` (its own state in a checkpoint, checked
-    before anything loads) and `_restore_state` (that state restored, before the Trainer resumes).
+    A trainer sets `_stage` (for the model card) and `updates_card_with_checkpoints`, and may override `_policy` (the
+    model to save inside its wrapper), `_save_checkpoint_extras` (more files for a checkpoint), `_check_resume` (its own
+    state in a checkpoint, checked before anything loads) and `_restore_state` (that state restored, before the Trainer
+    resumes).
     """
 
     _stage = "training"
+    # Whether each checkpoint first brings output_dir's model card up to date (TRL's trainers, SFT's base among them, do
+    # it in their own _save_checkpoint; transformers' Trainer, PPO's base, does not).
+    updates_card_with_checkpoints = False
     _checkpoint_staging_root: Path | None = None
 
     def _policy(self, model: nn.Module) -> nn.Module:
@@ -344,13 +349,17 @@ class TIPPoSavingMixin:
 
     # -- saving ---------------------------------------------------------------------------------------------------
 
+    # Private: the Trainer writes a checkpoint's files under this folder, and no public hook redirects them.
     def _get_output_dir(self, trial):
         # While a checkpoint is saved, the Trainer writes `<this>/checkpoint-N`: the staging folder.
         if self._checkpoint_staging_root is not None:
             return str(self._checkpoint_staging_root)
         return super()._get_output_dir(trial)
 
+    # Private: no public hook wraps a checkpoint's whole save (on_save comes after it), to stage and publish it.
     def _save_checkpoint(self, model, trial):
+        if self.updates_card_with_checkpoints:
+            self.create_model_card()
         run_dir = Path(self._get_output_dir(trial=trial))
         final = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         root = staging_folder(final)
@@ -384,19 +393,22 @@ class TIPPoSavingMixin:
     def _save_checkpoint_extras(self, folder: Path) -> None:
         """Write a trainer's own state into a checkpoint folder before it is published (main process only)."""
 
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        # The Trainer pickles its arguments into training_args.bin: without the Hub token.
+    @contextlib.contextmanager
+    def _arguments_without_tokens(self):
+        """`self.args` without the Hub token (`checkpoints.redacted`) while the Trainer saves a model: it pickles its
+        arguments into training_args.bin."""
         args = self.args
         self.args = redacted(args)
         try:
-            return super()._save(output_dir, state_dict)
+            yield
         finally:
             self.args = args
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         output_dir = output_dir or self.args.output_dir
         if self._checkpoint_staging_root is not None:  # a checkpoint: already inside its staging folder
-            return super().save_model(output_dir, _internal_call)
+            with self._arguments_without_tokens():
+                return super().save_model(output_dir, _internal_call)
         staging = staging_folder(Path(output_dir) / "save")
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)
@@ -411,7 +423,8 @@ class TIPPoSavingMixin:
                     copy.deepcopy(policy).merge_and_unload().save_pretrained(staging)
                     self.processor.save_pretrained(staging)
             else:
-                super().save_model(str(staging), _internal_call=True)
+                with self._arguments_without_tokens():
+                    super().save_model(str(staging), _internal_call=True)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             publish_files(staging, Path(output_dir))
