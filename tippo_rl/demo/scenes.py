@@ -29,7 +29,6 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from ..caches import MANIFEST_NAME, record_manifest, whole
-from ..language import LANGUAGES
 
 
 COLOURS = {
@@ -236,7 +235,7 @@ def make_demo_dataset(
     with the same arguments is reused, after checking its files against the manifest written with them (a truncated
     or corrupted file is said in one warning and the dataset generated again: `tippo_rl.caches`).
     """
-    if lang not in LANGUAGES:
+    if lang not in ("en", "zh"):
         raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
     if not 1 <= max_images <= 5:
         raise ValueError(f"max_images must lie in 1..5 for the demo dataset, got {max_images}")
