@@ -133,8 +133,9 @@ def train_sft(args, workdir: Path, lang: str, seed: int) -> Path:
     return output_dir
 
 
-def evaluate(model, processor, dataset, lang: str, args) -> dict:
-    """Greedy decode of the held-out split: corpus scores, scene fields (all ×100) and per-sample ROUGE-L / CIDEr."""
+def evaluate(model, processor, dataset, lang: str, args, all_predictions: bool = False) -> dict:
+    """Greedy decode of the held-out split: corpus scores, scene fields (all ×100) and per-sample ROUGE-L / CIDEr;
+    the first five decodes, or every one (`all_predictions`, in the dataset's order)."""
     eval_args = EvaluationArguments(
         metrics=["bleu", "rouge_l", "cider"],
         tokenize=args.tokenize or TOKENIZE[lang],
@@ -152,7 +153,10 @@ def evaluate(model, processor, dataset, lang: str, args) -> dict:
     fields = scene_field_accuracy(texts, [refs[0] for refs in dataset["references"]], lang)
     per_sample = {name: [100 * result.per_sample[i][name] for i in ids] for name in BOOTSTRAPPED}
     return dict(
-        scores=scores, fields={k: 100 * v for k, v in fields.items()}, per_sample=per_sample, predictions=texts[:5]
+        scores=scores,
+        fields={k: 100 * v for k, v in fields.items()},
+        per_sample=per_sample,
+        predictions=texts if all_predictions else texts[:5],
     )
 
 

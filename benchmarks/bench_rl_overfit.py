@@ -4,6 +4,10 @@ From an SFT model of `bench_rl_gain.py`'s work folder, the plain `PPOTrainer` (d
 k = 4, T = 0.5, the demo's learning rate and KL) trains on only `--num_prompts` training scenes for the demo's 80
 iterations (20 passes over 64 prompts), then decodes those same prompts greedily again, and the 300 held-out scenes.
 A trainer whose dynamics work raises its reward on prompts it has seen twenty times, whatever it does to held-out ones.
+`--prompts wrong` trains on the scenes whose greedy decode misses its reference instead (among the first
+`--candidates` training scenes): every prompt then carries signal, and the held-out split shows whether fixing the
+training scenes' errors carries over. `exact_match` (below) is a reward plug-in for that: 1 when the completion is the
+reference (`reward_funcs=[benchmarks/bench_rl_overfit.py:exact_match]`).
 The control (`--ce_steps`, default 320 = the RL run's optimizer steps): SFT's NTP loss on the same prompts, batch 16,
 Adam at the RL learning rate, shows whether the model can fit those prompts at all.
 
@@ -41,6 +45,11 @@ SCST = dict(
 )
 
 
+def exact_match(completions, reference, **kwargs) -> list[float]:
+    """1.0 where the completion is its reference (surrounding spaces aside), else 0.0."""
+    return [float(completion.strip() == target.strip()) for completion, target in zip(completions, reference)]
+
+
 def evaluation_settings(args) -> argparse.Namespace:
     """What `bench_rl_gain`'s data and evaluation helpers read: its defaults (300 held-out scenes, greedy, 64 tokens)."""
     return argparse.Namespace(
@@ -53,18 +62,69 @@ def scored_training(args, model, processor, train, overrides: dict) -> dict:
     trained model), then the same prompts and the held-out split again."""
     settings = evaluation_settings(args)
     train_split, test = gain.demo_datasets(settings, args.workdir, args.lang, max_images=model.config.max_images)
-    prompts = train_split.select(range(args.num_prompts))
-    before = gain.evaluate(model, processor, prompts, args.lang, settings)
+    prompts = training_prompts(args, model, processor, train_split, settings)
+    before = gain.evaluate(model, processor, prompts, args.lang, settings, all_predictions=True)
+    held_out_before = gain.evaluate(model, processor, test, args.lang, settings)
+    sure_where_wrong = first_error_probabilities(model, processor, test)
     model = train(model, prompts)
-    after = gain.evaluate(model, processor, prompts, args.lang, settings)
+    after = gain.evaluate(model, processor, prompts, args.lang, settings, all_predictions=True)
     held_out = gain.evaluate(model, processor, test, args.lang, settings)
     keep = ("scores", "fields")
     return dict(
         overrides=overrides,
+        num_prompts=len(prompts),
         trained_prompts_before={k: before[k] for k in keep},
         trained_prompts_after={k: after[k] for k in keep},
+        trained_prompts_exact={"before": exact_count(before, prompts), "after": exact_count(after, prompts)},
+        held_out_before={k: held_out_before[k] for k in keep},
+        held_out_first_errors=sure_where_wrong,
         held_out_after={k: held_out[k] for k in keep},
     )
+
+
+def exact_count(evaluation: dict, prompts) -> int:
+    """How many of `prompts` the evaluated greedy decodes reproduce exactly."""
+    return int(sum(exact_match(evaluation["predictions"], prompts["reference"])))
+
+
+@torch.no_grad()
+def first_error_probabilities(model, processor, dataset, batch_size: int = 50) -> dict:
+    """How sure the model is where it goes wrong: each scene's reference teacher-forced, at the first token whose
+    argmax is not the reference's, the reference token's probability (T = 1) and rank (0 = the argmax). Exploration
+    can find the right token there only if that probability is not negligible."""
+    collator, probabilities, ranks = TIPPoDataCollator(processor), [], []
+    model.eval()
+    for start in range(0, len(dataset), batch_size):
+        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        labels = batch["labels"]
+        logits = model(**{k: v for k, v in batch.items() if k not in ("references", "titles", "ids")}).logits.float()
+        for row_logits, row_labels in zip(logits, labels):
+            keep = row_labels != -100
+            row_logits, targets = row_logits[keep], row_labels[keep]
+            wrong = (row_logits.argmax(-1) != targets).nonzero()
+            if len(wrong):
+                t = wrong[0].item()
+                probabilities.append(torch.softmax(row_logits[t], -1)[targets[t]].item())
+                ranks.append(int((row_logits[t] > row_logits[t, targets[t]]).sum()))
+    probabilities.sort()
+    return dict(
+        scenes=len(dataset),
+        with_an_error=len(probabilities),
+        median_probability=probabilities[len(probabilities) // 2] if probabilities else None,
+        share_above_0_05=sum(p > 0.05 for p in probabilities) / max(len(probabilities), 1),
+        share_ranked_second=sum(r == 1 for r in ranks) / max(len(ranks), 1),
+    )
+
+
+def training_prompts(args, model, processor, train_split, settings):
+    """`--prompts first`: the first `--num_prompts` training scenes; `wrong`: those (at most `--num_prompts`) among the
+    first `--candidates` whose greedy decode is not their reference."""
+    if args.prompts == "first":
+        return train_split.select(range(args.num_prompts))
+    candidates = train_split.select(range(min(args.candidates, len(train_split))))
+    decoded = gain.evaluate(model, processor, candidates, args.lang, settings, all_predictions=True)["predictions"]
+    wrong = [i for i, correct in enumerate(exact_match(decoded, candidates["reference"])) if not correct]
+    return candidates.select(wrong[: args.num_prompts])
 
 
 def run_variant(args, name: str, overrides: dict) -> dict:
@@ -134,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sft_seed", type=int, default=1)
     parser.add_argument("--rl_seed", type=int, default=0)
     parser.add_argument("--num_prompts", type=int, default=64)
+    parser.add_argument("--prompts", default="first", choices=["first", "wrong"], help="Which training scenes.")
+    parser.add_argument("--candidates", type=int, default=2000, help="`--prompts wrong`: the scenes searched.")
     parser.add_argument("--variants", nargs="+", default=["scst:"], help="`NAME: key=value ...` over SCST's settings.")
     parser.add_argument("--ce_steps", type=int, default=320, help="The NTP control's steps (0: no control).")
     parser.add_argument("--workdir", type=Path, default=Path("outputs/bench_rl_gain"), help="bench_rl_gain's folder.")
@@ -141,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", type=Path, default=gain.RESULTS / "rl_overfit.json")
     args = parser.parse_args(argv)
     if args.quick:
-        args.num_prompts, args.ce_steps = 8, 2
+        args.num_prompts, args.ce_steps, args.candidates = 8, 2, 32
     torch.set_num_threads(1)
     runs = {name: run_variant(args, name, overrides) for name, overrides in map(gain.parse_variant, args.variants)}
     if args.ce_steps:
@@ -153,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
             change(run, "scores", "ROUGE-L", 2),
             change(run, "fields", "colour", 1),
             change(run, "fields", "count", 1),
-            f"{run['held_out_after']['scores']['ROUGE-L']:.2f}",
+            f"{run['trained_prompts_exact']['before']} → {run['trained_prompts_exact']['after']} of {run['num_prompts']}",
+            f"{run['held_out_before']['scores']['ROUGE-L']:.2f} → {run['held_out_after']['scores']['ROUGE-L']:.2f}",
         ]
         for name, run in runs.items()
     ]
@@ -164,6 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
             "ROUGE-L (trained)",
             "colour (trained)",
             "count (trained)",
+            "exact (trained)",
             "held-out ROUGE-L",
         ],
         rows,

@@ -177,6 +177,14 @@ def test_bench_rl_overfit_scores_the_trained_prompts_before_and_after_rl_and_the
         for scored in ("trained_prompts_after", "held_out_after"):
             assert set(run[scored]["fields"]) == fields and {"ROUGE-L", "CIDEr"} <= set(run[scored]["scores"])
     assert runs["control: NTP loss"]["overrides"] == {"loss": "ntp", "steps": 2, "learning_rate": 1e-4, "batch": 16}
+    assert runs["scst"]["held_out_before"] == runs["control: NTP loss"]["held_out_before"]
+
+    # `--prompts wrong`: only scenes the SFT model gets wrong, trained with the exact-match plug-in of the benchmark.
+    exact = f"{BENCHMARKS / 'bench_rl_overfit.py'}:exact_match"
+    arguments = ["--quick", "--lang", "en", "--sft_seed", "0", "--workdir", str(work), "--output", str(output)]
+    arguments += ["--prompts", "wrong", "--ce_steps", "0", "--variants", f"exact: reward_funcs=[{exact}]"]
+    run = load_benchmark("bench_rl_overfit").main(arguments)["runs"]["exact"]
+    assert run["trained_prompts_exact"]["before"] == 0 and run["num_prompts"] == 8
 
 
 def test_paired_bootstrap_is_centred_on_the_mean_difference():

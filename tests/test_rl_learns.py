@@ -132,3 +132,27 @@ def test_polishppo_raises_its_own_return(tmp_path, short_sft, demo_dataset_dir):
     trainer = PolishPPOTrainer(copy.deepcopy(model), args, processor, train)
     literal = trainer.reward_funcs[trainer.literal_index]
     assert_learns(trainer, literal, "rewards/literal/mean", [train[i] for i in range(8)], margin=0.05)
+
+
+def test_skip_solved_prompts_keeps_the_prompts_whose_greedy_decode_misses_its_reference(
+    tmp_path, short_sft, demo_dataset_dir
+):
+    """Scenes 0, 2, 4, … get the starting policy's own greedy decode as their reference (solved); the trainer trains on
+    the odd ones the policy gets wrong only. All solved, or no reference column: one line saying what to do."""
+    model, processor = short_sft
+    train = load_artmuse(demo_dataset_dir / "train.jsonl")
+    batch = TIPPoDataCollator(processor, with_labels=False)([train[i] for i in range(len(train))])
+    with torch.no_grad():
+        decoded = processor.batch_decode(model.generate(**model_inputs(batch), do_sample=False, max_new_tokens=16))
+    solved = train.map(lambda row, i: {"reference": decoded[i] if i % 2 == 0 else row["reference"]}, with_indices=True)
+    unsolved = [train[i]["id"] for i in range(1, len(train), 2) if decoded[i] != train[i]["reference"]]
+    assert 0 < len(unsolved) < len(train) // 2  # the short SFT solves some of the odd scenes, not all
+    args = PPOConfig(**rl_settings(tmp_path, skip_solved_prompts=True), reward_funcs=["cider"])
+    trainer = PPOTrainer(copy.deepcopy(model), args, processor, solved)
+    assert trainer.train_dataset["id"] == unsolved
+
+    all_solved = train.map(lambda row, i: {"reference": decoded[i]}, with_indices=True)
+    with pytest.raises(ValueError, match="decodes all 24 training prompts as their references"):
+        PPOTrainer(copy.deepcopy(model), args, processor, all_solved)
+    with pytest.raises(ValueError, match="has none: add references or set skip_solved_prompts false"):
+        PPOTrainer(copy.deepcopy(model), args, processor, train.remove_columns("reference"), reward_funcs=[red_words])

@@ -235,6 +235,10 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
     mask_truncated_completions: bool = option(
         False, "Leave completions cut at max_new_tokens (no EOS) out of the loss (DAPO; TRL's option)."
     )
+    skip_solved_prompts: bool = option(
+        False,
+        "Before training, decode every training prompt greedily with the starting policy and train only on those whose decode is not their `reference`. On a prompt the model already gets right, every sample tends to equal the greedy decode and carries no advantage, so most of a rollout batch teaches nothing (DAPO's dynamic sampling drops such groups during training; this drops them once, up front).",
+    )
     log_completions: bool = option(
         False,
         "At every logging step: the latest rollout batch's prompts, completions and rewards as a console table, a wandb table (report_to wandb), TensorBoard text (report_to tensorboard) and rows of output_dir/completions.jsonl.",

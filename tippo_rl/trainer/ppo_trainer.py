@@ -278,6 +278,9 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         # Processes sample different completions (the Trainer seeded them all alike); RNG states are checkpointed per process.
         set_seed(args.seed, device_specific=True)
 
+        if args.skip_solved_prompts:
+            self.train_dataset = self.unsolved_prompts(self.train_dataset)
+
         self._step = 0  # minibatches (forward + backward passes) so far; restored on resume
         self.iteration = 0  # m: PPO iterations (rollout batches) started so far; restored on resume
         self.tokens_per_minibatch: float | None = None  # `loss_type: dapo`: set with each rollout batch
@@ -293,6 +296,42 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
     def check_rewards(self) -> None:
         """Called once the rewards are loaded (`reward_funcs`, `reward_names`, `reward_weights`), before the Trainer is
         set up: a subclass that needs particular rewards checks for them here."""
+
+    @torch.no_grad()
+    def unsolved_prompts(self, dataset: Dataset, batch_size: int = 64) -> Dataset:
+        """`skip_solved_prompts`: the rows of `dataset` whose greedy decode by the starting policy is not their
+        `reference` (surrounding spaces aside). Every process decodes every row (greedy decoding is deterministic, so
+        all keep the same rows); a resumed run filters with the same starting policy and keeps the same rows."""
+        if "reference" not in dataset.column_names:
+            raise ValueError(
+                "skip_solved_prompts compares each prompt's greedy decode with its `reference` column, and the "
+                "training dataset has none: add references or set skip_solved_prompts false"
+            )
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            raise ValueError(
+                "skip_solved_prompts decodes the training prompts before DeepSpeed ZeRO-3 has gathered the model: "
+                "filter the dataset beforehand (PPOTrainer.unsolved_prompts on a single process) and set it false"
+            )
+        unsolved = []
+        for start in range(0, len(dataset), batch_size):
+            rows = range(start, min(start + batch_size, len(dataset)))
+            batch = self.data_collator([dataset[i] for i in rows])
+            inputs = {key: value.to(self.accelerator.device) for key, value in model_inputs(batch).items()}
+            decoded = self._decode(inputs, batch["columns"], self.greedy_generation_config)["completions"]
+            references = batch["columns"]["reference"]
+            unsolved += [
+                i for i, text, reference in zip(rows, decoded, references) if text.strip() != reference.strip()
+            ]
+        if not unsolved:
+            raise ValueError(
+                f"skip_solved_prompts: the starting policy decodes all {len(dataset)} training prompts as their "
+                "references, so no prompt is left to train on; set skip_solved_prompts false"
+            )
+        logger.warning(  # a warning so that it shows: the training set the user gave shrinks
+            "skip_solved_prompts: %d of %d training prompts are decoded as their references; training on the other %d",
+            len(dataset) - len(unsolved), len(dataset), len(unsolved),
+        )  # fmt: skip
+        return dataset.select(unsolved)
 
     @property
     def total_iterations(self) -> int:
