@@ -21,7 +21,7 @@ import importlib.util
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tippo_rl import TIPPoForConditionalGeneration, TIPPoProcessor
@@ -30,6 +30,7 @@ from tippo_rl.evaluation import EvaluationArguments, MeteorScorer, scene_fields,
 from tippo_rl.evaluation.model_evaluation import SCENE_FIELDS, SCENE_FIELDS_NOTE
 from tippo_rl.evaluation.reports import TABLE_METRICS, log_curve, plot_cells, plot_curves, spread_table
 from tippo_rl.model_config import TIPPoModelConfig
+from tippo_rl.options import option
 from tippo_rl.output_dir_lock import output_dir_lock
 from tippo_rl.presets import load_model_and_processor
 from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
@@ -48,37 +49,28 @@ STAGE_LABELS = {"sft": "NTP", "polishppo": "PolishPPO only", "sft_polishppo": "N
 class AblationArguments:
     """Which cells of the grid to run and how each stage trains."""
 
-    output_dir: str = field(default="outputs/ablate", metadata={"help": "Where the models, tables and plots go."})
-    variants: list[str] = field(
-        default_factory=lambda: list(VARIANTS), metadata={"help": "Models: `TIP` (no DAA, no DO) and/or `TIPPo`."}
+    output_dir: str = option("outputs/ablate", "Where the models, tables and plots go.")
+    variants: list[str] = option(
+        default_factory=lambda: list(VARIANTS), help="Models: `TIP` (no DAA, no DO) and/or `TIPPo`."
     )
-    schedules: list[str] = field(
+    schedules: list[str] = option(
         default_factory=lambda: list(SCHEDULES),
-        metadata={
-            "help": "Training schedules: `ntp` (SFT only), `polishppo` (PolishPPO from the untrained model), `ntp+polishppo`."
-        },
+        help="Training schedules: `ntp` (SFT only), `polishppo` (PolishPPO from the untrained model), `ntp+polishppo`.",
     )
-    sft_config: str = field(
-        default="recipes/configs/demo_sft.yaml",
-        metadata={"help": "The SFT recipe config every SFT stage starts from."},
-    )
-    sft_overrides: list[str] = field(
+    sft_config: str = option("recipes/configs/demo_sft.yaml", "The SFT recipe config every SFT stage starts from.")
+    sft_overrides: list[str] = option(
         default_factory=list,
-        metadata={"help": "`key=value` settings on top of `sft_config`, e.g. `max_steps=100` (one value each)."},
+        help="`key=value` settings on top of `sft_config`, e.g. `max_steps=100` (one value each).",
     )
-    polishppo_config: str = field(
-        default="recipes/configs/demo_polishppo.yaml",
-        metadata={"help": "The PolishPPO recipe config every PolishPPO stage starts from."},
+    polishppo_config: str = option(
+        "recipes/configs/demo_polishppo.yaml", "The PolishPPO recipe config every PolishPPO stage starts from."
     )
-    polishppo_overrides: list[str] = field(
-        default_factory=list,
-        metadata={"help": "`key=value` settings on top of `polishppo_config`, e.g. `total_iterations=10`."},
+    polishppo_overrides: list[str] = option(
+        default_factory=list, help="`key=value` settings on top of `polishppo_config`, e.g. `total_iterations=10`."
     )
-    seeds: list[int] = field(
+    seeds: list[int] = option(
         default_factory=lambda: [0],
-        metadata={
-            "help": "One grid per seed (the fresh model's `seed_model` and both trainers' `seed`); tables show the mean and range."
-        },
+        help="One grid per seed (the fresh model's `seed_model` and both trainers' `seed`); tables show the mean and range.",
     )
 
     def __post_init__(self):

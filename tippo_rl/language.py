@@ -1,5 +1,6 @@
-"""The language of a dataset's texts (today it picks the semantic reward's embedder for `semantic_model: auto`), and
-the CJK ideographs that language detection and the CIDEr-D reward's words both read."""
+"""The languages tippo_rl knows (`LANGUAGES`), the language of a dataset's texts (today it picks the semantic reward's
+embedder for `semantic_model: auto`), and the CJK ideographs that language detection and the CIDEr-D reward's words
+both read."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import re
 from collections.abc import Iterable
 
 
+# The languages the metrics' word segmentation, the demo data and `detect_language` know.
+LANGUAGES = ("zh", "en")
 # CJK Unified Ideographs Ext. A, CJK Unified Ideographs, Compatibility Ideographs: a regex character class.
 CJK_IDEOGRAPHS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_IDEOGRAPH = re.compile(f"[{CJK_IDEOGRAPHS}]")

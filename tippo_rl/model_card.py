@@ -130,6 +130,41 @@ def _started_from_card(start: str) -> dict[str, Any]:
         return {}
 
 
+def _provenance(start: str, base_models: list[str], config, stage: str) -> dict[str, str]:
+    """The card's lines on where the weights come from: `origin` (the first sentence's), `start`, `encoder` and
+    `decoder`, for a model that started from `start` (a hub id, a saved folder, or "" for a fresh model) and whose
+    `config` names the checkpoints its components were first initialised from."""
+    hub_link = lambda name: f"[{name}](https://huggingface.co/{name})"  # noqa: E731
+    if _is_hub_id(start):
+        origin, start_text = f"fine-tuned from {hub_link(start)}", f"`{start}` (a TIPPo model), trained further here"
+    elif start:
+        origin = "fine-tuned from a saved TIPPo model"
+        if base_models:
+            origin += " (itself from " + ", ".join(hub_link(name) for name in base_models) + ")"
+        start_text = f"the saved TIPPo model `{start}`, trained further here"
+    else:
+        origin, start_text = "built and trained here", "a fresh TIPPo model built here (its components below)"
+    if start:  # trained weights: never "random", whatever the config's component names say
+        encoder = "as in the model it started from (φ stays frozen)"
+        decoder = "the model it started from, trained further here"
+        if config.encoder_name_or_path:
+            encoder += f"; first initialised from `{config.encoder_name_or_path}`"
+        if config.decoder_name_or_path:
+            decoder += f"; first initialised from `{config.decoder_name_or_path}`"
+    else:
+        encoder = (
+            f"initialised from `{config.encoder_name_or_path}`"
+            if config.encoder_name_or_path
+            else "built from a config (random weights, or the tiny preset's CLIP-style pretraining)"
+        )
+        decoder = (
+            f"initialised from `{config.decoder_name_or_path}`"
+            if config.decoder_name_or_path
+            else f"built from a config (random weights at the start of this {stage} run)"
+        )
+    return {"origin": origin, "start": start_text, "encoder": encoder, "decoder": decoder}
+
+
 def build_model_card(
     trainer,
     stage: str,
@@ -184,34 +219,6 @@ def build_model_card(
         sections["data"] = non_default_fields(script_args)
     if model_args is not None:
         sections["model"] = non_default_fields(model_args)
-    hub_link = lambda name: f"[{name}](https://huggingface.co/{name})"  # noqa: E731
-    if _is_hub_id(start):
-        origin, start_text = f"fine-tuned from {hub_link(start)}", f"`{start}` (a TIPPo model), trained further here"
-    elif start:
-        origin = "fine-tuned from a saved TIPPo model"
-        if base_models:
-            origin += " (itself from " + ", ".join(hub_link(name) for name in base_models) + ")"
-        start_text = f"the saved TIPPo model `{start}`, trained further here"
-    else:
-        origin, start_text = "built and trained here", "a fresh TIPPo model built here (its components below)"
-    if start:  # trained weights: never "random", whatever the config's component names say
-        encoder = "as in the model it started from (φ stays frozen)"
-        decoder = "the model it started from, trained further here"
-        if config.encoder_name_or_path:
-            encoder += f"; first initialised from `{config.encoder_name_or_path}`"
-        if config.decoder_name_or_path:
-            decoder += f"; first initialised from `{config.decoder_name_or_path}`"
-    else:
-        encoder = (
-            f"initialised from `{config.encoder_name_or_path}`"
-            if config.encoder_name_or_path
-            else "built from a config (random weights, or the tiny preset's CLIP-style pretraining)"
-        )
-        decoder = (
-            f"initialised from `{config.decoder_name_or_path}`"
-            if config.decoder_name_or_path
-            else f"built from a config (random weights at the start of this {stage} run)"
-        )
     if _is_hub_id(dataset_name):
         dataset_text = f"[{dataset_name}](https://huggingface.co/datasets/{dataset_name})"
     else:
@@ -229,12 +236,9 @@ def build_model_card(
         card_data,
         template_str=TEMPLATE,
         model_name=model_name,
-        origin=origin,
         stage=stage,
         dataset_text=dataset_text,
-        start=start_text,
-        encoder=encoder,
-        decoder=decoder,
+        **_provenance(start, base_models, config, stage),
         architecture="TIPPo (DAA + DO)" if config.use_daa_do else "TIP ablation (no DAA, no DO)",
         repo=repo,
         metrics=table if final else "(none logged)",

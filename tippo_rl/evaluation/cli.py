@@ -35,7 +35,7 @@ from typing import Any
 
 from ..language import detect_language
 from .external_tools import ExternalToolError
-from .metrics import DEFAULT_METRICS, LANGS, METRICS, compute_metrics, normalize_metric_names
+from .metrics import DEFAULT_METRICS, LANGS, METRICS, compute_metrics, metric_options, normalize_metric_names
 from .tokenization import TOKENIZE_MODES
 
 
@@ -305,14 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 predictions,
                 references,
                 metrics=metrics,
-                tokenize=args.tokenize,
-                lang=args.lang,
-                on_missing=args.on_missing,
-                on_empty=args.on_empty,
-                bertscore_model=args.bertscore_model,
-                bertscore_num_layers=args.bertscore_num_layers,
-                bertscore_device=args.bertscore_device,
-                bertscore_batch_size=args.bertscore_batch_size,
+                **metric_options(args),
                 issue_warnings=False,  # printed below as one clean line each, not with warnings' file:line prefix
             )
     except (ValueError, ExternalToolError) as e:

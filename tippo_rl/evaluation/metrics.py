@@ -43,6 +43,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..language import LANGUAGES
 from .external_tools import _import, _require_java
 from .scorers import MeteorScorer, _bertscore
 from .tokenization import TOKENIZE_MODES, tokenize_texts
@@ -52,29 +53,39 @@ __all__ = [
     "DEFAULT_METRICS",
     "LANGS",
     "METRICS",
+    "METRIC_OPTIONS",
     "MetricsResult",
     "MetricsWarning",
     "compute_metrics",
+    "metric_options",
     "normalize_metric_names",
 ]
 
 METRICS = ("bleu", "meteor", "rouge_l", "cider", "bertscore")
 DEFAULT_METRICS = ("bleu", "meteor", "rouge_l", "cider")
-LANGS = ("zh", "en")
+LANGS = LANGUAGES  # compute_metrics' `lang`
 
-# Accepted spellings of metric names -> canonical name.
+# Accepted spellings of metric names -> canonical name: every name of METRICS, and these aliases.
 _METRIC_ALIASES = {
-    "bleu": "bleu",
-    "meteor": "meteor",
-    "rouge_l": "rouge_l",
+    **{name: name for name in METRICS},
     "rougel": "rouge_l",
     "rouge": "rouge_l",
-    "cider": "cider",
     "cider_d": "cider",
     "ciderd": "cider",
-    "bertscore": "bertscore",
     "bert_score": "bertscore",
 }
+
+# compute_metrics' options that tippo-eval's command line and `EvaluationArguments` name as it does (see `metric_options`).
+METRIC_OPTIONS = (
+    "tokenize",
+    "lang",
+    "on_missing",
+    "on_empty",
+    "bertscore_model",
+    "bertscore_num_layers",
+    "bertscore_device",
+    "bertscore_batch_size",
+)
 
 # How many ids an error message names before it says "... and N more".
 _MAX_IDS_SHOWN = 10
@@ -165,6 +176,12 @@ def normalize_metric_names(metrics: str | Iterable[str]) -> list[str]:
     if not out:
         raise ValueError(f"no metric requested; choose from {', '.join(METRICS)}")
     return out
+
+
+def metric_options(arguments: Any) -> dict[str, Any]:
+    """The :func:`compute_metrics` options that ``arguments`` (``tippo-eval``'s parsed command line,
+    ``EvaluationArguments``) holds: each of ``METRIC_OPTIONS`` it has, under the same name."""
+    return {name: getattr(arguments, name) for name in METRIC_OPTIONS if hasattr(arguments, name)}
 
 
 def _check_texts(predictions: Mapping, references: Mapping) -> dict[Hashable, list[str]]:

@@ -32,10 +32,11 @@ from ..demo.scenes import scene_field_accuracy
 from ..generation import generate_kwargs, generate_predictions
 from ..language import detect_language
 from ..modeling_tippo import TIPPoForConditionalGeneration
+from ..options import option, parse_json_option
 from ..presets import build_tiny_tippo
 from ..processing_tippo import TIPPoProcessor
 from ..script_arguments import TIPPoScriptArguments
-from .metrics import DEFAULT_METRICS, LANGS, MetricsResult, compute_metrics, normalize_metric_names
+from .metrics import DEFAULT_METRICS, LANGS, MetricsResult, compute_metrics, metric_options, normalize_metric_names
 from .reports import examples_section, plot_training_curves, scores_table, spread_table, training_log_history
 from .scorers import MeteorScorer
 from .tokenization import TOKENIZE_MODES
@@ -50,49 +51,35 @@ SPLITS = ("eval", "train")
 class EvaluationArguments:
     """How a model's predictions are generated and scored."""
 
-    split: str = field(
-        default="eval", metadata={"help": "Which split of the dataset to generate on: `eval` or `train`."}
+    split: str = option("eval", "Which split of the dataset to generate on: `eval` or `train`.")
+    batch_size: int = option(16, "Samples per generation batch.")
+    num_beams: int = option(1, "Beam search width (1: greedy, or sampling with `do_sample`).")
+    do_sample: bool = option(False, "Sample instead of greedy/beam decoding.")
+    temperature: float = option(1.0, "Sampling temperature (with `do_sample`).")
+    max_new_tokens: int | None = option(None, "Longest generation; None: the model's generation config.")
+    generation_kwargs: dict | str | None = option(
+        None,
+        'More options for model.generate, a JSON object (YAML: a mapping), e.g. {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3}; they override the options above.',
     )
-    batch_size: int = field(default=16, metadata={"help": "Samples per generation batch."})
-    num_beams: int = field(
-        default=1, metadata={"help": "Beam search width (1: greedy, or sampling with `do_sample`)."}
-    )
-    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy/beam decoding."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with `do_sample`)."})
-    max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Longest generation; None: the model's generation config."}
-    )
-    generation_kwargs: dict | str | None = field(
-        default=None,
-        metadata={
-            "help": 'More options for model.generate, a JSON object (YAML: a mapping), e.g. {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3}; they override the options above.'
-        },
-    )
-    seed: int = field(
-        default=0, metadata={"help": "Random seed set before each model generates (matters with `do_sample`)."}
-    )
-    device: str | None = field(default=None, metadata={"help": "`cpu`, `cuda`, …; None: CUDA when available."})
-    metrics: list[str] = field(
+    seed: int = option(0, "Random seed set before each model generates (matters with `do_sample`).")
+    device: str | None = option(None, "`cpu`, `cuda`, …; None: CUDA when available.")
+    metrics: list[str] = option(
         default_factory=lambda: list(DEFAULT_METRICS),
-        metadata={"help": "Any of bleu, meteor, rouge_l, cider, bertscore (METEOR and `tokenize: ptb` need Java)."},
+        help="Any of bleu, meteor, rouge_l, cider, bertscore (METEOR and `tokenize: ptb` need Java).",
     )
-    tokenize: str = field(
-        default="auto",
-        metadata={
-            "help": "What the n-gram metrics see as words: `none` (pre-segmented), `char`, `jieba` (Chinese) or `ptb` (English, coco-caption's default). `auto`: `jieba` for Chinese data, `ptb` for English (`char` where Java is missing, with a warning)."
-        },
+    tokenize: str = option(
+        "auto",
+        "What the n-gram metrics see as words: `none` (pre-segmented), `char`, `jieba` (Chinese) or `ptb` (English, coco-caption's default). `auto`: `jieba` for Chinese data, `ptb` for English (`char` where Java is missing, with a warning).",
     )
     # The texts' language: set from the data (--lang, a TIPPoScriptArguments option, or detected) by `score_model`.
     lang: str = field(default="auto", init=False)
-    bertscore_model: str | None = field(
-        default=None, metadata={"help": "BERTScore model (name or folder); None: bert_score's default for `lang`."}
+    bertscore_model: str | None = option(
+        None, "BERTScore model (name or folder); None: bert_score's default for `lang`."
     )
-    bertscore_num_layers: int | None = field(
-        default=None, metadata={"help": "BERTScore layer; required for models bert_score has no default for."}
+    bertscore_num_layers: int | None = option(
+        None, "BERTScore layer; required for models bert_score has no default for."
     )
-    num_examples: int = field(
-        default=3, metadata={"help": "Samples shown with every model's prediction in the markdown report."}
-    )
+    num_examples: int = option(3, "Samples shown with every model's prediction in the markdown report.")
 
     def __post_init__(self):
         if self.split not in SPLITS:
@@ -103,13 +90,7 @@ class EvaluationArguments:
             raise ValueError(f"--temperature must be > 0; got {self.temperature}")
         if self.tokenize not in ("auto", *TOKENIZE_MODES):
             raise ValueError(f"--tokenize must be auto or one of {', '.join(TOKENIZE_MODES)}; got {self.tokenize!r}")
-        if isinstance(self.generation_kwargs, str):
-            try:
-                self.generation_kwargs = json.loads(self.generation_kwargs)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"--generation_kwargs must be a JSON object, got {self.generation_kwargs!r}: {error}"
-                ) from error
+        self.generation_kwargs = parse_json_option("--generation_kwargs", self.generation_kwargs)
         if self.generation_kwargs is not None and not isinstance(self.generation_kwargs, dict):
             raise ValueError(
                 f"--generation_kwargs must be a JSON object of generate() options, got {self.generation_kwargs!r}"
@@ -182,10 +163,7 @@ def score_model(
         predictions,
         references,
         metrics=args.metrics,
-        tokenize=args.tokenize,
-        lang=args.lang,
-        bertscore_model=args.bertscore_model,
-        bertscore_num_layers=args.bertscore_num_layers,
+        **metric_options(args),  # tokenize, lang and the BERTScore model
         bertscore_device=args.device,
         progress=True,
         meteor_scorer=meteor_scorer,
@@ -229,17 +207,13 @@ FRESH_TINY = "tiny"
 class EvaluateArguments:
     """Which models to compare and where the report goes."""
 
-    models: list[str] = field(
+    models: list[str] = option(
         default_factory=list,
-        metadata={
-            "help": "Models to compare, each `NAME=PATH` (or just PATH): a saved TIPPo model folder or Hub id, or "
-            "`tiny` for a freshly built, untrained tiny preset (the 'before' baseline). In YAML a mapping "
-            "`{name: ..., path: ...}` works too."
-        },
+        help="Models to compare, each `NAME=PATH` (or just PATH): a saved TIPPo model folder or Hub id, or "
+        "`tiny` for a freshly built, untrained tiny preset (the 'before' baseline). In YAML a mapping "
+        "`{name: ..., path: ...}` works too.",
     )
-    output_dir: str = field(
-        default="outputs/evaluate", metadata={"help": "Where predictions, metrics.json and report.md go."}
-    )
+    output_dir: str = option("outputs/evaluate", "Where predictions, metrics.json and report.md go.")
 
     def __post_init__(self):
         if not self.models:

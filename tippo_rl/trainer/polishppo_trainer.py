@@ -14,17 +14,14 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import TrainerCallback
 
 from ..language import detect_language
-from ..modeling_tippo import TIPPoForConditionalGeneration
 from ..presets import hub_errors_named
-from ..processing_tippo import TIPPoProcessor
 from ..rewards import LiteralReward, load_reward
 from .polishppo_config import BUNDLED_MINILM, SEMANTIC_AUTO, PolishPPOConfig, resolve_semantic_model
 from .ppo_trainer import PPOTrainer
@@ -67,34 +64,29 @@ class PolishPPOTrainer(PPOTrainer):
 
     _tag_names = ["trl", "ppo", "polishppo", "tippo", "multimodal"]
     _stage = "PolishPPO"
+    _schedule_checked = False  # the `paper` schedule's underflow warning, said once
 
-    def __init__(
-        self,
-        model: TIPPoForConditionalGeneration,
-        args: PolishPPOConfig,
-        processor: TIPPoProcessor,
-        train_dataset: Dataset,
-        reward_funcs: Sequence[Callable | str] | None = None,
-        callbacks: list[TrainerCallback] | None = None,
-        optimizers=(None, None),
-        eval_dataset: Dataset | None = None,
-    ):
-        if reward_funcs is None:
-            init_kwargs = args.reward_init_kwargs or {}
-            semantic = {
-                **semantic_embedder_for(args, detect_language(train_dataset["reference"])),
-                "pooling": args.semantic_pooling,
-                "dtype": args.semantic_dtype,
-                **init_kwargs.get(SEMANTIC, {}),
-            }
-            with hub_errors_named({"--semantic_model": semantic["model_name_or_path"]}):
-                reward_funcs = [  # extra plug-ins stay specs: PPOTrainer builds them with their reward_init_kwargs
-                    LiteralReward(normalized=args.literal_distance == "normalized") if spec == LITERAL
-                    else load_reward(spec, **semantic) if spec == SEMANTIC
-                    else spec
-                    for spec in args.reward_funcs
-                ]  # fmt: skip
-        super().__init__(model, args, processor, train_dataset, reward_funcs, callbacks, optimizers, eval_dataset)
+    def default_reward_funcs(self, args: PolishPPOConfig, train_dataset: Dataset) -> list[Callable | str]:
+        """`args.reward_funcs` with `literal` (Eq. 7, `literal_distance`) and `semantic` (Eq. 8, its embedder from
+        `semantic_model` and the references' language) built here; extra plug-ins stay specs, which PPOTrainer builds
+        with their `reward_init_kwargs`."""
+        init_kwargs = args.reward_init_kwargs or {}
+        semantic = {
+            **semantic_embedder_for(args, detect_language(train_dataset["reference"])),
+            "pooling": args.semantic_pooling,
+            "dtype": args.semantic_dtype,
+            **init_kwargs.get(SEMANTIC, {}),
+        }
+        with hub_errors_named({"--semantic_model": semantic["model_name_or_path"]}):
+            return [
+                LiteralReward(normalized=args.literal_distance == "normalized") if spec == LITERAL
+                else load_reward(spec, **semantic) if spec == SEMANTIC
+                else spec
+                for spec in args.reward_funcs
+            ]  # fmt: skip
+
+    def check_rewards(self) -> None:
+        """Exactly one reward named `literal` and one named `semantic` (G_m weights them); where they are."""
         for name in (LITERAL, SEMANTIC):
             if self.reward_names.count(name) != 1:
                 raise ValueError(
@@ -106,7 +98,6 @@ class PolishPPOTrainer(PPOTrainer):
         self.extra_indices = [
             i for i in range(len(self.reward_names)) if i not in (self.literal_index, self.semantic_index)
         ]
-        self._schedule_checked = False
 
     def return_weights(self, m: int) -> tuple[float, float]:
         """(γ^m, γ^(M−m)) of G_m at iteration m (0 for the first, M − 1 for the last); `progress` scales the

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from transformers import TrainingArguments
 
+from ..options import check_choice, option, parse_json_option
 from ..rewards.reward_loading import check_reward_spec
 from .tippo_trainer import GenerationEvalArguments, TIPPoTrainingArguments
 
@@ -178,213 +178,140 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
     """
 
     # -- rollouts ----------------------------------------------------------------------------------------------------
-    steps_per_generation: int | None = field(
-        default=None,
-        metadata={
-            "help": "Minibatches per rollout batch, per process. Default: gradient_accumulation_steps. Exclusive with generation_batch_size."
-        },
+    steps_per_generation: int | None = option(
+        None,
+        "Minibatches per rollout batch, per process. Default: gradient_accumulation_steps. Exclusive with generation_batch_size.",
     )
-    generation_batch_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Completions per rollout batch over all processes (a multiple of per_device_train_batch_size × processes). Exclusive with steps_per_generation."
-        },
+    generation_batch_size: int | None = option(
+        None,
+        "Completions per rollout batch over all processes (a multiple of per_device_train_batch_size × processes). Exclusive with steps_per_generation.",
     )
-    num_generations: int = field(
-        default=1,
-        metadata={
-            "help": "k: completions per prompt; each prompt appears k times in a row in a rollout batch (per-prompt baselines need k ≥ 2)."
-        },
+    num_generations: int = option(
+        1,
+        "k: completions per prompt; each prompt appears k times in a row in a rollout batch (per-prompt baselines need k ≥ 2).",
     )
-    encode_prompt_once: bool = field(
-        default=True,
-        metadata={
-            "help": "k > 1: each prompt runs once up to the decoder (φ, adapters, DAA, DO, fusion, T5's encoder) for its k completions, in generation and in every log-prob and loss forward (minibatches then hold whole groups: per_device_train_batch_size a multiple of k). False: once per completion (the same numbers, slower)."
-        },
+    encode_prompt_once: bool = option(
+        True,
+        "k > 1: each prompt runs once up to the decoder (φ, adapters, DAA, DO, fusion, T5's encoder) for its k completions, in generation and in every log-prob and loss forward (minibatches then hold whole groups: per_device_train_batch_size a multiple of k). False: once per completion (the same numbers, slower).",
     )
-    num_ppo_epochs: int = field(default=2, metadata={"help": "Passes over each rollout batch."})
-    total_iterations: int | None = field(
-        default=None, metadata={"help": "M: PPO iterations of the run; sets max_steps. Unset: use max_steps."}
-    )
-    max_new_tokens: int = field(default=64, metadata={"help": "Most tokens per completion (EOS included)."})
-    temperature: float = field(
-        default=1.0, metadata={"help": "Sampling temperature of the rollouts (log-probs use it too)."}
-    )
-    top_k: int = field(default=0, metadata={"help": "Top-k sampling of the rollouts; 0 = off."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of the rollouts; 1.0 = off."})
-    generation_kwargs: dict | str | None = field(
-        default=None,
-        metadata={"help": 'More GenerationConfig options for the rollouts, e.g. {"repetition_penalty": 1.1}.'},
+    num_ppo_epochs: int = option(2, "Passes over each rollout batch.")
+    total_iterations: int | None = option(None, "M: PPO iterations of the run; sets max_steps. Unset: use max_steps.")
+    max_new_tokens: int = option(64, "Most tokens per completion (EOS included).")
+    temperature: float = option(1.0, "Sampling temperature of the rollouts (log-probs use it too).")
+    top_k: int = option(0, "Top-k sampling of the rollouts; 0 = off.")
+    top_p: float = option(1.0, "Nucleus sampling of the rollouts; 1.0 = off.")
+    generation_kwargs: dict | str | None = option(
+        None, 'More GenerationConfig options for the rollouts, e.g. {"repetition_penalty": 1.1}.'
     )
 
     # -- rewards -----------------------------------------------------------------------------------------------------
-    reward_funcs: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Reward plug-ins: `literal`, `semantic`, `repetition_penalty`, `module:function`, a dotted path (`trl.rewards.think_format_reward`) or `path/file.py:function`."
-        },
+    reward_funcs: list[str] | None = option(
+        None,
+        "Reward plug-ins: `literal`, `semantic`, `repetition_penalty`, `module:function`, a dotted path (`trl.rewards.think_format_reward`) or `path/file.py:function`.",
     )
-    reward_weights: list[float] | None = field(
-        default=None, metadata={"help": "One weight per reward function (default 1 each)."}
+    reward_weights: list[float] | None = option(None, "One weight per reward function (default 1 each).")
+    reward_init_kwargs: dict | str | None = option(
+        None,
+        'Arguments of class and factory plug-ins keyed by spec, e.g. {"trl.rewards.get_repetition_penalty_reward": {"ngram_size": 2}}.',
     )
-    reward_init_kwargs: dict | str | None = field(
-        default=None,
-        metadata={
-            "help": 'Arguments of class and factory plug-ins keyed by spec, e.g. {"trl.rewards.get_repetition_penalty_reward": {"ngram_size": 2}}.'
-        },
-    )
-    reward_completions_format: str = field(
-        default="text",
-        metadata={
-            "help": 'Completions as rewards receive them: `text` (strings) or `conversational` (TRL\'s [{"role": "assistant", "content": ...}], for trl.rewards.think_format_reward).'
-        },
+    reward_completions_format: str = option(
+        "text",
+        'Completions as rewards receive them: `text` (strings) or `conversational` (TRL\'s [{"role": "assistant", "content": ...}], for trl.rewards.think_format_reward).',
     )
 
     # -- PPO ---------------------------------------------------------------------------------------------------------
-    algorithm: str | None = field(
-        default=None,
-        metadata={
-            "help": "A published algorithm's settings in one flag (options given another value win): `ppo` (value head, GAE, whitened advantages), `grpo` (no critic, group baseline scaled by the group std, k = 8), `dr_grpo` (group baseline not scaled, loss_type dr_grpo), `rloo` (leave-one-out baseline, k = 4) or `scst` (the greedy decode's return as baseline)."
-        },
+    algorithm: str | None = option(
+        None,
+        "A published algorithm's settings in one flag (options given another value win): `ppo` (value head, GAE, whitened advantages), `grpo` (no critic, group baseline scaled by the group std, k = 8), `dr_grpo` (group baseline not scaled, loss_type dr_grpo), `rloo` (leave-one-out baseline, k = 4) or `scst` (the greedy decode's return as baseline).",
     )
-    cliprange: float = field(
-        default=0.2, metadata={"help": "ε of the clipped surrogate: ratio clipped to [1 − ε, 1 + ε]."}
+    cliprange: float = option(0.2, "ε of the clipped surrogate: ratio clipped to [1 − ε, 1 + ε].")
+    cliprange_high: float | None = option(
+        None, "Upper clip ε_high (DAPO's clip-higher): ratio clipped to [1 − ε, 1 + ε_high]. Unset: ε."
     )
-    cliprange_high: float | None = field(
-        default=None,
-        metadata={"help": "Upper clip ε_high (DAPO's clip-higher): ratio clipped to [1 − ε, 1 + ε_high]. Unset: ε."},
+    loss_type: str = option(
+        "bnpo",
+        "How per-token losses are averaged (TRL's GRPO values): `bnpo` (over the minibatch's completion tokens), `grpo` (over each completion's tokens, then over completions: favours short completions with positive advantages), `dr_grpo` (sum over the minibatch's tokens / (completions × max_new_tokens)) or `dapo` (sum / the tokens of one optimizer step over all processes, TRL's default).",
     )
-    loss_type: str = field(
-        default="bnpo",
-        metadata={
-            "help": "How per-token losses are averaged (TRL's GRPO values): `bnpo` (over the minibatch's completion tokens), `grpo` (over each completion's tokens, then over completions: favours short completions with positive advantages), `dr_grpo` (sum over the minibatch's tokens / (completions × max_new_tokens)) or `dapo` (sum / the tokens of one optimizer step over all processes, TRL's default)."
-        },
+    mask_truncated_completions: bool = option(
+        False, "Leave completions cut at max_new_tokens (no EOS) out of the loss (DAPO; TRL's option)."
     )
-    skip_solved_prompts: bool = field(
-        default=False,
-        metadata={
-            "help": "Before training, decode every training prompt greedily with the starting policy and train only on those whose decode is not their `reference`. On a prompt the model already gets right, every sample tends to equal the greedy decode and carries no advantage, so most of a rollout batch teaches nothing (DAPO's dynamic sampling drops such groups during training; this drops them once, up front)."
-        },
+    skip_solved_prompts: bool = option(
+        False,
+        "Before training, decode every training prompt greedily with the starting policy and train only on those whose decode is not their `reference`. On a prompt the model already gets right, every sample tends to equal the greedy decode and carries no advantage, so most of a rollout batch teaches nothing (DAPO's dynamic sampling drops such groups during training; this drops them once, up front).",
     )
-    mask_truncated_completions: bool = field(
-        default=False,
-        metadata={"help": "Leave completions cut at max_new_tokens (no EOS) out of the loss (DAPO; TRL's option)."},
+    log_completions: bool = option(
+        False,
+        "At every logging step: the latest rollout batch's prompts, completions and rewards as a console table, a wandb table (report_to wandb), TensorBoard text (report_to tensorboard) and rows of output_dir/completions.jsonl.",
     )
-    log_completions: bool = field(
-        default=False,
-        metadata={
-            "help": "At every logging step: the latest rollout batch's prompts, completions and rewards as a console table, a wandb table (report_to wandb), TensorBoard text (report_to tensorboard) and rows of output_dir/completions.jsonl."
-        },
-    )
-    num_completions_to_print: int | None = field(
-        default=None,
-        metadata={"help": "log_completions: rows shown in the console and tables (None: all); the file gets all."},
+    num_completions_to_print: int | None = option(
+        None, "log_completions: rows shown in the console and tables (None: all); the file gets all."
     )
     # TRL's GRPOConfig names (aliases: given, they set the option named in their help).
-    beta: float | None = field(default=None, metadata={"help": "TRL's name for kl_coef."})
-    epsilon: float | None = field(default=None, metadata={"help": "TRL's name for cliprange."})
-    epsilon_high: float | None = field(default=None, metadata={"help": "TRL's name for cliprange_high."})
-    max_completion_length: int | None = field(default=None, metadata={"help": "TRL's name for max_new_tokens."})
-    num_iterations: int | None = field(default=None, metadata={"help": "TRL's name for num_ppo_epochs."})
-    use_vllm: bool = field(
-        default=False,
-        metadata={
-            "help": "TRL's option; refused: vLLM runs decoder-only LMs from their own weights, and a TIPPo decoder reads an image prefix built by the model (generation uses transformers' generate with its KV cache)."
-        },
+    beta: float | None = option(None, "TRL's name for kl_coef.")
+    epsilon: float | None = option(None, "TRL's name for cliprange.")
+    epsilon_high: float | None = option(None, "TRL's name for cliprange_high.")
+    max_completion_length: int | None = option(None, "TRL's name for max_new_tokens.")
+    num_iterations: int | None = option(None, "TRL's name for num_ppo_epochs.")
+    use_vllm: bool = option(
+        False,
+        "TRL's option; refused: vLLM runs decoder-only LMs from their own weights, and a TIPPo decoder reads an image prefix built by the model (generation uses transformers' generate with its KV cache).",
     )
-    kl_coef: float = field(
-        default=0.05,
-        metadata={"help": "β: weight of the KL penalty to the frozen starting policy. 0 = no reference model."},
+    kl_coef: float = option(0.05, "β: weight of the KL penalty to the frozen starting policy. 0 = no reference model.")
+    kl_estimator: str = option("k3", "Per-token KL estimator: `k1` or `k3`.")
+    advantage_baseline: str = option(
+        "none",
+        "Without a value head: `none`, `running` (Eq. 6 over the last advantage_window iterations), `group` (GRPO: per-prompt mean/std), `leave_one_out` (RLOO) or `greedy` (SCST: the greedy decode's return).",
     )
-    kl_estimator: str = field(default="k3", metadata={"help": "Per-token KL estimator: `k1` or `k3`."})
-    advantage_baseline: str = field(
-        default="none",
-        metadata={
-            "help": "Without a value head: `none`, `running` (Eq. 6 over the last advantage_window iterations), `group` (GRPO: per-prompt mean/std), `leave_one_out` (RLOO) or `greedy` (SCST: the greedy decode's return)."
-        },
+    advantage_window: int | None = option(
+        None,
+        "W of the `running` baseline: returns of the last W iterations (current included). None: all so far (paper).",
     )
-    advantage_window: int | None = field(
-        default=None,
-        metadata={
-            "help": "W of the `running` baseline: returns of the last W iterations (current included). None: all so far (paper)."
-        },
+    advantage_scale: str = option(
+        "std", "δ_m of Eq. 6 (`running` baseline): `std` (unit-scale Â) or `variance` (the paper's word, literally)."
     )
-    advantage_scale: str = field(
-        default="std",
-        metadata={
-            "help": "δ_m of Eq. 6 (`running` baseline): `std` (unit-scale Â) or `variance` (the paper's word, literally)."
-        },
+    advantage_epsilon: float = option(1e-8, "ε of Eq. 6 (and of the `group` baseline's std).")
+    use_value_head: bool = option(True, "Standard PPO: value head + clipped value loss + GAE advantages.")
+    vf_coef: float = option(0.1, "Weight of the value loss.")
+    value_head_init: str = option(
+        "mean_return",
+        "`mean_return` (V starts at the first batch's mean return: no position bias in the first advantages) or `zero` (V ≡ 0).",
     )
-    advantage_epsilon: float = field(
-        default=1e-8, metadata={"help": "ε of Eq. 6 (and of the `group` baseline's std)."}
+    value_warmup_iterations: int = option(
+        0,
+        "First iterations that update only the value head: a zero-initialised critic otherwise makes the first GAE advantages encode position and length.",
     )
-    use_value_head: bool = field(
-        default=True, metadata={"help": "Standard PPO: value head + clipped value loss + GAE advantages."}
+    cliprange_value: float = option(0.2, "Clip range of the value loss around the rollout's values.")
+    gamma: float = option(1.0, "GAE discount γ over tokens (not PolishPPO's polish_gamma).")
+    lam: float = option(0.95, "GAE λ.")
+    whiten_advantages: bool | None = option(
+        None,
+        "Normalise each rollout batch's advantages to mean 0, std 1. Unset: on for GAE (value head) and baseline `none`, off for the per-prompt baselines (used as published) and Eq. 6.",
     )
-    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
-    value_head_init: str = field(
-        default="mean_return",
-        metadata={
-            "help": "`mean_return` (V starts at the first batch's mean return: no position bias in the first advantages) or `zero` (V ≡ 0)."
-        },
+    scale_rewards: str = option(
+        "group",
+        "`group` baseline (TRL's GRPO option): divide by the std of the prompt's k returns (`group`), of the rollout batch (`batch`) or not at all (`none`).",
     )
-    value_warmup_iterations: int = field(
-        default=0,
-        metadata={
-            "help": "First iterations that update only the value head: a zero-initialised critic otherwise makes the first GAE advantages encode position and length."
-        },
+    disable_dropout: bool = option(
+        True, "Switch dropout off in the policy (ratio 1 and KL 0 before the first update)."
     )
-    cliprange_value: float = field(
-        default=0.2, metadata={"help": "Clip range of the value loss around the rollout's values."}
-    )
-    gamma: float = field(default=1.0, metadata={"help": "GAE discount γ over tokens (not PolishPPO's polish_gamma)."})
-    lam: float = field(default=0.95, metadata={"help": "GAE λ."})
-    whiten_advantages: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Normalise each rollout batch's advantages to mean 0, std 1. Unset: on for GAE (value head) and baseline `none`, off for the per-prompt baselines (used as published) and Eq. 6."
-        },
-    )
-    scale_rewards: str = field(
-        default="group",
-        metadata={
-            "help": "`group` baseline (TRL's GRPO option): divide by the std of the prompt's k returns (`group`), of the rollout batch (`batch`) or not at all (`none`)."
-        },
-    )
-    disable_dropout: bool = field(
-        default=True, metadata={"help": "Switch dropout off in the policy (ratio 1 and KL 0 before the first update)."}
-    )
-    ds3_gather_for_generation: bool = field(
-        default=True, metadata={"help": "DeepSpeed ZeRO-3: gather the weights for generation."}
-    )
+    ds3_gather_for_generation: bool = option(True, "DeepSpeed ZeRO-3: gather the weights for generation.")
 
     # -- DAA ---------------------------------------------------------------------------------------------------------
-    daa_lambda_schedule: str = field(
-        default="hold",
-        metadata={
-            "help": "λ1 of Eq. 2 during RL: `hold` (the starting model's value: restarting m/M at 0 would move the start away from the SFT policy the KL anchors to) or `linear` (paper: m/M over the RL stage)."
-        },
+    daa_lambda_schedule: str = option(
+        "hold",
+        "λ1 of Eq. 2 during RL: `hold` (the starting model's value: restarting m/M at 0 would move the start away from the SFT policy the KL anchors to) or `linear` (paper: m/M over the RL stage).",
     )
 
     # -- TrainingArguments defaults that differ for PPO ----------------------------------------------------------------
-    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate (paper, PolishPPO: 1e-5)."})
-    logging_steps: float = field(
-        default=10, metadata={"help": "Log every X optimizer steps (a float in [0, 1) is a ratio of the run)."}
-    )
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Keep every dataset column: reward plug-ins receive them."}
-    )
+    learning_rate: float = option(1e-5, "AdamW learning rate (paper, PolishPPO: 1e-5).")
+    logging_steps: float = option(10, "Log every X optimizer steps (a float in [0, 1) is a ratio of the run).")
+    remove_unused_columns: bool = option(False, "Keep every dataset column: reward plug-ins receive them.")
 
     def __post_init__(self):
         self._resolve_tippo_fields()
         self._apply_trl_names_and_algorithm()
         for name in ("generation_kwargs", "reward_init_kwargs", "eval_generation_kwargs"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                try:
-                    setattr(self, name, json.loads(value))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{name} must be a JSON object, got {value!r}: {error}") from error
+            setattr(self, name, parse_json_option(name, getattr(self, name)))
         self._check_ppo_fields()
         if self.whiten_advantages is None:
             self.whiten_advantages = self.use_value_head or self.advantage_baseline == "none"
@@ -496,10 +423,7 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
         for spec in self.reward_funcs or []:
             if isinstance(spec, str):  # its module, name and signature, before any model is loaded
                 check_reward_spec(spec, **(self.reward_init_kwargs or {}).get(spec, {}))
-        if self.reward_completions_format not in REWARD_COMPLETIONS_FORMATS:
-            raise ValueError(
-                f"reward_completions_format must be one of {', '.join(REWARD_COMPLETIONS_FORMATS)}, got {self.reward_completions_format!r}"
-            )
+        check_choice("reward_completions_format", self.reward_completions_format, REWARD_COMPLETIONS_FORMATS)
         if not 0 < self.cliprange < 1:
             raise ValueError(f"cliprange (ε, TRL's epsilon) must lie in (0, 1), got {self.cliprange}")
         if self.cliprange_high is not None and self.cliprange_high <= 0:
@@ -513,8 +437,7 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
             raise ValueError(f"num_completions_to_print must be ≥ 0, got {self.num_completions_to_print}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef (β) must be ≥ 0, got {self.kl_coef}")
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
+        check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         if self.vf_coef < 0:
             raise ValueError(f"vf_coef must be ≥ 0, got {self.vf_coef}")
         if self.cliprange_value <= 0:
@@ -525,10 +448,7 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
             raise ValueError(f"lam (GAE's λ) must lie in [0, 1], got {self.lam}")
         if self.num_generations < 1:
             raise ValueError(f"num_generations (k) must be ≥ 1, got {self.num_generations}")
-        if self.advantage_baseline not in ADVANTAGE_BASELINES:
-            raise ValueError(
-                f"advantage_baseline must be one of {', '.join(ADVANTAGE_BASELINES)}, got {self.advantage_baseline!r}"
-            )
+        check_choice("advantage_baseline", self.advantage_baseline, ADVANTAGE_BASELINES)
         if self.advantage_baseline in GROUP_BASELINES and self.num_generations < 2:
             raise ValueError(
                 f"advantage_baseline {self.advantage_baseline!r} compares the k completions of one prompt: set "
@@ -539,8 +459,7 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
                 f"advantage_baseline {self.advantage_baseline!r} replaces the critic: set use_value_head false, or "
                 "advantage_baseline none for GAE on the value head"
             )
-        if self.scale_rewards not in SCALE_REWARDS:
-            raise ValueError(f"scale_rewards must be one of {', '.join(SCALE_REWARDS)}, got {self.scale_rewards!r}")
+        check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
         if self.advantage_window is not None and self.advantage_window < 1:
             raise ValueError(f"advantage_window (W) must be ≥ 1 or None (all iterations), got {self.advantage_window}")
         if self.advantage_scale not in ("std", "variance"):
@@ -549,18 +468,12 @@ class PPOConfig(TIPPoTrainingArguments, TrainingArguments, GenerationEvalArgumen
             )
         if self.advantage_epsilon <= 0:
             raise ValueError(f"advantage_epsilon (ε) must be > 0, got {self.advantage_epsilon}")
-        if self.value_head_init not in VALUE_HEAD_INITS:
-            raise ValueError(
-                f"value_head_init must be one of {', '.join(VALUE_HEAD_INITS)}, got {self.value_head_init!r}"
-            )
+        check_choice("value_head_init", self.value_head_init, VALUE_HEAD_INITS)
         if self.value_warmup_iterations < 0:
             raise ValueError(f"value_warmup_iterations must be ≥ 0, got {self.value_warmup_iterations}")
         if self.value_warmup_iterations and not self.use_value_head:
             raise ValueError("value_warmup_iterations warms up the value head: set use_value_head true, or 0")
-        if self.daa_lambda_schedule not in DAA_LAMBDA_SCHEDULES:
-            raise ValueError(
-                f"daa_lambda_schedule must be one of {', '.join(DAA_LAMBDA_SCHEDULES)}, got {self.daa_lambda_schedule!r}"
-            )
+        check_choice("daa_lambda_schedule", self.daa_lambda_schedule, DAA_LAMBDA_SCHEDULES)
         self._check_generation_eval_fields()
 
     @property

@@ -45,7 +45,7 @@ from trl.trainer.utils import RepeatSampler, entropy_from_logits, selective_log_
 
 from ..checkpoints import PPO_STATE_NAME, CheckpointError, read_ppo_state, redacted
 from ..data_collator import MODEL_INPUT_NAMES, TIPPoDataCollator, model_inputs
-from ..feature_cache import cache_features_for_training, training_datasets, with_frozen_features
+from ..feature_cache import cache_features_for_training, with_frozen_features
 from ..generation import generation_config
 from ..modeling_tippo import TIPPoForConditionalGeneration
 from ..processing_tippo import TIPPoProcessor
@@ -66,10 +66,9 @@ from .ppo_math import (
     masked_mean,
 )
 from .tippo_trainer import (
-    GenerationEvalMixin,
     IterationProgressCallback,
     StepMetrics,
-    TIPPoSavingMixin,
+    TIPPoTrainerMixin,
     daa_lambda1_at,
     unwrap_tippo,
 )
@@ -77,6 +76,9 @@ from .value_head import PolicyAndValueModel
 
 
 FEATURE_COLUMNS = ("image_features", "title_features")
+# PPOConfig's sampling options, named as generate() names them: the rollouts sample with them (and the PPO ratio's
+# log-probabilities apply them); SCST's greedy decode unsets them.
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
 
 
 class EpochSeededRepeatSampler(RepeatSampler):
@@ -152,14 +154,15 @@ OFF_POLICY_GENERATION_OPTIONS = {
 }
 
 
-class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
+class PPOTrainer(TIPPoTrainerMixin, Trainer):
     """Proximal Policy Optimization of a [`TIPPoForConditionalGeneration`] (title + images → text) with reward plug-ins.
 
     Standard PPO by default (value head, GAE, clipped value loss); `use_value_head=False` uses the sequence return
     minus `advantage_baseline` (none, running Eq. 6, group, leave-one-out, greedy; over `num_generations` completions
     per prompt) as every token's advantage. Subclasses change one step by overriding one method: `generate_rollouts`,
     `score_rollouts`, `compute_returns`, `compute_advantages`, `baseline_advantages`, `build_loss_batch`,
-    `whiten_advantages` or `compute_loss` ([`PolishPPOTrainer`] overrides `compute_returns`).
+    `whiten_advantages` or `compute_loss` ([`PolishPPOTrainer`] overrides `compute_returns`), and the rewards it is
+    built with by overriding `default_reward_funcs` and `check_rewards`.
 
     Args:
         model: the starting policy, a `TIPPoForConditionalGeneration` (e.g. the SFT output) or a PEFT-wrapped one. With PEFT the reference
@@ -169,7 +172,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         train_dataset: a TIPPo dataset (`tippo_rl.data.load_artmuse`, `load_coco_captions`): its `reference`,
             `title`, `images` and other columns reach the reward plug-ins.
         reward_funcs: reward plug-ins (callables, or specs for `tippo_rl.rewards.load_reward`). Default:
-            `args.reward_funcs`.
+            `default_reward_funcs` (`args.reward_funcs`).
         eval_dataset: a TIPPo dataset decoded at each `eval_strategy` step (`eval_rouge_l`, `eval_cider`,
             `eval_literal`; see `GenerationEvalMixin`).
         callbacks, optimizers: as for `transformers.Trainer`.
@@ -177,6 +180,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
 
     _tag_names = ["trl", "ppo", "tippo", "multimodal"]
     _stage = "PPO"  # for the model card
+    data_collator_class = PPODataCollator
+    requires_train_reference = False  # a reward may not need a reference column
+    updates_card_with_checkpoints = True  # as TRL's trainers do
     # compute_loss returns a per-minibatch mean; the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
@@ -191,14 +197,15 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         optimizers=(None, None),
         eval_dataset: Dataset | None = None,
     ):
-        self.processor = processor
         args.remove_unused_columns = False  # reward plug-ins receive every dataset column: none is "unused"
         tippo = unwrap_tippo(model)
         if args.disable_dropout:
             disable_dropout(model)
 
         # Rewards
-        reward_funcs = list(reward_funcs) if reward_funcs is not None else list(args.reward_funcs or [])
+        reward_funcs = (
+            list(reward_funcs) if reward_funcs is not None else self.default_reward_funcs(args, train_dataset)
+        )
         if not reward_funcs:
             raise ValueError("PPOTrainer needs at least one reward: set reward_funcs (e.g. ['literal'])")
         init_kwargs = args.reward_init_kwargs or {}
@@ -211,24 +218,14 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         if len(weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(weights)} values for {len(self.reward_funcs)} reward functions")
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
+        self.check_rewards()
 
         policy = model
         if args.use_value_head:
             model = PolicyAndValueModel(policy, tippo.config.hidden_size)
 
-        train_dataset, eval_dataset = training_datasets(  # a reward may not need a reference column
-            args, tippo, processor, train_dataset, eval_dataset, require_train_reference=False
-        )
-
         super().__init__(
-            model=model,
-            args=args,
-            data_collator=PPODataCollator(processor),
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processor,
-            callbacks=callbacks,
-            optimizers=optimizers,
+            model, args, processor, train_dataset, eval_dataset, callbacks=callbacks, optimizers=optimizers
         )
 
         if any(isinstance(callback, ProgressCallback) for callback in self.callback_handler.callbacks):
@@ -249,9 +246,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         self.generation_config = generation_config(
             do_sample=True,
             max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
+            **{name: getattr(args, name) for name in SAMPLING_OPTIONS},
             pad_token_id=self.pad_token_id,
             eos_token_id=self.eos_token_id,
             decoder_start_token_id=self.decoder_start_token_id,
@@ -275,7 +270,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
             )
         # SCST's baseline and the evaluation decode: greedy, as long as the rollouts.
         self.greedy_generation_config = copy.deepcopy(self.generation_config)
-        self.greedy_generation_config.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+        self.greedy_generation_config.update(do_sample=False, **dict.fromkeys(SAMPLING_OPTIONS))
         self.default_eval_generation_kwargs = {"max_new_tokens": args.max_new_tokens}
         self.return_statistics = ReturnStatistics(args.advantage_window)  # μ_m, δ_m of the `running` baseline
         self.starting_daa_lambda1 = float(tippo.daa_lambda1.item())  # what `daa_lambda_schedule: hold` keeps
@@ -292,6 +287,15 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         self._rollout_batch: dict[str, torch.Tensor] | None = None
         self._minibatches: list[dict[str, torch.Tensor]] | None = None
         self._init_logging()
+
+    def default_reward_funcs(self, args: PPOConfig, train_dataset: Dataset) -> list[Callable | str]:
+        """The rewards of a trainer given none: `args.reward_funcs`, specs that `load_reward` builds with their
+        `reward_init_kwargs`."""
+        return list(args.reward_funcs or [])
+
+    def check_rewards(self) -> None:
+        """Called once the rewards are loaded (`reward_funcs`, `reward_names`, `reward_weights`), before the Trainer is
+        set up: a subclass that needs particular rewards checks for them here."""
 
     @torch.no_grad()
     def unsolved_prompts(self, dataset: Dataset, batch_size: int = 64) -> Dataset:
@@ -315,7 +319,9 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
             inputs = {key: value.to(self.accelerator.device) for key, value in model_inputs(batch).items()}
             decoded = self._decode(inputs, batch["columns"], self.greedy_generation_config)["completions"]
             references = batch["columns"]["reference"]
-            unsolved += [i for i, text, reference in zip(rows, decoded, references) if text.strip() != reference.strip()]
+            unsolved += [
+                i for i, text, reference in zip(rows, decoded, references) if text.strip() != reference.strip()
+            ]
         if not unsolved:
             raise ValueError(
                 f"skip_solved_prompts: the starting policy decodes all {len(dataset)} training prompts as their "
@@ -344,6 +350,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         self._step += 1
         return loss
 
+    # Private: through training_step the minibatch would pass _prepare_inputs, which casts to DeepSpeed's dtype.
     def _prepare_inputs(self, generation_batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Sample and score a rollout batch at the start of each iteration; return this step's minibatch."""
         steps = self.args.steps_per_generation
@@ -908,10 +915,6 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         if "return_statistics" in state:
             self.return_statistics.load_state_dict(state["return_statistics"])
 
-    def _save_checkpoint(self, model, trial):
-        self.create_model_card()
-        super()._save_checkpoint(model, trial)  # atomic; ppo_state.json goes in through _save_checkpoint_extras
-
     def _save_checkpoint_extras(self, folder):
         with open(os.path.join(folder, PPO_STATE_NAME), "w") as f:
             json.dump(self.ppo_state(), f, indent=2)
@@ -930,6 +933,7 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         self.load_ppo_state(read_ppo_state(checkpoint))
         self._rollout_batch = self._minibatches = None
 
+    # Private: save_model hands the gathered (DeepSpeed, FSDP) weights to _save alone, to write the wrapper's parts.
     def _save(self, output_dir: str | None = None, state_dict=None):
         """With a value head, what the Trainer saves of a model, through the wrapper's own `save_pretrained` (the policy
         as a loadable TIPPo model or PEFT adapter, and `value_head.safetensors`), then the processor and the training
@@ -944,12 +948,13 @@ class PPOTrainer(GenerationEvalMixin, TIPPoSavingMixin, Trainer):
         self.processor.save_pretrained(output_dir)
         torch.save(redacted(self.args), os.path.join(output_dir, TRAINING_ARGS_NAME))
 
+    # Private: load_best_model_at_end has no public hook, and the Trainer's would load the policy into the wrapper.
     def _load_best_model(self):
-        # `load_best_model_at_end` with a value head: the Trainer would load the policy's weights into the wrapper.
         if not isinstance(self.model, PolicyAndValueModel) or self.is_deepspeed_enabled:  # DeepSpeed: the engine's own
             return super()._load_best_model()
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
+    # Private: resumed weights load only here (no public hook), and the Trainer's reads no policy + value head wrapper.
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
         if not isinstance(self.model, PolicyAndValueModel):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from trl import SFTConfig
 
 from ..configuration_tippo import check_contrastive_loss_settings
+from ..options import check_choice, option
 from .tippo_trainer import GenerationEvalArguments, TIPPoTrainingArguments
 
 
@@ -58,62 +59,44 @@ class TIPPoSFTConfig(TIPPoTrainingArguments, SFTConfig, GenerationEvalArguments)
             [`GenerationEvalArguments`]), so `metric_for_best_model: eval_rouge_l` keeps the best greedy checkpoint.
     """
 
-    contrastive_weight: float = field(
-        default=1.0,
-        metadata={
-            "help": "α: weight of the prototype contrastive loss L_C (Eq. 5) in L_SFT = L_NTP + α·L_C. Paper: 1."
-        },
+    contrastive_weight: float = option(
+        1.0, "α: weight of the prototype contrastive loss L_C (Eq. 5) in L_SFT = L_NTP + α·L_C. Paper: 1."
     )
-    contrastive_temperature: float = field(
-        default=1.0, metadata={"help": "τ: temperature of L_C (Eq. 5). Paper: 1 (none)."}
+    contrastive_temperature: float = option(1.0, "τ: temperature of L_C (Eq. 5). Paper: 1 (none).")
+    contrastive_negatives: str = option(
+        "batch",
+        "Eq. 5's negatives: `batch` (every real image of the batch, paper's text) or `own_images` (the sample's own, Eq. 5 as written).",
     )
-    contrastive_negatives: str = field(
-        default="batch",
-        metadata={
-            "help": "Eq. 5's negatives: `batch` (every real image of the batch, paper's text) or `own_images` (the sample's own, Eq. 5 as written)."
-        },
+    contrastive_gather: bool = option(
+        False, "DDP: other processes' image signals (no gradient) join L_C's `batch` negatives."
     )
-    contrastive_gather: bool = field(
-        default=False,
-        metadata={"help": "DDP: other processes' image signals (no gradient) join L_C's `batch` negatives."},
+    daa_lambda_schedule: str = option(
+        "linear", "λ1 of Eq. 2: `linear` (paper, m/M over the stage) or `constant` (`daa_lambda1_constant`)."
     )
-    daa_lambda_schedule: str = field(
-        default="linear",
-        metadata={"help": "λ1 of Eq. 2: `linear` (paper, m/M over the stage) or `constant` (`daa_lambda1_constant`)."},
-    )
-    daa_lambda1_constant: float = field(
-        default=0.5, metadata={"help": "λ1 for `daa_lambda_schedule: constant`, in [0, 1]."}
-    )
+    daa_lambda1_constant: float = option(0.5, "λ1 for `daa_lambda_schedule: constant`, in [0, 1].")
 
     # TIPPo batches are built by its own collator from images, not by SFTTrainer's text pipeline.
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Keep every dataset column for TIPPo's collator."}
-    )
-    dataset_kwargs: dict | None = field(
+    remove_unused_columns: bool = option(False, "Keep every dataset column for TIPPo's collator.")
+    dataset_kwargs: dict | None = option(
         default_factory=lambda: {"skip_prepare_dataset": True},
-        metadata={"help": "TIPPo datasets are used as they are (no SFT text preparation)."},
+        help="TIPPo datasets are used as they are (no SFT text preparation).",
     )
-    eval_generation_metrics: bool = field(
-        default=True,
-        metadata={"help": "At each evaluation also decode the eval split: eval_rouge_l, eval_cider, eval_literal."},
+    eval_generation_metrics: bool = option(
+        True, "At each evaluation also decode the eval split: eval_rouge_l, eval_cider, eval_literal."
     )
-    prediction_loss_only: bool = field(
-        default=True,
-        metadata={"help": "The evaluation loop reports losses (generation metrics: eval_generation_metrics)."},
+    prediction_loss_only: bool = option(
+        True, "The evaluation loop reports losses (generation metrics: eval_generation_metrics)."
     )
     # transformers 5's name; `gradient_checkpointing` (TRL's SFTConfig defaults it to True) is its deprecated alias and
     # warns whenever it is set, so it is left unset here. activation_checkpointing defaults to None (off), as in
     # TrainingArguments, which reads the alias only while the new name is None: a default of False dropped a
     # `gradient_checkpointing: true` without a word.
-    gradient_checkpointing: bool | None = field(
-        default=None,
-        metadata={"help": "Deprecated alias of activation_checkpointing (transformers warns when it is set)."},
+    gradient_checkpointing: bool | None = option(
+        None, "Deprecated alias of activation_checkpointing (transformers warns when it is set)."
     )
-    activation_checkpointing: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Recompute activations in the backward pass to save memory (+22–26% step time measured; by the estimate of benchmarks/RESULTS.md §4, not measured on a GPU, real-size SFT at batch 8 fits 24 GB without it). Unset: off."
-        },
+    activation_checkpointing: bool | None = option(
+        None,
+        "Recompute activations in the backward pass to save memory (+22–26% step time measured; by the estimate of benchmarks/RESULTS.md §4, not measured on a GPU, real-size SFT at batch 8 fits 24 GB without it). Unset: off.",
     )
 
     def __post_init__(self):
@@ -136,10 +119,7 @@ class TIPPoSFTConfig(TIPPoTrainingArguments, SFTConfig, GenerationEvalArguments)
             raise ValueError(
                 "contrastive_gather adds other processes' images to the `batch` negatives; `own_images` has none"
             )
-        if self.daa_lambda_schedule not in LAMBDA_SCHEDULES:
-            raise ValueError(
-                f"daa_lambda_schedule must be one of {', '.join(LAMBDA_SCHEDULES)}, got {self.daa_lambda_schedule!r}"
-            )
+        check_choice("daa_lambda_schedule", self.daa_lambda_schedule, LAMBDA_SCHEDULES)
         if not 0.0 <= self.daa_lambda1_constant <= 1.0:
             raise ValueError(f"daa_lambda1_constant (λ1) must lie in [0, 1], got {self.daa_lambda1_constant}")
         self._check_generation_eval_fields()

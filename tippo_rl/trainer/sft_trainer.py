@@ -6,15 +6,13 @@ import torch
 from datasets import Dataset
 from trl import SFTTrainer
 
-from ..data_collator import TIPPoDataCollator
-from ..feature_cache import training_datasets
 from ..modeling_tippo import TIPPoForConditionalGeneration, prototype_contrastive_loss
 from ..processing_tippo import TIPPoProcessor
 from .sft_config import TIPPoSFTConfig
-from .tippo_trainer import GenerationEvalMixin, StepMetrics, TIPPoSavingMixin, daa_lambda1_at, unwrap_tippo
+from .tippo_trainer import StepMetrics, TIPPoTrainerMixin, daa_lambda1_at, unwrap_tippo
 
 
-class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
+class TIPPoSFTTrainer(TIPPoTrainerMixin, SFTTrainer):
     """Supervised fine-tuning of a [`TIPPoForConditionalGeneration`].
 
     Everything but the loss is TRL's / transformers': optimizer, schedule, logging, progress bars,
@@ -43,7 +41,6 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
         callbacks=None,
         optimizers=(None, None),
     ):
-        self.processor = processor
         tippo = unwrap_tippo(model)
         if args.ddp_find_unused_parameters is None and tippo.config.freeze_encoder:
             # Every trainable weight of a TIPPo model with a frozen encoder takes part in the loss (the TIP ablation
@@ -54,14 +51,12 @@ class TIPPoSFTTrainer(GenerationEvalMixin, TIPPoSavingMixin, SFTTrainer):
         tippo.config.contrastive_weight = args.contrastive_weight
         tippo.config.contrastive_temperature = args.contrastive_temperature
         tippo.config.contrastive_negatives = args.contrastive_negatives
-        train_dataset, eval_dataset = training_datasets(args, tippo, processor, train_dataset, eval_dataset)
         super().__init__(
-            model=model,
-            args=args,
-            data_collator=TIPPoDataCollator(processor),
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processor,
+            model,
+            args,
+            processor,
+            train_dataset,
+            eval_dataset,
             peft_config=peft_config,
             callbacks=callbacks,
             optimizers=optimizers,

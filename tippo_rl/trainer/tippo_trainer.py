@@ -1,10 +1,12 @@
 """What every TIPPo trainer (SFT and PPO alike) adds to transformers' Trainer, in one place: its options
 (`TIPPoTrainingArguments`, `GenerationEvalArguments`), evaluation by decoding (`GenerationEvalMixin`), saving
-(`TIPPoSavingMixin`: staged checkpoints, the final model and its card), λ1's schedule (`daa_lambda1_at`), per-step
-metrics (`StepMetrics`), PPO's progress bar (`IterationProgressCallback`) and `unwrap_tippo`."""
+(`TIPPoSavingMixin`: staged checkpoints, the final model and its card), the setup both share (`TIPPoTrainerMixin`: the
+processor, the datasets, the collator), λ1's schedule (`daa_lambda1_at`), per-step metrics (`StepMetrics`), PPO's
+progress bar (`IterationProgressCallback`) and `unwrap_tippo`."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -14,12 +16,13 @@ import shutil
 import warnings
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import is_peft_model
+from datasets import Dataset
 from torch import nn
 from transformers.trainer_callback import ProgressCallback, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint, rotate_checkpoints
@@ -38,10 +41,14 @@ from ..checkpoints import (
     resolve_checkpoint,
     staging_folder,
 )
+from ..data_collator import TIPPoDataCollator
 from ..evaluation import TOKENIZE_MODES, compute_metrics
+from ..feature_cache import training_datasets
 from ..generation import generate_kwargs, generate_predictions
 from ..model_card import build_model_card
 from ..modeling_tippo import TIPPoForConditionalGeneration
+from ..options import check_choice, option, parse_json_option
+from ..processing_tippo import TIPPoProcessor
 from ..rewards import literal_reward, score_rewards
 
 
@@ -83,18 +90,11 @@ class TIPPoTrainingArguments:
     """Listed before `TrainingArguments` in a config's bases, so that its `bf16` default replaces theirs. A config's
     `__post_init__` calls `_resolve_tippo_fields()` before `TrainingArguments.__post_init__`."""
 
-    use_feature_cache: bool = field(
-        default=True, metadata={"help": "Train from cached frozen-encoder features (computed once per dataset)."}
+    use_feature_cache: bool = option(True, "Train from cached frozen-encoder features (computed once per dataset).")
+    feature_cache_dir: str | None = option(
+        None, "Folder for cached features (default $TIPPO_RL_CACHE/features, ~/.cache/tippo_rl/features)."
     )
-    feature_cache_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "Folder for cached features (default $TIPPO_RL_CACHE/features, ~/.cache/tippo_rl/features)."
-        },
-    )
-    bf16: bool | None = field(
-        default=None, metadata={"help": "bf16 mixed precision. Default: on where a GPU supports it, off on a CPU."}
-    )
+    bf16: bool | None = option(None, "bf16 mixed precision. Default: on where a GPU supports it, off on a CPU.")
 
     def _resolve_tippo_fields(self) -> None:
         for name, bounds in TRAINING_ARGUMENT_RANGES.items():
@@ -125,41 +125,26 @@ logger = logging.getLogger(__name__)
 class GenerationEvalArguments:
     """Fields shared by [`TIPPoSFTConfig`] and [`PPOConfig`]: how evaluation during training decodes and scores."""
 
-    eval_max_samples: int | None = field(
-        default=64,
-        metadata={
-            "help": "Decode at most this many eval rows at each evaluation during training (the first ones; None: all). Keeps evaluation cheap on a CPU. Not max_eval_samples, which keeps the first rows of the eval split for the whole run (the eval loss too); in recipes/evaluate.py, which has only that one, --eval_max_samples means max_eval_samples."
-        },
+    eval_max_samples: int | None = option(
+        64,
+        "Decode at most this many eval rows at each evaluation during training (the first ones; None: all). Keeps evaluation cheap on a CPU. Not max_eval_samples, which keeps the first rows of the eval split for the whole run (the eval loss too); in recipes/evaluate.py, which has only that one, --eval_max_samples means max_eval_samples.",
     )
-    eval_generation_kwargs: dict | str | None = field(
-        default=None,
-        metadata={"help": '`generate()` options of the evaluation decode, e.g. {"num_beams": 4}. Default: greedy.'},
+    eval_generation_kwargs: dict | str | None = option(
+        None, '`generate()` options of the evaluation decode, e.g. {"num_beams": 4}. Default: greedy.'
     )
-    eval_tokenize: str = field(
-        default="none",
-        metadata={
-            "help": "What ROUGE-L and CIDEr see as words: `none` (whitespace), `char`, `jieba` or `ptb` (needs Java; what recipes/evaluate.py uses for the demo)."
-        },
+    eval_tokenize: str = option(
+        "none",
+        "What ROUGE-L and CIDEr see as words: `none` (whitespace), `char`, `jieba` or `ptb` (needs Java; what recipes/evaluate.py uses for the demo).",
     )
-    eval_log_completions: int = field(
-        default=4,
-        metadata={
-            "help": "Sample completions shown at each evaluation (console, and a wandb table with report_to wandb); 0: none."
-        },
+    eval_log_completions: int = option(
+        4, "Sample completions shown at each evaluation (console, and a wandb table with report_to wandb); 0: none."
     )
 
     def _check_generation_eval_fields(self) -> None:
-        if isinstance(self.eval_generation_kwargs, str):
-            try:
-                self.eval_generation_kwargs = json.loads(self.eval_generation_kwargs)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"eval_generation_kwargs must be a JSON object, got {self.eval_generation_kwargs!r}: {error}"
-                ) from error
+        self.eval_generation_kwargs = parse_json_option("eval_generation_kwargs", self.eval_generation_kwargs)
         if self.eval_max_samples is not None and self.eval_max_samples < 1:
             raise ValueError(f"eval_max_samples must be ≥ 1 or None (all rows), got {self.eval_max_samples}")
-        if self.eval_tokenize not in TOKENIZE_MODES:
-            raise ValueError(f"eval_tokenize must be one of {', '.join(TOKENIZE_MODES)}, got {self.eval_tokenize!r}")
+        check_choice("eval_tokenize", self.eval_tokenize, TOKENIZE_MODES)
         if self.eval_log_completions < 0:
             raise ValueError(f"eval_log_completions must be ≥ 0, got {self.eval_log_completions}")
 
@@ -298,12 +283,16 @@ class TIPPoSavingMixin:
     `train()` accepts `resume_from_checkpoint="last"`, reads the checkpoint once before resuming (a damaged file is
     named), says when the run's length changed, and trains nothing from a checkpoint that already reached the end.
 
-    A trainer sets `_stage` (for the model card) and may override `_policy` (the model to save inside its wrapper),
-    `_save_checkpoint_extras` (more files for a checkpoint), `_check_resume` (its own state in a checkpoint, checked
-    before anything loads) and `_restore_state` (that state restored, before the Trainer resumes).
+    A trainer sets `_stage` (for the model card) and `updates_card_with_checkpoints`, and may override `_policy` (the
+    model to save inside its wrapper), `_save_checkpoint_extras` (more files for a checkpoint), `_check_resume` (its own
+    state in a checkpoint, checked before anything loads) and `_restore_state` (that state restored, before the Trainer
+    resumes).
     """
 
     _stage = "training"
+    # Whether each checkpoint first brings output_dir's model card up to date (TRL's trainers, SFT's base among them, do
+    # it in their own _save_checkpoint; transformers' Trainer, PPO's base, does not).
+    updates_card_with_checkpoints = False
     _checkpoint_staging_root: Path | None = None
 
     def _policy(self, model: nn.Module) -> nn.Module:
@@ -360,13 +349,17 @@ class TIPPoSavingMixin:
 
     # -- saving ---------------------------------------------------------------------------------------------------
 
+    # Private: the Trainer writes a checkpoint's files under this folder, and no public hook redirects them.
     def _get_output_dir(self, trial):
         # While a checkpoint is saved, the Trainer writes `<this>/checkpoint-N`: the staging folder.
         if self._checkpoint_staging_root is not None:
             return str(self._checkpoint_staging_root)
         return super()._get_output_dir(trial)
 
+    # Private: no public hook wraps a checkpoint's whole save (on_save comes after it), to stage and publish it.
     def _save_checkpoint(self, model, trial):
+        if self.updates_card_with_checkpoints:
+            self.create_model_card()
         run_dir = Path(self._get_output_dir(trial=trial))
         final = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         root = staging_folder(final)
@@ -400,19 +393,22 @@ class TIPPoSavingMixin:
     def _save_checkpoint_extras(self, folder: Path) -> None:
         """Write a trainer's own state into a checkpoint folder before it is published (main process only)."""
 
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        # The Trainer pickles its arguments into training_args.bin: without the Hub token.
+    @contextlib.contextmanager
+    def _arguments_without_tokens(self):
+        """`self.args` without the Hub token (`checkpoints.redacted`) while the Trainer saves a model: it pickles its
+        arguments into training_args.bin."""
         args = self.args
         self.args = redacted(args)
         try:
-            return super()._save(output_dir, state_dict)
+            yield
         finally:
             self.args = args
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         output_dir = output_dir or self.args.output_dir
         if self._checkpoint_staging_root is not None:  # a checkpoint: already inside its staging folder
-            return super().save_model(output_dir, _internal_call)
+            with self._arguments_without_tokens():
+                return super().save_model(output_dir, _internal_call)
         staging = staging_folder(Path(output_dir) / "save")
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)
@@ -427,7 +423,8 @@ class TIPPoSavingMixin:
                     copy.deepcopy(policy).merge_and_unload().save_pretrained(staging)
                     self.processor.save_pretrained(staging)
             else:
-                super().save_model(str(staging), _internal_call=True)
+                with self._arguments_without_tokens():
+                    super().save_model(str(staging), _internal_call=True)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             publish_files(staging, Path(output_dir))
@@ -484,6 +481,46 @@ class TIPPoSavingMixin:
         card = build_model_card(self, self._stage, model_name, tags=tags, **arguments)
         with reporting_disk_full(Path(self.args.output_dir) / "README.md"):
             card.save(Path(self.args.output_dir) / "README.md")
+
+
+# -- the setup both trainers share -------------------------------------------------------------------------------------
+
+
+class TIPPoTrainerMixin(GenerationEvalMixin, TIPPoSavingMixin):
+    """What a TIPPo trainer adds to the Trainer it is built on (`transformers.Trainer`, TRL's `SFTTrainer`), listed
+    before it in the trainer's bases: evaluation by decoding, saving, and the setup every TIPPo trainer does.
+
+    `__init__` keeps the processor, checks the datasets' columns and caches their frozen features
+    (`training_datasets`), then sets up the Trainer with an instance of the trainer's `data_collator_class` and the
+    processor as its `processing_class`. `trainer_kwargs` (callbacks, optimizers, `peft_config`, …) go to the Trainer as
+    they are. A trainer whose training rows need no reference sets `requires_train_reference` to False.
+    """
+
+    data_collator_class: type = TIPPoDataCollator
+    requires_train_reference = True  # every training row must hold a reference (the eval rows always must)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args,
+        processor: TIPPoProcessor,
+        train_dataset: Dataset,
+        eval_dataset: Dataset | None = None,
+        **trainer_kwargs,
+    ):
+        self.processor = processor
+        train_dataset, eval_dataset = training_datasets(
+            args, unwrap_tippo(model), processor, train_dataset, eval_dataset, self.requires_train_reference
+        )
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=self.data_collator_class(processor),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processor,
+            **trainer_kwargs,
+        )
 
 
 # -- λ1 of DAA over a run ----------------------------------------------------------------------------------------------
