@@ -17,6 +17,9 @@ memory above the loaded model, and the per-round ratios TIPPo / plain and pixels
     python benchmarks/bench_sft.py --size tiny --output benchmarks/results/sft_tiny.json
     python benchmarks/bench_sft.py --size base --batch_size 2 --steps 3 --rounds 3 --threads 1 --output benchmarks/results/sft_base_cpu.json
     python benchmarks/bench_sft.py --size base --batch_size 8 --output benchmarks/results/sft_base_gpu.json   # GPU, bf16
+
+`tippo_bf16/cache` (or `/pixels`) is a third trainer on the same model whose only difference is `bf16: true` (bf16
+autocast, also on a CPU); `--variants tippo/cache tippo_bf16/cache` alternates it with fp32 for the ratio bf16 / fp32.
 """
 
 from __future__ import annotations
@@ -233,9 +236,11 @@ def parse_args(argv=None):
     return args
 
 
-def training_args(config_class, output_dir: str, args, **extra):
+def training_args(config_class, output_dir: str, args, bf16: bool | None = None, **extra):
+    """The trainers' settings; `bf16` None: as `--bf16` says."""
     gpu = torch.cuda.is_available()
-    bf16 = (gpu and torch.cuda.is_bf16_supported()) if args.bf16 == "auto" else args.bf16 == "true"
+    if bf16 is None:
+        bf16 = (gpu and torch.cuda.is_bf16_supported()) if args.bf16 == "auto" else args.bf16 == "true"
     return config_class(
         output_dir=output_dir,
         per_device_train_batch_size=args.batch_size,
@@ -300,6 +305,13 @@ def run(args, info: dict, workdir: Path) -> dict:
     cache_load_s = time.perf_counter() - start
 
     trainers = {"tippo": tippo_trainer, "plain": plain_trainer}
+    if any(variant.startswith("tippo_bf16/") for variant in args.variants):
+        trainers["tippo_bf16"] = TIPPoSFTTrainer(
+            model=model,
+            args=training_args(TIPPoSFTConfig, str(workdir / "tippo_bf16"), args, bf16=True, use_feature_cache=False),
+            processor=processor,
+            train_dataset=dataset,
+        )
     datasets = {"cache": cached, "pixels": dataset}
     timers, shapes = {}, {}
     for name, trainer in trainers.items():
@@ -343,7 +355,7 @@ def run(args, info: dict, workdir: Path) -> dict:
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         step_s = median(steps[variant])
         shape_list = batch_shapes[variant]
-        flops = median(step_flops(kind, unwrapped, shape) for shape in shape_list)
+        flops = median(step_flops(kind.removesuffix("_bf16"), unwrapped, shape) for shape in shape_list)
         tokens = median(shape["target_tokens"] for shape in shape_list)
         # Steady-state memory: the rounds after the first (the first call of each trainer also allocates Adam's state).
         transient = max(memory[variant][1:] or memory[variant])
@@ -385,6 +397,8 @@ def run(args, info: dict, workdir: Path) -> dict:
         "tippo_over_plain_pixels": ratio("tippo/pixels", "plain/pixels"),
         "cache_speedup_tippo": ratio("tippo/pixels", "tippo/cache"),
         "cache_speedup_plain": ratio("plain/pixels", "plain/cache"),
+        "bf16_over_fp32_cache": ratio("tippo_bf16/cache", "tippo/cache"),
+        "bf16_over_fp32_pixels": ratio("tippo_bf16/pixels", "tippo/pixels"),
     }
 
     print()
@@ -436,6 +450,8 @@ def run(args, info: dict, workdir: Path) -> dict:
                 "clear (> 1) at real size",
             ],
             ["cache speed-up, plain (pixels / cache)", *cells("cache_speedup_plain", ".2f"), "—"],
+            ["TIPPo bf16 autocast / fp32 step time, cached features", *cells("bf16_over_fp32_cache", ".3f"), "< 1"],
+            ["TIPPo bf16 autocast / fp32 step time, pixels", *cells("bf16_over_fp32_pixels", ".3f"), "< 1"],
         ],
     )
     print(

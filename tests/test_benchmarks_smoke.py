@@ -45,12 +45,29 @@ def test_bench_sft_runs_tippo_and_the_plain_trl_yardstick_with_and_without_the_c
             "8",
             "--threads",
             "1",
+            "--variants",
+            "tippo/cache",
+            "plain/cache",
+            "tippo/pixels",
+            "plain/pixels",
+            "tippo_bf16/cache",
             "--output",
             str(output),
         ]
     )
     payload = json.loads(output.read_text())
-    assert set(payload["results"]) == {"tippo/cache", "plain/cache", "tippo/pixels", "plain/pixels"}
+    assert set(payload["results"]) == {
+        "tippo/cache",
+        "plain/cache",
+        "tippo/pixels",
+        "plain/pixels",
+        "tippo_bf16/cache",
+    }
+    assert math.isfinite(payload["ratios"]["bf16_over_fp32_cache"]["median"])  # bf16 autocast, on the same model
+    assert (
+        payload["results"]["tippo_bf16/cache"]["model_flops_per_step"]
+        == (payload["results"]["tippo/cache"]["model_flops_per_step"])
+    )
     for variant, result in payload["results"].items():
         assert result["step_s_median"] > 0 and result["samples_per_s"] > 0, variant
         assert result["model_flops_per_step"] > 0 and result["target_tokens_per_step"] > 0, variant
