@@ -18,13 +18,14 @@ memory above the loaded model, and the per-round ratios TIPPo / plain and pixels
     python benchmarks/bench_sft.py --size base --batch_size 2 --steps 3 --rounds 3 --threads 1 --output benchmarks/results/sft_base_cpu.json
     python benchmarks/bench_sft.py --size base --batch_size 8 --output benchmarks/results/sft_base_gpu.json   # GPU, bf16
 
-`tippo_bf16/cache` (or `/pixels`) is a third trainer on the same model whose only difference is `bf16: true` (bf16
-autocast, also on a CPU); `--variants tippo/cache tippo_bf16/cache` alternates it with fp32 for the ratio bf16 / fp32.
+`tippo_bf16/cache` (or `/pixels`) is a third trainer on a copy of the TIPPo model whose only difference is `bf16: true`
+(bf16 autocast, also on a CPU); `--variants tippo/cache tippo_bf16/cache` alternates it with fp32 for the ratio bf16 / fp32.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -306,8 +307,10 @@ def run(args, info: dict, workdir: Path) -> dict:
 
     trainers = {"tippo": tippo_trainer, "plain": plain_trainer}
     if any(variant.startswith("tippo_bf16/") for variant in args.variants):
+        # Its own copy of the model (φ shared): accelerate wraps a prepared model's forward in bf16 autocast, and on a
+        # model shared with the fp32 trainer that wrapper would make both variants bf16.
         trainers["tippo_bf16"] = TIPPoSFTTrainer(
-            model=model,
+            model=copy.deepcopy(model, memo={id(model.encoder): model.encoder}),
             args=training_args(TIPPoSFTConfig, str(workdir / "tippo_bf16"), args, bf16=True, use_feature_cache=False),
             processor=processor,
             train_dataset=dataset,
