@@ -31,7 +31,7 @@ import bench_rl_gain as gain  # noqa: E402
 from machine import machine_info  # noqa: E402
 from tables import print_table, write_json  # noqa: E402
 
-from tippo_rl.data_collator import TIPPoDataCollator  # noqa: E402
+from tippo_rl.data_collator import TIPPoDataCollator, model_inputs  # noqa: E402
 from tippo_rl.presets import load_model_and_processor  # noqa: E402
 
 
@@ -57,18 +57,33 @@ def evaluation_settings(args) -> argparse.Namespace:
     )
 
 
-def scored_training(args, model, processor, train, overrides: dict) -> dict:
-    """Greedy scores of the first `--num_prompts` training scenes, then `train(model, prompts)` (which returns the
-    trained model), then the same prompts and the held-out split again."""
+def starting_point(args) -> dict:
+    """What every run shares, computed once from the SFT model they all start from: the training prompts, their greedy
+    scores, the held-out split's, and how sure the model is where it goes wrong (`first_error_probabilities`)."""
+    from tippo_rl import TIPPoForConditionalGeneration, TIPPoProcessor
+
+    sft_dir = args.workdir / f"sft_{args.lang}_{args.sft_seed}"
+    model, processor = TIPPoForConditionalGeneration.from_pretrained(sft_dir), TIPPoProcessor.from_pretrained(sft_dir)
     settings = evaluation_settings(args)
     train_split, test = gain.demo_datasets(settings, args.workdir, args.lang, max_images=model.config.max_images)
     prompts = training_prompts(args, model, processor, train_split, settings)
-    before = gain.evaluate(model, processor, prompts, args.lang, settings, all_predictions=True)
-    held_out_before = gain.evaluate(model, processor, test, args.lang, settings)
-    sure_where_wrong = first_error_probabilities(model, processor, test)
+    return dict(
+        prompts=prompts,
+        test=test,
+        before=gain.evaluate(model, processor, prompts, args.lang, settings, all_predictions=True),
+        held_out_before=gain.evaluate(model, processor, test, args.lang, settings),
+        held_out_first_errors=first_error_probabilities(model, processor, test),
+    )
+
+
+def scored_training(args, start: dict, model, processor, train, overrides: dict) -> dict:
+    """`train(model, prompts)` (which returns the trained model) on the `starting_point`'s prompts, then the same
+    prompts and the held-out split decoded again, beside the starting point's scores."""
+    settings = evaluation_settings(args)
+    prompts, before = start["prompts"], start["before"]
     model = train(model, prompts)
     after = gain.evaluate(model, processor, prompts, args.lang, settings, all_predictions=True)
-    held_out = gain.evaluate(model, processor, test, args.lang, settings)
+    held_out = gain.evaluate(model, processor, start["test"], args.lang, settings)
     keep = ("scores", "fields")
     return dict(
         overrides=overrides,
@@ -76,8 +91,8 @@ def scored_training(args, model, processor, train, overrides: dict) -> dict:
         trained_prompts_before={k: before[k] for k in keep},
         trained_prompts_after={k: after[k] for k in keep},
         trained_prompts_exact={"before": exact_count(before, prompts), "after": exact_count(after, prompts)},
-        held_out_before={k: held_out_before[k] for k in keep},
-        held_out_first_errors=sure_where_wrong,
+        held_out_before={k: start["held_out_before"][k] for k in keep},
+        held_out_first_errors=start["held_out_first_errors"],
         held_out_after={k: held_out[k] for k in keep},
     )
 
@@ -97,7 +112,7 @@ def first_error_probabilities(model, processor, dataset, batch_size: int = 50) -
     for start in range(0, len(dataset), batch_size):
         batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         labels = batch["labels"]
-        logits = model(**{k: v for k, v in batch.items() if k not in ("references", "titles", "ids")}).logits.float()
+        logits = model(**model_inputs(batch), labels=labels).logits.float()
         for row_logits, row_labels in zip(logits, labels):
             keep = row_labels != -100
             row_logits, targets = row_logits[keep], row_labels[keep]
@@ -127,7 +142,7 @@ def training_prompts(args, model, processor, train_split, settings):
     return candidates.select(wrong[: args.num_prompts])
 
 
-def run_variant(args, name: str, overrides: dict) -> dict:
+def run_variant(args, start: dict, name: str, overrides: dict) -> dict:
     """SCST (with the variant's overrides) on the prompts, through the plain `PPOTrainer`."""
     config = yaml.safe_load(gain.RL_CONFIG.read_text())
     config.update(
@@ -154,10 +169,10 @@ def run_variant(args, name: str, overrides: dict) -> dict:
         trainer.train()
         return trainer._policy(trainer.accelerator.unwrap_model(trainer.model))
 
-    return scored_training(args, model, processor, train, overrides)
+    return scored_training(args, start, model, processor, train, overrides)
 
 
-def cross_entropy_control(args) -> dict:
+def cross_entropy_control(args, start: dict) -> dict:
     """The NTP loss on the same prompts for `--ce_steps` Adam steps (batch 16, lr 1e-4)."""
     from tippo_rl import TIPPoForConditionalGeneration, TIPPoProcessor
 
@@ -172,13 +187,13 @@ def cross_entropy_control(args) -> dict:
         for _ in range(args.ce_steps):
             picked = torch.randperm(len(rows), generator=generator)[:16].tolist()
             batch = collator([rows[i] for i in picked])
-            model(**{k: v for k, v in batch.items() if k not in ("references", "titles", "ids")}).ntp_loss.backward()
+            model(**model_inputs(batch), labels=batch["labels"]).ntp_loss.backward()
             optimizer.step()
             optimizer.zero_grad()
         return model.eval()
 
     return scored_training(
-        args, model, processor, train, dict(loss="ntp", steps=args.ce_steps, learning_rate=1e-4, batch=16)
+        args, start, model, processor, train, dict(loss="ntp", steps=args.ce_steps, learning_rate=1e-4, batch=16)
     )
 
 
@@ -205,9 +220,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.num_prompts, args.ce_steps, args.candidates = 8, 2, 32
     torch.set_num_threads(1)
-    runs = {name: run_variant(args, name, overrides) for name, overrides in map(gain.parse_variant, args.variants)}
+    start = starting_point(args)
+    runs = {
+        name: run_variant(args, start, name, overrides) for name, overrides in map(gain.parse_variant, args.variants)
+    }
     if args.ce_steps:
-        runs["control: NTP loss"] = cross_entropy_control(args)
+        runs["control: NTP loss"] = cross_entropy_control(args, start)
     rows = [
         [
             name,
