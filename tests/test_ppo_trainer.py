@@ -731,11 +731,14 @@ def test_greedy_baseline_is_the_greedy_decodes_return(
     torch.testing.assert_close(greedy_returns, torch.tensor(expected))
 
 
+# The built-in cider reward takes its idf from the whole training set up front: a resumed run scores alike.
+@pytest.mark.parametrize("reward", ["literal", "cider"])
 def test_resume_with_k_completions_per_prompt_is_exact(
-    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, reward
 ):
     processor = tiny_model_and_processor[1]
     settings = dict(
+        reward_funcs=[reward],
         use_value_head=False,
         advantage_baseline="leave_one_out",
         num_generations=2,
@@ -765,6 +768,8 @@ def test_resume_with_k_completions_per_prompt_is_exact(
 
     straight = run()
     resumed = run(resume_from=str(tmp_path / "out/checkpoint-4"))
+    if reward == "cider":
+        assert len(resumed.reward_funcs[0].seen) == len(set(resumed.train_dataset["reference"]))
     assert [m for m, *_ in resumed.record] == [2, 3]
     for (m_a, ids_a, G_a, A_a), (m_b, ids_b, G_b, A_b) in zip(straight.record[2:], resumed.record):
         assert (m_a, ids_a) == (m_b, ids_b)  # the same prompts, in the same groups

@@ -729,6 +729,25 @@ def test_cider_reward_learns_its_idf_from_the_references_it_sees_and_reads_chine
     assert scores[0] > scores[1] > 0
 
 
+def test_cider_reward_with_a_corpus_keeps_its_idf_whatever_it_scores_next():
+    from tippo_rl.rewards import CIDErDReward
+
+    corpus = [
+        "by the sea there is a red circle.",
+        "in the city there is a blue square.",
+        "in the forest there is a red circle.",
+    ]
+    fixed, growing = CIDErDReward(corpus=corpus), CIDErDReward()
+    growing.set_corpus(corpus)  # what the PPO trainers do with their training set
+    completion, reference = ["by the sea there is a red square."], ["by the sea there is a red circle."]
+    first = fixed(completions=completion, reference=reference)
+    assert growing(completions=completion, reference=reference) == first
+    fixed(completions=["a green triangle."], reference=["in the garden there is a green triangle."])  # outside it
+    assert len(fixed.seen) == 3 and fixed(completions=completion, reference=reference) == first
+    with pytest.raises(ValueError, match="corpus holds no reference texts"):
+        CIDErDReward(corpus=[])
+
+
 def test_check_reward_spec_refuses_constructor_arguments_for_a_reward_function(plugin_file):
     with pytest.raises(RewardError, match=r"is a reward function .*takes no constructor arguments \(got scale\)"):
         check_reward_spec(f"{plugin_file}:short", scale=2)

@@ -4,9 +4,12 @@ CIDEr-D (Vedantam et al. 2015) compares a completion's n-grams (n = 1…4) with 
 clips the completion's counts at the reference's, and penalises the length difference with a Gaussian (σ = 6);
 ×10, as pycocoevalcap's ``Cider`` reports it. The idf comes from the reference sets of the training data: n-grams every
 scene shares ("there is a") weigh nothing, the words that tell scenes apart (colours, shapes) weigh most, which is why
-it carries more signal per token than the character-level literal reward of Eq. 7. Document frequencies grow with
-every new reference set the reward sees (a PPO run's first pass over its data; fixed after that), or are given at once
-with ``corpus``. Words are lower-cased runs of letters and digits; Chinese and Japanese ideographs count one each.
+it carries more signal per token than the character-level literal reward of Eq. 7. The document frequencies are
+those of a fixed ``corpus`` of reference sets: the PPO trainers give it their whole training set's before the first
+rollout (``set_corpus``), as SCST's code precomputes them from the training captions, so a completion's reward does not
+drift as the run sees more data and a resumed run scores as the uninterrupted one. Called without a corpus (alone, on a
+batch), the reward counts every reference set it is called with, as pycocoevalcap counts the set it scores. Words are
+lower-cased runs of letters and digits; Chinese and Japanese ideographs count one each.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ class CIDErDReward:
     """CIDEr-D of each completion against its references, a plug-in with TRL's reward signature (``cider``).
 
     Args:
-        corpus: reference sets (each a string or a list of strings) whose document frequencies define the idf. None:
+        corpus: reference sets (each a string or a list of strings) whose document frequencies define the idf, fixed
+            from then on. None: `set_corpus` gives it later (the PPO trainers do, with their training set); until then
             built from the reference sets the reward is called with, each counted once.
         sigma: σ of the length penalty (CIDEr-D: 6).
         n: longest n-gram (4).
@@ -49,8 +53,20 @@ class CIDErDReward:
         self.sigma, self.n = sigma, n
         self.document_frequency: defaultdict[tuple, int] = defaultdict(int)
         self.seen: set[tuple[str, ...]] = set()
-        for references in corpus or ():
+        self.has_corpus = False
+        if corpus is not None:
+            self.set_corpus(corpus)
+
+    def set_corpus(self, corpus: Iterable[str | Sequence[str]]) -> None:
+        """Take the idf from `corpus` (reference sets, each a string or a list of strings; duplicates counted once) and
+        keep it fixed: reference sets outside it no longer change it."""
+        self.document_frequency.clear()
+        self.seen.clear()
+        for references in corpus:
             self._count_document(self._as_list(references))
+        if not self.seen:
+            raise ValueError("the cider reward's corpus holds no reference texts")
+        self.has_corpus = True
 
     @staticmethod
     def _as_list(references: str | Sequence[str]) -> list[str]:
@@ -77,8 +93,9 @@ class CIDErDReward:
         if len(completions) != len(references):
             raise ValueError(f"the cider reward got {len(completions)} completions but {len(references)} references")
         reference_sets = [self._as_list(refs) for refs in references]
-        for refs in reference_sets:
-            self._count_document(refs)
+        if not self.has_corpus:
+            for refs in reference_sets:
+                self._count_document(refs)
         log_documents = math.log(max(len(self.seen), 1))
         # Each distinct reference once per call: a batch holds its prompt's references k times (k samples per prompt).
         reference_vectors = {}

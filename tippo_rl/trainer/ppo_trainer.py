@@ -219,6 +219,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
             raise ValueError(f"reward_weights has {len(weights)} values for {len(self.reward_funcs)} reward functions")
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
         self.check_rewards()
+        self.give_rewards_their_corpus(train_dataset)
 
         policy = model
         if args.use_value_head:
@@ -296,6 +297,24 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
     def check_rewards(self) -> None:
         """Called once the rewards are loaded (`reward_funcs`, `reward_names`, `reward_weights`), before the Trainer is
         set up: a subclass that needs particular rewards checks for them here."""
+
+    def give_rewards_their_corpus(self, train_dataset: Dataset) -> None:
+        """Rewards with a `set_corpus(reference_sets)` method (the built-in `cider`: its idf) and no corpus yet get the
+        training set's reference sets (column `references`, else `reference`), all of them, before any prompt is
+        skipped: what they score by stays fixed over the run, and a resumed run scores as the uninterrupted one."""
+        needing = [
+            f
+            for f in self.reward_funcs
+            if callable(getattr(f, "set_corpus", None)) and not getattr(f, "has_corpus", False)
+        ]
+        column = next((name for name in ("references", "reference") if name in train_dataset.column_names), None)
+        if not needing or column is None:
+            return
+        reference_sets = train_dataset[column]
+        for reward_func in needing:
+            reward_func.set_corpus(reference_sets)
+        names = ", ".join(reward_name(f) for f in needing)
+        logger.info("reward %s: corpus of the training data's %d reference sets", names, len(reference_sets))
 
     @torch.no_grad()
     def unsolved_prompts(self, dataset: Dataset, batch_size: int = 64) -> Dataset:
