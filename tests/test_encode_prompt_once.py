@@ -1,5 +1,6 @@
-"""k completions of a prompt share one pass up to the decoder: the same log-probabilities and gradients as k separate
-passes (T5 and causal decoders), the same rollout log-probs in the trainer, and minibatches of whole groups."""
+"""k completions of a prompt share one pass up to the decoder (and a causal LM's pass over the prompt, through its KV
+cache): the same log-probabilities, hidden states and gradients as k separate passes (T5 and causal decoders), the same
+rollout log-probs and samples in the trainer, and minibatches of whole groups."""
 
 from __future__ import annotations
 
@@ -54,17 +55,24 @@ def test_one_pass_per_prompt_gives_the_log_probs_and_gradients_of_k_passes(
     def log_probs_and_grads(shared: bool):
         model.zero_grad()
         if shared:
-            outputs = model(**inputs, decoder_input_ids=completions, completions_per_input=K)
+            outputs = model(
+                **inputs, decoder_input_ids=completions, completions_per_input=K, output_hidden_states=True
+            )
         else:
             repeated = {key: value.repeat_interleave(K, 0) for key, value in inputs.items()}
-            outputs = model(**repeated, decoder_input_ids=completions)
+            outputs = model(**repeated, decoder_input_ids=completions, output_hidden_states=True)
         logps = outputs.logits.log_softmax(-1).gather(-1, completions[..., None])[..., 0]
-        logps.sum().backward()
-        return logps.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        hidden = (outputs.decoder_hidden_states if decoder == "t5" else outputs.hidden_states)[-1]  # the value head's
+        (logps.sum() + hidden.sum()).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return logps.detach(), hidden.detach(), grads
 
-    shared, shared_grads = log_probs_and_grads(True)
-    separate, separate_grads = log_probs_and_grads(False)
+    shared, shared_hidden, shared_grads = log_probs_and_grads(True)
+    separate, separate_hidden, separate_grads = log_probs_and_grads(False)
     torch.testing.assert_close(shared, separate, atol=tolerance, rtol=0)
+    torch.testing.assert_close(
+        shared_hidden, separate_hidden, atol=tolerance, rtol=0 if dtype == torch.float64 else 1e-3
+    )
     assert shared_grads.keys() == separate_grads.keys() and any("adapter" in name for name in shared_grads)
     for name in shared_grads if dtype == torch.float64 else ():  # float32 gradients: cancellation amplifies rounding
         difference = (shared_grads[name] - separate_grads[name]).abs().max().item()
@@ -99,3 +107,42 @@ def test_the_trainer_s_rollout_log_probs_are_the_same_either_way(
     separate = per_row.compute_rollout_log_probs({**rollouts, "first_pass_order": order})
     for key in ("old_logps", "ref_logps"):  # float32: batched kernels of other sizes round differently (see above)
         torch.testing.assert_close(shared[key], separate[key], atol=1e-4, rtol=1e-3)
+
+
+def test_a_causal_decoder_samples_k_completions_from_one_pass_over_the_prompt(
+    tiny_causal_model_and_processor, demo_dataset_dir
+):
+    """`generate(num_return_sequences=k)` reads each prompt once (its KV cache repeated k times) and samples what k
+    copies of the prompt would give with the same seed (float64: the same logits, so the same draws)."""
+    model, processor = tiny_causal_model_and_processor
+    model = copy.deepcopy(model).to(torch.float64).eval()
+    inputs = {
+        key: value.to(torch.float64) if value.is_floating_point() else value
+        for key, value in batch_of(processor, demo_dataset_dir, prompts=3).items()
+    }
+    prompt_passes = []
+
+    def record(module, args, kwargs, output):
+        read = kwargs.get("inputs_embeds")
+        prompt_passes.append(tuple((read if read is not None else kwargs["input_ids"]).shape[:2]))
+
+    model.language_model.register_forward_hook(record, with_kwargs=True)
+
+    def sample(shared: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        prompt_passes.clear()
+        settings = dict(do_sample=True, max_new_tokens=10, pad_token_id=model.config.pad_token_id)
+        if shared:
+            return model.generate(**inputs, num_return_sequences=K, **settings)
+        return model.generate(**{key: value.repeat_interleave(K, 0) for key, value in inputs.items()}, **settings)
+
+    shared = sample(True)
+    shared_passes = list(prompt_passes)
+    separate = sample(False)
+    assert torch.equal(shared, separate) and len(set(map(str, shared.tolist()))) > 3
+    prompt_length = prompt_passes[0][1]  # the repeated prompts' prefill: 3·K rows of the whole prompt
+    assert prompt_passes[0] == (3 * K, prompt_length)
+    assert shared_passes[0] == (3, prompt_length - 1) and shared_passes[1] == (
+        3 * K,
+        1,
+    )  # once, then the last position

@@ -72,12 +72,17 @@ def causal_forward(
     labels: torch.Tensor | None,
     decoder_input_ids: torch.Tensor | None,
     pad_token_id: int,
+    completions_per_input: int = 1,
     **kwargs,
 ) -> TIPPoCausalLMOutput:
     """`[S^F; prompt; completion]` through the causal LM, outputs at the completion positions only.
 
     The completion tokens read are `decoder_input_ids[:, 1:]` (T5's shift-right: column 0, the start token, stands for
-    the prompt, whose last position predicts the first completion token), or, from `labels`, `labels[:, :-1]`."""
+    the prompt, whose last position predicts the first completion token), or, from `labels`, `labels[:, :-1]`.
+
+    `completions_per_input` = k > 1: S^F and the prompt hold each prompt once `(batch, ...)`, the completions its k
+    completions in a row `(batch·k, T)`. The LM then reads each prompt once, and its KV cache, repeated k times, is what
+    the k completions attend to (`prompt_once_forward`): gradients from the k completions add up in the prompt's pass."""
     if decoder_input_ids is None:
         if labels is None:
             raise ValueError(
@@ -90,23 +95,90 @@ def causal_forward(
     )
     completion_inputs = decoder_input_ids[:, 1:]
     completion_embeds = language_model.get_input_embeddings()(completion_inputs).to(prompt_embeds.dtype)
-    inputs_embeds = torch.cat([prompt_embeds, completion_embeds], dim=1)
-    attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_inputs)], dim=1)
     length = decoder_input_ids.shape[1]  # T: positions P − 1 … P + T − 2 predict completion tokens 0 … T − 1
-    outputs = language_model(
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        logits_to_keep=length,
+    if completions_per_input > 1:
+        logits, hidden_states = prompt_once_forward(
+            language_model, prompt_embeds, prompt_mask, completion_embeds, completions_per_input, **kwargs
+        )
+        past_key_values = None
+    else:
+        inputs_embeds = torch.cat([prompt_embeds, completion_embeds], dim=1)
+        attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_inputs)], dim=1)
+        outputs = language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            logits_to_keep=length,
+            return_dict=True,
+            **kwargs,
+        )
+        logits, past_key_values = outputs.logits, outputs.past_key_values
+        hidden_states = None
+        if outputs.hidden_states is not None:
+            hidden_states = tuple(hidden[:, -length:] for hidden in outputs.hidden_states)
+    loss = None
+    if labels is not None:
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+    return TIPPoCausalLMOutput(loss=loss, logits=logits, past_key_values=past_key_values, hidden_states=hidden_states)
+
+
+def prompt_once_forward(
+    language_model: nn.Module,
+    prompt_embeds: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_embeds: torch.Tensor,
+    k: int,
+    **kwargs,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """The LM on `(batch, P)` prompts once and on their k completions `(batch·k, T − 1)` after them: the prompt pass's
+    KV cache, repeated k times, stands for the prompt in the completions' pass. Returns the logits `(batch·k, T, V)` at
+    positions P − 1 … P + T − 2 (the prompt's last one repeated) and, when asked for, the hidden states there."""
+    kwargs.pop("use_cache", None)
+    prompt = language_model(
+        inputs_embeds=prompt_embeds,
+        attention_mask=prompt_mask,
+        position_ids=position_ids_from_mask(prompt_mask),
+        use_cache=True,
+        logits_to_keep=1,
         return_dict=True,
         **kwargs,
     )
-    loss = None
-    if labels is not None:
-        loss = F.cross_entropy(outputs.logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+    logits = prompt.logits.repeat_interleave(k, 0)
     hidden_states = None
-    if outputs.hidden_states is not None:
-        hidden_states = tuple(hidden[:, -length:] for hidden in outputs.hidden_states)
-    return TIPPoCausalLMOutput(
-        loss=loss, logits=outputs.logits, past_key_values=outputs.past_key_values, hidden_states=hidden_states
+    if prompt.hidden_states is not None:
+        hidden_states = tuple(hidden[:, -1:].repeat_interleave(k, 0) for hidden in prompt.hidden_states)
+    if completion_embeds.shape[1] == 0:
+        return logits, hidden_states
+    cache = prompt.past_key_values
+    cache.batch_repeat_interleave(k)  # differentiable: the completions' attention reaches the prompt's keys and values
+    attention_mask = torch.cat(
+        [prompt_mask.repeat_interleave(k, 0), prompt_mask.new_ones(completion_embeds.shape[:2])], dim=1
     )
+    completions = language_model(
+        inputs_embeds=completion_embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask)[:, prompt_mask.shape[1] :],
+        past_key_values=cache,
+        use_cache=True,
+        return_dict=True,
+        **kwargs,
+    )
+    logits = torch.cat([logits, completions.logits], dim=1)
+    if hidden_states is not None:
+        hidden_states = tuple(torch.cat(pair, dim=1) for pair in zip(hidden_states, completions.hidden_states))
+    return logits, hidden_states
+
+
+def prompt_cache(language_model: nn.Module, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, k: int = 1):
+    """The LM's KV cache of `(batch, P)` prompts, each repeated k times in a row (generation of k samples per prompt:
+    `generate()` continues from it with the prompts' last positions, so the prompt is read once, not k times)."""
+    cache = language_model(
+        inputs_embeds=prompt_embeds,
+        attention_mask=prompt_mask,
+        position_ids=position_ids_from_mask(prompt_mask),
+        use_cache=True,
+        logits_to_keep=1,
+        return_dict=True,
+    ).past_key_values
+    cache.batch_repeat_interleave(k)
+    return cache

@@ -27,7 +27,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
-from .causal_decoder import TIPPoCausalLMOutput, causal_forward, causal_prompt
+from .causal_decoder import TIPPoCausalLMOutput, causal_forward, causal_prompt, prompt_cache
 from .configuration_tippo import TIPPoConfig
 from .frozen_encoder import TIPPoFrozenEncoder
 
@@ -454,8 +454,8 @@ class TIPPoForConditionalGeneration(TIPPoPreTrainedModel, GenerationMixin):
         `completions_per_input` = k > 1 (RL: k completions of each prompt): the inputs hold each prompt once
         `(batch, ...)` and `decoder_input_ids` / `labels` its k completions in a row `(batch·k, T)`. Everything up to the
         decoder (φ, adapters, DAA, DO, fusion, and T5's encoder) runs once per prompt; its output is repeated k times
-        (gradients from the k completions add up in the shared part). A causal decoder's prefix is repeated before its
-        LM, which then reads it k times."""
+        (gradients from the k completions add up in the shared part). A causal decoder's LM reads the prefix once too;
+        its KV cache, repeated k times, is what the completions attend to (`causal_decoder.prompt_once_forward`)."""
         prefix = self.encode_prefix(
             image_mask, pixel_values, title_input_ids, title_attention_mask, image_features, title_features
         )
@@ -468,16 +468,6 @@ class TIPPoForConditionalGeneration(TIPPoPreTrainedModel, GenerationMixin):
             prefix = TIPPoPrefix(
                 None, prefix.attention_mask.repeat_interleave(k, 0), prefix.image_signals, prefix.image_mask
             )
-        elif k > 1:
-            prefix = TIPPoPrefix(
-                prefix.inputs_embeds.repeat_interleave(k, 0),
-                prefix.attention_mask.repeat_interleave(k, 0),
-                prefix.image_signals,
-                prefix.image_mask,
-            )
-            if prompt_input_ids is not None:
-                prompt_input_ids = prompt_input_ids.repeat_interleave(k, 0)
-                prompt_attention_mask = prompt_attention_mask.repeat_interleave(k, 0)
         if self.config.is_encoder_decoder:
             outputs = self.language_model(
                 inputs_embeds=prefix.inputs_embeds,
@@ -508,6 +498,7 @@ class TIPPoForConditionalGeneration(TIPPoPreTrainedModel, GenerationMixin):
                 labels,
                 decoder_input_ids,
                 pad_token_id=self.config.pad_token_id,
+                completions_per_input=k,
                 **kwargs,
             )
             output.image_signals, output.image_mask = prefix.image_signals, prefix.image_mask
@@ -570,6 +561,23 @@ class TIPPoForConditionalGeneration(TIPPoPreTrainedModel, GenerationMixin):
                 prompt_input_ids,
                 prompt_attention_mask,
             )
+            k = generation_config.num_return_sequences or 1
+            if (
+                k > 1
+                and (generation_config.num_beams or 1) == 1  # unset (None) in the config: generate's default
+                and generation_config.use_cache is not False
+                and "past_key_values" not in model_kwargs
+                and inputs_embeds.shape[1] > 1
+            ):
+                # k samples of a prompt: its KV cache is computed once and repeated (`generate` would read it k times).
+                model_kwargs["past_key_values"] = prompt_cache(
+                    self.language_model, inputs_embeds[:, :-1], attention_mask[:, :-1], k
+                )
+                inputs_embeds, attention_mask = (
+                    inputs_embeds.repeat_interleave(k, 0),
+                    attention_mask.repeat_interleave(k, 0),
+                )
+                generation_config.num_return_sequences = 1
         return self.language_model.generate(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
