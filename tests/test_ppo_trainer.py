@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from peft import get_peft_model_state_dict
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel, load_artmuse
@@ -983,6 +984,41 @@ def test_the_best_checkpoint_of_a_run_with_a_value_head_loads_into_policy_and_va
     trainer._load_best_model()  # what load_best_model_at_end calls at the end of training
     for name, tensor in best.state_dict().items():
         torch.testing.assert_close(trainer.model.state_dict()[name], tensor, msg=name)
+
+
+def test_a_lora_policy_with_a_value_head_resumes_exactly_and_its_best_checkpoint_loads_adapter_and_value_head(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir
+):
+    """A checkpoint of a PEFT policy with a value head holds the adapter and `value_head.safetensors`, no full weights:
+    resuming it and loading it as the best checkpoint load both parts."""
+    model = apply_lora(
+        copy.deepcopy(tiny_model_varied_outputs), TIPPoModelConfig(use_peft=True, lora_r=4, lora_alpha=8)
+    )
+    settings = dict(use_value_head=True, max_steps=4, save_strategy="steps", save_steps=2)
+    processor = tiny_model_and_processor[1]
+    straight = make_trainer(tmp_path, model, processor, demo_dataset_dir, **settings)
+    straight.train()
+    checkpoint = tmp_path / "out/checkpoint-2"
+    names = {path.name for path in checkpoint.iterdir()}
+    assert {"adapter_model.safetensors", "value_head.safetensors"} <= names and "model.safetensors" not in names
+
+    resumed = make_trainer(tmp_path, model, processor, demo_dataset_dir, **settings)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.iteration == 2 and resumed._step == 4
+    for name, tensor in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], tensor, msg=name)
+
+    fresh = make_trainer(tmp_path, model, processor, demo_dataset_dir, **settings)  # value head 0, LoRA's B 0
+    fresh.state.best_model_checkpoint = str(checkpoint)
+    fresh._load_best_model()  # what load_best_model_at_end calls at the end of training
+    for part, loaded in (
+        ("adapter_model.safetensors", get_peft_model_state_dict(fresh.model.policy)),
+        ("value_head.safetensors", fresh.model.value_head.state_dict()),
+    ):
+        saved = safetensors.torch.load_file(checkpoint / part)
+        assert saved.keys() == loaded.keys() and any(tensor.abs().sum() > 0 for tensor in saved.values()), part
+        for name, tensor in saved.items():
+            torch.testing.assert_close(loaded[name], tensor, msg=name)
 
 
 def test_the_progress_bar_counts_iterations(

@@ -952,7 +952,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         self.load_ppo_state(read_ppo_state(checkpoint))
         self._rollout_batch = self._minibatches = None
 
-    # Private: save_model hands the gathered (DeepSpeed, FSDP) weights to _save alone, to write the wrapper's parts.
+    # Private: save_model passes gathered (DeepSpeed) weights to _save alone, which saves a nn.Module as one file.
     def _save(self, output_dir: str | None = None, state_dict=None):
         """With a value head, what the Trainer saves of a model, through the wrapper's own `save_pretrained` (the policy
         as a loadable TIPPo model or PEFT adapter, and `value_head.safetensors`), then the processor and the training
@@ -967,13 +967,13 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         self.processor.save_pretrained(output_dir)
         torch.save(redacted(self.args), os.path.join(output_dir, TRAINING_ARGS_NAME))
 
-    # Private: load_best_model_at_end has no public hook, and the Trainer's would load the policy into the wrapper.
+    # Private: no public hook loads the best model, and the Trainer's reads no value head (nor an adapter here).
     def _load_best_model(self):
         if not isinstance(self.model, PolicyAndValueModel) or self.is_deepspeed_enabled:  # DeepSpeed: the engine's own
             return super()._load_best_model()
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
-    # Private: resumed weights load only here (no public hook), and the Trainer's reads no policy + value head wrapper.
+    # Private: no public hook loads resumed weights, and the Trainer's reads no value head (nor an adapter here).
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
         if not isinstance(self.model, PolicyAndValueModel):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -290,10 +290,12 @@ class TIPPoSavingMixin:
     """
 
     _stage = "training"
-    # Whether each checkpoint first brings output_dir's model card up to date (TRL's trainers, SFT's base among them, do
-    # it in their own _save_checkpoint; transformers' Trainer, PPO's base, does not).
-    updates_card_with_checkpoints = False
+    # Whether each checkpoint first brings output_dir's model card up to date, as TRL's trainers do (SFT's base does it in
+    # its own _save_checkpoint, where create_model_card does nothing: see `_trainer_writing_under`).
+    updates_card_with_checkpoints = True
     _checkpoint_staging_root: Path | None = None
+    # While the Trainer is pointed at a checkpoint's staging folder: the copy of args naming it, and the run's own.
+    _staging_args = _run_args = None
 
     def _policy(self, model: nn.Module) -> nn.Module:
         return model
@@ -349,13 +351,6 @@ class TIPPoSavingMixin:
 
     # -- saving ---------------------------------------------------------------------------------------------------
 
-    # Private: the Trainer writes a checkpoint's files under this folder, and no public hook redirects them.
-    def _get_output_dir(self, trial):
-        # While a checkpoint is saved, the Trainer writes `<this>/checkpoint-N`: the staging folder.
-        if self._checkpoint_staging_root is not None:
-            return str(self._checkpoint_staging_root)
-        return super()._get_output_dir(trial)
-
     # Private: no public hook wraps a checkpoint's whole save (on_save comes after it), to stage and publish it.
     def _save_checkpoint(self, model, trial):
         if self.updates_card_with_checkpoints:
@@ -368,27 +363,43 @@ class TIPPoSavingMixin:
         self.accelerator.wait_for_everyone()
         previous = get_last_checkpoint(run_dir) if run_dir.is_dir() else None  # about the size this one will be
         with reporting_disk_full(final, root, folder_size(previous) if previous else None):
-            self._checkpoint_staging_root = root
-            try:
+            with self._trainer_writing_under(root):
+                # What the Trainer writes: root/checkpoint-N (root/run-<trial>/checkpoint-N in a hyperparameter search).
+                staged = Path(self._get_output_dir(trial=trial)) / final.name
                 super()._save_checkpoint(model, trial)
-            finally:
-                self._checkpoint_staging_root = None
             self.accelerator.wait_for_everyone()  # every rank has written its part (RNG states, DeepSpeed shards)
             if not self.args.should_save:
                 return
-            staged = root / final.name
-            if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint).parent == root:
+            if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint).parent == staged.parent:
                 self.state.best_model_checkpoint = str(final)
                 self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
             self._save_checkpoint_extras(staged)
         publish_folder(staged, final)
-        root.rmdir()
+        for folder in dict.fromkeys((staged.parent, root)):
+            folder.rmdir()
         rotate_checkpoints(
             output_dir=str(run_dir),
             save_total_limit=self.args.save_total_limit,
             best_model_checkpoint=self.state.best_model_checkpoint,
             use_mtime=False,
         )
+
+    @contextlib.contextmanager
+    def _trainer_writing_under(self, root: Path):
+        """The Trainer's `_save_checkpoint` writes `<args.output_dir>/checkpoint-N`, and reads output_dir for that alone
+        before `save_model`, the first thing it writes: until then `self.args` is a copy naming the staging folder
+        `root`; `save_model` puts the run's own arguments back (which the rest of the save, training_args.bin among it,
+        sees)."""
+        self._run_args = self.args
+        self._staging_args = copy.copy(self._run_args)
+        self._staging_args.output_dir = str(root)
+        self.args = self._staging_args
+        self._checkpoint_staging_root = root
+        try:
+            yield
+        finally:
+            self.args = self._run_args
+            self._checkpoint_staging_root = self._staging_args = self._run_args = None
 
     def _save_checkpoint_extras(self, folder: Path) -> None:
         """Write a trainer's own state into a checkpoint folder before it is published (main process only)."""
@@ -407,6 +418,8 @@ class TIPPoSavingMixin:
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         output_dir = output_dir or self.args.output_dir
         if self._checkpoint_staging_root is not None:  # a checkpoint: already inside its staging folder
+            if self.args is self._staging_args:  # the Trainer has its checkpoint's folder: the run's arguments again
+                self.args = self._run_args
             with self._arguments_without_tokens():
                 return super().save_model(output_dir, _internal_call)
         staging = staging_folder(Path(output_dir) / "save")
@@ -472,8 +485,8 @@ class TIPPoSavingMixin:
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
         """Write a TIPPo model card (README.md) to `output_dir`: start, base models, datasets, tags, a quick start,
         the arguments that differ from their defaults, final metrics."""
-        if not self.is_world_process_zero():
-            return
+        if not self.is_world_process_zero() or self.args is self._staging_args:
+            return  # the second: TRL's _save_checkpoint (SFT's base); TIPPo's _save_checkpoint wrote the card before
         model_name = model_name or Path(self.args.output_dir).name
         tags = [tags] if isinstance(tags, str) else list(tags or ())
         arguments = {**self.card_arguments}
