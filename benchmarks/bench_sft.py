@@ -18,6 +18,11 @@ memory above the loaded model, and the per-round ratios TIPPo / plain and pixels
     python benchmarks/bench_sft.py --size base --batch_size 2 --steps 3 --rounds 3 --threads 1 --output benchmarks/results/sft_base_cpu.json
     python benchmarks/bench_sft.py --size base --batch_size 8 --output benchmarks/results/sft_base_gpu.json   # GPU, bf16
 
+`trl/cache` and `trl/pixels`: TRL's own `SFTTrainer` on a copy of the same TIPPo model (φ shared), its loss the model's
+own L_NTP + α·L_C: what TIPPo's trainer costs over TRL's on the same model and batches (its λ1 schedule, metrics and
+checks), with the model's work equal on both sides. `tippo/cache trl/cache tippo/pixels trl/pixels` gives the ratios
+`tippo_over_trl_*` that `make bench` reports as `sft_over_trl_*`; the plain ratios compare with a cheaper model.
+
 `tippo_bf16/cache` (or `/pixels`) is a third trainer on a copy of the TIPPo model whose only difference is `bf16: true`
 (bf16 autocast, also on a CPU); `--variants tippo/cache tippo_bf16/cache` alternates it with fp32 for the ratio bf16 / fp32.
 """
@@ -117,9 +122,9 @@ class LinearPrefixT5(TIPPoPreTrainedModel):
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=mask, labels=labels, return_dict=True)
 
 
-class LinearPrefixSFTTrainer(SFTTrainer):
+class ModelLossSFTTrainer(SFTTrainer):
     """TRL's `SFTTrainer`; only `compute_loss` is replaced, since TRL's builds a fused causal-LM head that a seq2seq
-    model lacks: the loss is the model's own next-token loss."""
+    model lacks: the loss is the model's own (`LinearPrefixT5`: L_NTP; TIPPo: L_NTP + α·L_C)."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**{key: value for key, value in inputs.items() if key not in RAW_COLUMNS})
@@ -289,7 +294,7 @@ def run(args, info: dict, workdir: Path) -> dict:
         processor=processor,
         train_dataset=dataset,
     )
-    plain_trainer = LinearPrefixSFTTrainer(
+    plain_trainer = ModelLossSFTTrainer(
         model=plain,
         args=training_args(SFTConfig, str(workdir / "plain"), args),
         train_dataset=dataset,
@@ -306,6 +311,14 @@ def run(args, info: dict, workdir: Path) -> dict:
     cache_load_s = time.perf_counter() - start
 
     trainers = {"tippo": tippo_trainer, "plain": plain_trainer}
+    if any(variant.startswith("trl/") for variant in args.variants):
+        trainers["trl"] = ModelLossSFTTrainer(
+            model=copy.deepcopy(model, memo={id(model.encoder): model.encoder}),  # own copy, φ shared (see bf16 below)
+            args=training_args(SFTConfig, str(workdir / "trl"), args),
+            train_dataset=dataset,
+            data_collator=TIPPoDataCollator(processor),
+            processing_class=processor,
+        )
     if any(variant.startswith("tippo_bf16/") for variant in args.variants):
         # Its own copy of the model (φ shared): accelerate wraps a prepared model's forward in bf16 autocast, and on a
         # model shared with the fp32 trainer that wrapper would make both variants bf16.
@@ -358,7 +371,8 @@ def run(args, info: dict, workdir: Path) -> dict:
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         step_s = median(steps[variant])
         shape_list = batch_shapes[variant]
-        flops = median(step_flops(kind.removesuffix("_bf16"), unwrapped, shape) for shape in shape_list)
+        model_kind = "plain" if kind == "plain" else "tippo"
+        flops = median(step_flops(model_kind, unwrapped, shape) for shape in shape_list)
         tokens = median(shape["target_tokens"] for shape in shape_list)
         # Steady-state memory: the rounds after the first (the first call of each trainer also allocates Adam's state).
         transient = max(memory[variant][1:] or memory[variant])
@@ -396,6 +410,8 @@ def run(args, info: dict, workdir: Path) -> dict:
         )
 
     ratios = {
+        "tippo_over_trl_cache": ratio("tippo/cache", "trl/cache"),
+        "tippo_over_trl_pixels": ratio("tippo/pixels", "trl/pixels"),
         "tippo_over_plain_cache": ratio("tippo/cache", "plain/cache"),
         "tippo_over_plain_pixels": ratio("tippo/pixels", "plain/pixels"),
         "cache_speedup_tippo": ratio("tippo/pixels", "tippo/cache"),
@@ -445,6 +461,8 @@ def run(args, info: dict, workdir: Path) -> dict:
     ratio_table = print_table(
         ["ratio (median of per-round ratios)", "wall time", "CPU time", "target"],
         [
+            ["TIPPo / TRL's SFTTrainer, same model, cached features", *cells("tippo_over_trl_cache", ".3f"), "≤ 1.05"],
+            ["TIPPo / TRL's SFTTrainer, same model, pixels", *cells("tippo_over_trl_pixels", ".3f"), "≤ 1.05"],
             ["TIPPo / plain TRL step time, cached features", *cells("tippo_over_plain_cache", ".3f"), "≤ 1.15"],
             ["TIPPo / plain TRL step time, pixels", *cells("tippo_over_plain_pixels", ".3f"), "≤ 1.15"],
             [

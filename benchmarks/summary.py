@@ -54,7 +54,8 @@ def main() -> dict:
     RESULTS.mkdir(exist_ok=True)
     quick = RESULTS / "quick"
     quick.mkdir(exist_ok=True)
-    sft = run("bench_sft.py", "--size", "tiny", "--steps", "4", "--rounds", "2", output=quick / "sft_tiny.json")
+    sft = run("bench_sft.py", "--size", "tiny", "--steps", "4", "--rounds", "2",
+              "--variants", "tippo/cache", "trl/cache", "tippo/pixels", "trl/pixels", output=quick / "sft_tiny.json")  # fmt: skip
     groups = run("bench_prompt_groups.py", "--size", "tiny", "--rounds", "2", output=quick / "prompt_groups.json")
     ppo = {
         k: run("bench_polishppo.py", "--decoder", "llama", "--num_generations", str(k), "--rounds", "2",
@@ -64,16 +65,17 @@ def main() -> dict:
     ratios = sft.get("ratios", {})
     summary = {
         "machine": machine_info(),
-        "sft_over_trl_cached": (ratios.get("tippo_over_plain_cache") or {}).get("cpu_median"),
-        "sft_over_trl_pixels": (ratios.get("tippo_over_plain_pixels") or {}).get("cpu_median"),
+        "sft_over_trl_cached": (ratios.get("tippo_over_trl_cache") or {}).get("cpu_median"),
+        "sft_over_trl_pixels": (ratios.get("tippo_over_trl_pixels") or {}).get("cpu_median"),
         "ppo_time_over_grpo_k1": ppo[1].get("ratios", {}).get("polishppo_over_grpo_cpu"),
         "ppo_time_over_grpo_k4": ppo[4].get("ratios", {}).get("polishppo_over_grpo_cpu"),
         "k4_over_k1": groups.get("medians", {}).get("k4_over_k1"),
         "demo_seconds_after_setup": None if "--skip_demo" in sys.argv else demo_seconds_after_setup(),
         "errors": {name: part["error"] for name, part in
                    {"sft": sft, "prompt_groups": groups, "ppo_k1": ppo[1], "ppo_k4": ppo[4]}.items() if "error" in part},
-        "notes": "sft_over_trl at the tiny size (quick); PPO against TRL's GRPO on the same Llama decoder, fixed-length "
-        "completions; ratios are per-round medians of CPU time, one torch thread",
+        "notes": "sft_over_trl: TIPPo's SFT trainer over TRL's SFTTrainer on the same TIPPo model, tiny size (quick); "
+        "PPO against TRL's GRPO on the same Llama decoder, fixed-length completions; ratios are per-round medians of CPU "
+        "time, one torch thread",
     }  # fmt: skip
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(json.dumps({key: value for key, value in summary.items() if key != "machine"}, indent=2, default=str))

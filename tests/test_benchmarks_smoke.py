@@ -28,7 +28,7 @@ def load_benchmark(name: str):
     return module
 
 
-def test_bench_sft_runs_tippo_and_the_plain_trl_yardstick_with_and_without_the_cache(tmp_path):
+def test_bench_sft_runs_tippo_trl_on_the_same_model_and_the_plain_yardstick_with_and_without_the_cache(tmp_path):
     bench = load_benchmark("bench_sft")
     output = tmp_path / "sft.json"
     bench.main(
@@ -51,6 +51,7 @@ def test_bench_sft_runs_tippo_and_the_plain_trl_yardstick_with_and_without_the_c
             "tippo/pixels",
             "plain/pixels",
             "tippo_bf16/cache",
+            "trl/cache",
             "--output",
             str(output),
         ]
@@ -62,7 +63,13 @@ def test_bench_sft_runs_tippo_and_the_plain_trl_yardstick_with_and_without_the_c
         "tippo/pixels",
         "plain/pixels",
         "tippo_bf16/cache",
+        "trl/cache",
     }
+    assert math.isfinite(payload["ratios"]["tippo_over_trl_cache"]["median"])  # TRL's SFTTrainer on the same model
+    assert (
+        payload["results"]["trl/cache"]["model_flops_per_step"]
+        == payload["results"]["tippo/cache"]["model_flops_per_step"]
+    )
     assert math.isfinite(payload["ratios"]["bf16_over_fp32_cache"]["median"])  # bf16 autocast, on the same model
     assert (
         payload["results"]["tippo_bf16/cache"]["model_flops_per_step"]
