@@ -1,7 +1,7 @@
 """PPO for TIPPo on `transformers.Trainer`, laid out like TRL's `GRPOTrainer`.
 
-The Trainer's dataloader yields a *rollout batch* (`per_device_train_batch_size · steps_per_generation` samples per
-process, each repeated for every minibatch it will feed); `_prepare_inputs` turns it into rollouts once per PPO
+The Trainer's dataloader yields a *rollout batch* (`per_device_train_batch_size · steps_per_generation` rows per
+process, repeated for every minibatch it will feed); `_prepare_inputs` collates it and turns it into rollouts once per PPO
 iteration and hands out one minibatch per forward/backward pass; `compute_loss` is PPO's loss. Optimizer,
 schedule, gradient accumulation and clipping, logging, checkpoints, DDP/DeepSpeed and PEFT are the Trainer's.
 
@@ -380,7 +380,8 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
                     "sampled again (checkpoint on iteration boundaries to avoid this)",
                     self.iteration,
                 )
-            self._rollout_batch = self.make_rollout_batch(super()._prepare_inputs(generation_batch))
+            batch = self.data_collator(generation_batch)  # the loader's rows, collated once per iteration
+            self._rollout_batch = self.make_rollout_batch(super()._prepare_inputs(batch))
         if self._step % steps == 0 or self._minibatches is None:
             # A new pass over the rollout batch: reshuffle it into minibatches. The first pass takes the order the
             # old log-probabilities were computed in, so its first minibatch sees bit-identical inputs: ratio 1.
@@ -719,14 +720,20 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
     # -- rollout batches: the data loader of whole prompt groups ---------------------------------------------------------
 
     def get_train_dataloader(self):
-        # One dataloader batch is a rollout batch, repeated once per minibatch it feeds (see rollout_sampler).
-        return self._get_dataloader(
-            dataset=self.train_dataset,
-            description="Training",
-            batch_size=self._train_batch_size * self.args.steps_per_generation,
-            sampler_fn=self.rollout_sampler,
-            is_training=True,
-        )
+        # One dataloader batch is a rollout batch, repeated once per minibatch it feeds (see rollout_sampler). It
+        # yields the rows as they are: `_prepare_inputs` collates them at the start of an iteration only, not again
+        # for each of the iteration's other minibatches, which do not read them.
+        collator, self.data_collator = self.data_collator, list
+        try:
+            return self._get_dataloader(
+                dataset=self.train_dataset,
+                description="Training",
+                batch_size=self._train_batch_size * self.args.steps_per_generation,
+                sampler_fn=self.rollout_sampler,
+                is_training=True,
+            )
+        finally:
+            self.data_collator = collator
 
     def rollout_sampler(self, dataset: Dataset | None = None) -> EpochSeededRepeatSampler:
         """The order of the training rows: rollout batches of `generation_batch_size / k` prompts, each k times in a row.
