@@ -96,7 +96,7 @@ def test_the_trainer_s_rollout_log_probs_are_the_same_either_way(
 
     once, per_row = trainer(True), trainer(False)
     assert (once.prompt_group, per_row.prompt_group) == (K, 1)
-    rollouts = once.generate_rollouts(once.data_collator(next(iter(once.get_train_dataloader()))))
+    rollouts = once.generate_rollouts(once.data_collator(next(iter(once.get_train_dataloader())).rows))
     assert len(rollouts["completion_ids"]) == 12 and all(
         len(set(map(str, group))) >= 1 for group in rollouts["completion_ids"].view(4, K, -1)
     )

@@ -190,7 +190,7 @@ def test_truncated_completions_are_scored_but_left_out_of_the_loss(tmp_path, sav
         load_artmuse(demo_dataset_dir / "train.jsonl"),
         reward_funcs=[lambda completions, **kwargs: rewards.extend(completions) or [1.0] * len(completions)],
     )  # fmt: skip
-    loss_batch = trainer.make_rollout_batch(trainer.data_collator(next(iter(trainer.get_train_dataloader()))))
+    loss_batch = trainer.make_rollout_batch(trainer.data_collator(next(iter(trainer.get_train_dataloader())).rows))
     ended = (loss_batch["completion_ids"] == trainer.eos_token_id).any(1)
     assert len(rewards) == 8  # every completion is scored, truncated or not
     assert (~ended).any(), "no truncated completion at max_new_tokens 6: the test sees nothing"

@@ -107,6 +107,21 @@ class PPODataCollator:
         return {**batch, "columns": columns}
 
 
+class RolloutRows:
+    """A rollout batch's dataset rows as the train dataloader yields them, uncollated: `_prepare_inputs` collates them
+    once per iteration. Not a list, so accelerate's `send_to_device` passes it through without visiting every row's
+    tensors; `in` asks whether the rows have a column (the Trainer asks for `labels`)."""
+
+    def __init__(self, rows: Sequence[dict]):
+        self.rows = list(rows)
+
+    def __contains__(self, column: str) -> bool:
+        return bool(self.rows) and column in self.rows[0]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 def _image_or_path(image: Any) -> Any:
     if isinstance(image, dict) and image.get("path"):  # an undecoded datasets.Image
         return image["path"]
@@ -380,7 +395,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
                     "sampled again (checkpoint on iteration boundaries to avoid this)",
                     self.iteration,
                 )
-            batch = self.data_collator(generation_batch)  # the loader's rows, collated once per iteration
+            batch = self.data_collator(generation_batch.rows)  # the loader's rows, collated once per iteration
             self._rollout_batch = self.make_rollout_batch(super()._prepare_inputs(batch))
         if self._step % steps == 0 or self._minibatches is None:
             # A new pass over the rollout batch: reshuffle it into minibatches. The first pass takes the order the
@@ -723,7 +738,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         # One dataloader batch is a rollout batch, repeated once per minibatch it feeds (see rollout_sampler). It
         # yields the rows as they are: `_prepare_inputs` collates them at the start of an iteration only, not again
         # for each of the iteration's other minibatches, which do not read them.
-        collator, self.data_collator = self.data_collator, list
+        collator, self.data_collator = self.data_collator, RolloutRows
         try:
             return self._get_dataloader(
                 dataset=self.train_dataset,
