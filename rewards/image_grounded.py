@@ -7,7 +7,7 @@ model's frozen multi-modal encoder φ (Chinese-CLIP).
 same vectors TIPPo's adapters read), and the mean over the sample's images is the prototype in φ's space. R lies in
 [-1, 1]; it does not need a reference text, so it rewards grounding in the images rather than copying the reference.
 With the paper's pretrained Chinese-CLIP it is a CLIPScore-like signal. (The demo's tiny φ is pretrained on demo
-pairs of one image and its object's phrase, not on whole scene descriptions: there the signal is weak.)
+images against object phrases, placed objects and titles, not whole descriptions; there it is a rough signal.)
 
 Use it in a PolishPPO config (it is added to G_m with its weight):
 
