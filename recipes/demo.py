@@ -16,11 +16,14 @@ machine: `tippo_rl.rewards.static_embedder`). The PolishPPO stage then loads it;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
+import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -99,6 +102,21 @@ def finish_semantic_reward(started: tuple[subprocess.Popen, Path] | None) -> Non
     log.unlink(missing_ok=True)
 
 
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextlib.contextmanager
+def timed(stage: str, times: list[str]):
+    """Append `stage`'s wall-clock and CPU seconds (this process) to `times`."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    try:
+        yield
+    finally:
+        times.append(f"{stage} {time.perf_counter() - wall:.1f} s (CPU {cpu_seconds() - cpu:.1f} s)")
+
+
 def run_training_stage(recipe: str, parser, config: str) -> None:
     """recipes/<recipe>.py's `main` with `config`, as its `__main__` runs it."""
     from tippo_rl.output_dir_lock import output_dir_lock
@@ -109,8 +127,28 @@ def run_training_stage(recipe: str, parser, config: str) -> None:
             load_recipe(recipe).main(script_args, training_args, model_args)
 
 
-def run_evaluation(config: str) -> None:
-    """recipes/evaluate.py's `main` with `config`, as its `__main__` runs it."""
+def start_meteor(evaluate_config: str):
+    """A `MeteorScorer` for the evaluation stage, started now: its JVM spends ~10 s of CPU loading METEOR's paraphrase
+    table, on the core that PolishPPO leaves free, instead of being waited for after PolishPPO. None where the
+    evaluation has no METEOR, or Java is missing or fails (the evaluation stage then says so itself)."""
+    import shutil
+
+    import yaml
+
+    from tippo_rl.evaluation import ExternalToolError, MeteorScorer
+    from tippo_rl.evaluation.metrics import DEFAULT_METRICS, normalize_metric_names
+
+    config = yaml.safe_load(Path(evaluate_config).read_text(encoding="utf-8")) or {}
+    if "meteor" not in normalize_metric_names(config.get("metrics", DEFAULT_METRICS)) or not shutil.which("java"):
+        return None
+    try:
+        return MeteorScorer(low_priority=True)  # its load takes every core for a while: only what PolishPPO leaves
+    except ExternalToolError:
+        return None
+
+
+def run_evaluation(config: str, meteor_scorer=None) -> None:
+    """recipes/evaluate.py's `main` with `config`, as its `__main__` runs it (with `meteor_scorer`, started before)."""
     from tippo_rl.evaluation import EvaluateArguments, EvaluationArguments
     from tippo_rl.output_dir_lock import output_dir_lock
     from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
@@ -120,7 +158,7 @@ def run_evaluation(config: str) -> None:
         script_args, evaluate_args, eval_args = parser.parse_args_and_config(["--config", config])
         try:
             with output_dir_lock(evaluate_args.output_dir):
-                load_recipe("evaluate").main(script_args, evaluate_args, eval_args)
+                load_recipe("evaluate").main(script_args, evaluate_args, eval_args, meteor_scorer=meteor_scorer)
         except ValueError as error:  # a missing model or split, a bad option value: one line, exit status 2
             parser.exit(2, f"{parser.prog}: error: {error}\n")
 
@@ -132,21 +170,33 @@ def main() -> None:
     parser.add_argument("--evaluate_config", default=str(CONFIGS / "demo_evaluate.yaml"))
     parser.add_argument("--build_semantic_reward", metavar="POLISHPPO_CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.build_semantic_reward:  # the second process
+    if args.build_semantic_reward:  # the second process (one thread, beside SFT's one)
         build_semantic_reward(args.build_semantic_reward)
         return
 
+    start, times = time.perf_counter(), []
     semantic_reward = start_semantic_reward(args.polishppo_config)  # first: it runs while this process imports
+    meteor = None
     try:
-        run_training_stage("sft", sft_parser(), args.sft_config)
-        finish_semantic_reward(semantic_reward)
-        semantic_reward = None
-        run_training_stage("polishppo", polishppo_parser(), args.polishppo_config)
-        run_evaluation(args.evaluate_config)
+        with timed("SFT", times):
+            run_training_stage("sft", sft_parser(), args.sft_config)
+        with timed("waiting for the semantic reward", times):
+            finish_semantic_reward(semantic_reward)
+            semantic_reward = None
+        with timed("PolishPPO", times):
+            meteor = start_meteor(args.evaluate_config)
+            run_training_stage("polishppo", polishppo_parser(), args.polishppo_config)
+        with timed("evaluation", times):
+            run_evaluation(args.evaluate_config, meteor)
     finally:
         if semantic_reward is not None:  # SFT stopped early: so does the second process
             semantic_reward[0].terminate()
             semantic_reward[0].wait()
+        if meteor is not None:
+            meteor.close()
+    others = cpu_seconds(resource.RUSAGE_CHILDREN)  # the semantic reward's process, Java (PTB tokenizer, METEOR)
+    total = f"{time.perf_counter() - start:.1f} s (CPU {cpu_seconds():.1f} s, other processes {others:.1f} s)"
+    print(f"\ndemo: {total}; {', '.join(times)}")
 
 
 if __name__ == "__main__":
