@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.util
 import os
 import resource
@@ -179,7 +180,11 @@ def main() -> None:
     meteor = None
     try:
         with timed("SFT", times):
-            run_training_stage("sft", sft_parser(), args.sft_config)
+            parser = (
+                sft_parser()
+            )  # imports torch, transformers, TRL, datasets: objects that live as long as the process
+            gc.freeze()  # so the garbage collector no longer walks them (~0.5 s of the SFT stage's collections)
+            run_training_stage("sft", parser, args.sft_config)
         with timed("waiting for the semantic reward", times):
             finish_semantic_reward(semantic_reward)
             semantic_reward = None
