@@ -21,8 +21,11 @@ $(STAMP): setup.cfg constraints.txt
 
 setup: $(STAMP)
 
-## The main job on the embedded default: SFT → PolishPPO → evaluation (a before/after table).
-demo: demo-sft demo-polishppo demo-eval
+## The main job on the embedded default: SFT → PolishPPO → evaluation (a before/after table). recipes/demo.py runs the
+## three stages below in one process (the same results, one start-up), and builds the PolishPPO stage's semantic
+## reward on the second core while SFT trains.
+demo: setup
+	$(PYTHON) recipes/demo.py
 
 demo-sft: setup
 	$(LAUNCH) --config_file accelerate_configs/cpu.yaml --num_cpu_threads_per_process 1 recipes/sft.py --config recipes/configs/demo_sft.yaml

@@ -10,7 +10,7 @@ the table. Everything a run may change is in the YAML config or on the command l
 
 from pathlib import Path
 
-from tippo_rl.evaluation import EvaluateArguments, EvaluationArguments, evaluate_models
+from tippo_rl.evaluation import EvaluateArguments, EvaluationArguments, MeteorScorer, evaluate_models
 from tippo_rl.output_dir_lock import output_dir_lock
 from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 
@@ -19,8 +19,14 @@ from tippo_rl.script_arguments import TIPPoParser, TIPPoScriptArguments
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main(script_args: TIPPoScriptArguments, evaluate_args: EvaluateArguments, eval_args: EvaluationArguments) -> str:
-    return evaluate_models(script_args, evaluate_args, eval_args, repo=REPO)
+def main(
+    script_args: TIPPoScriptArguments,
+    evaluate_args: EvaluateArguments,
+    eval_args: EvaluationArguments,
+    meteor_scorer: MeteorScorer | None = None,
+) -> str:
+    """Evaluate and report (`evaluate_models`); `meteor_scorer`: a METEOR JVM started beforehand (recipes/demo.py)."""
+    return evaluate_models(script_args, evaluate_args, eval_args, repo=REPO, meteor_scorer=meteor_scorer)
 
 
 if __name__ == "__main__":

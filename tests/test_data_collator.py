@@ -86,3 +86,22 @@ def test_a_python_dataset_whose_target_is_named_text_is_refused_not_trained_on_e
         DataValidationError, match=r"sample 's1' has no column 'reference'.*its columns: id, title, images, text"
     ):
         TIPPoDataCollator(tiny_model_and_processor[1])(rows)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_labels_of_references_tokenised_once_are_the_processor_s(
+    tiny_model_and_processor, demo_dataset_dir, padding_side
+):
+    import copy
+
+    processor = copy.deepcopy(tiny_model_and_processor[1])
+    processor.tokenizer.padding_side = padding_side
+    references = load_artmuse(demo_dataset_dir / "train.jsonl")["reference"]
+    references = [references[0] * 6, *references[1:]]  # the first one longer than max_target_length: cut
+    collator = TIPPoDataCollator(processor)
+    for start in (0, 2, 0, 1):  # batches that repeat references
+        batch = references[start : start + 5]
+        assert torch.equal(collator.labels(batch), processor.tokenize_references(batch))
+    assert len(collator._reference_ids) == len(set(references[:7]))  # each distinct one once
+    processor.max_target_length = 8  # another length: the ids are tokenised again
+    assert torch.equal(collator.labels(references[:3]), processor.tokenize_references(references[:3]))

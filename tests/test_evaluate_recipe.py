@@ -70,6 +70,28 @@ def test_two_models_give_predictions_metrics_report_and_printed_table(
     assert rows[0]["references"] == dataset[0]["references"] and set(rows[0]["scores"]) >= {"BLEU-4", "CIDEr"}
 
 
+def test_a_meteor_scorer_started_beforehand_scores_every_model_and_is_left_open(
+    tmp_path, demo_dataset_dir, saved_model
+):
+    class StartedMeteor:  # stands in for a MeteorScorer whose JVM recipes/demo.py started earlier
+        calls, closed = 0, False
+
+        def compute_score(self, gts, res):
+            self.calls += 1
+            return 0.5, [0.5] * len(res)
+
+        def close(self):
+            self.closed = True
+
+    meteor = StartedMeteor()
+    models = EvaluateArguments(models=["untrained=tiny", f"trained={saved_model}"], output_dir=str(tmp_path / "out"))
+    settings = fast_metrics(max_new_tokens=4, metrics=["bleu", "meteor"])
+    evaluate.main(demo_split(demo_dataset_dir), models, settings, meteor_scorer=meteor)
+    metrics = json.loads((tmp_path / "out/metrics.json").read_text())["models"]
+    assert meteor.calls == 2 and not meteor.closed
+    assert metrics["untrained"]["METEOR"] == metrics["trained"]["METEOR"] == 0.5
+
+
 def test_models_trained_by_the_recipes_get_their_training_curves_plotted(tmp_path, demo_dataset_dir, saved_model):
     """A model folder with the recipes' `trainer_state.json` gets its losses and rewards drawn beside the table."""
     import shutil

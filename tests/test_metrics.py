@@ -232,6 +232,17 @@ def test_meteor_and_none_mode_equal_pycocoevalcap():
     assert meteor._meteor.meteor_p is None and proc.poll() is not None
 
 
+@needs_java
+def test_a_low_priority_meteor_runs_the_same_jar_behind_nice_and_scores_the_same():
+    gts = {k: list(v) for k, v in ZH_REFS.items()}
+    res = {k: [v] for k, v in ZH_PREDS.items()}
+    with MeteorScorer() as plain, MeteorScorer(low_priority=True) as low:
+        command = low._meteor.meteor_cmd
+        if shutil.which("nice"):
+            assert command[1:3] == ["-n", "19"] and command[3:] == plain._meteor.meteor_cmd
+        assert low.compute_score(gts, res) == plain.compute_score(gts, res)
+
+
 def test_compute_metrics_closes_the_meteor_it_starts(monkeypatch):
     events = []
 

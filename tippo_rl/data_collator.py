@@ -25,10 +25,15 @@ class TIPPoDataCollator:
     `titles` and `ids` (lists, not tensors) for trainers that score generations.
     """
 
+    # Distinct references whose token ids `labels` keeps (a training run collates each reference once per epoch).
+    MAX_CACHED_REFERENCES = 200_000
+
     def __init__(self, processor: TIPPoProcessor, with_labels: bool = True):
         self.processor = processor
         self.with_labels = with_labels
         self._truncated_ids: set[str] = set()  # samples whose reference was cut, already reported
+        self._reference_ids: dict[str, list[int]] = {}  # reference → its token ids, for the tokenizer of _ids_of
+        self._ids_of: tuple | None = None
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, Any]:
         if self.with_labels:
@@ -50,12 +55,40 @@ class TIPPoDataCollator:
         if self.processor.causal_lm:  # the decoder's prompt tokens: never cached (φ does not read them)
             batch.update(self.processor.tokenize_prompts([row["title"] for row in rows]))
         if self.with_labels:
-            batch["labels"] = self.processor.tokenize_references(references)
+            batch["labels"] = self.labels(references)
             self.warn_about_cut_references(rows, batch["labels"])
         batch["references"] = references
         batch["titles"] = [row["title"] for row in rows]
         batch["ids"] = [row.get("id", "") for row in rows]
         return batch
+
+    def labels(self, references: Sequence[str]) -> torch.Tensor:
+        """`processor.tokenize_references(references)`, each distinct reference tokenised once (up to
+        `MAX_CACHED_REFERENCES` of them) and the batch padded here: the tokenizer's batch call cost ~0.8 ms a batch of
+        16, 1.5 s of a demo SFT run that collates every reference 14 times. An encoder-decoder's labels only (a causal
+        decoder's go to the processor)."""
+        processor, tokenizer = self.processor, self.processor.tokenizer
+        if processor.causal_lm:
+            return processor.tokenize_references(references)
+        settings = (id(tokenizer), processor.max_target_length)
+        if self._ids_of != settings:  # another tokenizer or length since the last batch
+            self._reference_ids, self._ids_of = {}, settings
+        rows = []
+        for text in references:
+            ids = self._reference_ids.get(text)
+            if ids is None:
+                ids = tokenizer(text, truncation=True, max_length=processor.max_target_length)["input_ids"]
+                if len(self._reference_ids) < self.MAX_CACHED_REFERENCES:
+                    self._reference_ids[text] = ids
+            rows.append(ids)
+        width = max(map(len, rows))
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)  # padding: ignored by the loss
+        for index, ids in enumerate(rows):
+            if tokenizer.padding_side == "left":
+                labels[index, width - len(ids) :] = torch.tensor(ids)
+            else:
+                labels[index, : len(ids)] = torch.tensor(ids)
+        return labels
 
     @staticmethod
     def check_references(rows: Sequence[dict]) -> None:

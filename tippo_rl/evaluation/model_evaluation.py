@@ -351,6 +351,7 @@ def evaluate_models(
     evaluate_args: EvaluateArguments,
     eval_args: EvaluationArguments,
     repo: str | Path | None = None,
+    meteor_scorer: MeteorScorer | None = None,
 ) -> str:
     """Evaluate every model of `evaluate_args.models` on one split of `script_args`' dataset; returns the markdown
     table (also printed).
@@ -358,6 +359,8 @@ def evaluate_models(
     Writes into `evaluate_args.output_dir`: `predictions/<model>.jsonl`, `metrics.json` (every corpus score and the
     settings), `report.md` (the table ×100, examples, and the training curves of models the recipes trained). `repo`:
     the project's checkout, where a missing model's error looks for the recipe config and `make` target that train it.
+    `meteor_scorer`: a `MeteorScorer` started beforehand (its JVM loads for several seconds), used and left open; None:
+    one is started here and closed at the end, when the metrics include METEOR.
     """
     dataset = evaluation_split(script_args, eval_args)
     lang = script_args.data_language(dataset["reference"])
@@ -366,7 +369,8 @@ def evaluate_models(
         check_model(name, path, repo)
     output_dir = Path(evaluate_args.output_dir)
     results, predictions, summaries, files, fields = [], {}, {}, [], []  # one entry per model, in order
-    meteor = MeteorScorer() if "meteor" in eval_args.metrics else None
+    own_meteor = meteor_scorer is None and "meteor" in eval_args.metrics
+    meteor = MeteorScorer() if own_meteor else meteor_scorer if "meteor" in eval_args.metrics else None
     try:
         for name, path in evaluate_args.models:
             # A fresh tiny preset on a user's data writes that data's words (an untrained baseline: the evaluated
@@ -390,7 +394,7 @@ def evaluate_models(
                 summaries[name]["scene_fields"] = scene_fields(dataset, predictions[name], lang)
                 fields.append(([name], [summaries[name]["scene_fields"]]))
     finally:
-        if meteor is not None:
+        if own_meteor:
             meteor.close()
 
     histories = {

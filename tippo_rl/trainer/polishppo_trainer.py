@@ -49,6 +49,17 @@ def semantic_embedder_for(args: PolishPPOConfig, lang: str) -> dict[str, str]:
     return {"model_name_or_path": args.semantic_model, "backend": args.semantic_backend}
 
 
+def semantic_reward_kwargs(args: PolishPPOConfig, lang: str) -> dict[str, Any]:
+    """`load_reward("semantic", **…)`'s arguments for data in `lang`: the embedder (`semantic_embedder_for`), its pooling
+    and dtype, then `reward_init_kwargs["semantic"]` over them."""
+    return {
+        **semantic_embedder_for(args, lang),
+        "pooling": args.semantic_pooling,
+        "dtype": args.semantic_dtype,
+        **(args.reward_init_kwargs or {}).get(SEMANTIC, {}),
+    }
+
+
 class PolishPPOTrainer(PPOTrainer):
     """PolishPPO: PPO on G_m (literal and semantic rewards, γ-scheduled over the run) with the running normalisation
     of Eq. 6 as the baseline — no critic. The KL penalty keeps the policy near the SFT model.
@@ -70,13 +81,7 @@ class PolishPPOTrainer(PPOTrainer):
         """`args.reward_funcs` with `literal` (Eq. 7, `literal_distance`) and `semantic` (Eq. 8, its embedder from
         `semantic_model` and the references' language) built here; extra plug-ins stay specs, which PPOTrainer builds
         with their `reward_init_kwargs`."""
-        init_kwargs = args.reward_init_kwargs or {}
-        semantic = {
-            **semantic_embedder_for(args, detect_language(train_dataset["reference"])),
-            "pooling": args.semantic_pooling,
-            "dtype": args.semantic_dtype,
-            **init_kwargs.get(SEMANTIC, {}),
-        }
+        semantic = semantic_reward_kwargs(args, detect_language(train_dataset["reference"]))
         with hub_errors_named({"--semantic_model": semantic["model_name_or_path"]}):
             return [
                 LiteralReward(normalized=args.literal_distance == "normalized") if spec == LITERAL
