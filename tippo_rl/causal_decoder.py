@@ -134,15 +134,7 @@ def prompt_once_forward(
     KV cache, repeated k times, stands for the prompt in the completions' pass. Returns the logits `(batch·k, T, V)` at
     positions P − 1 … P + T − 2 (the prompt's last one repeated) and, when asked for, the hidden states there."""
     kwargs.pop("use_cache", None)
-    prompt = language_model(
-        inputs_embeds=prompt_embeds,
-        attention_mask=prompt_mask,
-        position_ids=position_ids_from_mask(prompt_mask),
-        use_cache=True,
-        logits_to_keep=1,
-        return_dict=True,
-        **kwargs,
-    )
+    prompt = prompt_pass(language_model, prompt_embeds, prompt_mask, **kwargs)
     logits = prompt.logits.repeat_interleave(k, 0)
     hidden_states = None
     if prompt.hidden_states is not None:
@@ -172,13 +164,19 @@ def prompt_once_forward(
 def prompt_cache(language_model: nn.Module, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, k: int = 1):
     """The LM's KV cache of `(batch, P)` prompts, each repeated k times in a row (generation of k samples per prompt:
     `generate()` continues from it with the prompts' last positions, so the prompt is read once, not k times)."""
-    cache = language_model(
+    cache = prompt_pass(language_model, prompt_embeds, prompt_mask).past_key_values
+    cache.batch_repeat_interleave(k)
+    return cache
+
+
+def prompt_pass(language_model: nn.Module, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, **kwargs):
+    """The LM over `(batch, P)` prompts alone: its KV cache and the last position's logits."""
+    return language_model(
         inputs_embeds=prompt_embeds,
         attention_mask=prompt_mask,
         position_ids=position_ids_from_mask(prompt_mask),
         use_cache=True,
         logits_to_keep=1,
         return_dict=True,
-    ).past_key_values
-    cache.batch_repeat_interleave(k)
-    return cache
+        **kwargs,
+    )

@@ -322,7 +322,8 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
             for f in self.reward_funcs
             if callable(getattr(f, "set_corpus", None)) and not getattr(f, "has_corpus", False)
         ]
-        column = next((name for name in ("references", "reference") if name in train_dataset.column_names), None)
+        columns = getattr(train_dataset, "column_names", None) or ()
+        column = next((name for name in ("references", "reference") if name in columns), None)
         if not needing or column is None:
             return
         reference_sets = train_dataset[column]
