@@ -110,13 +110,14 @@ class PPODataCollator:
 class RolloutRows:
     """A rollout batch's dataset rows as the train dataloader yields them, uncollated: `_prepare_inputs` collates them
     once per iteration. Not a list, so accelerate's `send_to_device` passes it through without visiting every row's
-    tensors; `in` asks whether the rows have a column (the Trainer asks for `labels`)."""
+    tensors. It holds no model input yet, so the Trainer's `name in batch` checks (`labels`, to scale the loss; the main
+    input, to count FLOPs) find none: a PPO step's loss reads the rollouts, not the dataloader's batch."""
 
     def __init__(self, rows: Sequence[dict]):
         self.rows = list(rows)
 
-    def __contains__(self, column: str) -> bool:
-        return bool(self.rows) and column in self.rows[0]
+    def __contains__(self, name: str) -> bool:
+        return False
 
     def __len__(self) -> int:
         return len(self.rows)
