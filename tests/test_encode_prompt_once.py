@@ -146,3 +146,22 @@ def test_a_causal_decoder_samples_k_completions_from_one_pass_over_the_prompt(
         3 * K,
         1,
     )  # once, then the last position
+
+
+def test_under_activation_checkpointing_a_causal_decoder_reads_the_prompt_with_each_completion(
+    tiny_causal_model_and_processor, demo_dataset_dir
+):
+    """Checkpointed layers drop the KV cache in training, so the prompt-once path cannot serve there: the log-probs
+    must still equal k separate passes (float64)."""
+    model, processor = tiny_causal_model_and_processor
+    model = copy.deepcopy(model).to(torch.float64).train()
+    model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    inputs = {
+        key: value.to(torch.float64) if value.is_floating_point() else value
+        for key, value in batch_of(processor, demo_dataset_dir).items()
+    }
+    completions = torch.randint(3, len(processor.tokenizer), (2 * K, 7), generator=torch.Generator().manual_seed(0))
+    shared = model(**inputs, decoder_input_ids=completions, completions_per_input=K).logits
+    repeated = {key: value.repeat_interleave(K, 0) for key, value in inputs.items()}
+    separate = model(**repeated, decoder_input_ids=completions).logits
+    torch.testing.assert_close(shared, separate, atol=1e-6, rtol=0)

@@ -96,9 +96,15 @@ def causal_forward(
     completion_inputs = decoder_input_ids[:, 1:]
     completion_embeds = language_model.get_input_embeddings()(completion_inputs).to(prompt_embeds.dtype)
     length = decoder_input_ids.shape[1]  # T: positions P − 1 … P + T − 2 predict completion tokens 0 … T − 1
-    if completions_per_input > 1:
+    k = completions_per_input
+    # Activation checkpointing drops the KV cache in training (transformers' checkpointed layers): the prompt is
+    # then repeated k times and read with each completion.
+    checkpointing = language_model.training and getattr(language_model, "is_gradient_checkpointing", False)
+    if k > 1 and checkpointing:
+        prompt_embeds, prompt_mask = prompt_embeds.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0)
+    if k > 1 and not checkpointing:
         logits, hidden_states = prompt_once_forward(
-            language_model, prompt_embeds, prompt_mask, completion_embeds, completions_per_input, **kwargs
+            language_model, prompt_embeds, prompt_mask, completion_embeds, k, **kwargs
         )
         past_key_values = None
     else:
