@@ -50,6 +50,7 @@ from ..generation import generation_config
 from ..modeling_tippo import TIPPoForConditionalGeneration
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import conversational_completions, load_reward, reward_name, score_rewards
+from ..sampler import sample_completions, samples_fast
 from .ppo_config import PPOConfig
 from .ppo_math import (
     ReturnStatistics,
@@ -498,10 +499,15 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
             tippo = unwrap_tippo(policy)
             prompts = {key: value[::k] for key, value in inputs.items()}
             prompts = with_frozen_features(tippo, prompts)  # φ frozen: encoded once for every pass over the batch
-            sequences = policy.generate(**prompts, generation_config=generation_config, num_return_sequences=k)
+            if samples_fast(
+                tippo.language_model, generation_config
+            ):  # the rollout sampler: generate()'s distribution, a leaner loop
+                completion_ids = sample_completions(tippo, generation_config, k, **prompts)
+            else:
+                sequences = policy.generate(**prompts, generation_config=generation_config, num_return_sequences=k)
+                # T5's sequences start with the decoder start token; a causal decoder's are the completion alone.
+                completion_ids = sequences[:, 1:] if tippo.config.is_encoder_decoder else sequences
             inputs = {key: value.repeat_interleave(k, 0) for key, value in prompts.items()} if k > 1 else prompts
-        # T5's sequences start with the decoder start token; a causal decoder's are the completion alone.
-        completion_ids = sequences[:, 1:] if tippo.config.is_encoder_decoder else sequences
         mask = completion_mask(completion_ids, self.eos_token_id)
         completion_ids = completion_ids.masked_fill(mask == 0, self.pad_token_id)
         return {
