@@ -41,7 +41,7 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ProgressCallback
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
-from trl.trainer.utils import RepeatSampler, entropy_from_logits, selective_log_softmax
+from trl.trainer.utils import RepeatSampler
 
 from ..checkpoints import PPO_STATE_NAME, CheckpointError, read_ppo_state, redacted
 from ..data_collator import MODEL_INPUT_NAMES, TIPPoDataCollator, model_inputs
@@ -65,6 +65,8 @@ from .ppo_math import (
     leave_one_out_advantages,
     masked_global_mean_std,
     masked_mean,
+    token_entropy,
+    token_log_probs,
 )
 from .tippo_trainer import (
     IterationProgressCallback,
@@ -303,6 +305,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         self.iteration = 0  # m: PPO iterations (rollout batches) started so far; restored on resume
         self.tokens_per_minibatch: float | None = None  # `loss_type: dapo`: set with each rollout batch
         self._rollout_batch: dict[str, torch.Tensor] | None = None
+        self._unwrapped: tuple[nn.Module, nn.Module] | None = None  # (model_wrapped, its unwrapped model)
         self._minibatches: list[dict[str, torch.Tensor]] | None = None
         self._init_logging()
 
@@ -375,6 +378,13 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         """M: the PPO iterations of this run (from the Trainer's `max_steps`)."""
         minibatches = self.state.max_steps * self.args.gradient_accumulation_steps
         return max(math.ceil(minibatches / self.args.minibatches_per_iteration), 1)
+
+    def unwrapped_model(self) -> nn.Module:
+        """The training model without its DDP / DeepSpeed wrapper (accelerate's `unwrap_model`, which costs ~3 ms a
+        call on a CPU: looked up once per wrapper, not several times an iteration)."""
+        if self._unwrapped is None or self._unwrapped[0] is not self.model_wrapped:
+            self._unwrapped = (self.model_wrapped, self.accelerator.unwrap_model(self.model_wrapped))
+        return self._unwrapped[1]
 
     def _policy(self, model: nn.Module) -> nn.Module:
         """The policy inside an (unwrapped) training model: itself, or the policy of a `PolicyAndValueModel`."""
@@ -558,7 +568,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         # first loss forward, so that batched kernels give bit-identical log-probabilities there.
         order = rollouts.get("first_pass_order", torch.arange(len(ids), device=ids.device))
         outputs = defaultdict(list)
-        model = self.accelerator.unwrap_model(self.model_wrapped)
+        model = self.unwrapped_model()
         for rows in order.chunk(self.args.steps_per_generation):
             part = {key: value[rows] for key, value in inputs.items()}
             # With autograd on, as in the loss: CPU kernels under no_grad round differently (2e-5 in a log-prob), which
@@ -621,7 +631,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
 
     def _update_daa_lambda1(self) -> None:
         """λ1 of Eq. 2 for this iteration (`daa_lambda_schedule`), through the progress hook SFT uses too; logged."""
-        tippo = unwrap_tippo(self.accelerator.unwrap_model(self.model))
+        tippo = unwrap_tippo(self.unwrapped_model())
         value = daa_lambda1_at(
             self.args.daa_lambda_schedule, self.iteration / self.total_iterations, self.starting_daa_lambda1
         )
@@ -679,9 +689,8 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         logits = outputs.logits.float()  # fp32 log-probs: ratios π_θ/π_old of bf16 log-probs are noisy
         if self.args.top_k or self.args.top_p < 1:
             # The distribution the rollouts were sampled from: top-k / nucleus truncated, renormalised.
-            return selective_log_softmax(self.truncate(logits), completion_ids), logits, values
-        # TRL's: log π(token) row by row (fused on GPUs with Triton), never a full (batch, T, V) log-softmax.
-        logps = selective_log_softmax(logits, completion_ids, temperature=self.args.temperature)
+            return token_log_probs(self.truncate(logits), completion_ids), logits, values
+        logps = token_log_probs(logits, completion_ids, temperature=self.args.temperature)
         return logps, logits, values
 
     def truncate(self, logits: torch.Tensor) -> torch.Tensor:
@@ -703,7 +712,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         # Critic warm-up: iteration m < value_warmup_iterations updates only the value head (self.iteration = m + 1).
         warmup = self.args.use_value_head and self.iteration <= self.args.value_warmup_iterations
         if self.args.use_value_head:
-            self.accelerator.unwrap_model(model).value_only = warmup
+            self.unwrapped_model().value_only = warmup
         logps, logits, values = self._forward(model, forward_inputs, inputs["completion_ids"])
 
         aggregation = dict(
@@ -737,7 +746,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
             self._log_metric("policy/clip_fraction", clip_fraction)
             self._log_metric("policy/ratio_mean", masked_mean(ratio, mask))
             sampling_logits = logits if self.args.temperature == 1.0 else logits / self.args.temperature
-            self._log_metric("entropy", masked_mean(entropy_from_logits(sampling_logits), mask))  # TRL's: in chunks
+            self._log_metric("entropy", masked_mean(token_entropy(sampling_logits), mask))
         return loss
 
     # -- rollout batches: the data loader of whole prompt groups ---------------------------------------------------------
