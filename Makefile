@@ -40,9 +40,10 @@ demo-ppo: setup
 demo-eval: setup
 	$(PYTHON) recipes/evaluate.py --config recipes/configs/demo_evaluate.yaml
 
-## The whole test suite (what CI runs): slow and multi-process tests included.
+## The whole test suite (what CI runs): slow and multi-process tests included, on two workers (pytest-xdist; the
+## suite's tests are single-threaded, so two workers use both cores of a 2-core machine).
 test: setup
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+	$(PYTHON) -m pytest -q -p no:cacheprovider -n 2 --dist load tests
 
 ## ruff, configured in pyproject.toml: lint and format checks (CI runs this); `make format` applies both.
 lint: setup

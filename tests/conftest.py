@@ -14,7 +14,8 @@ Fixtures (read-only: never train, re-seed or `set_daa_lambda1` them in place; `c
 - `demo_dataset_dir` (session): a `pathlib.Path` holding `make_demo_dataset(tmp, num_train=24, num_test=8)`
   (English, seed 0): `train.jsonl`, `test.jsonl` and `images/`, rows with 1–5 images.
 
-Every test also starts from `torch.manual_seed(0)` (autouse), so no test depends on the order tests run in, and runs
+Every test also starts from `torch.manual_seed(0)` (autouse), so no test depends on the order tests run in (`make test`
+runs them on two pytest-xdist workers, the longest first), and runs
 with one intra-op thread: for these tiny models a second thread only adds wake-up latency, which on a shared 2-core
 machine made small ops up to 20× slower.
 """
@@ -31,6 +32,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from tippo_rl import build_tiny_tippo, make_demo_dataset  # noqa: E402
+
+
+def pytest_collection_modifyitems(items):
+    """The longest tests first (`slow`, then multi-process `distributed`): `make test` runs the suite on two workers
+    (pytest-xdist), and a long test started last would keep one worker busy after the other has finished."""
+    items.sort(
+        key=lambda item: (item.get_closest_marker("slow") is None, item.get_closest_marker("distributed") is None)
+    )
 
 
 @pytest.fixture(autouse=True)
