@@ -976,18 +976,20 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         self.load_ppo_state(read_ppo_state(checkpoint))
         self._rollout_batch = self._minibatches = None
 
-    # Private: save_model passes gathered (DeepSpeed) weights to _save alone, which saves a nn.Module as one file.
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        """With a value head, what the Trainer saves of a model, through the wrapper's own `save_pretrained` (the policy
-        as a loadable TIPPo model or PEFT adapter, and `value_head.safetensors`), then the processor and the training
-        arguments (without the Hub token)."""
+    def write_model_files(self, output_dir: str, _internal_call: bool = True) -> None:
+        """With a value head, the wrapper through its own `save_pretrained` (the policy as a loadable TIPPo model or PEFT
+        adapter, and `value_head.safetensors`), then the processor and the training arguments; the Trainer would write
+        the wrapper as one file of `policy.` / `value_head.` weights."""
         if not isinstance(self.model, PolicyAndValueModel):
-            return super()._save(output_dir, state_dict)
+            return super().write_model_files(output_dir, _internal_call)
+        try:  # DeepSpeed: its consolidated state dict, gathered on every process (ZeRO-3 shards the weights)
+            state_dict = self.accelerator.get_state_dict(self.deepspeed) if self.is_deepspeed_enabled else None
+        except ValueError:  # ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the Trainer's fallback
+            return super().write_model_files(output_dir, _internal_call)
         if not self.args.should_save:
             return
-        output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        self.model.save_pretrained(output_dir, state_dict=state_dict)  # DeepSpeed: its consolidated state dict
+        self.model.save_pretrained(output_dir, state_dict=state_dict)
         self.processor.save_pretrained(output_dir)
         torch.save(redacted(self.args), os.path.join(output_dir, TRAINING_ARGS_NAME))
 
