@@ -14,7 +14,7 @@ from tippo_rl.trainer.ppo_trainer import PPOTrainer
 from tippo_rl.trainer.sft_trainer import TIPPoSFTTrainer
 
 
-PPO_PRIVATE_OVERRIDES = {"_save_checkpoint", "_prepare_inputs", "_save", "_load_from_checkpoint", "_load_best_model"}
+PPO_PRIVATE_OVERRIDES = {"_save_checkpoint", "_load_from_checkpoint", "_load_best_model"}
 ALLOWED = {
     TIPPoSFTTrainer: {"_save_checkpoint"},
     PPOTrainer: PPO_PRIVATE_OVERRIDES,

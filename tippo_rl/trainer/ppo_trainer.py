@@ -1,9 +1,10 @@
 """PPO for TIPPo on `transformers.Trainer`, laid out like TRL's `GRPOTrainer`.
 
 The Trainer's dataloader yields a *rollout batch* (`per_device_train_batch_size · steps_per_generation` rows per
-process, repeated for every minibatch it will feed); `_prepare_inputs` collates it and turns it into rollouts once per PPO
-iteration and hands out one minibatch per forward/backward pass; `compute_loss` is PPO's loss. Optimizer,
-schedule, gradient accumulation and clipping, logging, checkpoints, DDP/DeepSpeed and PEFT are the Trainer's.
+process, repeated for every minibatch it will feed); `training_step` collates it and turns it into rollouts once per
+PPO iteration (`minibatch_for_step`) and trains on one minibatch per forward/backward pass; `compute_loss` is PPO's
+loss. Optimizer, schedule, gradient accumulation and clipping, logging, checkpoints, DDP/DeepSpeed and PEFT are the
+Trainer's.
 
 The algorithm's steps are methods, so a variant overrides one step (PolishPPO overrides `compute_returns`):
 
@@ -111,7 +112,7 @@ class PPODataCollator:
 
 
 class RolloutRows:
-    """A rollout batch's dataset rows as the train dataloader yields them, uncollated: `_prepare_inputs` collates them
+    """A rollout batch's dataset rows as the train dataloader yields them, uncollated: `training_step` collates them
     once per iteration. Not a list, so accelerate's `send_to_device` passes it through without visiting every row's
     tensors. It holds no model input yet, so the Trainer's `name in batch` checks (`labels`, to scale the loss; the main
     input, to count FLOPs) find none: a PPO step's loss reads the rollouts, not the dataloader's batch."""
@@ -124,6 +125,28 @@ class RolloutRows:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+class PPOMinibatch:
+    """The tensors of one PPO minibatch that `compute_loss` reads by name (model inputs, `completion_ids`,
+    `old_logps`, `advantages`, …), already on the device. Not a Mapping, so the Trainer's `training_step` hands it to
+    `compute_loss` as it is: under DeepSpeed it would cast every float tensor of a mapping, old log-probabilities and
+    advantages among them, to the engine's dtype."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def __iter__(self):
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
 
 
 def _image_or_path(image: Any) -> Any:
@@ -306,7 +329,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         self.tokens_per_minibatch: float | None = None  # `loss_type: dapo`: set with each rollout batch
         self._rollout_batch: dict[str, torch.Tensor] | None = None
         self._unwrapped: tuple[nn.Module, nn.Module] | None = None  # (model_wrapped, its unwrapped model)
-        self._minibatches: list[dict[str, torch.Tensor]] | None = None
+        self._minibatches: list[PPOMinibatch] | None = None
         self._init_logging()
 
     def default_reward_funcs(self, args: PPOConfig, train_dataset: Dataset) -> list[Callable | str]:
@@ -392,13 +415,16 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
 
     # -- one PPO iteration ----------------------------------------------------------------------------------------------
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
+    def training_step(self, model, inputs: RolloutRows, num_items_in_batch=None):
+        """One forward/backward pass of PPO's loss on this step's minibatch (`minibatch_for_step`)."""
+        model.train()  # as the Trainer's training_step, which the rollouts were sampled after
+        if callable(getattr(self.optimizer, "train", None)):
+            self.optimizer.train()
+        loss = super().training_step(model, self.minibatch_for_step(inputs), num_items_in_batch)
         self._step += 1
         return loss
 
-    # Private: through training_step the minibatch would pass _prepare_inputs, which casts to DeepSpeed's dtype.
-    def _prepare_inputs(self, generation_batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def minibatch_for_step(self, rollout_rows: RolloutRows) -> PPOMinibatch:
         """Sample and score a rollout batch at the start of each iteration; return this step's minibatch."""
         steps = self.args.steps_per_generation
         if self._step % self.args.minibatches_per_iteration == 0 or self._rollout_batch is None:
@@ -408,8 +434,9 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
                     "sampled again (checkpoint on iteration boundaries to avoid this)",
                     self.iteration,
                 )
-            batch = self.data_collator(generation_batch.rows)  # the loader's rows, collated once per iteration
-            self._rollout_batch = self.make_rollout_batch(super()._prepare_inputs(batch))
+            batch = self.data_collator(rollout_rows.rows)  # the loader's rows, collated once per iteration
+            # The Trainer's own preparation of model inputs (to the device; DeepSpeed's dtype for float features).
+            self._rollout_batch = self.make_rollout_batch(self._prepare_inputs(batch))
         if self._step % steps == 0 or self._minibatches is None:
             # A new pass over the rollout batch: reshuffle it into minibatches. The first pass takes the order the
             # old log-probabilities were computed in, so its first minibatch sees bit-identical inputs: ratio 1.
@@ -418,7 +445,8 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
                 size = len(self._rollout_batch["completion_ids"])
                 order = self.shuffled_rows(size, self._rollout_batch["completion_ids"].device)
             self._minibatches = [
-                {key: value[chunk] for key, value in self._rollout_batch.items()} for chunk in order.chunk(steps)
+                PPOMinibatch({key: value[chunk] for key, value in self._rollout_batch.items()})
+                for chunk in order.chunk(steps)
             ]
         return self._minibatches[self._step % steps]
 
@@ -753,7 +781,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
 
     def get_train_dataloader(self):
         # One dataloader batch is a rollout batch, repeated once per minibatch it feeds (see rollout_sampler). It
-        # yields the rows as they are: `_prepare_inputs` collates them at the start of an iteration only, not again
+        # yields the rows as they are: `training_step` collates them at the start of an iteration only, not again
         # for each of the iteration's other minibatches, which do not read them.
         collator, self.data_collator = self.data_collator, RolloutRows
         try:
@@ -991,18 +1019,20 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         self.load_ppo_state(read_ppo_state(checkpoint))
         self._rollout_batch = self._minibatches = None
 
-    # Private: save_model passes gathered (DeepSpeed) weights to _save alone, which saves a nn.Module as one file.
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        """With a value head, what the Trainer saves of a model, through the wrapper's own `save_pretrained` (the policy
-        as a loadable TIPPo model or PEFT adapter, and `value_head.safetensors`), then the processor and the training
-        arguments (without the Hub token)."""
+    def write_model_files(self, output_dir: str, _internal_call: bool = True) -> None:
+        """With a value head, the wrapper through its own `save_pretrained` (the policy as a loadable TIPPo model or PEFT
+        adapter, and `value_head.safetensors`), then the processor and the training arguments; the Trainer would write
+        the wrapper as one file of `policy.` / `value_head.` weights."""
         if not isinstance(self.model, PolicyAndValueModel):
-            return super()._save(output_dir, state_dict)
+            return super().write_model_files(output_dir, _internal_call)
+        try:  # DeepSpeed: its consolidated state dict, gathered on every process (ZeRO-3 shards the weights)
+            state_dict = self.accelerator.get_state_dict(self.deepspeed) if self.is_deepspeed_enabled else None
+        except ValueError:  # ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the Trainer's fallback
+            return super().write_model_files(output_dir, _internal_call)
         if not self.args.should_save:
             return
-        output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        self.model.save_pretrained(output_dir, state_dict=state_dict)  # DeepSpeed: its consolidated state dict
+        self.model.save_pretrained(output_dir, state_dict=state_dict)
         self.processor.save_pretrained(output_dir)
         torch.save(redacted(self.args), os.path.join(output_dir, TRAINING_ARGS_NAME))
 

@@ -284,7 +284,8 @@ class TIPPoSavingMixin:
     named), says when the run's length changed, and trains nothing from a checkpoint that already reached the end.
 
     A trainer sets `_stage` (for the model card) and `updates_card_with_checkpoints`, and may override `_policy` (the
-    model to save inside its wrapper), `_save_checkpoint_extras` (more files for a checkpoint), `_check_resume` (its own
+    model to save inside its wrapper), `write_model_files` (how its model is written, checkpoint or final save),
+    `_save_checkpoint_extras` (more files for a checkpoint), `_check_resume` (its own
     state in a checkpoint, checked before anything loads) and `_restore_state` (that state restored, before the Trainer
     resumes).
     """
@@ -421,7 +422,7 @@ class TIPPoSavingMixin:
             if self.args is self._staging_args:  # the Trainer has its checkpoint's folder: the run's arguments again
                 self.args = self._run_args
             with self._arguments_without_tokens():
-                return super().save_model(output_dir, _internal_call)
+                return self.write_model_files(output_dir, _internal_call)
         staging = staging_folder(Path(output_dir) / "save")
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)
@@ -437,13 +438,18 @@ class TIPPoSavingMixin:
                     self.processor.save_pretrained(staging)
             else:
                 with self._arguments_without_tokens():
-                    super().save_model(str(staging), _internal_call=True)
+                    self.write_model_files(str(staging), _internal_call=True)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             publish_files(staging, Path(output_dir))
         self.accelerator.wait_for_everyone()
         if self.args.push_to_hub and not _internal_call:  # as the Trainer does when save_model is called by the user
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def write_model_files(self, output_dir: str, _internal_call: bool = True) -> None:
+        """Write the model, the processor and the training arguments into `output_dir` (the Trainer's `save_model`,
+        inside `save_model`'s staging). A trainer whose model saves itself otherwise overrides this."""
+        super().save_model(output_dir, _internal_call)
 
     def save_state(self):
         with reporting_disk_full(Path(self.args.output_dir) / TRAINER_STATE_NAME):
