@@ -142,16 +142,19 @@ def sample_completions(
         # The prompt but its last position is read once and its KV cache repeated; the last position starts decoding.
         cache = prompt_cache(language_model, prompt_embeds[:, :-1], prompt_mask[:, :-1], k)
         step_embeds = prompt_embeds[:, -1:].repeat_interleave(k, 0)
-        attention_mask = prompt_mask.repeat_interleave(k, 0)
-        positions = attention_mask.long().sum(1, keepdim=True) - 1
+        prompt_mask = prompt_mask.repeat_interleave(k, 0)
+        # The attention mask and positions of every step, sliced per step (the completion's positions are all real).
+        full_mask = torch.cat([prompt_mask, prompt_mask.new_ones(len(prompt_mask), config.max_new_tokens)], dim=1)
+        all_positions = prompt_mask.long().sum(1, keepdim=True) - 1 + torch.arange(config.max_new_tokens)
     rows = len(encoder_states) if model.config.is_encoder_decoder else len(step_embeds)
+    device = prefix.inputs_embeds.device
     eos = config.eos_token_id
-    eos = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), dtype=torch.long)
-    eos = eos.to(prefix.inputs_embeds.device)
-    suppressed = torch.tensor(list(config.suppress_tokens or []), dtype=torch.long, device=eos.device)
-    pad = config.pad_token_id if config.pad_token_id is not None else (eos[0].item() if len(eos) else 0)
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    eos_ids = torch.tensor(eos, dtype=torch.long, device=device)
+    suppressed = torch.tensor(list(config.suppress_tokens or []), dtype=torch.long, device=device)
+    pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)
     warpers = next_token_warpers(config) if config.do_sample else []
-    unfinished = torch.ones(rows, dtype=torch.bool, device=eos.device)
+    finished = torch.zeros(rows, 1, dtype=torch.bool, device=device)
     completion = []
     for step in range(config.max_new_tokens):
         if model.config.is_encoder_decoder:
@@ -166,8 +169,8 @@ def sample_completions(
         else:
             outputs = language_model(
                 inputs_embeds=step_embeds,
-                attention_mask=attention_mask,
-                position_ids=positions,
+                attention_mask=full_mask[:, : prompt_mask.shape[1] + step],
+                position_ids=all_positions[:, step : step + 1],
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
@@ -177,22 +180,21 @@ def sample_completions(
         scores = outputs.logits[:, -1].float()
         if len(suppressed):
             scores[:, suppressed] = -float("inf")
-        if config.min_new_tokens and step < config.min_new_tokens and len(eos):
-            scores[:, eos] = -float("inf")
+        if config.min_new_tokens and step < config.min_new_tokens and eos:
+            scores[:, eos_ids] = -float("inf")
         if config.do_sample:
             for warper in warpers:
                 scores = warper(None, scores)
             tokens = draw_from(scores)
         else:
             tokens = scores.argmax(-1, keepdim=True)
-        tokens = tokens.masked_fill(~unfinished[:, None], pad)
+        if step and finished.any():
+            tokens = tokens.masked_fill(finished, pad)
         completion.append(tokens)
-        if len(eos):
-            unfinished &= ~torch.isin(tokens[:, 0], eos)
-        if not unfinished.any():
-            break
+        if eos:
+            finished |= tokens == eos_ids[0] if len(eos) == 1 else torch.isin(tokens, eos_ids)
+            if finished.all():
+                break
         if not model.config.is_encoder_decoder:
             step_embeds = embed(tokens).to(step_embeds.dtype)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows, 1)], dim=1)
-            positions = positions + 1
     return torch.cat(completion, dim=1)

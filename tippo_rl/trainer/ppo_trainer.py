@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import math
@@ -112,19 +113,44 @@ class PPODataCollator:
 
 
 class RolloutRows:
-    """A rollout batch's dataset rows as the train dataloader yields them, uncollated: `training_step` collates them
-    once per iteration. Not a list, so accelerate's `send_to_device` passes it through without visiting every row's
-    tensors. It holds no model input yet, so the Trainer's `name in batch` checks (`labels`, to scale the loss; the main
-    input, to count FLOPs) find none: a PPO step's loss reads the rollouts, not the dataloader's batch."""
+    """A rollout batch as the train dataloader yields it: the dataset and the row indices the sampler drew, the rows read
+    on first use (`rows`, uncollated). `training_step` reads and collates them once per iteration; the iteration's
+    other minibatches, which do not need them, cost no dataset read. Not a list, so accelerate's `send_to_device`
+    passes it through. It holds no model input, so the Trainer's `name in batch` checks (`labels`, to scale the loss;
+    the main input, to count FLOPs) find none: a PPO step's loss reads the rollouts, not the dataloader's batch."""
 
-    def __init__(self, rows: Sequence[dict]):
-        self.rows = list(rows)
+    def __init__(self, dataset, indices: Sequence[int]):
+        self.dataset, self.indices = dataset, list(indices)
+        self._rows: list[dict] | None = None
+
+    @property
+    def rows(self) -> list[dict]:
+        if self._rows is None:
+            read_many = getattr(self.dataset, "__getitems__", None)  # datasets.Dataset: one read for all the rows
+            self._rows = list(read_many(self.indices)) if read_many else [self.dataset[i] for i in self.indices]
+        return self._rows
 
     def __contains__(self, name: str) -> bool:
         return False
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.indices)
+
+
+class RowIndices(torch.utils.data.Dataset):
+    """What the PPO train dataloader reads: each row's index (the rows themselves are read by `RolloutRows`)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    def __getitems__(self, indices: Sequence[int]) -> list[int]:
+        return list(indices)
 
 
 class PPOMinibatch:
@@ -417,17 +443,17 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
 
     def training_step(self, model, inputs: RolloutRows, num_items_in_batch=None):
         """One forward/backward pass of PPO's loss on this step's minibatch (`minibatch_for_step`)."""
-        model.train()  # as the Trainer's training_step, which the rollouts were sampled after
-        if callable(getattr(self.optimizer, "train", None)):
-            self.optimizer.train()
-        loss = super().training_step(model, self.minibatch_for_step(inputs), num_items_in_batch)
+        loss = super().training_step(model, self.minibatch_for_step(inputs, model), num_items_in_batch)
         self._step += 1
         return loss
 
-    def minibatch_for_step(self, rollout_rows: RolloutRows) -> PPOMinibatch:
+    def minibatch_for_step(self, rollout_rows: RolloutRows, model: nn.Module) -> PPOMinibatch:
         """Sample and score a rollout batch at the start of each iteration; return this step's minibatch."""
         steps = self.args.steps_per_generation
         if self._step % self.args.minibatches_per_iteration == 0 or self._rollout_batch is None:
+            model.train()  # as the Trainer's training_step puts it, which the rollouts were sampled after
+            if callable(getattr(self.optimizer, "train", None)):
+                self.optimizer.train()
             if self._step % self.args.minibatches_per_iteration != 0:
                 logger.warning(
                     "resumed in the middle of PPO iteration %d: its rollouts were not checkpointed, so they are "
@@ -783,10 +809,11 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         # One dataloader batch is a rollout batch, repeated once per minibatch it feeds (see rollout_sampler). It
         # yields the rows as they are: `training_step` collates them at the start of an iteration only, not again
         # for each of the iteration's other minibatches, which do not read them.
-        collator, self.data_collator = self.data_collator, RolloutRows
+        dataset = self.train_dataset
+        collator, self.data_collator = self.data_collator, functools.partial(RolloutRows, dataset)
         try:
             return self._get_dataloader(
-                dataset=self.train_dataset,
+                dataset=RowIndices(dataset),
                 description="Training",
                 batch_size=self._train_batch_size * self.args.steps_per_generation,
                 sampler_fn=self.rollout_sampler,
