@@ -563,9 +563,8 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
             tippo = unwrap_tippo(policy)
             prompts = {key: value[::k] for key, value in inputs.items()}
             prompts = with_frozen_features(tippo, prompts)  # φ frozen: encoded once for every pass over the batch
-            if samples_fast(
-                tippo.language_model, generation_config
-            ):  # the rollout sampler: generate()'s distribution, a leaner loop
+            # The rollout sampler (generate()'s distribution, a leaner loop), or generate() for options it lacks.
+            if samples_fast(tippo.language_model, generation_config):
                 completion_ids = sample_completions(tippo, generation_config, k, **prompts)
             else:
                 sequences = policy.generate(**prompts, generation_config=generation_config, num_return_sequences=k)
