@@ -35,6 +35,7 @@ from tippo_rl.trainer.ppo_math import (
     kl_penalty,
     leave_one_out_advantages,
     masked_global_mean_std,
+    token_log_probs,
 )
 from tippo_rl.trainer.ppo_trainer import PPOTrainer
 from tippo_rl.trainer.tippo_trainer import unwrap_tippo
@@ -78,6 +79,17 @@ def logged(trainer, key):
 
 
 # -- the math, by hand --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 50), (2, 3, 3000), (2, 0, 50)], ids=["small", "large-vocabulary", "empty"])
+def test_token_log_probs_are_the_log_softmax_of_the_sampled_tokens(shape, monkeypatch):
+    """Chunked (a small `CHUNK_ELEMENTS`, so several chunks), at a temperature: log_softmax(x / T) at the token, as
+    TRL's `selective_log_softmax`."""
+    monkeypatch.setattr("tippo_rl.trainer.ppo_math.CHUNK_ELEMENTS", 1000)
+    logits = torch.randn(*shape, dtype=torch.float64)
+    ids = torch.randint(0, shape[-1], shape[:2])
+    expected = (logits / 0.7).log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
+    assert torch.allclose(token_log_probs(logits, ids, temperature=0.7), expected, atol=1e-12)
 
 
 def test_clipped_surrogate_loss_on_a_hand_computed_case():

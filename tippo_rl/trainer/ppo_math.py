@@ -14,7 +14,7 @@ from collections import deque
 from typing import Any
 
 import torch
-from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+from trl.trainer.utils import selective_log_softmax
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -22,38 +22,27 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-# Rows of a `(rows, T, V)` temporary per chunk in `token_log_probs` and `token_entropy`: at most this many elements.
-CHUNK_ELEMENTS = 1 << 24
+# Logits per chunk in `token_log_probs` (4 MB of fp32: a chunk's temporaries stay in the CPU's cache).
+CHUNK_ELEMENTS = 1 << 20
 
 
 def token_log_probs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log π(token) `(batch, T)` from fp32/fp64 logits `(batch, T, V)` at `temperature`: x_token − logsumexp(x), over
-    chunks of rows of at most `CHUNK_ELEMENTS` logits (TRL's `selective_log_softmax` goes row by row, which costs a
-    small model's minibatch more time than its memory saves; on a GPU TRL's fused kernel is used)."""
+    chunks of positions of at most `CHUNK_ELEMENTS` logits. TRL's `selective_log_softmax` goes one batch row at a
+    time: 1.2–1.4 ms for 32 × 48 × 512 logits on this CPU where chunks take 0.9, and no faster at T5's vocabulary
+    (22 vs 20 ms for 8 × 64 × 32128). On a GPU TRL's fused kernel is used."""
     if logits.is_cuda:
         return selective_log_softmax(logits, token_ids, temperature=temperature)
     if temperature != 1.0:
         logits = logits / temperature
-    rows = max(1, CHUNK_ELEMENTS // max(logits[0].numel(), 1))
+    flat_logits, flat_ids = logits.reshape(-1, logits.shape[-1]), token_ids.reshape(-1)
+    rows = max(1, CHUNK_ELEMENTS // max(logits.shape[-1], 1))
     return torch.cat(
         [
-            chunk.gather(-1, ids[..., None]).squeeze(-1) - chunk.logsumexp(-1)
-            for chunk, ids in zip(logits.split(rows), token_ids.split(rows))
+            chunk.gather(-1, ids[:, None]).squeeze(-1) - chunk.logsumexp(-1)
+            for chunk, ids in zip(flat_logits.split(rows), flat_ids.split(rows))
         ]
-    )
-
-
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """H(π(· | s_t)) `(batch, T)` from logits `(batch, T, V)`, over chunks of rows as `token_log_probs` (on a GPU TRL's
-    fused kernel)."""
-    if logits.is_cuda:
-        return entropy_from_logits(logits)
-    rows = max(1, CHUNK_ELEMENTS // max(logits[0].numel(), 1))
-    entropies = []
-    for chunk in logits.split(rows):
-        log_probs = chunk.log_softmax(-1)
-        entropies.append(-(log_probs.exp() * log_probs).sum(-1))
-    return torch.cat(entropies)
+    ).view(token_ids.shape)
 
 
 def masked_global_mean_std(values: torch.Tensor, mask: torch.Tensor, accelerator) -> tuple[float, float]:

@@ -43,7 +43,7 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ProgressCallback
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
-from trl.trainer.utils import RepeatSampler
+from trl.trainer.utils import RepeatSampler, entropy_from_logits
 
 from ..checkpoints import PPO_STATE_NAME, CheckpointError, read_ppo_state, redacted
 from ..data_collator import MODEL_INPUT_NAMES, TIPPoDataCollator, model_inputs
@@ -67,7 +67,6 @@ from .ppo_math import (
     leave_one_out_advantages,
     masked_global_mean_std,
     masked_mean,
-    token_entropy,
     token_log_probs,
 )
 from .tippo_trainer import (
@@ -799,7 +798,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
             self._log_metric("policy/clip_fraction", clip_fraction)
             self._log_metric("policy/ratio_mean", masked_mean(ratio, mask))
             sampling_logits = logits if self.args.temperature == 1.0 else logits / self.args.temperature
-            self._log_metric("entropy", masked_mean(token_entropy(sampling_logits), mask))
+            self._log_metric("entropy", masked_mean(entropy_from_logits(sampling_logits), mask))  # TRL's: in chunks
         return loss
 
     # -- rollout batches: the data loader of whole prompt groups ---------------------------------------------------------
