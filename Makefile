@@ -43,7 +43,7 @@ demo-eval: setup
 ## The whole test suite (what CI runs): slow and multi-process tests included, on two workers (pytest-xdist; the
 ## suite's tests are single-threaded, so two workers use both cores of a 2-core machine).
 test: setup
-	$(PYTHON) -m pytest -q -p no:cacheprovider -n 2 --dist load tests
+	$(PYTHON) -m pytest -q -p no:cacheprovider -n 2 --dist load --maxschedchunk 2 tests
 
 ## ruff, configured in pyproject.toml: lint and format checks (CI runs this); `make format` applies both.
 lint: setup

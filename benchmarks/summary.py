@@ -68,7 +68,7 @@ def main() -> dict:
               "--variants", "tippo/cache", "trl/cache", "tippo/pixels", "trl/pixels", output=quick / "sft_tiny.json")  # fmt: skip
     groups = run("bench_prompt_groups.py", "--size", "tiny", "--rounds", "2", output=quick / "prompt_groups.json")
     ppo = {
-        k: run("bench_polishppo.py", "--decoder", "llama", "--num_generations", str(k), "--rounds", "4",
+        k: run("bench_polishppo.py", "--decoder", "llama", "--num_generations", str(k), "--rounds", "6",
                "--variants", "polishppo/fixed", "grpo/fixed", output=quick / f"polishppo_llama_k{k}.json")
         for k in (1, 4)
     }  # fmt: skip

@@ -36,7 +36,8 @@ from tippo_rl import build_tiny_tippo, make_demo_dataset  # noqa: E402
 
 def pytest_collection_modifyitems(items):
     """The longest tests first (`slow`, then multi-process `distributed`): `make test` runs the suite on two workers
-    (pytest-xdist), and a long test started last would keep one worker busy after the other has finished."""
+    (pytest-xdist, handing out two tests at a time), and a long test started last would keep one worker busy after the
+    other has finished."""
     items.sort(
         key=lambda item: (item.get_closest_marker("slow") is None, item.get_closest_marker("distributed") is None)
     )
