@@ -145,7 +145,11 @@ def sample_completions(
         prompt_mask = prompt_mask.repeat_interleave(k, 0)
         # The attention mask and positions of every step, sliced per step (the completion's positions are all real).
         full_mask = torch.cat([prompt_mask, prompt_mask.new_ones(len(prompt_mask), config.max_new_tokens)], dim=1)
-        all_positions = prompt_mask.long().sum(1, keepdim=True) - 1 + torch.arange(config.max_new_tokens)
+        all_positions = (
+            prompt_mask.long().sum(1, keepdim=True)
+            - 1
+            + torch.arange(config.max_new_tokens, device=prompt_mask.device)
+        )
     rows = len(encoder_states) if model.config.is_encoder_decoder else len(step_embeds)
     device = prefix.inputs_embeds.device
     eos = config.eos_token_id
