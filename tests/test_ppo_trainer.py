@@ -10,11 +10,13 @@ import errno
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import safetensors.torch
 import torch
 from peft import get_peft_model_state_dict
+from transformers import Trainer
 from trl import TrlParser
 
 from tippo_rl import TIPPoModel, load_artmuse
@@ -37,7 +39,7 @@ from tippo_rl.trainer.ppo_math import (
     masked_global_mean_std,
     token_log_probs,
 )
-from tippo_rl.trainer.ppo_trainer import PPOTrainer
+from tippo_rl.trainer.ppo_trainer import PPOMinibatch, PPOTrainer
 from tippo_rl.trainer.tippo_trainer import unwrap_tippo
 from tippo_rl.trainer.value_head import PolicyAndValueModel
 
@@ -90,6 +92,23 @@ def test_token_log_probs_are_the_log_softmax_of_the_sampled_tokens(shape, monkey
     ids = torch.randint(0, shape[-1], shape[:2])
     expected = (logits / 0.7).log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
     assert torch.allclose(token_log_probs(logits, ids, temperature=0.7), expected, atol=1e-12)
+
+
+def test_a_ppo_minibatch_passes_the_trainers_input_preparation_untouched():
+    """Under DeepSpeed bf16 the Trainer's input preparation casts every float tensor of a mapping; a `PPOMinibatch`
+    (old log-probs, advantages) reaches `compute_loss` as it is, and reads like a dict there."""
+    deepspeed = SimpleNamespace(hf_ds_config=SimpleNamespace(dtype=lambda: torch.bfloat16))
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(device=torch.device("cpu")),
+        is_deepspeed_enabled=True,
+        accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=deepspeed)),
+    )
+    trainer._prepare_input = lambda data: Trainer._prepare_input(trainer, data)
+    tensors = {"old_logps": torch.randn(2, 3), "advantages": torch.randn(2, 3)}
+    assert Trainer._prepare_inputs(trainer, dict(tensors))["old_logps"].dtype == torch.bfloat16  # a dict is cast
+    minibatch = PPOMinibatch(tensors)
+    assert Trainer._prepare_inputs(trainer, minibatch) is minibatch
+    assert dict(minibatch.items()) == tensors and list(minibatch) == list(tensors) and minibatch.get("values") is None
 
 
 def test_clipped_surrogate_loss_on_a_hand_computed_case():

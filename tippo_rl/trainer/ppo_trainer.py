@@ -173,6 +173,16 @@ class PPOMinibatch:
     def __len__(self) -> int:
         return len(self.tensors)
 
+    # What a `compute_loss` written for a dict of tensors may call.
+    def keys(self):
+        return self.tensors.keys()
+
+    def items(self):
+        return self.tensors.items()
+
+    def get(self, name: str, default=None):
+        return self.tensors.get(name, default)
+
 
 def _image_or_path(image: Any) -> Any:
     if isinstance(image, dict) and image.get("path"):  # an undecoded datasets.Image
