@@ -39,7 +39,6 @@ from accelerate.utils import gather_object, is_peft_model, set_seed
 from datasets import Dataset
 from torch import nn
 from transformers import GenerationConfig, Trainer, TrainerCallback
-from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ProgressCallback
 from trl.models import prepare_deepspeed, unwrap_model_for_generation
@@ -52,7 +51,7 @@ from ..generation import generation_config
 from ..modeling_tippo import TIPPoForConditionalGeneration
 from ..processing_tippo import TIPPoProcessor
 from ..rewards import conversational_completions, load_reward, reward_name, score_rewards
-from ..sampler import sample_completions, samples_fast
+from ..sampler import next_token_warpers, sample_completions, samples_fast
 from .ppo_config import PPOConfig
 from .ppo_math import (
     ReturnStatistics,
@@ -335,10 +334,11 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         # minibatches then hold whole groups of k rows, which needs per_device_train_batch_size to be a multiple of k.
         k = args.num_generations
         self.prompt_group = k if args.encode_prompt_once and k > 1 and args.per_device_train_batch_size % k == 0 else 1
-        self.truncation_warpers = [
-            *([TopKLogitsWarper(args.top_k)] if args.top_k else []),
-            *([TopPLogitsWarper(args.top_p)] if args.top_p < 1 else []),
-        ]
+        # What the rollouts' scores pass through before a token is drawn (the sampler's own list: temperature, top-k,
+        # top-p), applied again to the ratio's logits when top-k or top-p truncates them (`truncate`).
+        self.sampling_warpers = next_token_warpers(
+            GenerationConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        )
         distorting = sorted(set(args.generation_kwargs or {}) & OFF_POLICY_GENERATION_OPTIONS)
         if distorting:
             logger.warning(
@@ -759,8 +759,8 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         """`logits` `(batch, T, V)` as `generate()` sampled from them: divided by the temperature, then top-k and top-p
         (transformers' own warpers, in generate()'s order); dropped tokens at −inf."""
         shape = logits.shape
-        scores = (logits / self.args.temperature).reshape(-1, shape[-1])
-        for warper in self.truncation_warpers:
+        scores = logits.reshape(-1, shape[-1])
+        for warper in self.sampling_warpers:
             scores = warper(None, scores)
         return scores.reshape(shape)
 
