@@ -180,9 +180,9 @@ def main() -> None:
     meteor = None
     try:
         with timed("SFT", times):
-            parser = (
-                sft_parser()
-            )  # imports torch, transformers, TRL, datasets: objects that live as long as the process
+            # Importing the parser's modules imports torch, transformers, TRL and datasets: objects that live as long
+            # as the process.
+            parser = sft_parser()
             gc.freeze()  # so the garbage collector no longer walks them (~0.5 s of the SFT stage's collections)
             run_training_stage("sft", parser, args.sft_config)
         with timed("waiting for the semantic reward", times):
