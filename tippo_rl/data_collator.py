@@ -11,7 +11,7 @@ import torch
 from PIL import Image as PILImage
 
 from .data import DataValidationError
-from .processing_tippo import TIPPoProcessor, open_image
+from .processing_tippo import TIPPoProcessor, open_image, padded_labels
 
 
 logger = logging.getLogger(__name__)
@@ -81,14 +81,7 @@ class TIPPoDataCollator:
                 if len(self._reference_ids) < self.MAX_CACHED_REFERENCES:
                     self._reference_ids[text] = ids
             rows.append(ids)
-        width = max(map(len, rows))
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)  # padding: ignored by the loss
-        for index, ids in enumerate(rows):
-            if tokenizer.padding_side == "left":
-                labels[index, width - len(ids) :] = torch.tensor(ids)
-            else:
-                labels[index, : len(ids)] = torch.tensor(ids)
-        return labels
+        return padded_labels(rows, left=tokenizer.padding_side == "left")
 
     @staticmethod
     def check_references(rows: Sequence[dict]) -> None:

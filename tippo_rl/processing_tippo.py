@@ -122,6 +122,19 @@ def _too_large(name: str, size: str, limit: str) -> ValueError:
     )
 
 
+def padded_labels(rows: Sequence[Sequence[int]], left: bool = False) -> torch.Tensor:
+    """Token id rows as `labels` `(batch, longest)`, padded with -100 (ignored by the loss), on the right (or the
+    left)."""
+    width = max(map(len, rows))
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for index, row in enumerate(rows):
+        if left:
+            labels[index, width - len(row) :] = torch.tensor(row)
+        else:
+            labels[index, : len(row)] = torch.tensor(row)
+    return labels
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """`image` as 8-bit RGB (itself if it is RGB already). Pixel ranges of the modes PIL would clip or drop:
 
@@ -253,11 +266,7 @@ class TIPPoProcessor(ProcessorMixin):
             ids = self.tokenizer(
                 list(references), add_special_tokens=False, truncation=True, max_length=self.max_target_length - 1
             )
-            rows = [row + [self.tokenizer.eos_token_id] for row in ids["input_ids"]]
-            labels = torch.full((len(rows), max(map(len, rows))), -100, dtype=torch.long)
-            for index, row in enumerate(rows):
-                labels[index, : len(row)] = torch.tensor(row)
-            return labels
+            return padded_labels([row + [self.tokenizer.eos_token_id] for row in ids["input_ids"]])
         encoded = self.tokenizer(
             list(references), padding=True, truncation=True, max_length=self.max_target_length, return_tensors="pt"
         )
