@@ -169,7 +169,7 @@ def test_polishppo_killed_then_resumed_ends_bit_identical(tmp_path, saved_model,
 TOKEN = "hf_NotARealTokenButSecret1234"
 
 
-def sft_trainer(tmp_path, dataset_dir, **overrides):
+def sft_trainer(tmp_path, dataset_dir, eval_split=False, **overrides):
     settings = dict(
         output_dir=str(tmp_path / "out"),
         max_steps=4,
@@ -192,6 +192,7 @@ def sft_trainer(tmp_path, dataset_dir, **overrides):
         args=TIPPoSFTConfig(**settings),
         processor=processor,
         train_dataset=load_artmuse(dataset_dir / "train.jsonl"),
+        eval_dataset=load_artmuse(dataset_dir / "test.jsonl") if eval_split else None,
     )
 
 
@@ -320,6 +321,44 @@ def test_a_final_save_is_staged_and_moved_in_weights_last(finished_run):
     names = {path.name for path in finished_run.iterdir()}
     assert {"model.safetensors", "config.json", "tippo_processor_config.json", "title_tokenizer"} <= names
     assert not [name for name in names if name.startswith("_incomplete-")]
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        dict(save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=1),  # a log and an eval first
+        dict(save_strategy="epoch", max_steps=-1, num_train_epochs=2, logging_strategy="epoch"),
+        dict(save_strategy="best", eval_strategy="steps", eval_steps=1, metric_for_best_model="eval_loss"),
+    ],
+    ids=["steps", "epoch", "best"],
+)
+def test_every_save_strategy_writes_its_checkpoints_into_a_staging_folder_first(
+    tmp_path, demo_dataset_dir, monkeypatch, strategy
+):
+    """The Trainer writes each checkpoint under `_incomplete-checkpoint-N/`, which is renamed once complete, whatever
+    comes between the step's end and the save (a log, an evaluation, a save that depends on it); the run's arguments
+    are back after training."""
+    written = []
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if "checkpoint-" in str(f):
+            written.append(Path(f))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    trainer = sft_trainer(tmp_path, demo_dataset_dir, eval_split=True, **strategy)
+    trainer.train()
+    run = tmp_path / "out"
+    checkpoints = {path.name for path in run.iterdir() if "checkpoint" in path.name}
+    assert checkpoints and not [name for name in checkpoints if name.startswith("_incomplete-")]
+    assert trainer.args.output_dir == str(run)
+    folders = {path.parent for path in written}
+    assert folders == {run / f"_incomplete-{name}" / name for name in checkpoints}  # nothing written in place
+    for name in checkpoints:
+        assert check_checkpoint(run / name)["global_step"] == int(name.split("-")[1])
+    if strategy["save_strategy"] == "best":
+        assert trainer.state.best_model_checkpoint in {str(run / name) for name in checkpoints}
 
 
 def test_max_steps_zero_is_refused_naming_the_option(tmp_path):

@@ -14,9 +14,9 @@ from tippo_rl.trainer.ppo_trainer import PPOTrainer
 from tippo_rl.trainer.sft_trainer import TIPPoSFTTrainer
 
 
-PPO_PRIVATE_OVERRIDES = {"_save_checkpoint", "_load_from_checkpoint", "_load_best_model"}
+PPO_PRIVATE_OVERRIDES = {"_load_from_checkpoint", "_load_best_model"}
 ALLOWED = {
-    TIPPoSFTTrainer: {"_save_checkpoint"},
+    TIPPoSFTTrainer: set(),
     PPOTrainer: PPO_PRIVATE_OVERRIDES,
     PolishPPOTrainer: PPO_PRIVATE_OVERRIDES,
 }

@@ -24,8 +24,14 @@ import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset
 from torch import nn
-from transformers.trainer_callback import ProgressCallback, TrainerState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint, rotate_checkpoints
+from transformers.trainer_callback import ProgressCallback, TrainerCallback, TrainerState
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    SaveStrategy,
+    TrainOutput,
+    get_last_checkpoint,
+    rotate_checkpoints,
+)
 from transformers.utils import logging as hf_logging
 from trl.models import unwrap_model_for_generation
 
@@ -270,6 +276,65 @@ class GenerationEvalMixin:
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class StagedCheckpoint:
+    """A checkpoint being written: `final` (`<run>/checkpoint-N`), the staging `root` (`<run>/_incomplete-checkpoint-N`),
+    the `folder` inside it that the Trainer writes, and about how many bytes it needs (the previous checkpoint's)."""
+
+    final: Path
+    root: Path
+    folder: Path
+    needed: int | None
+
+
+class CheckpointStaging(TrainerCallback):
+    """Every checkpoint atomic, through public hooks: at the last callback event before the Trainer writes
+    `checkpoint-N` the trainer is pointed at its staging folder (`begin_checkpoint`), and `on_save` renames the finished
+    folder into place (`publish_checkpoint`). The last event is `on_evaluate` when an evaluation comes first (with
+    `save_strategy: best` the save then depends on it: a save that does not come is called off at the next event), else
+    `on_log` when a log comes first, else the step's or epoch's end."""
+
+    def __init__(self, trainer: TIPPoSavingMixin):
+        self.trainer = trainer
+        self.training = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer.call_off_checkpoint()
+        self.training = False
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.trainer.call_off_checkpoint()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._before_save(state, control, logs_next=control.should_log)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # The Trainer logs at an epoch's end unless this step's log was written already.
+        logged = [entry["step"] for entry in state.log_history if "loss" in entry]
+        self._before_save(
+            state, control, logs_next=control.should_log and (not logged or logged[-1] < state.global_step)
+        )
+
+    def on_log(self, args, state, control, **kwargs):
+        self._before_save(state, control, logs_next=False)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.trainer.call_off_checkpoint()
+        if self.training and (control.should_save or args.save_strategy == SaveStrategy.BEST):
+            self.trainer.begin_checkpoint()
+
+    def on_save(self, args, state, control, **kwargs):
+        self.trainer.publish_checkpoint()
+
+    def _before_save(self, state, control, logs_next: bool) -> None:
+        self.trainer.call_off_checkpoint()
+        if self.training and control.should_save and not control.should_evaluate and not logs_next:
+            self.trainer.begin_checkpoint()
+
+
 class TIPPoSavingMixin:
     """What a TIPPo trainer saves and resumes from.
 
@@ -292,10 +357,11 @@ class TIPPoSavingMixin:
 
     _stage = "training"
     # Whether each checkpoint first brings output_dir's model card up to date, as TRL's trainers do (SFT's base does it in
-    # its own _save_checkpoint, where create_model_card does nothing: see `_trainer_writing_under`).
+    # its own _save_checkpoint, where create_model_card does nothing while the Trainer writes into a staging folder).
     updates_card_with_checkpoints = True
-    _checkpoint_staging_root: Path | None = None
-    # While the Trainer is pointed at a checkpoint's staging folder: the copy of args naming it, and the run's own.
+    # While the Trainer is pointed at a checkpoint's staging folder: where it goes, the copy of args naming it, and the
+    # run's own arguments.
+    _staged_checkpoint: StagedCheckpoint | None = None
     _staging_args = _run_args = None
 
     def _policy(self, model: nn.Module) -> nn.Module:
@@ -311,9 +377,12 @@ class TIPPoSavingMixin:
             if self._reached_the_end(state):
                 return self._finish_from_checkpoint(checkpoint)
             self._restore_state(checkpoint)
-        return super().train(
-            resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
-        )
+        if not any(isinstance(callback, CheckpointStaging) for callback in self.callback_handler.callbacks):
+            self.add_callback(CheckpointStaging(self))  # last: it acts on the save flags the others have set
+        with self._reporting_checkpoint_failures():
+            return super().train(
+                resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
+            )
 
     def _check_resume(self, checkpoint: str, state: dict) -> None:
         """Say when this run's length differs from the checkpoint's (its schedules then change from here on)."""
@@ -352,10 +421,16 @@ class TIPPoSavingMixin:
 
     # -- saving ---------------------------------------------------------------------------------------------------
 
-    # Private: no public hook wraps a checkpoint's whole save (on_save comes after it), to stage and publish it.
-    def _save_checkpoint(self, model, trial):
+    def begin_checkpoint(self) -> None:
+        """Point the Trainer at `<run>/_incomplete-checkpoint-N/` for the checkpoint it writes next (`CheckpointStaging`
+        calls this at the last callback event before the Trainer's save): the Trainer reads `args.output_dir` for that
+        alone before `save_model`, the first thing it writes, which puts the run's own arguments back (the rest of the
+        save, training_args.bin among it, sees them). `publish_checkpoint` then moves the folder into place."""
+        if self._staged_checkpoint is not None:
+            return
         if self.updates_card_with_checkpoints:
             self.create_model_card()
+        trial = getattr(self, "_trial", None)
         run_dir = Path(self._get_output_dir(trial=trial))
         final = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         root = staging_folder(final)
@@ -363,44 +438,70 @@ class TIPPoSavingMixin:
             shutil.rmtree(root, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         previous = get_last_checkpoint(run_dir) if run_dir.is_dir() else None  # about the size this one will be
-        with reporting_disk_full(final, root, folder_size(previous) if previous else None):
-            with self._trainer_writing_under(root):
-                # What the Trainer writes: root/checkpoint-N (root/run-<trial>/checkpoint-N in a hyperparameter search).
-                staged = Path(self._get_output_dir(trial=trial)) / final.name
-                super()._save_checkpoint(model, trial)
-            self.accelerator.wait_for_everyone()  # every rank has written its part (RNG states, DeepSpeed shards)
-            if not self.args.should_save:
-                return
-            if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint).parent == staged.parent:
-                self.state.best_model_checkpoint = str(final)
-                self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
-            self._save_checkpoint_extras(staged)
-        publish_folder(staged, final)
-        for folder in dict.fromkeys((staged.parent, root)):
+        self._run_args = self.args
+        self._staging_args = copy.copy(self._run_args)
+        self._staging_args.output_dir = str(root)
+        self.args = self._staging_args
+        # What the Trainer writes: root/checkpoint-N (root/run-<trial>/checkpoint-N in a hyperparameter search).
+        staged = Path(self._get_output_dir(trial=trial)) / final.name
+        self._staged_checkpoint = StagedCheckpoint(final, root, staged, folder_size(previous) if previous else None)
+
+    def publish_checkpoint(self) -> None:
+        """After the Trainer's save (`on_save`): add the trainer's own files and rename the staged folder to
+        `checkpoint-N`, then rotate the run's checkpoints as the Trainer would."""
+        staged = self._staged_checkpoint
+        if staged is None:
+            return
+        self._end_staging()
+        self.accelerator.wait_for_everyone()  # every rank has written its part (RNG states, DeepSpeed shards)
+        if not self.args.should_save:
+            return
+        with reporting_disk_full(staged.final, staged.root, staged.needed):
+            if (
+                self.state.best_model_checkpoint
+                and Path(self.state.best_model_checkpoint).parent == staged.folder.parent
+            ):
+                self.state.best_model_checkpoint = str(staged.final)
+                self.state.save_to_json(str(staged.folder / TRAINER_STATE_NAME))
+            self._save_checkpoint_extras(staged.folder)
+        publish_folder(staged.folder, staged.final)
+        for folder in dict.fromkeys((staged.folder.parent, staged.root)):
             folder.rmdir()
         rotate_checkpoints(
-            output_dir=str(run_dir),
+            output_dir=str(staged.final.parent),
             save_total_limit=self.args.save_total_limit,
             best_model_checkpoint=self.state.best_model_checkpoint,
             use_mtime=False,
         )
 
+    def call_off_checkpoint(self) -> None:
+        """A checkpoint begun but not written (`save_strategy: best` without a new best): the run's arguments back, the
+        empty staging folder gone."""
+        staged = self._staged_checkpoint
+        if staged is None:
+            return
+        self._end_staging()
+        if self.args.should_save:
+            shutil.rmtree(staged.root, ignore_errors=True)
+
+    def _end_staging(self) -> None:
+        if self._run_args is not None:
+            self.args = self._run_args
+        self._staged_checkpoint = self._staging_args = self._run_args = None
+
     @contextlib.contextmanager
-    def _trainer_writing_under(self, root: Path):
-        """The Trainer's `_save_checkpoint` writes `<args.output_dir>/checkpoint-N`, and reads output_dir for that alone
-        before `save_model`, the first thing it writes: until then `self.args` is a copy naming the staging folder
-        `root`; `save_model` puts the run's own arguments back (which the rest of the save, training_args.bin among it,
-        sees)."""
-        self._run_args = self.args
-        self._staging_args = copy.copy(self._run_args)
-        self._staging_args.output_dir = str(root)
-        self.args = self._staging_args
-        self._checkpoint_staging_root = root
+    def _reporting_checkpoint_failures(self):
+        """Around training: a checkpoint whose save fails leaves the run's arguments in place, and one that fills the
+        disk removes its staging folder and becomes `DiskFullError` (the checkpoints before it stay whole)."""
         try:
             yield
-        finally:
-            self.args = self._run_args
-            self._checkpoint_staging_root = self._staging_args = self._run_args = None
+        except BaseException:
+            staged = self._staged_checkpoint
+            self._end_staging()
+            if staged is None:
+                raise
+            with reporting_disk_full(staged.final, staged.root, staged.needed):
+                raise
 
     def _save_checkpoint_extras(self, folder: Path) -> None:
         """Write a trainer's own state into a checkpoint folder before it is published (main process only)."""
@@ -418,7 +519,7 @@ class TIPPoSavingMixin:
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         output_dir = output_dir or self.args.output_dir
-        if self._checkpoint_staging_root is not None:  # a checkpoint: already inside its staging folder
+        if self._staged_checkpoint is not None:  # a checkpoint: already inside its staging folder
             if self.args is self._staging_args:  # the Trainer has its checkpoint's folder: the run's arguments again
                 self.args = self._run_args
             with self._arguments_without_tokens():
@@ -492,7 +593,7 @@ class TIPPoSavingMixin:
         """Write a TIPPo model card (README.md) to `output_dir`: start, base models, datasets, tags, a quick start,
         the arguments that differ from their defaults, final metrics."""
         if not self.is_world_process_zero() or self.args is self._staging_args:
-            return  # the second: TRL's _save_checkpoint (SFT's base); TIPPo's _save_checkpoint wrote the card before
+            return  # the second: TRL's _save_checkpoint (SFT's base); begin_checkpoint wrote the card before
         model_name = model_name or Path(self.args.output_dir).name
         tags = [tags] if isinstance(tags, str) else list(tags or ())
         arguments = {**self.card_arguments}
