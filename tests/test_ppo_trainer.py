@@ -21,7 +21,7 @@ from trl import TrlParser
 
 from tippo_rl import TIPPoModel, load_artmuse
 from tippo_rl.checkpoints import CheckpointError, DiskFullError, check_checkpoint
-from tippo_rl.data_collator import model_inputs
+from tippo_rl.data_collator import MODEL_INPUT_NAMES, model_inputs
 from tippo_rl.lora import apply_lora
 from tippo_rl.model_config import TIPPoModelConfig
 from tippo_rl.rewards import RewardError
@@ -399,6 +399,38 @@ def test_first_minibatch_has_ratio_one_and_zero_kl(
     assert first["policy/clip_fraction"] == 0.0
     assert abs(first["kl"]) < 1e-7
     assert second["kl"] > 1e-6  # the second minibatch sees the updated policy
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_minibatches_before_the_first_step_take_their_old_log_probs_from_their_own_forward(
+    tmp_path, tiny_model_varied_outputs, tiny_model_and_processor, demo_dataset_dir, accumulation
+):
+    """Without a value head, the minibatches an iteration sees before its first optimizer step are at the rollout
+    policy: their loss forward gives their old log-probs (ratio exactly 1), one forward fewer each, and writes them
+    into the rollout batch for the later passes; those equal a separate forward at the rollout policy."""
+    trainer = make_trainer(
+        tmp_path, tiny_model_varied_outputs, tiny_model_and_processor[1], demo_dataset_dir, use_value_head=False,
+        kl_coef=0.0, num_ppo_epochs=2, gradient_accumulation_steps=accumulation, max_steps=4 // accumulation,
+    )  # fmt: skip
+    start = copy.deepcopy(trainer.model)
+    forwards = []
+    real_forward = trainer._forward
+    trainer._forward = lambda *args, **kwargs: (
+        forwards.append(torch.is_grad_enabled()) or real_forward(*args, **kwargs)
+    )
+    trainer.train()
+    assert trainer.iteration == 1
+    # 2 minibatches × 2 epochs: 4 loss forwards (with gradients), and a rollout forward (without) only for the
+    # minibatch that comes after the first optimizer step: none with accumulation 2.
+    assert forwards == [False] * (2 - accumulation) + [True] * 4
+    first = trainer.state.log_history[0]
+    assert first["policy/ratio_mean"] == 1.0 and first["policy/clip_fraction"] == 0.0
+    old = trainer._rollout_batch["old_logps"]
+    assert not old.isnan().any()  # every row's old log-probs, for the second pass
+    rollout_inputs = {key: value for key, value in trainer._rollout_batch.items() if key in MODEL_INPUT_NAMES}
+    expected, _, _ = real_forward(start, rollout_inputs, trainer._rollout_batch["completion_ids"])  # rollout policy
+    mask = trainer._rollout_batch["completion_mask"].bool()
+    torch.testing.assert_close(old[mask], expected[mask], atol=1e-4, rtol=0)
 
 
 def test_standard_ppo_with_value_head_and_gae_runs_saves_and_resumes(

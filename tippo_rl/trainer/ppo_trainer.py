@@ -157,8 +157,11 @@ class PPOMinibatch:
     `compute_loss` as it is: under DeepSpeed it would cast every float tensor of a mapping, old log-probabilities and
     advantages among them, to the engine's dtype."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor]):
+    def __init__(self, tensors: dict[str, torch.Tensor], rows: torch.Tensor | None = None):
         self.tensors = tensors
+        # Set on a minibatch whose old log-probs its own loss forward supplies (`compute_rollout_log_probs`): its rows
+        # in the rollout batch, where `compute_loss` writes them for the later passes.
+        self.rows_awaiting_old_logps = rows
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.tensors[name]
@@ -437,6 +440,11 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         minibatches = self.state.max_steps * self.args.gradient_accumulation_steps
         return max(math.ceil(minibatches / self.args.minibatches_per_iteration), 1)
 
+    @property
+    def minibatches_before_first_step(self) -> int:
+        """How many of an iteration's minibatches the policy sees before its first optimizer step: π_θ = π_θ_old."""
+        return min(self.args.gradient_accumulation_steps, self.args.steps_per_generation)
+
     def unwrapped_model(self) -> nn.Module:
         """The training model without its DDP / DeepSpeed wrapper (accelerate's `unwrap_model`, which costs ~3 ms a
         call on a CPU: looked up once per wrapper, not several times an iteration)."""
@@ -459,6 +467,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
     def minibatch_for_step(self, rollout_rows: RolloutRows, model: nn.Module) -> PPOMinibatch:
         """Sample and score a rollout batch at the start of each iteration; return this step's minibatch."""
         steps = self.args.steps_per_generation
+        pending = 0  # minibatches whose own loss forward gives their old log-probs
         if self._step % self.args.minibatches_per_iteration == 0 or self._rollout_batch is None:
             model.train()  # as the Trainer's training_step puts it, which the rollouts were sampled after
             if callable(getattr(self.optimizer, "train", None)):
@@ -469,9 +478,11 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
                     "sampled again (checkpoint on iteration boundaries to avoid this)",
                     self.iteration,
                 )
+            else:  # Those before the first optimizer step, without a value head (whose estimates GAE needs now).
+                pending = 0 if self.args.use_value_head else self.minibatches_before_first_step
             batch = self.data_collator(rollout_rows.rows)  # the loader's rows, collated once per iteration
             # The Trainer's own preparation of model inputs (to the device; DeepSpeed's dtype for float features).
-            self._rollout_batch = self.make_rollout_batch(self._prepare_inputs(batch))
+            self._rollout_batch = self.make_rollout_batch(self._prepare_inputs(batch), pending)
         if self._step % steps == 0 or self._minibatches is None:
             # A new pass over the rollout batch: reshuffle it into minibatches. The first pass takes the order the
             # old log-probabilities were computed in, so its first minibatch sees bit-identical inputs: ratio 1.
@@ -480,8 +491,11 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
                 size = len(self._rollout_batch["completion_ids"])
                 order = self.shuffled_rows(size, self._rollout_batch["completion_ids"].device)
             self._minibatches = [
-                PPOMinibatch({key: value[chunk] for key, value in self._rollout_batch.items()})
-                for chunk in order.chunk(steps)
+                PPOMinibatch(
+                    {key: value[chunk] for key, value in self._rollout_batch.items()},
+                    rows=chunk if index < pending else None,
+                )
+                for index, chunk in enumerate(order.chunk(steps))
             ]
         return self._minibatches[self._step % steps]
 
@@ -495,9 +509,10 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         return (groups[:, None] * k + torch.arange(k, device=device)).flatten()
 
     @torch.no_grad()
-    def make_rollout_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def make_rollout_batch(self, batch: dict[str, Any], old_from_the_loss: int = 0) -> dict[str, torch.Tensor]:
         """One iteration's experience: generate, score, returns, log-probs, advantages, the loss batch (advantages
-        whitened if `whiten_advantages`). Returns the tensors the loss needs, each `(local rollout batch, ...)`."""
+        whitened if `whiten_advantages`). Returns the tensors the loss needs, each `(local rollout batch, ...)`; the
+        old log-probs of the first pass's first `old_from_the_loss` minibatches NaN (`compute_rollout_log_probs`)."""
         self._update_daa_lambda1()
         rollouts = self.generate_rollouts(batch)
         rewards = self.score_rollouts(rollouts)  # (n_funcs, batch)
@@ -512,7 +527,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         # The first pass's minibatches, drawn now: the old log-probabilities are computed on exactly those rows.
         rollouts["first_pass_order"] = self.shuffled_rows(len(returns), returns.device)
         with self.compute_loss_context_manager():  # the same autocast as the loss: ratio 1 before the first update
-            rollouts.update(self.compute_rollout_log_probs(rollouts))
+            rollouts.update(self.compute_rollout_log_probs(rollouts, old_from_the_loss))
         if self.args.mask_truncated_completions:  # scored and in the baselines, but no part of the loss
             truncated = ~(rollouts["completion_ids"] == self.eos_token_id).any(1)
             rollouts["sampled_mask"] = rollouts["completion_mask"]  # what was sampled (logged lengths)
@@ -621,26 +636,34 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         """The sequence return R = Σ_i w_i·r_i (NaN rewards skipped): `(n_funcs, batch)` → `(batch,)`."""
         return torch.nansum(self.reward_weights[:, None] * rewards, dim=0)
 
-    def compute_rollout_log_probs(self, rollouts: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def compute_rollout_log_probs(
+        self, rollouts: dict[str, Any], old_from_the_loss: int = 0
+    ) -> dict[str, torch.Tensor]:
         """Once per iteration, no gradient kept: the sampled tokens' log-probs under the rollout policy (`old_logps`)
         and the reference policy (`ref_logps`, when β > 0), and the value estimates (`old_values`, with a value head).
-        Each `(batch, T)`."""
+        Each `(batch, T)`. The first `old_from_the_loss` minibatches of the first pass get NaN old log-probs: their
+        loss forwards come before the iteration's first optimizer step, at the rollout policy, and supply them
+        (`compute_loss`), one forward fewer each."""
         inputs, ids = rollouts["model_inputs"], rollouts["completion_ids"]
         # In the first pass's minibatches (`first_pass_order`, else in order): the same rows, in the same order, as the
-        # first loss forward, so that batched kernels give bit-identical log-probabilities there.
+        # loss forwards, so that batched kernels give bit-identical log-probabilities there.
         order = rollouts.get("first_pass_order", torch.arange(len(ids), device=ids.device))
         outputs = defaultdict(list)
         model = self.unwrapped_model()
-        for rows in order.chunk(self.args.steps_per_generation):
+        for index, rows in enumerate(order.chunk(self.args.steps_per_generation)):
             part = {key: value[rows] for key, value in inputs.items()}
-            # With autograd on, as in the loss: CPU kernels under no_grad round differently (2e-5 in a log-prob), which
-            # would make the first ratio 1 ± 1e-6 instead of 1. The graph is dropped at once; it costs memory only
-            # for one chunk's forward. Not under DeepSpeed, whose ZeRO-3 hooks expect a backward after such a forward.
-            with torch.enable_grad() if not self.is_deepspeed_enabled else contextlib.nullcontext():
-                logps, _, values = self._forward(model, part, ids[rows])
-            outputs["old_logps"].append(logps.detach())
-            if values is not None:
-                outputs["old_values"].append(values.detach())
+            if index < old_from_the_loss:
+                outputs["old_logps"].append(torch.full(ids[rows].shape, math.nan, device=ids.device))
+            else:
+                # Before the first optimizer step with autograd on, as in the loss: CPU kernels under no_grad round
+                # differently (2e-5 in a log-prob), which would make those ratios 1 ± 1e-6 instead of 1. The graph is
+                # dropped at once. Not under DeepSpeed, whose ZeRO-3 hooks expect a backward after such a forward.
+                autograd = index < self.minibatches_before_first_step and not self.is_deepspeed_enabled
+                with torch.enable_grad() if autograd else contextlib.nullcontext():
+                    logps, _, values = self._forward(model, part, ids[rows])
+                outputs["old_logps"].append(logps.detach())
+                if values is not None:
+                    outputs["old_values"].append(values.detach())
             if self.args.kl_coef > 0:
                 outputs["ref_logps"].append(self._reference_log_probs(model, part, ids[rows]))
         inverse = torch.argsort(order)  # back to the rollout order
@@ -776,6 +799,12 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         if self.args.use_value_head:
             self.unwrapped_model().value_only = warmup
         logps, logits, values = self._forward(model, forward_inputs, inputs["completion_ids"])
+        old_logps = inputs["old_logps"]
+        rows = getattr(inputs, "rows_awaiting_old_logps", None)
+        if rows is not None:  # before the iteration's first optimizer step: π_θ is π_θ_old, so r_t(θ) = 1 exactly
+            old_logps = logps.detach()
+            self._rollout_batch["old_logps"][rows] = old_logps
+            inputs.tensors["old_logps"], inputs.rows_awaiting_old_logps = old_logps, None
 
         aggregation = dict(
             loss_type=self.args.loss_type,
@@ -783,7 +812,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
             tokens_per_minibatch=self.tokens_per_minibatch,
         )
         policy_loss, clip_fraction, ratio = clipped_surrogate_loss(
-            logps, inputs["old_logps"], inputs["advantages"], mask, self.args.cliprange, self.args.cliprange_high,
+            logps, old_logps, inputs["advantages"], mask, self.args.cliprange, self.args.cliprange_high,
             **aggregation,
         )  # fmt: skip
         loss = policy_loss
