@@ -342,8 +342,9 @@ class TIPPoSavingMixin:
     model there (what the next stage and inference load) and the adapter alone in `output_dir/adapter` — plus the
     processor and a TIPPo model card. Checkpoints keep the Trainer's format.
 
-    Every save is atomic (`tippo_rl.checkpoints`): a checkpoint is written into `_incomplete-checkpoint-N/` and renamed
-    when complete, the final save is staged and moved in weights last. A save that fills the disk removes its staging
+    Every save is atomic (`tippo_rl.checkpoints`): a checkpoint is written into `_incomplete-checkpoint-N/` (the
+    `CheckpointStaging` callback points the Trainer there) and renamed when complete, the final save is staged and
+    moved in weights last. A save that fills the disk removes its staging
     folder and stops the run with `DiskFullError` (one line: the path, the space needed). No saved file holds a token.
     `train()` accepts `resume_from_checkpoint="last"`, reads the checkpoint once before resuming (a damaged file is
     named), says when the run's length changed, and trains nothing from a checkpoint that already reached the end.
