@@ -309,17 +309,15 @@ class CheckpointStaging(TrainerCallback):
         self.trainer.call_off_checkpoint()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._before_save(state, control, logs_next=control.should_log)
+        self._before_save(control, logs_next=control.should_log)
 
     def on_epoch_end(self, args, state, control, **kwargs):
         # The Trainer logs at an epoch's end unless this step's log was written already.
         logged = [entry["step"] for entry in state.log_history if "loss" in entry]
-        self._before_save(
-            state, control, logs_next=control.should_log and (not logged or logged[-1] < state.global_step)
-        )
+        self._before_save(control, logs_next=control.should_log and (not logged or logged[-1] < state.global_step))
 
     def on_log(self, args, state, control, **kwargs):
-        self._before_save(state, control, logs_next=False)
+        self._before_save(control, logs_next=False)
 
     def on_evaluate(self, args, state, control, **kwargs):
         self.trainer.call_off_checkpoint()
@@ -329,7 +327,7 @@ class CheckpointStaging(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         self.trainer.publish_checkpoint()
 
-    def _before_save(self, state, control, logs_next: bool) -> None:
+    def _before_save(self, control, logs_next: bool) -> None:
         self.trainer.call_off_checkpoint()
         if self.training and control.should_save and not control.should_evaluate and not logs_next:
             self.trainer.begin_checkpoint()
