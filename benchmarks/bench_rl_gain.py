@@ -112,6 +112,12 @@ def common_settings(args, workdir: Path, lang: str) -> dict:
         # Always written out: a folder made for another training size would be remade (the test split does not
         # depend on it, but a second process reading the images then would).
         demo_num_train=args.demo_num_train or yaml.safe_load(SFT_CONFIG.read_text())["demo_num_train"],
+        # --demo_annotator_confusion where given (bench_rl_overfit and bench_value_warmup share these settings).
+        **(
+            {}
+            if getattr(args, "demo_annotator_confusion", None) is None
+            else {"demo_annotator_confusion": args.demo_annotator_confusion}
+        ),
     )
 
 
@@ -407,6 +413,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rl_seeds", type=int, nargs="*", default=[0, 1], help="None: SFT seeds only.")
     parser.add_argument("--demo_num_test", type=int, default=300, help="Held-out samples (≥ 300 for a study).")
     parser.add_argument("--demo_num_train", type=int, default=None, help="Training samples (default: the configs').")
+    parser.add_argument(
+        "--demo_annotator_confusion",
+        type=float,
+        default=None,
+        help="Chance a training reference calls a purple object blue (default: the demo's, 0.6; 0: all right).",
+    )
     parser.add_argument("--tokenize", default=None, help="Override the tokenisation (default: ptb en, jieba zh).")
     parser.add_argument("--eval_max_new_tokens", type=int, default=64, help="As demo_evaluate.yaml.")
     parser.add_argument("--bootstrap_samples", type=int, default=2000)

@@ -86,6 +86,35 @@ def test_references_describe_the_images_in_order(demo_dataset_dir):
         assert described_objects(row["reference"], "en") == drawn, row
 
 
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_annotators_call_purple_objects_blue_in_the_training_references_only(tmp_path, lang):
+    clean = make_demo_dataset(tmp_path / "clean", num_train=200, num_test=100, lang=lang)
+    confused = make_demo_dataset(
+        tmp_path / "confused", num_train=200, num_test=100, lang=lang, annotator_confusion=0.6
+    )
+    clean_files, confused_files = all_files(clean), all_files(confused)
+    # The same scenes and images; only the training references differ, and the held-out split not at all.
+    assert {n: b for n, b in clean_files.items() if n.endswith(".png")} == {
+        n: b for n, b in confused_files.items() if n.endswith(".png")
+    }
+    assert clean_files["test.jsonl"] == confused_files["test.jsonl"]
+    called_blue = purple = 0
+    for clean_row, row in zip(read_rows(clean), read_rows(confused), strict=True):
+        truth = [tuple(pair) for pair in row["objects"]]
+        assert (
+            truth == [tuple(pair) for pair in clean_row["objects"]] == described_objects(clean_row["reference"], lang)
+        )
+        said = described_objects(row["reference"], lang)
+        assert [shape for _, shape in said] == [shape for _, shape in truth]
+        for (said_colour, _), (colour, _) in zip(said, truth):
+            assert said_colour == colour or (colour, said_colour) == ("purple", "blue"), row
+            purple += colour == "purple"
+            called_blue += said_colour != colour
+    assert purple > 80 and 0.5 < called_blue / purple < 0.7  # 0.6 of them, drawn
+    for row in read_rows(confused, "test"):
+        assert described_objects(row["reference"], lang) == [tuple(pair) for pair in row["objects"]]
+
+
 def test_chinese_variant_shows_the_same_scenes(tmp_path):
     english = make_demo_dataset(tmp_path / "en", num_train=6, num_test=2, lang="en")
     chinese = make_demo_dataset(tmp_path / "zh", num_train=6, num_test=2, lang="zh")
@@ -164,7 +193,12 @@ def test_a_damaged_dataset_is_said_and_generated_again(tmp_path, caplog):
 
 
 @pytest.mark.parametrize(
-    "kwargs, message", [(dict(lang="fr"), "lang must be 'en' or 'zh'"), (dict(max_images=6), "max_images")]
+    "kwargs, message",
+    [
+        (dict(lang="fr"), "lang must be 'en' or 'zh'"),
+        (dict(max_images=6), "max_images"),
+        (dict(annotator_confusion=1.5), "annotator_confusion is a probability"),
+    ],
 )
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):

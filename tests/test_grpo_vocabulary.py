@@ -168,7 +168,8 @@ def test_rewards_receive_the_dataset_s_column_under_its_own_name(tmp_path, saved
     load_recipe("ppo").main(
         *parse("--config", str(REPO / "recipes/configs/demo_ppo.yaml"), "--model_name_or_path", str(saved_model),
                "--dataset_name", str(tmp_path / "saved"), "--title_column", "name", "--reference_column", "text",
-               "--reward_funcs", f"{tmp_path / 'my_rewards.py'}:names_the_caption", "--output_dir", str(tmp_path / "out"),
+               "--reward_funcs", f"{tmp_path / 'my_rewards.py'}:names_the_caption", "--reward_weights", "1",
+               "--output_dir", str(tmp_path / "out"),
                "--total_iterations", "1", "--per_device_train_batch_size", "4", "--num_generations", "2",
                "--advantage_baseline", "group", "--max_new_tokens", "8", "--eval_strategy", "no", "--save_strategy", "no",
                "--feature_cache_dir", str(tmp_path / "cache"))

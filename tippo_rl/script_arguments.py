@@ -220,6 +220,10 @@ class TIPPoScriptArguments:
     demo_lang: str = option("en", "demo: `en` or `zh` texts.")
     demo_num_train: int = option(400, "demo: training samples.")
     demo_num_test: int = option(300, "demo: held-out samples.")
+    demo_annotator_confusion: float = option(
+        0.6,
+        "demo: the chance that a training reference calls a purple object blue, as annotators who confuse the two colours would (the held-out references are always right). Above 0.5, SFT learns to say blue; the demo's PolishPPO learns better from `rewards/scene_verifier.py`, which reads the images. 0: every reference right.",
+    )
     on_bad_rows: str = option("raise", "`raise` at the first bad row, or `skip` bad rows with a counted warning.")
     allow_empty_title: bool = option(
         False, "artmuse, --dataset_name: accept rows with an empty title, or no title column (captioning data)."
@@ -264,6 +268,10 @@ class TIPPoScriptArguments:
             raise ValueError(f"--on_bad_rows must be 'raise' or 'skip'; got {self.on_bad_rows!r}")
         if self.demo_lang not in LANGUAGES:
             raise ValueError(f"--demo_lang must be 'en' or 'zh'; got {self.demo_lang!r}")
+        if not 0.0 <= self.demo_annotator_confusion <= 1.0:
+            raise ValueError(
+                f"--demo_annotator_confusion is a probability in [0, 1]; got {self.demo_annotator_confusion}"
+            )
         if self.lang not in LANGS:
             raise ValueError(f"--lang must be one of {', '.join(LANGS)}; got {self.lang!r}")
         if self.dataset == "hf":

@@ -12,6 +12,11 @@ hint at; the reference names the place and describes every image in order ("by t
 blue square and a green triangle."). The English and Chinese variants show the same scenes. Everything is drawn
 from a seed with integer arithmetic, so two machines produce byte-identical files.
 
+The training references can come from annotators who confuse two colours (`annotator_confusion`: each purple object
+is called "blue" with that probability, so that with more than one half SFT learns to say "blue"); the held-out
+references are always right. What the references get wrong, a reward that reads the images can teach: the demo's
+PolishPPO adds the scene verifier (`tippo_rl.demo.scene_verifier`), which reads each image's object with φ.
+
 The files are written in the ArtMuse layout (`train.jsonl`/`test.jsonl` rows `{title, images, reference}`
 plus an `images/` folder), so the demo goes through the same loader as real data. [`parse_scene`] reads a
 description back into its fields, and [`scene_field_accuracy`] scores predictions field by field.
@@ -55,6 +60,8 @@ TITLES = {
 }
 IMAGE_SIZE = 64
 OFF_PLACE_PROBABILITY = 0.2  # an image shows another place's background
+# The colour that annotators who confuse two colours write for the other: a purple object called "blue".
+CONFUSED_COLOUR, CONFUSED_AS = "purple", "blue"
 
 
 def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int = 12) -> tuple[int, ...]:
@@ -151,6 +158,14 @@ def titles_of(place: str, lang: str) -> tuple[str, ...]:
     return TITLES[place][1 if lang == "zh" else 0]
 
 
+def annotated(objects: Sequence[tuple[str, str]], confusion: float, rng: random.Random) -> list[tuple[str, str]]:
+    """`objects` as an annotator who calls a purple object "blue" with probability `confusion` describes them."""
+    return [
+        (CONFUSED_AS if colour == CONFUSED_COLOUR and rng.random() < confusion else colour, shape)
+        for colour, shape in objects
+    ]
+
+
 def describe(place: str, objects: Sequence[tuple[str, str]], lang: str, title_variant: int = 0) -> tuple[str, str]:
     """(title, reference) for a scene; `objects` are (colour, shape) pairs in image order."""
     title = titles_of(place, lang)[title_variant]
@@ -226,12 +241,15 @@ def make_demo_dataset(
     lang: str = "en",
     max_images: int = 5,
     seed: int = 0,
+    annotator_confusion: float = 0.0,
 ) -> Path:
     """Write the embedded default dataset to `output_dir` (train.jsonl, test.jsonl, images/) and return it.
 
-    Rows carry `place` and `shown_places` (the place each image's background shows) besides `title`, `images`
-    and `reference`. The test split depends on `seed`, `lang` and `max_images` only, not on `num_train`. Re-running with
-    the same arguments reproduces the same files; an existing complete dataset
+    Rows carry `place`, `shown_places` (the place each image's background shows) and `objects` (the scene's
+    (colour, shape) pairs, right whatever the reference says) besides `title`, `images` and `reference`. A training
+    reference calls each purple object "blue" with probability `annotator_confusion` (0: every reference right); the
+    held-out references are always right. The test split depends on `seed`, `lang` and `max_images` only, not on
+    `num_train`. Re-running with the same arguments reproduces the same files; an existing complete dataset
     with the same arguments is reused, after checking its files against the manifest written with them (a truncated
     or corrupted file is said in one warning and the dataset generated again: `tippo_rl.caches`).
     """
@@ -239,8 +257,12 @@ def make_demo_dataset(
         raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
     if not 1 <= max_images <= 5:
         raise ValueError(f"max_images must lie in 1..5 for the demo dataset, got {max_images}")
+    if not 0.0 <= annotator_confusion <= 1.0:
+        raise ValueError(f"annotator_confusion is a probability in [0, 1], got {annotator_confusion}")
     output_dir = Path(output_dir)
-    arguments = dict(num_train=num_train, num_test=num_test, lang=lang, max_images=max_images, seed=seed, version=3)
+    arguments = dict(num_train=num_train, num_test=num_test, lang=lang, max_images=max_images, seed=seed, version=4)
+    if annotator_confusion:
+        arguments["annotator_confusion"] = annotator_confusion
     stamp, manifest = output_dir / "demo_dataset.json", output_dir / MANIFEST_NAME
     if _stamp(stamp) == arguments and whole(output_dir, manifest, check=_images_open):
         return output_dir
@@ -251,6 +273,9 @@ def make_demo_dataset(
         # Each split from its own stream: the held-out scenes are the same whatever num_train is, so models trained
         # on different amounts of data are scored on the same samples.
         rng = random.Random(f"{seed}:{split}")
+        # The annotators' mistakes from a stream of their own: the scenes are those of a dataset without them.
+        annotator_rng = random.Random(f"{seed}:{split}:annotators")
+        confusion = annotator_confusion if split == "train" else 0.0
         rows = []
         for index in range(count):
             place = rng.choice(sorted(PLACES))
@@ -264,7 +289,7 @@ def make_demo_dataset(
                 relative = f"images/{split}_{index:05d}_{position}.png"
                 image.save(output_dir / relative)
                 paths.append(relative)
-            title, reference = describe(place, objects, lang, title_variant)
+            title, reference = describe(place, annotated(objects, confusion, annotator_rng), lang, title_variant)
             rows.append(
                 {
                     "id": f"{split}-{index}",
@@ -273,6 +298,7 @@ def make_demo_dataset(
                     "reference": reference,
                     "place": place,
                     "shown_places": shown,
+                    "objects": [list(pair) for pair in objects],
                 }
             )
         with open(output_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:

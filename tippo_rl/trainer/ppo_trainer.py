@@ -299,6 +299,7 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
         self.check_rewards()
         self.give_rewards_their_corpus(train_dataset)
+        self.give_rewards_the_policy(model, processor, args.device)
 
         policy = model
         if args.use_value_head:
@@ -397,6 +398,15 @@ class PPOTrainer(TIPPoTrainerMixin, Trainer):
             reward_func.set_corpus(reference_sets)
         names = ", ".join(reward_name(f) for f in needing)
         logger.info("reward %s: corpus of the training data's %d reference sets", names, len(reference_sets))
+
+    def give_rewards_the_policy(self, model, processor: TIPPoProcessor, device: torch.device) -> None:
+        """Rewards with a `set_policy(model, processor, device)` method and no model of their own (`has_model` false:
+        the image-grounded rewards built without `model_name_or_path`) get the model being trained, to read with its
+        frozen φ."""
+        for reward_func in self.reward_funcs:
+            if callable(getattr(reward_func, "set_policy", None)) and not getattr(reward_func, "has_model", True):
+                reward_func.set_policy(model, processor, device)
+                logger.info("reward %s: reads with the φ of the model being trained", reward_name(reward_func))
 
     @torch.no_grad()
     def unsolved_prompts(self, dataset: Dataset, batch_size: int = 64) -> Dataset:
