@@ -41,8 +41,17 @@ def write_jsonl(folder, lines) -> str:
 def test_load_artmuse_demo_dataset(demo_dataset_dir):
     dataset = load_artmuse(demo_dataset_dir / "train.jsonl")
     assert len(dataset) == 24
-    # The demo rows' own fields (place, shown_places) are kept: reward plug-ins receive every column.
-    assert set(dataset.column_names) == {"id", "title", "images", "reference", "references", "place", "shown_places"}
+    # The demo rows' own fields (place, shown_places, objects) are kept: reward plug-ins receive every column.
+    assert set(dataset.column_names) == {
+        "id",
+        "title",
+        "images",
+        "reference",
+        "references",
+        "place",
+        "shown_places",
+        "objects",
+    }
     row = dataset[0]
     assert row["id"] == "train-0"
     assert all(isinstance(image, Image.Image) for image in row["images"])
