@@ -222,7 +222,7 @@ class TIPPoScriptArguments:
     demo_num_test: int = option(300, "demo: held-out samples.")
     demo_annotator_confusion: float = option(
         0.6,
-        "demo: the chance that a training reference calls a purple object blue, as annotators who confuse the two colours would (the held-out references are always right). Above 0.5, SFT learns to say blue; the demo's PolishPPO learns better from `rewards/scene_verifier.py`, which reads the images. 0: every reference right.",
+        "demo: the chance that a training reference calls a purple object blue, as annotators who confuse the two colours would (the held-out references are always right). Above 0.5, SFT learns to say blue; the demo's PolishPPO learns better from its scene verifier (`tippo_rl.demo.scene_verifier`), which reads the images. 0: every reference right.",
     )
     on_bad_rows: str = option("raise", "`raise` at the first bad row, or `skip` bad rows with a counted warning.")
     allow_empty_title: bool = option(

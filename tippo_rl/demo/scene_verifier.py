@@ -71,9 +71,7 @@ class SceneVerifier(ImageGroundedReward):
         reference: Sequence[str] | None = None,
         **kwargs,
     ) -> list[float]:
-        self.check_ready(images)
-        if len(images) != len(completions):
-            raise ValueError(f"got {len(completions)} completions but {len(images)} image lists")
+        self.check_ready(completions, images)
         texts = [completion_text(c) for c in completions]
         if self.lang == "auto":
             self.lang = detect_language(reference or texts)

@@ -83,17 +83,14 @@ class ImageGroundedReward:
                 processor = TIPPoProcessor.from_pretrained(model_name_or_path)
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if model is not None:
-            self.use_encoder_of(model, processor, device)
-
-    def use_encoder_of(self, model, processor: TIPPoProcessor, device: str | torch.device | None = None) -> None:
-        """Score with `model`'s φ (shared) and `processor`'s title tokenizer and image preprocessing."""
-        tippo = unwrap_tippo(model)
-        self.use_encoder(tippo.encoder, tippo.config, processor, device)
+            tippo = unwrap_tippo(model)
+            self.use_encoder(tippo.encoder, tippo.config, processor, device)  # φ shared, not copied
 
     def use_encoder(
         self, encoder, config, processor: TIPPoProcessor, device: str | torch.device | None = None
     ) -> None:
-        """Score with φ `encoder` of a TIPPo model with `config`."""
+        """Score with φ `encoder` of a TIPPo model with `config`, and `processor`'s title tokenizer and image
+        preprocessing."""
         self.encoder = encoder
         if device is not None:
             self.encoder.to(device)
@@ -119,8 +116,9 @@ class ImageGroundedReward:
             )
         self.use_encoder(copy.deepcopy(encoder), unwrap_tippo(model).config, processor, device)
 
-    def check_ready(self, images) -> None:
-        """Raise, in one line, where a call cannot be scored: no φ yet, or no `images` column."""
+    def check_ready(self, completions: Sequence[Any], images) -> None:
+        """Raise, in one line, where a call cannot be scored: no φ yet, no `images` column, or not one image list per
+        completion."""
         if self.encoder is None:
             raise ValueError(
                 f"the {self.__name__} reward has no model: give it model_name_or_path (or model and processor), or "
@@ -128,6 +126,8 @@ class ImageGroundedReward:
             )
         if images is None:
             raise ValueError(f"the {self.__name__} reward needs the dataset column 'images'")
+        if len(images) != len(completions):
+            raise ValueError(f"got {len(completions)} completions but {len(images)} image lists")
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -183,9 +183,7 @@ class ImageGroundedReward:
         Returns:
             `list[float]` of length batch, each in [-1, 1].
         """
-        self.check_ready(images)
-        if len(images) != len(completions):
-            raise ValueError(f"got {len(completions)} completions but {len(images)} image lists")
+        self.check_ready(completions, images)
         texts = [completion_text(c) for c in completions]
         counts = [len(sample) for sample in images]
         if min(counts, default=1) == 0:
